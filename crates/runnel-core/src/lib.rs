@@ -1,0 +1,20 @@
+//! Runnel's domain: the types every other crate speaks in.
+//!
+//! This crate decides and never waits: it holds ids, the run status set and its public
+//! mappings, duration parsing, the trigger request and its validation, API keys and the
+//! idempotency rules. It performs no IO (no tokio, no database); callers pass `now` in.
+
+pub mod duration;
+pub mod id;
+pub mod idempotency;
+pub mod key;
+pub mod machine;
+pub mod run;
+pub mod status;
+pub mod trigger;
+pub mod view;
+
+pub use id::{EnvironmentId, ProjectId, RunId};
+pub use key::{EnvironmentKind, SecretKey};
+pub use machine::MachinePreset;
+pub use status::{ApiVersion, RunStatus};

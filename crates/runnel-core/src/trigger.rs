@@ -1,0 +1,672 @@
+//! The trigger request (contract §2.2) and its validation: parse once at the edge into a
+//! [`ValidTrigger`], then build the [`Run`] to store.
+//!
+//! Where the contract lets the upstream server silently ignore bad input we mostly say
+//! so instead (a 400 naming the field); the exceptions are kept for SDK parity and are
+//! listed in docs/api.md: a `delay` date in the past queues at once, and an
+//! `idempotencyKeyTTL` not of the form `^\d+[smhd]$` falls back to the default.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::duration::{format_duration_secs, parse_duration_secs, parse_idempotency_ttl_secs};
+use crate::id::{EnvironmentId, RunId};
+use crate::idempotency::{KEY_TTL_DEFAULT_SECS, MAX_KEY_LEN};
+use crate::machine::MachinePreset;
+use crate::run::{Packet, Run};
+use crate::status::RunStatus;
+
+pub const MAX_TAGS: usize = 10;
+pub const MAX_TAG_LEN: usize = 128;
+/// Serialized metadata limit: 256 KiB.
+pub const MAX_METADATA_BYTES: usize = 262_144;
+pub const MAX_DURATION_MIN_SECS: u32 = 5;
+pub const MAX_DURATION_MAX_SECS: u32 = 2_147_483_647;
+/// Hard cap on attempts (upstream `MAX_TASK_RUN_ATTEMPTS`).
+pub const MAX_ATTEMPTS_CAP: u32 = 250;
+pub const MAX_QUEUE_NAME_LEN: usize = 128;
+pub const MAX_TASK_IDENTIFIER_LEN: usize = 128;
+pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+
+/// `POST /api/v1/tasks/{taskIdentifier}/trigger` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRequest {
+    #[serde(default)]
+    pub payload: Option<Value>,
+    /// Accepted for compatibility; not used.
+    #[serde(default)]
+    pub context: Option<Value>,
+    #[serde(default)]
+    pub options: TriggerOptions,
+}
+
+/// The `options` object. Polymorphic fields stay `Value` until validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerOptions {
+    pub payload_type: Option<String>,
+    pub queue: Option<QueueOption>,
+    pub concurrency_key: Option<Value>,
+    pub idempotency_key: Option<String>,
+    #[serde(rename = "idempotencyKeyTTL")]
+    pub idempotency_key_ttl: Option<String>,
+    pub idempotency_key_options: Option<IdempotencyKeyOptions>,
+    pub delay: Option<Value>,
+    pub ttl: Option<Value>,
+    pub tags: Option<Value>,
+    pub metadata: Option<Value>,
+    pub metadata_type: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub max_duration: Option<f64>,
+    pub machine: Option<String>,
+    pub priority: Option<f64>,
+    pub lock_to_version: Option<String>,
+    pub test: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueOption {
+    pub name: String,
+    /// Deprecated upstream and ignored by v4; accepted so old clients still parse.
+    pub concurrency_limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdempotencyKeyOptions {
+    pub key: String,
+    pub scope: Option<String>,
+}
+
+/// Why a trigger was refused; the server maps each to its HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TriggerError {
+    /// Malformed input (400), naming the field.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    /// More than [`MAX_TAGS`] tags (422, the contract's message).
+    #[error("Runs can only have {MAX_TAGS} tags, you're trying to set {0}.")]
+    TooManyTags(usize),
+    /// Metadata over [`MAX_METADATA_BYTES`] (413, the contract's message).
+    #[error("Metadata exceeds maximum size of {MAX_METADATA_BYTES} bytes")]
+    MetadataTooLarge,
+    /// Valid input this server cannot honour yet (422).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> TriggerError {
+    TriggerError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Where the idempotency key came from outside the body.
+#[derive(Debug, Default, Clone)]
+pub struct IdempotencyHeaders {
+    /// `idempotency-key`
+    pub key: Option<String>,
+    /// `idempotency-key-ttl`
+    pub ttl: Option<String>,
+}
+
+/// An idempotency key the new run will hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub user_key: Option<String>,
+    pub scope: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A trigger that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTrigger {
+    pub task_identifier: String,
+    pub payload: Packet,
+    pub tags: Vec<String>,
+    pub metadata: Option<Packet>,
+    pub idempotency: Option<IdempotencyClaim>,
+    pub delay_until: Option<DateTime<Utc>>,
+    pub ttl: Option<Ttl>,
+    pub max_attempts: Option<u32>,
+    pub max_duration_secs: Option<u32>,
+    pub machine: Option<MachinePreset>,
+    pub priority_ms: i32,
+    pub is_test: bool,
+    pub queue: String,
+    pub concurrency_key: Option<String>,
+    pub lock_to_version: Option<String>,
+}
+
+/// A time-to-live: the string echoed back and its length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ttl {
+    pub display: String,
+    pub secs: u64,
+}
+
+/// Checks a task identifier taken from the path.
+pub fn validate_task_identifier(task: &str) -> Result<(), TriggerError> {
+    if task.is_empty() || task.len() > MAX_TASK_IDENTIFIER_LEN {
+        return Err(invalid(
+            "taskIdentifier",
+            format!("must be 1 to {MAX_TASK_IDENTIFIER_LEN} characters"),
+        ));
+    }
+    if task.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("taskIdentifier", "must not contain whitespace"));
+    }
+    Ok(())
+}
+
+impl TriggerRequest {
+    /// Validates the request for `task` at `now`.
+    pub fn validate(
+        self,
+        task: &str,
+        headers: &IdempotencyHeaders,
+        now: DateTime<Utc>,
+    ) -> Result<ValidTrigger, TriggerError> {
+        validate_task_identifier(task)?;
+        let o = self.options;
+        let payload = payload_packet(self.payload, o.payload_type)?;
+        let tags = tags(o.tags)?;
+        let metadata = metadata_packet(o.metadata, o.metadata_type)?;
+        let idempotency = idempotency(
+            o.idempotency_key.or_else(|| headers.key.clone()),
+            o.idempotency_key_ttl.or_else(|| headers.ttl.clone()),
+            o.idempotency_key_options,
+            now,
+        )?;
+        let delay_until = delay(o.delay, now)?;
+        let ttl = ttl(o.ttl)?;
+        let max_attempts = match o.max_attempts {
+            None => None,
+            Some(n) if n < 1 => return Err(invalid("options.maxAttempts", "must be at least 1")),
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX).min(MAX_ATTEMPTS_CAP)),
+        };
+        let max_duration_secs = o.max_duration.map(|secs| {
+            // Clamped, not refused: the contract's range is 5..2147483647.
+            secs.round()
+                .clamp(f64::from(MAX_DURATION_MIN_SECS), f64::from(MAX_DURATION_MAX_SECS)) as u32
+        });
+        let machine = o
+            .machine
+            .map(|name| {
+                name.parse::<MachinePreset>().map_err(|_| {
+                    let names: Vec<_> = MachinePreset::ALL.iter().map(|m| m.as_str()).collect();
+                    invalid("options.machine", format!("must be one of {}", names.join(", ")))
+                })
+            })
+            .transpose()?;
+        let priority_ms = o
+            .priority
+            .map(|secs| (secs * 1000.0).round().clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32)
+            .unwrap_or(0);
+        let queue = match o.queue {
+            None => format!("task/{task}"),
+            Some(q) => queue_name(&q.name)?,
+        };
+        let concurrency_key = match o.concurrency_key {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(_) => return Err(invalid("options.concurrencyKey", "must be a string or a number")),
+        };
+        let lock_to_version = match o.lock_to_version {
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) if v.len() > 128 => {
+                return Err(invalid("options.lockToVersion", "must be at most 128 characters"))
+            }
+            other => other,
+        };
+        Ok(ValidTrigger {
+            task_identifier: task.to_owned(),
+            payload,
+            tags,
+            metadata,
+            idempotency,
+            delay_until,
+            ttl,
+            max_attempts,
+            max_duration_secs,
+            machine,
+            priority_ms,
+            is_test: o.test.unwrap_or(false),
+            queue,
+            concurrency_key,
+            lock_to_version,
+        })
+    }
+}
+
+fn payload_packet(payload: Option<Value>, payload_type: Option<String>) -> Result<Packet, TriggerError> {
+    let data_type = payload_type.unwrap_or_else(|| Packet::JSON.to_owned());
+    if data_type.is_empty() || data_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(invalid(
+            "options.payloadType",
+            format!("must be 1 to {MAX_CONTENT_TYPE_LEN} characters"),
+        ));
+    }
+    if data_type == Packet::JSON {
+        return Ok(Packet {
+            data: payload.map(|v| v.to_string()),
+            data_type,
+        });
+    }
+    if data_type == Packet::STORE {
+        return Err(TriggerError::Unsupported(
+            "payloads offloaded to object storage (payloadType application/store) are not supported yet".to_owned(),
+        ));
+    }
+    match payload {
+        None => Ok(Packet { data: None, data_type }),
+        Some(Value::String(s)) => {
+            if data_type == Packet::SUPER_JSON && serde_json::from_str::<Value>(&s).is_err() {
+                return Err(invalid("payload", "must be superjson text when payloadType is application/super+json"));
+            }
+            Ok(Packet { data: Some(s), data_type })
+        }
+        Some(_) => Err(invalid(
+            "payload",
+            format!("must be a string when payloadType is {data_type}"),
+        )),
+    }
+}
+
+fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
+    let raw: Vec<String> = match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s),
+                _ => Err(invalid("options.tags", "each tag must be a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid("options.tags", "must be a string or an array of strings")),
+    };
+    let mut tags: Vec<String> = Vec::with_capacity(raw.len());
+    for tag in raw {
+        if tag.chars().count() > MAX_TAG_LEN {
+            return Err(invalid(
+                "options.tags",
+                format!("each tag must be at most {MAX_TAG_LEN} characters"),
+            ));
+        }
+        if !tag.trim().is_empty() {
+            tags.push(tag);
+        }
+    }
+    tags.sort();
+    tags.dedup();
+    if tags.len() > MAX_TAGS {
+        return Err(TriggerError::TooManyTags(tags.len()));
+    }
+    Ok(tags)
+}
+
+fn metadata_packet(value: Option<Value>, metadata_type: Option<String>) -> Result<Option<Packet>, TriggerError> {
+    let data_type = metadata_type.unwrap_or_else(|| Packet::JSON.to_owned());
+    let data = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(object @ Value::Object(_)) => object.to_string(),
+        // The v4 SDK sends metadata already serialized, with its type alongside.
+        Some(Value::String(text)) => {
+            if data_type == Packet::JSON && !matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(_))) {
+                return Err(invalid("options.metadata", "must be a JSON object"));
+            }
+            text
+        }
+        Some(_) => return Err(invalid("options.metadata", "must be a JSON object")),
+    };
+    if data.len() > MAX_METADATA_BYTES {
+        return Err(TriggerError::MetadataTooLarge);
+    }
+    Ok(Some(Packet {
+        data: Some(data),
+        data_type,
+    }))
+}
+
+fn idempotency(
+    key: Option<String>,
+    ttl: Option<String>,
+    options: Option<IdempotencyKeyOptions>,
+    now: DateTime<Utc>,
+) -> Result<Option<IdempotencyClaim>, TriggerError> {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    if key.len() > MAX_KEY_LEN {
+        return Err(invalid(
+            "options.idempotencyKey",
+            format!("must be at most {MAX_KEY_LEN} characters"),
+        ));
+    }
+    let ttl_secs = ttl
+        .as_deref()
+        .and_then(parse_idempotency_ttl_secs)
+        .unwrap_or(KEY_TTL_DEFAULT_SECS);
+    let (user_key, scope) = match options {
+        Some(o) => {
+            if o.key.len() > MAX_KEY_LEN {
+                return Err(invalid(
+                    "options.idempotencyKeyOptions.key",
+                    format!("must be at most {MAX_KEY_LEN} characters"),
+                ));
+            }
+            if let Some(scope) = o.scope.as_deref() {
+                if !matches!(scope, "run" | "attempt" | "global") {
+                    return Err(invalid(
+                        "options.idempotencyKeyOptions.scope",
+                        "must be one of run, attempt, global",
+                    ));
+                }
+            }
+            (Some(o.key), o.scope)
+        }
+        None => (None, None),
+    };
+    Ok(Some(IdempotencyClaim {
+        key,
+        user_key,
+        scope,
+        expires_at: now + seconds(ttl_secs),
+    }))
+}
+
+/// Seconds as a chrono duration, saturating far beyond any real date.
+fn seconds(secs: u64) -> Duration {
+    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX).min(100 * 365 * 86400))
+}
+
+fn delay(value: Option<Value>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, TriggerError> {
+    let until = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => {
+            if let Some(secs) = parse_duration_secs(&s) {
+                now + seconds(secs)
+            } else if let Ok(date) = DateTime::parse_from_rfc3339(&s) {
+                date.with_timezone(&Utc)
+            } else {
+                return Err(invalid(
+                    "options.delay",
+                    format!("{s:?} is neither a duration (like 30s, 1h30m) nor an ISO 8601 date"),
+                ));
+            }
+        }
+        Some(Value::Number(n)) => {
+            let ms = n
+                .as_f64()
+                .and_then(|ms| DateTime::from_timestamp_millis(ms as i64))
+                .ok_or_else(|| invalid("options.delay", "is not a valid timestamp"))?;
+            ms
+        }
+        Some(_) => return Err(invalid("options.delay", "must be a duration string or a date")),
+    };
+    // A date that has already passed queues the run at once, as upstream does.
+    Ok((until > now).then_some(until))
+}
+
+fn ttl(value: Option<Value>) -> Result<Option<Ttl>, TriggerError> {
+    let ttl = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => {
+            let secs = parse_duration_secs(&s).ok_or_else(|| {
+                invalid("options.ttl", format!("{s:?} is not a duration like 10m, 1h42m or 3600s"))
+            })?;
+            Ttl { display: s, secs }
+        }
+        Some(Value::Number(n)) => {
+            let secs = n
+                .as_u64()
+                .ok_or_else(|| invalid("options.ttl", "must be a whole number of seconds, 0 or more"))?;
+            Ttl {
+                display: format_duration_secs(secs),
+                secs,
+            }
+        }
+        Some(_) => return Err(invalid("options.ttl", "must be a duration string or a number of seconds")),
+    };
+    // Zero means "no TTL".
+    Ok((ttl.secs > 0).then_some(ttl))
+}
+
+/// Keeps `[a-zA-Z0-9_\-/]` (upstream sanitizes rather than refuses), at most 128 chars.
+fn queue_name(name: &str) -> Result<String, TriggerError> {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/'))
+        .take(MAX_QUEUE_NAME_LEN)
+        .collect();
+    if clean.is_empty() {
+        return Err(invalid(
+            "options.queue.name",
+            "must contain at least one of a-z, A-Z, 0-9, _, -, /",
+        ));
+    }
+    Ok(clean)
+}
+
+impl ValidTrigger {
+    /// The run this trigger creates in `environment` at `now`.
+    pub fn into_run(self, id: RunId, environment_id: EnvironmentId, now: DateTime<Utc>) -> Run {
+        let status = if self.delay_until.is_some() {
+            RunStatus::Delayed
+        } else {
+            RunStatus::Queued
+        };
+        // The TTL clock starts when the run is queued: now, or at the end of its delay.
+        let queued_at = self.delay_until.unwrap_or(now);
+        let expire_at = self.ttl.as_ref().map(|ttl| queued_at + seconds(ttl.secs));
+        let (idempotency_key, idempotency_key_user, idempotency_key_scope, idempotency_key_expires_at) =
+            match self.idempotency {
+                Some(c) => (Some(c.key), c.user_key, c.scope, Some(c.expires_at)),
+                None => (None, None, None, None),
+            };
+        Run {
+            id,
+            environment_id,
+            task_identifier: self.task_identifier,
+            status,
+            payload: self.payload,
+            output: None,
+            error: None,
+            idempotency_key,
+            idempotency_key_user,
+            idempotency_key_scope,
+            idempotency_key_expires_at,
+            tags: self.tags,
+            metadata: self.metadata,
+            delay_until: self.delay_until,
+            ttl: self.ttl.map(|t| t.display),
+            expire_at,
+            expired_at: None,
+            max_attempts: self.max_attempts,
+            max_duration_secs: self.max_duration_secs,
+            machine: self.machine,
+            priority_ms: self.priority_ms,
+            is_test: self.is_test,
+            queue: self.queue,
+            concurrency_key: self.concurrency_key,
+            lock_to_version: self.lock_to_version,
+            worker_version: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            attempt_count: 0,
+            usage_duration_ms: 0,
+            cost_in_cents: 0.0,
+            base_cost_in_cents: 0.0,
+            depth: 0,
+            parent_run_id: None,
+            root_run_id: None,
+            batch_id: None,
+            resume_parent_on_completion: false,
+            schedule_id: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn validate(body: Value) -> Result<ValidTrigger, TriggerError> {
+        let request: TriggerRequest = serde_json::from_value(body).unwrap();
+        request.validate("my-task", &IdempotencyHeaders::default(), now())
+    }
+
+    fn field_of(result: Result<ValidTrigger, TriggerError>) -> &'static str {
+        match result {
+            Err(TriggerError::Invalid { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_trigger_queues_on_the_task_queue() {
+        let t = validate(json!({"payload": {"n": 1}})).unwrap();
+        assert_eq!(t.payload, Packet::json(&json!({"n": 1})));
+        assert_eq!(t.queue, "task/my-task");
+        let run = t.into_run(RunId::generate(0), EnvironmentId::generate(0), now());
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(run.expire_at, None);
+    }
+
+    #[test]
+    fn tags_are_trimmed_of_blanks_sorted_and_limited() {
+        let t = validate(json!({"options": {"tags": ["b", " ", "a", "b"]}})).unwrap();
+        assert_eq!(t.tags, vec!["a", "b"]);
+        assert_eq!(validate(json!({"options": {"tags": "solo"}})).unwrap().tags, vec!["solo"]);
+        let eleven: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
+        assert_eq!(validate(json!({"options": {"tags": eleven}})), Err(TriggerError::TooManyTags(11)));
+        assert_eq!(field_of(validate(json!({"options": {"tags": ["x".repeat(129)]}}))), "options.tags");
+        assert_eq!(field_of(validate(json!({"options": {"tags": [1]}}))), "options.tags");
+    }
+
+    #[test]
+    fn delay_accepts_durations_and_future_dates_and_ignores_past_dates() {
+        let t = validate(json!({"options": {"delay": "1h"}})).unwrap();
+        assert_eq!(t.delay_until, Some(now() + Duration::hours(1)));
+        let t = validate(json!({"options": {"delay": "2026-01-03T00:00:00Z"}})).unwrap();
+        assert_eq!(t.delay_until.unwrap().to_rfc3339(), "2026-01-03T00:00:00+00:00");
+        let t = validate(json!({"options": {"delay": "2020-01-01T00:00:00Z"}})).unwrap();
+        assert_eq!(t.delay_until, None);
+        assert_eq!(field_of(validate(json!({"options": {"delay": "soon"}}))), "options.delay");
+    }
+
+    #[test]
+    fn delayed_run_ttl_counts_from_the_end_of_the_delay() {
+        let t = validate(json!({"options": {"delay": "1h", "ttl": "10m"}})).unwrap();
+        let run = t.into_run(RunId::generate(0), EnvironmentId::generate(0), now());
+        assert_eq!(run.status, RunStatus::Delayed);
+        assert_eq!(run.expire_at, Some(now() + Duration::minutes(70)));
+    }
+
+    #[test]
+    fn ttl_is_echoed_as_a_string() {
+        let cases = [
+            (json!("1h42m"), Some("1h42m")),
+            (json!(3600), Some("1h")),
+            (json!(0), None),
+            (json!("0s"), None),
+        ];
+        for (ttl, want) in cases {
+            let t = validate(json!({"options": {"ttl": ttl}})).unwrap();
+            assert_eq!(t.ttl.map(|t| t.display).as_deref(), want, "{ttl}");
+        }
+        assert_eq!(field_of(validate(json!({"options": {"ttl": "forever"}}))), "options.ttl");
+        assert_eq!(field_of(validate(json!({"options": {"ttl": -1}}))), "options.ttl");
+    }
+
+    #[test]
+    fn numeric_options_are_clamped_or_refused() {
+        let t = validate(json!({"options": {"maxDuration": 1, "priority": 1.5, "maxAttempts": 999}})).unwrap();
+        assert_eq!(t.max_duration_secs, Some(5));
+        assert_eq!(t.priority_ms, 1500);
+        assert_eq!(t.max_attempts, Some(250));
+        let t = validate(json!({"options": {"maxDuration": 1e12}})).unwrap();
+        assert_eq!(t.max_duration_secs, Some(2_147_483_647));
+        assert_eq!(field_of(validate(json!({"options": {"maxAttempts": 0}}))), "options.maxAttempts");
+        assert_eq!(field_of(validate(json!({"options": {"machine": "huge"}}))), "options.machine");
+    }
+
+    #[test]
+    fn idempotency_key_from_body_or_header_with_ttl() {
+        let t = validate(json!({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "5s"}})).unwrap();
+        let claim = t.idempotency.unwrap();
+        assert_eq!(claim.key, "k");
+        assert_eq!(claim.expires_at, now() + Duration::seconds(5));
+        let t = validate(json!({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "bogus"}})).unwrap();
+        assert_eq!(t.idempotency.unwrap().expires_at, now() + Duration::days(30));
+
+        let headers = IdempotencyHeaders {
+            key: Some("from-header".into()),
+            ttl: Some("1h".into()),
+        };
+        let t = TriggerRequest::default().validate("t", &headers, now()).unwrap();
+        let claim = t.idempotency.unwrap();
+        assert_eq!(claim.key, "from-header");
+        assert_eq!(claim.expires_at, now() + Duration::hours(1));
+
+        let long = "k".repeat(2049);
+        assert_eq!(
+            field_of(validate(json!({"options": {"idempotencyKey": long}}))),
+            "options.idempotencyKey"
+        );
+    }
+
+    #[test]
+    fn payload_types() {
+        let t = validate(json!({"payload": "{\"json\":{\"a\":1}}", "options": {"payloadType": "application/super+json"}})).unwrap();
+        assert_eq!(t.payload.to_value(), Some(json!({"a": 1})));
+        assert_eq!(
+            field_of(validate(json!({"payload": {"a": 1}, "options": {"payloadType": "text/plain"}}))),
+            "payload"
+        );
+        assert!(matches!(
+            validate(json!({"payload": "p/x", "options": {"payloadType": "application/store"}})),
+            Err(TriggerError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_limits() {
+        let t = validate(json!({"options": {"metadata": {"a": 1}}})).unwrap();
+        assert_eq!(t.metadata.unwrap().to_value(), Some(json!({"a": 1})));
+        let t = validate(json!({"options": {"metadata": "{\"b\":2}", "metadataType": "application/json"}})).unwrap();
+        assert_eq!(t.metadata.unwrap().to_value(), Some(json!({"b": 2})));
+        let big = "x".repeat(MAX_METADATA_BYTES);
+        assert_eq!(validate(json!({"options": {"metadata": {"big": big}}})), Err(TriggerError::MetadataTooLarge));
+        assert_eq!(field_of(validate(json!({"options": {"metadata": [1]}}))), "options.metadata");
+    }
+
+    #[test]
+    fn queue_names_are_sanitized() {
+        let t = validate(json!({"options": {"queue": {"name": "emails high!"}}})).unwrap();
+        assert_eq!(t.queue, "emailshigh");
+        assert_eq!(field_of(validate(json!({"options": {"queue": {"name": "!!"}}}))), "options.queue.name");
+    }
+
+    #[test]
+    fn task_identifier_rules() {
+        assert!(validate_task_identifier("email/send-welcome").is_ok());
+        assert!(validate_task_identifier("").is_err());
+        assert!(validate_task_identifier("has space").is_err());
+        assert!(validate_task_identifier(&"t".repeat(129)).is_err());
+    }
+}
