@@ -11,6 +11,7 @@ pub mod key;
 pub mod machine;
 pub mod run;
 pub mod status;
+pub mod tenancy;
 pub mod trigger;
 pub mod view;
 

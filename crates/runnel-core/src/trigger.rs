@@ -403,11 +403,9 @@ fn delay(value: Option<Value>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc
             }
         }
         Some(Value::Number(n)) => {
-            let ms = n
-                .as_f64()
+            n.as_f64()
                 .and_then(|ms| DateTime::from_timestamp_millis(ms as i64))
-                .ok_or_else(|| invalid("options.delay", "is not a valid timestamp"))?;
-            ms
+                .ok_or_else(|| invalid("options.delay", "is not a valid timestamp"))?
         }
         Some(_) => return Err(invalid("options.delay", "must be a duration string or a date")),
     };

@@ -1,1 +1,116 @@
-//! placeholder
+//! Runnel's orchestration: the operations the API calls (trigger, retrieve) and the
+//! runtime services that move runs by time (promoter, expirer), all over a [`Store`].
+//!
+//! The engine decides nothing about run semantics itself (that is `runnel-core`) and
+//! remembers nothing (that is the store); it sequences the two and reads time from the
+//! [`Clock`] it was given, so tests control it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use runnel_core::tenancy::Environment;
+use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
+use runnel_core::view::RunDetail;
+use runnel_core::RunId;
+use runnel_store::{Store, TriggerOutcome};
+use tokio::sync::Notify;
+
+pub mod clock;
+pub mod runtime;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    #[error(transparent)]
+    Store(#[from] runnel_store::Error),
+}
+
+/// The answer to a trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Triggered {
+    pub id: RunId,
+    /// An idempotency key matched an existing run; nothing new was created.
+    pub is_cached: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Wakes the runtime services when a run with a deadline is created.
+    deadlines_changed: Arc<Notify>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Engine {
+            store,
+            clock,
+            deadlines_changed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Validates and stores a trigger of `task` in `environment`.
+    pub async fn trigger(
+        &self,
+        environment: &Environment,
+        task: &str,
+        request: TriggerRequest,
+        headers: &IdempotencyHeaders,
+    ) -> Result<Triggered, Error> {
+        let now = self.clock.now();
+        let valid = request.validate(task, headers, now)?;
+        let id = RunId::generate(now.timestamp_millis());
+        let run = valid.into_run(id, environment.id.clone(), now);
+        let has_deadline = run.expire_at.is_some() || run.delay_until.is_some();
+        let outcome = self.store.run_trigger(&run, now).await?;
+        Ok(match outcome {
+            TriggerOutcome::Created(id) => {
+                if has_deadline {
+                    self.deadlines_changed.notify_one();
+                }
+                tracing::debug!(run = %id, task, env = %environment.kind, "run triggered");
+                Triggered { id, is_cached: false }
+            }
+            TriggerOutcome::Cached(id) => Triggered { id, is_cached: true },
+        })
+    }
+
+    /// A run of `environment` with what its response shows (attempts, related runs);
+    /// `None` when it does not exist there.
+    pub async fn run_detail(&self, environment: &Environment, id: &RunId) -> Result<Option<RunDetail>, Error> {
+        let Some(run) = self.store.run_get(&environment.id, id).await? else {
+            return Ok(None);
+        };
+        let attempts = self.store.attempt_list(&run.id).await?;
+        let children = self.store.run_children(&run.id).await?;
+        let parent = match &run.parent_run_id {
+            Some(parent) => self.store.run_get(&environment.id, parent).await?,
+            None => None,
+        };
+        let root = match &run.root_run_id {
+            Some(root) if Some(root) != run.parent_run_id.as_ref() => self.store.run_get(&environment.id, root).await?,
+            Some(_) => parent.clone(),
+            None => None,
+        };
+        Ok(Some(RunDetail {
+            run,
+            attempts,
+            root,
+            parent,
+            children,
+        }))
+    }
+}
