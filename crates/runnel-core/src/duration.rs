@@ -105,7 +105,11 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_duration_secs(input), want, "{input:?}");
         }
-        assert_eq!(parse_duration_secs(&"1s".repeat(51)), None, "over 100 chars");
+        assert_eq!(
+            parse_duration_secs(&"1s".repeat(51)),
+            None,
+            "over 100 chars"
+        );
     }
 
     #[test]

@@ -125,7 +125,16 @@ mod tests {
 
     #[test]
     fn parse_rejects_other_kinds_and_bad_bodies() {
-        for bad in ["", "run_", "run", "batch_abc", "run_ABC", "run_a_b", "run_a-b", "xrun_abc"] {
+        for bad in [
+            "",
+            "run_",
+            "run",
+            "batch_abc",
+            "run_ABC",
+            "run_a_b",
+            "run_a-b",
+            "xrun_abc",
+        ] {
             assert_eq!(RunId::parse(bad), None, "{bad:?}");
         }
         assert!(RunId::parse("run_cm1abc").is_some());

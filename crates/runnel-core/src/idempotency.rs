@@ -23,7 +23,11 @@ pub enum Decision {
 }
 
 /// Decides for a holder in `status` whose key expires at `key_expires_at`.
-pub fn decide(status: RunStatus, key_expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Decision {
+pub fn decide(
+    status: RunStatus,
+    key_expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Decision {
     let key_expired = key_expires_at.is_some_and(|at| at <= now);
     if key_expired || status.releases_idempotency_key() {
         Decision::ReleaseAndCreate

@@ -95,7 +95,8 @@ impl SecretKey {
         let rest = token.strip_prefix("tr_")?;
         let (tag, body) = rest.split_once('_')?;
         let known_tag = EnvironmentKind::ALL.iter().any(|k| k.key_tag() == tag);
-        let body_ok = body.len() == SECRET_KEY_BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric());
+        let body_ok =
+            body.len() == SECRET_KEY_BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric());
         (known_tag && body_ok).then(|| SecretKey(token.to_owned()))
     }
 

@@ -36,7 +36,9 @@ impl Packet {
     pub fn to_value(&self) -> Option<Value> {
         let data = self.data.as_deref()?;
         Some(match self.data_type.as_str() {
-            Self::JSON => serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_owned())),
+            Self::JSON => {
+                serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_owned()))
+            }
             Self::SUPER_JSON => match serde_json::from_str::<Value>(data) {
                 Ok(Value::Object(mut envelope)) => envelope.remove("json").unwrap_or(Value::Null),
                 _ => Value::String(data.to_owned()),
@@ -107,7 +109,9 @@ pub struct Run {
 impl Run {
     /// The version a response shows: the executing worker's, else the locked one.
     pub fn version(&self) -> Option<&str> {
-        self.worker_version.as_deref().or(self.lock_to_version.as_deref())
+        self.worker_version
+            .as_deref()
+            .or(self.lock_to_version.as_deref())
     }
 
     /// How the run was triggered, derived from its batch and parent links.
@@ -182,7 +186,11 @@ mod tests {
     fn packets_render_by_type() {
         let cases = [
             (Some(r#"{"a":1}"#), Packet::JSON, Some(json!({"a": 1}))),
-            (Some(r#"{"json":{"a":1},"meta":{}}"#), Packet::SUPER_JSON, Some(json!({"a": 1}))),
+            (
+                Some(r#"{"json":{"a":1},"meta":{}}"#),
+                Packet::SUPER_JSON,
+                Some(json!({"a": 1})),
+            ),
             (Some("hello"), Packet::TEXT, Some(json!("hello"))),
             (None, Packet::JSON, None),
         ];

@@ -253,8 +253,14 @@ mod tests {
     #[test]
     fn every_status_maps_into_the_callers_set() {
         for status in RunStatus::ALL {
-            assert!(LEGACY_SET.contains(&status.public(ApiVersion::Legacy)), "{status}");
-            assert!(CURRENT_SET.contains(&status.public(ApiVersion::Current)), "{status}");
+            assert!(
+                LEGACY_SET.contains(&status.public(ApiVersion::Legacy)),
+                "{status}"
+            );
+            assert!(
+                CURRENT_SET.contains(&status.public(ApiVersion::Current)),
+                "{status}"
+            );
         }
     }
 
@@ -269,8 +275,14 @@ mod tests {
     #[test]
     fn header_selects_the_vocabulary() {
         assert_eq!(ApiVersion::from_header(None), ApiVersion::Legacy);
-        assert_eq!(ApiVersion::from_header(Some("2024-01-01")), ApiVersion::Legacy);
-        assert_eq!(ApiVersion::from_header(Some("2025-07-16")), ApiVersion::Current);
+        assert_eq!(
+            ApiVersion::from_header(Some("2024-01-01")),
+            ApiVersion::Legacy
+        );
+        assert_eq!(
+            ApiVersion::from_header(Some("2025-07-16")),
+            ApiVersion::Current
+        );
     }
 
     #[test]
@@ -293,7 +305,11 @@ mod tests {
     fn exactly_the_final_statuses_are_completed() {
         for status in RunStatus::ALL {
             for version in [ApiVersion::Legacy, ApiVersion::Current] {
-                assert_eq!(status.flags(version).is_completed, status.is_final(), "{status}");
+                assert_eq!(
+                    status.flags(version).is_completed,
+                    status.is_final(),
+                    "{status}"
+                );
             }
         }
         let finals = RunStatus::ALL.iter().filter(|s| s.is_final()).count();

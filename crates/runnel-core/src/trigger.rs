@@ -85,7 +85,10 @@ pub struct IdempotencyKeyOptions {
 pub enum TriggerError {
     /// Malformed input (400), naming the field.
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// More than [`MAX_TAGS`] tags (422, the contract's message).
     #[error("Runs can only have {MAX_TAGS} tags, you're trying to set {0}.")]
     TooManyTags(usize),
@@ -191,21 +194,30 @@ impl TriggerRequest {
         };
         let max_duration_secs = o.max_duration.map(|secs| {
             // Clamped, not refused: the contract's range is 5..2147483647.
-            secs.round()
-                .clamp(f64::from(MAX_DURATION_MIN_SECS), f64::from(MAX_DURATION_MAX_SECS)) as u32
+            secs.round().clamp(
+                f64::from(MAX_DURATION_MIN_SECS),
+                f64::from(MAX_DURATION_MAX_SECS),
+            ) as u32
         });
         let machine = o
             .machine
             .map(|name| {
                 name.parse::<MachinePreset>().map_err(|_| {
                     let names: Vec<_> = MachinePreset::ALL.iter().map(|m| m.as_str()).collect();
-                    invalid("options.machine", format!("must be one of {}", names.join(", ")))
+                    invalid(
+                        "options.machine",
+                        format!("must be one of {}", names.join(", ")),
+                    )
                 })
             })
             .transpose()?;
         let priority_ms = o
             .priority
-            .map(|secs| (secs * 1000.0).round().clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32)
+            .map(|secs| {
+                (secs * 1000.0)
+                    .round()
+                    .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+            })
             .unwrap_or(0);
         let queue = match o.queue {
             None => format!("task/{task}"),
@@ -216,12 +228,20 @@ impl TriggerRequest {
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => Some(s),
             Some(Value::Number(n)) => Some(n.to_string()),
-            Some(_) => return Err(invalid("options.concurrencyKey", "must be a string or a number")),
+            Some(_) => {
+                return Err(invalid(
+                    "options.concurrencyKey",
+                    "must be a string or a number",
+                ))
+            }
         };
         let lock_to_version = match o.lock_to_version {
             Some(v) if v.trim().is_empty() => None,
             Some(v) if v.len() > 128 => {
-                return Err(invalid("options.lockToVersion", "must be at most 128 characters"))
+                return Err(invalid(
+                    "options.lockToVersion",
+                    "must be at most 128 characters",
+                ))
             }
             other => other,
         };
@@ -245,7 +265,10 @@ impl TriggerRequest {
     }
 }
 
-fn payload_packet(payload: Option<Value>, payload_type: Option<String>) -> Result<Packet, TriggerError> {
+fn payload_packet(
+    payload: Option<Value>,
+    payload_type: Option<String>,
+) -> Result<Packet, TriggerError> {
     let data_type = payload_type.unwrap_or_else(|| Packet::JSON.to_owned());
     if data_type.is_empty() || data_type.len() > MAX_CONTENT_TYPE_LEN {
         return Err(invalid(
@@ -265,12 +288,21 @@ fn payload_packet(payload: Option<Value>, payload_type: Option<String>) -> Resul
         ));
     }
     match payload {
-        None => Ok(Packet { data: None, data_type }),
+        None => Ok(Packet {
+            data: None,
+            data_type,
+        }),
         Some(Value::String(s)) => {
             if data_type == Packet::SUPER_JSON && serde_json::from_str::<Value>(&s).is_err() {
-                return Err(invalid("payload", "must be superjson text when payloadType is application/super+json"));
+                return Err(invalid(
+                    "payload",
+                    "must be superjson text when payloadType is application/super+json",
+                ));
             }
-            Ok(Packet { data: Some(s), data_type })
+            Ok(Packet {
+                data: Some(s),
+                data_type,
+            })
         }
         Some(_) => Err(invalid(
             "payload",
@@ -290,7 +322,12 @@ fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
                 _ => Err(invalid("options.tags", "each tag must be a string")),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(invalid("options.tags", "must be a string or an array of strings")),
+        Some(_) => {
+            return Err(invalid(
+                "options.tags",
+                "must be a string or an array of strings",
+            ))
+        }
     };
     let mut tags: Vec<String> = Vec::with_capacity(raw.len());
     for tag in raw {
@@ -312,14 +349,19 @@ fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
     Ok(tags)
 }
 
-fn metadata_packet(value: Option<Value>, metadata_type: Option<String>) -> Result<Option<Packet>, TriggerError> {
+fn metadata_packet(
+    value: Option<Value>,
+    metadata_type: Option<String>,
+) -> Result<Option<Packet>, TriggerError> {
     let data_type = metadata_type.unwrap_or_else(|| Packet::JSON.to_owned());
     let data = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(object @ Value::Object(_)) => object.to_string(),
         // The v4 SDK sends metadata already serialized, with its type alongside.
         Some(Value::String(text)) => {
-            if data_type == Packet::JSON && !matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(_))) {
+            if data_type == Packet::JSON
+                && !matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(_)))
+            {
                 return Err(invalid("options.metadata", "must be a JSON object"));
             }
             text
@@ -384,7 +426,11 @@ fn idempotency(
 
 /// Seconds as a chrono duration, saturating far beyond any real date.
 fn seconds(secs: u64) -> Duration {
-    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX).min(100 * 365 * 86400))
+    Duration::seconds(
+        i64::try_from(secs)
+            .unwrap_or(i64::MAX)
+            .min(100 * 365 * 86400),
+    )
 }
 
 fn delay(value: Option<Value>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, TriggerError> {
@@ -402,12 +448,16 @@ fn delay(value: Option<Value>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc
                 ));
             }
         }
-        Some(Value::Number(n)) => {
-            n.as_f64()
-                .and_then(|ms| DateTime::from_timestamp_millis(ms as i64))
-                .ok_or_else(|| invalid("options.delay", "is not a valid timestamp"))?
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .and_then(|ms| DateTime::from_timestamp_millis(ms as i64))
+            .ok_or_else(|| invalid("options.delay", "is not a valid timestamp"))?,
+        Some(_) => {
+            return Err(invalid(
+                "options.delay",
+                "must be a duration string or a date",
+            ))
         }
-        Some(_) => return Err(invalid("options.delay", "must be a duration string or a date")),
     };
     // A date that has already passed queues the run at once, as upstream does.
     Ok((until > now).then_some(until))
@@ -418,20 +468,31 @@ fn ttl(value: Option<Value>) -> Result<Option<Ttl>, TriggerError> {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => {
             let secs = parse_duration_secs(&s).ok_or_else(|| {
-                invalid("options.ttl", format!("{s:?} is not a duration like 10m, 1h42m or 3600s"))
+                invalid(
+                    "options.ttl",
+                    format!("{s:?} is not a duration like 10m, 1h42m or 3600s"),
+                )
             })?;
             Ttl { display: s, secs }
         }
         Some(Value::Number(n)) => {
-            let secs = n
-                .as_u64()
-                .ok_or_else(|| invalid("options.ttl", "must be a whole number of seconds, 0 or more"))?;
+            let secs = n.as_u64().ok_or_else(|| {
+                invalid(
+                    "options.ttl",
+                    "must be a whole number of seconds, 0 or more",
+                )
+            })?;
             Ttl {
                 display: format_duration_secs(secs),
                 secs,
             }
         }
-        Some(_) => return Err(invalid("options.ttl", "must be a duration string or a number of seconds")),
+        Some(_) => {
+            return Err(invalid(
+                "options.ttl",
+                "must be a duration string or a number of seconds",
+            ))
+        }
     };
     // Zero means "no TTL".
     Ok((ttl.secs > 0).then_some(ttl))
@@ -464,11 +525,15 @@ impl ValidTrigger {
         // The TTL clock starts when the run is queued: now, or at the end of its delay.
         let queued_at = self.delay_until.unwrap_or(now);
         let expire_at = self.ttl.as_ref().map(|ttl| queued_at + seconds(ttl.secs));
-        let (idempotency_key, idempotency_key_user, idempotency_key_scope, idempotency_key_expires_at) =
-            match self.idempotency {
-                Some(c) => (Some(c.key), c.user_key, c.scope, Some(c.expires_at)),
-                None => (None, None, None, None),
-            };
+        let (
+            idempotency_key,
+            idempotency_key_user,
+            idempotency_key_scope,
+            idempotency_key_expires_at,
+        ) = match self.idempotency {
+            Some(c) => (Some(c.key), c.user_key, c.scope, Some(c.expires_at)),
+            None => (None, None, None, None),
+        };
         Run {
             id,
             environment_id,
@@ -520,7 +585,9 @@ mod tests {
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn validate(body: Value) -> Result<ValidTrigger, TriggerError> {
@@ -549,11 +616,23 @@ mod tests {
     fn tags_are_trimmed_of_blanks_sorted_and_limited() {
         let t = validate(json!({"options": {"tags": ["b", " ", "a", "b"]}})).unwrap();
         assert_eq!(t.tags, vec!["a", "b"]);
-        assert_eq!(validate(json!({"options": {"tags": "solo"}})).unwrap().tags, vec!["solo"]);
+        assert_eq!(
+            validate(json!({"options": {"tags": "solo"}})).unwrap().tags,
+            vec!["solo"]
+        );
         let eleven: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
-        assert_eq!(validate(json!({"options": {"tags": eleven}})), Err(TriggerError::TooManyTags(11)));
-        assert_eq!(field_of(validate(json!({"options": {"tags": ["x".repeat(129)]}}))), "options.tags");
-        assert_eq!(field_of(validate(json!({"options": {"tags": [1]}}))), "options.tags");
+        assert_eq!(
+            validate(json!({"options": {"tags": eleven}})),
+            Err(TriggerError::TooManyTags(11))
+        );
+        assert_eq!(
+            field_of(validate(json!({"options": {"tags": ["x".repeat(129)]}}))),
+            "options.tags"
+        );
+        assert_eq!(
+            field_of(validate(json!({"options": {"tags": [1]}}))),
+            "options.tags"
+        );
     }
 
     #[test]
@@ -561,10 +640,16 @@ mod tests {
         let t = validate(json!({"options": {"delay": "1h"}})).unwrap();
         assert_eq!(t.delay_until, Some(now() + Duration::hours(1)));
         let t = validate(json!({"options": {"delay": "2026-01-03T00:00:00Z"}})).unwrap();
-        assert_eq!(t.delay_until.unwrap().to_rfc3339(), "2026-01-03T00:00:00+00:00");
+        assert_eq!(
+            t.delay_until.unwrap().to_rfc3339(),
+            "2026-01-03T00:00:00+00:00"
+        );
         let t = validate(json!({"options": {"delay": "2020-01-01T00:00:00Z"}})).unwrap();
         assert_eq!(t.delay_until, None);
-        assert_eq!(field_of(validate(json!({"options": {"delay": "soon"}}))), "options.delay");
+        assert_eq!(
+            field_of(validate(json!({"options": {"delay": "soon"}}))),
+            "options.delay"
+        );
     }
 
     #[test]
@@ -587,36 +672,57 @@ mod tests {
             let t = validate(json!({"options": {"ttl": ttl}})).unwrap();
             assert_eq!(t.ttl.map(|t| t.display).as_deref(), want, "{ttl}");
         }
-        assert_eq!(field_of(validate(json!({"options": {"ttl": "forever"}}))), "options.ttl");
-        assert_eq!(field_of(validate(json!({"options": {"ttl": -1}}))), "options.ttl");
+        assert_eq!(
+            field_of(validate(json!({"options": {"ttl": "forever"}}))),
+            "options.ttl"
+        );
+        assert_eq!(
+            field_of(validate(json!({"options": {"ttl": -1}}))),
+            "options.ttl"
+        );
     }
 
     #[test]
     fn numeric_options_are_clamped_or_refused() {
-        let t = validate(json!({"options": {"maxDuration": 1, "priority": 1.5, "maxAttempts": 999}})).unwrap();
+        let t =
+            validate(json!({"options": {"maxDuration": 1, "priority": 1.5, "maxAttempts": 999}}))
+                .unwrap();
         assert_eq!(t.max_duration_secs, Some(5));
         assert_eq!(t.priority_ms, 1500);
         assert_eq!(t.max_attempts, Some(250));
         let t = validate(json!({"options": {"maxDuration": 1e12}})).unwrap();
         assert_eq!(t.max_duration_secs, Some(2_147_483_647));
-        assert_eq!(field_of(validate(json!({"options": {"maxAttempts": 0}}))), "options.maxAttempts");
-        assert_eq!(field_of(validate(json!({"options": {"machine": "huge"}}))), "options.machine");
+        assert_eq!(
+            field_of(validate(json!({"options": {"maxAttempts": 0}}))),
+            "options.maxAttempts"
+        );
+        assert_eq!(
+            field_of(validate(json!({"options": {"machine": "huge"}}))),
+            "options.machine"
+        );
     }
 
     #[test]
     fn idempotency_key_from_body_or_header_with_ttl() {
-        let t = validate(json!({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "5s"}})).unwrap();
+        let t = validate(json!({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "5s"}}))
+            .unwrap();
         let claim = t.idempotency.unwrap();
         assert_eq!(claim.key, "k");
         assert_eq!(claim.expires_at, now() + Duration::seconds(5));
-        let t = validate(json!({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "bogus"}})).unwrap();
-        assert_eq!(t.idempotency.unwrap().expires_at, now() + Duration::days(30));
+        let t = validate(json!({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "bogus"}}))
+            .unwrap();
+        assert_eq!(
+            t.idempotency.unwrap().expires_at,
+            now() + Duration::days(30)
+        );
 
         let headers = IdempotencyHeaders {
             key: Some("from-header".into()),
             ttl: Some("1h".into()),
         };
-        let t = TriggerRequest::default().validate("t", &headers, now()).unwrap();
+        let t = TriggerRequest::default()
+            .validate("t", &headers, now())
+            .unwrap();
         let claim = t.idempotency.unwrap();
         assert_eq!(claim.key, "from-header");
         assert_eq!(claim.expires_at, now() + Duration::hours(1));
@@ -633,7 +739,9 @@ mod tests {
         let t = validate(json!({"payload": "{\"json\":{\"a\":1}}", "options": {"payloadType": "application/super+json"}})).unwrap();
         assert_eq!(t.payload.to_value(), Some(json!({"a": 1})));
         assert_eq!(
-            field_of(validate(json!({"payload": {"a": 1}, "options": {"payloadType": "text/plain"}}))),
+            field_of(validate(
+                json!({"payload": {"a": 1}, "options": {"payloadType": "text/plain"}})
+            )),
             "payload"
         );
         assert!(matches!(
@@ -646,18 +754,30 @@ mod tests {
     fn metadata_limits() {
         let t = validate(json!({"options": {"metadata": {"a": 1}}})).unwrap();
         assert_eq!(t.metadata.unwrap().to_value(), Some(json!({"a": 1})));
-        let t = validate(json!({"options": {"metadata": "{\"b\":2}", "metadataType": "application/json"}})).unwrap();
+        let t = validate(
+            json!({"options": {"metadata": "{\"b\":2}", "metadataType": "application/json"}}),
+        )
+        .unwrap();
         assert_eq!(t.metadata.unwrap().to_value(), Some(json!({"b": 2})));
         let big = "x".repeat(MAX_METADATA_BYTES);
-        assert_eq!(validate(json!({"options": {"metadata": {"big": big}}})), Err(TriggerError::MetadataTooLarge));
-        assert_eq!(field_of(validate(json!({"options": {"metadata": [1]}}))), "options.metadata");
+        assert_eq!(
+            validate(json!({"options": {"metadata": {"big": big}}})),
+            Err(TriggerError::MetadataTooLarge)
+        );
+        assert_eq!(
+            field_of(validate(json!({"options": {"metadata": [1]}}))),
+            "options.metadata"
+        );
     }
 
     #[test]
     fn queue_names_are_sanitized() {
         let t = validate(json!({"options": {"queue": {"name": "emails high!"}}})).unwrap();
         assert_eq!(t.queue, "emailshigh");
-        assert_eq!(field_of(validate(json!({"options": {"queue": {"name": "!!"}}}))), "options.queue.name");
+        assert_eq!(
+            field_of(validate(json!({"options": {"queue": {"name": "!!"}}}))),
+            "options.queue.name"
+        );
     }
 
     #[test]

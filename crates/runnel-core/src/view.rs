@@ -66,7 +66,10 @@ impl CommonRunFields {
             status: run.status.public(version),
             task_identifier: run.task_identifier.clone(),
             // The user's own key when the SDK told us it, else the key as matched.
-            idempotency_key: run.idempotency_key_user.clone().or_else(|| run.idempotency_key.clone()),
+            idempotency_key: run
+                .idempotency_key_user
+                .clone()
+                .or_else(|| run.idempotency_key.clone()),
             version: run.version().map(str::to_owned),
             is_queued: flags.is_queued,
             is_executing: flags.is_executing,
@@ -173,9 +176,19 @@ impl RetrieveRunResponse {
             error: run.error.as_ref().map(public_error),
             schedule: None,
             related_runs: RelatedRuns {
-                root: detail.root.as_ref().map(|r| CommonRunFields::new(r, version)),
-                parent: detail.parent.as_ref().map(|r| CommonRunFields::new(r, version)),
-                children: detail.children.iter().map(|r| CommonRunFields::new(r, version)).collect(),
+                root: detail
+                    .root
+                    .as_ref()
+                    .map(|r| CommonRunFields::new(r, version)),
+                parent: detail
+                    .parent
+                    .as_ref()
+                    .map(|r| CommonRunFields::new(r, version)),
+                children: detail
+                    .children
+                    .iter()
+                    .map(|r| CommonRunFields::new(r, version))
+                    .collect(),
             },
             attempt_count: run.attempt_count,
             attempts: detail.attempts.iter().map(AttemptView::from).collect(),
@@ -214,12 +227,18 @@ mod tests {
 
     #[test]
     fn optional_fields_are_absent_not_null() {
-        let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let request: TriggerRequest = serde_json::from_value(json!({"payload": {"a": 1}})).unwrap();
         let run = request
             .validate("t", &IdempotencyHeaders::default(), now)
             .unwrap()
-            .into_run(RunId::from_trusted("run_x".into()), EnvironmentId::generate(0), now);
+            .into_run(
+                RunId::from_trusted("run_x".into()),
+                EnvironmentId::generate(0),
+                now,
+            );
         let detail = RunDetail {
             run,
             attempts: vec![],
@@ -227,22 +246,36 @@ mod tests {
             parent: None,
             children: vec![],
         };
-        let body = serde_json::to_value(RetrieveRunResponse::new(&detail, ApiVersion::Legacy)).unwrap();
+        let body =
+            serde_json::to_value(RetrieveRunResponse::new(&detail, ApiVersion::Legacy)).unwrap();
         let text = body.to_string();
         assert!(!text.contains("null"), "{text}");
         assert_eq!(body["createdAt"], "2026-01-02T03:04:05.678Z");
         assert_eq!(body["relatedRuns"], json!({"children": []}));
         assert_eq!(body["attempts"], json!([]));
-        for absent in ["startedAt", "finishedAt", "output", "version", "idempotencyKey", "ttl", "schedule"] {
+        for absent in [
+            "startedAt",
+            "finishedAt",
+            "output",
+            "version",
+            "idempotencyKey",
+            "ttl",
+            "schedule",
+        ] {
             assert!(body.get(absent).is_none(), "{absent}");
         }
     }
 
     #[test]
     fn errors_are_shown_as_message_name_stack() {
-        assert_eq!(public_error(&json!({"type": "STRING_ERROR", "raw": "boom"})), json!({"message": "boom"}));
         assert_eq!(
-            public_error(&json!({"type": "BUILT_IN_ERROR", "name": "Error", "message": "m", "stackTrace": "s"})),
+            public_error(&json!({"type": "STRING_ERROR", "raw": "boom"})),
+            json!({"message": "boom"})
+        );
+        assert_eq!(
+            public_error(
+                &json!({"type": "BUILT_IN_ERROR", "name": "Error", "message": "m", "stackTrace": "s"})
+            ),
             json!({"message": "m", "name": "Error", "stackTrace": "s"})
         );
         assert_eq!(

@@ -82,15 +82,25 @@ impl Engine {
                     self.deadlines_changed.notify_one();
                 }
                 tracing::debug!(run = %id, task, env = %environment.kind, "run triggered");
-                Triggered { id, is_cached: false }
+                Triggered {
+                    id,
+                    is_cached: false,
+                }
             }
-            TriggerOutcome::Cached(id) => Triggered { id, is_cached: true },
+            TriggerOutcome::Cached(id) => Triggered {
+                id,
+                is_cached: true,
+            },
         })
     }
 
     /// A run of `environment` with what its response shows (attempts, related runs);
     /// `None` when it does not exist there.
-    pub async fn run_detail(&self, environment: &Environment, id: &RunId) -> Result<Option<RunDetail>, Error> {
+    pub async fn run_detail(
+        &self,
+        environment: &Environment,
+        id: &RunId,
+    ) -> Result<Option<RunDetail>, Error> {
         let Some(run) = self.store.run_get(&environment.id, id).await? else {
             return Ok(None);
         };
@@ -101,7 +111,9 @@ impl Engine {
             None => None,
         };
         let root = match &run.root_run_id {
-            Some(root) if Some(root) != run.parent_run_id.as_ref() => self.store.run_get(&environment.id, root).await?,
+            Some(root) if Some(root) != run.parent_run_id.as_ref() => {
+                self.store.run_get(&environment.id, root).await?
+            }
             Some(_) => parent.clone(),
             None => None,
         };

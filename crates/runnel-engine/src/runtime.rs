@@ -75,7 +75,10 @@ impl Engine {
         let next = self.store.run_next_due_at().await?;
         let now = self.clock.now();
         Ok(match next {
-            Some(at) => (at - now).to_std().unwrap_or(StdDuration::ZERO).min(IDLE_RECHECK),
+            Some(at) => (at - now)
+                .to_std()
+                .unwrap_or(StdDuration::ZERO)
+                .min(IDLE_RECHECK),
             None => IDLE_RECHECK,
         })
     }

@@ -1,1 +1,55 @@
-//! placeholder
+//! Runnel's HTTP face: the Trigger.dev-compatible management API.
+//!
+//! Requests are translated to engine calls here and nowhere else; errors become HTTP in
+//! exactly one place ([`error::ApiError`]). Every `/api/*` route is authenticated with a
+//! secret key that scopes it to one environment ([`auth`]).
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use runnel_engine::Engine;
+use tokio::net::TcpListener;
+
+pub mod auth;
+pub mod error;
+mod runs;
+
+pub use error::ApiError;
+
+/// Largest request body accepted (contract §5: 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(runs::healthz))
+        .route(
+            "/api/v1/tasks/{task_identifier}/trigger",
+            post(runs::trigger),
+        )
+        .route("/api/v3/runs/{run_id}", get(runs::retrieve))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
+/// finish before returning.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -47,10 +47,14 @@ pub enum TriggerOutcome {
 /// What `api_key_revoke` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeOutcome {
-    Revoked { prefix: String },
+    Revoked {
+        prefix: String,
+    },
     NotFound,
     /// The prefix matches several live keys; nothing was revoked.
-    Ambiguous { matches: usize },
+    Ambiguous {
+        matches: usize,
+    },
 }
 
 /// What the first start of a server created.
@@ -68,14 +72,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// On an empty database: creates the project, its environments and `dev_key` in one
     /// transaction and returns them. When a project exists, changes nothing and returns
     /// `None` (so the key is never stored).
-    async fn project_bootstrap(&self, dev_key: &SecretKey, now: DateTime<Utc>) -> Result<Option<Bootstrap>>;
+    async fn project_bootstrap(
+        &self,
+        dev_key: &SecretKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Bootstrap>>;
 
     async fn project_get(&self) -> Result<Option<Project>>;
 
     async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>>;
 
     /// Stores a new key (hashed) for `environment`.
-    async fn api_key_insert(&self, key: &SecretKey, environment: &EnvironmentId, now: DateTime<Utc>) -> Result<()>;
+    async fn api_key_insert(
+        &self,
+        key: &SecretKey,
+        environment: &EnvironmentId,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// The environment of a live (not revoked) key with this hash.
     async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>>;
@@ -99,7 +112,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Conditional transition: moves the run to `to` only if it is still `from`. Entering
     /// a final status sets `completed_at`. Returns whether the run moved.
-    async fn run_transition(&self, id: &RunId, from: RunStatus, to: RunStatus, now: DateTime<Utc>) -> Result<bool>;
+    async fn run_transition(
+        &self,
+        id: &RunId,
+        from: RunStatus,
+        to: RunStatus,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Expires up to `limit` queued runs whose TTL deadline is at or before `now`.
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;

@@ -26,7 +26,10 @@ use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::Row;
 
 use crate::{Bootstrap, Error, Result, RevokeOutcome, Store, TriggerOutcome};
@@ -47,7 +50,8 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 fn time(ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| Error::Corrupt(format!("timestamp {ms} out of range")))
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| Error::Corrupt(format!("timestamp {ms} out of range")))
 }
 
 fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
@@ -105,7 +109,8 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
     let status: String = row.try_get("status")?;
     let status = RunStatus::from_str(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
     let tags: String = row.try_get("tags")?;
-    let tags: Vec<String> = serde_json::from_str(&tags).map_err(|e| Error::Corrupt(format!("tags: {e}")))?;
+    let tags: Vec<String> =
+        serde_json::from_str(&tags).map_err(|e| Error::Corrupt(format!("tags: {e}")))?;
     let error: Option<String> = row.try_get("error")?;
     let error = error
         .map(|e| serde_json::from_str::<Value>(&e))
@@ -119,7 +124,9 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
     let output_type: Option<String> = row.try_get("output_type")?;
     let metadata_type: Option<String> = row.try_get("metadata_type")?;
     let run_id = |col: &str| -> Result<Option<RunId>> {
-        Ok(row.try_get::<Option<String>, _>(col)?.map(RunId::from_trusted))
+        Ok(row
+            .try_get::<Option<String>, _>(col)?
+            .map(RunId::from_trusted))
     };
     let count = |col: &str| -> Result<u32> {
         let n: i64 = row.try_get(col)?;
@@ -134,30 +141,38 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
             data: row.try_get("payload")?,
             data_type: row.try_get("payload_type")?,
         },
-        output: output_type.map(|data_type| -> Result<Packet> {
-            Ok(Packet {
-                data: row.try_get("output")?,
-                data_type,
+        output: output_type
+            .map(|data_type| -> Result<Packet> {
+                Ok(Packet {
+                    data: row.try_get("output")?,
+                    data_type,
+                })
             })
-        }).transpose()?,
+            .transpose()?,
         error,
         idempotency_key: row.try_get("idempotency_key")?,
         idempotency_key_user: row.try_get("idempotency_key_user")?,
         idempotency_key_scope: row.try_get("idempotency_key_scope")?,
         idempotency_key_expires_at: opt_time(row.try_get("idempotency_key_expires_at")?)?,
         tags,
-        metadata: metadata_type.map(|data_type| -> Result<Packet> {
-            Ok(Packet {
-                data: row.try_get("metadata")?,
-                data_type,
+        metadata: metadata_type
+            .map(|data_type| -> Result<Packet> {
+                Ok(Packet {
+                    data: row.try_get("metadata")?,
+                    data_type,
+                })
             })
-        }).transpose()?,
+            .transpose()?,
         delay_until: opt_time(row.try_get("delay_until")?)?,
         ttl: row.try_get("ttl")?,
         expire_at: opt_time(row.try_get("expire_at")?)?,
         expired_at: opt_time(row.try_get("expired_at")?)?,
-        max_attempts: row.try_get::<Option<i64>, _>("max_attempts")?.map(|n| n as u32),
-        max_duration_secs: row.try_get::<Option<i64>, _>("max_duration_secs")?.map(|n| n as u32),
+        max_attempts: row
+            .try_get::<Option<i64>, _>("max_attempts")?
+            .map(|n| n as u32),
+        max_duration_secs: row
+            .try_get::<Option<i64>, _>("max_duration_secs")?
+            .map(|n| n as u32),
         machine,
         priority_ms: row.try_get::<i64, _>("priority_ms")? as i32,
         is_test: row.try_get("is_test")?,
@@ -256,7 +271,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn project_bootstrap(&self, dev_key: &SecretKey, now: DateTime<Utc>) -> Result<Option<Bootstrap>> {
+    async fn project_bootstrap(
+        &self,
+        dev_key: &SecretKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Bootstrap>> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Option<String> = sqlx::query_scalar("SELECT id FROM projects LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -280,13 +299,15 @@ impl Store for SqliteStore {
                 project_id: project.id.clone(),
                 kind,
             };
-            sqlx::query("INSERT INTO environments (id, project_id, kind, created_at) VALUES (?, ?, ?, ?)")
-                .bind(environment.id.as_str())
-                .bind(project.id.as_str())
-                .bind(kind.slug())
-                .bind(ms(now))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO environments (id, project_id, kind, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(environment.id.as_str())
+            .bind(project.id.as_str())
+            .bind(kind.slug())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
             environments.push(environment);
         }
         let dev = environments
@@ -301,7 +322,10 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(Bootstrap { project, environments }))
+        Ok(Some(Bootstrap {
+            project,
+            environments,
+        }))
     }
 
     async fn project_get(&self) -> Result<Option<Project>> {
@@ -325,7 +349,12 @@ impl Store for SqliteStore {
         row.as_ref().map(environment_from_row).transpose()
     }
 
-    async fn api_key_insert(&self, key: &SecretKey, environment: &EnvironmentId, now: DateTime<Utc>) -> Result<()> {
+    async fn api_key_insert(
+        &self,
+        key: &SecretKey,
+        environment: &EnvironmentId,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES (?, ?, ?, ?)")
             .bind(key.hash())
             .bind(key.display_prefix())
@@ -359,7 +388,8 @@ impl Store for SqliteStore {
                 let kind: String = row.try_get("kind")?;
                 Ok(ApiKeyInfo {
                     prefix: row.try_get("prefix")?,
-                    environment: EnvironmentKind::from_str(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    environment: EnvironmentKind::from_str(&kind)
+                        .map_err(|e| Error::Corrupt(e.to_string()))?,
                     created_at: time(row.try_get("created_at")?)?,
                     revoked_at: opt_time(row.try_get("revoked_at")?)?,
                 })
@@ -390,7 +420,9 @@ impl Store for SqliteStore {
                     prefix: full_prefix.clone(),
                 }
             }
-            many => RevokeOutcome::Ambiguous { matches: many.len() },
+            many => RevokeOutcome::Ambiguous {
+                matches: many.len(),
+            },
         };
         tx.commit().await?;
         Ok(outcome)
@@ -409,9 +441,12 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((holder_id, status, expires_at)) = holder {
-                let status = RunStatus::from_str(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let status =
+                    RunStatus::from_str(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
                 match idempotency::decide(status, opt_time(expires_at)?, now) {
-                    Decision::ReturnExisting => return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id))),
+                    Decision::ReturnExisting => {
+                        return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)))
+                    }
                     Decision::ReleaseAndCreate => {
                         sqlx::query(
                             "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = ? \
@@ -448,12 +483,23 @@ impl Store for SqliteStore {
     }
 
     async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ? ORDER BY created_at, id");
-        let rows = sqlx::query(&sql).bind(parent.as_str()).fetch_all(&self.reader).await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ? ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(parent.as_str())
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(run_from_row).collect()
     }
 
-    async fn run_transition(&self, id: &RunId, from: RunStatus, to: RunStatus, now: DateTime<Utc>) -> Result<bool> {
+    async fn run_transition(
+        &self,
+        id: &RunId,
+        from: RunStatus,
+        to: RunStatus,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let completed_at = to.is_final().then_some(ms(now));
         let done = sqlx::query(
             "UPDATE runs SET status = ?, updated_at = ?, completed_at = COALESCE(?, completed_at) \

@@ -1,0 +1,87 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Bodies are `{"error": "..."}` with the contract's statuses (§1.4). A 500 carries a
+//! generic message; its cause is logged, never sent.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use runnel_core::trigger::TriggerError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A missing resource, or one of another environment: the two look the same.
+    #[error("Not found")]
+    NotFound,
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error(transparent)]
+    Internal(#[from] runnel_store::Error),
+}
+
+impl From<runnel_engine::Error> for ApiError {
+    fn from(e: runnel_engine::Error) -> Self {
+        match e {
+            runnel_engine::Error::Trigger(e) => e.into(),
+            runnel_engine::Error::Store(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<TriggerError> for ApiError {
+    fn from(e: TriggerError) -> Self {
+        let message = e.to_string();
+        match e {
+            TriggerError::Invalid { .. } => ApiError::BadRequest(message),
+            TriggerError::TooManyTags(_) | TriggerError::Unsupported(_) => {
+                ApiError::Unprocessable(message)
+            }
+            TriggerError::MetadataTooLarge => ApiError::PayloadTooLarge(message),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                "Internal Server Error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        // The official SDK retries a 404 that does not say otherwise; ours are final
+        // (a run is readable as soon as its trigger answered).
+        if status.is_client_error() {
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        response
+    }
+}

@@ -1,0 +1,109 @@
+//! Run endpoints: trigger (`POST /api/v1/tasks/{task}/trigger`), retrieve
+//! (`GET /api/v3/runs/{id}`), and the health check.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
+use runnel_core::view::RetrieveRunResponse;
+use runnel_core::RunId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::{Authenticated, CallerApiVersion};
+use crate::{ApiError, AppState, MAX_BODY_BYTES};
+
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.engine.store().ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Err(error) => {
+            tracing::warn!(%error, "health check: store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            )
+        }
+    }
+}
+
+/// Parses a JSON body: too large → 413, not JSON → 400 `Invalid JSON`, wrong shape →
+/// 400 naming the field (`options.maxAttempts: invalid type: …`).
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!(
+                "Request body too large (limit {MAX_BODY_BYTES} bytes)"
+            ))
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("Request body is empty".to_owned()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::BadRequest("Invalid JSON".to_owned()))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            ApiError::BadRequest(format!("body: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("{path}: {inner}"))
+        }
+    })
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TriggerResponse {
+    id: String,
+    is_cached: bool,
+}
+
+pub async fn trigger(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let request: TriggerRequest = json_body(body)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let idempotency = IdempotencyHeaders {
+        key: header("idempotency-key"),
+        ttl: header("idempotency-key-ttl"),
+    };
+    let triggered = state
+        .engine
+        .trigger(&environment, &task, request, &idempotency)
+        .await?;
+    Ok(Json(TriggerResponse {
+        id: triggered.id.to_string(),
+        is_cached: triggered.is_cached,
+    }))
+}
+
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    CallerApiVersion(version): CallerApiVersion,
+    Path(run_id): Path<String>,
+) -> Result<Json<RetrieveRunResponse>, ApiError> {
+    let id = RunId::parse(&run_id).ok_or(ApiError::NotFound)?;
+    let detail = state
+        .engine
+        .run_detail(&environment, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(RetrieveRunResponse::new(&detail, version)))
+}
