@@ -92,6 +92,40 @@ impl RunStatus {
         )
     }
 
+    /// Whether the state machine has an edge from `self` to `to` (docs/state-machine.md).
+    /// Nothing leaves a final status; no status moves to itself.
+    pub fn can_move_to(self, to: RunStatus) -> bool {
+        use RunStatus::*;
+        if self.is_final() || self == to {
+            return false;
+        }
+        // Any live run can be canceled.
+        if to == Canceled {
+            return true;
+        }
+        match self {
+            Delayed => matches!(to, Queued | PendingVersion),
+            PendingVersion => matches!(to, Queued),
+            Queued => matches!(to, Dequeued | Expired | PendingVersion),
+            Dequeued => matches!(to, Executing | Queued | Crashed | SystemFailure),
+            Executing => matches!(
+                to,
+                CompletedSuccessfully
+                    | CompletedWithErrors
+                    | RetryingAfterFailure
+                    | WaitingToResume
+                    | Queued
+                    | Crashed
+                    | SystemFailure
+                    | TimedOut
+                    | Interrupted
+            ),
+            RetryingAfterFailure => matches!(to, Queued | Executing),
+            WaitingToResume => matches!(to, Executing | Queued),
+            _ => false,
+        }
+    }
+
     /// Final and unsuccessful in a way that frees the run's idempotency key (contract §4.4):
     /// a new trigger with the key creates a new run instead of returning this one.
     /// A canceled run keeps its key.
@@ -299,6 +333,52 @@ mod tests {
         assert!(canceled.is_completed && canceled.is_failed && canceled.is_cancelled);
         let expired = RunStatus::Expired.flags(ApiVersion::Legacy);
         assert!(expired.is_completed && expired.is_failed && !expired.is_queued);
+    }
+
+    #[test]
+    fn nothing_leaves_a_final_status() {
+        for from in RunStatus::ALL.into_iter().filter(|s| s.is_final()) {
+            for to in RunStatus::ALL {
+                assert!(!from.can_move_to(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_live_status_can_be_canceled_and_reaches_a_final_status() {
+        for from in RunStatus::ALL.into_iter().filter(|s| !s.is_final()) {
+            assert!(from.can_move_to(RunStatus::Canceled), "{from}");
+        }
+        assert!(RunStatus::Queued.can_move_to(RunStatus::Expired));
+        assert!(
+            !RunStatus::Delayed.can_move_to(RunStatus::Expired),
+            "only queued runs expire"
+        );
+        assert!(
+            !RunStatus::Queued.can_move_to(RunStatus::CompletedSuccessfully),
+            "completion needs an attempt"
+        );
+    }
+
+    proptest::proptest! {
+        /// Applying any sequence of allowed moves: once final, the run stays where it is.
+        #[test]
+        fn final_statuses_absorb(moves in proptest::collection::vec(0usize..15, 0..40)) {
+            let mut status = RunStatus::Queued;
+            let mut final_seen: Option<RunStatus> = None;
+            for m in moves {
+                let to = RunStatus::ALL[m];
+                if status.can_move_to(to) {
+                    status = to;
+                }
+                if let Some(f) = final_seen {
+                    proptest::prop_assert_eq!(status, f);
+                }
+                if status.is_final() {
+                    final_seen = Some(status);
+                }
+            }
+        }
     }
 
     #[test]

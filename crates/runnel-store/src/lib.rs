@@ -110,8 +110,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The runs triggered by `parent`, oldest first.
     async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>>;
 
-    /// Conditional transition: moves the run to `to` only if it is still `from`. Entering
-    /// a final status sets `completed_at`. Returns whether the run moved.
+    /// Conditional transition: moves the run to `to` only if it is still `from` and the
+    /// state machine has that edge (`RunStatus::can_move_to`). Entering a final status
+    /// sets `completed_at`. Returns whether the run moved.
     async fn run_transition(
         &self,
         id: &RunId,

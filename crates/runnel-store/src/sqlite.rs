@@ -500,6 +500,9 @@ impl Store for SqliteStore {
         to: RunStatus,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        if !from.can_move_to(to) {
+            return Ok(false);
+        }
         let completed_at = to.is_final().then_some(ms(now));
         let done = sqlx::query(
             "UPDATE runs SET status = ?, updated_at = ?, completed_at = COALESCE(?, completed_at) \

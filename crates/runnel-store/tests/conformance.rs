@@ -59,6 +59,7 @@ macro_rules! conformance_tests {
             idempotency_holds_under_concurrent_triggers,
             run_transition_is_conditional_on_the_current_status,
             run_transition_into_a_final_status_sets_completed_at,
+            run_transition_never_leaves_a_final_status,
             run_expire_due_ends_queued_runs_past_their_ttl,
             run_expire_due_respects_the_limit,
             run_promote_due_queues_delayed_runs_whose_delay_ended,
@@ -797,15 +798,13 @@ async fn idempotency_failed_holder_releases_the_key(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     let holder = keyed_run("my-task", "key-1", &tenancy.dev, at(0));
     create(&*store, &holder, at(0)).await;
-    assert!(store
-        .run_transition(
-            &holder.id,
-            RunStatus::Queued,
-            RunStatus::CompletedWithErrors,
-            at(MINUTE)
-        )
-        .await
-        .unwrap());
+    walk(
+        &*store,
+        &holder.id,
+        RunStatus::CompletedWithErrors,
+        at(MINUTE),
+    )
+    .await;
 
     let retry = keyed_run("my-task", "key-1", &tenancy.dev, at(2 * MINUTE));
     create(&*store, &retry, at(2 * MINUTE)).await;
@@ -858,15 +857,7 @@ async fn idempotency_canceled_holder_keeps_the_key(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     let holder = keyed_run("my-task", "key-1", &tenancy.dev, at(0));
     create(&*store, &holder, at(0)).await;
-    assert!(store
-        .run_transition(
-            &holder.id,
-            RunStatus::Queued,
-            RunStatus::Canceled,
-            at(MINUTE)
-        )
-        .await
-        .unwrap());
+    walk(&*store, &holder.id, RunStatus::Canceled, at(MINUTE)).await;
 
     let retry = keyed_run("my-task", "key-1", &tenancy.dev, at(2 * MINUTE));
     assert_eq!(
@@ -889,13 +880,15 @@ async fn idempotency_follows_the_holder_status(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     for status in RunStatus::ALL {
         let key = format!("key-{status}");
-        let holder = keyed_run("my-task", &key, &tenancy.dev, at(0));
+        let mut holder = keyed_run("my-task", &key, &tenancy.dev, at(0));
+        if status == RunStatus::Delayed {
+            // No edge leads to DELAYED: such a holder is inserted delayed.
+            holder.status = RunStatus::Delayed;
+            holder.delay_until = Some(at(HOUR));
+        }
         create(&*store, &holder, at(0)).await;
-        if status != RunStatus::Queued {
-            assert!(store
-                .run_transition(&holder.id, RunStatus::Queued, status, at(MINUTE))
-                .await
-                .unwrap());
+        if status != RunStatus::Queued && status != RunStatus::Delayed {
+            walk(&*store, &holder.id, status, at(MINUTE)).await;
         }
 
         let retry = keyed_run("my-task", &key, &tenancy.dev, at(2 * MINUTE));
@@ -970,6 +963,30 @@ async fn idempotency_holds_under_concurrent_triggers(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------
+/// The moves that take a queued run to `status` along the state machine's edges.
+fn path_from_queued(status: RunStatus) -> Vec<RunStatus> {
+    use RunStatus::*;
+    match status {
+        Queued => vec![],
+        Dequeued | Expired | Canceled | PendingVersion => vec![status],
+        Executing => vec![Dequeued, Executing],
+        Delayed => panic!("no edge leads back to DELAYED"),
+        other => vec![Dequeued, Executing, other],
+    }
+}
+
+/// Moves a queued run to `to` through allowed transitions, all at `now`.
+async fn walk(store: &dyn Store, id: &RunId, to: RunStatus, now: DateTime<Utc>) {
+    let mut from = RunStatus::Queued;
+    for step in path_from_queued(to) {
+        assert!(
+            store.run_transition(id, from, step, now).await.unwrap(),
+            "{from} -> {step}"
+        );
+        from = step;
+    }
+}
+
 // Status transitions
 
 async fn run_transition_is_conditional_on_the_current_status(store: Arc<dyn Store>) {
@@ -993,15 +1010,7 @@ async fn run_transition_is_conditional_on_the_current_status(store: Arc<dyn Stor
         "a refused transition changes nothing"
     );
 
-    assert!(store
-        .run_transition(
-            &run.id,
-            RunStatus::Queued,
-            RunStatus::Executing,
-            at(2 * MINUTE)
-        )
-        .await
-        .unwrap());
+    walk(&*store, &run.id, RunStatus::Executing, at(2 * MINUTE)).await;
     let mut want = run.clone();
     want.status = RunStatus::Executing;
     want.updated_at = at(2 * MINUTE);
@@ -1031,18 +1040,40 @@ async fn run_transition_is_conditional_on_the_current_status(store: Arc<dyn Stor
         .unwrap());
 }
 
+/// Nothing leaves a final status, even when the caller names it correctly.
+async fn run_transition_never_leaves_a_final_status(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    for final_status in RunStatus::ALL.into_iter().filter(|s| s.is_final()) {
+        let run = queued_run(&tenancy.dev, at(0));
+        create(&*store, &run, at(0)).await;
+        walk(&*store, &run.id, final_status, at(MINUTE)).await;
+        let before = stored(&*store, &run).await;
+        for to in RunStatus::ALL {
+            assert!(
+                !store
+                    .run_transition(&run.id, final_status, to, at(HOUR))
+                    .await
+                    .unwrap(),
+                "{final_status} -> {to}"
+            );
+        }
+        assert_eq!(
+            stored(&*store, &run).await,
+            before,
+            "{final_status} is unchanged"
+        );
+    }
+}
+
 async fn run_transition_into_a_final_status_sets_completed_at(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     for status in RunStatus::ALL
         .into_iter()
-        .filter(|s| *s != RunStatus::Queued)
+        .filter(|s| *s != RunStatus::Queued && *s != RunStatus::Delayed)
     {
         let run = queued_run(&tenancy.dev, at(0));
         create(&*store, &run, at(0)).await;
-        assert!(store
-            .run_transition(&run.id, RunStatus::Queued, status, at(MINUTE))
-            .await
-            .unwrap());
+        walk(&*store, &run.id, status, at(MINUTE)).await;
 
         let mut want = run.clone();
         want.status = status;
@@ -1066,15 +1097,7 @@ async fn run_expire_due_ends_queued_runs_past_their_ttl(store: Arc<dyn Store>) {
     for run in [&due, &later, &no_ttl, &executing, &delayed] {
         create(&*store, run, at(0)).await;
     }
-    assert!(store
-        .run_transition(
-            &executing.id,
-            RunStatus::Queued,
-            RunStatus::Executing,
-            at(MINUTE)
-        )
-        .await
-        .unwrap());
+    walk(&*store, &executing.id, RunStatus::Executing, at(MINUTE)).await;
     let executing = stored(&*store, &executing).await;
 
     // Exactly at the deadline counts as due.
@@ -1256,15 +1279,7 @@ async fn run_next_due_at_is_the_earliest_expiry_or_promotion(store: Arc<dyn Stor
     // The expiry of a run that is no longer QUEUED is not due.
     let executing = run_with_options(json!({"ttl": "1m"}), &tenancy.dev, at(0));
     create(&*store, &executing, at(0)).await;
-    assert!(store
-        .run_transition(
-            &executing.id,
-            RunStatus::Queued,
-            RunStatus::Executing,
-            at(0)
-        )
-        .await
-        .unwrap());
+    walk(&*store, &executing.id, RunStatus::Executing, at(0)).await;
     assert_eq!(
         store.run_next_due_at().await.unwrap(),
         Some(at(10 * MINUTE))
