@@ -82,6 +82,13 @@ impl Server {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        // Owned by the Server from here on, so a failed start still kills the child.
+        let mut server = Server {
+            url: String::new(),
+            printed_key: None,
+            stdout_lines: Vec::new(),
+            child,
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -92,24 +99,21 @@ impl Server {
             }
         });
         let deadline = Instant::now() + STARTUP_DEADLINE;
-        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("server did not print its address; stdout so far: {lines:?}")
+                panic!(
+                    "server did not print its address; stdout so far: {:?}",
+                    server.stdout_lines
+                )
             });
-            lines.push(line.clone());
+            server.stdout_lines.push(line.clone());
+            if let Some(key) = line.strip_prefix("Dev secret key (shown once, keep it): ") {
+                server.printed_key = Some(key.to_owned());
+            }
             if let Some(url) = line.strip_prefix("Runnel listening on ") {
-                let printed_key = lines.iter().find_map(|l| {
-                    l.strip_prefix("Dev secret key (shown once, keep it): ")
-                        .map(str::to_owned)
-                });
-                return Server {
-                    url: url.to_owned(),
-                    printed_key,
-                    stdout_lines: lines,
-                    child,
-                };
+                server.url = url.to_owned();
+                return server;
             }
         }
     }
