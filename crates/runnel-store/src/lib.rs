@@ -6,8 +6,16 @@
 //! fix it. Decisions (what an idempotency key match means, which statuses are final)
 //! come from `runnel-core`; the store only carries them out atomically.
 //!
-//! Backends: [`sqlite::SqliteStore`] (embedded default). PostgreSQL joins with the same
-//! trait and the same conformance suite (`tests/conformance.rs`).
+//! Backends, both passing one conformance suite (`tests/conformance.rs`):
+//!
+//! - [`sqlite::SqliteStore`], the embedded default: one file, one writer connection.
+//! - [`postgres::PgStore`], for several server nodes sharing one database: a connection
+//!   pool, row locks (`FOR UPDATE`, `SKIP LOCKED`) where SQLite relies on its single
+//!   writer.
+//!
+//! The two schemas (`migrations/sqlite`, `migrations/postgres`) have the same tables,
+//! columns and indexes, and times are milliseconds since the epoch in both, so the
+//! row mapping (`rows`) is shared and a record reads back identically from either.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,8 +24,11 @@ use runnel_core::run::{Attempt, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, RunId, RunStatus};
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure. Callers map it to a 500 and log it; it never reaches a client.
@@ -29,7 +40,7 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
-    #[error("unsupported database url {0:?} (expected sqlite:// or a file path)")]
+    #[error("unsupported database url {0:?} (expected sqlite://, postgres:// or a file path)")]
     UnsupportedUrl(String),
 }
 

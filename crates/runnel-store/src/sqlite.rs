@@ -22,16 +22,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
+use runnel_core::run::{Attempt, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
-use serde_json::Value;
+use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
 
+use crate::rows::{
+    self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
+    project_from_row, run_from_row, run_status, RUN_COLUMNS,
+};
 use crate::{Bootstrap, Error, Result, RevokeOutcome, Store, TriggerOutcome};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -43,19 +44,6 @@ const READER_CONNECTIONS: u32 = 4;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn time(ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| Error::Corrupt(format!("timestamp {ms} out of range")))
-}
-
-fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
-    ms.map(time).transpose()
 }
 
 impl SqliteStore {
@@ -98,165 +86,10 @@ impl SqliteStore {
     }
 }
 
-const RUN_COLUMNS: &str = "id, environment_id, task_identifier, status, payload, payload_type, output, output_type, \
-    error, idempotency_key, idempotency_key_user, idempotency_key_scope, idempotency_key_expires_at, tags, metadata, \
-    metadata_type, delay_until, ttl, expire_at, expired_at, max_attempts, max_duration_secs, machine, priority_ms, \
-    is_test, queue, concurrency_key, lock_to_version, worker_version, created_at, updated_at, started_at, \
-    completed_at, attempt_count, usage_duration_ms, cost_in_cents, base_cost_in_cents, depth, parent_run_id, \
-    root_run_id, batch_id, resume_parent_on_completion, schedule_id";
-
-fn run_from_row(row: &SqliteRow) -> Result<Run> {
-    let status: String = row.try_get("status")?;
-    let status = RunStatus::from_str(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let tags: String = row.try_get("tags")?;
-    let tags: Vec<String> =
-        serde_json::from_str(&tags).map_err(|e| Error::Corrupt(format!("tags: {e}")))?;
-    let error: Option<String> = row.try_get("error")?;
-    let error = error
-        .map(|e| serde_json::from_str::<Value>(&e))
-        .transpose()
-        .map_err(|e| Error::Corrupt(format!("error: {e}")))?;
-    let machine: Option<String> = row.try_get("machine")?;
-    let machine = machine
-        .map(|m| MachinePreset::from_str(&m))
-        .transpose()
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let output_type: Option<String> = row.try_get("output_type")?;
-    let metadata_type: Option<String> = row.try_get("metadata_type")?;
-    let run_id = |col: &str| -> Result<Option<RunId>> {
-        Ok(row
-            .try_get::<Option<String>, _>(col)?
-            .map(RunId::from_trusted))
-    };
-    let count = |col: &str| -> Result<u32> {
-        let n: i64 = row.try_get(col)?;
-        u32::try_from(n).map_err(|_| Error::Corrupt(format!("{col} = {n}")))
-    };
-    Ok(Run {
-        id: RunId::from_trusted(row.try_get("id")?),
-        environment_id: EnvironmentId::from_trusted(row.try_get("environment_id")?),
-        task_identifier: row.try_get("task_identifier")?,
-        status,
-        payload: Packet {
-            data: row.try_get("payload")?,
-            data_type: row.try_get("payload_type")?,
-        },
-        output: output_type
-            .map(|data_type| -> Result<Packet> {
-                Ok(Packet {
-                    data: row.try_get("output")?,
-                    data_type,
-                })
-            })
-            .transpose()?,
-        error,
-        idempotency_key: row.try_get("idempotency_key")?,
-        idempotency_key_user: row.try_get("idempotency_key_user")?,
-        idempotency_key_scope: row.try_get("idempotency_key_scope")?,
-        idempotency_key_expires_at: opt_time(row.try_get("idempotency_key_expires_at")?)?,
-        tags,
-        metadata: metadata_type
-            .map(|data_type| -> Result<Packet> {
-                Ok(Packet {
-                    data: row.try_get("metadata")?,
-                    data_type,
-                })
-            })
-            .transpose()?,
-        delay_until: opt_time(row.try_get("delay_until")?)?,
-        ttl: row.try_get("ttl")?,
-        expire_at: opt_time(row.try_get("expire_at")?)?,
-        expired_at: opt_time(row.try_get("expired_at")?)?,
-        max_attempts: row
-            .try_get::<Option<i64>, _>("max_attempts")?
-            .map(|n| n as u32),
-        max_duration_secs: row
-            .try_get::<Option<i64>, _>("max_duration_secs")?
-            .map(|n| n as u32),
-        machine,
-        priority_ms: row.try_get::<i64, _>("priority_ms")? as i32,
-        is_test: row.try_get("is_test")?,
-        queue: row.try_get("queue")?,
-        concurrency_key: row.try_get("concurrency_key")?,
-        lock_to_version: row.try_get("lock_to_version")?,
-        worker_version: row.try_get("worker_version")?,
-        created_at: time(row.try_get("created_at")?)?,
-        updated_at: time(row.try_get("updated_at")?)?,
-        started_at: opt_time(row.try_get("started_at")?)?,
-        completed_at: opt_time(row.try_get("completed_at")?)?,
-        attempt_count: count("attempt_count")?,
-        usage_duration_ms: row.try_get("usage_duration_ms")?,
-        cost_in_cents: row.try_get("cost_in_cents")?,
-        base_cost_in_cents: row.try_get("base_cost_in_cents")?,
-        depth: count("depth")?,
-        parent_run_id: run_id("parent_run_id")?,
-        root_run_id: run_id("root_run_id")?,
-        batch_id: row.try_get("batch_id")?,
-        resume_parent_on_completion: row.try_get("resume_parent_on_completion")?,
-        schedule_id: row.try_get("schedule_id")?,
-    })
-}
-
-fn environment_from_row(row: &SqliteRow) -> Result<Environment> {
-    let kind: String = row.try_get("kind")?;
-    Ok(Environment {
-        id: EnvironmentId::from_trusted(row.try_get("id")?),
-        project_id: ProjectId::from_trusted(row.try_get("project_id")?),
-        kind: EnvironmentKind::from_str(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
-    })
-}
-
 async fn insert_run(conn: &mut sqlx::SqliteConnection, run: &Run) -> Result<(), sqlx::Error> {
-    let tags = serde_json::to_string(&run.tags).expect("a list of strings serializes");
-    let sql = format!(
-        "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    );
-    sqlx::query(&sql)
-        .bind(run.id.as_str())
-        .bind(run.environment_id.as_str())
-        .bind(&run.task_identifier)
-        .bind(run.status.as_str())
-        .bind(run.payload.data.as_deref())
-        .bind(&run.payload.data_type)
-        .bind(run.output.as_ref().and_then(|o| o.data.as_deref()))
-        .bind(run.output.as_ref().map(|o| o.data_type.as_str()))
-        .bind(run.error.as_ref().map(Value::to_string))
-        .bind(run.idempotency_key.as_deref())
-        .bind(run.idempotency_key_user.as_deref())
-        .bind(run.idempotency_key_scope.as_deref())
-        .bind(run.idempotency_key_expires_at.map(ms))
-        .bind(tags)
-        .bind(run.metadata.as_ref().and_then(|m| m.data.as_deref()))
-        .bind(run.metadata.as_ref().map(|m| m.data_type.as_str()))
-        .bind(run.delay_until.map(ms))
-        .bind(run.ttl.as_deref())
-        .bind(run.expire_at.map(ms))
-        .bind(run.expired_at.map(ms))
-        .bind(run.max_attempts.map(i64::from))
-        .bind(run.max_duration_secs.map(i64::from))
-        .bind(run.machine.map(MachinePreset::as_str))
-        .bind(i64::from(run.priority_ms))
-        .bind(run.is_test)
-        .bind(&run.queue)
-        .bind(run.concurrency_key.as_deref())
-        .bind(run.lock_to_version.as_deref())
-        .bind(run.worker_version.as_deref())
-        .bind(ms(run.created_at))
-        .bind(ms(run.updated_at))
-        .bind(run.started_at.map(ms))
-        .bind(run.completed_at.map(ms))
-        .bind(i64::from(run.attempt_count))
-        .bind(run.usage_duration_ms)
-        .bind(run.cost_in_cents)
-        .bind(run.base_cost_in_cents)
-        .bind(i64::from(run.depth))
-        .bind(run.parent_run_id.as_ref().map(RunId::as_str))
-        .bind(run.root_run_id.as_ref().map(RunId::as_str))
-        .bind(run.batch_id.as_deref())
-        .bind(run.resume_parent_on_completion)
-        .bind(run.schedule_id.as_deref())
-        .execute(conn)
-        .await?;
+    let placeholders = vec!["?"; rows::run_column_count()].join(", ");
+    let sql = format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES ({placeholders})");
+    rows::bind_run(sqlx::query(&sql), run).execute(conn).await?;
     Ok(())
 }
 
@@ -332,13 +165,7 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT id, created_at FROM projects ORDER BY created_at LIMIT 1")
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|row| {
-            Ok(Project {
-                id: ProjectId::from_trusted(row.try_get("id")?),
-                created_at: time(row.try_get("created_at")?)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(project_from_row).transpose()
     }
 
     async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>> {
@@ -383,18 +210,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                Ok(ApiKeyInfo {
-                    prefix: row.try_get("prefix")?,
-                    environment: EnvironmentKind::from_str(&kind)
-                        .map_err(|e| Error::Corrupt(e.to_string()))?,
-                    created_at: time(row.try_get("created_at")?)?,
-                    revoked_at: opt_time(row.try_get("revoked_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(api_key_info_from_row).collect()
     }
 
     async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome> {
@@ -441,9 +257,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((holder_id, status, expires_at)) = holder {
-                let status =
-                    RunStatus::from_str(&status).map_err(|e| Error::Corrupt(e.to_string()))?;
-                match idempotency::decide(status, opt_time(expires_at)?, now) {
+                match idempotency::decide(run_status(&status)?, opt_time(expires_at)?, now) {
                     Decision::ReturnExisting => {
                         return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)))
                     }
@@ -570,27 +384,7 @@ impl Store for SqliteStore {
         .bind(run.as_str())
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let status: String = row.try_get("status")?;
-                let error: Option<String> = row.try_get("error")?;
-                Ok(Attempt {
-                    id: row.try_get("id")?,
-                    run_id: RunId::from_trusted(row.try_get("run_id")?),
-                    number: row.try_get::<i64, _>("number")? as u32,
-                    status: AttemptStatus::parse(&status)
-                        .ok_or_else(|| Error::Corrupt(format!("attempt status {status:?}")))?,
-                    created_at: time(row.try_get("created_at")?)?,
-                    updated_at: time(row.try_get("updated_at")?)?,
-                    started_at: opt_time(row.try_get("started_at")?)?,
-                    completed_at: opt_time(row.try_get("completed_at")?)?,
-                    error: error
-                        .map(|e| serde_json::from_str(&e))
-                        .transpose()
-                        .map_err(|e| Error::Corrupt(format!("attempt error: {e}")))?,
-                })
-            })
-            .collect()
+        rows.iter().map(attempt_from_row).collect()
     }
 
     async fn close(&self) {

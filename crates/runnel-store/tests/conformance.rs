@@ -3,15 +3,18 @@
 //! Each test is a plain `async fn(Arc<dyn Store>)` that knows nothing about the backend.
 //! [`conformance_tests!`] turns the whole list into `#[tokio::test]`s for one backend, in
 //! a module named after it (`sqlite::run_expire_due_ends_queued_runs_past_their_ttl`).
-//! Adding a backend is one line beside `conformance_tests!(sqlite, make_sqlite_store)`:
+//! Adding a backend is one line, like `conformance_tests!(postgres, make_postgres_store)`,
+//! where `make_postgres_store() -> Option<Fixture>` hands out a store on a fresh, empty
+//! database and a guard that drops the database with the fixture (`None` skips the
+//! test). A new test is written once and added to the list inside the macro.
 //!
-//! ```ignore
-//! conformance_tests!(postgres, make_postgres_store);
-//! ```
-//!
-//! where `make_postgres_store() -> Fixture` hands out a store on a fresh, empty database
-//! and a guard that drops the database with the fixture. A new test is written once and
-//! added to the list inside the macro.
+//! PostgreSQL: every test creates its own database `runnel_test_<unix secs>_<random>` on
+//! the server named by `RUNNEL_TEST_DATABASE_URL` (an admin url, e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and drops it `WITH (FORCE)` when the
+//! fixture drops, even when the test panics. Databases a killed run left behind are
+//! dropped by the first test of a later run once they are an hour old. Without
+//! `RUNNEL_TEST_DATABASE_URL` the PostgreSQL tests fail, so a CI that lost its database
+//! cannot pass by skipping them; `RUNNEL_SKIP_POSTGRES_TESTS=1` skips them on purpose.
 //!
 //! Invariants of the suite: every test starts on an empty database of its own, so tests
 //! run in parallel; time is passed in as fixed instants ([`at`]), never read from the
@@ -19,7 +22,9 @@
 //! stops round-tripping fails the test that touches it.
 
 use std::any::Any;
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use runnel_core::key::{EnvironmentKind, SecretKey};
@@ -27,9 +32,11 @@ use runnel_core::run::{Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment};
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 use runnel_core::{RunId, RunStatus};
-use runnel_store::{RevokeOutcome, SqliteStore, Store, TriggerOutcome};
+use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store, TriggerOutcome};
 use serde_json::{json, Value};
-use tokio::sync::Barrier;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::{Barrier, OnceCell};
 use tokio::task::JoinSet;
 
 /// Expands every conformance test into a `#[tokio::test]` against the store that
@@ -40,11 +47,13 @@ macro_rules! conformance_tests {
             ping_answers,
             project_bootstrap_creates_project_environments_and_dev_key,
             project_bootstrap_runs_once_and_drops_the_second_key,
+            project_bootstrap_creates_one_project_under_concurrent_bootstraps,
             api_key_authenticate_finds_the_environment_of_a_live_key,
             api_key_list_shows_prefixes_never_secrets,
             api_key_revoke_by_unique_prefix_stops_authentication,
             api_key_revoke_reports_an_unknown_prefix,
             api_key_revoke_refuses_an_ambiguous_prefix,
+            api_key_revoke_revokes_once_under_concurrent_revokes,
             run_round_trips_every_field_set,
             run_round_trips_every_field_empty,
             run_get_is_scoped_to_the_environment,
@@ -62,8 +71,10 @@ macro_rules! conformance_tests {
             run_transition_never_leaves_a_final_status,
             run_expire_due_ends_queued_runs_past_their_ttl,
             run_expire_due_respects_the_limit,
+            run_expire_due_concurrent_sweeps_expire_each_run_once,
             run_promote_due_queues_delayed_runs_whose_delay_ended,
             run_promote_due_respects_the_limit,
+            run_promote_due_concurrent_sweeps_promote_each_run_once,
             run_next_due_at_is_the_earliest_expiry_or_promotion,
             run_children_lists_the_runs_of_a_parent,
             attempt_list_is_empty_for_a_run_without_attempts,
@@ -74,7 +85,9 @@ macro_rules! conformance_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $test() {
-                    let fixture = super::$make_store().await;
+                    let Some(fixture) = super::$make_store().await else {
+                        return;
+                    };
                     super::$test(std::sync::Arc::clone(&fixture.store)).await;
                     fixture.store.close().await;
                 }
@@ -89,18 +102,215 @@ struct Fixture {
     _database: Box<dyn Any + Send>,
 }
 
-async fn make_sqlite_store() -> Fixture {
+async fn make_sqlite_store() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = SqliteStore::open(&dir.path().join("runnel.db"))
         .await
         .expect("the store opens on a fresh file");
-    Fixture {
+    Some(Fixture {
         store: Arc::new(store),
         _database: Box::new(dir),
-    }
+    })
 }
 
 conformance_tests!(sqlite, make_sqlite_store);
+
+async fn make_postgres_store() -> Option<Fixture> {
+    let database = PgTestDatabase::create().await?;
+    let store = PgStore::connect_with(&database.url, PG_POOL_SIZE)
+        .await
+        .expect("the store connects to a fresh database and migrates it");
+    Some(Fixture {
+        store: Arc::new(store),
+        _database: Box::new(database),
+    })
+}
+
+conformance_tests!(postgres, make_postgres_store);
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL test databases
+
+/// The admin url of a server the suite may create and drop databases on.
+const PG_URL_VAR: &str = "RUNNEL_TEST_DATABASE_URL";
+/// Set to `1` to skip the PostgreSQL tests when there is no server.
+const PG_SKIP_VAR: &str = "RUNNEL_SKIP_POSTGRES_TESTS";
+/// Connections per test store: tests run in parallel against one server, whose
+/// `max_connections` (100 by default) they share.
+const PG_POOL_SIZE: u32 = 5;
+const PG_DATABASE_PREFIX: &str = "runnel_test_";
+/// A test database this old was left behind by a killed run.
+const PG_STALE_AFTER_SECS: u64 = 3600;
+
+/// The admin url, `None` when PostgreSQL tests are skipped on purpose; panics when the
+/// url is missing and skipping was not asked for.
+fn pg_admin_url() -> Option<String> {
+    match std::env::var(PG_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var(PG_SKIP_VAR).as_deref() == Ok("1") => {
+            eprintln!("skipping a PostgreSQL test: {PG_SKIP_VAR}=1 and {PG_URL_VAR} is unset");
+            None
+        }
+        _ => panic!(
+            "{PG_URL_VAR} is unset: point it at a PostgreSQL server the tests may create \
+             databases on (e.g. postgres://postgres@127.0.0.1:5432/postgres), \
+             or set {PG_SKIP_VAR}=1 to skip the PostgreSQL tests"
+        ),
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs()
+}
+
+async fn pg_admin_connect(admin_url: &str) -> PgConnection {
+    PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {PG_URL_VAR} ({admin_url}): {e}"))
+}
+
+async fn pg_drop_database(admin: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(admin)
+        .await?;
+    Ok(())
+}
+
+/// Drops the test databases that killed runs left behind, once per test process.
+async fn pg_drop_stale_databases(admin: &mut PgConnection) {
+    static SWEPT: OnceCell<()> = OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database")
+                .fetch_all(&mut *admin)
+                .await
+                .expect("list databases");
+            let now = unix_secs();
+            for name in names {
+                let created = name
+                    .strip_prefix(PG_DATABASE_PREFIX)
+                    .and_then(|rest| rest.split('_').next())
+                    .and_then(|secs| secs.parse::<u64>().ok());
+                if created.is_some_and(|secs| now.saturating_sub(secs) > PG_STALE_AFTER_SECS) {
+                    if let Err(e) = pg_drop_database(admin, &name).await {
+                        eprintln!("could not drop stale test database {name}: {e}");
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// A fresh, empty database, dropped with this guard.
+#[derive(Debug)]
+struct PgTestDatabase {
+    admin_url: String,
+    name: String,
+    /// Connects to the fresh database.
+    url: String,
+}
+
+impl PgTestDatabase {
+    /// `None` when PostgreSQL tests are skipped.
+    async fn create() -> Option<Self> {
+        let admin_url = pg_admin_url()?;
+        let mut admin = pg_admin_connect(&admin_url).await;
+        pg_drop_stale_databases(&mut admin).await;
+        let name = format!(
+            "{PG_DATABASE_PREFIX}{}_{:016x}",
+            unix_secs(),
+            rand::random::<u64>()
+        );
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
+        admin.close().await.ok();
+        let url = PgConnectOptions::from_str(&admin_url)
+            .expect("a valid postgres url")
+            .database(&name)
+            .to_url_lossy()
+            .to_string();
+        Some(PgTestDatabase {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgTestDatabase {
+    /// Drops the database from a thread with its own runtime: `Drop` cannot await, and
+    /// the test's runtime may be unwinding from a panic.
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pg_drop_database(&mut admin, &name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                admin.close().await.ok();
+                Ok(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+/// Several nodes starting at once on one empty database: each connects (running the
+/// migrations) and bootstraps; every node gets a working store and exactly one of them
+/// creates the project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_nodes_starting_together_migrate_and_bootstrap_once() {
+    const NODES: usize = 4;
+    let Some(database) = PgTestDatabase::create().await else {
+        return;
+    };
+    let start = Arc::new(Barrier::new(NODES));
+    let mut nodes = JoinSet::new();
+    for _ in 0..NODES {
+        let url = database.url.clone();
+        let start = Arc::clone(&start);
+        nodes.spawn(async move {
+            start.wait().await;
+            let store = PgStore::connect_with(&url, 2)
+                .await
+                .expect("every node connects and migrates");
+            let key = SecretKey::generate(EnvironmentKind::Dev);
+            let bootstrap = store
+                .project_bootstrap(&key, at(0))
+                .await
+                .expect("bootstrap");
+            (store, bootstrap)
+        });
+    }
+    let nodes = nodes.join_all().await;
+    let created: Vec<_> = nodes.iter().filter_map(|(_, b)| b.as_ref()).collect();
+    assert_eq!(created.len(), 1, "exactly one node bootstraps");
+    for (store, _) in &nodes {
+        assert_eq!(
+            store.project_get().await.unwrap(),
+            Some(created[0].project.clone())
+        );
+        store.close().await;
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -409,6 +619,59 @@ async fn project_bootstrap_runs_once_and_drops_the_second_key(store: Arc<dyn Sto
     assert_eq!(store.api_key_list().await.unwrap(), keys);
 }
 
+/// Several nodes starting at once on an empty database create one project between them.
+async fn project_bootstrap_creates_one_project_under_concurrent_bootstraps(store: Arc<dyn Store>) {
+    const NODES: usize = 4;
+    let start = Arc::new(Barrier::new(NODES));
+    let mut bootstraps = JoinSet::new();
+    for _ in 0..NODES {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        bootstraps.spawn(async move {
+            let key = SecretKey::generate(EnvironmentKind::Dev);
+            start.wait().await;
+            let bootstrap = store
+                .project_bootstrap(&key, at(0))
+                .await
+                .expect("bootstrap");
+            (key, bootstrap)
+        });
+    }
+    let outcomes = bootstraps.join_all().await;
+
+    let created: Vec<_> = outcomes
+        .iter()
+        .filter_map(|(key, bootstrap)| Some((key, bootstrap.as_ref()?)))
+        .collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "exactly one bootstrap creates the project"
+    );
+    let (winner_key, bootstrap) = created[0];
+    assert_eq!(
+        store.project_get().await.unwrap(),
+        Some(bootstrap.project.clone())
+    );
+    assert_eq!(
+        store.api_key_list().await.unwrap(),
+        vec![ApiKeyInfo {
+            prefix: winner_key.display_prefix(),
+            environment: EnvironmentKind::Dev,
+            created_at: at(0),
+            revoked_at: None,
+        }],
+        "only the winner's key is stored"
+    );
+    for kind in EnvironmentKind::ALL {
+        let environment = bootstrap.environments.iter().find(|e| e.kind == kind);
+        assert_eq!(
+            store.environment_get(kind).await.unwrap().as_ref(),
+            environment
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // API keys
 
@@ -626,6 +889,58 @@ async fn api_key_revoke_refuses_an_ambiguous_prefix(store: Arc<dyn Store>) {
         RevokeOutcome::Revoked {
             prefix: keys.dev_second.display_prefix()
         }
+    );
+}
+
+/// Racing revokes of one key: one revokes it, the others find no live key.
+async fn api_key_revoke_revokes_once_under_concurrent_revokes(store: Arc<dyn Store>) {
+    const REVOKES: usize = 8;
+    let tenancy = bootstrap(&*store).await;
+    let keys = insert_keys(&*store, &tenancy).await;
+    let prefix = keys.staging.display_prefix();
+
+    let start = Arc::new(Barrier::new(REVOKES));
+    let mut revokes = JoinSet::new();
+    for i in 0..REVOKES {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        let prefix = prefix.clone();
+        revokes.spawn(async move {
+            start.wait().await;
+            let now = at(HOUR + i as i64);
+            (
+                now,
+                store.api_key_revoke(&prefix, now).await.expect("revoke"),
+            )
+        });
+    }
+    let outcomes = revokes.join_all().await;
+
+    let revoked: Vec<DateTime<Utc>> = outcomes
+        .iter()
+        .filter(|(_, outcome)| {
+            *outcome
+                == RevokeOutcome::Revoked {
+                    prefix: prefix.clone(),
+                }
+        })
+        .map(|(now, _)| *now)
+        .collect();
+    assert_eq!(revoked.len(), 1, "exactly one revoke wins: {outcomes:?}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(_, outcome)| *outcome == RevokeOutcome::NotFound)
+            .count(),
+        REVOKES - 1,
+        "{outcomes:?}"
+    );
+    let mut want = listed(&keys);
+    want[2].revoked_at = Some(revoked[0]);
+    assert_eq!(
+        store.api_key_list().await.unwrap(),
+        want,
+        "the winner's time is kept"
     );
 }
 
@@ -1177,6 +1492,61 @@ async fn run_expire_due_respects_the_limit(store: Arc<dyn Store>) {
     }
 }
 
+/// Two sweepers (two server nodes) at once: every due run expires exactly once.
+async fn run_expire_due_concurrent_sweeps_expire_each_run_once(store: Arc<dyn Store>) {
+    const RUNS: usize = 30;
+    const SWEEPERS: usize = 3;
+    let tenancy = bootstrap(&*store).await;
+    let runs: Vec<Run> = (0..RUNS)
+        .map(|_| run_with_options(json!({"ttl": "1m"}), &tenancy.dev, at(0)))
+        .collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+
+    let expired = sweep_concurrently(&store, SWEEPERS, |store| async move {
+        store.run_expire_due(at(HOUR), 4).await.expect("expire")
+    })
+    .await;
+
+    assert_eq!(
+        expired,
+        sorted(runs.iter().map(|r| r.id.clone()).collect()),
+        "each run once"
+    );
+    for run in &runs {
+        assert_eq!(stored_status(&*store, run).await, RunStatus::Expired);
+    }
+}
+
+/// Runs `sweepers` copies of `sweep` at once, each repeating until it finds nothing, and
+/// returns every id they reported, sorted (a duplicate means a run moved twice).
+async fn sweep_concurrently<F, Fut>(store: &Arc<dyn Store>, sweepers: usize, sweep: F) -> Vec<RunId>
+where
+    F: Fn(Arc<dyn Store>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Vec<RunId>> + Send,
+{
+    let start = Arc::new(Barrier::new(sweepers));
+    let mut tasks = JoinSet::new();
+    for _ in 0..sweepers {
+        let store = Arc::clone(store);
+        let start = Arc::clone(&start);
+        let sweep = sweep.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            let mut moved = Vec::new();
+            loop {
+                let batch = sweep(Arc::clone(&store)).await;
+                if batch.is_empty() {
+                    return moved;
+                }
+                moved.extend(batch);
+            }
+        });
+    }
+    sorted(tasks.join_all().await.into_iter().flatten().collect())
+}
+
 async fn run_promote_due_queues_delayed_runs_whose_delay_ended(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     let one = run_with_options(json!({"delay": "1m"}), &tenancy.dev, at(0));
@@ -1241,6 +1611,33 @@ async fn run_promote_due_respects_the_limit(store: Arc<dyn Store>) {
     assert_eq!(
         sorted(all),
         sorted(runs.iter().map(|r| r.id.clone()).collect())
+    );
+    for run in &runs {
+        assert_eq!(stored_status(&*store, run).await, RunStatus::Queued);
+    }
+}
+
+/// Two promoters (two server nodes) at once: every due run is queued exactly once.
+async fn run_promote_due_concurrent_sweeps_promote_each_run_once(store: Arc<dyn Store>) {
+    const RUNS: usize = 30;
+    const SWEEPERS: usize = 3;
+    let tenancy = bootstrap(&*store).await;
+    let runs: Vec<Run> = (0..RUNS)
+        .map(|_| run_with_options(json!({"delay": "1m"}), &tenancy.dev, at(0)))
+        .collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+
+    let promoted = sweep_concurrently(&store, SWEEPERS, |store| async move {
+        store.run_promote_due(at(HOUR), 4).await.expect("promote")
+    })
+    .await;
+
+    assert_eq!(
+        promoted,
+        sorted(runs.iter().map(|r| r.id.clone()).collect()),
+        "each run once"
     );
     for run in &runs {
         assert_eq!(stored_status(&*store, run).await, RunStatus::Queued);

@@ -1,0 +1,300 @@
+//! How stored records map to table rows and back, shared by every backend.
+//!
+//! Both schemas have the same columns, and each column decodes to the same Rust type on
+//! either database: text as `String`, times and counts as `i64` (times in milliseconds
+//! since the Unix epoch), costs as `f64`, flags as `bool`, JSON (tags, errors) as text.
+//! So one binder ([`bind_run`]) and one set of decoders serve SQLite and PostgreSQL, and
+//! a field cannot round-trip on one backend and not on the other. What differs between
+//! the backends is SQL, never the mapping.
+//!
+//! Fails with [`Error::Corrupt`] when a stored value does not parse (an unknown status,
+//! a timestamp out of range, malformed JSON).
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use runnel_core::key::EnvironmentKind;
+use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
+use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
+use runnel_core::{EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
+use serde_json::Value;
+use sqlx::query::Query;
+use sqlx::{Database, Encode, Type};
+
+use crate::{Error, Result};
+
+/// Every column of `runs`, in the order [`bind_run`] binds them.
+pub(crate) const RUN_COLUMNS: &str = "id, environment_id, task_identifier, status, payload, payload_type, output, output_type, \
+    error, idempotency_key, idempotency_key_user, idempotency_key_scope, idempotency_key_expires_at, tags, metadata, \
+    metadata_type, delay_until, ttl, expire_at, expired_at, max_attempts, max_duration_secs, machine, priority_ms, \
+    is_test, queue, concurrency_key, lock_to_version, worker_version, created_at, updated_at, started_at, \
+    completed_at, attempt_count, usage_duration_ms, cost_in_cents, base_cost_in_cents, depth, parent_run_id, \
+    root_run_id, batch_id, resume_parent_on_completion, schedule_id";
+
+/// How many columns [`RUN_COLUMNS`] names.
+pub(crate) fn run_column_count() -> usize {
+    RUN_COLUMNS.split(',').count()
+}
+
+/// A time as stored: milliseconds since the Unix epoch.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn time(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| Error::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+pub(crate) fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+    ms.map(time).transpose()
+}
+
+pub(crate) fn run_status(status: &str) -> Result<RunStatus> {
+    RunStatus::from_str(status).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// Typed access to a column by name, the same on every backend's row type.
+pub(crate) trait Columns {
+    fn text(&self, column: &str) -> sqlx::Result<String>;
+    fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>>;
+    fn int(&self, column: &str) -> sqlx::Result<i64>;
+    fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>>;
+    fn real(&self, column: &str) -> sqlx::Result<f64>;
+    fn flag(&self, column: &str) -> sqlx::Result<bool>;
+
+    fn time(&self, column: &str) -> Result<DateTime<Utc>> {
+        time(self.int(column)?)
+    }
+
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        opt_time(self.opt_int(column)?)
+    }
+
+    /// A non-negative count that fits a `u32`.
+    fn count(&self, column: &str) -> Result<u32> {
+        let n = self.int(column)?;
+        u32::try_from(n).map_err(|_| Error::Corrupt(format!("{column} = {n}")))
+    }
+
+    fn opt_run_id(&self, column: &str) -> Result<Option<RunId>> {
+        Ok(self.opt_text(column)?.map(RunId::from_trusted))
+    }
+
+    fn opt_json(&self, column: &str) -> Result<Option<Value>> {
+        self.opt_text(column)?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("{column}: {e}")))
+    }
+}
+
+macro_rules! impl_columns {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, column: &str) -> sqlx::Result<String> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn int(&self, column: &str) -> sqlx::Result<i64> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn real(&self, column: &str) -> sqlx::Result<f64> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn flag(&self, column: &str) -> sqlx::Result<bool> {
+                sqlx::Row::try_get(self, column)
+            }
+        }
+    };
+}
+
+impl_columns!(sqlx::sqlite::SqliteRow);
+impl_columns!(sqlx::postgres::PgRow);
+
+/// Binds every field of `run` to `query`, in [`RUN_COLUMNS`] order.
+pub(crate) fn bind_run<'q, DB>(
+    query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    run: &'q Run,
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    f64: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+{
+    let tags = serde_json::to_string(&run.tags).expect("a list of strings serializes");
+    query
+        .bind(run.id.as_str())
+        .bind(run.environment_id.as_str())
+        .bind(run.task_identifier.as_str())
+        .bind(run.status.as_str())
+        .bind(run.payload.data.as_deref())
+        .bind(run.payload.data_type.as_str())
+        .bind(run.output.as_ref().and_then(|o| o.data.as_deref()))
+        .bind(run.output.as_ref().map(|o| o.data_type.as_str()))
+        .bind(run.error.as_ref().map(Value::to_string))
+        .bind(run.idempotency_key.as_deref())
+        .bind(run.idempotency_key_user.as_deref())
+        .bind(run.idempotency_key_scope.as_deref())
+        .bind(run.idempotency_key_expires_at.map(ms))
+        .bind(tags)
+        .bind(run.metadata.as_ref().and_then(|m| m.data.as_deref()))
+        .bind(run.metadata.as_ref().map(|m| m.data_type.as_str()))
+        .bind(run.delay_until.map(ms))
+        .bind(run.ttl.as_deref())
+        .bind(run.expire_at.map(ms))
+        .bind(run.expired_at.map(ms))
+        .bind(run.max_attempts.map(i64::from))
+        .bind(run.max_duration_secs.map(i64::from))
+        .bind(run.machine.map(MachinePreset::as_str))
+        .bind(i64::from(run.priority_ms))
+        .bind(run.is_test)
+        .bind(run.queue.as_str())
+        .bind(run.concurrency_key.as_deref())
+        .bind(run.lock_to_version.as_deref())
+        .bind(run.worker_version.as_deref())
+        .bind(ms(run.created_at))
+        .bind(ms(run.updated_at))
+        .bind(run.started_at.map(ms))
+        .bind(run.completed_at.map(ms))
+        .bind(i64::from(run.attempt_count))
+        .bind(run.usage_duration_ms)
+        .bind(run.cost_in_cents)
+        .bind(run.base_cost_in_cents)
+        .bind(i64::from(run.depth))
+        .bind(run.parent_run_id.as_ref().map(RunId::as_str))
+        .bind(run.root_run_id.as_ref().map(RunId::as_str))
+        .bind(run.batch_id.as_deref())
+        .bind(run.resume_parent_on_completion)
+        .bind(run.schedule_id.as_deref())
+}
+
+/// A run from a row that selected [`RUN_COLUMNS`].
+pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
+    let tags = row.text("tags")?;
+    let tags: Vec<String> =
+        serde_json::from_str(&tags).map_err(|e| Error::Corrupt(format!("tags: {e}")))?;
+    let machine = row
+        .opt_text("machine")?
+        .map(|m| MachinePreset::from_str(&m))
+        .transpose()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let packet = |data_column: &str, type_column: &str| -> Result<Option<Packet>> {
+        row.opt_text(type_column)?
+            .map(|data_type| -> Result<Packet> {
+                Ok(Packet {
+                    data: row.opt_text(data_column)?,
+                    data_type,
+                })
+            })
+            .transpose()
+    };
+    Ok(Run {
+        id: RunId::from_trusted(row.text("id")?),
+        environment_id: EnvironmentId::from_trusted(row.text("environment_id")?),
+        task_identifier: row.text("task_identifier")?,
+        status: run_status(&row.text("status")?)?,
+        payload: Packet {
+            data: row.opt_text("payload")?,
+            data_type: row.text("payload_type")?,
+        },
+        output: packet("output", "output_type")?,
+        error: row.opt_json("error")?,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        idempotency_key_user: row.opt_text("idempotency_key_user")?,
+        idempotency_key_scope: row.opt_text("idempotency_key_scope")?,
+        idempotency_key_expires_at: row.opt_time("idempotency_key_expires_at")?,
+        tags,
+        metadata: packet("metadata", "metadata_type")?,
+        delay_until: row.opt_time("delay_until")?,
+        ttl: row.opt_text("ttl")?,
+        expire_at: row.opt_time("expire_at")?,
+        expired_at: row.opt_time("expired_at")?,
+        max_attempts: row.opt_int("max_attempts")?.map(|n| n as u32),
+        max_duration_secs: row.opt_int("max_duration_secs")?.map(|n| n as u32),
+        machine,
+        priority_ms: row.int("priority_ms")? as i32,
+        is_test: row.flag("is_test")?,
+        queue: row.text("queue")?,
+        concurrency_key: row.opt_text("concurrency_key")?,
+        lock_to_version: row.opt_text("lock_to_version")?,
+        worker_version: row.opt_text("worker_version")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+        started_at: row.opt_time("started_at")?,
+        completed_at: row.opt_time("completed_at")?,
+        attempt_count: row.count("attempt_count")?,
+        usage_duration_ms: row.int("usage_duration_ms")?,
+        cost_in_cents: row.real("cost_in_cents")?,
+        base_cost_in_cents: row.real("base_cost_in_cents")?,
+        depth: row.count("depth")?,
+        parent_run_id: row.opt_run_id("parent_run_id")?,
+        root_run_id: row.opt_run_id("root_run_id")?,
+        batch_id: row.opt_text("batch_id")?,
+        resume_parent_on_completion: row.flag("resume_parent_on_completion")?,
+        schedule_id: row.opt_text("schedule_id")?,
+    })
+}
+
+/// A project from a row with `id, created_at`.
+pub(crate) fn project_from_row(row: &impl Columns) -> Result<Project> {
+    Ok(Project {
+        id: ProjectId::from_trusted(row.text("id")?),
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// An environment from a row with `id, project_id, kind`.
+pub(crate) fn environment_from_row(row: &impl Columns) -> Result<Environment> {
+    Ok(Environment {
+        id: EnvironmentId::from_trusted(row.text("id")?),
+        project_id: ProjectId::from_trusted(row.text("project_id")?),
+        kind: environment_kind(&row.text("kind")?)?,
+    })
+}
+
+/// What `api_key_list` shows, from a row with `prefix, kind, created_at, revoked_at`.
+pub(crate) fn api_key_info_from_row(row: &impl Columns) -> Result<ApiKeyInfo> {
+    Ok(ApiKeyInfo {
+        prefix: row.text("prefix")?,
+        environment: environment_kind(&row.text("kind")?)?,
+        created_at: row.time("created_at")?,
+        revoked_at: row.opt_time("revoked_at")?,
+    })
+}
+
+/// An attempt from a row with every column of `attempts`.
+pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
+    let status = row.text("status")?;
+    Ok(Attempt {
+        id: row.text("id")?,
+        run_id: RunId::from_trusted(row.text("run_id")?),
+        number: row.int("number")? as u32,
+        status: AttemptStatus::parse(&status)
+            .ok_or_else(|| Error::Corrupt(format!("attempt status {status:?}")))?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+        started_at: row.opt_time("started_at")?,
+        completed_at: row.opt_time("completed_at")?,
+        error: row
+            .opt_text("error")?
+            .map(|e| serde_json::from_str(&e))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("attempt error: {e}")))?,
+    })
+}
+
+fn environment_kind(kind: &str) -> Result<EnvironmentKind> {
+    EnvironmentKind::from_str(kind).map_err(|e| Error::Corrupt(e.to_string()))
+}
