@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_engine::{Clock, Engine, SystemClock};
 use runnel_server::AppState;
-use runnel_store::{RevokeOutcome, SqliteStore, Store};
+use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store};
 use tokio::sync::watch;
 
 /// Default address `runnel serve` listens on.
@@ -45,7 +45,8 @@ struct StoreArgs {
     /// Directory for the embedded SQLite database.
     #[arg(long, env = "RUNNEL_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
     data_dir: PathBuf,
-    /// Database URL (`sqlite://path/to/file.db`); overrides --data-dir.
+    /// Database URL: `postgres://user@host/db` (several nodes may share it) or
+    /// `sqlite://path/to/file.db`; overrides --data-dir.
     #[arg(long, env = "RUNNEL_DATABASE_URL")]
     database_url: Option<String>,
 }
@@ -100,7 +101,10 @@ async fn main() -> Result<()> {
 async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     let store = match &args.database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            bail!("PostgreSQL is not supported by this build yet; use the embedded SQLite (omit --database-url)")
+            let store = PgStore::connect(url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            return Ok(Arc::new(store));
         }
         Some(url) => SqliteStore::open_url(url)
             .await

@@ -39,7 +39,7 @@ pub struct TriggerRequest {
     #[serde(default)]
     pub context: Option<Value>,
     #[serde(default)]
-    pub options: TriggerOptions,
+    pub options: Option<TriggerOptions>,
 }
 
 /// The `options` object. Polymorphic fields stay `Value` until validation.
@@ -161,7 +161,17 @@ pub fn validate_task_identifier(task: &str) -> Result<(), TriggerError> {
         ));
     }
     if task.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // Control characters include NUL.
         return Err(invalid("taskIdentifier", "must not contain whitespace"));
+    }
+    Ok(())
+}
+
+/// Refuses text holding U+0000: no backend can store it in a text column (PostgreSQL
+/// refuses it outright), so it is bad input rather than a 500.
+fn no_nul(field: &'static str, value: Option<&str>) -> Result<(), TriggerError> {
+    if value.is_some_and(|v| v.contains('\0')) {
+        return Err(invalid(field, "must not contain NUL characters"));
     }
     Ok(())
 }
@@ -175,7 +185,25 @@ impl TriggerRequest {
         now: DateTime<Utc>,
     ) -> Result<ValidTrigger, TriggerError> {
         validate_task_identifier(task)?;
-        let o = self.options;
+        let o = self.options.unwrap_or_default();
+        let raw_payload = o.payload_type.as_deref().is_some_and(|t| t != Packet::JSON);
+        if let (true, Some(Value::String(text))) = (raw_payload, &self.payload) {
+            no_nul("payload", Some(text))?;
+        }
+        no_nul("options.idempotencyKey", o.idempotency_key.as_deref())?;
+        no_nul("idempotency-key", headers.key.as_deref())?;
+        no_nul("options.lockToVersion", o.lock_to_version.as_deref())?;
+        no_nul("options.payloadType", o.payload_type.as_deref())?;
+        no_nul("options.metadataType", o.metadata_type.as_deref())?;
+        if let Some(Value::String(text)) = &o.metadata {
+            no_nul("options.metadata", Some(text))?;
+        }
+        if let Some(Value::String(key)) = &o.concurrency_key {
+            no_nul("options.concurrencyKey", Some(key))?;
+        }
+        if let Some(options) = &o.idempotency_key_options {
+            no_nul("options.idempotencyKeyOptions.key", Some(&options.key))?;
+        }
         let payload = payload_packet(self.payload, o.payload_type)?;
         let tags = tags(o.tags)?;
         let metadata = metadata_packet(o.metadata, o.metadata_type)?;
@@ -331,6 +359,7 @@ fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
     };
     let mut tags: Vec<String> = Vec::with_capacity(raw.len());
     for tag in raw {
+        no_nul("options.tags", Some(&tag))?;
         if tag.chars().count() > MAX_TAG_LEN {
             return Err(invalid(
                 "options.tags",
@@ -778,6 +807,37 @@ mod tests {
             field_of(validate(json!({"options": {"queue": {"name": "!!"}}}))),
             "options.queue.name"
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_wherever_text_is_stored_raw() {
+        let nul = "a\u{0}b";
+        let cases = [
+            (
+                json!({"payload": nul, "options": {"payloadType": "text/plain"}}),
+                "payload",
+            ),
+            (
+                json!({"options": {"idempotencyKey": nul}}),
+                "options.idempotencyKey",
+            ),
+            (json!({"options": {"tags": [nul]}}), "options.tags"),
+            (
+                json!({"options": {"concurrencyKey": nul}}),
+                "options.concurrencyKey",
+            ),
+            (
+                json!({"options": {"lockToVersion": nul}}),
+                "options.lockToVersion",
+            ),
+        ];
+        for (body, field) in cases {
+            assert_eq!(field_of(validate(body)), field);
+        }
+        // Inside JSON it is escaped, so it is fine.
+        assert!(validate(json!({"payload": {"s": nul}})).is_ok());
+        assert!(validate(json!({"payload": nul})).is_ok());
+        assert!(validate_task_identifier(nul).is_err());
     }
 
     #[test]

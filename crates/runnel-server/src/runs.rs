@@ -30,9 +30,16 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Parses a JSON body: too large → 413, not JSON → 400 `Invalid JSON`, wrong shape →
-/// 400 naming the field (`options.maxAttempts: invalid type: …`).
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Parses a JSON object body: too large → 413, not JSON → 400 `Invalid JSON`, not an
+/// object → 400; then the typed shape, with a 400 naming the failing field
+/// (`options.maxAttempts: invalid type: …`).
+///
+/// `objects` names nested fields (dotted paths) that must be objects when present: serde's
+/// derived structs would otherwise also accept arrays, read by position.
+fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    objects: &[&str],
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(format!(
@@ -47,14 +54,23 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
     }
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|_| ApiError::BadRequest("Invalid JSON".to_owned()))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "body: must be a JSON object".to_owned(),
+        ));
+    }
+    for path in objects {
+        let nested = path.split('.').try_fold(&value, |v, part| v.get(part));
+        if nested.is_some_and(|v| !v.is_object() && !v.is_null()) {
+            return Err(ApiError::BadRequest(format!(
+                "{path}: must be a JSON object"
+            )));
+        }
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        if path == "." {
-            ApiError::BadRequest(format!("body: {inner}"))
-        } else {
-            ApiError::BadRequest(format!("{path}: {inner}"))
-        }
+        ApiError::BadRequest(format!("{path}: {inner}"))
     })
 }
 
@@ -72,7 +88,10 @@ pub async fn trigger(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
-    let request: TriggerRequest = json_body(body)?;
+    let request: TriggerRequest = json_body(
+        body,
+        &["options", "options.queue", "options.idempotencyKeyOptions"],
+    )?;
     let header = |name: &str| {
         headers
             .get(name)

@@ -1,0 +1,318 @@
+//! The `runnel` binary's lifecycle and key management, end to end: first start and
+//! restart, graceful shutdown on SIGTERM, and `runnel keys create|list|revoke` run
+//! against the data directory of a live server.
+
+mod common;
+
+use common::{
+    assert_secret_key, describe, key_prefix, keys_create, runnel, timestamp, Server, TestApp,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// One row of `runnel keys list`.
+#[derive(Debug, PartialEq)]
+struct KeyRow {
+    prefix: String,
+    env: String,
+    created: String,
+    revoked: String,
+}
+
+/// Runs `runnel keys list`, asserts it succeeded, and parses its table. Also returns the
+/// raw stdout so callers can check what it must never contain.
+fn keys_list(app: &TestApp) -> (Vec<KeyRow>, String) {
+    let output = runnel(&app.data_dir(), &["keys", "list"]);
+    assert!(output.status.success(), "keys list: {}", describe(&output));
+    let stdout = String::from_utf8(output.stdout).expect("utf-8 stdout");
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["PREFIX", "ENV", "CREATED", "REVOKED"], "{stdout}");
+    let rows = lines
+        .map(
+            |line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                [prefix, env, created, revoked] => KeyRow {
+                    prefix: prefix.to_string(),
+                    env: env.to_string(),
+                    created: created.to_string(),
+                    revoked: revoked.to_string(),
+                },
+                _ => panic!("unexpected keys list row {line:?} in\n{stdout}"),
+            },
+        )
+        .collect();
+    (rows, stdout)
+}
+
+/// Whether `key` is accepted: a retrieve of a missing run is 404 with a live key, 401
+/// with a refused one.
+async fn key_is_accepted(server: &Server, key: &str) -> bool {
+    let reply = server.retrieve(key, "run_0000000000000000000000000").await;
+    match reply.status {
+        StatusCode::NOT_FOUND => true,
+        StatusCode::UNAUTHORIZED => {
+            reply.assert_error(StatusCode::UNAUTHORIZED, "Invalid API Key");
+            false
+        }
+        other => panic!("unexpected {other}: {reply:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_first_start_prints_the_project_and_dev_key_once() {
+    let dir = TempDir::new().unwrap();
+    let first = Server::start(dir.path());
+    let bootstrap = first
+        .bootstrap
+        .clone()
+        .expect("the first start prints the key");
+    assert_eq!(
+        bootstrap.project_line,
+        format!(
+            "Created project {} with environments dev, staging, prod.",
+            bootstrap.project_id
+        )
+    );
+    let run = first
+        .trigger_new(
+            &bootstrap.dev_key,
+            "t",
+            &json!({"payload": "before restart"}),
+        )
+        .await;
+    // Serving requests prints nothing more, the key least of all.
+    assert_eq!(first.later_stdout(), Vec::<String>::new());
+    assert!(
+        !first.stderr().contains(&bootstrap.dev_key),
+        "the key was logged"
+    );
+    drop(first);
+
+    let second = Server::start(dir.path());
+    assert!(
+        second.bootstrap.is_none(),
+        "a restart printed a project or key"
+    );
+    assert_eq!(
+        second.run(&bootstrap.dev_key, &run).await["payload"],
+        "before restart"
+    );
+    second
+        .trigger_new(&bootstrap.dev_key, "t", &json!({}))
+        .await;
+
+    // Another data directory is another project with another key.
+    let elsewhere = TestApp::start();
+    let other = elsewhere.server.bootstrap.as_ref().unwrap();
+    assert_ne!(other.project_id, bootstrap.project_id);
+    assert_ne!(other.dev_key, bootstrap.dev_key);
+    assert!(!key_is_accepted(&second, &other.dev_key).await);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_and_keeps_every_run() {
+    let TestApp {
+        server,
+        dev_key,
+        dir,
+    } = TestApp::start();
+    let queued = server
+        .trigger_new(
+            &dev_key,
+            "t",
+            &json!({"payload": {"n": 1}, "options": {"idempotencyKey": "once", "tags": ["a"]}}),
+        )
+        .await;
+    let delayed = server
+        .trigger_new(
+            &dev_key,
+            "t",
+            &json!({"options": {"delay": "1h", "ttl": "10m"}}),
+        )
+        .await;
+    let before: Vec<Value> = vec![
+        server.run(&dev_key, &queued).await,
+        server.run(&dev_key, &delayed).await,
+    ];
+
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+
+    let restarted = Server::start(dir.path());
+    assert!(restarted.bootstrap.is_none());
+    let after: Vec<Value> = vec![
+        restarted.run(&dev_key, &queued).await,
+        restarted.run(&dev_key, &delayed).await,
+    ];
+    assert_eq!(after, before, "runs changed across a restart");
+    timestamp(&after[1]["delayedUntil"]);
+    // The idempotency key survived too.
+    let again = restarted
+        .trigger(
+            &dev_key,
+            "t",
+            &json!({"options": {"idempotencyKey": "once"}}),
+        )
+        .await;
+    assert_eq!(again.assert_cached_run(), queued);
+}
+
+#[tokio::test]
+async fn keys_create_prints_a_working_key_of_the_environment() {
+    let app = TestApp::start();
+    let prod = keys_create(&app.data_dir(), "prod");
+    assert_secret_key(&prod, "prod");
+    let staging = keys_create(&app.data_dir(), "staging");
+    assert_secret_key(&staging, "stg");
+    let another_prod = keys_create(&app.data_dir(), "prod");
+    assert_ne!(another_prod, prod);
+
+    // The server sees keys created while it runs, each scoped to its environment.
+    let run = app
+        .server
+        .trigger_new(&prod, "t", &json!({"payload": 1}))
+        .await;
+    assert_eq!(app.server.run(&another_prod, &run).await["payload"], 1);
+    for other_env in [&staging, &app.dev_key] {
+        app.server
+            .retrieve(other_env, &run)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "Not found");
+    }
+}
+
+#[tokio::test]
+async fn keys_create_refuses_an_unknown_environment_or_a_missing_project() {
+    let app = TestApp::start();
+    let output = runnel(&app.data_dir(), &["keys", "create", "--env", "qa"]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(output.stdout.is_empty(), "{}", describe(&output));
+
+    let empty = TempDir::new().unwrap();
+    let output = runnel(empty.path(), &["keys", "create", "--env", "dev"]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(output.stdout.is_empty(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("runnel serve"),
+        "the error should say to start the server first: {}",
+        describe(&output)
+    );
+    // The failed command leaves a directory the first start still bootstraps.
+    let server = Server::start(empty.path());
+    assert!(server.bootstrap.is_some());
+}
+
+#[tokio::test]
+async fn keys_list_shows_prefixes_and_environments_but_never_a_secret() {
+    let app = TestApp::start();
+    let staging = keys_create(&app.data_dir(), "staging");
+    let prod = keys_create(&app.data_dir(), "prod");
+    let revoke = runnel(&app.data_dir(), &["keys", "revoke", key_prefix(&staging)]);
+    assert!(revoke.status.success(), "{}", describe(&revoke));
+
+    let (rows, stdout) = keys_list(&app);
+    for key in [&app.dev_key, &staging, &prod] {
+        assert!(
+            !stdout.contains(key.as_str()),
+            "keys list shows a secret:\n{stdout}"
+        );
+    }
+    let shown: Vec<(&str, &str, bool)> = rows
+        .iter()
+        .map(|row| {
+            timestamp(&json!(row.created));
+            let revoked = row.revoked != "-";
+            if revoked {
+                timestamp(&json!(row.revoked));
+            }
+            (row.prefix.as_str(), row.env.as_str(), revoked)
+        })
+        .collect();
+    let mut expected = vec![
+        (key_prefix(&app.dev_key), "dev", false),
+        (key_prefix(&staging), "staging", true),
+        (key_prefix(&prod), "prod", false),
+    ];
+    let mut shown_sorted = shown.clone();
+    shown_sorted.sort();
+    expected.sort();
+    assert_eq!(shown_sorted, expected, "\n{stdout}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_and_the_others_keep_working() {
+    let app = TestApp::start();
+    let second_dev = keys_create(&app.data_dir(), "dev");
+    let run = app.server.trigger_new(&app.dev_key, "t", &json!({})).await;
+
+    // The prefix as `keys list` shows it.
+    let (rows, _) = keys_list(&app);
+    let prefix = rows
+        .iter()
+        .find(|row| app.dev_key.starts_with(&row.prefix))
+        .map(|row| row.prefix.clone())
+        .expect("the dev key is listed");
+    let output = runnel(&app.data_dir(), &["keys", "revoke", &prefix]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("revoked {prefix}\n")
+    );
+
+    // The running server refuses it at once, on every route.
+    app.server
+        .retrieve(&app.dev_key, &run)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "Invalid API Key");
+    app.server
+        .trigger(&app.dev_key, "t", &json!({}))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "Invalid API Key");
+    // The environment's other key still reads the run.
+    assert_eq!(app.server.run(&second_dev, &run).await["id"], run.as_str());
+
+    // Revoking it again finds no live key.
+    let output = runnel(&app.data_dir(), &["keys", "revoke", &prefix]);
+    assert!(!output.status.success(), "{}", describe(&output));
+}
+
+#[tokio::test]
+async fn keys_revoke_of_an_unknown_or_ambiguous_prefix_fails_and_revokes_nothing() {
+    let app = TestApp::start();
+    let second_dev = keys_create(&app.data_dir(), "dev");
+    let (before, _) = keys_list(&app);
+
+    for prefix in ["tr_dev_zzzzzzzz", "tr_prod_", "nope", ""] {
+        let output = runnel(&app.data_dir(), &["keys", "revoke", prefix]);
+        assert!(
+            !output.status.success(),
+            "revoke {prefix:?}: {}",
+            describe(&output)
+        );
+        assert!(output.stdout.is_empty(), "{}", describe(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("no live key"),
+            "{}",
+            describe(&output)
+        );
+    }
+    // `tr_dev_` starts both dev keys: refused rather than revoking one at random.
+    let output = runnel(&app.data_dir(), &["keys", "revoke", "tr_dev_"]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("2 live keys"),
+        "{}",
+        describe(&output)
+    );
+
+    let (after, _) = keys_list(&app);
+    assert_eq!(after, before);
+    for key in [&app.dev_key, &second_dev] {
+        assert!(key_is_accepted(&app.server, key).await, "{key} was revoked");
+    }
+}
