@@ -169,6 +169,23 @@ impl PgStore {
     }
 }
 
+/// Stores a key (hashed) for `environment`, inside whatever transaction or pool `db` is.
+async fn api_key_insert_in<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+    key: &SecretKey,
+    environment: &EnvironmentId,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(key.hash())
+        .bind(key.display_prefix())
+        .bind(environment.as_str())
+        .bind(ms(now))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
@@ -225,15 +242,7 @@ impl Store for PgStore {
             .iter()
             .find(|e| e.kind == EnvironmentKind::Dev)
             .expect("every kind was created");
-        sqlx::query(
-            "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(dev_key.hash())
-        .bind(dev_key.display_prefix())
-        .bind(dev.id.as_str())
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
+        api_key_insert_in(&mut *tx, dev_key, &dev.id, now).await?;
         tx.commit().await?;
         Ok(Some(Bootstrap {
             project,
@@ -262,15 +271,7 @@ impl Store for PgStore {
         environment: &EnvironmentId,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key.hash())
-        .bind(key.display_prefix())
-        .bind(environment.as_str())
-        .bind(ms(now))
-        .execute(&self.pool)
-        .await?;
+        api_key_insert_in(&self.pool, key, environment, now).await?;
         Ok(())
     }
 

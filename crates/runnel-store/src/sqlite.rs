@@ -97,6 +97,25 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// Stores a key (hashed) for `environment`, inside whatever transaction or pool `db` is.
+async fn api_key_insert_in<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    key: &SecretKey,
+    environment: &EnvironmentId,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(key.hash())
+    .bind(key.display_prefix())
+    .bind(environment.as_str())
+    .bind(ms(now))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -147,13 +166,7 @@ impl Store for SqliteStore {
             .iter()
             .find(|e| e.kind == EnvironmentKind::Dev)
             .expect("every kind was created");
-        sqlx::query("INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES (?, ?, ?, ?)")
-            .bind(dev_key.hash())
-            .bind(dev_key.display_prefix())
-            .bind(dev.id.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
+        api_key_insert_in(&mut *tx, dev_key, &dev.id, now).await?;
         tx.commit().await?;
         Ok(Some(Bootstrap {
             project,
@@ -182,13 +195,7 @@ impl Store for SqliteStore {
         environment: &EnvironmentId,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES (?, ?, ?, ?)")
-            .bind(key.hash())
-            .bind(key.display_prefix())
-            .bind(environment.as_str())
-            .bind(ms(now))
-            .execute(&self.writer)
-            .await?;
+        api_key_insert_in(&self.writer, key, environment, now).await?;
         Ok(())
     }
 
