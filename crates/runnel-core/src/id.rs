@@ -103,6 +103,11 @@ friendly_id!(
     AttemptId,
     "attempt"
 );
+friendly_id!(
+    /// A registered worker process: `worker_…`.
+    WorkerId,
+    "worker"
+);
 
 #[cfg(test)]
 mod tests {

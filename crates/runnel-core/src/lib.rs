@@ -4,18 +4,21 @@
 //! mappings, duration parsing, the trigger request and its validation, API keys and the
 //! idempotency rules. It performs no IO (no tokio, no database); callers pass `now` in.
 
+pub mod cost;
 pub mod duration;
 pub mod id;
 pub mod idempotency;
 pub mod key;
 pub mod machine;
+pub mod retry;
 pub mod run;
 pub mod status;
 pub mod tenancy;
 pub mod trigger;
 pub mod view;
+pub mod worker;
 
-pub use id::{EnvironmentId, ProjectId, RunId};
+pub use id::{AttemptId, EnvironmentId, ProjectId, RunId, WorkerId};
 pub use key::{EnvironmentKind, SecretKey};
 pub use machine::MachinePreset;
 pub use status::{ApiVersion, RunStatus};

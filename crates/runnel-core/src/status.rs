@@ -105,12 +105,14 @@ impl RunStatus {
         }
         match self {
             Delayed => matches!(to, Queued | PendingVersion),
-            PendingVersion => matches!(to, Queued),
+            PendingVersion => matches!(to, Queued | Expired),
             Queued => matches!(to, Dequeued | Expired | PendingVersion),
-            Dequeued => matches!(to, Executing | Queued | Crashed | SystemFailure),
-            Executing => matches!(
+            // A leased run the worker has not started yet can end the ways an executing
+            // one can (the worker refuses it, crashes or is stopped before starting).
+            Dequeued | Executing => matches!(
                 to,
-                CompletedSuccessfully
+                Executing
+                    | CompletedSuccessfully
                     | CompletedWithErrors
                     | RetryingAfterFailure
                     | WaitingToResume
