@@ -1,0 +1,84 @@
+//! The seam between the worker runtime and what runs an attempt.
+
+use async_trait::async_trait;
+use runnel_core::worker::{AttemptOutcome, DequeuedRun, TaskDefinition};
+use tokio::sync::watch;
+
+/// Why the runtime wants an attempt to stop before it ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The run was canceled (or the server no longer leases it to this worker).
+    Canceled,
+    /// The attempt used up its `maxDuration`.
+    TimedOut,
+    /// The worker is shutting down and the grace period is over.
+    Shutdown,
+}
+
+/// Handed to [`Executor::execute`] with each attempt: fires when the attempt must stop.
+#[derive(Debug, Clone)]
+pub struct StopSignal {
+    rx: watch::Receiver<Option<StopReason>>,
+}
+
+/// The runtime's end of a [`StopSignal`].
+#[derive(Debug)]
+pub struct StopHandle {
+    tx: watch::Sender<Option<StopReason>>,
+}
+
+impl StopSignal {
+    /// A connected pair: `handle.stop(reason)` makes `signal.stopped()` resolve.
+    pub fn channel() -> (StopHandle, StopSignal) {
+        let (tx, rx) = watch::channel(None);
+        (StopHandle { tx }, StopSignal { rx })
+    }
+
+    /// Resolves with the reason once the attempt must stop; never resolves otherwise.
+    pub async fn stopped(&mut self) -> StopReason {
+        loop {
+            if let Some(reason) = *self.rx.borrow_and_update() {
+                return reason;
+            }
+            if self.rx.changed().await.is_err() {
+                // The runtime dropped its handle without stopping: never stop.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The reason, if the attempt was told to stop.
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.rx.borrow()
+    }
+}
+
+impl StopHandle {
+    /// Tells the attempt to stop. The first reason wins.
+    pub fn stop(&self, reason: StopReason) {
+        self.tx.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.tx.borrow()
+    }
+}
+
+/// Runs attempts. Implementations must be cheap to share across concurrent attempts.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// The tasks this executor runs, as the worker registers them.
+    fn tasks(&self) -> Vec<TaskDefinition>;
+
+    /// Runs one attempt to its end and says how it ended. When `stop` fires, the
+    /// executor must end the attempt promptly (killing anything it started) and return;
+    /// the runtime then reports the stop reason rather than the returned outcome.
+    async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome;
+}
