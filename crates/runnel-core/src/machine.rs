@@ -3,9 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MachinePreset {
     Micro,
+    #[default]
     Small1x,
     Small2x,
     Medium1x,

@@ -104,6 +104,20 @@ pub struct Run {
     pub batch_id: Option<String>,
     pub resume_parent_on_completion: bool,
     pub schedule_id: Option<String>,
+    /// Dequeue order: when the run was (last) queued minus its priority, in ms.
+    pub queue_ts: i64,
+    /// The worker the run is (or was last) leased to.
+    pub worker_id: Option<String>,
+    /// The attempt a worker holds right now, while the run is dequeued or executing.
+    pub current_attempt_id: Option<String>,
+    /// The held attempt is rescued when no heartbeat extends the lease past this.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The server's backstop for `maxDuration`: the executing attempt times out here.
+    pub timeout_at: Option<DateTime<Utc>>,
+    /// When a run waiting after a failed attempt is queued again.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Attempts that failed (and so count against `maxAttempts`).
+    pub failed_attempts: u32,
 }
 
 impl Run {
@@ -175,6 +189,10 @@ pub struct Attempt {
     pub completed_at: Option<DateTime<Utc>>,
     /// `{message, name?, stackTrace?}` when the attempt failed.
     pub error: Option<Value>,
+    /// The worker that held the attempt.
+    pub worker_id: Option<String>,
+    /// Compute time of the attempt (start to end), in ms.
+    pub duration_ms: i64,
 }
 
 #[cfg(test)]

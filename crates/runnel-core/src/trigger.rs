@@ -604,6 +604,13 @@ impl ValidTrigger {
             batch_id: None,
             resume_parent_on_completion: false,
             schedule_id: None,
+            queue_ts: queued_at.timestamp_millis() - i64::from(self.priority_ms),
+            worker_id: None,
+            current_attempt_id: None,
+            lease_expires_at: None,
+            timeout_at: None,
+            next_attempt_at: None,
+            failed_attempts: 0,
         }
     }
 }

@@ -1,30 +1,36 @@
-//! Runnel's orchestration: the operations the API calls (trigger, retrieve) and the
-//! runtime services that move runs by time (promoter, expirer), all over a [`Store`].
+//! Runnel's orchestration: the operations the API calls (trigger, retrieve, cancel, the
+//! worker protocol in [`workers`]) and the runtime services that move runs by time
+//! (promoter, expirer, rescuer), all over a [`Store`].
 //!
 //! The engine decides nothing about run semantics itself (that is `runnel-core`) and
 //! remembers nothing (that is the store); it sequences the two and reads time from the
 //! [`Clock`] it was given, so tests control it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
 use runnel_core::view::RunDetail;
-use runnel_core::RunId;
-use runnel_store::{Store, TriggerOutcome};
+use runnel_core::{RunId, RunStatus, WorkerId};
+use runnel_store::{Store, TriggerOutcome, WorkerRecord};
 use tokio::sync::Notify;
 
 pub mod clock;
 pub mod runtime;
+pub mod workers;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use workers::{EngineConfig, WorkerError};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Trigger(#[from] TriggerError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
     #[error(transparent)]
     Store(#[from] runnel_store::Error),
 }
@@ -41,16 +47,31 @@ pub struct Triggered {
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    config: Arc<EngineConfig>,
     /// Wakes the runtime services when a run with a deadline is created.
     deadlines_changed: Arc<Notify>,
+    /// Wakes long-polling dequeuers when runs may have become available.
+    runs_available: Arc<Notify>,
+    /// Wakes long-polling heartbeats when held attempts may have ended.
+    attempts_changed: Arc<Notify>,
+    /// Registered workers by id; a registration never changes, so this never goes stale.
+    workers: Arc<Mutex<HashMap<WorkerId, Arc<WorkerRecord>>>>,
 }
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self::with_config(store, clock, EngineConfig::default())
+    }
+
+    pub fn with_config(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
         Engine {
             store,
             clock,
+            config: Arc::new(config),
             deadlines_changed: Arc::new(Notify::new()),
+            runs_available: Arc::new(Notify::new()),
+            attempts_changed: Arc::new(Notify::new()),
+            workers: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -73,7 +94,17 @@ impl Engine {
         let now = self.clock.now();
         let valid = request.validate(task, headers, now)?;
         let id = RunId::generate(now.timestamp_millis());
-        let run = valid.into_run(id, environment.id.clone(), now);
+        let mut run = valid.into_run(id, environment.id.clone(), now);
+        if run.status == RunStatus::Queued
+            && !self
+                .store
+                .task_served(&environment.id, &run.task_identifier, run.lock_to_version.as_deref())
+                .await?
+        {
+            // Waits for a worker version serving the task; a registration racing this
+            // trigger is caught by the promoter's sweep of waiting runs.
+            run.status = RunStatus::PendingVersion;
+        }
         let has_deadline = run.expire_at.is_some() || run.delay_until.is_some();
         let outcome = self.store.run_trigger(&run, now).await?;
         Ok(match outcome {
@@ -81,6 +112,7 @@ impl Engine {
                 if has_deadline {
                     self.deadlines_changed.notify_one();
                 }
+                self.runs_became_available();
                 tracing::debug!(run = %id, task, env = %environment.kind, "run triggered");
                 Triggered {
                     id,

@@ -1,9 +1,12 @@
 //! Runtime services: the loops that move runs because time passed.
 //!
 //! - promoter: `Delayed` → `Queued` once `delayUntil` is reached;
-//! - expirer: `Queued` → `Expired` once the run's TTL deadline passes.
+//! - expirer: `Queued` → `Expired` once the run's TTL deadline passes;
+//! - retries: `RetryingAfterFailure` → `Queued` once the backoff has elapsed;
+//! - rescuer: a held attempt whose lease ran out crashes (or, never started, goes back
+//!   to the queue); one past its `maxDuration` deadline times out.
 //!
-//! Both are one loop here, because they share the question "when is the next deadline?".
+//! They are one loop here, because they share the question "when is the next deadline?".
 //! The loop sleeps until the earliest deadline the store knows of (capped at
 //! [`IDLE_RECHECK`], so deadlines written by another node are seen), or until a trigger
 //! creates a run with a deadline. Each transition is a conditional update in the store,
@@ -37,7 +40,10 @@ impl Engine {
             let promoted = self.store.run_promote_due(now, BATCH).await?;
             let expired = self.store.run_expire_due(now, BATCH).await?;
             for id in &promoted {
-                tracing::debug!(run = %id, "delayed run queued");
+                tracing::debug!(run = %id, "run queued after its wait");
+            }
+            if !promoted.is_empty() {
+                self.runs_became_available();
             }
             for id in &expired {
                 tracing::info!(run = %id, "run expired: its TTL passed while queued");
@@ -70,8 +76,9 @@ impl Engine {
         }
     }
 
-    async fn pass(&self) -> Result<StdDuration, runnel_store::Error> {
+    async fn pass(&self) -> Result<StdDuration, crate::Error> {
         self.run_due_transitions().await?;
+        self.rescue_due().await?;
         let next = self.store.run_next_due_at().await?;
         let now = self.clock.now();
         Ok(match next {

@@ -41,8 +41,19 @@ async fn harness() -> Harness {
         .await
         .unwrap()
         .unwrap();
+    let engine = Engine::new(store, clock.clone());
+    // A worker serves the tasks these tests trigger, so their runs are queued (not
+    // waiting for a version).
+    engine
+        .worker_register(
+            &dev,
+            serde_json::from_value(json!({"name": "test", "tasks": [{"id": "charge"}, {"id": "t"}]}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     Harness {
-        engine: Engine::new(store, clock.clone()),
+        engine,
         clock,
         dev,
         _dir: dir,

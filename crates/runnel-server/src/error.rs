@@ -33,6 +33,12 @@ impl From<runnel_engine::Error> for ApiError {
         match e {
             runnel_engine::Error::Trigger(e) => e.into(),
             runnel_engine::Error::Store(e) => ApiError::Internal(e),
+            runnel_engine::Error::Worker(runnel_engine::WorkerError::UnknownWorker) => {
+                ApiError::NotFound
+            }
+            runnel_engine::Error::Worker(e @ runnel_engine::WorkerError::Invalid(_)) => {
+                ApiError::BadRequest(e.to_string())
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Runnel's HTTP face: the Trigger.dev-compatible management API.
+//! Runnel's HTTP face: the Trigger.dev-compatible management API and the worker
+//! protocol.
 //!
 //! Requests are translated to engine calls here and nowhere else; errors become HTTP in
 //! exactly one place ([`error::ApiError`]). Every `/api/*` route is authenticated with a
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 pub mod auth;
 pub mod error;
 mod runs;
+mod workers;
 
 pub use error::ApiError;
 
@@ -36,6 +38,12 @@ pub fn router(state: AppState) -> Router {
             post(runs::trigger),
         )
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
+        .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/api/v1/workers/register", post(workers::register))
+        .route("/api/v1/workers/{worker_id}/dequeue", post(workers::dequeue))
+        .route("/api/v1/workers/{worker_id}/start", post(workers::start))
+        .route("/api/v1/workers/{worker_id}/heartbeat", post(workers::heartbeat))
+        .route("/api/v1/workers/{worker_id}/complete", post(workers::complete))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

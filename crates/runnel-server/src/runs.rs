@@ -1,5 +1,6 @@
 //! Run endpoints: trigger (`POST /api/v1/tasks/{task}/trigger`), retrieve
-//! (`GET /api/v3/runs/{id}`), and the health check.
+//! (`GET /api/v3/runs/{id}`), cancel (`POST /api/v2/runs/{id}/cancel`), and the health
+//! check.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -36,7 +37,7 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 ///
 /// `objects` names nested fields (dotted paths) that must be objects when present: serde's
 /// derived structs would otherwise also accept arrays, read by position.
-fn json_body<T: DeserializeOwned>(
+pub(crate) fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     objects: &[&str],
 ) -> Result<T, ApiError> {
@@ -125,4 +126,25 @@ pub async fn retrieve(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(RetrieveRunResponse::new(&detail, version)))
+}
+
+#[derive(Debug, Serialize)]
+struct RunIdResponse {
+    id: String,
+}
+
+/// Cancels a live run (an executing attempt is told to stop through its worker's
+/// heartbeat); a run that already ended is left alone and answers the same.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(run_id): Path<String>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let id = RunId::parse(&run_id).ok_or(ApiError::NotFound)?;
+    let id = state
+        .engine
+        .cancel(&environment, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(RunIdResponse { id: id.to_string() }))
 }

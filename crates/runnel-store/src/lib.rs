@@ -20,9 +20,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::run::{Attempt, Run};
+use runnel_core::retry::RetryPolicy;
+use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, RunId, RunStatus};
+use runnel_core::{EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
+use serde_json::Value;
 
 pub mod postgres;
 mod rows;
@@ -73,6 +75,107 @@ pub enum RevokeOutcome {
 pub struct Bootstrap {
     pub project: Project,
     pub environments: Vec<Environment>,
+}
+
+/// A task as a registered version serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskConfig {
+    pub task_identifier: String,
+    pub queue: String,
+    pub retry: Option<RetryPolicy>,
+    pub max_duration_secs: Option<u32>,
+    pub machine: Option<MachinePreset>,
+}
+
+/// A worker as it registers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRegistration {
+    pub id: WorkerId,
+    pub environment_id: EnvironmentId,
+    pub name: String,
+    /// `None`: the store assigns the next `YYYYMMDD.N` of `now`'s date.
+    pub version: Option<String>,
+    pub tasks: Vec<TaskConfig>,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    pub version: String,
+    /// Runs that were waiting for a version serving their task and are now queued.
+    pub promoted: Vec<RunId>,
+}
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub environment_id: EnvironmentId,
+    pub name: String,
+    pub version: String,
+    pub tasks: Vec<TaskConfig>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl WorkerRecord {
+    pub fn task(&self, task_identifier: &str) -> Option<&TaskConfig> {
+        self.tasks
+            .iter()
+            .find(|t| t.task_identifier == task_identifier)
+    }
+}
+
+/// A run with the attempt that is (or was last) held on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    pub run: Run,
+    pub attempt: Attempt,
+}
+
+/// Whose claim on an attempt a settlement relies on; the store settles only when the
+/// claim still holds, so a late completion never overwrites a rescue and vice versa.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The worker that holds the attempt reports its end.
+    Worker(WorkerId),
+    /// The rescuer: the lease ran out at or before this time.
+    LeaseExpired(DateTime<Utc>),
+    /// The backstop: the attempt passed its `maxDuration` deadline at or before this time.
+    TimedOut(DateTime<Utc>),
+}
+
+/// The end of a held attempt, as the engine decided it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptSettlement {
+    pub run_id: RunId,
+    pub attempt_id: String,
+    pub claim: Claim,
+    pub attempt_status: AttemptStatus,
+    pub attempt_error: Option<Value>,
+    /// Must be an edge of the state machine from the run's current status.
+    pub run_status: RunStatus,
+    /// Stored when the run ends in failure.
+    pub run_error: Option<Value>,
+    pub output: Option<Packet>,
+    /// When the run waits for its next attempt (`RetryingAfterFailure`).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Whether the attempt counts against `maxAttempts`.
+    pub spends_attempt: bool,
+    /// Compute time of the attempt, added to the run's.
+    pub duration_ms: i64,
+    /// Its cost, added to the run's.
+    pub cost_in_cents: f64,
+    pub now: DateTime<Utc>,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The run is now canceled; `attempt` is the attempt a worker held, which it must stop.
+    Canceled { attempt: Option<String> },
+    /// The run had already ended; nothing changed.
+    AlreadyFinal(RunStatus),
+    NotFound,
 }
 
 #[async_trait]
@@ -132,17 +235,99 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<bool>;
 
-    /// Expires up to `limit` queued runs whose TTL deadline is at or before `now`.
+    /// Expires up to `limit` queued (or version-waiting) runs whose TTL deadline is at or
+    /// before `now`.
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
 
-    /// Queues up to `limit` delayed runs whose delay ended at or before `now`.
+    /// Moves up to `limit` runs whose wait ended at or before `now`: delayed runs past
+    /// `delayUntil` (to `Queued`, or `PendingVersion` when no version serves them), runs
+    /// waiting to retry past `next_attempt_at` (to `Queued`), and `PendingVersion` runs
+    /// that a registered version now serves (to `Queued`).
     async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
 
-    /// The earliest moment the expirer or the promoter has work, if any.
+    /// The earliest moment the runtime services have work (a delay, TTL, retry, lease or
+    /// maxDuration deadline), if any.
     async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>>;
 
     /// The attempts of a run, by number.
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>>;
+
+    /// Registers a worker: assigns the version when it has none, records the tasks the
+    /// version serves and queues the runs that were waiting for such a version.
+    async fn worker_register(
+        &self,
+        registration: &WorkerRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<Registered>;
+
+    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>>;
+
+    /// Whether a registered version of `environment` serves `task` (`version` itself,
+    /// when given).
+    async fn task_served(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<bool>;
+
+    /// Leases up to `limit` queued runs of the tasks `worker` serves (its version, or
+    /// unlocked), oldest `queue_ts` first: each moves to `Dequeued` with a new `Pending`
+    /// attempt, the worker's version and a lease until `lease_until`. Settings the
+    /// trigger left open (maxDuration, machine) are taken from the worker's task.
+    async fn run_dequeue(
+        &self,
+        worker: &WorkerRecord,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Leased>>;
+
+    /// Starts the attempts `worker` holds among `attempt_ids`: run `Dequeued` →
+    /// `Executing` (first start sets `started_at` and charges `run_fee_cents`), attempt
+    /// `Pending` → `Executing`, and a `maxDuration` deadline `timeout_grace_ms` after the
+    /// limit. Returns the ids that started.
+    async fn attempt_start(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        timeout_grace_ms: i64,
+        run_fee_cents: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+
+    /// Extends to `lease_until` the leases `worker` still holds among `attempt_ids`, and
+    /// returns those ids; the others are no longer the worker's to run.
+    async fn attempt_heartbeat(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+
+    /// The runs whose current attempt is one of `attempt_ids`, with that attempt.
+    async fn attempts_held(&self, attempt_ids: &[String]) -> Result<Vec<Leased>>;
+
+    /// Applies settlements in one transaction; each applies only if its attempt is still
+    /// the run's current one, the run is `Dequeued` or `Executing`, and its claim holds.
+    /// Returns, per settlement, whether it applied.
+    async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>>;
+
+    /// Up to `limit` held runs whose lease ran out or whose attempt passed its
+    /// `maxDuration` deadline at `now`.
+    async fn run_leases_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Leased>>;
+
+    /// Cancels a live run of `environment` (with `TASK_RUN_CANCELLED`), ending its held
+    /// attempt; the attempt's compute time so far is charged at `cents_per_ms`.
+    async fn run_cancel(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome>;
 
     /// Closes the pools: waits for connections in use, then checkpoints and closes.
     async fn close(&self);

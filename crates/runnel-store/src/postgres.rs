@@ -46,16 +46,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::run::{Attempt, Run};
+use runnel_core::run::{Attempt, AttemptStatus, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus};
+use runnel_core::{AttemptId, EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::rows::{
     self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
-    project_from_row, run_from_row, run_status, RUN_COLUMNS,
+    project_from_row, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
+    NO_MAX_DURATION, RUN_COLUMNS,
 };
-use crate::{Bootstrap, Error, Result, RevokeOutcome, Store, TriggerOutcome};
+use crate::{
+    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, Registered, Result,
+    RevokeOutcome, Store, TriggerOutcome, WorkerRecord, WorkerRegistration,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -116,6 +120,20 @@ async fn insert_run(conn: &mut PgConnection, run: &Run) -> Result<(), sqlx::Erro
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Whether a registered version serves the run's task (its locked version when set).
+const SERVED: &str = "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
+     AND w.task_identifier = runs.task_identifier \
+     AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
+
+async fn attempts_in(
+    db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,
+    attempt_ids: &[String],
+) -> Result<Vec<Attempt>> {
+    let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ANY($1)");
+    let rows = sqlx::query(&sql).bind(attempt_ids).fetch_all(db).await?;
+    rows.iter().map(attempt_from_row).collect()
 }
 
 /// Whether `e` is a concurrent trigger having taken the idempotency key first (and not,
@@ -409,13 +427,14 @@ impl Store for PgStore {
         // as SQLite's json_object writes it (json_build_object would add spaces).
         let ids: Vec<String> = sqlx::query_scalar(
             "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'QUEUED' AND expire_at IS NOT NULL AND expire_at <= $1 \
+               SELECT id FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') \
+               AND expire_at IS NOT NULL AND expire_at <= $1 \
                ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE runs SET status = 'EXPIRED', expired_at = $1, completed_at = $1, updated_at = $1, \
              error = '{\"type\":\"STRING_ERROR\",\"raw\":' \
                      || COALESCE(to_json('Run expired because the TTL (' || ttl || ') was reached')::text, 'null') \
                      || '}' \
-             WHERE id IN (SELECT id FROM due) AND status = 'QUEUED' \
+             WHERE id IN (SELECT id FROM due) AND status IN ('QUEUED', 'PENDING_VERSION') \
              RETURNING id",
         )
         .bind(ms(now))
@@ -426,27 +445,54 @@ impl Store for PgStore {
     }
 
     async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let delayed = format!(
             "WITH due AS MATERIALIZED ( \
                SELECT id FROM runs WHERE status = 'DELAYED' AND delay_until <= $1 \
                ORDER BY delay_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'QUEUED', updated_at = $1 \
+             UPDATE runs SET status = CASE WHEN {SERVED} THEN 'QUEUED' ELSE 'PENDING_VERSION' END, \
+             queue_ts = delay_until - priority_ms, updated_at = $1 \
              WHERE id IN (SELECT id FROM due) AND status = 'DELAYED' \
-             RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+             RETURNING id"
+        );
+        let retries = "WITH due AS MATERIALIZED ( \
+               SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= $1 \
+               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
+             next_attempt_at = NULL, updated_at = $1 \
+             WHERE id IN (SELECT id FROM due) AND status = 'RETRYING_AFTER_FAILURE' \
+             RETURNING id";
+        let served = format!(
+            "WITH due AS MATERIALIZED ( \
+               SELECT id FROM runs WHERE status = 'PENDING_VERSION' AND {SERVED} \
+               LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE runs SET status = 'QUEUED', updated_at = $1 \
+             WHERE id IN (SELECT id FROM due) AND status = 'PENDING_VERSION' \
+             RETURNING id"
+        );
+        let mut ids: Vec<String> = Vec::new();
+        for sql in [delayed.as_str(), retries, served.as_str()] {
+            let moved: Vec<String> = sqlx::query_scalar(sql)
+                .bind(ms(now))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            ids.extend(moved);
+        }
         Ok(ids.into_iter().map(RunId::from_trusted).collect())
     }
 
     async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT min(t) FROM ( \
-               SELECT min(expire_at) AS t FROM runs WHERE status = 'QUEUED' AND expire_at IS NOT NULL \
+               SELECT min(expire_at) AS t FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') AND expire_at IS NOT NULL \
                UNION ALL \
-               SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED') AS due",
+               SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED' \
+               UNION ALL \
+               SELECT min(next_attempt_at) AS t FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' \
+               UNION ALL \
+               SELECT min(lease_expires_at) AS t FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') \
+               UNION ALL \
+               SELECT min(timeout_at) AS t FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL) AS due",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -455,13 +501,473 @@ impl Store for PgStore {
 
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
         let rows = sqlx::query(
-            "SELECT id, run_id, number, status, created_at, updated_at, started_at, completed_at, error \
+            "SELECT id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms \
              FROM attempts WHERE run_id = $1 ORDER BY number",
         )
         .bind(run.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn worker_register(
+        &self,
+        registration: &WorkerRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<Registered> {
+        let env = registration.environment_id.as_str();
+        let mut tx = self.pool.begin().await?;
+        // Registrations of one environment take turns, so two never pick one version.
+        sqlx::query("SELECT id FROM environments WHERE id = $1 FOR UPDATE")
+            .bind(env)
+            .execute(&mut *tx)
+            .await?;
+        let version = match &registration.version {
+            Some(version) => version.clone(),
+            None => {
+                let existing: Vec<String> = sqlx::query_scalar(
+                    "SELECT version FROM worker_versions WHERE environment_id = $1 AND version LIKE $2",
+                )
+                .bind(env)
+                .bind(rows::version_pattern(now))
+                .fetch_all(&mut *tx)
+                .await?;
+                rows::next_version(now, &existing)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(env)
+        .bind(&version)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        for task in &registration.tasks {
+            sqlx::query(
+                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
+                 queue = excluded.queue, retry = excluded.retry, \
+                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
+            )
+            .bind(env)
+            .bind(&task.task_identifier)
+            .bind(&version)
+            .bind(&task.queue)
+            .bind(rows::retry_text(task))
+            .bind(task.max_duration_secs.map(i64::from))
+            .bind(task.machine.map(|m| m.as_str()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let task_ids: Vec<String> = registration
+            .tasks
+            .iter()
+            .map(|t| t.task_identifier.clone())
+            .collect();
+        sqlx::query(
+            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(registration.id.as_str())
+        .bind(env)
+        .bind(&registration.name)
+        .bind(&version)
+        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        let promoted: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'QUEUED', updated_at = $1 \
+             WHERE environment_id = $2 AND status = 'PENDING_VERSION' AND task_identifier = ANY($3) \
+             AND (lock_to_version IS NULL OR lock_to_version = $4) RETURNING id",
+        )
+        .bind(ms(now))
+        .bind(env)
+        .bind(&task_ids)
+        .bind(&version)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Registered {
+            version,
+            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
+        })
+    }
+
+    async fn task_served(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<bool> {
+        let served: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM worker_tasks WHERE environment_id = $1 AND task_identifier = $2 \
+             AND ($3::text IS NULL OR version = $3))",
+        )
+        .bind(environment.as_str())
+        .bind(task)
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(served)
+    }
+
+    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((environment_id, name, version, tasks, created_at)) = row else {
+            return Ok(None);
+        };
+        let served = rows::task_list(&tasks)?;
+        let rows = sqlx::query(
+            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
+             WHERE environment_id = $1 AND version = $2 AND task_identifier = ANY($3) \
+             ORDER BY task_identifier COLLATE \"C\"",
+        )
+        .bind(&environment_id)
+        .bind(&version)
+        .bind(&served)
+        .fetch_all(&self.pool)
+        .await?;
+        let tasks = rows
+            .iter()
+            .map(task_config_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(WorkerRecord {
+            id: id.clone(),
+            environment_id: EnvironmentId::from_trusted(environment_id),
+            name,
+            version,
+            tasks,
+            created_at: rows::time(created_at)?,
+        }))
+    }
+
+    async fn run_dequeue(
+        &self,
+        worker: &WorkerRecord,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Leased>> {
+        if worker.tasks.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let task_ids: Vec<&str> = worker
+            .tasks
+            .iter()
+            .map(|t| t.task_identifier.as_str())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: workers dequeuing at once (on any node) take different runs
+        // instead of waiting on each other's rows.
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
+             AND task_identifier = ANY($2) AND (lock_to_version IS NULL OR lock_to_version = $3) \
+             ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4 FOR UPDATE SKIP LOCKED"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(worker.environment_id.as_str())
+            .bind(&task_ids)
+            .bind(&worker.version)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut leased = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut run = run_from_row(row)?;
+            let task = worker.task(&run.task_identifier);
+            let attempt = Attempt {
+                id: AttemptId::generate(ms(now)).to_string(),
+                run_id: run.id.clone(),
+                number: run.attempt_count + 1,
+                status: AttemptStatus::Pending,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                completed_at: None,
+                error: None,
+                worker_id: Some(worker.id.to_string()),
+                duration_ms: 0,
+            };
+            run.status = RunStatus::Dequeued;
+            run.worker_id = Some(worker.id.to_string());
+            run.worker_version = Some(worker.version.clone());
+            run.current_attempt_id = Some(attempt.id.clone());
+            run.lease_expires_at = Some(lease_until);
+            run.expire_at = None;
+            run.attempt_count = attempt.number;
+            run.max_duration_secs = run
+                .max_duration_secs
+                .or(task.and_then(|t| t.max_duration_secs));
+            run.machine = run.machine.or(task.and_then(|t| t.machine));
+            run.updated_at = now;
+            sqlx::query(
+                "UPDATE runs SET status = 'DEQUEUED', worker_id = $1, worker_version = $2, current_attempt_id = $3, \
+                 lease_expires_at = $4, expire_at = NULL, attempt_count = $5, max_duration_secs = $6, machine = $7, \
+                 updated_at = $8 WHERE id = $9 AND status = 'QUEUED'",
+            )
+            .bind(worker.id.as_str())
+            .bind(&worker.version)
+            .bind(&attempt.id)
+            .bind(ms(lease_until))
+            .bind(i64::from(run.attempt_count))
+            .bind(run.max_duration_secs.map(i64::from))
+            .bind(run.machine.map(|m| m.as_str()))
+            .bind(ms(now))
+            .bind(run.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
+                 VALUES ($1, $2, $3, 'PENDING', $4, $4, $5, 0)",
+            )
+            .bind(&attempt.id)
+            .bind(run.id.as_str())
+            .bind(i64::from(attempt.number))
+            .bind(ms(now))
+            .bind(worker.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            leased.push(Leased { run, attempt });
+        }
+        tx.commit().await?;
+        Ok(leased)
+    }
+
+    async fn attempt_start(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        timeout_grace_ms: i64,
+        run_fee_cents: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        if attempt_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let started: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, $1), \
+             base_cost_in_cents = CASE WHEN started_at IS NULL THEN $2 ELSE base_cost_in_cents END, \
+             lease_expires_at = $3, \
+             timeout_at = CASE WHEN max_duration_secs IS NULL OR max_duration_secs >= $4 THEN NULL \
+                          ELSE $1 + max_duration_secs * 1000 + $5 END, \
+             updated_at = $1 \
+             WHERE current_attempt_id = ANY($6) AND worker_id = $7 AND status = 'DEQUEUED' \
+             RETURNING current_attempt_id",
+        )
+        .bind(ms(now))
+        .bind(run_fee_cents)
+        .bind(ms(lease_until))
+        .bind(NO_MAX_DURATION)
+        .bind(timeout_grace_ms)
+        .bind(attempt_ids)
+        .bind(worker.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE attempts SET status = 'EXECUTING', started_at = $1, updated_at = $1 \
+             WHERE id = ANY($2) AND status = 'PENDING'",
+        )
+        .bind(ms(now))
+        .bind(&started)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(started)
+    }
+
+    async fn attempt_heartbeat(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        sqlx::query("UPDATE workers SET last_seen_at = $1 WHERE id = $2")
+            .bind(ms(now))
+            .bind(worker.as_str())
+            .execute(&self.pool)
+            .await?;
+        if attempt_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET lease_expires_at = $1 WHERE worker_id = $2 \
+             AND status IN ('DEQUEUED', 'EXECUTING') AND current_attempt_id = ANY($3) \
+             RETURNING current_attempt_id",
+        )
+        .bind(ms(lease_until))
+        .bind(worker.as_str())
+        .bind(attempt_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(held)
+    }
+
+    async fn attempts_held(&self, attempt_ids: &[String]) -> Result<Vec<Leased>> {
+        if attempt_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE current_attempt_id = ANY($1)");
+        let rows = sqlx::query(&sql)
+            .bind(attempt_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        let attempts = attempts_in(&self.pool, attempt_ids).await?;
+        Ok(rows::pair_leased(runs, attempts))
+    }
+
+    async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>> {
+        let mut applied = Vec::with_capacity(settlements.len());
+        if settlements.is_empty() {
+            return Ok(applied);
+        }
+        let mut tx = self.pool.begin().await?;
+        for s in settlements {
+            let claim_sql = match &s.claim {
+                Claim::Worker(_) => "worker_id = $13",
+                Claim::LeaseExpired(_) => "lease_expires_at <= $13",
+                Claim::TimedOut(_) => "timeout_at <= $13",
+            };
+            let sql = format!(
+                "UPDATE runs SET status = $1, output = $2, output_type = $3, error = $4, \
+                 usage_duration_ms = usage_duration_ms + $5, cost_in_cents = cost_in_cents + $6, \
+                 failed_attempts = failed_attempts + $7, completed_at = $8, next_attempt_at = $9, \
+                 lease_expires_at = NULL, timeout_at = NULL, current_attempt_id = NULL, updated_at = $10 \
+                 WHERE id = $11 AND current_attempt_id = $12 AND status IN ('DEQUEUED', 'EXECUTING') AND {claim_sql}"
+            );
+            let query = sqlx::query(&sql)
+                .bind(s.run_status.as_str())
+                .bind(s.output.as_ref().and_then(|o| o.data.as_deref()))
+                .bind(s.output.as_ref().map(|o| o.data_type.as_str()))
+                .bind(s.run_error.as_ref().map(|e| e.to_string()))
+                .bind(s.duration_ms)
+                .bind(s.cost_in_cents)
+                .bind(i64::from(s.spends_attempt && s.attempt_status == AttemptStatus::Failed))
+                .bind(s.run_status.is_final().then_some(ms(s.now)))
+                .bind(s.next_attempt_at.map(ms))
+                .bind(ms(s.now))
+                .bind(s.run_id.as_str())
+                .bind(&s.attempt_id);
+            let query = match &s.claim {
+                Claim::Worker(worker) => query.bind(worker.to_string()),
+                Claim::LeaseExpired(at) | Claim::TimedOut(at) => query.bind(ms(*at)),
+            };
+            let done = query.execute(&mut *tx).await?.rows_affected() == 1;
+            if done {
+                sqlx::query(
+                    "UPDATE attempts SET status = $1, error = $2, completed_at = $3, updated_at = $3, duration_ms = $4 \
+                     WHERE id = $5",
+                )
+                .bind(s.attempt_status.as_str())
+                .bind(s.attempt_error.as_ref().map(|e| e.to_string()))
+                .bind(ms(s.now))
+                .bind(s.duration_ms)
+                .bind(&s.attempt_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            applied.push(done);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn run_leases_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Leased>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ( \
+               SELECT id FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') AND lease_expires_at <= $1 \
+               UNION \
+               SELECT id FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL AND timeout_at <= $1) \
+             LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        let ids: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.current_attempt_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let attempts = attempts_in(&self.pool, &ids).await?;
+        Ok(rows::pair_leased(runs, attempts))
+    }
+
+    async fn run_cancel(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, current_attempt_id FROM runs WHERE id = $1 AND environment_id = $2 FOR UPDATE",
+        )
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, attempt)) = row else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let status = run_status(&status)?;
+        if status.is_final() {
+            return Ok(CancelOutcome::AlreadyFinal(status));
+        }
+        let started_at: Option<i64> = match &attempt {
+            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = $1")
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten(),
+            None => None,
+        };
+        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
+        sqlx::query(
+            "UPDATE runs SET status = 'CANCELED', completed_at = $1, updated_at = $1, error = $2, \
+             usage_duration_ms = usage_duration_ms + $3, cost_in_cents = cost_in_cents + $4, \
+             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
+             WHERE id = $5 AND status = $6",
+        )
+        .bind(ms(now))
+        .bind(rows::canceled_error().to_string())
+        .bind(duration_ms)
+        .bind(duration_ms as f64 * cents_per_ms)
+        .bind(id.as_str())
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(attempt) = &attempt {
+            sqlx::query(
+                "UPDATE attempts SET status = 'CANCELED', completed_at = $1, updated_at = $1, duration_ms = $2, \
+                 error = $3 WHERE id = $4 AND status IN ('PENDING', 'EXECUTING')",
+            )
+            .bind(ms(now))
+            .bind(duration_ms)
+            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(CancelOutcome::Canceled { attempt })
     }
 
     async fn close(&self) {

@@ -29,7 +29,8 @@ pub(crate) const RUN_COLUMNS: &str = "id, environment_id, task_identifier, statu
     metadata_type, delay_until, ttl, expire_at, expired_at, max_attempts, max_duration_secs, machine, priority_ms, \
     is_test, queue, concurrency_key, lock_to_version, worker_version, created_at, updated_at, started_at, \
     completed_at, attempt_count, usage_duration_ms, cost_in_cents, base_cost_in_cents, depth, parent_run_id, \
-    root_run_id, batch_id, resume_parent_on_completion, schedule_id";
+    root_run_id, batch_id, resume_parent_on_completion, schedule_id, queue_ts, worker_id, current_attempt_id, \
+    lease_expires_at, timeout_at, next_attempt_at, failed_attempts";
 
 /// How many columns [`RUN_COLUMNS`] names.
 pub(crate) fn run_column_count() -> usize {
@@ -178,6 +179,13 @@ where
         .bind(run.batch_id.as_deref())
         .bind(run.resume_parent_on_completion)
         .bind(run.schedule_id.as_deref())
+        .bind(run.queue_ts)
+        .bind(run.worker_id.as_deref())
+        .bind(run.current_attempt_id.as_deref())
+        .bind(run.lease_expires_at.map(ms))
+        .bind(run.timeout_at.map(ms))
+        .bind(run.next_attempt_at.map(ms))
+        .bind(i64::from(run.failed_attempts))
 }
 
 /// A run from a row that selected [`RUN_COLUMNS`].
@@ -244,6 +252,13 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
         batch_id: row.opt_text("batch_id")?,
         resume_parent_on_completion: row.flag("resume_parent_on_completion")?,
         schedule_id: row.opt_text("schedule_id")?,
+        queue_ts: row.int("queue_ts")?,
+        worker_id: row.opt_text("worker_id")?,
+        current_attempt_id: row.opt_text("current_attempt_id")?,
+        lease_expires_at: row.opt_time("lease_expires_at")?,
+        timeout_at: row.opt_time("timeout_at")?,
+        next_attempt_at: row.opt_time("next_attempt_at")?,
+        failed_attempts: row.count("failed_attempts")?,
     })
 }
 
@@ -292,9 +307,91 @@ pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
             .map(|e| serde_json::from_str(&e))
             .transpose()
             .map_err(|e| Error::Corrupt(format!("attempt error: {e}")))?,
+        worker_id: row.opt_text("worker_id")?,
+        duration_ms: row.int("duration_ms")?,
     })
 }
 
 fn environment_kind(kind: &str) -> Result<EnvironmentKind> {
     EnvironmentKind::from_str(kind).map_err(|e| Error::Corrupt(e.to_string()))
 }
+
+/// Every column of `attempts`.
+pub(crate) const ATTEMPT_COLUMNS: &str =
+    "id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms";
+
+/// A task setting from a row with `task_identifier, queue, retry, max_duration_secs, machine`.
+pub(crate) fn task_config_from_row(row: &impl Columns) -> Result<crate::TaskConfig> {
+    let retry = row
+        .opt_text("retry")?
+        .map(|r| serde_json::from_str(&r))
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("retry policy: {e}")))?;
+    let machine = row
+        .opt_text("machine")?
+        .map(|m| MachinePreset::from_str(&m))
+        .transpose()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(crate::TaskConfig {
+        task_identifier: row.text("task_identifier")?,
+        queue: row.text("queue")?,
+        retry,
+        max_duration_secs: row.opt_int("max_duration_secs")?.map(|n| n as u32),
+        machine,
+    })
+}
+
+/// A retry policy as stored (JSON text).
+pub(crate) fn retry_text(config: &crate::TaskConfig) -> Option<String> {
+    config
+        .retry
+        .as_ref()
+        .map(|r| serde_json::to_string(r).expect("a retry policy serializes"))
+}
+
+/// The next server-assigned version of `now`'s date (`YYYYMMDD.N`), given the versions
+/// that already exist for that date.
+pub(crate) fn next_version(now: DateTime<Utc>, existing: &[String]) -> String {
+    let date = now.format("%Y%m%d").to_string();
+    let prefix = format!("{date}.");
+    let highest = existing
+        .iter()
+        .filter_map(|v| v.strip_prefix(&prefix)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("{date}.{}", highest + 1)
+}
+
+/// The `LIKE` pattern matching versions assigned on `now`'s date.
+pub(crate) fn version_pattern(now: DateTime<Utc>) -> String {
+    format!("{}.%", now.format("%Y%m%d"))
+}
+
+/// The task identifiers a worker runs, as stored (JSON array).
+pub(crate) fn task_list(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("worker tasks: {e}")))
+}
+
+/// Pairs each run with its current attempt, dropping runs whose attempt is missing.
+pub(crate) fn pair_leased(runs: Vec<Run>, attempts: Vec<Attempt>) -> Vec<crate::Leased> {
+    let mut by_id: std::collections::HashMap<String, Attempt> =
+        attempts.into_iter().map(|a| (a.id.clone(), a)).collect();
+    runs.into_iter()
+        .filter_map(|run| {
+            let attempt = by_id.remove(run.current_attempt_id.as_deref()?)?;
+            Some(crate::Leased { run, attempt })
+        })
+        .collect()
+}
+
+/// The stored error of a canceled run (contract §4.3).
+pub(crate) fn canceled_error() -> Value {
+    serde_json::json!({
+        "type": "INTERNAL_ERROR",
+        "code": "TASK_RUN_CANCELLED",
+        "message": "Run was canceled",
+    })
+}
+
+/// `maxDuration` at or above this means "no limit" (contract §4.5).
+pub(crate) const NO_MAX_DURATION: i64 = 2_147_483_647;

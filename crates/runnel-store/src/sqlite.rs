@@ -22,18 +22,22 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::run::{Attempt, Run};
+use runnel_core::run::{Attempt, AttemptStatus, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus};
+use runnel_core::{AttemptId, EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::rows::{
     self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
-    project_from_row, run_from_row, run_status, RUN_COLUMNS,
+    project_from_row, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
+    NO_MAX_DURATION, RUN_COLUMNS,
 };
-use crate::{Bootstrap, Error, Result, RevokeOutcome, Store, TriggerOutcome};
+use crate::{
+    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, Registered, Result,
+    RevokeOutcome, Store, TriggerOutcome, WorkerRecord, WorkerRegistration,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -95,6 +99,48 @@ async fn insert_run(conn: &mut sqlx::SqliteConnection, run: &Run) -> Result<(), 
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// `?, ?, …` for an `IN` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Whether a registered version serves `task` (the locked version when there is one).
+const SERVED: &str = "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
+     AND w.task_identifier = runs.task_identifier \
+     AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
+
+async fn runs_where_attempt_in(
+    db: impl sqlx::Executor<'_, Database = sqlx::Sqlite>,
+    attempt_ids: &[String],
+) -> Result<Vec<Run>> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE current_attempt_id IN ({})",
+        placeholders(attempt_ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in attempt_ids {
+        query = query.bind(id);
+    }
+    let rows = query.fetch_all(db).await?;
+    rows.iter().map(run_from_row).collect()
+}
+
+async fn attempts_in(
+    db: impl sqlx::Executor<'_, Database = sqlx::Sqlite>,
+    attempt_ids: &[String],
+) -> Result<Vec<Attempt>> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id IN ({})",
+        placeholders(attempt_ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in attempt_ids {
+        query = query.bind(id);
+    }
+    let rows = query.fetch_all(db).await?;
+    rows.iter().map(attempt_from_row).collect()
 }
 
 /// Stores a key (hashed) for `environment`, inside whatever transaction or pool `db` is.
@@ -344,9 +390,9 @@ impl Store for SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar(
             "UPDATE runs SET status = 'EXPIRED', expired_at = ?1, completed_at = ?1, updated_at = ?1, \
              error = json_object('type', 'STRING_ERROR', 'raw', 'Run expired because the TTL (' || ttl || ') was reached') \
-             WHERE id IN (SELECT id FROM runs WHERE status = 'QUEUED' AND expire_at IS NOT NULL AND expire_at <= ?1 \
-                          ORDER BY expire_at LIMIT ?2) \
-             AND status = 'QUEUED' \
+             WHERE id IN (SELECT id FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') \
+                          AND expire_at IS NOT NULL AND expire_at <= ?1 ORDER BY expire_at LIMIT ?2) \
+             AND status IN ('QUEUED', 'PENDING_VERSION') \
              RETURNING id",
         )
         .bind(ms(now))
@@ -357,26 +403,50 @@ impl Store for SqliteStore {
     }
 
     async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'QUEUED', updated_at = ?1 \
+        let delayed = format!(
+            "UPDATE runs SET status = CASE WHEN {SERVED} THEN 'QUEUED' ELSE 'PENDING_VERSION' END, \
+             queue_ts = delay_until - priority_ms, updated_at = ?1 \
              WHERE id IN (SELECT id FROM runs WHERE status = 'DELAYED' AND delay_until <= ?1 \
                           ORDER BY delay_until LIMIT ?2) \
              AND status = 'DELAYED' \
-             RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
+             RETURNING id"
+        );
+        let retries = "UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
+             next_attempt_at = NULL, updated_at = ?1 \
+             WHERE id IN (SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= ?1 \
+                          ORDER BY next_attempt_at LIMIT ?2) \
+             AND status = 'RETRYING_AFTER_FAILURE' \
+             RETURNING id";
+        let served = format!(
+            "UPDATE runs SET status = 'QUEUED', updated_at = ?1 \
+             WHERE id IN (SELECT id FROM runs WHERE status = 'PENDING_VERSION' AND {SERVED} LIMIT ?2) \
+             AND status = 'PENDING_VERSION' \
+             RETURNING id"
+        );
+        let mut ids: Vec<String> = Vec::new();
+        for sql in [delayed.as_str(), retries, served.as_str()] {
+            let moved: Vec<String> = sqlx::query_scalar(sql)
+                .bind(ms(now))
+                .bind(i64::from(limit))
+                .fetch_all(&self.writer)
+                .await?;
+            ids.extend(moved);
+        }
         Ok(ids.into_iter().map(RunId::from_trusted).collect())
     }
 
     async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT min(t) FROM ( \
-               SELECT min(expire_at) AS t FROM runs WHERE status = 'QUEUED' AND expire_at IS NOT NULL \
+               SELECT min(expire_at) AS t FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') AND expire_at IS NOT NULL \
                UNION ALL \
-               SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED')",
+               SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED' \
+               UNION ALL \
+               SELECT min(next_attempt_at) AS t FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' \
+               UNION ALL \
+               SELECT min(lease_expires_at) AS t FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') \
+               UNION ALL \
+               SELECT min(timeout_at) AS t FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL)",
         )
         .fetch_one(&self.reader)
         .await?;
@@ -385,7 +455,7 @@ impl Store for SqliteStore {
 
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
         let rows = sqlx::query(
-            "SELECT id, run_id, number, status, created_at, updated_at, started_at, completed_at, error \
+            "SELECT id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms \
              FROM attempts WHERE run_id = ? ORDER BY number",
         )
         .bind(run.as_str())
@@ -394,8 +464,476 @@ impl Store for SqliteStore {
         rows.iter().map(attempt_from_row).collect()
     }
 
+    async fn worker_register(
+        &self,
+        registration: &WorkerRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<Registered> {
+        let env = registration.environment_id.as_str();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let version = match &registration.version {
+            Some(version) => version.clone(),
+            None => {
+                let existing: Vec<String> = sqlx::query_scalar(
+                    "SELECT version FROM worker_versions WHERE environment_id = ? AND version LIKE ?",
+                )
+                .bind(env)
+                .bind(rows::version_pattern(now))
+                .fetch_all(&mut *tx)
+                .await?;
+                rows::next_version(now, &existing)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(env)
+        .bind(&version)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        for task in &registration.tasks {
+            sqlx::query(
+                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
+                 queue = excluded.queue, retry = excluded.retry, \
+                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
+            )
+            .bind(env)
+            .bind(&task.task_identifier)
+            .bind(&version)
+            .bind(&task.queue)
+            .bind(rows::retry_text(task))
+            .bind(task.max_duration_secs.map(i64::from))
+            .bind(task.machine.map(|m| m.as_str()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let task_ids: Vec<&str> = registration
+            .tasks
+            .iter()
+            .map(|t| t.task_identifier.as_str())
+            .collect();
+        sqlx::query(
+            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(registration.id.as_str())
+        .bind(env)
+        .bind(&registration.name)
+        .bind(&version)
+        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
+        .bind(ms(now))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        let mut promoted = Vec::new();
+        if !task_ids.is_empty() {
+            let sql = format!(
+                "UPDATE runs SET status = 'QUEUED', updated_at = ? \
+                 WHERE environment_id = ? AND status = 'PENDING_VERSION' AND task_identifier IN ({}) \
+                 AND (lock_to_version IS NULL OR lock_to_version = ?) RETURNING id",
+                placeholders(task_ids.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(ms(now)).bind(env);
+            for task in &task_ids {
+                query = query.bind(*task);
+            }
+            promoted = query.bind(&version).fetch_all(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Registered {
+            version,
+            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
+        })
+    }
+
+    async fn task_served(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<bool> {
+        let served: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM worker_tasks WHERE environment_id = ? AND task_identifier = ? \
+             AND (? IS NULL OR version = ?))",
+        )
+        .bind(environment.as_str())
+        .bind(task)
+        .bind(version)
+        .bind(version)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(served)
+    }
+
+    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some((environment_id, name, version, tasks, created_at)) = row else {
+            return Ok(None);
+        };
+        let served = rows::task_list(&tasks)?;
+        let rows = sqlx::query(
+            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
+             WHERE environment_id = ? AND version = ? ORDER BY task_identifier",
+        )
+        .bind(&environment_id)
+        .bind(&version)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut configs = Vec::new();
+        for row in &rows {
+            let config = task_config_from_row(row)?;
+            if served.contains(&config.task_identifier) {
+                configs.push(config);
+            }
+        }
+        Ok(Some(WorkerRecord {
+            id: id.clone(),
+            environment_id: EnvironmentId::from_trusted(environment_id),
+            name,
+            version,
+            tasks: configs,
+            created_at: rows::time(created_at)?,
+        }))
+    }
+
+    async fn run_dequeue(
+        &self,
+        worker: &WorkerRecord,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Leased>> {
+        if worker.tasks.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
+             AND task_identifier IN ({}) AND (lock_to_version IS NULL OR lock_to_version = ?) \
+             ORDER BY queue_ts, id LIMIT ?",
+            placeholders(worker.tasks.len())
+        );
+        let mut query = sqlx::query(&sql).bind(worker.environment_id.as_str());
+        for task in &worker.tasks {
+            query = query.bind(&task.task_identifier);
+        }
+        let rows = query
+            .bind(&worker.version)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut leased = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut run = run_from_row(row)?;
+            let task = worker.task(&run.task_identifier);
+            let attempt = Attempt {
+                id: AttemptId::generate(ms(now)).to_string(),
+                run_id: run.id.clone(),
+                number: run.attempt_count + 1,
+                status: AttemptStatus::Pending,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                completed_at: None,
+                error: None,
+                worker_id: Some(worker.id.to_string()),
+                duration_ms: 0,
+            };
+            run.status = RunStatus::Dequeued;
+            run.worker_id = Some(worker.id.to_string());
+            run.worker_version = Some(worker.version.clone());
+            run.current_attempt_id = Some(attempt.id.clone());
+            run.lease_expires_at = Some(lease_until);
+            run.expire_at = None;
+            run.attempt_count = attempt.number;
+            run.max_duration_secs = run
+                .max_duration_secs
+                .or(task.and_then(|t| t.max_duration_secs));
+            run.machine = run.machine.or(task.and_then(|t| t.machine));
+            run.updated_at = now;
+            sqlx::query(
+                "UPDATE runs SET status = 'DEQUEUED', worker_id = ?, worker_version = ?, current_attempt_id = ?, \
+                 lease_expires_at = ?, expire_at = NULL, attempt_count = ?, max_duration_secs = ?, machine = ?, \
+                 updated_at = ? WHERE id = ? AND status = 'QUEUED'",
+            )
+            .bind(worker.id.as_str())
+            .bind(&worker.version)
+            .bind(&attempt.id)
+            .bind(ms(lease_until))
+            .bind(i64::from(run.attempt_count))
+            .bind(run.max_duration_secs.map(i64::from))
+            .bind(run.machine.map(|m| m.as_str()))
+            .bind(ms(now))
+            .bind(run.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
+                 VALUES (?, ?, ?, 'PENDING', ?, ?, ?, 0)",
+            )
+            .bind(&attempt.id)
+            .bind(run.id.as_str())
+            .bind(i64::from(attempt.number))
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(worker.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            leased.push(Leased { run, attempt });
+        }
+        tx.commit().await?;
+        Ok(leased)
+    }
+
+    async fn attempt_start(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        timeout_grace_ms: i64,
+        run_fee_cents: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut started = Vec::new();
+        if attempt_ids.is_empty() {
+            return Ok(started);
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for attempt in attempt_ids {
+            let done = sqlx::query(
+                "UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, ?1), \
+                 base_cost_in_cents = CASE WHEN started_at IS NULL THEN ?2 ELSE base_cost_in_cents END, \
+                 lease_expires_at = ?3, \
+                 timeout_at = CASE WHEN max_duration_secs IS NULL OR max_duration_secs >= ?4 THEN NULL \
+                              ELSE ?1 + max_duration_secs * 1000 + ?5 END, \
+                 updated_at = ?1 \
+                 WHERE current_attempt_id = ?6 AND worker_id = ?7 AND status = 'DEQUEUED'",
+            )
+            .bind(ms(now))
+            .bind(run_fee_cents)
+            .bind(ms(lease_until))
+            .bind(NO_MAX_DURATION)
+            .bind(timeout_grace_ms)
+            .bind(attempt)
+            .bind(worker.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                sqlx::query(
+                    "UPDATE attempts SET status = 'EXECUTING', started_at = ?, updated_at = ? \
+                     WHERE id = ? AND status = 'PENDING'",
+                )
+                .bind(ms(now))
+                .bind(ms(now))
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?;
+                started.push(attempt.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(started)
+    }
+
+    async fn attempt_heartbeat(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        sqlx::query("UPDATE workers SET last_seen_at = ? WHERE id = ?")
+            .bind(ms(now))
+            .bind(worker.as_str())
+            .execute(&self.writer)
+            .await?;
+        if attempt_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE runs SET lease_expires_at = ? WHERE worker_id = ? \
+             AND status IN ('DEQUEUED', 'EXECUTING') AND current_attempt_id IN ({}) \
+             RETURNING current_attempt_id",
+            placeholders(attempt_ids.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
+            .bind(ms(lease_until))
+            .bind(worker.as_str());
+        for id in attempt_ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.writer).await?)
+    }
+
+    async fn attempts_held(&self, attempt_ids: &[String]) -> Result<Vec<Leased>> {
+        if attempt_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs = runs_where_attempt_in(&self.reader, attempt_ids).await?;
+        let attempts = attempts_in(&self.reader, attempt_ids).await?;
+        Ok(rows::pair_leased(runs, attempts))
+    }
+
+    async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>> {
+        let mut applied = Vec::with_capacity(settlements.len());
+        if settlements.is_empty() {
+            return Ok(applied);
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for s in settlements {
+            let (claim_sql, claim_value) = match &s.claim {
+                Claim::Worker(worker) => ("worker_id = ?", ClaimValue::Text(worker.to_string())),
+                Claim::LeaseExpired(at) => ("lease_expires_at <= ?", ClaimValue::Time(ms(*at))),
+                Claim::TimedOut(at) => ("timeout_at <= ?", ClaimValue::Time(ms(*at))),
+            };
+            let sql = format!(
+                "UPDATE runs SET status = ?, output = ?, output_type = ?, error = ?, \
+                 usage_duration_ms = usage_duration_ms + ?, cost_in_cents = cost_in_cents + ?, \
+                 failed_attempts = failed_attempts + ?, completed_at = ?, next_attempt_at = ?, \
+                 lease_expires_at = NULL, timeout_at = NULL, current_attempt_id = NULL, updated_at = ? \
+                 WHERE id = ? AND current_attempt_id = ? AND status IN ('DEQUEUED', 'EXECUTING') AND {claim_sql}"
+            );
+            let query = sqlx::query(&sql)
+                .bind(s.run_status.as_str())
+                .bind(s.output.as_ref().and_then(|o| o.data.as_deref()))
+                .bind(s.output.as_ref().map(|o| o.data_type.as_str()))
+                .bind(s.run_error.as_ref().map(|e| e.to_string()))
+                .bind(s.duration_ms)
+                .bind(s.cost_in_cents)
+                .bind(i64::from(s.spends_attempt && s.attempt_status == AttemptStatus::Failed))
+                .bind(s.run_status.is_final().then_some(ms(s.now)))
+                .bind(s.next_attempt_at.map(ms))
+                .bind(ms(s.now))
+                .bind(s.run_id.as_str())
+                .bind(&s.attempt_id);
+            let query = match claim_value {
+                ClaimValue::Text(text) => query.bind(text),
+                ClaimValue::Time(t) => query.bind(t),
+            };
+            let done = query.execute(&mut *tx).await?.rows_affected() == 1;
+            if done {
+                sqlx::query(
+                    "UPDATE attempts SET status = ?, error = ?, completed_at = ?, updated_at = ?, duration_ms = ? \
+                     WHERE id = ?",
+                )
+                .bind(s.attempt_status.as_str())
+                .bind(s.attempt_error.as_ref().map(|e| e.to_string()))
+                .bind(ms(s.now))
+                .bind(ms(s.now))
+                .bind(s.duration_ms)
+                .bind(&s.attempt_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            applied.push(done);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn run_leases_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Leased>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ( \
+               SELECT id FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') AND lease_expires_at <= ?1 \
+               UNION \
+               SELECT id FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL AND timeout_at <= ?1) \
+             LIMIT ?2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        let runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+        let ids: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.current_attempt_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let attempts = attempts_in(&self.reader, &ids).await?;
+        Ok(rows::pair_leased(runs, attempts))
+    }
+
+    async fn run_cancel(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, current_attempt_id FROM runs WHERE id = ? AND environment_id = ?",
+        )
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, attempt)) = row else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let status = run_status(&status)?;
+        if status.is_final() {
+            return Ok(CancelOutcome::AlreadyFinal(status));
+        }
+        let started_at: Option<i64> = match &attempt {
+            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = ?")
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten(),
+            None => None,
+        };
+        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
+        sqlx::query(
+            "UPDATE runs SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, error = ?2, \
+             usage_duration_ms = usage_duration_ms + ?3, cost_in_cents = cost_in_cents + ?4, \
+             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
+             WHERE id = ?5 AND status = ?6",
+        )
+        .bind(ms(now))
+        .bind(rows::canceled_error().to_string())
+        .bind(duration_ms)
+        .bind(duration_ms as f64 * cents_per_ms)
+        .bind(id.as_str())
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(attempt) = &attempt {
+            sqlx::query(
+                "UPDATE attempts SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, duration_ms = ?2, \
+                 error = ?3 WHERE id = ?4 AND status IN ('PENDING', 'EXECUTING')",
+            )
+            .bind(ms(now))
+            .bind(duration_ms)
+            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(CancelOutcome::Canceled { attempt })
+    }
+
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// The value a settlement's claim compares with.
+enum ClaimValue {
+    Text(String),
+    Time(i64),
 }

@@ -466,6 +466,13 @@ fn assert_every_field_set(run: &Run) {
         batch_id,
         resume_parent_on_completion,
         schedule_id,
+        queue_ts,
+        worker_id,
+        current_attempt_id,
+        lease_expires_at,
+        timeout_at,
+        next_attempt_at,
+        failed_attempts,
     } = run;
     let checks = [
         ("status", *status != RunStatus::Queued),
@@ -512,6 +519,13 @@ fn assert_every_field_set(run: &Run) {
         ("batch_id", batch_id.is_some()),
         ("resume_parent_on_completion", *resume_parent_on_completion),
         ("schedule_id", schedule_id.is_some()),
+        ("queue_ts", *queue_ts != created_at.timestamp_millis()),
+        ("worker_id", worker_id.is_some()),
+        ("current_attempt_id", current_attempt_id.is_some()),
+        ("lease_expires_at", lease_expires_at.is_some()),
+        ("timeout_at", timeout_at.is_some()),
+        ("next_attempt_at", next_attempt_at.is_some()),
+        ("failed_attempts", *failed_attempts > 0),
     ];
     for (field, is_set) in checks {
         assert!(is_set, "the round-trip run must set {field}");
@@ -996,6 +1010,12 @@ async fn run_round_trips_every_field_set(store: Arc<dyn Store>) {
     run.batch_id = Some("batch_abc123".to_owned());
     run.resume_parent_on_completion = true;
     run.schedule_id = Some("sched_xyz789".to_owned());
+    run.worker_id = Some("worker_abc".to_owned());
+    run.current_attempt_id = Some("attempt_abc".to_owned());
+    run.lease_expires_at = Some(at(HOUR));
+    run.timeout_at = Some(at(HOUR + MINUTE));
+    run.next_attempt_at = Some(at(HOUR + 2 * MINUTE));
+    run.failed_attempts = 2;
     assert_every_field_set(&run);
 
     create(&*store, &run, at(0)).await;

@@ -1,0 +1,640 @@
+//! Worker operations: register, dequeue (long poll), start, heartbeat (long poll),
+//! complete, and cancel; plus the rescuer pass the runtime loop calls.
+//!
+//! The engine decides (with `runnel_core::worker::settle_failure`), the store applies
+//! each decision as a conditional update. A worker's claim on an attempt is checked by
+//! the store at the moment it writes, so a completion that arrives after a cancel, a
+//! rescue or a timeout changes nothing and is answered `accepted: false`.
+//!
+//! Long polls wait on [`tokio::sync::Notify`]s the engine fires when runs become
+//! available (trigger, promotion, registration, release) or when held attempts end
+//! (cancel, rescue): no polling interval on these paths.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use runnel_core::cost::Pricing;
+use runnel_core::retry::RetryPolicy;
+use runnel_core::run::{AttemptStatus, Packet};
+use runnel_core::tenancy::Environment;
+use runnel_core::view::iso;
+use runnel_core::worker::{
+    self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
+    RegisterRequest, RegisterResponse, Settlement, TaskFailure,
+};
+use runnel_core::{ApiVersion, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_store::{
+    AttemptSettlement, CancelOutcome, Claim, Leased, TaskConfig, WorkerRecord, WorkerRegistration,
+};
+use tokio::sync::Notify;
+
+use crate::{Engine, Error};
+
+/// Settings of the run engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A held attempt whose worker stops heartbeating is rescued after this long.
+    pub lease_timeout: StdDuration,
+    /// How long past `maxDuration` the server waits for the worker to report the
+    /// timeout before it times the attempt out itself.
+    pub timeout_grace: StdDuration,
+    pub pricing: Pricing,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lease_timeout: StdDuration::from_secs(30),
+            timeout_grace: StdDuration::from_secs(5),
+            pricing: Pricing::default(),
+        }
+    }
+}
+
+/// Runs moved per rescuer statement.
+const RESCUE_BATCH: u32 = 200;
+
+/// Why a worker request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Invalid(String),
+    /// An unknown worker, or one of another environment.
+    #[error("Worker not found")]
+    UnknownWorker,
+}
+
+/// Waits for `notify` (registered before `check` runs, so nothing is missed) until
+/// `check` returns something non-empty or `deadline` passes.
+async fn long_poll<T, F, Fut>(
+    notify: &Notify,
+    deadline: tokio::time::Instant,
+    mut check: F,
+) -> Result<Vec<T>, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, Error>>,
+{
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let found = check().await?;
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(found);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+fn millis(d: StdDuration) -> Duration {
+    Duration::milliseconds(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn wait_deadline(wait_ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + StdDuration::from_millis(wait_ms.min(worker::MAX_WAIT_MS))
+}
+
+impl Engine {
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + millis(self.config.lease_timeout)
+    }
+
+    /// Wakes dequeuers: runs may be available.
+    pub(crate) fn runs_became_available(&self) {
+        self.runs_available.notify_waiters();
+    }
+
+    /// Wakes heartbeats: held attempts may have ended.
+    pub(crate) fn attempts_ended(&self) {
+        self.attempts_changed.notify_waiters();
+    }
+
+    /// Registers a worker of `environment` and queues the runs that waited for it.
+    pub async fn worker_register(
+        &self,
+        environment: &Environment,
+        request: RegisterRequest,
+    ) -> Result<RegisterResponse, Error> {
+        let invalid = |m: String| Error::Worker(WorkerError::Invalid(m));
+        let name = request.name.trim();
+        if name.is_empty() || name.len() > 256 {
+            return Err(invalid("name: must be 1 to 256 characters".into()));
+        }
+        if let Some(version) = &request.version {
+            if !worker::is_valid_version(version) {
+                return Err(invalid(
+                    "version: must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
+                ));
+            }
+        }
+        if request.tasks.is_empty() {
+            return Err(invalid("tasks: a worker must serve at least one task".into()));
+        }
+        let mut seen = HashSet::new();
+        let mut tasks = Vec::with_capacity(request.tasks.len());
+        for (i, task) in request.tasks.iter().enumerate() {
+            let field = |f: &str| format!("tasks[{i}].{f}");
+            if task.id.is_empty() || task.id.len() > 128 {
+                return Err(invalid(format!("{}: must be 1 to 128 characters", field("id"))));
+            }
+            if !seen.insert(task.id.clone()) {
+                return Err(invalid(format!("{}: {:?} is listed twice", field("id"), task.id)));
+            }
+            if let Some(retry) = &task.retry {
+                retry
+                    .validate()
+                    .map_err(|e| invalid(format!("tasks[{i}].{e}")))?;
+            }
+            if let Some(secs) = task.max_duration {
+                if secs < 5 {
+                    return Err(invalid(format!("{}: must be at least 5", field("maxDuration"))));
+                }
+            }
+            let machine = task
+                .machine
+                .as_deref()
+                .map(|m| m.parse::<MachinePreset>())
+                .transpose()
+                .map_err(|e| invalid(format!("{}: {e}", field("machine"))))?;
+            tasks.push(TaskConfig {
+                task_identifier: task.id.clone(),
+                queue: task
+                    .queue
+                    .clone()
+                    .unwrap_or_else(|| format!("task/{}", task.id)),
+                retry: task.retry,
+                max_duration_secs: task.max_duration,
+                machine,
+            });
+        }
+        let now = self.clock.now();
+        let registration = WorkerRegistration {
+            id: WorkerId::generate(now.timestamp_millis()),
+            environment_id: environment.id.clone(),
+            name: name.to_owned(),
+            version: request.version,
+            tasks,
+        };
+        let registered = self.store.worker_register(&registration, now).await?;
+        tracing::info!(
+            worker = %registration.id,
+            version = %registered.version,
+            env = %environment.kind,
+            tasks = registration.tasks.len(),
+            queued = registered.promoted.len(),
+            "worker registered"
+        );
+        if !registered.promoted.is_empty() {
+            self.runs_became_available();
+        }
+        let lease_ms = u64::try_from(self.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
+        Ok(RegisterResponse {
+            worker_id: registration.id.to_string(),
+            version: registered.version,
+            lease_timeout_ms: lease_ms,
+            heartbeat_interval_ms: (lease_ms / 3).max(1),
+        })
+    }
+
+    /// The worker `id` of `environment` (cached: a registration never changes).
+    async fn worker(&self, environment: &Environment, id: &str) -> Result<Arc<WorkerRecord>, Error> {
+        let unknown = || Error::Worker(WorkerError::UnknownWorker);
+        let id = WorkerId::parse(id).ok_or_else(unknown)?;
+        let cached = self.workers.lock().expect("worker cache").get(&id).cloned();
+        let record = match cached {
+            Some(record) => record,
+            None => {
+                let record = Arc::new(self.store.worker_get(&id).await?.ok_or_else(unknown)?);
+                self.workers
+                    .lock()
+                    .expect("worker cache")
+                    .insert(id, record.clone());
+                record
+            }
+        };
+        if record.environment_id != environment.id {
+            return Err(unknown());
+        }
+        Ok(record)
+    }
+
+    /// Leases up to `max_runs` runs to the worker, waiting up to `wait_ms` for some.
+    pub async fn worker_dequeue(
+        &self,
+        environment: &Environment,
+        worker_id: &str,
+        max_runs: u32,
+        wait_ms: u64,
+    ) -> Result<Vec<DequeuedRun>, Error> {
+        if max_runs == 0 || max_runs > worker::MAX_DEQUEUE_BATCH {
+            return Err(Error::Worker(WorkerError::Invalid(format!(
+                "maxRuns: must be between 1 and {}",
+                worker::MAX_DEQUEUE_BATCH
+            ))));
+        }
+        let record = self.worker(environment, worker_id).await?;
+        let deadline = wait_deadline(wait_ms);
+        let leased = long_poll(&self.runs_available, deadline, || async {
+            let now = self.clock.now();
+            Ok(self
+                .store
+                .run_dequeue(&record, max_runs, self.lease_until(now), now)
+                .await?)
+        })
+        .await?;
+        Ok(leased
+            .into_iter()
+            .map(|l| dequeued_view(l, environment))
+            .collect())
+    }
+
+    /// Starts the attempts; returns (started, to cancel).
+    pub async fn worker_start(
+        &self,
+        environment: &Environment,
+        worker_id: &str,
+        attempt_ids: Vec<String>,
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        check_batch(&attempt_ids)?;
+        let record = self.worker(environment, worker_id).await?;
+        let now = self.clock.now();
+        let grace = i64::try_from(self.config.timeout_grace.as_millis()).unwrap_or(i64::MAX);
+        let started = self
+            .store
+            .attempt_start(
+                &record.id,
+                &attempt_ids,
+                self.lease_until(now),
+                grace,
+                self.config.pricing.run_fee(environment.kind),
+                now,
+            )
+            .await?;
+        if !started.is_empty() {
+            // A maxDuration deadline may now be the earliest.
+            self.deadlines_changed.notify_one();
+        }
+        let started_set: HashSet<&String> = started.iter().collect();
+        let cancel = attempt_ids
+            .iter()
+            .filter(|a| !started_set.contains(a))
+            .cloned()
+            .collect();
+        Ok((started, cancel))
+    }
+
+    /// Extends the leases of the held attempts; returns those the worker must stop,
+    /// waiting up to `wait_ms` for one to appear.
+    pub async fn worker_heartbeat(
+        &self,
+        environment: &Environment,
+        worker_id: &str,
+        attempt_ids: Vec<String>,
+        wait_ms: u64,
+    ) -> Result<Vec<String>, Error> {
+        check_batch(&attempt_ids)?;
+        let record = self.worker(environment, worker_id).await?;
+        let deadline = wait_deadline(wait_ms);
+        let ids = &attempt_ids;
+        long_poll(&self.attempts_changed, deadline, || async {
+            let now = self.clock.now();
+            let held = self
+                .store
+                .attempt_heartbeat(&record.id, ids, self.lease_until(now), now)
+                .await?;
+            let held: HashSet<String> = held.into_iter().collect();
+            Ok(ids
+                .iter()
+                .filter(|a| !held.contains(*a))
+                .cloned()
+                .collect::<Vec<_>>())
+        })
+        .await
+    }
+
+    /// Settles reported attempts; each is accepted only while the worker still holds it.
+    pub async fn worker_complete(
+        &self,
+        environment: &Environment,
+        worker_id: &str,
+        completions: Vec<AttemptCompletion>,
+    ) -> Result<Vec<CompletionResult>, Error> {
+        let ids: Vec<String> = completions.iter().map(|c| c.attempt_id.clone()).collect();
+        check_batch(&ids)?;
+        let record = self.worker(environment, worker_id).await?;
+        let held = self.store.attempts_held(&ids).await?;
+        let now = self.clock.now();
+        let mut settlements = Vec::new();
+        let mut index = Vec::new();
+        for (i, completion) in completions.iter().enumerate() {
+            let Some(leased) = held.iter().find(|l| l.attempt.id == completion.attempt_id) else {
+                continue;
+            };
+            if leased.run.worker_id.as_deref() != Some(record.id.as_str())
+                || leased.run.environment_id != environment.id
+            {
+                continue;
+            }
+            let policy = record
+                .task(&leased.run.task_identifier)
+                .and_then(|t| t.retry)
+                .unwrap_or_default();
+            let settlement = self.settlement(
+                environment,
+                leased,
+                &completion.outcome,
+                &policy,
+                Claim::Worker(record.id.clone()),
+                now,
+            );
+            index.push(i);
+            settlements.push(settlement);
+        }
+        let applied = self.store.attempt_settle(&settlements).await?;
+        let mut results: Vec<CompletionResult> = completions
+            .iter()
+            .map(|c| CompletionResult {
+                attempt_id: c.attempt_id.clone(),
+                accepted: false,
+                run_status: None,
+            })
+            .collect();
+        for ((i, settlement), ok) in index.iter().zip(&settlements).zip(applied) {
+            if ok {
+                results[*i].accepted = true;
+                results[*i].run_status =
+                    Some(settlement.run_status.public(ApiVersion::Legacy).to_owned());
+                self.after_settle(settlement);
+            }
+        }
+        Ok(results)
+    }
+
+    /// Logs a settled attempt and wakes whoever can act on its result.
+    fn after_settle(&self, settlement: &AttemptSettlement) {
+        tracing::debug!(
+            run = %settlement.run_id,
+            attempt = %settlement.attempt_id,
+            status = %settlement.run_status,
+            "attempt settled"
+        );
+        match settlement.run_status {
+            RunStatus::Queued => self.runs_became_available(),
+            RunStatus::RetryingAfterFailure => self.deadlines_changed.notify_one(),
+            _ => {}
+        }
+    }
+
+    /// What an attempt's end does to its run, priced and timed.
+    fn settlement(
+        &self,
+        environment: &Environment,
+        leased: &Leased,
+        outcome: &AttemptOutcome,
+        policy: &RetryPolicy,
+        claim: Claim,
+        now: DateTime<Utc>,
+    ) -> AttemptSettlement {
+        let run = &leased.run;
+        let duration_ms = leased
+            .attempt
+            .started_at
+            .map_or(0, |started| (now - started).num_milliseconds().max(0));
+        let machine = run.machine.unwrap_or_default();
+        let cost = self
+            .config
+            .pricing
+            .compute_cents(environment.kind, machine, duration_ms);
+        let (settle, failure, output) = match outcome {
+            AttemptOutcome::Success { output } => (
+                Settlement::Succeeded,
+                None,
+                (!output.is_null()).then(|| Packet::json(output)),
+            ),
+            AttemptOutcome::Failure { error } => {
+                let max_attempts = run.max_attempts.unwrap_or(policy.max_attempts);
+                let settle = worker::settle_failure(
+                    error.kind,
+                    environment.kind,
+                    run.failed_attempts + 1,
+                    max_attempts,
+                    policy,
+                    &mut rand::rng(),
+                );
+                (settle, Some(error), None)
+            }
+        };
+        let attempt_status = match settle {
+            Settlement::Succeeded => AttemptStatus::Completed,
+            Settlement::Release => AttemptStatus::Canceled,
+            Settlement::Retry { .. } | Settlement::Fail(_) => AttemptStatus::Failed,
+        };
+        let next_attempt_at = match settle {
+            Settlement::Retry { delay_ms } => {
+                Some(now + Duration::milliseconds(i64::try_from(delay_ms).unwrap_or(i64::MAX)))
+            }
+            _ => None,
+        };
+        AttemptSettlement {
+            run_id: run.id.clone(),
+            attempt_id: leased.attempt.id.clone(),
+            claim,
+            attempt_status,
+            attempt_error: failure.map(TaskFailure::attempt_error),
+            run_status: settle.run_status(),
+            run_error: match settle {
+                Settlement::Fail(_) => failure.map(TaskFailure::run_error),
+                _ => None,
+            },
+            output,
+            next_attempt_at,
+            spends_attempt: settle.spends_attempt(),
+            duration_ms,
+            cost_in_cents: cost,
+            now,
+        }
+    }
+
+    /// Cancels a run of `environment`. `None` when it does not exist there; a run that
+    /// already ended is left as it is.
+    pub async fn cancel(&self, environment: &Environment, id: &RunId) -> Result<Option<RunId>, Error> {
+        let Some(run) = self.store.run_get(&environment.id, id).await? else {
+            return Ok(None);
+        };
+        if run.status.is_final() {
+            return Ok(Some(run.id));
+        }
+        let machine = run.machine.unwrap_or_default();
+        let cents_per_ms = self
+            .config
+            .pricing
+            .compute_cents(environment.kind, machine, 1_000)
+            / 1000.0;
+        let now = self.clock.now();
+        match self.store.run_cancel(&environment.id, id, cents_per_ms, now).await? {
+            CancelOutcome::Canceled { attempt } => {
+                tracing::info!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
+                if attempt.is_some() {
+                    self.attempts_ended();
+                }
+                Ok(Some(run.id))
+            }
+            CancelOutcome::AlreadyFinal(_) => Ok(Some(run.id)),
+            CancelOutcome::NotFound => Ok(None),
+        }
+    }
+
+    /// One rescuer pass: attempts whose lease ran out crash (or, never started, go back
+    /// to the queue); attempts past their `maxDuration` deadline time out. Returns how
+    /// many runs moved.
+    pub async fn rescue_due(&self) -> Result<usize, Error> {
+        let mut moved = 0;
+        loop {
+            let now = self.clock.now();
+            let due = self.store.run_leases_due(now, RESCUE_BATCH).await?;
+            if due.is_empty() {
+                return Ok(moved);
+            }
+            let environments = self.environments().await?;
+            let mut settlements = Vec::with_capacity(due.len());
+            for leased in &due {
+                let Some(environment) = environments
+                    .iter()
+                    .find(|e| e.id == leased.run.environment_id)
+                else {
+                    continue;
+                };
+                let policy = self.policy_of(leased).await?;
+                let timed_out = leased.run.status == RunStatus::Executing
+                    && leased.run.timeout_at.is_some_and(|t| t <= now);
+                let (claim, failure) = if timed_out {
+                    let secs = leased.run.max_duration_secs.unwrap_or_default();
+                    (
+                        Claim::TimedOut(now),
+                        TaskFailure::new(
+                            FailureKind::MaxDurationExceeded,
+                            format!("Run exceeded maxDuration of {secs}s and its worker did not stop it"),
+                        ),
+                    )
+                } else if leased.run.status == RunStatus::Dequeued {
+                    (
+                        Claim::LeaseExpired(now),
+                        TaskFailure::new(
+                            FailureKind::Interrupted,
+                            "Worker stopped heartbeating before starting the attempt",
+                        ),
+                    )
+                } else {
+                    (
+                        Claim::LeaseExpired(now),
+                        TaskFailure::new(
+                            FailureKind::Crashed,
+                            "Worker stopped heartbeating (lease expired): the attempt crashed",
+                        ),
+                    )
+                };
+                let mut settlement = self.settlement(
+                    environment,
+                    leased,
+                    &AttemptOutcome::Failure { error: failure },
+                    &policy,
+                    claim,
+                    now,
+                );
+                if leased.run.status == RunStatus::Dequeued {
+                    // Never started: back to the queue in every environment.
+                    settlement.run_status = RunStatus::Queued;
+                    settlement.attempt_status = AttemptStatus::Canceled;
+                    settlement.spends_attempt = false;
+                    settlement.run_error = None;
+                    settlement.next_attempt_at = None;
+                }
+                settlements.push(settlement);
+            }
+            let applied = self.store.attempt_settle(&settlements).await?;
+            let mut any = false;
+            for (settlement, ok) in settlements.iter().zip(applied) {
+                if ok {
+                    any = true;
+                    moved += 1;
+                    tracing::warn!(
+                        run = %settlement.run_id,
+                        attempt = %settlement.attempt_id,
+                        status = %settlement.run_status,
+                        "rescued a held attempt"
+                    );
+                    self.after_settle(settlement);
+                }
+            }
+            if any {
+                self.attempts_ended();
+            }
+            if due.len() < RESCUE_BATCH as usize || !any {
+                return Ok(moved);
+            }
+        }
+    }
+
+    async fn environments(&self) -> Result<Vec<Environment>, Error> {
+        let mut environments = Vec::new();
+        for kind in runnel_core::EnvironmentKind::ALL {
+            environments.extend(self.store.environment_get(kind).await?);
+        }
+        Ok(environments)
+    }
+
+    async fn policy_of(&self, leased: &Leased) -> Result<RetryPolicy, Error> {
+        let Some(worker_id) = leased.run.worker_id.as_deref().and_then(WorkerId::parse) else {
+            return Ok(RetryPolicy::default());
+        };
+        let cached = self.workers.lock().expect("worker cache").get(&worker_id).cloned();
+        let record = match cached {
+            Some(record) => Some(record),
+            None => self.store.worker_get(&worker_id).await?.map(Arc::new),
+        };
+        Ok(record
+            .and_then(|r| r.task(&leased.run.task_identifier).and_then(|t| t.retry))
+            .unwrap_or_default())
+    }
+}
+
+fn check_batch(ids: &[String]) -> Result<(), Error> {
+    if ids.len() > worker::MAX_BATCH {
+        return Err(Error::Worker(WorkerError::Invalid(format!(
+            "at most {} attempts per request",
+            worker::MAX_BATCH
+        ))));
+    }
+    Ok(())
+}
+
+fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
+    let Leased { run, attempt } = leased;
+    DequeuedRun {
+        run_id: run.id.to_string(),
+        attempt_id: attempt.id,
+        attempt_number: attempt.number,
+        task_identifier: run.task_identifier,
+        payload: run.payload.to_value().unwrap_or(serde_json::Value::Null),
+        payload_type: run.payload.data_type,
+        max_duration_secs: run
+            .max_duration_secs
+            .filter(|secs| i64::from(*secs) < 2_147_483_647),
+        machine: run.machine.unwrap_or_default().as_str().to_owned(),
+        environment: environment.kind.slug().to_owned(),
+        version: run.worker_version.unwrap_or_default(),
+        is_test: run.is_test,
+        tags: run.tags,
+        lease_expires_at: run.lease_expires_at.map(iso).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,90 @@
+//! The worker protocol over HTTP (`/api/v1/workers/…`, docs/worker-protocol.md).
+//!
+//! Workers authenticate with their environment's secret key, like every other caller; a
+//! worker id of another environment answers 404. Each handler translates the wire shape
+//! (`runnel_core::worker`) to one engine call.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use runnel_core::worker::{
+    CompleteRequest, CompleteResponse, DequeueRequest, DequeueResponse, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse, StartRequest, StartResponse,
+};
+
+use crate::auth::Authenticated;
+use crate::runs::json_body;
+use crate::{ApiError, AppState};
+
+pub async fn register(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let request: RegisterRequest = json_body(body, &[])?;
+    Ok(Json(
+        state.engine.worker_register(&environment, request).await?,
+    ))
+}
+
+pub async fn dequeue(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(worker_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DequeueResponse>, ApiError> {
+    let request: DequeueRequest = json_body(body, &[])?;
+    let runs = state
+        .engine
+        .worker_dequeue(&environment, &worker_id, request.max_runs, request.wait_ms)
+        .await?;
+    Ok(Json(DequeueResponse { runs }))
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(worker_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StartResponse>, ApiError> {
+    let request: StartRequest = json_body(body, &[])?;
+    let (started, cancel) = state
+        .engine
+        .worker_start(&environment, &worker_id, request.attempt_ids)
+        .await?;
+    Ok(Json(StartResponse { started, cancel }))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(worker_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let request: HeartbeatRequest = json_body(body, &[])?;
+    let cancel = state
+        .engine
+        .worker_heartbeat(
+            &environment,
+            &worker_id,
+            request.attempt_ids,
+            request.wait_ms,
+        )
+        .await?;
+    Ok(Json(HeartbeatResponse { cancel }))
+}
+
+pub async fn complete(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(worker_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CompleteResponse>, ApiError> {
+    let request: CompleteRequest = json_body(body, &[])?;
+    let results = state
+        .engine
+        .worker_complete(&environment, &worker_id, request.completions)
+        .await?;
+    Ok(Json(CompleteResponse { results }))
+}
