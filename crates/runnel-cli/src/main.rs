@@ -1,16 +1,25 @@
-//! `runnel`: the one binary. `serve` runs the server; `keys` manages secret keys.
+//! `runnel`: the one binary. `serve` runs the server, `worker` executes runs with shell
+//! commands, `dev` is both in one process, `trigger` and `runs` talk to a server, `keys`
+//! manages secret keys.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_engine::{Clock, Engine, SystemClock};
+use runnel_core::cost::{MachinePrice, Pricing};
+use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
+use runnel_sdk::client::TriggerOptions;
+use runnel_sdk::worker::{WorkerOptions, WorkerSummary};
+use runnel_sdk::{Client, Worker};
 use runnel_server::AppState;
 use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store};
 use tokio::sync::watch;
+
+mod exec;
 
 /// Default address `runnel serve` listens on.
 const LISTEN_DEFAULT: &str = "127.0.0.1:3030";
@@ -34,6 +43,15 @@ struct Cli {
 enum Command {
     /// Run the server (API and runtime services).
     Serve(ServeArgs),
+    /// Execute runs: each attempt runs a shell command (payload on stdin, output on stdout).
+    Worker(WorkerArgs),
+    /// Serve and execute in one process: the one-command start on a laptop.
+    Dev(DevArgs),
+    /// Trigger a run of TASK and print its id (or, with --wait, the finished run).
+    Trigger(TriggerArgs),
+    /// Read runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Create, list and revoke secret API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -58,6 +76,147 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// How the run engine behaves.
+#[derive(Debug, Clone, Args)]
+struct EngineArgs {
+    /// Seconds without a heartbeat after which a worker's attempt is rescued.
+    #[arg(long, env = "RUNNEL_LEASE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_timeout: u64,
+    /// Price of a machine preset in cents per second of compute, e.g. `small-1x=0.00338`
+    /// (repeatable; unset presets keep Trigger.dev's cloud prices). Dev runs are free.
+    #[arg(long = "machine-price", value_name = "PRESET=CENTS", env = "RUNNEL_MACHINE_PRICES", value_delimiter = ',')]
+    machine_prices: Vec<MachinePrice>,
+    /// Fee charged per run in cents when its first attempt starts (dev runs are free).
+    #[arg(long, env = "RUNNEL_RUN_FEE_CENTS", default_value_t = 0.0025)]
+    run_fee_cents: f64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> Result<EngineConfig> {
+        if !self.run_fee_cents.is_finite() || self.run_fee_cents < 0.0 {
+            bail!("--run-fee-cents must be a non-negative number");
+        }
+        let mut pricing = Pricing::default();
+        for price in &self.machine_prices {
+            pricing.set_price(price.machine, price.cents_per_second);
+        }
+        pricing.run_fee_cents = self.run_fee_cents;
+        Ok(EngineConfig {
+            lease_timeout: Duration::from_secs(self.lease_timeout),
+            pricing,
+            ..EngineConfig::default()
+        })
+    }
+}
+
+/// Where the server is and the key to use.
+#[derive(Debug, Clone, Args)]
+struct ApiArgs {
+    /// The server's base URL.
+    #[arg(long, env = "RUNNEL_API_URL", default_value = "http://127.0.0.1:3030")]
+    api_url: String,
+    /// A secret key (`tr_dev_…`, `tr_prod_…`); it picks the environment.
+    #[arg(long, env = "RUNNEL_SECRET_KEY", hide_env_values = true)]
+    key: String,
+}
+
+/// The tasks an exec worker serves and how it runs them.
+#[derive(Debug, Clone, Args)]
+struct ExecArgs {
+    /// A task and the command that runs it, `NAME=COMMAND` (repeatable). The command
+    /// runs with `sh -c`.
+    #[arg(long = "task", value_name = "NAME=COMMAND", required = true, value_parser = exec::parse_task_spec)]
+    tasks: Vec<(String, String)>,
+    /// Attempts running at once.
+    #[arg(long, env = "RUNNEL_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    concurrency: u32,
+    /// The version this worker serves (the server assigns `YYYYMMDD.N` when absent).
+    #[arg(long, env = "RUNNEL_VERSION")]
+    version: Option<String>,
+    /// On SIGINT/SIGTERM, seconds running attempts get to finish before they are
+    /// interrupted.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Attempts per run for every task (the default policy's 3 when absent).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Seconds of compute per attempt for every task (at least 5).
+    #[arg(long)]
+    max_duration: Option<u32>,
+    /// Machine preset of every task (prices its runs).
+    #[arg(long)]
+    machine: Option<String>,
+    /// A name for operators; host name and process id when absent.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+#[derive(Debug, Args)]
+struct TriggerArgs {
+    /// The task identifier.
+    task: String,
+    /// The payload, as JSON.
+    #[arg(long, default_value = "null")]
+    payload: String,
+    /// Wait for the run to finish and print it; exit non-zero unless it completed.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    wait_timeout: u64,
+    /// Run later: `30s`, `1h30m` or an ISO 8601 date.
+    #[arg(long)]
+    delay: Option<String>,
+    /// Expire the run if it is still queued after this long.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Seconds of compute per attempt.
+    #[arg(long)]
+    max_duration: Option<u32>,
+    #[arg(long)]
+    machine: Option<String>,
+    #[arg(long)]
+    queue: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Print a run as the API returns it.
+    Get {
+        /// `run_…`
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +253,10 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Dev(args) => dev(args).await,
+        Command::Trigger(args) => trigger(args).await,
+        Command::Runs(command) => runs(command).await,
         Command::Keys(command) => keys(command).await,
     }
 }
@@ -121,48 +284,195 @@ async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let store = open_store(&args.store).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let dev_key = SecretKey::generate(EnvironmentKind::Dev);
-    if let Some(bootstrap) = store.project_bootstrap(&dev_key, clock.now()).await? {
-        let kinds: Vec<_> = bootstrap
-            .environments
-            .iter()
-            .map(|e| e.kind.slug())
-            .collect();
-        println!(
-            "Created project {} with environments {}.",
-            bootstrap.project.id,
-            kinds.join(", ")
-        );
-        println!("Dev secret key (shown once, keep it): {}", dev_key.expose());
+/// A server running in this process.
+struct RunningServer {
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    services: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Opens the store (creating the project on first start), binds and serves.
+    async fn start(args: &ServeArgs) -> Result<Self> {
+        let config = args.engine.config()?;
+        let store = open_store(&args.store).await?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let dev_key = SecretKey::generate(EnvironmentKind::Dev);
+        if let Some(bootstrap) = store.project_bootstrap(&dev_key, clock.now()).await? {
+            let kinds: Vec<_> = bootstrap
+                .environments
+                .iter()
+                .map(|e| e.kind.slug())
+                .collect();
+            println!(
+                "Created project {} with environments {}.",
+                bootstrap.project.id,
+                kinds.join(", ")
+            );
+            println!("Dev secret key (shown once, keep it): {}", dev_key.expose());
+        }
+        let engine = Engine::with_config(store.clone(), clock, config);
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("Runnel listening on http://{addr}");
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let services = tokio::spawn(engine.clone().run_services(shutdown_rx.clone()));
+        let mut http_shutdown = shutdown_rx;
+        let server = tokio::spawn(runnel_server::serve(
+            listener,
+            AppState { engine },
+            async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            },
+        ));
+        Ok(RunningServer {
+            addr,
+            store,
+            shutdown,
+            server,
+            services,
+        })
     }
-    let engine = Engine::new(store.clone(), clock);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    println!("Runnel listening on http://{addr}");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let services = tokio::spawn(engine.clone().run_services(shutdown_rx.clone()));
-    let mut http_shutdown = shutdown_rx;
-    let server = tokio::spawn(runnel_server::serve(
-        listener,
-        AppState { engine },
-        async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        },
-    ));
+    /// Stops accepting, lets in-flight requests finish, stops the services, closes the store.
+    async fn stop(self) -> Result<()> {
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = self.shutdown.send(true);
+        self.server.await.context("server task")??;
+        self.services.await.context("services task")?;
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
 
+async fn serve(args: ServeArgs) -> Result<()> {
+    let server = RunningServer::start(&args).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    let _ = shutdown_tx.send(true);
-    server.await.context("server task")??;
-    services.await.context("services task")?;
-    store.close().await;
-    tracing::info!("stopped");
+    server.stop().await
+}
+
+/// The executor and worker settings `runnel worker` and `runnel dev` share.
+fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::ExecExecutor>)> {
+    let executor = exec::ExecExecutor::new(
+        exec.tasks.clone(),
+        exec::ExecTaskSettings {
+            max_attempts: exec.max_attempts,
+            max_duration: exec.max_duration,
+            machine: exec.machine.clone(),
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut options = match &exec.name {
+        Some(name) => WorkerOptions::new(name.clone()),
+        None => WorkerOptions::default(),
+    };
+    options.version = exec.version.clone();
+    options.concurrency = exec.concurrency as usize;
+    options.shutdown_grace = Duration::from_secs(exec.shutdown_grace);
+    Ok((Worker::new(client, options), Arc::new(executor)))
+}
+
+fn print_summary(summary: &WorkerSummary) {
+    tracing::info!(
+        succeeded = summary.succeeded,
+        failed = summary.failed,
+        interrupted = summary.interrupted,
+        canceled = summary.canceled,
+        "worker stopped"
+    );
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let client = Client::new(args.api.api_url.trim_end_matches('/'), args.api.key);
+    let (worker, executor) = exec_worker(&args.exec, client)?;
+    let summary = worker.run(executor, shutdown_signal()).await?;
+    print_summary(&summary);
+    Ok(())
+}
+
+async fn dev(args: DevArgs) -> Result<()> {
+    let server = RunningServer::start(&args.serve).await?;
+    // The in-process worker gets a key of its own, revoked when `dev` stops: the dev key
+    // printed at the first start is stored hashed, so it cannot be read back.
+    let environment = server
+        .store
+        .environment_get(EnvironmentKind::Dev)
+        .await?
+        .context("the dev environment is missing")?;
+    let key = SecretKey::generate(EnvironmentKind::Dev);
+    server
+        .store
+        .api_key_insert(&key, &environment.id, SystemClock.now())
+        .await?;
+    let mut addr = server.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = Client::new(format!("http://{addr}"), key.expose());
+    let outcome = match exec_worker(&args.exec, client) {
+        Ok((worker, executor)) => worker.run(executor, shutdown_signal()).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(error) = server
+        .store
+        .api_key_revoke(&key.display_prefix(), SystemClock.now())
+        .await
+    {
+        tracing::warn!(%error, "could not revoke the dev worker's key");
+    }
+    server.stop().await?;
+    print_summary(&outcome?);
+    Ok(())
+}
+
+async fn trigger(args: TriggerArgs) -> Result<()> {
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let client = Client::new(args.api.api_url.trim_end_matches('/'), args.api.key);
+    let options = TriggerOptions {
+        queue: args.queue,
+        delay: args.delay,
+        ttl: args.ttl,
+        tags: args.tags,
+        max_attempts: args.max_attempts,
+        max_duration: args.max_duration,
+        idempotency_key: args.idempotency_key,
+        machine: args.machine,
+        ..TriggerOptions::default()
+    };
+    let triggered = client.trigger(&args.task, &payload, options).await?;
+    if !args.wait {
+        println!("{}", triggered.id);
+        return Ok(());
+    }
+    let run = client
+        .wait_for_completion(
+            &triggered.id,
+            Duration::from_millis(250),
+            Duration::from_secs(args.wait_timeout),
+        )
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&run.raw)?);
+    if !run.is_success {
+        bail!("run {} ended {}", run.id, run.status);
+    }
+    Ok(())
+}
+
+async fn runs(command: RunsCommand) -> Result<()> {
+    match command {
+        RunsCommand::Get { id, api } => {
+            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let run = client.retrieve(&id).await?;
+            println!("{}", serde_json::to_string_pretty(&run.raw)?);
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,385 @@
+//! End to end with the Rust SDK: the real `runnel serve` binary, a `runnel_sdk::Worker`
+//! running typed [`Tasks`] in this process, and runs triggered and read back through
+//! `runnel_sdk::Client`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, TestApp, SERVICE_TIMEOUT};
+use runnel_sdk::{
+    Client, RetryPolicy, RunInfo, RunStatus, Task, Tasks, TriggerOptions, Worker, WorkerOptions,
+    WorkerSummary,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{oneshot, Notify};
+
+/// Between two retrieves while waiting for a run.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    name: String,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Greeting {
+    greeting: String,
+}
+
+/// Signals from the `block` task: how many attempts began, and whether one was dropped
+/// (aborted by a stop).
+#[derive(Debug, Default)]
+struct Probe {
+    entered: AtomicUsize,
+    entered_changed: Notify,
+    dropped: AtomicBool,
+}
+
+impl Probe {
+    async fn wait_entered(&self, count: usize) {
+        tokio::time::timeout(SERVICE_TIMEOUT, async {
+            loop {
+                let notified = self.entered_changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.entered.load(Ordering::SeqCst) >= count {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {count} attempt(s) of `block` began"));
+    }
+}
+
+struct DropFlag(Arc<Probe>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `hello` greets; `fail` always errs (2 attempts, 100 ms apart); `block` never ends
+/// by itself; `slow` has a 1 s `maxDuration` and never ends by itself.
+fn tasks(probe: Arc<Probe>) -> Tasks {
+    let blocking = |probe: Arc<Probe>| {
+        move |_: serde_json::Value| {
+            let guard = DropFlag(probe.clone());
+            probe.entered.fetch_add(1, Ordering::SeqCst);
+            probe.entered_changed.notify_waiters();
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok::<(), String>(())
+            }
+        }
+    };
+    Tasks::new()
+        .task("hello", |hello: Hello| async move {
+            Ok::<_, String>(Greeting {
+                greeting: format!("Hello, {}!", hello.name),
+            })
+        })
+        .task(
+            Task::new("fail").retry(RetryPolicy {
+                max_attempts: 2,
+                factor: 1.0,
+                min_timeout_in_ms: 100,
+                max_timeout_in_ms: 100,
+                randomize: false,
+            }),
+            |_: serde_json::Value| async move { Err::<(), _>("no luck this time") },
+        )
+        .task("block", blocking(probe.clone()))
+        .task(
+            Task::new("slow").max_duration(Duration::from_secs(1)),
+            blocking(probe),
+        )
+}
+
+/// A worker running in this process against the test server.
+struct TestWorker {
+    shutdown: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Result<WorkerSummary, runnel_sdk::Error>>,
+}
+
+impl TestWorker {
+    fn start(app: &TestApp, tasks: Tasks, options: WorkerOptions) -> TestWorker {
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let worker = Worker::new(client(app), options);
+        let done = tokio::spawn(worker.run(Arc::new(tasks), async move {
+            let _ = stopped.await;
+        }));
+        TestWorker { shutdown, done }
+    }
+
+    async fn stop(self) -> WorkerSummary {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(SERVICE_TIMEOUT, self.done)
+            .await
+            .expect("the worker stopped in time")
+            .expect("the worker task did not panic")
+            .expect("the worker ran")
+    }
+}
+
+fn options() -> WorkerOptions {
+    WorkerOptions {
+        name: "sdk-e2e".into(),
+        version: None,
+        concurrency: 4,
+        shutdown_grace: Duration::from_secs(5),
+        // Short, so stopping an idle worker is quick.
+        dequeue_wait: Duration::from_millis(500),
+    }
+}
+
+fn client(app: &TestApp) -> Client {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("building the HTTP client");
+    Client::with_http_client(http, app.server.url.clone(), app.dev_key.clone())
+}
+
+async fn wait_for_final(client: &Client, run_id: &str) -> RunInfo {
+    client
+        .wait_for_completion(run_id, POLL_INTERVAL, SERVICE_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {run_id}: {e}"))
+}
+
+#[tokio::test]
+async fn a_typed_task_completes_with_its_output() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let worker = TestWorker::start(&app, tasks(Arc::default()), options());
+
+    let triggered = client
+        .trigger(
+            "hello",
+            &Hello { name: "Ada".into() },
+            TriggerOptions {
+                tags: vec!["sdk".into()],
+                ..TriggerOptions::default()
+            },
+        )
+        .await
+        .expect("trigger");
+    assert!(!triggered.is_cached);
+    let run = wait_for_final(&client, &triggered.id).await;
+
+    assert_eq!(run.status, RunStatus::Completed, "{:#}", run.raw);
+    assert!(run.is_completed && run.is_success && !run.is_failed);
+    assert_eq!(
+        run.output_as::<Greeting>().unwrap(),
+        Greeting {
+            greeting: "Hello, Ada!".into()
+        }
+    );
+    assert_eq!(run.attempt_count, 1, "{:#}", run.raw);
+    assert_eq!(run.task_identifier, "hello");
+    assert_eq!(run.error, None);
+    assert_eq!(run.raw["payload"], json!({"name": "Ada"}));
+    assert_eq!(run.raw["tags"], json!(["sdk"]));
+
+    let summary = worker.stop().await;
+    assert_eq!((summary.succeeded, summary.failed), (1, 0));
+    assert!(summary.version.is_some());
+    assert_eq!(
+        run.version, summary.version,
+        "the run names the worker's version"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_task_fails_after_its_retries() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let worker = TestWorker::start(&app, tasks(Arc::default()), options());
+
+    let triggered = client
+        .trigger("fail", &json!({}), TriggerOptions::default())
+        .await
+        .expect("trigger");
+    let run = wait_for_final(&client, &triggered.id).await;
+
+    assert_eq!(run.status, RunStatus::Failed, "{:#}", run.raw);
+    assert!(run.is_completed && run.is_failed && !run.is_success);
+    assert_eq!(run.attempt_count, 2, "{:#}", run.raw);
+    assert_eq!(
+        run.error_message(),
+        Some("no luck this time"),
+        "{:#}",
+        run.raw
+    );
+    assert_eq!(run.output, None);
+
+    let summary = worker.stop().await;
+    assert_eq!((summary.succeeded, summary.failed), (0, 2));
+}
+
+#[tokio::test]
+async fn an_unreadable_payload_is_a_system_failure() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let worker = TestWorker::start(&app, tasks(Arc::default()), options());
+
+    let triggered = client
+        .trigger("hello", &json!({"nom": "Ada"}), TriggerOptions::default())
+        .await
+        .expect("trigger");
+    let run = wait_for_final(&client, &triggered.id).await;
+
+    assert_eq!(run.status, RunStatus::SystemFailure, "{:#}", run.raw);
+    assert_eq!(run.attempt_count, 1, "not retried: {:#}", run.raw);
+    let message = run.error_message().unwrap_or_default();
+    assert!(message.contains("missing field `name`"), "{:#}", run.raw);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_canceled_run_stops_its_attempt() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let probe = Arc::new(Probe::default());
+    let worker = TestWorker::start(&app, tasks(probe.clone()), options());
+
+    let triggered = client
+        .trigger("block", &json!(null), TriggerOptions::default())
+        .await
+        .expect("trigger");
+    probe.wait_entered(1).await;
+    assert_eq!(
+        client.retrieve(&triggered.id).await.unwrap().status,
+        RunStatus::Executing
+    );
+    client.cancel(&triggered.id).await.expect("cancel");
+
+    eventually(
+        "the canceled attempt to be aborted",
+        SERVICE_TIMEOUT,
+        || {
+            let dropped = probe.dropped.load(Ordering::SeqCst);
+            async move { dropped.then_some(()) }
+        },
+    )
+    .await;
+    let run = client.retrieve(&triggered.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Canceled, "{:#}", run.raw);
+    assert!(run.is_completed);
+
+    let summary = worker.stop().await;
+    assert_eq!(
+        (summary.canceled, summary.succeeded, summary.failed),
+        (1, 0, 0)
+    );
+    let run = client.retrieve(&triggered.id).await.unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::Canceled,
+        "still canceled: {:#}",
+        run.raw
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_over_its_max_duration_times_out() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let probe = Arc::new(Probe::default());
+    let worker = TestWorker::start(&app, tasks(probe.clone()), options());
+
+    let triggered = client
+        .trigger("slow", &json!(null), TriggerOptions::default())
+        .await
+        .expect("trigger");
+    let run = wait_for_final(&client, &triggered.id).await;
+
+    assert_eq!(run.status, RunStatus::TimedOut, "{:#}", run.raw);
+    assert_eq!(run.attempt_count, 1, "not retried: {:#}", run.raw);
+    assert_eq!(
+        run.error_message(),
+        Some("Run exceeded maxDuration of 1s"),
+        "{:#}",
+        run.raw
+    );
+    assert!(probe.dropped.load(Ordering::SeqCst), "the task was stopped");
+    let summary = worker.stop().await;
+    assert_eq!(summary.failed, 1);
+}
+
+#[tokio::test]
+async fn a_worker_shut_down_mid_run_interrupts_it_in_dev() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let probe = Arc::new(Probe::default());
+    let worker = TestWorker::start(
+        &app,
+        tasks(probe.clone()),
+        WorkerOptions {
+            shutdown_grace: Duration::from_millis(200),
+            ..options()
+        },
+    );
+
+    let triggered = client
+        .trigger("block", &json!(null), TriggerOptions::default())
+        .await
+        .expect("trigger");
+    probe.wait_entered(1).await;
+    let summary = worker.stop().await;
+    assert_eq!(summary.interrupted, 1);
+    assert!(probe.dropped.load(Ordering::SeqCst));
+
+    let run = client.retrieve(&triggered.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Interrupted, "{:#}", run.raw);
+    assert_eq!(
+        run.error_message(),
+        Some("worker stopped during the run"),
+        "{:#}",
+        run.raw
+    );
+}
+
+#[tokio::test]
+async fn many_runs_complete_with_limited_concurrency() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let worker = TestWorker::start(
+        &app,
+        tasks(Arc::default()),
+        WorkerOptions {
+            concurrency: 3,
+            ..options()
+        },
+    );
+
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let hello = Hello {
+            name: format!("n{n}"),
+        };
+        let triggered = client
+            .trigger("hello", &hello, TriggerOptions::default())
+            .await
+            .expect("trigger");
+        ids.push(triggered.id);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let run = wait_for_final(&client, id).await;
+        assert_eq!(run.status, RunStatus::Completed, "{:#}", run.raw);
+        assert_eq!(
+            run.output,
+            Some(json!({"greeting": format!("Hello, n{n}!")}))
+        );
+    }
+    let summary = worker.stop().await;
+    assert_eq!(summary.succeeded, 20);
+}

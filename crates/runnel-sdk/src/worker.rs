@@ -1,0 +1,829 @@
+//! The worker runtime: drives the worker protocol for an [`Executor`].
+//!
+//! ```text
+//!              register (tasks, version)
+//!                         │
+//!   ┌─────── dequeue loop ▼─────────────┐     heartbeat loop            reporter
+//!   │ wait for a free slot              │     long poll with the held   batches completions
+//!   │ long-poll dequeue (maxRuns = free)│     attempt ids; `cancel` ──► as they arrive,
+//!   │ start (one request)               │     stop(Canceled)            retries transient
+//!   │ spawn one attempt task per started│                               failures
+//!   └──────────────┬────────────────────┘          ▲                        ▲
+//!                  ▼                                │ held set               │ completion
+//!   attempt task: hold ─► execute ◄─ stop (cancel, maxDuration, shutdown) ──┘
+//! ```
+//!
+//! Invariants:
+//! - A dequeue request, once sent, is always awaited: its runs are leased to this worker,
+//!   and dropping the request would leave them with nobody until their lease expires.
+//!   Shutdown therefore waits for the dequeue in flight (at most `dequeue_wait`) and runs
+//!   what it brought.
+//! - An attempt is *held* from just before it is spawned until its completion was sent
+//!   (or it was canceled): every heartbeat carries the held ids, so the server keeps their
+//!   leases alive while they run and while their completion is on its way.
+//! - A stopped attempt is reported by its stop reason, never by what the executor
+//!   returned after the stop; a canceled one is not reported at all (the server already
+//!   ended it).
+//!
+//! Failures: errors talking to the server are retried with a capped backoff (a server
+//! restart is survived); only a refused registration ends [`Worker::run`] with an error.
+//! Completions and starts that still fail after a lease timeout are given up: by then the
+//! server has rescued those runs.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use runnel_core::worker::{
+    AttemptCompletion, AttemptOutcome, CompleteRequest, DequeueRequest, DequeuedRun, FailureKind,
+    HeartbeatRequest, RegisterRequest, RegisterResponse, StartRequest, TaskFailure, MAX_BATCH,
+    MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
+};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::client::{Client, Error};
+use crate::executor::{Executor, StopHandle, StopReason, StopSignal};
+use crate::tasks::panic_message;
+
+/// Attempts run at once when [`WorkerOptions`] does not say.
+pub const CONCURRENCY_DEFAULT: usize = 10;
+/// How long running attempts may finish after shutdown begins.
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+/// How long one dequeue long poll waits for runs. It bounds how long a shutdown waits for
+/// the dequeue in flight, so it stays well below the protocol's 30 s maximum.
+pub const DEQUEUE_WAIT_DEFAULT: Duration = Duration::from_secs(20);
+/// First delay before retrying a failed call; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// The longest delay between two retries: a restarted server is found within this.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long an executor has to return after being told to stop, before the runtime
+/// abandons it and reports the stop anyway.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A heartbeat in flight is replaced to cover a newly started attempt (so its cancel
+/// arrives fast), but not sooner than this after it was sent: under a stream of short
+/// attempts, heartbeats stay a few per second.
+const HEARTBEAT_RESTART_MIN: Duration = Duration::from_millis(200);
+/// Lower bound of the heartbeat interval, whatever the server says.
+const HEARTBEAT_INTERVAL_MIN: Duration = Duration::from_millis(200);
+
+/// How a [`Worker`] runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerOptions {
+    /// A name for operators (shown by the server); defaults to host name and process id.
+    pub name: String,
+    /// The version this worker serves; the server assigns `YYYYMMDD.N` when `None`.
+    pub version: Option<String>,
+    /// The most attempts running at once (at least 1).
+    pub concurrency: usize,
+    /// After shutdown begins, how long running attempts may finish before they are
+    /// stopped and reported as interrupted.
+    pub shutdown_grace: Duration,
+    /// How long one dequeue long poll waits (at most 30 s). Shorter makes shutdown
+    /// faster when idle, at the price of more requests.
+    pub dequeue_wait: Duration,
+}
+
+impl WorkerOptions {
+    /// Defaults with this name.
+    pub fn new(name: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            name: name.into(),
+            ..WorkerOptions::default()
+        }
+    }
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+        WorkerOptions {
+            name: format!("{host}-{}", std::process::id()),
+            version: None,
+            concurrency: CONCURRENCY_DEFAULT,
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            dequeue_wait: DEQUEUE_WAIT_DEFAULT,
+        }
+    }
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSummary {
+    /// `None` when shutdown came before the server accepted the registration.
+    pub worker_id: Option<String>,
+    pub version: Option<String>,
+    /// Attempts reported as succeeded.
+    pub succeeded: u64,
+    /// Attempts reported as failed (task errors, crashes, timeouts, system failures).
+    pub failed: u64,
+    /// Attempts stopped by the shutdown and reported as interrupted.
+    pub interrupted: u64,
+    /// Attempts stopped because the server canceled them (not reported).
+    pub canceled: u64,
+}
+
+/// Runs attempts from a Runnel server with an [`Executor`] until shut down.
+#[derive(Debug)]
+pub struct Worker {
+    client: Client,
+    options: WorkerOptions,
+}
+
+impl Worker {
+    pub fn new(client: Client, options: WorkerOptions) -> Worker {
+        Worker { client, options }
+    }
+
+    /// Registers the executor's tasks, then executes runs until `shutdown` resolves (e.g.
+    /// on Ctrl-C); returns once every attempt has ended and been reported.
+    ///
+    /// Fails only when the server refuses the registration (bad key, invalid task
+    /// definition); connection problems are retried.
+    pub async fn run<E, S>(self, executor: Arc<E>, shutdown: S) -> Result<WorkerSummary, Error>
+    where
+        E: Executor + ?Sized,
+        S: Future<Output = ()>,
+    {
+        let Worker { client, options } = self;
+        tokio::pin!(shutdown);
+
+        let definitions = executor.tasks();
+        let known: Arc<HashSet<String>> =
+            Arc::new(definitions.iter().map(|task| task.id.clone()).collect());
+        let request = RegisterRequest {
+            name: options.name.clone(),
+            version: options.version.clone(),
+            tasks: definitions,
+        };
+        let registered = {
+            let mut backoff = Backoff::new();
+            loop {
+                match client.register(&request).await {
+                    Ok(registered) => break registered,
+                    Err(error) if error.is_transient() => {
+                        let delay = backoff.next_delay();
+                        warn!(%error, retry_in = ?delay, "could not register; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = &mut shutdown => return Ok(WorkerSummary::default()),
+                        }
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        let RegisterResponse {
+            worker_id,
+            version,
+            lease_timeout_ms,
+            heartbeat_interval_ms,
+        } = registered;
+        info!(
+            %worker_id,
+            %version,
+            tasks = known.len(),
+            concurrency = options.concurrency,
+            "worker registered"
+        );
+
+        let shared = Arc::new(Shared {
+            client,
+            worker_id: worker_id.clone(),
+            held: Mutex::new(Held::default()),
+            added: Notify::new(),
+            counts: Counts::default(),
+            lease_timeout: Duration::from_millis(lease_timeout_ms),
+        });
+        let heartbeat_interval = Duration::from_millis(heartbeat_interval_ms)
+            .clamp(HEARTBEAT_INTERVAL_MIN, Duration::from_millis(MAX_WAIT_MS));
+        let heartbeats = AbortOnDrop(tokio::spawn(
+            heartbeat_loop(shared.clone(), heartbeat_interval).in_current_span(),
+        ));
+        let (completions, pending) = mpsc::unbounded_channel();
+        let reporter = AbortOnDrop(tokio::spawn(
+            report_loop(shared.clone(), pending).in_current_span(),
+        ));
+
+        let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let wait_ms = u64::try_from(options.dequeue_wait.as_millis())
+            .unwrap_or(MAX_WAIT_MS)
+            .min(MAX_WAIT_MS);
+        let mut attempts = JoinSet::new();
+        let mut backoff = Backoff::new();
+        loop {
+            while let Some(ended) = attempts.try_join_next() {
+                log_attempt_task_end(ended);
+            }
+            let first = tokio::select! {
+                biased;
+                () = &mut shutdown => None,
+                permit = slots.clone().acquire_owned() => permit.ok(),
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_DEQUEUE_BATCH as usize {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let request = DequeueRequest {
+                max_runs: permits.len() as u32,
+                wait_ms,
+            };
+            let dequeue = shared.client.dequeue(&worker_id, &request);
+            tokio::pin!(dequeue);
+            let mut stopping = false;
+            let reply = tokio::select! {
+                reply = &mut dequeue => reply,
+                () = &mut shutdown => {
+                    stopping = true;
+                    info!("shutting down: waiting for the dequeue in flight");
+                    dequeue.await
+                }
+            };
+            match reply {
+                Ok(reply) => {
+                    backoff.reset();
+                    if !reply.runs.is_empty() {
+                        start_runs(
+                            &shared,
+                            &executor,
+                            &known,
+                            &completions,
+                            &mut attempts,
+                            reply.runs,
+                            permits,
+                        )
+                        .await;
+                    }
+                }
+                Err(error) => {
+                    drop(permits);
+                    if stopping {
+                        warn!(%error, "dequeue failed");
+                        break;
+                    }
+                    let delay = backoff.next_delay();
+                    warn!(%error, retry_in = ?delay, "dequeue failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+
+        // Shutdown: no more dequeues. Running attempts get the grace period.
+        if !attempts.is_empty() {
+            info!(
+                running = attempts.len(),
+                grace = ?options.shutdown_grace,
+                "shutting down: waiting for running attempts"
+            );
+        }
+        let drained = tokio::time::timeout(options.shutdown_grace, drain(&mut attempts))
+            .await
+            .is_ok();
+        if !drained {
+            let stopped = shared.held().stop_all(StopReason::Shutdown);
+            warn!(
+                stopped,
+                "shutdown grace period over: stopping the remaining attempts"
+            );
+            drain(&mut attempts).await;
+        }
+        // Every attempt task has ended; the reporter ends once it sent what they queued.
+        drop(completions);
+        if let Err(error) = reporter.await {
+            error!(%error, "the completion reporter failed");
+        }
+        drop(heartbeats);
+
+        let counts = &shared.counts;
+        let summary = WorkerSummary {
+            worker_id: Some(worker_id),
+            version: Some(version),
+            succeeded: counts.succeeded.load(Ordering::Relaxed),
+            failed: counts.failed.load(Ordering::Relaxed),
+            interrupted: counts.interrupted.load(Ordering::Relaxed),
+            canceled: counts.canceled.load(Ordering::Relaxed),
+        };
+        info!(
+            succeeded = summary.succeeded,
+            failed = summary.failed,
+            interrupted = summary.interrupted,
+            canceled = summary.canceled,
+            "worker stopped"
+        );
+        Ok(summary)
+    }
+}
+
+/// State shared by the dequeue loop, the attempt tasks, the heartbeat loop and the
+/// reporter.
+struct Shared {
+    client: Client,
+    worker_id: String,
+    held: Mutex<Held>,
+    /// Signaled when an attempt becomes held, so the heartbeat loop covers it quickly.
+    added: Notify,
+    counts: Counts,
+    /// After this, the server has rescued an attempt nobody heartbeated: retrying its
+    /// start or completion any longer is pointless.
+    lease_timeout: Duration,
+}
+
+impl Shared {
+    fn held(&self) -> MutexGuard<'_, Held> {
+        // A panic while holding this lock cannot leave the map inconsistent (every
+        // operation is a single insert, remove or read), so a poisoned lock is still usable.
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn hold(&self, attempt_id: &str, handle: Arc<StopHandle>) {
+        self.held().insert(attempt_id, handle);
+        self.added.notify_one();
+    }
+}
+
+/// The attempts this worker holds, with their stop handles.
+#[derive(Default)]
+struct Held {
+    attempts: HashMap<String, Arc<StopHandle>>,
+    /// Counts insertions, so the heartbeat loop can tell whether its poll covers them all.
+    generation: u64,
+}
+
+impl Held {
+    fn insert(&mut self, attempt_id: &str, handle: Arc<StopHandle>) {
+        self.attempts.insert(attempt_id.to_owned(), handle);
+        self.generation += 1;
+    }
+
+    fn remove(&mut self, attempt_id: &str) {
+        self.attempts.remove(attempt_id);
+    }
+
+    /// The ids to heartbeat, and the generation they reflect. Canceled attempts are left
+    /// out: the server already ended them, and naming them would only make it answer
+    /// `cancel` again at once.
+    fn heartbeat_ids(&self) -> (Vec<String>, u64) {
+        let mut ids: Vec<String> = self
+            .attempts
+            .iter()
+            .filter(|(_, handle)| handle.reason() != Some(StopReason::Canceled))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort_unstable();
+        (ids, self.generation)
+    }
+
+    fn stop(&self, attempt_id: &str, reason: StopReason) -> bool {
+        match self.attempts.get(attempt_id) {
+            Some(handle) => {
+                handle.stop(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every held attempt; answers how many.
+    fn stop_all(&self, reason: StopReason) -> usize {
+        for handle in self.attempts.values() {
+            handle.stop(reason);
+        }
+        self.attempts.len()
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    interrupted: AtomicU64,
+    canceled: AtomicU64,
+}
+
+/// Starts the dequeued attempts in one request and spawns a task for each one the server
+/// started. Runs not started (canceled meanwhile) are left alone, and their slots freed.
+async fn start_runs<E: Executor + ?Sized>(
+    shared: &Arc<Shared>,
+    executor: &Arc<E>,
+    known: &Arc<HashSet<String>>,
+    completions: &mpsc::UnboundedSender<AttemptCompletion>,
+    attempts: &mut JoinSet<()>,
+    mut runs: Vec<DequeuedRun>,
+    permits: Vec<OwnedSemaphorePermit>,
+) {
+    if runs.len() > permits.len() {
+        // The server broke `maxRuns`; running the extra ones would break `concurrency`.
+        // Leaving them unstarted lets the server rescue them.
+        error!(
+            asked = permits.len(),
+            got = runs.len(),
+            "the server sent more runs than asked for; leaving the extra ones unstarted"
+        );
+        runs.truncate(permits.len());
+    }
+    let request = StartRequest {
+        attempt_ids: runs.iter().map(|run| run.attempt_id.clone()).collect(),
+    };
+    let reply = with_retries("start", shared.lease_timeout, || {
+        shared.client.start(&shared.worker_id, &request)
+    })
+    .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(error) => {
+            error!(
+                %error,
+                attempts = request.attempt_ids.len(),
+                "could not start dequeued attempts; the server will rescue them"
+            );
+            return;
+        }
+    };
+    for attempt_id in &reply.cancel {
+        debug!(%attempt_id, "the server canceled the attempt before it started");
+    }
+    let started: HashSet<&str> = reply.started.iter().map(String::as_str).collect();
+    for (run, permit) in runs.into_iter().zip(permits) {
+        if !started.contains(run.attempt_id.as_str()) {
+            continue;
+        }
+        let (handle, signal) = StopSignal::channel();
+        let handle = Arc::new(handle);
+        shared.hold(&run.attempt_id, handle.clone());
+        let span = tracing::info_span!(
+            "attempt",
+            run_id = %run.run_id,
+            attempt_id = %run.attempt_id,
+            task = %run.task_identifier,
+        );
+        let attempt = Attempt {
+            shared: shared.clone(),
+            known: known.clone(),
+            completions: completions.clone(),
+            handle,
+            signal,
+            _permit: permit,
+        };
+        attempts.spawn(attempt.run(executor.clone(), run).instrument(span));
+    }
+}
+
+/// One started attempt: everything its task needs.
+struct Attempt {
+    shared: Arc<Shared>,
+    known: Arc<HashSet<String>>,
+    completions: mpsc::UnboundedSender<AttemptCompletion>,
+    handle: Arc<StopHandle>,
+    signal: StopSignal,
+    /// The concurrency slot, freed when the attempt's task ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Attempt {
+    async fn run<E: Executor + ?Sized>(self, executor: Arc<E>, run: DequeuedRun) {
+        let attempt_id = run.attempt_id.clone();
+        let max_duration = run.max_duration_secs;
+        debug!(attempt = run.attempt_number, "attempt started");
+        let outcome = if self.known.contains(&run.task_identifier) {
+            self.execute(executor, run).await
+        } else {
+            Some(AttemptOutcome::Failure {
+                error: TaskFailure::new(
+                    FailureKind::SystemFailure,
+                    format!(
+                        "task {:?} is not registered by this worker",
+                        run.task_identifier
+                    ),
+                ),
+            })
+        };
+        // The stop reason, not what the executor returned after it, decides the report.
+        let outcome = match self.handle.reason() {
+            Some(StopReason::Canceled) => None,
+            Some(StopReason::TimedOut) => Some(failure(
+                FailureKind::MaxDurationExceeded,
+                format!(
+                    "Run exceeded maxDuration of {}s",
+                    max_duration.unwrap_or_default()
+                ),
+            )),
+            Some(StopReason::Shutdown) => Some(failure(
+                FailureKind::Interrupted,
+                "worker stopped during the run",
+            )),
+            None => outcome,
+        };
+        let counts = &self.shared.counts;
+        let Some(outcome) = outcome else {
+            info!("attempt canceled");
+            counts.canceled.fetch_add(1, Ordering::Relaxed);
+            self.shared.held().remove(&attempt_id);
+            return;
+        };
+        match &outcome {
+            AttemptOutcome::Success { .. } => {
+                info!("attempt succeeded");
+                counts.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            AttemptOutcome::Failure { error } => {
+                info!(kind = ?error.kind, message = %error.message, "attempt failed");
+                let count = if error.kind == FailureKind::Interrupted {
+                    &counts.interrupted
+                } else {
+                    &counts.failed
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let completion = AttemptCompletion {
+            attempt_id: attempt_id.clone(),
+            outcome,
+        };
+        if self.completions.send(completion).is_err() {
+            // Only possible if the reporter died; the server rescues the run.
+            error!("the completion reporter is gone; the attempt is not reported");
+            self.shared.held().remove(&attempt_id);
+        }
+    }
+
+    /// Runs the executor, racing it against `maxDuration` and stop requests. `None` when
+    /// it had to be abandoned after a stop (the stop reason is then reported).
+    async fn execute<E: Executor + ?Sized>(
+        &self,
+        executor: Arc<E>,
+        run: DequeuedRun,
+    ) -> Option<AttemptOutcome> {
+        let limit = run
+            .max_duration_secs
+            .map(|secs| Duration::from_secs(u64::from(secs)));
+        let signal = self.signal.clone();
+        let mut execution = AbortOnDrop(tokio::spawn(
+            async move { executor.execute(run, signal).await }.in_current_span(),
+        ));
+        let mut watcher = self.signal.clone();
+        let ended = tokio::select! {
+            ended = &mut execution => Some(ended),
+            () = sleep_for(limit) => {
+                self.handle.stop(StopReason::TimedOut);
+                None
+            }
+            _ = watcher.stopped() => None,
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => match tokio::time::timeout(STOP_TIMEOUT, &mut execution).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    warn!(
+                        after = ?STOP_TIMEOUT,
+                        "the executor did not return after being stopped; abandoning it"
+                    );
+                    return None;
+                }
+            },
+        };
+        match ended {
+            Ok(outcome) => Some(outcome),
+            Err(error) if error.is_panic() => Some(failure(
+                FailureKind::Crashed,
+                format!(
+                    "the executor panicked: {}",
+                    panic_message(error.into_panic())
+                ),
+            )),
+            Err(_) => Some(failure(FailureKind::Crashed, "the executor was cancelled")),
+        }
+    }
+}
+
+/// Sends completions as they come: whatever queued up while the previous request was in
+/// flight goes in the next one, so batching adds no waiting.
+async fn report_loop(shared: Arc<Shared>, mut pending: mpsc::UnboundedReceiver<AttemptCompletion>) {
+    while let Some(first) = pending.recv().await {
+        let mut completions = vec![first];
+        while completions.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(completion) => completions.push(completion),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<String> = completions
+            .iter()
+            .map(|completion| completion.attempt_id.clone())
+            .collect();
+        let request = CompleteRequest { completions };
+        let reply = with_retries("complete", shared.lease_timeout, || {
+            shared.client.complete(&shared.worker_id, &request)
+        })
+        .await;
+        match reply {
+            Ok(reply) => {
+                for result in reply.results {
+                    if result.accepted {
+                        debug!(
+                            attempt_id = %result.attempt_id,
+                            run_status = result.run_status.as_deref().unwrap_or(""),
+                            "completion accepted"
+                        );
+                    } else {
+                        debug!(
+                            attempt_id = %result.attempt_id,
+                            "completion not accepted: the server no longer leased the attempt"
+                        );
+                    }
+                }
+            }
+            Err(error) => error!(
+                %error,
+                attempts = ids.len(),
+                "could not report completions; the server will rescue their runs"
+            ),
+        }
+        let mut held = shared.held();
+        for id in &ids {
+            held.remove(id);
+        }
+    }
+}
+
+/// Keeps the held attempts' leases alive and stops the ones the server cancels.
+///
+/// Each heartbeat is a long poll of one interval, so it doubles as the cancel channel: the
+/// server answers early when one of the attempts is canceled. An attempt started while a
+/// poll is in flight is not covered by it, so the poll is replaced (dropping a heartbeat is
+/// harmless: it only extended leases, and a pending cancel is answered again by the next).
+async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(MAX_WAIT_MS);
+    let mut backoff = Backoff::new();
+    loop {
+        let (attempt_ids, generation) = shared.held().heartbeat_ids();
+        if attempt_ids.is_empty() {
+            shared.added.notified().await;
+            continue;
+        }
+        let sent_at = Instant::now();
+        let request = HeartbeatRequest {
+            attempt_ids,
+            wait_ms: interval_ms,
+        };
+        let heartbeat = shared.client.heartbeat(&shared.worker_id, &request);
+        tokio::pin!(heartbeat);
+        let reply = loop {
+            tokio::select! {
+                reply = &mut heartbeat => break Some(reply),
+                () = shared.added.notified() => {
+                    if shared.held().generation == generation {
+                        continue;
+                    }
+                    tokio::select! {
+                        reply = &mut heartbeat => break Some(reply),
+                        () = tokio::time::sleep_until(sent_at + HEARTBEAT_RESTART_MIN) => break None,
+                    }
+                }
+            }
+        };
+        let next_at = match reply {
+            // Replaced to cover a new attempt.
+            None => continue,
+            Some(Ok(reply)) => {
+                backoff.reset();
+                let held = shared.held();
+                for attempt_id in &reply.cancel {
+                    if held.stop(attempt_id, StopReason::Canceled) {
+                        info!(%attempt_id, "the server canceled the attempt");
+                    }
+                }
+                if reply.cancel.is_empty() {
+                    // A reply before the interval without cancels should not happen, but
+                    // must not turn this loop into a busy one.
+                    sent_at + interval
+                } else {
+                    Instant::now()
+                }
+            }
+            Some(Err(error)) => {
+                let delay = backoff.next_delay();
+                warn!(%error, retry_in = ?delay, "heartbeat failed");
+                Instant::now() + delay
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next_at) => {}
+            () = shared.added.notified() => {}
+        }
+    }
+}
+
+/// Calls `call` until it succeeds, fails for good, or `give_up_after` has passed.
+async fn with_retries<T, F, Fut>(
+    what: &str,
+    give_up_after: Duration,
+    mut call: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let deadline = Instant::now() + give_up_after;
+    let mut backoff = Backoff::new();
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_transient() => {
+                let delay = backoff.next_delay();
+                if Instant::now() + delay >= deadline {
+                    return Err(error);
+                }
+                warn!(%error, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Exponential delays from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped, so nothing the runtime
+/// spawned outlives a dropped [`Worker::run`] future.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+async fn drain(attempts: &mut JoinSet<()>) {
+    while let Some(ended) = attempts.join_next().await {
+        log_attempt_task_end(ended);
+    }
+}
+
+fn log_attempt_task_end(ended: Result<(), JoinError>) {
+    if let Err(error) = ended {
+        // The executor runs in its own task; this is a bug in the runtime itself.
+        error!(%error, "an attempt task failed");
+    }
+}
+
+/// Sleeps for `limit`, or forever without one.
+async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn failure(kind: FailureKind, message: impl Into<String>) -> AttemptOutcome {
+    AttemptOutcome::Failure {
+        error: TaskFailure::new(kind, message),
+    }
+}
