@@ -11,6 +11,7 @@ use crate::trigger::MAX_ATTEMPTS_CAP;
 
 /// How a task's failed attempts are retried. Every field is optional on the wire; a
 /// missing one takes the library default ([`RetryPolicy::default`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RetryPolicy {

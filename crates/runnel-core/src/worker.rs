@@ -26,6 +26,7 @@ pub const MAX_DEQUEUE_BATCH: u32 = 100;
 pub const MAX_BATCH: usize = 1_000;
 
 /// A task a worker can run, as it declares it at registration.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDefinition {
@@ -58,6 +59,7 @@ impl TaskDefinition {
 }
 
 /// `POST /api/v1/workers/register`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
@@ -69,6 +71,7 @@ pub struct RegisterRequest {
     pub tasks: Vec<TaskDefinition>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterResponse {
@@ -81,6 +84,7 @@ pub struct RegisterResponse {
 }
 
 /// `POST /api/v1/workers/{workerId}/dequeue`: waits up to `waitMs` for runs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DequeueRequest {
@@ -91,6 +95,7 @@ pub struct DequeueRequest {
     pub wait_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DequeueResponse {
@@ -98,6 +103,7 @@ pub struct DequeueResponse {
 }
 
 /// A run leased to a worker, with everything needed to execute its attempt.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DequeuedRun {
@@ -122,12 +128,14 @@ pub struct DequeuedRun {
 }
 
 /// `POST /api/v1/workers/{workerId}/start`: the worker begins these attempts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartRequest {
     pub attempt_ids: Vec<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartResponse {
@@ -139,6 +147,7 @@ pub struct StartResponse {
 
 /// `POST /api/v1/workers/{workerId}/heartbeat`: extends the leases of `attemptIds`.
 /// With `waitMs` > 0 the reply is held until one of them is canceled or the wait ends.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatRequest {
@@ -147,6 +156,7 @@ pub struct HeartbeatRequest {
     pub wait_ms: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatResponse {
@@ -155,6 +165,7 @@ pub struct HeartbeatResponse {
 }
 
 /// How an attempt failed, as the worker reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FailureKind {
@@ -174,6 +185,7 @@ pub enum FailureKind {
 }
 
 /// A failed attempt's error.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskFailure {
@@ -232,6 +244,7 @@ impl TaskFailure {
 }
 
 /// How an attempt ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "outcome")]
 pub enum AttemptOutcome {
@@ -244,6 +257,7 @@ pub enum AttemptOutcome {
 }
 
 /// One attempt's end, as reported to `POST /api/v1/workers/{workerId}/complete`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptCompletion {
@@ -252,12 +266,14 @@ pub struct AttemptCompletion {
     pub outcome: AttemptOutcome,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteRequest {
     pub completions: Vec<AttemptCompletion>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteResponse {
@@ -265,6 +281,7 @@ pub struct CompleteResponse {
     pub results: Vec<CompletionResult>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompletionResult {

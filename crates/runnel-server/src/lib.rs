@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 pub mod auth;
 pub mod error;
+pub mod openapi;
 mod runs;
 mod workers;
 
@@ -33,6 +34,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(runs::healthz))
+        .route("/api/openapi.json", get(openapi::serve))
         .route(
             "/api/v1/tasks/{task_identifier}/trigger",
             post(runs::trigger),

@@ -135,6 +135,9 @@ struct RunIdResponse {
 
 /// Cancels a live run (an executing attempt is told to stop through its worker's
 /// heartbeat); a run that already ended is left alone and answers the same.
+#[utoipa::path(post, path = "/api/v2/runs/{runId}/cancel", tag = "runs",
+    params(("runId" = String, Path, description = "`run_…`")),
+    responses((status = 200, body = crate::openapi::RunIdBody), (status = 404, body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,

@@ -17,6 +17,10 @@ use crate::auth::Authenticated;
 use crate::runs::json_body;
 use crate::{ApiError, AppState};
 
+/// Registers a worker and the tasks it serves.
+#[utoipa::path(post, path = "/api/v1/workers/register", tag = "workers",
+    request_body = RegisterRequest,
+    responses((status = 200, body = RegisterResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -28,6 +32,11 @@ pub async fn register(
     ))
 }
 
+/// Leases queued runs to the worker; a long poll of up to `waitMs` when none is queued.
+#[utoipa::path(post, path = "/api/v1/workers/{workerId}/dequeue", tag = "workers",
+    params(("workerId" = String, Path, description = "From the registration")),
+    request_body = DequeueRequest,
+    responses((status = 200, body = DequeueResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 pub async fn dequeue(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -42,6 +51,11 @@ pub async fn dequeue(
     Ok(Json(DequeueResponse { runs }))
 }
 
+/// Starts held attempts: only run those listed in `started`.
+#[utoipa::path(post, path = "/api/v1/workers/{workerId}/start", tag = "workers",
+    params(("workerId" = String, Path, description = "From the registration")),
+    request_body = StartRequest,
+    responses((status = 200, body = StartResponse), (status = 404, body = crate::openapi::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -56,6 +70,11 @@ pub async fn start(
     Ok(Json(StartResponse { started, cancel }))
 }
 
+/// Extends the leases of held attempts; answers those to stop (a long poll of up to `waitMs`).
+#[utoipa::path(post, path = "/api/v1/workers/{workerId}/heartbeat", tag = "workers",
+    params(("workerId" = String, Path, description = "From the registration")),
+    request_body = HeartbeatRequest,
+    responses((status = 200, body = HeartbeatResponse), (status = 404, body = crate::openapi::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -75,6 +94,11 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatResponse { cancel }))
 }
 
+/// Reports how attempts ended; `accepted: false` when the worker no longer held one.
+#[utoipa::path(post, path = "/api/v1/workers/{workerId}/complete", tag = "workers",
+    params(("workerId" = String, Path, description = "From the registration")),
+    request_body = CompleteRequest,
+    responses((status = 200, body = CompleteResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,

@@ -1,0 +1,126 @@
+//! The OpenAPI document of the worker protocol (docs/worker-protocol.md), derived from
+//! the wire types in `runnel_core::worker` and the handlers' annotations, and served at
+//! `GET /api/openapi.json`. `docs/openapi.json` is this document, committed; a test
+//! fails when the two drift apart.
+
+use axum::Json;
+use runnel_core::retry::RetryPolicy;
+use runnel_core::worker::{
+    AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
+    DequeueRequest, DequeueResponse, DequeuedRun, FailureKind, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse, StartRequest, StartResponse,
+    TaskDefinition, TaskFailure,
+};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// Every error body: `{"error": "<message>"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunIdBody {
+    pub id: String,
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Runnel worker protocol",
+        description = "How workers register, lease runs, heartbeat and report attempts. See docs/worker-protocol.md.",
+    ),
+    paths(
+        crate::workers::register,
+        crate::workers::dequeue,
+        crate::workers::start,
+        crate::workers::heartbeat,
+        crate::workers::complete,
+        crate::runs::cancel,
+    ),
+    components(schemas(
+        RegisterRequest, RegisterResponse, TaskDefinition, RetryPolicy,
+        DequeueRequest, DequeueResponse, DequeuedRun,
+        StartRequest, StartResponse, HeartbeatRequest, HeartbeatResponse,
+        CompleteRequest, CompleteResponse, CompletionResult, AttemptCompletion, AttemptOutcome,
+        TaskFailure, FailureKind, ErrorBody, RunIdBody,
+    )),
+    modifiers(&SecretKeyAuth),
+    security(("secret_key" = [])),
+    tags((name = "workers", description = "The worker protocol"), (name = "runs", description = "Run management")),
+)]
+pub struct ApiDoc;
+
+/// Every call takes `Authorization: Bearer <secret key>`.
+#[derive(Debug)]
+struct SecretKeyAuth;
+
+impl Modify for SecretKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "secret_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A secret key, `tr_dev_…`, `tr_stg_…` or `tr_prod_…`; it picks the environment."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as JSON, pretty-printed (what `docs/openapi.json` holds).
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed copy is the generated document. To refresh it after changing the
+    /// protocol: `RUNNEL_WRITE_OPENAPI=1 cargo test -p runnel-server openapi`.
+    #[test]
+    fn committed_openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let generated = document() + "\n";
+        if std::env::var_os("RUNNEL_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale: run RUNNEL_WRITE_OPENAPI=1 cargo test -p runnel-server openapi"
+        );
+    }
+
+    #[test]
+    fn the_document_describes_every_worker_call() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
+        for path in [
+            "/api/v1/workers/register",
+            "/api/v1/workers/{workerId}/dequeue",
+            "/api/v1/workers/{workerId}/start",
+            "/api/v1/workers/{workerId}/heartbeat",
+            "/api/v1/workers/{workerId}/complete",
+            "/api/v2/runs/{runId}/cancel",
+        ] {
+            assert!(doc["paths"][path]["post"].is_object(), "{path} missing");
+        }
+        let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
+        assert_eq!(
+            kinds,
+            &serde_json::json!(["TASK_FAILED", "CRASHED", "MAX_DURATION_EXCEEDED", "SYSTEM_FAILURE", "INTERRUPTED"])
+        );
+    }
+}
