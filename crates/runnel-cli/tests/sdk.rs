@@ -66,7 +66,8 @@ impl Drop for DropFlag {
 }
 
 /// `hello` greets; `fail` always errs (2 attempts, 100 ms apart); `block` never ends
-/// by itself; `slow` has a 1 s `maxDuration` and never ends by itself.
+/// by itself; `slow` never ends by itself either, but has the smallest `maxDuration`
+/// the server accepts (5 s).
 fn tasks(probe: Arc<Probe>) -> Tasks {
     let blocking = |probe: Arc<Probe>| {
         move |_: serde_json::Value| {
@@ -98,7 +99,7 @@ fn tasks(probe: Arc<Probe>) -> Tasks {
         )
         .task("block", blocking(probe.clone()))
         .task(
-            Task::new("slow").max_duration(Duration::from_secs(1)),
+            Task::new("slow").max_duration(Duration::from_secs(5)),
             blocking(probe),
         )
 }
@@ -106,17 +107,34 @@ fn tasks(probe: Arc<Probe>) -> Tasks {
 /// A worker running in this process against the test server.
 struct TestWorker {
     shutdown: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<Result<WorkerSummary, runnel_sdk::Error>>,
+    done: tokio::task::JoinHandle<WorkerSummary>,
+    /// The version the server registered.
+    version: String,
 }
 
 impl TestWorker {
-    fn start(app: &TestApp, tasks: Tasks, options: WorkerOptions) -> TestWorker {
+    /// Registers the tasks, so runs triggered from now on are queued at once, and runs
+    /// the worker in the background.
+    async fn start(app: &TestApp, tasks: Tasks, options: WorkerOptions) -> TestWorker {
+        // The worker's log, shown for a failed test (or with --nocapture); RUST_LOG filters it.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let registered = Worker::new(client(app), options)
+            .register(Arc::new(tasks))
+            .await
+            .expect("the server accepts the registration");
+        let version = registered.version().to_owned();
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let worker = Worker::new(client(app), options);
-        let done = tokio::spawn(worker.run(Arc::new(tasks), async move {
+        let done = tokio::spawn(registered.run(async move {
             let _ = stopped.await;
         }));
-        TestWorker { shutdown, done }
+        TestWorker {
+            shutdown,
+            done,
+            version,
+        }
     }
 
     async fn stop(self) -> WorkerSummary {
@@ -125,7 +143,6 @@ impl TestWorker {
             .await
             .expect("the worker stopped in time")
             .expect("the worker task did not panic")
-            .expect("the worker ran")
     }
 }
 
@@ -159,7 +176,7 @@ async fn wait_for_final(client: &Client, run_id: &str) -> RunInfo {
 async fn a_typed_task_completes_with_its_output() {
     let app = TestApp::start();
     let client = client(&app);
-    let worker = TestWorker::start(&app, tasks(Arc::default()), options());
+    let worker = TestWorker::start(&app, tasks(Arc::default()), options()).await;
 
     let triggered = client
         .trigger(
@@ -189,20 +206,66 @@ async fn a_typed_task_completes_with_its_output() {
     assert_eq!(run.raw["payload"], json!({"name": "Ada"}));
     assert_eq!(run.raw["tags"], json!(["sdk"]));
 
-    let summary = worker.stop().await;
-    assert_eq!((summary.succeeded, summary.failed), (1, 0));
-    assert!(summary.version.is_some());
     assert_eq!(
-        run.version, summary.version,
+        run.version.as_deref(),
+        Some(worker.version.as_str()),
         "the run names the worker's version"
     );
+    let version = worker.version.clone();
+    let summary = worker.stop().await;
+    assert_eq!((summary.succeeded, summary.failed), (1, 0));
+    assert_eq!(summary.version, Some(version));
+}
+
+#[tokio::test]
+async fn a_run_triggered_before_any_worker_waits_for_one() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let triggered = client
+        .trigger(
+            "hello",
+            &Hello {
+                name: "early".into(),
+            },
+            TriggerOptions::default(),
+        )
+        .await
+        .expect("trigger");
+    let waiting = client.retrieve(&triggered.id).await.unwrap();
+    assert_eq!(
+        waiting.status,
+        RunStatus::WaitingForDeploy,
+        "{:#}",
+        waiting.raw
+    );
+    assert_eq!(waiting.version, None);
+
+    // The one-call form: registers, then runs until shut down.
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let worker = Worker::new(client.clone(), options());
+    let running = tokio::spawn(worker.run(Arc::new(tasks(Arc::default())), async move {
+        let _ = stopped.await;
+    }));
+    let run = wait_for_final(&client, &triggered.id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:#}", run.raw);
+    assert_eq!(
+        run.output_as::<Greeting>().unwrap().greeting,
+        "Hello, early!"
+    );
+    let _ = shutdown.send(());
+    let summary = tokio::time::timeout(SERVICE_TIMEOUT, running)
+        .await
+        .expect("the worker stopped in time")
+        .expect("the worker task did not panic")
+        .expect("the worker ran");
+    assert_eq!(summary.succeeded, 1);
 }
 
 #[tokio::test]
 async fn a_failing_task_fails_after_its_retries() {
     let app = TestApp::start();
     let client = client(&app);
-    let worker = TestWorker::start(&app, tasks(Arc::default()), options());
+    let worker = TestWorker::start(&app, tasks(Arc::default()), options()).await;
 
     let triggered = client
         .trigger("fail", &json!({}), TriggerOptions::default())
@@ -229,7 +292,7 @@ async fn a_failing_task_fails_after_its_retries() {
 async fn an_unreadable_payload_is_a_system_failure() {
     let app = TestApp::start();
     let client = client(&app);
-    let worker = TestWorker::start(&app, tasks(Arc::default()), options());
+    let worker = TestWorker::start(&app, tasks(Arc::default()), options()).await;
 
     let triggered = client
         .trigger("hello", &json!({"nom": "Ada"}), TriggerOptions::default())
@@ -249,7 +312,7 @@ async fn a_canceled_run_stops_its_attempt() {
     let app = TestApp::start();
     let client = client(&app);
     let probe = Arc::new(Probe::default());
-    let worker = TestWorker::start(&app, tasks(probe.clone()), options());
+    let worker = TestWorker::start(&app, tasks(probe.clone()), options()).await;
 
     let triggered = client
         .trigger("block", &json!(null), TriggerOptions::default())
@@ -294,7 +357,7 @@ async fn an_attempt_over_its_max_duration_times_out() {
     let app = TestApp::start();
     let client = client(&app);
     let probe = Arc::new(Probe::default());
-    let worker = TestWorker::start(&app, tasks(probe.clone()), options());
+    let worker = TestWorker::start(&app, tasks(probe.clone()), options()).await;
 
     let triggered = client
         .trigger("slow", &json!(null), TriggerOptions::default())
@@ -306,7 +369,7 @@ async fn an_attempt_over_its_max_duration_times_out() {
     assert_eq!(run.attempt_count, 1, "not retried: {:#}", run.raw);
     assert_eq!(
         run.error_message(),
-        Some("Run exceeded maxDuration of 1s"),
+        Some("Run exceeded maxDuration of 5s"),
         "{:#}",
         run.raw
     );
@@ -327,7 +390,8 @@ async fn a_worker_shut_down_mid_run_interrupts_it_in_dev() {
             shutdown_grace: Duration::from_millis(200),
             ..options()
         },
-    );
+    )
+    .await;
 
     let triggered = client
         .trigger("block", &json!(null), TriggerOptions::default())
@@ -359,7 +423,8 @@ async fn many_runs_complete_with_limited_concurrency() {
             concurrency: 3,
             ..options()
         },
-    );
+    )
+    .await;
 
     let mut ids = Vec::new();
     for n in 0..20 {

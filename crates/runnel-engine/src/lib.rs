@@ -101,16 +101,29 @@ impl Engine {
                 .task_served(&environment.id, &run.task_identifier, run.lock_to_version.as_deref())
                 .await?
         {
-            // Waits for a worker version serving the task; a registration racing this
-            // trigger is caught by the promoter's sweep of waiting runs.
+            // Waits for a worker version serving the task.
             run.status = RunStatus::PendingVersion;
         }
+        let pending = run.status == RunStatus::PendingVersion;
         let has_deadline = run.expire_at.is_some() || run.delay_until.is_some();
         let outcome = self.store.run_trigger(&run, now).await?;
         Ok(match outcome {
             TriggerOutcome::Created(id) => {
                 if has_deadline {
                     self.deadlines_changed.notify_one();
+                }
+                if pending {
+                    // A registration may have committed between the look and the insert
+                    // and queued the waiting runs without this one: look again.
+                    if self
+                        .store
+                        .task_served(&environment.id, task, run.lock_to_version.as_deref())
+                        .await?
+                    {
+                        self.store
+                            .run_transition(&id, RunStatus::PendingVersion, RunStatus::Queued, now)
+                            .await?;
+                    }
                 }
                 self.runs_became_available();
                 tracing::debug!(run = %id, task, env = %environment.kind, "run triggered");

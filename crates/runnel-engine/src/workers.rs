@@ -155,11 +155,7 @@ impl Engine {
                     .validate()
                     .map_err(|e| invalid(format!("tasks[{i}].{e}")))?;
             }
-            if let Some(secs) = task.max_duration {
-                if secs < 5 {
-                    return Err(invalid(format!("{}: must be at least 5", field("maxDuration"))));
-                }
-            }
+
             let machine = task
                 .machine
                 .as_deref()
@@ -173,7 +169,8 @@ impl Engine {
                     .clone()
                     .unwrap_or_else(|| format!("task/{}", task.id)),
                 retry: task.retry,
-                max_duration_secs: task.max_duration,
+                // Clamped like a trigger's `maxDuration` (contract §5: 5..2147483647 s).
+                max_duration_secs: task.max_duration.map(|secs| secs.max(5)),
                 machine,
             });
         }

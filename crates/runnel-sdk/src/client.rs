@@ -50,6 +50,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The trigger's payload could not be serialized to JSON (nothing was sent).
+    #[error("the payload does not serialize to JSON: {0}")]
+    Payload(#[source] serde_json::Error),
     /// [`Client::wait_for_completion`] gave up before the run reached a final status.
     #[error("run {run_id} is still {status} after {waited:?}")]
     WaitTimedOut {
@@ -79,13 +82,17 @@ impl Error {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Error::Decode { .. } | Error::WaitTimedOut { .. } => false,
+            Error::Decode { .. } | Error::Payload(_) | Error::WaitTimedOut { .. } => false,
         }
     }
 }
 
 /// A client of one Runnel server, authenticated with one secret key (and so scoped to
 /// one environment). Cheap to clone: clones share the connection pool.
+///
+/// It speaks plain HTTP: the workspace builds `reqwest` without a TLS backend, so an
+/// `https://` server needs a `reqwest` client built with one ([`Client::with_http_client`]
+/// after enabling a TLS feature of `reqwest`) or a local TLS-terminating proxy.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -141,10 +148,7 @@ impl Client {
         payload: &P,
         options: TriggerOptions,
     ) -> Result<Triggered, Error> {
-        let payload = serde_json::to_value(payload).map_err(|source| Error::Decode {
-            context: format!("the payload for task {task}"),
-            source,
-        })?;
+        let payload = serde_json::to_value(payload).map_err(Error::Payload)?;
         let body = TriggerBody {
             payload: &payload,
             options: &options,

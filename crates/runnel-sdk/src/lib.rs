@@ -58,4 +58,4 @@ pub use runnel_core::worker::{
     AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition, TaskFailure,
 };
 pub use tasks::{Task, TaskContext, Tasks};
-pub use worker::{Worker, WorkerOptions, WorkerSummary};
+pub use worker::{RegisteredWorker, Worker, WorkerOptions, WorkerSummary};

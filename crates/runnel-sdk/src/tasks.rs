@@ -98,7 +98,7 @@ impl Task {
     }
 
     /// Compute time per attempt before it is stopped and the run ends `TIMED_OUT`;
-    /// whole seconds, rounded up.
+    /// whole seconds, rounded up. The server refuses a registration below 5 s.
     pub fn max_duration(mut self, limit: Duration) -> Task {
         let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
         self.definition.max_duration = Some(u32::try_from(secs).unwrap_or(u32::MAX));

@@ -31,6 +31,7 @@
 //! server has rescued those runs.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,9 +57,11 @@ use crate::tasks::panic_message;
 pub const CONCURRENCY_DEFAULT: usize = 10;
 /// How long running attempts may finish after shutdown begins.
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
-/// How long one dequeue long poll waits for runs. It bounds how long a shutdown waits for
-/// the dequeue in flight, so it stays well below the protocol's 30 s maximum.
-pub const DEQUEUE_WAIT_DEFAULT: Duration = Duration::from_secs(20);
+/// How long one dequeue long poll waits for runs. A run arriving meanwhile is answered at
+/// once, so this does not delay runs; it bounds how long a shutdown of an idle worker
+/// waits for the dequeue in flight (which must not be dropped), against one request per
+/// wait while idle.
+pub const DEQUEUE_WAIT_DEFAULT: Duration = Duration::from_secs(5);
 /// First delay before retrying a failed call; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The longest delay between two retries: a restarted server is found within this.
@@ -145,53 +148,113 @@ impl Worker {
     /// on Ctrl-C); returns once every attempt has ended and been reported.
     ///
     /// Fails only when the server refuses the registration (bad key, invalid task
-    /// definition); connection problems are retried.
+    /// definition); connection problems are retried. A shutdown before the registration
+    /// succeeded returns an empty summary.
     pub async fn run<E, S>(self, executor: Arc<E>, shutdown: S) -> Result<WorkerSummary, Error>
     where
         E: Executor + ?Sized,
         S: Future<Output = ()>,
     {
-        let Worker { client, options } = self;
         tokio::pin!(shutdown);
+        // Dropping a registration in flight is harmless: nothing is leased to a worker
+        // that never dequeued.
+        let registered = tokio::select! {
+            registered = self.register(executor) => registered?,
+            () = &mut shutdown => return Ok(WorkerSummary::default()),
+        };
+        Ok(registered.run(shutdown).await)
+    }
 
-        let definitions = executor.tasks();
-        let known: Arc<HashSet<String>> =
-            Arc::new(definitions.iter().map(|task| task.id.clone()).collect());
+    /// Registers the executor's tasks (retrying connection problems and server errors
+    /// until the server answers), without executing anything yet: for callers that want
+    /// the worker id and version, or to know runs of these tasks are now queued, before
+    /// [`RegisteredWorker::run`].
+    pub async fn register<E>(self, executor: Arc<E>) -> Result<RegisteredWorker<E>, Error>
+    where
+        E: Executor + ?Sized,
+    {
+        let Worker { client, options } = self;
         let request = RegisterRequest {
             name: options.name.clone(),
             version: options.version.clone(),
-            tasks: definitions,
+            tasks: executor.tasks(),
         };
-        let registered = {
-            let mut backoff = Backoff::new();
-            loop {
-                match client.register(&request).await {
-                    Ok(registered) => break registered,
-                    Err(error) if error.is_transient() => {
-                        let delay = backoff.next_delay();
-                        warn!(%error, retry_in = ?delay, "could not register; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = &mut shutdown => return Ok(WorkerSummary::default()),
-                        }
-                    }
-                    Err(error) => return Err(error),
+        let mut backoff = Backoff::new();
+        let registration = loop {
+            match client.register(&request).await {
+                Ok(registration) => break registration,
+                Err(error) if error.is_transient() => {
+                    let delay = backoff.next_delay();
+                    warn!(%error, retry_in = ?delay, "could not register; retrying");
+                    tokio::time::sleep(delay).await;
                 }
+                Err(error) => return Err(error),
             }
         };
+        info!(
+            worker_id = %registration.worker_id,
+            version = %registration.version,
+            tasks = request.tasks.len(),
+            concurrency = options.concurrency,
+            "worker registered"
+        );
+        Ok(RegisteredWorker {
+            client,
+            options,
+            known: request.tasks.into_iter().map(|task| task.id).collect(),
+            executor,
+            registration,
+        })
+    }
+}
+
+/// A worker the server accepted, ready to execute runs.
+pub struct RegisteredWorker<E: ?Sized> {
+    client: Client,
+    options: WorkerOptions,
+    /// The registered task identifiers.
+    known: HashSet<String>,
+    executor: Arc<E>,
+    registration: RegisterResponse,
+}
+
+impl<E: ?Sized> fmt::Debug for RegisteredWorker<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisteredWorker")
+            .field("registration", &self.registration)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Executor + ?Sized> RegisteredWorker<E> {
+    pub fn worker_id(&self) -> &str {
+        &self.registration.worker_id
+    }
+
+    /// The version the server registered (the one asked for, or `YYYYMMDD.N`).
+    pub fn version(&self) -> &str {
+        &self.registration.version
+    }
+
+    /// Executes runs until `shutdown` resolves; returns once every attempt has ended
+    /// and been reported.
+    pub async fn run<S: Future<Output = ()>>(self, shutdown: S) -> WorkerSummary {
+        let RegisteredWorker {
+            client,
+            options,
+            known,
+            executor,
+            registration,
+        } = self;
+        let known = Arc::new(known);
         let RegisterResponse {
             worker_id,
             version,
             lease_timeout_ms,
             heartbeat_interval_ms,
-        } = registered;
-        info!(
-            %worker_id,
-            %version,
-            tasks = known.len(),
-            concurrency = options.concurrency,
-            "worker registered"
-        );
+        } = registration;
+        tokio::pin!(shutdown);
 
         let shared = Arc::new(Shared {
             client,
@@ -247,7 +310,10 @@ impl Worker {
                 reply = &mut dequeue => reply,
                 () = &mut shutdown => {
                     stopping = true;
-                    info!("shutting down: waiting for the dequeue in flight");
+                    info!(
+                        at_most = ?options.dequeue_wait,
+                        "shutting down: waiting for the dequeue in flight"
+                    );
                     dequeue.await
                 }
             };
@@ -328,7 +394,7 @@ impl Worker {
             canceled = summary.canceled,
             "worker stopped"
         );
-        Ok(summary)
+        summary
     }
 }
 

@@ -615,6 +615,20 @@ impl Store for SqliteStore {
         if worker.tasks.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        // Idle workers are woken together and mostly find nothing: look on a reader
+        // first, so they do not queue for the one writer connection.
+        let probe = format!(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
+             AND task_identifier IN ({}))",
+            placeholders(worker.tasks.len())
+        );
+        let mut query = sqlx::query_scalar::<_, bool>(&probe).bind(worker.environment_id.as_str());
+        for task in &worker.tasks {
+            query = query.bind(&task.task_identifier);
+        }
+        if !query.fetch_one(&self.reader).await? {
+            return Ok(Vec::new());
+        }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
