@@ -19,6 +19,7 @@ use runnel_server::AppState;
 use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store};
 use tokio::sync::watch;
 
+mod bench;
 mod exec;
 
 /// Default address `runnel serve` listens on.
@@ -55,6 +56,8 @@ enum Command {
     /// Create, list and revoke secret API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the database is: an explicit URL, or the SQLite file in the data directory.
@@ -258,6 +261,7 @@ async fn main() -> Result<()> {
         Command::Trigger(args) => trigger(args).await,
         Command::Runs(command) => runs(command).await,
         Command::Keys(command) => keys(command).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 
@@ -288,6 +292,7 @@ async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
 struct RunningServer {
     addr: SocketAddr,
     store: Arc<dyn Store>,
+    engine: Engine,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     services: tokio::task::JoinHandle<()>,
@@ -325,7 +330,9 @@ impl RunningServer {
         let mut http_shutdown = shutdown_rx;
         let server = tokio::spawn(runnel_server::serve(
             listener,
-            AppState { engine },
+            AppState {
+                engine: engine.clone(),
+            },
             async move {
                 let _ = http_shutdown.wait_for(|stop| *stop).await;
             },
@@ -333,6 +340,7 @@ impl RunningServer {
         Ok(RunningServer {
             addr,
             store,
+            engine,
             shutdown,
             server,
             services,
@@ -342,6 +350,8 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, stops the services, closes the store.
     async fn stop(self) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
+        // Workers' long polls would otherwise hold the graceful shutdown for their wait.
+        self.engine.stop_long_polls();
         let _ = self.shutdown.send(true);
         self.server.await.context("server task")??;
         self.services.await.context("services task")?;

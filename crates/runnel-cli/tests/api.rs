@@ -51,6 +51,11 @@ async fn healthz_answers_ok_without_a_key() {
 #[tokio::test]
 async fn minimal_trigger_is_retrievable_as_a_queued_run() {
     let app = TestApp::start();
+    // A registered worker serves the task, so the run is queued; it never dequeues, so
+    // the run stays queued.
+    app.server
+        .register_worker(&app.dev_key, &["hello-task"])
+        .await;
     let before = Utc::now();
     let id = app
         .server
@@ -181,6 +186,7 @@ async fn trigger_with_every_option_is_reflected_by_retrieve() {
 async fn queued_and_delayed_runs_read_the_same_in_both_status_vocabularies() {
     let app = TestApp::start();
     let key = &app.dev_key;
+    app.server.register_worker(key, &["t"]).await;
     let queued = app.server.trigger_new(key, "t", &json!({})).await;
     let delayed = app
         .server
@@ -207,9 +213,61 @@ async fn queued_and_delayed_runs_read_the_same_in_both_status_vocabularies() {
 }
 
 #[tokio::test]
+async fn a_run_no_worker_serves_waits_for_deploy_in_both_vocabularies() {
+    let app = TestApp::start();
+    let key = &app.dev_key;
+    let id = app
+        .server
+        .trigger_new(key, "undeployed", &json!({"payload": 1}))
+        .await;
+
+    let legacy = app.server.run(key, &id).await;
+    assert_no_nulls(&legacy);
+    assert_eq!(
+        redact(&legacy),
+        merged(
+            json!({
+                "id": "<run id>",
+                "status": "WAITING_FOR_DEPLOY",
+                "taskIdentifier": "undeployed",
+                "isTest": false,
+                "createdAt": "<timestamp>",
+                "updatedAt": "<timestamp>",
+                "tags": [],
+                "costInCents": 0.0,
+                "baseCostInCents": 0.0,
+                "durationMs": 0,
+                "depth": 0,
+                "triggerFunction": "trigger",
+                "payload": 1,
+                "relatedRuns": {"children": []},
+                "attemptCount": 0,
+                "attempts": [],
+            }),
+            queued_flags()
+        )
+    );
+    // The v4 SDK's name for the same status; nothing else differs.
+    let current = app.server.retrieve_as(key, &id, CURRENT_API_VERSION).await;
+    assert_eq!(
+        current.body,
+        merged(legacy.clone(), json!({"status": "PENDING_VERSION"}))
+    );
+
+    // A worker of another task changes nothing; one serving the task queues the run.
+    app.server.register_worker(key, &["other"]).await;
+    assert_eq!(app.server.run(key, &id).await, legacy);
+    app.server.register_worker(key, &["undeployed"]).await;
+    let queued = app.server.run(key, &id).await;
+    assert_eq!(queued["status"], "QUEUED", "{queued}");
+    assert!(timestamp(&queued["updatedAt"]) >= timestamp(&legacy["updatedAt"]));
+}
+
+#[tokio::test]
 async fn a_run_whose_ttl_passes_while_queued_expires_in_both_vocabularies() {
     let app = TestApp::start();
     let key = &app.dev_key;
+    app.server.register_worker(key, &["t"]).await;
     let id = app
         .server
         .trigger_new(key, "t", &json!({"payload": 7, "options": {"ttl": "1s"}}))
@@ -266,6 +324,7 @@ async fn a_run_whose_ttl_passes_while_queued_expires_in_both_vocabularies() {
 #[tokio::test]
 async fn lenient_inputs_are_normalised_as_upstream_does() {
     let app = TestApp::start();
+    app.server.register_worker(&app.dev_key, &["t"]).await;
     let id = app
         .server
         .trigger_new(
@@ -289,7 +348,8 @@ async fn lenient_inputs_are_normalised_as_upstream_does() {
     let body = app.server.run(&app.dev_key, &id).await;
     assert_no_nulls(&body);
     // A single tag is a list of one; `ttl: 0` is no TTL; a past delay queues at once;
-    // a blank version lock is no lock.
+    // a blank version lock is no lock (a lock to a version no worker has would leave the
+    // run waiting for a deploy).
     assert_eq!(
         redact(&body),
         merged(
@@ -320,6 +380,7 @@ async fn lenient_inputs_are_normalised_as_upstream_does() {
 async fn a_delayed_run_is_queued_at_its_time_and_its_ttl_counts_from_then() {
     let app = TestApp::start();
     let key = &app.dev_key;
+    app.server.register_worker(key, &["t"]).await;
     let id = app
         .server
         .trigger_new(key, "t", &json!({"options": {"delay": "1s", "ttl": "1s"}}))
@@ -492,6 +553,7 @@ async fn an_idempotency_key_is_scoped_to_its_task() {
 async fn an_expired_run_releases_its_idempotency_key() {
     let app = TestApp::start();
     let key = &app.dev_key;
+    app.server.register_worker(key, &["report"]).await;
     let body = json!({"options": {"idempotencyKey": "nightly", "ttl": "1s"}});
     let first = app.server.trigger_new(key, "report", &body).await;
     // Still queued: the key holds.
@@ -535,6 +597,7 @@ async fn an_expired_run_releases_its_idempotency_key() {
 async fn an_idempotency_key_ttl_lets_the_key_expire() {
     let app = TestApp::start();
     let key = &app.dev_key;
+    app.server.register_worker(key, &["sync"]).await;
     // The TTL from the body, and from the `idempotency-key-ttl` header.
     let by_body = json!({"options": {"idempotencyKey": "k-body", "idempotencyKeyTTL": "2s"}});
     let with_header = || {
@@ -622,8 +685,11 @@ async fn a_run_is_invisible_to_other_environments() {
     let staging = keys_create(&app.data_dir(), "staging");
     common::assert_secret_key(&staging, "stg");
 
+    // Workers are per environment too: dev's worker does not serve staging's runs.
+    app.server.register_worker(dev, &["t"]).await;
     let body = json!({"payload": {"env": "dev"}, "options": {"idempotencyKey": "shared"}});
     let dev_run = app.server.trigger_new(dev, "t", &body).await;
+    assert_eq!(app.server.run(dev, &dev_run).await["status"], "QUEUED");
 
     let other_env = app.server.retrieve(&staging, &dev_run).await;
     let missing = app
@@ -654,9 +720,14 @@ async fn a_run_is_invisible_to_other_environments() {
         (&seen["id"], &seen["status"], &seen["payload"]),
         (
             &json!(staging_run),
-            &json!("QUEUED"),
+            &json!("WAITING_FOR_DEPLOY"),
             &json!({"env": "staging"})
         )
+    );
+    app.server.register_worker(&staging, &["t"]).await;
+    assert_eq!(
+        app.server.run(&staging, &staging_run).await["status"],
+        "QUEUED"
     );
     app.server
         .retrieve(dev, &staging_run)

@@ -56,6 +56,8 @@ pub struct Engine {
     attempts_changed: Arc<Notify>,
     /// Registered workers by id; a registration never changes, so this never goes stale.
     workers: Arc<Mutex<HashMap<WorkerId, Arc<WorkerRecord>>>>,
+    /// Turns true when the server stops: open long polls answer at once.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Engine {
@@ -72,7 +74,14 @@ impl Engine {
             runs_available: Arc::new(Notify::new()),
             attempts_changed: Arc::new(Notify::new()),
             workers: Arc::new(Mutex::new(HashMap::new())),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Ends every open long poll (they answer with nothing) and refuses to hold new ones,
+    /// so a stopping server does not wait out its workers' polls.
+    pub fn stop_long_polls(&self) {
+        self.stopping.send_replace(true);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -68,8 +68,10 @@ pub enum WorkerError {
 
 /// Waits for `notify` (registered before `check` runs, so nothing is missed) until
 /// `check` returns something non-empty or `deadline` passes.
+/// A server that is stopping answers at once (`stopping`).
 async fn long_poll<T, F, Fut>(
     notify: &Notify,
+    stopping: &tokio::sync::watch::Sender<bool>,
     deadline: tokio::time::Instant,
     mut check: F,
 ) -> Result<Vec<T>, Error>
@@ -77,17 +79,19 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, Error>>,
 {
+    let mut stop = stopping.subscribe();
     loop {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let found = check().await?;
-        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline || *stop.borrow() {
             return Ok(found);
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = stop.wait_for(|stopping| *stopping) => {}
         }
     }
 }
@@ -241,7 +245,7 @@ impl Engine {
         }
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
-        let leased = long_poll(&self.runs_available, deadline, || async {
+        let leased = long_poll(&self.runs_available, &self.stopping, deadline, || async {
             let now = self.clock.now();
             Ok(self
                 .store
@@ -303,7 +307,7 @@ impl Engine {
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
         let ids = &attempt_ids;
-        long_poll(&self.attempts_changed, deadline, || async {
+        long_poll(&self.attempts_changed, &self.stopping, deadline, || async {
             let now = self.clock.now();
             let held = self
                 .store

@@ -21,6 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
@@ -162,33 +164,35 @@ impl Server {
         Server::start_with(data_dir, &[])
     }
 
-    /// Like [`Server::start`], with more arguments for `serve` (`--database-url …`).
+    /// Like [`Server::start`], with more arguments for `serve` (`--database-url …`,
+    /// `--lease-timeout 2`).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn("serve", data_dir, extra)
+    }
+
+    /// Starts `runnel dev --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>` (server and
+    /// exec worker in one process; `extra` carries its `--task NAME=COMMAND`s) and waits
+    /// until it prints its address.
+    pub fn start_dev(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn("dev", data_dir, extra)
+    }
+
+    /// Starts `runnel <subcommand> --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`
+    /// and reads what it prints up to its address.
+    fn spawn(subcommand: &str, data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = runnel_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([subcommand, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawning runnel serve");
+            .unwrap_or_else(|e| panic!("spawning runnel {subcommand}: {e}"));
 
         // Both pipes are drained for the child's whole life, so it never blocks on a full
         // pipe however much it logs.
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let stderr_reader = {
-            let pipe = child.stderr.take().expect("piped stderr");
-            let stderr = stderr.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let mut all = stderr.lock().unwrap();
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-            })
-        };
+        let (stderr, stderr_reader) = capture_lines(child.stderr.take().expect("piped stderr"));
         let (line_tx, lines) = mpsc::channel();
         {
             let pipe = child.stdout.take().expect("piped stdout");
@@ -256,7 +260,7 @@ impl Server {
             let _ = reader.join();
         }
         panic!(
-            "runnel serve {what}\nexit: {status:?}\n--- stderr ---\n{}",
+            "the runnel server {what}\nexit: {status:?}\n--- stderr ---\n{}",
             self.stderr()
         );
     }
@@ -369,6 +373,63 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Registers a worker serving `tasks` through the worker API
+    /// (`POST /api/v1/workers/register`) and returns its id. A worker that never dequeues
+    /// leaves the runs of its tasks `QUEUED` instead of `WAITING_FOR_DEPLOY`.
+    pub async fn register_worker(&self, key: &str, tasks: &[&str]) -> String {
+        let tasks: Vec<Value> = tasks.iter().map(|task| json!({ "id": task })).collect();
+        let reply = self
+            .register_worker_as(key, &json!({"name": "t", "tasks": tasks}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "register: {reply:?}");
+        let id = reply.body["workerId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no workerId in {reply:?}"));
+        assert_friendly_id(id, "worker");
+        id.to_owned()
+    }
+
+    /// `POST /api/v1/workers/register` with this body.
+    pub async fn register_worker_as(&self, key: &str, body: &Value) -> Reply {
+        send(
+            self.request(Method::POST, "/api/v1/workers/register")
+                .bearer_auth(key)
+                .json(body),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/workers/{worker_id}/{operation}` (`dequeue`, `start`, `heartbeat`,
+    /// `complete`) with a JSON body.
+    pub async fn worker_call(
+        &self,
+        key: &str,
+        worker_id: &str,
+        operation: &str,
+        body: &Value,
+    ) -> Reply {
+        send(
+            self.request(
+                Method::POST,
+                &format!("/api/v1/workers/{worker_id}/{operation}"),
+            )
+            .bearer_auth(key)
+            .json(body),
+        )
+        .await
+    }
+
+    /// `POST /api/v2/runs/{id}/cancel`.
+    pub async fn cancel(&self, key: &str, run_id: &str) -> Reply {
+        send(
+            self.request(Method::POST, &format!("/api/v2/runs/{run_id}/cancel"))
+                .bearer_auth(key),
+        )
+        .await
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -405,8 +466,13 @@ pub struct TestApp {
 
 impl TestApp {
     pub fn start() -> TestApp {
+        TestApp::start_with(&[])
+    }
+
+    /// Like [`TestApp::start`], with more arguments for `serve` (`--lease-timeout 2`).
+    pub fn start_with(extra: &[&str]) -> TestApp {
         let dir = TempDir::new().expect("creating a temporary data directory");
-        let server = Server::start(dir.path());
+        let server = Server::start_with(dir.path(), extra);
         let dev_key = server.dev_key().to_owned();
         TestApp {
             server,
@@ -492,7 +558,22 @@ pub async fn send(request: RequestBuilder) -> Reply {
 }
 
 /// Polls `probe` every few milliseconds until it returns `Some`, for at most `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_explained(what, timeout, probe, String::new).await
+}
+
+/// Like [`eventually`]; a timeout's panic message adds what `explain` returns then (the
+/// last state seen, the logs of the processes involved).
+pub async fn eventually_explained<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+    explain: impl FnOnce() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -502,10 +583,12 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                explain()
+            );
+        }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
@@ -521,9 +604,10 @@ const TIMESTAMP_FIELDS: [&str; 7] = [
     "completedAt",
 ];
 
-/// A copy of `value` with run ids replaced by `"<run id>"` and timestamps by
-/// `"<timestamp>"`, after asserting each has the documented shape, so whole bodies can
-/// be compared. Applies to every `id` and timestamp field at any depth.
+/// A copy of `value` with run ids replaced by `"<run id>"`, attempt ids by
+/// `"<attempt id>"` and timestamps by `"<timestamp>"`, after asserting each has the
+/// documented shape, so whole bodies can be compared. Applies to every `id` and
+/// timestamp field at any depth.
 pub fn redact(value: &Value) -> Value {
     match value {
         Value::Object(fields) => fields
@@ -533,8 +617,13 @@ pub fn redact(value: &Value) -> Value {
                     let id = field
                         .as_str()
                         .unwrap_or_else(|| panic!("id is not a string: {field}"));
-                    assert_friendly_id(id, "run");
-                    json!("<run id>")
+                    if id.starts_with("attempt_") {
+                        assert_friendly_id(id, "attempt");
+                        json!("<attempt id>")
+                    } else {
+                        assert_friendly_id(id, "run");
+                        json!("<run id>")
+                    }
                 } else if TIMESTAMP_FIELDS.contains(&name.as_str()) {
                     timestamp(field);
                     json!("<timestamp>")
@@ -600,4 +689,172 @@ pub fn assert_no_nulls(value: &Value) {
         }
     }
     walk(value, "$");
+}
+
+/// Reads `pipe` line by line on a thread of its own until it closes, appending every line
+/// to the returned text: a child never blocks on a full pipe, and its output is there
+/// for failure messages.
+fn capture_lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let text = text.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut all = text.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
+    (text, reader)
+}
+
+/// Sends `signal` to process `pid`; panics when it cannot be delivered.
+pub fn send_signal(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+    signal::kill(pid, signal).unwrap_or_else(|e| panic!("sending {signal} to {pid}: {e}"));
+}
+
+/// Whether process `pid` no longer runs: it is gone, or a zombie waiting to be reaped.
+pub fn process_is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state letter follows the command name, which is in parentheses and may
+        // itself hold spaces or parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// How long a worker may take to register, or to exit once it should.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a worker's registration log line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub worker_id: String,
+    /// `YYYYMMDD.N` when the server assigned it, else the worker's `--version`.
+    pub version: String,
+}
+
+/// A running `runnel worker` (exec mode). Killed (SIGKILL) when dropped.
+///
+/// Its stderr (the worker's log) is kept for failure messages; its stdout is discarded
+/// (the worker prints nothing there).
+#[derive(Debug)]
+pub struct Worker {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts `runnel worker --api-url <server> --key <key> <args…>`, where `args` holds the
+    /// `--task NAME=COMMAND`s and any of `--concurrency N`, `--shutdown-grace S`,
+    /// `--max-attempts N`, `--version V`. Does not wait for the registration.
+    pub fn start(server: &Server, key: &str, args: &[&str]) -> Worker {
+        let mut child = runnel_command()
+            .args(["worker", "--api-url", &server.url, "--key", key])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning runnel worker");
+        let (stderr, stderr_reader) = capture_lines(child.stderr.take().expect("piped stderr"));
+        Worker {
+            child,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the worker logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the worker's `worker registered` log line and reads its id and version.
+    pub fn registration(&mut self) -> Registration {
+        let field = |line: &str, name: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let deadline = Instant::now() + WORKER_TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|l| l.contains("worker registered")) {
+                if let (Some(worker_id), Some(version)) =
+                    (field(line, "worker_id"), field(line, "version"))
+                {
+                    return Registration { worker_id, version };
+                }
+                panic!("unexpected registration line {line:?}");
+            }
+            if let Some(status) = self.child.try_wait().expect("waiting for runnel worker") {
+                panic!("runnel worker exited ({status}) before registering\n--- stderr ---\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runnel worker did not register within {WORKER_TIMEOUT:?}\n--- stderr ---\n{log}"
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process: the worker gets no chance to report anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().expect("reaping runnel worker");
+    }
+
+    /// Sends SIGTERM (a graceful stop) without waiting; see [`Worker::wait`].
+    pub fn terminate(&self) {
+        send_signal(self.pid(), Signal::SIGTERM);
+    }
+
+    /// Waits for the worker to exit; panics (with its log) if it is still running after
+    /// `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for runnel worker") {
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runnel worker still running after {timeout:?}\n--- stderr ---\n{}",
+                self.stderr()
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("waiting for runnel worker")
+            .is_none()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
