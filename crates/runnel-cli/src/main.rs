@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::cost::{MachinePrice, Pricing};
+use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
 use runnel_sdk::client::TriggerOptions;
 use runnel_sdk::worker::{WorkerOptions, WorkerSummary};
@@ -91,7 +91,12 @@ struct EngineArgs {
     lease_timeout: u64,
     /// Price of a machine preset in cents per second of compute, e.g. `small-1x=0.00338`
     /// (repeatable; unset presets keep Trigger.dev's cloud prices). Dev runs are free.
-    #[arg(long = "machine-price", value_name = "PRESET=CENTS", env = "RUNNEL_MACHINE_PRICES", value_delimiter = ',')]
+    #[arg(
+        long = "machine-price",
+        value_name = "PRESET=CENTS",
+        env = "RUNNEL_MACHINE_PRICES",
+        value_delimiter = ','
+    )]
     machine_prices: Vec<MachinePrice>,
     /// Fee charged per run in cents when its first attempt starts (dev runs are free).
     #[arg(long, env = "RUNNEL_RUN_FEE_CENTS", default_value_t = 0.0025)]
@@ -426,7 +431,10 @@ async fn dev(args: DevArgs) -> Result<()> {
     }
     let client = Client::new(format!("http://{addr}"), key.expose());
     let outcome = match exec_worker(&args.exec, client) {
-        Ok((worker, executor)) => worker.run(executor, shutdown_signal()).await.map_err(anyhow::Error::from),
+        Ok((worker, executor)) => worker
+            .run(executor, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::from),
         Err(e) => Err(e),
     };
     if let Err(error) = server

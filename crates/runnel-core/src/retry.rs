@@ -136,7 +136,10 @@ mod tests {
         assert_eq!(bad(|p| p.max_attempts = 251), InvalidPolicy::MaxAttempts);
         assert_eq!(bad(|p| p.factor = 0.5), InvalidPolicy::Factor);
         assert_eq!(bad(|p| p.factor = f64::NAN), InvalidPolicy::Factor);
-        assert_eq!(bad(|p| p.min_timeout_in_ms = 70_000), InvalidPolicy::Timeouts);
+        assert_eq!(
+            bad(|p| p.min_timeout_in_ms = 70_000),
+            InvalidPolicy::Timeouts
+        );
     }
 
     #[test]

@@ -253,7 +253,9 @@ pub enum AttemptOutcome {
         #[serde(default)]
         output: Value,
     },
-    Failure { error: TaskFailure },
+    Failure {
+        error: TaskFailure,
+    },
 }
 
 /// One attempt's end, as reported to `POST /api/v1/workers/{workerId}/complete`.
@@ -373,7 +375,14 @@ mod tests {
             randomize: false,
             ..RetryPolicy::default()
         };
-        settle_failure(kind, env, spent, max, &policy, &mut StdRng::seed_from_u64(7))
+        settle_failure(
+            kind,
+            env,
+            spent,
+            max,
+            &policy,
+            &mut StdRng::seed_from_u64(7),
+        )
     }
 
     #[test]
@@ -458,7 +467,12 @@ mod tests {
         assert_eq!(serde_json::to_value(&c).unwrap(), wire);
         let ok: AttemptCompletion =
             serde_json::from_value(json!({"attemptId": "a", "outcome": "success"})).unwrap();
-        assert_eq!(ok.outcome, AttemptOutcome::Success { output: Value::Null });
+        assert_eq!(
+            ok.outcome,
+            AttemptOutcome::Success {
+                output: Value::Null
+            }
+        );
     }
 
     #[test]

@@ -107,7 +107,11 @@ impl Engine {
         if run.status == RunStatus::Queued
             && !self
                 .store
-                .task_served(&environment.id, &run.task_identifier, run.lock_to_version.as_deref())
+                .task_served(
+                    &environment.id,
+                    &run.task_identifier,
+                    run.lock_to_version.as_deref(),
+                )
                 .await?
         {
             // Waits for a worker version serving the task.

@@ -142,17 +142,26 @@ impl Engine {
             }
         }
         if request.tasks.is_empty() {
-            return Err(invalid("tasks: a worker must serve at least one task".into()));
+            return Err(invalid(
+                "tasks: a worker must serve at least one task".into(),
+            ));
         }
         let mut seen = HashSet::new();
         let mut tasks = Vec::with_capacity(request.tasks.len());
         for (i, task) in request.tasks.iter().enumerate() {
             let field = |f: &str| format!("tasks[{i}].{f}");
             if task.id.is_empty() || task.id.len() > 128 {
-                return Err(invalid(format!("{}: must be 1 to 128 characters", field("id"))));
+                return Err(invalid(format!(
+                    "{}: must be 1 to 128 characters",
+                    field("id")
+                )));
             }
             if !seen.insert(task.id.clone()) {
-                return Err(invalid(format!("{}: {:?} is listed twice", field("id"), task.id)));
+                return Err(invalid(format!(
+                    "{}: {:?} is listed twice",
+                    field("id"),
+                    task.id
+                )));
             }
             if let Some(retry) = &task.retry {
                 retry
@@ -208,7 +217,11 @@ impl Engine {
     }
 
     /// The worker `id` of `environment` (cached: a registration never changes).
-    async fn worker(&self, environment: &Environment, id: &str) -> Result<Arc<WorkerRecord>, Error> {
+    async fn worker(
+        &self,
+        environment: &Environment,
+        id: &str,
+    ) -> Result<Arc<WorkerRecord>, Error> {
         let unknown = || Error::Worker(WorkerError::UnknownWorker);
         let id = WorkerId::parse(id).ok_or_else(unknown)?;
         let cached = self.workers.lock().expect("worker cache").get(&id).cloned();
@@ -468,7 +481,11 @@ impl Engine {
 
     /// Cancels a run of `environment`. `None` when it does not exist there; a run that
     /// already ended is left as it is.
-    pub async fn cancel(&self, environment: &Environment, id: &RunId) -> Result<Option<RunId>, Error> {
+    pub async fn cancel(
+        &self,
+        environment: &Environment,
+        id: &RunId,
+    ) -> Result<Option<RunId>, Error> {
         let Some(run) = self.store.run_get(&environment.id, id).await? else {
             return Ok(None);
         };
@@ -482,7 +499,11 @@ impl Engine {
             .compute_cents(environment.kind, machine, 1_000)
             / 1000.0;
         let now = self.clock.now();
-        match self.store.run_cancel(&environment.id, id, cents_per_ms, now).await? {
+        match self
+            .store
+            .run_cancel(&environment.id, id, cents_per_ms, now)
+            .await?
+        {
             CancelOutcome::Canceled { attempt } => {
                 tracing::info!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
                 if attempt.is_some() {
@@ -598,7 +619,12 @@ impl Engine {
         let Some(worker_id) = leased.run.worker_id.as_deref().and_then(WorkerId::parse) else {
             return Ok(RetryPolicy::default());
         };
-        let cached = self.workers.lock().expect("worker cache").get(&worker_id).cloned();
+        let cached = self
+            .workers
+            .lock()
+            .expect("worker cache")
+            .get(&worker_id)
+            .cloned();
         let record = match cached {
             Some(record) => Some(record),
             None => self.store.worker_get(&worker_id).await?.map(Arc::new),

@@ -47,8 +47,10 @@ async fn harness() -> Harness {
     engine
         .worker_register(
             &dev,
-            serde_json::from_value(json!({"name": "test", "tasks": [{"id": "charge"}, {"id": "t"}]}))
-                .unwrap(),
+            serde_json::from_value(
+                json!({"name": "test", "tasks": [{"id": "charge"}, {"id": "t"}]}),
+            )
+            .unwrap(),
         )
         .await
         .unwrap();

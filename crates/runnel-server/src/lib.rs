@@ -42,10 +42,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
         .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
         .route("/api/v1/workers/register", post(workers::register))
-        .route("/api/v1/workers/{worker_id}/dequeue", post(workers::dequeue))
+        .route(
+            "/api/v1/workers/{worker_id}/dequeue",
+            post(workers::dequeue),
+        )
         .route("/api/v1/workers/{worker_id}/start", post(workers::start))
-        .route("/api/v1/workers/{worker_id}/heartbeat", post(workers::heartbeat))
-        .route("/api/v1/workers/{worker_id}/complete", post(workers::complete))
+        .route(
+            "/api/v1/workers/{worker_id}/heartbeat",
+            post(workers::heartbeat),
+        )
+        .route(
+            "/api/v1/workers/{worker_id}/complete",
+            post(workers::complete),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

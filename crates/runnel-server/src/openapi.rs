@@ -7,9 +7,8 @@ use axum::Json;
 use runnel_core::retry::RetryPolicy;
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
-    DequeueRequest, DequeueResponse, DequeuedRun, FailureKind, HeartbeatRequest,
-    HeartbeatResponse, RegisterRequest, RegisterResponse, StartRequest, StartResponse,
-    TaskDefinition, TaskFailure,
+    DequeueRequest, DequeueResponse, DequeuedRun, FailureKind, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse, StartRequest, StartResponse, TaskDefinition, TaskFailure,
 };
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -120,7 +119,13 @@ mod tests {
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
         assert_eq!(
             kinds,
-            &serde_json::json!(["TASK_FAILED", "CRASHED", "MAX_DURATION_EXCEEDED", "SYSTEM_FAILURE", "INTERRUPTED"])
+            &serde_json::json!([
+                "TASK_FAILED",
+                "CRASHED",
+                "MAX_DURATION_EXCEEDED",
+                "SYSTEM_FAILURE",
+                "INTERRUPTED"
+            ])
         );
     }
 }

@@ -172,7 +172,9 @@ pub struct AttemptSettlement {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelOutcome {
     /// The run is now canceled; `attempt` is the attempt a worker held, which it must stop.
-    Canceled { attempt: Option<String> },
+    Canceled {
+        attempt: Option<String>,
+    },
     /// The run had already ended; nothing changed.
     AlreadyFinal(RunStatus),
     NotFound,

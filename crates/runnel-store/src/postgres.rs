@@ -15,6 +15,11 @@
 //!   FOR UPDATE SKIP LOCKED)`, the planner may make it the inner side of a nested-loop
 //!   semi-join and rescan it once per candidate row, and a rescan can pick other rows,
 //!   so more than `n` runs move. The CTE runs once.
+//! - **Statements and batches that lock several runs and wait** (`attempt_start`,
+//!   `attempt_heartbeat`, `attempt_settle`) lock them in run id order (`COLLATE "C"`,
+//!   the byte order Rust sorts strings in). A worker's heartbeat or completions and the
+//!   rescuer's batch over the same runs then queue behind each other; locked in the
+//!   order they arrived, they deadlock (PostgreSQL aborts one of them).
 //! - **Bootstrap** serializes on a transaction-scoped advisory lock, so two nodes starting
 //!   on an empty database create exactly one project.
 //! - **Idempotent triggers** lock the key's holder, and fall back on the unique index
@@ -123,7 +128,8 @@ async fn insert_run(conn: &mut PgConnection, run: &Run) -> Result<(), sqlx::Erro
 }
 
 /// Whether a registered version serves the run's task (its locked version when set).
-const SERVED: &str = "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
+const SERVED: &str =
+    "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
      AND w.task_identifier = runs.task_identifier \
      AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
 
@@ -755,14 +761,19 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        // Locks its runs in id order (see the module doc).
         let started: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, $1), \
+            "WITH held AS MATERIALIZED ( \
+               SELECT id FROM runs WHERE current_attempt_id = ANY($6) AND worker_id = $7 \
+               AND status = 'DEQUEUED' ORDER BY id COLLATE \"C\" FOR UPDATE) \
+             UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, $1), \
              base_cost_in_cents = CASE WHEN started_at IS NULL THEN $2 ELSE base_cost_in_cents END, \
              lease_expires_at = $3, \
              timeout_at = CASE WHEN max_duration_secs IS NULL OR max_duration_secs >= $4 THEN NULL \
                           ELSE $1 + max_duration_secs * 1000 + $5 END, \
              updated_at = $1 \
-             WHERE current_attempt_id = ANY($6) AND worker_id = $7 AND status = 'DEQUEUED' \
+             WHERE id IN (SELECT id FROM held) \
+             AND current_attempt_id = ANY($6) AND worker_id = $7 AND status = 'DEQUEUED' \
              RETURNING current_attempt_id",
         )
         .bind(ms(now))
@@ -801,9 +812,13 @@ impl Store for PgStore {
         if attempt_ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Locks its runs in id order (see the module doc).
         let held: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET lease_expires_at = $1 WHERE worker_id = $2 \
-             AND status IN ('DEQUEUED', 'EXECUTING') AND current_attempt_id = ANY($3) \
+            "WITH held AS MATERIALIZED ( \
+               SELECT id FROM runs WHERE worker_id = $2 AND status IN ('DEQUEUED', 'EXECUTING') \
+               AND current_attempt_id = ANY($3) ORDER BY id COLLATE \"C\" FOR UPDATE) \
+             UPDATE runs SET lease_expires_at = $1 WHERE id IN (SELECT id FROM held) \
+             AND worker_id = $2 AND status IN ('DEQUEUED', 'EXECUTING') AND current_attempt_id = ANY($3) \
              RETURNING current_attempt_id",
         )
         .bind(ms(lease_until))
@@ -829,12 +844,21 @@ impl Store for PgStore {
     }
 
     async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>> {
-        let mut applied = Vec::with_capacity(settlements.len());
+        let mut applied = vec![false; settlements.len()];
         if settlements.is_empty() {
             return Ok(applied);
         }
+        // Locks the runs in id order, whatever order the batch came in (see the module doc).
+        let mut order: Vec<usize> = (0..settlements.len()).collect();
+        order.sort_by(|a, b| {
+            settlements[*a]
+                .run_id
+                .as_str()
+                .cmp(settlements[*b].run_id.as_str())
+        });
         let mut tx = self.pool.begin().await?;
-        for s in settlements {
+        for i in order {
+            let s = &settlements[i];
             let claim_sql = match &s.claim {
                 Claim::Worker(_) => "worker_id = $13",
                 Claim::LeaseExpired(_) => "lease_expires_at <= $13",
@@ -854,7 +878,9 @@ impl Store for PgStore {
                 .bind(s.run_error.as_ref().map(|e| e.to_string()))
                 .bind(s.duration_ms)
                 .bind(s.cost_in_cents)
-                .bind(i64::from(s.spends_attempt && s.attempt_status == AttemptStatus::Failed))
+                .bind(i64::from(
+                    s.spends_attempt && s.attempt_status == AttemptStatus::Failed,
+                ))
                 .bind(s.run_status.is_final().then_some(ms(s.now)))
                 .bind(s.next_attempt_at.map(ms))
                 .bind(ms(s.now))
@@ -878,7 +904,7 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            applied.push(done);
+            applied[i] = done;
         }
         tx.commit().await?;
         Ok(applied)

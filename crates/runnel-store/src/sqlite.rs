@@ -107,7 +107,8 @@ fn placeholders(n: usize) -> String {
 }
 
 /// Whether a registered version serves `task` (the locked version when there is one).
-const SERVED: &str = "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
+const SERVED: &str =
+    "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
      AND w.task_identifier = runs.task_identifier \
      AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
 
@@ -537,7 +538,9 @@ impl Store for SqliteStore {
                  AND (lock_to_version IS NULL OR lock_to_version = ?) RETURNING id",
                 placeholders(task_ids.len())
             );
-            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(ms(now)).bind(env);
+            let mut query = sqlx::query_scalar::<_, String>(&sql)
+                .bind(ms(now))
+                .bind(env);
             for task in &task_ids {
                 query = query.bind(*task);
             }
@@ -823,7 +826,9 @@ impl Store for SqliteStore {
                 .bind(s.run_error.as_ref().map(|e| e.to_string()))
                 .bind(s.duration_ms)
                 .bind(s.cost_in_cents)
-                .bind(i64::from(s.spends_attempt && s.attempt_status == AttemptStatus::Failed))
+                .bind(i64::from(
+                    s.spends_attempt && s.attempt_status == AttemptStatus::Failed,
+                ))
                 .bind(s.run_status.is_final().then_some(ms(s.now)))
                 .bind(s.next_attempt_at.map(ms))
                 .bind(ms(s.now))

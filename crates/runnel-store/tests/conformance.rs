@@ -28,11 +28,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::run::{Packet, Run};
+use runnel_core::retry::RetryPolicy;
+use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment};
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
-use runnel_core::{RunId, RunStatus};
-use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store, TriggerOutcome};
+use runnel_core::{MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_store::{
+    AttemptSettlement, CancelOutcome, Claim, Leased, PgStore, Registered, RevokeOutcome,
+    SqliteStore, Store, TaskConfig, TriggerOutcome, WorkerRecord, WorkerRegistration,
+};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
@@ -78,6 +82,32 @@ macro_rules! conformance_tests {
             run_next_due_at_is_the_earliest_expiry_or_promotion,
             run_children_lists_the_runs_of_a_parent,
             attempt_list_is_empty_for_a_run_without_attempts,
+            worker_register_assigns_dated_versions_and_keeps_given_ones,
+            worker_register_concurrent_registrations_get_distinct_versions,
+            worker_register_again_upserts_the_tasks_of_a_version,
+            worker_get_returns_only_the_worker_tasks,
+            task_served_by_any_version_or_the_named_one,
+            worker_register_queues_the_waiting_runs_of_its_tasks,
+            run_dequeue_takes_the_oldest_first_and_priority_moves_a_run_ahead,
+            run_dequeue_leases_only_the_worker_tasks_and_version,
+            run_dequeue_leases_the_run_with_a_new_pending_attempt,
+            run_dequeue_concurrent_dequeuers_lease_each_run_once,
+            attempt_start_starts_only_the_holder_pending_attempt,
+            attempt_start_sets_started_at_and_the_fee_once,
+            attempt_start_without_a_max_duration_sets_no_deadline,
+            attempt_heartbeat_extends_only_the_leases_a_worker_holds,
+            attempt_settle_applies_only_while_the_claim_holds,
+            attempt_settle_adds_usage_and_counts_spent_failures,
+            attempt_settle_after_run_cancel_is_refused,
+            run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones,
+            run_leases_due_finds_expired_leases_and_passed_deadlines_only,
+            run_promote_due_requeues_retrying_runs_at_their_next_attempt,
+            run_promote_due_leaves_delayed_runs_waiting_for_a_version_that_serves_them,
+            run_promote_due_queues_waiting_runs_a_version_now_serves,
+            run_expire_due_expires_runs_waiting_for_a_version,
+            run_next_due_at_includes_retry_lease_and_timeout_deadlines,
+            attempt_settle_and_run_cancel_racing_settle_each_run_once,
+            attempt_heartbeat_and_start_racing_the_rescuer_settle_each_run_once,
         ]);
     };
     (@expand $backend:ident, $make_store:ident, [$($test:ident),* $(,)?]) => {
@@ -1569,6 +1599,8 @@ where
 
 async fn run_promote_due_queues_delayed_runs_whose_delay_ended(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
+    // A version serves the task, so the runs are queued rather than left waiting for one.
+    serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
     let one = run_with_options(json!({"delay": "1m"}), &tenancy.dev, at(0));
     let two = run_with_options(json!({"delay": "2m", "ttl": "5m"}), &tenancy.dev, at(0));
     let ten = run_with_options(json!({"delay": "10m"}), &tenancy.dev, at(0));
@@ -1613,6 +1645,7 @@ async fn run_promote_due_queues_delayed_runs_whose_delay_ended(store: Arc<dyn St
 
 async fn run_promote_due_respects_the_limit(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
+    serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
     let runs: Vec<Run> = ["1m", "2m", "3m"]
         .into_iter()
         .map(|delay| run_with_options(json!({"delay": delay}), &tenancy.dev, at(0)))
@@ -1642,6 +1675,7 @@ async fn run_promote_due_concurrent_sweeps_promote_each_run_once(store: Arc<dyn 
     const RUNS: usize = 30;
     const SWEEPERS: usize = 3;
     let tenancy = bootstrap(&*store).await;
+    serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
     let runs: Vec<Run> = (0..RUNS)
         .map(|_| run_with_options(json!({"delay": "1m"}), &tenancy.dev, at(0)))
         .collect();
@@ -1773,4 +1807,1673 @@ async fn attempt_list_is_empty_for_a_run_without_attempts(store: Arc<dyn Store>)
     assert_eq!(store.attempt_list(&run.id).await.unwrap(), vec![]);
     let unknown = RunId::generate(at(0).timestamp_millis());
     assert_eq!(store.attempt_list(&unknown).await.unwrap(), vec![]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Workers: registration and versions
+
+/// How long a lease lasts in these tests.
+const LEASE_SECS: i64 = 30;
+/// The `maxDuration` grace these tests start attempts with.
+const GRACE_MS: i64 = 5_000;
+/// The run fee these tests start attempts with (a binary fraction, so sums are exact).
+const FEE: f64 = 0.25;
+
+/// A task as a version serves it, every setting left open.
+fn task(id: &str) -> TaskConfig {
+    TaskConfig {
+        task_identifier: id.to_owned(),
+        queue: format!("task/{id}"),
+        retry: None,
+        max_duration_secs: None,
+        machine: None,
+    }
+}
+
+/// Registers a worker of `environment` serving `tasks` in `version` (assigned when
+/// `None`); returns the worker as stored and what the registration did.
+async fn register(
+    store: &dyn Store,
+    environment: &Environment,
+    version: Option<&str>,
+    tasks: Vec<TaskConfig>,
+    now: DateTime<Utc>,
+) -> (WorkerRecord, Registered) {
+    let registration = WorkerRegistration {
+        id: WorkerId::generate(now.timestamp_millis()),
+        environment_id: environment.id.clone(),
+        name: "test-worker".to_owned(),
+        version: version.map(str::to_owned),
+        tasks,
+    };
+    let registered = store
+        .worker_register(&registration, now)
+        .await
+        .expect("worker_register");
+    let worker = store
+        .worker_get(&registration.id)
+        .await
+        .expect("worker_get")
+        .expect("a registered worker is stored");
+    (worker, registered)
+}
+
+/// A worker of `environment` serving `tasks` (settings left open) in `version`.
+async fn serve(
+    store: &dyn Store,
+    environment: &Environment,
+    version: &str,
+    tasks: &[&str],
+    now: DateTime<Utc>,
+) -> WorkerRecord {
+    let tasks = tasks.iter().map(|t| task(t)).collect();
+    register(store, environment, Some(version), tasks, now)
+        .await
+        .0
+}
+
+/// A run of `task` waiting for a version, as the engine stores it when none serves it.
+fn waiting_run(task: &str, options: Value, environment: &Environment, now: DateTime<Utc>) -> Run {
+    let mut run = run_from(task, json!({"options": options}), environment, now);
+    run.status = RunStatus::PendingVersion;
+    run
+}
+
+async fn worker_register_assigns_dated_versions_and_keeps_given_ones(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let assign = |environment: Environment, now: DateTime<Utc>| {
+        let store = Arc::clone(&store);
+        async move {
+            register(&*store, &environment, None, vec![task("a")], now)
+                .await
+                .1
+                .version
+        }
+    };
+    // at(0) is 2026-01-02.
+    assert_eq!(assign(tenancy.dev.clone(), at(0)).await, "20260102.1");
+    assert_eq!(assign(tenancy.dev.clone(), at(MINUTE)).await, "20260102.2");
+
+    let (worker, registered) = register(
+        &*store,
+        &tenancy.dev,
+        Some("v1.0"),
+        vec![task("a")],
+        at(2 * MINUTE),
+    )
+    .await;
+    assert_eq!(
+        registered,
+        Registered {
+            version: "v1.0".to_owned(),
+            promoted: vec![]
+        }
+    );
+    assert_eq!(
+        worker,
+        WorkerRecord {
+            id: worker.id.clone(),
+            environment_id: tenancy.dev.id.clone(),
+            name: "test-worker".to_owned(),
+            version: "v1.0".to_owned(),
+            tasks: vec![task("a")],
+            created_at: at(2 * MINUTE),
+        }
+    );
+    // Re-registering an assigned version keeps it and does not use up a number.
+    let again = register(
+        &*store,
+        &tenancy.dev,
+        Some("20260102.1"),
+        vec![task("a")],
+        at(3 * MINUTE),
+    )
+    .await;
+    assert_eq!(again.1.version, "20260102.1");
+    assert_eq!(again.0.version, "20260102.1");
+    assert_eq!(
+        assign(tenancy.dev.clone(), at(4 * MINUTE)).await,
+        "20260102.3"
+    );
+
+    // Numbers are per environment and per date.
+    assert_eq!(assign(tenancy.staging.clone(), at(0)).await, "20260102.1");
+    assert_eq!(
+        assign(tenancy.dev.clone(), at(24 * HOUR)).await,
+        "20260103.1"
+    );
+}
+
+/// Registrations at once (several workers starting on several nodes) never share an
+/// assigned version.
+async fn worker_register_concurrent_registrations_get_distinct_versions(store: Arc<dyn Store>) {
+    const WORKERS: usize = 6;
+    let tenancy = bootstrap(&*store).await;
+    let start = Arc::new(Barrier::new(WORKERS));
+    let mut tasks = JoinSet::new();
+    for _ in 0..WORKERS {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        let dev = tenancy.dev.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            register(&*store, &dev, None, vec![task("a")], at(0))
+                .await
+                .1
+                .version
+        });
+    }
+    let mut versions = tasks.join_all().await;
+    versions.sort();
+    let want: Vec<String> = (1..=WORKERS).map(|n| format!("20260102.{n}")).collect();
+    assert_eq!(versions, want);
+}
+
+async fn worker_register_again_upserts_the_tasks_of_a_version(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let first_a = TaskConfig {
+        retry: Some(RetryPolicy {
+            max_attempts: 5,
+            factor: 3.0,
+            min_timeout_in_ms: 100,
+            max_timeout_in_ms: 900,
+            randomize: false,
+        }),
+        max_duration_secs: Some(60),
+        machine: Some(MachinePreset::Micro),
+        queue: "shared".to_owned(),
+        ..task("a")
+    };
+    let (first, _) = register(
+        &*store,
+        &tenancy.dev,
+        Some("v1"),
+        vec![first_a.clone(), task("b")],
+        at(0),
+    )
+    .await;
+    assert_eq!(first.tasks, vec![first_a, task("b")]);
+
+    let second_a = TaskConfig {
+        max_duration_secs: Some(120),
+        machine: Some(MachinePreset::Large1x),
+        ..task("a")
+    };
+    let (second, registered) = register(
+        &*store,
+        &tenancy.dev,
+        Some("v1"),
+        vec![second_a.clone()],
+        at(MINUTE),
+    )
+    .await;
+    assert_eq!(registered.version, "v1");
+    assert_eq!(second.tasks, vec![second_a.clone()]);
+    // The version's settings changed for every worker of it.
+    let first_again = store.worker_get(&first.id).await.unwrap().unwrap();
+    assert_eq!(first_again.tasks, vec![second_a, task("b")]);
+}
+
+async fn worker_get_returns_only_the_worker_tasks(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let one = serve(&*store, &tenancy.dev, "v1", &["b", "a"], at(0)).await;
+    let two = serve(&*store, &tenancy.dev, "v1", &["c", "b"], at(0)).await;
+    let other_env = serve(&*store, &tenancy.prod, "v1", &["d"], at(0)).await;
+    // Listed by task identifier.
+    assert_eq!(one.tasks, vec![task("a"), task("b")]);
+    assert_eq!(two.tasks, vec![task("b"), task("c")]);
+    assert_eq!(other_env.tasks, vec![task("d")]);
+    assert_eq!(other_env.environment_id, tenancy.prod.id);
+    assert_eq!(
+        store.worker_get(&one.id).await.unwrap(),
+        Some(one.clone()),
+        "a worker reads back the same"
+    );
+    let unknown = WorkerId::generate(at(0).timestamp_millis());
+    assert_eq!(store.worker_get(&unknown).await.unwrap(), None);
+}
+
+async fn task_served_by_any_version_or_the_named_one(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let served = |environment: &Environment, task: &'static str, version: Option<&'static str>| {
+        let store = Arc::clone(&store);
+        let environment = environment.id.clone();
+        async move {
+            store
+                .task_served(&environment, task, version)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!served(&tenancy.dev, "a", None).await, "nothing registered");
+    serve(&*store, &tenancy.dev, "v1", &["a"], at(0)).await;
+    assert!(served(&tenancy.dev, "a", None).await);
+    assert!(served(&tenancy.dev, "a", Some("v1")).await);
+    assert!(!served(&tenancy.dev, "a", Some("v2")).await);
+    assert!(!served(&tenancy.dev, "b", None).await);
+    assert!(!served(&tenancy.staging, "a", None).await);
+    assert!(!served(&tenancy.staging, "a", Some("v1")).await);
+}
+
+async fn worker_register_queues_the_waiting_runs_of_its_tasks(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let unlocked = waiting_run("a", json!({}), &tenancy.dev, at(0));
+    let locked_v1 = waiting_run("a", json!({"lockToVersion": "v1"}), &tenancy.dev, at(0));
+    let locked_v2 = waiting_run("a", json!({"lockToVersion": "v2"}), &tenancy.dev, at(0));
+    let other_task = waiting_run("b", json!({}), &tenancy.dev, at(0));
+    let other_env = waiting_run("a", json!({}), &tenancy.staging, at(0));
+    let delayed = run_from(
+        "a",
+        json!({"options": {"delay": "1h"}}),
+        &tenancy.dev,
+        at(0),
+    );
+    let all = [
+        &unlocked,
+        &locked_v1,
+        &locked_v2,
+        &other_task,
+        &other_env,
+        &delayed,
+    ];
+    for run in all {
+        create(&*store, run, at(0)).await;
+    }
+
+    let now = at(MINUTE);
+    let (_, registered) = register(&*store, &tenancy.dev, Some("v1"), vec![task("a")], now).await;
+    assert_eq!(
+        sorted(registered.promoted),
+        sorted(vec![unlocked.id.clone(), locked_v1.id.clone()])
+    );
+    for run in [&unlocked, &locked_v1] {
+        let mut want = run.clone();
+        want.status = RunStatus::Queued;
+        want.updated_at = now;
+        assert_eq!(stored(&*store, run).await, want);
+    }
+    for run in [&locked_v2, &other_task, &other_env, &delayed] {
+        assert_eq!(stored(&*store, run).await, *run, "{} waits", run.id);
+    }
+
+    let (_, registered) = register(&*store, &tenancy.dev, Some("v2"), vec![task("a")], now).await;
+    assert_eq!(registered.promoted, vec![locked_v2.id.clone()]);
+    assert_eq!(stored_status(&*store, &locked_v2).await, RunStatus::Queued);
+    assert_eq!(stored(&*store, &other_task).await, other_task);
+}
+
+// ---------------------------------------------------------------------------------------
+// Dequeue
+
+/// Leases every run `worker` can take, `limit` per call, until none is left.
+async fn dequeue_all(store: &dyn Store, worker: &WorkerRecord, now: DateTime<Utc>) -> Vec<Leased> {
+    store
+        .run_dequeue(worker, NO_LIMIT, now + Duration::seconds(LEASE_SECS), now)
+        .await
+        .expect("run_dequeue")
+}
+
+/// Leases exactly one run to `worker` at `now`.
+async fn lease(store: &dyn Store, worker: &WorkerRecord, now: DateTime<Utc>) -> Leased {
+    let mut leased = store
+        .run_dequeue(worker, 1, now + Duration::seconds(LEASE_SECS), now)
+        .await
+        .expect("run_dequeue");
+    assert_eq!(leased.len(), 1, "one run to lease");
+    leased.remove(0)
+}
+
+/// Leases one run to `worker` at `now` and starts its attempt at `now`; returns the run
+/// and attempt as stored.
+async fn lease_and_start(store: &dyn Store, worker: &WorkerRecord, now: DateTime<Utc>) -> Leased {
+    let leased = lease(store, worker, now).await;
+    let started = store
+        .attempt_start(
+            &worker.id,
+            std::slice::from_ref(&leased.attempt.id),
+            now + Duration::seconds(LEASE_SECS),
+            GRACE_MS,
+            FEE,
+            now,
+        )
+        .await
+        .expect("attempt_start");
+    assert_eq!(started, vec![leased.attempt.id.clone()]);
+    held(store, &leased.run).await
+}
+
+/// The run as stored, with its latest attempt.
+async fn held(store: &dyn Store, run: &Run) -> Leased {
+    let run = stored(store, run).await;
+    let attempt = store
+        .attempt_list(&run.id)
+        .await
+        .expect("attempt_list")
+        .pop()
+        .expect("the run has an attempt");
+    Leased { run, attempt }
+}
+
+fn ids_of(leased: &[Leased]) -> Vec<RunId> {
+    leased.iter().map(|l| l.run.id.clone()).collect()
+}
+
+async fn run_dequeue_takes_the_oldest_first_and_priority_moves_a_run_ahead(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let first = queued_run(&tenancy.dev, at(0));
+    let second = queued_run(&tenancy.dev, at(1));
+    let third = queued_run(&tenancy.dev, at(2));
+    // Triggered last, but 10 s of priority puts it before the run triggered 3 s earlier.
+    let urgent = run_with_options(json!({"priority": 10}), &tenancy.dev, at(3));
+    for run in [&third, &urgent, &first, &second] {
+        create(&*store, run, at(3)).await;
+    }
+
+    let now = at(MINUTE);
+    let lease_until = now + Duration::seconds(LEASE_SECS);
+    let batch = store
+        .run_dequeue(&worker, 2, lease_until, now)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&batch), vec![urgent.id.clone(), first.id.clone()]);
+    let batch = store
+        .run_dequeue(&worker, 10, lease_until, now)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&batch), vec![second.id.clone(), third.id.clone()]);
+    assert!(store
+        .run_dequeue(&worker, 10, lease_until, now)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn run_dequeue_leases_only_the_worker_tasks_and_version(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["a"], at(0)).await;
+    serve(&*store, &tenancy.dev, "v2", &["a", "b"], at(0)).await;
+    let unlocked = run_from("a", json!({}), &tenancy.dev, at(0));
+    let locked_here = run_from(
+        "a",
+        json!({"options": {"lockToVersion": "v1"}}),
+        &tenancy.dev,
+        at(1),
+    );
+    let locked_elsewhere = run_from(
+        "a",
+        json!({"options": {"lockToVersion": "v2"}}),
+        &tenancy.dev,
+        at(0),
+    );
+    let other_task = run_from("b", json!({}), &tenancy.dev, at(0));
+    let other_env = run_from("a", json!({}), &tenancy.staging, at(0));
+    let delayed = run_from(
+        "a",
+        json!({"options": {"delay": "1s"}}),
+        &tenancy.dev,
+        at(0),
+    );
+    let waiting = waiting_run("a", json!({}), &tenancy.dev, at(0));
+    let all = [
+        &unlocked,
+        &locked_here,
+        &locked_elsewhere,
+        &other_task,
+        &other_env,
+        &delayed,
+        &waiting,
+    ];
+    for run in all {
+        create(&*store, run, at(0)).await;
+    }
+
+    let leased = dequeue_all(&*store, &worker, at(MINUTE)).await;
+    assert_eq!(
+        ids_of(&leased),
+        vec![unlocked.id.clone(), locked_here.id.clone()]
+    );
+    for run in [
+        &locked_elsewhere,
+        &other_task,
+        &other_env,
+        &delayed,
+        &waiting,
+    ] {
+        assert_eq!(stored(&*store, run).await, *run, "{} is not leased", run.id);
+    }
+    let none = store
+        .run_dequeue(&worker, 0, at(HOUR), at(MINUTE))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a limit of 0 leases nothing");
+}
+
+async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let settings = TaskConfig {
+        max_duration_secs: Some(300),
+        machine: Some(MachinePreset::Large1x),
+        ..task("my-task")
+    };
+    let (worker, _) = register(&*store, &tenancy.dev, Some("v1"), vec![settings], at(0)).await;
+    // The trigger leaves maxDuration and machine open and sets a TTL; this run has
+    // already had two attempts.
+    let mut open = run_with_options(json!({"ttl": "1h"}), &tenancy.dev, at(0));
+    open.attempt_count = 2;
+    open.failed_attempts = 1;
+    let explicit = run_with_options(
+        json!({"maxDuration": 60, "machine": "micro"}),
+        &tenancy.dev,
+        at(1),
+    );
+    create(&*store, &open, at(0)).await;
+    create(&*store, &explicit, at(1)).await;
+
+    let now = at(MINUTE);
+    let lease_until = now + Duration::seconds(LEASE_SECS);
+    let leased = store
+        .run_dequeue(&worker, 10, lease_until, now)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&leased), vec![open.id.clone(), explicit.id.clone()]);
+
+    for (leased, run, number, max_duration, machine) in [
+        (&leased[0], &open, 3, 300, MachinePreset::Large1x),
+        (&leased[1], &explicit, 1, 60, MachinePreset::Micro),
+    ] {
+        let attempt = &leased.attempt;
+        assert!(attempt.id.starts_with("attempt_"), "{}", attempt.id);
+        assert_eq!(
+            *attempt,
+            Attempt {
+                id: attempt.id.clone(),
+                run_id: run.id.clone(),
+                number,
+                status: AttemptStatus::Pending,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                completed_at: None,
+                error: None,
+                worker_id: Some(worker.id.to_string()),
+                duration_ms: 0,
+            }
+        );
+        let mut want = run.clone();
+        want.status = RunStatus::Dequeued;
+        want.worker_id = Some(worker.id.to_string());
+        want.worker_version = Some("v1".to_owned());
+        want.current_attempt_id = Some(attempt.id.clone());
+        want.lease_expires_at = Some(lease_until);
+        want.expire_at = None;
+        want.attempt_count = number;
+        want.max_duration_secs = Some(max_duration);
+        want.machine = Some(machine);
+        want.updated_at = now;
+        assert_eq!(leased.run, want, "the lease as returned");
+        assert_eq!(stored(&*store, run).await, want, "the lease as stored");
+        assert_eq!(
+            store.attempt_list(&run.id).await.unwrap(),
+            vec![attempt.clone()]
+        );
+    }
+
+    // A leased run with a TTL no longer expires.
+    assert_eq!(
+        store.run_expire_due(at(2 * HOUR), NO_LIMIT).await.unwrap(),
+        vec![]
+    );
+}
+
+/// Workers dequeuing at once (several processes, several server nodes) never lease one
+/// run twice, and together they lease every run.
+async fn run_dequeue_concurrent_dequeuers_lease_each_run_once(store: Arc<dyn Store>) {
+    const RUNS: usize = 60;
+    const DEQUEUERS: usize = 6;
+    const BATCH: u32 = 3;
+    let tenancy = bootstrap(&*store).await;
+    let mut workers = Vec::new();
+    for _ in 0..DEQUEUERS {
+        workers.push(serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await);
+    }
+    let runs: Vec<Run> = (0..RUNS)
+        .map(|i| queued_run(&tenancy.dev, at(i as i64)))
+        .collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+
+    let start = Arc::new(Barrier::new(DEQUEUERS));
+    let mut tasks = JoinSet::new();
+    for worker in workers {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        tasks.spawn(async move {
+            start.wait().await;
+            let mut leased = Vec::new();
+            loop {
+                let now = at(HOUR);
+                let batch = store
+                    .run_dequeue(&worker, BATCH, now + Duration::seconds(LEASE_SECS), now)
+                    .await
+                    .expect("run_dequeue");
+                if batch.is_empty() {
+                    return leased;
+                }
+                assert!(batch.len() <= BATCH as usize, "{} > {BATCH}", batch.len());
+                leased.extend(batch);
+            }
+        });
+    }
+    let leased: Vec<Leased> = tasks.join_all().await.into_iter().flatten().collect();
+    assert_eq!(
+        sorted(ids_of(&leased)),
+        sorted(runs.iter().map(|r| r.id.clone()).collect()),
+        "every run leased exactly once"
+    );
+    for l in &leased {
+        let run = stored(&*store, &l.run).await;
+        assert_eq!(run.status, RunStatus::Dequeued);
+        assert_eq!(
+            run.worker_id, l.run.worker_id,
+            "leased to the worker told so"
+        );
+        assert_eq!(run.current_attempt_id.as_ref(), Some(&l.attempt.id));
+        assert_eq!(
+            store.attempt_list(&run.id).await.unwrap(),
+            vec![l.attempt.clone()],
+            "one attempt per run"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Start and heartbeat
+
+async fn attempt_start_starts_only_the_holder_pending_attempt(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let holder = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let stranger = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = run_with_options(json!({"maxDuration": 60}), &tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    let leased = lease(&*store, &holder, at(0)).await;
+    let ids = vec![leased.attempt.id.clone()];
+
+    let now = at(MINUTE);
+    let lease_until = now + Duration::seconds(LEASE_SECS);
+    let refused = store
+        .attempt_start(&stranger.id, &ids, lease_until, GRACE_MS, FEE, now)
+        .await
+        .unwrap();
+    assert_eq!(refused, Vec::<String>::new(), "not the holder");
+    assert_eq!(
+        held(&*store, &run).await,
+        leased,
+        "a refused start changes nothing"
+    );
+
+    let unknown = "attempt_0000000000000000000000".to_owned();
+    let started = store
+        .attempt_start(
+            &holder.id,
+            &[unknown, ids[0].clone()],
+            lease_until,
+            GRACE_MS,
+            FEE,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(started, ids);
+    let mut want = leased.clone();
+    want.run.status = RunStatus::Executing;
+    want.run.started_at = Some(now);
+    want.run.base_cost_in_cents = FEE;
+    want.run.lease_expires_at = Some(lease_until);
+    want.run.timeout_at = Some(now + Duration::seconds(60) + Duration::milliseconds(GRACE_MS));
+    want.run.updated_at = now;
+    want.attempt.status = AttemptStatus::Executing;
+    want.attempt.started_at = Some(now);
+    want.attempt.updated_at = now;
+    assert_eq!(held(&*store, &run).await, want);
+
+    let again = store
+        .attempt_start(&holder.id, &ids, at(HOUR), GRACE_MS, FEE, at(2 * MINUTE))
+        .await
+        .unwrap();
+    assert_eq!(again, Vec::<String>::new(), "only a DEQUEUED run starts");
+    assert_eq!(held(&*store, &run).await, want);
+}
+
+/// The run's `started_at` and per-run fee come from its first attempt; each attempt gets
+/// its own `maxDuration` deadline.
+async fn attempt_start_sets_started_at_and_the_fee_once(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = run_with_options(json!({"maxDuration": 60}), &tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    let first = lease_and_start(&*store, &worker, at(10)).await;
+    let retry_at = at(MINUTE);
+    let applied = store
+        .attempt_settle(&[failed(
+            &first,
+            Claim::Worker(worker.id.clone()),
+            retry_at,
+            at(20),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![true]);
+    store.run_promote_due(retry_at, NO_LIMIT).await.unwrap();
+
+    let second = lease(&*store, &worker, at(2 * MINUTE)).await;
+    assert_eq!(second.attempt.number, 2);
+    let now = at(3 * MINUTE);
+    store
+        .attempt_start(
+            &worker.id,
+            std::slice::from_ref(&second.attempt.id),
+            now + Duration::seconds(LEASE_SECS),
+            GRACE_MS,
+            FEE * 2.0,
+            now,
+        )
+        .await
+        .unwrap();
+    let after = held(&*store, &run).await;
+    assert_eq!(after.run.started_at, Some(at(10)), "the first start");
+    assert_eq!(after.run.base_cost_in_cents, FEE, "charged once");
+    assert_eq!(
+        after.run.timeout_at,
+        Some(now + Duration::seconds(60) + Duration::milliseconds(GRACE_MS))
+    );
+    assert_eq!(after.attempt.started_at, Some(now));
+}
+
+async fn attempt_start_without_a_max_duration_sets_no_deadline(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let unlimited = run_with_options(json!({"maxDuration": 2147483647}), &tenancy.dev, at(0));
+    let open = queued_run(&tenancy.dev, at(1));
+    create(&*store, &unlimited, at(0)).await;
+    create(&*store, &open, at(1)).await;
+    for run in [&unlimited, &open] {
+        let started = lease_and_start(&*store, &worker, at(MINUTE)).await;
+        assert_eq!(started.run.id, run.id);
+        assert_eq!(started.run.status, RunStatus::Executing);
+        assert_eq!(started.run.timeout_at, None, "{:?}", run.max_duration_secs);
+    }
+}
+
+async fn attempt_heartbeat_extends_only_the_leases_a_worker_holds(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let holder = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let stranger = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let runs: Vec<Run> = (0..3).map(|i| queued_run(&tenancy.dev, at(i))).collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+    let dequeued = lease(&*store, &holder, at(10)).await;
+    let executing = lease_and_start(&*store, &holder, at(10)).await;
+    let theirs = lease(&*store, &stranger, at(10)).await;
+    let before_theirs = held(&*store, &theirs.run).await;
+
+    let now = at(20);
+    let lease_until = at(20 + LEASE_SECS);
+    let mut extended = store
+        .attempt_heartbeat(
+            &holder.id,
+            &[
+                dequeued.attempt.id.clone(),
+                executing.attempt.id.clone(),
+                theirs.attempt.id.clone(),
+                "attempt_0000000000000000000000".to_owned(),
+            ],
+            lease_until,
+            now,
+        )
+        .await
+        .unwrap();
+    extended.sort();
+    let mut want = vec![dequeued.attempt.id.clone(), executing.attempt.id.clone()];
+    want.sort();
+    assert_eq!(extended, want);
+    for leased in [&dequeued, &executing] {
+        let run = stored(&*store, &leased.run).await;
+        assert_eq!(run.lease_expires_at, Some(lease_until));
+        assert_eq!(run.status, leased.run.status, "a heartbeat moves no run");
+    }
+    assert_eq!(
+        held(&*store, &theirs.run).await,
+        before_theirs,
+        "not the holder's"
+    );
+
+    // A run canceled under the worker is no longer held.
+    store
+        .run_cancel(&tenancy.dev.id, &executing.run.id, 0.0, at(25))
+        .await
+        .unwrap();
+    let extended = store
+        .attempt_heartbeat(
+            &holder.id,
+            &[dequeued.attempt.id.clone(), executing.attempt.id.clone()],
+            at(60),
+            at(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(extended, vec![dequeued.attempt.id.clone()]);
+    assert!(store
+        .attempt_heartbeat(&holder.id, &[], at(60), at(30))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Settlement and cancel
+
+/// A successful end of `leased`'s attempt.
+fn succeeded(leased: &Leased, claim: Claim, now: DateTime<Utc>) -> AttemptSettlement {
+    AttemptSettlement {
+        run_id: leased.run.id.clone(),
+        attempt_id: leased.attempt.id.clone(),
+        claim,
+        attempt_status: AttemptStatus::Completed,
+        attempt_error: None,
+        run_status: RunStatus::CompletedSuccessfully,
+        run_error: None,
+        output: Some(Packet::json(&json!({"ok": true}))),
+        next_attempt_at: None,
+        spends_attempt: true,
+        duration_ms: 0,
+        cost_in_cents: 0.0,
+        now,
+    }
+}
+
+/// A failed attempt of `leased`, retried at `retry_at`.
+fn failed(
+    leased: &Leased,
+    claim: Claim,
+    retry_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> AttemptSettlement {
+    AttemptSettlement {
+        attempt_status: AttemptStatus::Failed,
+        attempt_error: Some(json!({"message": "boom"})),
+        run_status: RunStatus::RetryingAfterFailure,
+        output: None,
+        next_attempt_at: Some(retry_at),
+        ..succeeded(leased, claim, now)
+    }
+}
+
+async fn attempt_settle_applies_only_while_the_claim_holds(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let holder = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let stranger = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let runs: Vec<Run> = (0..4)
+        .map(|i| run_with_options(json!({"maxDuration": 60}), &tenancy.dev, at(i)))
+        .collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+    // Started at 10 s: the lease runs out at 40 s, maxDuration (+ grace) at 75 s.
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        started.push(lease_and_start(&*store, &holder, at(10)).await);
+    }
+    let lease_end = at(10 + LEASE_SECS);
+    let deadline = at(10 + 60) + Duration::milliseconds(GRACE_MS);
+    assert_eq!(started[0].run.lease_expires_at, Some(lease_end));
+    assert_eq!(started[0].run.timeout_at, Some(deadline));
+    let dequeued = lease(&*store, &holder, at(10)).await;
+
+    let now = at(MINUTE);
+    let ms = Duration::milliseconds(1);
+    let mut wrong_attempt = succeeded(&started[0], Claim::Worker(holder.id.clone()), now);
+    wrong_attempt.attempt_id = dequeued.attempt.id.clone();
+    let refused = [
+        succeeded(&started[0], Claim::Worker(stranger.id.clone()), now),
+        succeeded(&started[0], Claim::LeaseExpired(lease_end - ms), now),
+        succeeded(&started[0], Claim::TimedOut(deadline - ms), now),
+        wrong_attempt,
+        // A run that never started has no maxDuration deadline.
+        succeeded(&dequeued, Claim::TimedOut(at(HOUR)), now),
+    ];
+    assert_eq!(
+        store.attempt_settle(&refused).await.unwrap(),
+        vec![false; refused.len()]
+    );
+    for leased in started.iter().chain([&dequeued]) {
+        assert_eq!(held(&*store, &leased.run).await, *leased, "nothing changed");
+    }
+
+    let accepted = [
+        succeeded(&started[0], Claim::LeaseExpired(lease_end), now),
+        succeeded(&started[1], Claim::TimedOut(deadline), now),
+        succeeded(&started[2], Claim::Worker(holder.id.clone()), now),
+    ];
+    assert_eq!(
+        store.attempt_settle(&accepted).await.unwrap(),
+        vec![true, true, true]
+    );
+    let mut settled = Vec::new();
+    for leased in &started {
+        let after = held(&*store, &leased.run).await;
+        assert_eq!(after.run.status, RunStatus::CompletedSuccessfully);
+        assert_eq!(after.attempt.status, AttemptStatus::Completed);
+        settled.push(after);
+    }
+    assert_eq!(
+        store.attempt_settle(&accepted).await.unwrap(),
+        vec![false, false, false],
+        "an attempt settles once"
+    );
+    for after in &settled {
+        assert_eq!(held(&*store, &after.run).await, *after);
+    }
+    assert_eq!(store.attempt_settle(&[]).await.unwrap(), Vec::<bool>::new());
+}
+
+/// Each settlement adds its compute time and cost; only a failed attempt that spends an
+/// attempt counts against `maxAttempts`.
+async fn attempt_settle_adds_usage_and_counts_spent_failures(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = queued_run(&tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    let claim = || Claim::Worker(worker.id.clone());
+
+    // (attempt status, run status, spends an attempt, failures counted after)
+    let steps = [
+        (
+            AttemptStatus::Failed,
+            RunStatus::RetryingAfterFailure,
+            true,
+            1,
+        ),
+        (AttemptStatus::Canceled, RunStatus::Queued, false, 1),
+        (AttemptStatus::Failed, RunStatus::Queued, false, 1),
+        (
+            AttemptStatus::Failed,
+            RunStatus::RetryingAfterFailure,
+            true,
+            2,
+        ),
+        (
+            AttemptStatus::Completed,
+            RunStatus::CompletedSuccessfully,
+            true,
+            2,
+        ),
+    ];
+    let mut t = 0;
+    for (n, (attempt_status, run_status, spends_attempt, failures)) in steps.into_iter().enumerate()
+    {
+        t += MINUTE;
+        store.run_promote_due(at(t), NO_LIMIT).await.unwrap();
+        let before = lease_and_start(&*store, &worker, at(t)).await;
+        assert_eq!(before.attempt.number, n as u32 + 1);
+        let now = at(t + 2);
+        let retry_at = at(t + 30);
+        let settlement = AttemptSettlement {
+            attempt_status,
+            run_status,
+            spends_attempt,
+            attempt_error: (attempt_status != AttemptStatus::Completed)
+                .then(|| json!({"message": format!("attempt {}", n + 1)})),
+            run_error: None,
+            output: (run_status == RunStatus::CompletedSuccessfully)
+                .then(|| Packet::json(&json!({"n": n}))),
+            next_attempt_at: (run_status == RunStatus::RetryingAfterFailure).then_some(retry_at),
+            duration_ms: 1500,
+            cost_in_cents: 0.5,
+            ..succeeded(&before, claim(), now)
+        };
+        assert_eq!(
+            store
+                .attempt_settle(std::slice::from_ref(&settlement))
+                .await
+                .unwrap(),
+            vec![true]
+        );
+
+        let mut want = before.clone();
+        want.run.status = run_status;
+        want.run.output = settlement.output.clone();
+        want.run.usage_duration_ms += 1500;
+        want.run.cost_in_cents += 0.5;
+        want.run.failed_attempts = failures;
+        want.run.completed_at = run_status.is_final().then_some(now);
+        want.run.next_attempt_at = settlement.next_attempt_at;
+        want.run.lease_expires_at = None;
+        want.run.timeout_at = None;
+        want.run.current_attempt_id = None;
+        want.run.updated_at = now;
+        want.attempt.status = attempt_status;
+        want.attempt.error = settlement.attempt_error.clone();
+        want.attempt.completed_at = Some(now);
+        want.attempt.updated_at = now;
+        want.attempt.duration_ms = 1500;
+        assert_eq!(held(&*store, &run).await, want, "step {}", n + 1);
+        t += MINUTE;
+    }
+    let done = stored(&*store, &run).await;
+    assert_eq!(done.usage_duration_ms, 5 * 1500);
+    assert_eq!(done.cost_in_cents, 2.5);
+    assert_eq!(done.attempt_count, 5);
+    let statuses: Vec<AttemptStatus> = store
+        .attempt_list(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "every attempt kept its end"
+    );
+}
+
+async fn attempt_settle_after_run_cancel_is_refused(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = run_with_options(json!({"maxDuration": 600}), &tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    let started = lease_and_start(&*store, &worker, at(10)).await;
+
+    let now = at(70);
+    let outcome = store
+        .run_cancel(&tenancy.dev.id, &run.id, 0.5, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CancelOutcome::Canceled {
+            attempt: Some(started.attempt.id.clone())
+        }
+    );
+    let mut want = started.clone();
+    want.run.status = RunStatus::Canceled;
+    want.run.completed_at = Some(now);
+    want.run.updated_at = now;
+    want.run.error = Some(json!({
+        "type": "INTERNAL_ERROR",
+        "code": "TASK_RUN_CANCELLED",
+        "message": "Run was canceled",
+    }));
+    want.run.usage_duration_ms = 60_000;
+    want.run.cost_in_cents = 30_000.0;
+    want.run.lease_expires_at = None;
+    want.run.timeout_at = None;
+    want.run.current_attempt_id = None;
+    want.attempt.status = AttemptStatus::Canceled;
+    want.attempt.completed_at = Some(now);
+    want.attempt.updated_at = now;
+    want.attempt.duration_ms = 60_000;
+    want.attempt.error = Some(json!({"message": "Run was canceled"}));
+    let canceled = held(&*store, &run).await;
+    assert_eq!(canceled, want);
+
+    let late = succeeded(&started, Claim::Worker(worker.id.clone()), at(80));
+    assert_eq!(store.attempt_settle(&[late]).await.unwrap(), vec![false]);
+    assert_eq!(held(&*store, &run).await, canceled, "the cancel stands");
+    let rescue = succeeded(&started, Claim::LeaseExpired(at(HOUR)), at(HOUR));
+    assert_eq!(store.attempt_settle(&[rescue]).await.unwrap(), vec![false]);
+    assert_eq!(
+        store.run_leases_due(at(HOUR), NO_LIMIT).await.unwrap(),
+        vec![],
+        "nothing left to rescue"
+    );
+}
+
+async fn run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let queued = queued_run(&tenancy.dev, at(0));
+    let retrying = queued_run(&tenancy.dev, at(1));
+    let completed = queued_run(&tenancy.dev, at(2));
+    for run in [&queued, &retrying, &completed] {
+        create(&*store, run, at(0)).await;
+    }
+    // `retrying` waits for its next attempt, `completed` succeeded.
+    let first = lease_and_start(&*store, &worker, at(10)).await;
+    let second = lease_and_start(&*store, &worker, at(10)).await;
+    let third = lease_and_start(&*store, &worker, at(10)).await;
+    assert_eq!(
+        [&first.run.id, &second.run.id, &third.run.id],
+        [&queued.id, &retrying.id, &completed.id]
+    );
+    // `queued` goes back to the queue (released).
+    let release = AttemptSettlement {
+        attempt_status: AttemptStatus::Canceled,
+        run_status: RunStatus::Queued,
+        spends_attempt: false,
+        output: None,
+        ..succeeded(&first, Claim::Worker(worker.id.clone()), at(20))
+    };
+    let settled = store
+        .attempt_settle(&[
+            release,
+            failed(&second, Claim::Worker(worker.id.clone()), at(HOUR), at(20)),
+            succeeded(&third, Claim::Worker(worker.id.clone()), at(20)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(settled, vec![true, true, true]);
+    let completed_before = held(&*store, &completed).await;
+
+    let outcome = store
+        .run_cancel(&tenancy.dev.id, &completed.id, 1.0, at(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CancelOutcome::AlreadyFinal(RunStatus::CompletedSuccessfully)
+    );
+    assert_eq!(held(&*store, &completed).await, completed_before);
+
+    let queued_before = stored(&*store, &queued).await;
+    for environment in [&tenancy.staging, &tenancy.prod] {
+        let outcome = store
+            .run_cancel(&environment.id, &queued.id, 1.0, at(30))
+            .await
+            .unwrap();
+        assert_eq!(outcome, CancelOutcome::NotFound, "{}", environment.kind);
+    }
+    assert_eq!(stored(&*store, &queued).await, queued_before);
+    let unknown = RunId::generate(at(0).timestamp_millis());
+    assert_eq!(
+        store
+            .run_cancel(&tenancy.dev.id, &unknown, 1.0, at(30))
+            .await
+            .unwrap(),
+        CancelOutcome::NotFound
+    );
+
+    for run in [&queued, &retrying] {
+        let before = stored(&*store, run).await;
+        let outcome = store
+            .run_cancel(&tenancy.dev.id, &run.id, 1.0, at(30))
+            .await
+            .unwrap();
+        assert_eq!(outcome, CancelOutcome::Canceled { attempt: None });
+        let mut want = before.clone();
+        want.status = RunStatus::Canceled;
+        want.completed_at = Some(at(30));
+        want.updated_at = at(30);
+        want.next_attempt_at = None;
+        want.error = Some(json!({
+            "type": "INTERNAL_ERROR",
+            "code": "TASK_RUN_CANCELLED",
+            "message": "Run was canceled",
+        }));
+        assert_eq!(
+            stored(&*store, run).await,
+            want,
+            "no attempt held, nothing charged"
+        );
+    }
+    assert_eq!(
+        store.run_promote_due(at(HOUR), NO_LIMIT).await.unwrap(),
+        vec![],
+        "a canceled retry is not queued again"
+    );
+    assert_eq!(
+        store
+            .run_cancel(&tenancy.dev.id, &queued.id, 1.0, at(40))
+            .await
+            .unwrap(),
+        CancelOutcome::AlreadyFinal(RunStatus::Canceled)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rescuer, promoter and expirer over leases and retries
+
+async fn run_leases_due_finds_expired_leases_and_passed_deadlines_only(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let dequeued = queued_run(&tenancy.dev, at(0));
+    let limited = run_with_options(json!({"maxDuration": 10}), &tenancy.dev, at(1));
+    let executing = queued_run(&tenancy.dev, at(2));
+    let retrying = queued_run(&tenancy.dev, at(3));
+    let queued = queued_run(&tenancy.dev, at(4));
+    for run in [&dequeued, &limited, &executing, &retrying, &queued] {
+        create(&*store, run, at(0)).await;
+    }
+    // Leased at 0 s: lease until 30 s. Started at 20 s: lease until 50 s, and the
+    // limited run's deadline at 20 + 10 + 5 = 35 s.
+    lease(&*store, &worker, at(0)).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let leased = lease(&*store, &worker, at(0)).await;
+        store
+            .attempt_start(
+                &worker.id,
+                std::slice::from_ref(&leased.attempt.id),
+                at(20 + LEASE_SECS),
+                GRACE_MS,
+                FEE,
+                at(20),
+            )
+            .await
+            .unwrap();
+        others.push(held(&*store, &leased.run).await);
+    }
+    store
+        .attempt_settle(&[failed(
+            &others[2],
+            Claim::Worker(worker.id.clone()),
+            at(1),
+            at(20),
+        )])
+        .await
+        .unwrap();
+
+    let due_at = |now: DateTime<Utc>| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut due = store.run_leases_due(now, NO_LIMIT).await.unwrap();
+            due.sort_by(|a, b| a.run.id.cmp(&b.run.id));
+            due
+        }
+    };
+    assert_eq!(due_at(at(29)).await, vec![]);
+    let want_dequeued = held(&*store, &dequeued).await;
+    assert_eq!(due_at(at(30)).await, vec![want_dequeued.clone()]);
+    let want_limited = held(&*store, &limited).await;
+    assert_eq!(
+        due_at(at(35)).await,
+        vec![want_dequeued.clone(), want_limited.clone()],
+        "the maxDuration deadline passed, the lease did not"
+    );
+    let want_executing = held(&*store, &executing).await;
+    assert_eq!(
+        due_at(at(HOUR)).await,
+        vec![want_dequeued, want_limited, want_executing],
+        "a retrying or queued run holds no lease"
+    );
+    assert_eq!(store.run_leases_due(at(HOUR), 2).await.unwrap().len(), 2);
+}
+
+async fn run_promote_due_requeues_retrying_runs_at_their_next_attempt(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = run_with_options(json!({"priority": 5}), &tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    let started = lease_and_start(&*store, &worker, at(10)).await;
+    let retry_at = at(10 * MINUTE);
+    store
+        .attempt_settle(&[failed(
+            &started,
+            Claim::Worker(worker.id.clone()),
+            retry_at,
+            at(20),
+        )])
+        .await
+        .unwrap();
+    let waiting = stored(&*store, &run).await;
+    assert_eq!(waiting.status, RunStatus::RetryingAfterFailure);
+    assert_eq!(waiting.next_attempt_at, Some(retry_at));
+
+    assert_eq!(
+        store
+            .run_promote_due(retry_at - Duration::milliseconds(1), NO_LIMIT)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert!(store
+        .run_dequeue(&worker, 10, at(HOUR), retry_at)
+        .await
+        .unwrap()
+        .is_empty());
+    let now = retry_at + Duration::seconds(3);
+    assert_eq!(
+        store.run_promote_due(now, NO_LIMIT).await.unwrap(),
+        vec![run.id.clone()]
+    );
+    let mut want = waiting.clone();
+    want.status = RunStatus::Queued;
+    // Queued again as of its retry time, less its priority.
+    want.queue_ts = retry_at.timestamp_millis() - 5_000;
+    want.next_attempt_at = None;
+    want.updated_at = now;
+    assert_eq!(stored(&*store, &run).await, want);
+    assert_eq!(lease(&*store, &worker, now).await.attempt.number, 2);
+}
+
+async fn run_promote_due_leaves_delayed_runs_waiting_for_a_version_that_serves_them(
+    store: Arc<dyn Store>,
+) {
+    let tenancy = bootstrap(&*store).await;
+    serve(&*store, &tenancy.dev, "v1", &["served"], at(0)).await;
+    let options = |extra: Value| {
+        let mut options = json!({"delay": "1m", "priority": 2});
+        options
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        options
+    };
+    let served = run_from(
+        "served",
+        json!({"options": options(json!({}))}),
+        &tenancy.dev,
+        at(0),
+    );
+    let unserved = run_from(
+        "unserved",
+        json!({"options": options(json!({}))}),
+        &tenancy.dev,
+        at(0),
+    );
+    let locked_elsewhere = run_from(
+        "served",
+        json!({"options": options(json!({"lockToVersion": "v9"}))}),
+        &tenancy.dev,
+        at(0),
+    );
+    let other_env = run_from(
+        "served",
+        json!({"options": options(json!({}))}),
+        &tenancy.staging,
+        at(0),
+    );
+    for run in [&served, &unserved, &locked_elsewhere, &other_env] {
+        create(&*store, run, at(0)).await;
+    }
+
+    let now = at(MINUTE);
+    let promoted = store.run_promote_due(now, NO_LIMIT).await.unwrap();
+    assert_eq!(
+        sorted(promoted),
+        sorted(vec![
+            served.id.clone(),
+            unserved.id.clone(),
+            locked_elsewhere.id.clone(),
+            other_env.id.clone()
+        ])
+    );
+    for (run, status) in [
+        (&served, RunStatus::Queued),
+        (&unserved, RunStatus::PendingVersion),
+        (&locked_elsewhere, RunStatus::PendingVersion),
+        (&other_env, RunStatus::PendingVersion),
+    ] {
+        let mut want = run.clone();
+        want.status = status;
+        want.queue_ts = at(MINUTE).timestamp_millis() - 2_000;
+        want.updated_at = now;
+        assert_eq!(stored(&*store, run).await, want, "{}", run.task_identifier);
+    }
+}
+
+/// A run that went to wait for a version while that version was registering (the
+/// engine's check and the insert are not one transaction) is queued by the sweep.
+async fn run_promote_due_queues_waiting_runs_a_version_now_serves(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    serve(&*store, &tenancy.dev, "v1", &["a"], at(0)).await;
+    let raced = waiting_run("a", json!({}), &tenancy.dev, at(0));
+    let locked_here = waiting_run("a", json!({"lockToVersion": "v1"}), &tenancy.dev, at(0));
+    let locked_elsewhere = waiting_run("a", json!({"lockToVersion": "v2"}), &tenancy.dev, at(0));
+    let unserved = waiting_run("b", json!({}), &tenancy.dev, at(0));
+    let other_env = waiting_run("a", json!({}), &tenancy.prod, at(0));
+    for run in [
+        &raced,
+        &locked_here,
+        &locked_elsewhere,
+        &unserved,
+        &other_env,
+    ] {
+        create(&*store, run, at(0)).await;
+    }
+
+    let now = at(5);
+    assert_eq!(
+        sorted(store.run_promote_due(now, NO_LIMIT).await.unwrap()),
+        sorted(vec![raced.id.clone(), locked_here.id.clone()])
+    );
+    for run in [&raced, &locked_here] {
+        let mut want = run.clone();
+        want.status = RunStatus::Queued;
+        want.updated_at = now;
+        assert_eq!(stored(&*store, run).await, want);
+    }
+    for run in [&locked_elsewhere, &unserved, &other_env] {
+        assert_eq!(stored(&*store, run).await, *run);
+    }
+    assert_eq!(store.run_promote_due(now, NO_LIMIT).await.unwrap(), vec![]);
+}
+
+async fn run_expire_due_expires_runs_waiting_for_a_version(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let waiting = waiting_run("a", json!({"ttl": "10m"}), &tenancy.dev, at(0));
+    let no_ttl = waiting_run("a", json!({}), &tenancy.dev, at(0));
+    create(&*store, &waiting, at(0)).await;
+    create(&*store, &no_ttl, at(0)).await;
+    assert_eq!(
+        store.run_next_due_at().await.unwrap(),
+        Some(at(10 * MINUTE))
+    );
+
+    assert_eq!(
+        store
+            .run_expire_due(at(10 * MINUTE) - Duration::milliseconds(1), NO_LIMIT)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    let now = at(10 * MINUTE);
+    assert_eq!(
+        store.run_expire_due(now, NO_LIMIT).await.unwrap(),
+        vec![waiting.id.clone()]
+    );
+    let mut want = waiting.clone();
+    want.status = RunStatus::Expired;
+    want.expired_at = Some(now);
+    want.completed_at = Some(now);
+    want.updated_at = now;
+    want.error = Some(
+        json!({"type": "STRING_ERROR", "raw": "Run expired because the TTL (10m) was reached"}),
+    );
+    assert_eq!(stored(&*store, &waiting).await, want);
+    assert_eq!(stored(&*store, &no_ttl).await, no_ttl);
+}
+
+async fn run_next_due_at_includes_retry_lease_and_timeout_deadlines(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = run_with_options(json!({"maxDuration": 5}), &tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    assert_eq!(store.run_next_due_at().await.unwrap(), None);
+
+    let leased = lease(&*store, &worker, at(0)).await;
+    assert_eq!(
+        store.run_next_due_at().await.unwrap(),
+        Some(at(LEASE_SECS)),
+        "the lease"
+    );
+    store
+        .attempt_start(
+            &worker.id,
+            std::slice::from_ref(&leased.attempt.id),
+            at(2 + LEASE_SECS),
+            GRACE_MS,
+            FEE,
+            at(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run_next_due_at().await.unwrap(),
+        Some(at(2 + 5) + Duration::milliseconds(GRACE_MS)),
+        "the maxDuration deadline comes before the lease"
+    );
+    let started = held(&*store, &run).await;
+    store
+        .attempt_settle(&[failed(
+            &started,
+            Claim::Worker(worker.id.clone()),
+            at(HOUR),
+            at(3),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run_next_due_at().await.unwrap(),
+        Some(at(HOUR)),
+        "the retry; the lease and deadline ended with the attempt"
+    );
+    let ttl = run_with_options(json!({"ttl": "30m"}), &tenancy.dev, at(0));
+    create(&*store, &ttl, at(0)).await;
+    assert_eq!(
+        store.run_next_due_at().await.unwrap(),
+        Some(at(30 * MINUTE))
+    );
+}
+
+/// A worker's completions, the rescuer and cancels racing on the same runs (three server
+/// nodes at once): for every run exactly one of them wins, and the stored run shows it.
+/// The worker and the rescuer settle batches in opposite orders, which must not deadlock.
+async fn attempt_settle_and_run_cancel_racing_settle_each_run_once(store: Arc<dyn Store>) {
+    const RUNS: usize = 48;
+    const COMPLETION_BATCH: usize = RUNS / 2;
+    // Which racer gets ahead differs from round to round.
+    const ROUNDS: usize = 3;
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    for round in 0..ROUNDS {
+        let runs: Vec<Run> = (0..RUNS)
+            .map(|i| queued_run(&tenancy.dev, at((round * RUNS + i) as i64)))
+            .collect();
+        for run in &runs {
+            create(&*store, run, at(0)).await;
+        }
+        let mut held_runs = Vec::new();
+        for _ in 0..RUNS {
+            held_runs.push(lease_and_start(&*store, &worker, at(MINUTE)).await);
+        }
+        // Every lease has run out, so the rescuer's claim holds as much as the worker's.
+        let now = at(HOUR);
+        let completions: Vec<AttemptSettlement> = held_runs
+            .iter()
+            .map(|leased| succeeded(leased, Claim::Worker(worker.id.clone()), now))
+            .collect();
+        let rescues: Vec<AttemptSettlement> = held_runs
+            .iter()
+            .map(|leased| AttemptSettlement {
+                run_status: RunStatus::Crashed,
+                attempt_status: AttemptStatus::Failed,
+                output: None,
+                ..succeeded(leased, Claim::LeaseExpired(now), now)
+            })
+            .collect();
+
+        let start = Arc::new(Barrier::new(3));
+        // The worker reports, last run first, in batches.
+        let completer = tokio::spawn({
+            let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+            async move {
+                start.wait().await;
+                let mut won = vec![false; completions.len()];
+                let indexes: Vec<usize> = (0..completions.len()).rev().collect();
+                for chunk in indexes.chunks(COMPLETION_BATCH) {
+                    let batch: Vec<AttemptSettlement> =
+                        chunk.iter().map(|i| completions[*i].clone()).collect();
+                    let applied = store.attempt_settle(&batch).await.expect("complete");
+                    for (i, ok) in chunk.iter().zip(applied) {
+                        won[*i] = ok;
+                    }
+                }
+                won
+            }
+        });
+        // The rescuer settles everything in one batch, first run first.
+        let rescuer = tokio::spawn({
+            let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+            async move {
+                start.wait().await;
+                store.attempt_settle(&rescues).await.expect("rescue")
+            }
+        });
+        // Cancels arrive one by one, from the middle out.
+        let canceler = tokio::spawn({
+            let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+            let environment = tenancy.dev.id.clone();
+            let targets: Vec<(RunId, String)> = held_runs
+                .iter()
+                .map(|l| (l.run.id.clone(), l.attempt.id.clone()))
+                .collect();
+            async move {
+                start.wait().await;
+                let mut won = vec![false; targets.len()];
+                let half = targets.len() / 2;
+                for i in (half..targets.len()).chain(0..half) {
+                    let (run, attempt) = &targets[i];
+                    let outcome = store
+                        .run_cancel(&environment, run, 0.0, now)
+                        .await
+                        .expect("cancel");
+                    won[i] = match outcome {
+                        CancelOutcome::Canceled { attempt: held } => {
+                            assert_eq!(held.as_ref(), Some(attempt));
+                            true
+                        }
+                        CancelOutcome::AlreadyFinal(_) => false,
+                        CancelOutcome::NotFound => panic!("the run exists"),
+                    };
+                }
+                won
+            }
+        });
+        let completed = completer.await.unwrap();
+        let rescued = rescuer.await.unwrap();
+        let canceled = canceler.await.unwrap();
+
+        for (i, leased) in held_runs.iter().enumerate() {
+            let winners = [completed[i], rescued[i], canceled[i]];
+            assert_eq!(
+                winners.iter().filter(|w| **w).count(),
+                1,
+                "round {round}, run {i}: completed, rescued, canceled = {winners:?}"
+            );
+            let want = match winners {
+                [true, _, _] => (RunStatus::CompletedSuccessfully, AttemptStatus::Completed),
+                [_, true, _] => (RunStatus::Crashed, AttemptStatus::Failed),
+                _ => (RunStatus::Canceled, AttemptStatus::Canceled),
+            };
+            let after = held(&*store, &leased.run).await;
+            assert_eq!(
+                (after.run.status, after.attempt.status),
+                want,
+                "round {round}, run {i}"
+            );
+        }
+    }
+}
+
+/// A worker heartbeating and starting its attempts while the rescuer settles the same
+/// runs in one batch (their leases ran out): nothing deadlocks, and each run is either
+/// rescued or kept by the worker, never both.
+async fn attempt_heartbeat_and_start_racing_the_rescuer_settle_each_run_once(
+    store: Arc<dyn Store>,
+) {
+    const RUNS: usize = 48;
+    const ROUNDS: usize = 3;
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    for round in 0..ROUNDS {
+        let runs: Vec<Run> = (0..RUNS)
+            .map(|i| queued_run(&tenancy.dev, at((round * RUNS + i) as i64)))
+            .collect();
+        // Stored newest first, so the table's order is not the ids' order.
+        for run in runs.iter().rev() {
+            create(&*store, run, at(0)).await;
+        }
+        // Every other run is started; all the leases have run out by `now`.
+        let mut held_runs = Vec::new();
+        for i in 0..RUNS {
+            held_runs.push(if i % 2 == 0 {
+                lease_and_start(&*store, &worker, at(MINUTE)).await
+            } else {
+                lease(&*store, &worker, at(MINUTE)).await
+            });
+        }
+        let now = at(HOUR);
+        let rescues: Vec<AttemptSettlement> = held_runs
+            .iter()
+            .map(|leased| match leased.run.status {
+                RunStatus::Executing => AttemptSettlement {
+                    run_status: RunStatus::Crashed,
+                    attempt_status: AttemptStatus::Failed,
+                    output: None,
+                    ..succeeded(leased, Claim::LeaseExpired(now), now)
+                },
+                _ => AttemptSettlement {
+                    run_status: RunStatus::Queued,
+                    attempt_status: AttemptStatus::Canceled,
+                    spends_attempt: false,
+                    output: None,
+                    ..succeeded(leased, Claim::LeaseExpired(now), now)
+                },
+            })
+            .collect();
+        let all: Vec<String> = held_runs
+            .iter()
+            .rev()
+            .map(|l| l.attempt.id.clone())
+            .collect();
+        let unstarted: Vec<String> = held_runs
+            .iter()
+            .rev()
+            .filter(|l| l.run.status == RunStatus::Dequeued)
+            .map(|l| l.attempt.id.clone())
+            .collect();
+
+        let start = Arc::new(Barrier::new(3));
+        let lease_until = now + Duration::seconds(LEASE_SECS);
+        let heartbeat = tokio::spawn({
+            let (store, start, worker) =
+                (Arc::clone(&store), Arc::clone(&start), worker.id.clone());
+            async move {
+                start.wait().await;
+                store
+                    .attempt_heartbeat(&worker, &all, lease_until, now)
+                    .await
+                    .expect("heartbeat")
+            }
+        });
+        let starter = tokio::spawn({
+            let (store, start, worker) =
+                (Arc::clone(&store), Arc::clone(&start), worker.id.clone());
+            async move {
+                start.wait().await;
+                store
+                    .attempt_start(&worker, &unstarted, lease_until, GRACE_MS, FEE, now)
+                    .await
+                    .expect("start")
+            }
+        });
+        let rescuer = tokio::spawn({
+            let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+            async move {
+                start.wait().await;
+                store.attempt_settle(&rescues).await.expect("rescue")
+            }
+        });
+        let extended = heartbeat.await.unwrap();
+        let started = starter.await.unwrap();
+        let rescued = rescuer.await.unwrap();
+
+        for (i, leased) in held_runs.iter().enumerate() {
+            let kept =
+                extended.contains(&leased.attempt.id) || started.contains(&leased.attempt.id);
+            assert_ne!(
+                kept, rescued[i],
+                "round {round}, run {i}: kept {kept}, rescued {}",
+                rescued[i]
+            );
+            let status = stored_status(&*store, &leased.run).await;
+            let want = match (rescued[i], leased.run.status) {
+                (false, _) => vec![RunStatus::Dequeued, RunStatus::Executing],
+                (true, RunStatus::Executing) => vec![RunStatus::Crashed],
+                (true, _) => vec![RunStatus::Queued],
+            };
+            assert!(want.contains(&status), "round {round}, run {i}: {status}");
+        }
+        // Requeued runs of this round must not be leased in the next one.
+        for run in &runs {
+            store
+                .run_cancel(&tenancy.dev.id, &run.id, 0.0, now)
+                .await
+                .unwrap();
+        }
+    }
 }
