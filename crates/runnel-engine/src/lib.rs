@@ -54,7 +54,9 @@ pub struct Engine {
     runs_available: Arc<Notify>,
     /// Wakes long-polling heartbeats when held attempts may have ended.
     attempts_changed: Arc<Notify>,
-    /// Registered workers by id; a registration never changes, so this never goes stale.
+    /// Registered workers by id. A worker's task list never changes; its version's task
+    /// settings (retry, maxDuration) are read once, so re-registering a version with new
+    /// settings only reaches workers this node loads afterwards.
     workers: Arc<Mutex<HashMap<WorkerId, Arc<WorkerRecord>>>>,
     /// Turns true when the server stops: open long polls answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,

@@ -298,6 +298,23 @@ impl Engine {
             // A maxDuration deadline may now be the earliest.
             self.deadlines_changed.notify_one();
         }
+        let mut started = started;
+        if started.len() < attempt_ids.len() {
+            // A repeated start (the worker retried a request whose answer it lost) must
+            // not tell it to stop attempts it already runs.
+            let rest: Vec<String> = attempt_ids
+                .iter()
+                .filter(|a| !started.contains(a))
+                .cloned()
+                .collect();
+            for leased in self.store.attempts_held(&rest).await? {
+                if leased.run.status == RunStatus::Executing
+                    && leased.run.worker_id.as_deref() == Some(record.id.as_str())
+                {
+                    started.push(leased.attempt.id);
+                }
+            }
+        }
         let started_set: HashSet<&String> = started.iter().collect();
         let cancel = attempt_ids
             .iter()

@@ -1084,6 +1084,20 @@ async fn only_the_worker_holding_an_attempt_may_start_extend_or_complete_it() {
         .unwrap();
     assert_eq!((started, cancel), (vec![], vec![attempt.clone()]));
     h.start(&h.dev, &holder, &attempt).await;
+    // A repeated start (its answer lost) confirms the attempt instead of stopping it,
+    // for the holder only.
+    let again = h
+        .engine
+        .worker_start(&h.dev, &holder, vec![attempt.clone()])
+        .await
+        .unwrap();
+    assert_eq!(again, (vec![attempt.clone()], vec![]));
+    let stolen = h
+        .engine
+        .worker_start(&h.dev, &other, vec![attempt.clone()])
+        .await
+        .unwrap();
+    assert_eq!(stolen, (vec![], vec![attempt.clone()]));
     let before = h.run(&h.dev, &id).await;
 
     h.advance(ms(10_000));
