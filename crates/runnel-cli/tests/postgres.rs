@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{keys_create_with, redact, send, Server};
+use common::{keys_create_with, redact, send, Server, Worker};
 use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -83,6 +83,8 @@ async fn two_nodes_on_one_postgres_database_serve_the_same_runs() {
         "the second node finds the project and prints no key"
     );
 
+    // A version registered through node B serves the task on every node.
+    node_b.register_worker(&dev_key, &["t"]).await;
     let body =
         json!({"payload": {"n": 1}, "options": {"idempotencyKey": "pg-1", "tags": ["b", "a"]}});
     let id = node_a.trigger(&dev_key, "t", &body).await.assert_new_run();
@@ -114,6 +116,17 @@ async fn two_nodes_on_one_postgres_database_serve_the_same_runs() {
         .assert_new_run();
     let expired = node_b.wait_for_status(&dev_key, &short, "EXPIRED").await;
     assert!(expired["expiredAt"].is_string());
+
+    // A worker attached to node B executes a run triggered through node A.
+    let worker = Worker::start(&node_b, &dev_key, &["--task", "echo=cat"]);
+    let echoed = node_a
+        .trigger(&dev_key, "echo", &json!({"payload": {"via": "a"}}))
+        .await
+        .assert_new_run();
+    let done = node_a.wait_for_status(&dev_key, &echoed, "COMPLETED").await;
+    assert_eq!(done["output"], json!({"via": "a"}));
+    assert_eq!(done["attemptCount"], 1);
+    drop(worker);
 
     let health = send(node_b.request(reqwest::Method::GET, "/healthz")).await;
     assert_eq!(health.body, json!({"status": "ok"}));
