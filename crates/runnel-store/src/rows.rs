@@ -395,3 +395,41 @@ pub(crate) fn canceled_error() -> Value {
 
 /// `maxDuration` at or above this means "no limit" (contract §4.5).
 pub(crate) const NO_MAX_DURATION: i64 = 2_147_483_647;
+
+/// A queued run leased to `worker`: the run as it is after the dequeue (what the
+/// backends then write), with its new `Pending` attempt. Settings the trigger left open
+/// (maxDuration, machine) come from the worker's task.
+pub(crate) fn lease(
+    mut run: Run,
+    worker: &crate::WorkerRecord,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> crate::Leased {
+    let task = worker.task(&run.task_identifier);
+    let attempt = Attempt {
+        id: runnel_core::AttemptId::generate(ms(now)).to_string(),
+        run_id: run.id.clone(),
+        number: run.attempt_count + 1,
+        status: AttemptStatus::Pending,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        completed_at: None,
+        error: None,
+        worker_id: Some(worker.id.to_string()),
+        duration_ms: 0,
+    };
+    run.status = RunStatus::Dequeued;
+    run.worker_id = Some(worker.id.to_string());
+    run.worker_version = Some(worker.version.clone());
+    run.current_attempt_id = Some(attempt.id.clone());
+    run.lease_expires_at = Some(lease_until);
+    run.expire_at = None;
+    run.attempt_count = attempt.number;
+    run.max_duration_secs = run
+        .max_duration_secs
+        .or(task.and_then(|t| t.max_duration_secs));
+    run.machine = run.machine.or(task.and_then(|t| t.machine));
+    run.updated_at = now;
+    crate::Leased { run, attempt }
+}

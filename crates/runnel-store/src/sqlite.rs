@@ -24,7 +24,7 @@ use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{AttemptId, EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
+use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -650,33 +650,7 @@ impl Store for SqliteStore {
             .await?;
         let mut leased = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut run = run_from_row(row)?;
-            let task = worker.task(&run.task_identifier);
-            let attempt = Attempt {
-                id: AttemptId::generate(ms(now)).to_string(),
-                run_id: run.id.clone(),
-                number: run.attempt_count + 1,
-                status: AttemptStatus::Pending,
-                created_at: now,
-                updated_at: now,
-                started_at: None,
-                completed_at: None,
-                error: None,
-                worker_id: Some(worker.id.to_string()),
-                duration_ms: 0,
-            };
-            run.status = RunStatus::Dequeued;
-            run.worker_id = Some(worker.id.to_string());
-            run.worker_version = Some(worker.version.clone());
-            run.current_attempt_id = Some(attempt.id.clone());
-            run.lease_expires_at = Some(lease_until);
-            run.expire_at = None;
-            run.attempt_count = attempt.number;
-            run.max_duration_secs = run
-                .max_duration_secs
-                .or(task.and_then(|t| t.max_duration_secs));
-            run.machine = run.machine.or(task.and_then(|t| t.machine));
-            run.updated_at = now;
+            let Leased { run, attempt } = rows::lease(run_from_row(row)?, worker, lease_until, now);
             sqlx::query(
                 "UPDATE runs SET status = 'DEQUEUED', worker_id = ?, worker_version = ?, current_attempt_id = ?, \
                  lease_expires_at = ?, expire_at = NULL, attempt_count = ?, max_duration_secs = ?, machine = ?, \
