@@ -18,8 +18,14 @@
 //! Phases 1–3 use `--connections` clients pulling indices from one counter over one
 //! keep-alive `reqwest` pool. Client, worker and server share the machine, so the figures
 //! are what one box does with everything on it: the CPU rows say how busy each side was.
-//! The child is killed when this process gives up on it (`kill_on_drop`), including on
-//! errors, and the scratch PostgreSQL database is dropped even when a phase failed.
+//! Phase 3 runs with phase 1's queued runs still in the table, as a busy installation
+//! would have them.
+//!
+//! Failures: a phase fails when no attempt ran for [`STALL_TIMEOUT`] or when a run read
+//! back is not COMPLETED; failed triggers and retrieves are counted and reported, not
+//! fatal. The child is killed when this process gives up on it (`kill_on_drop`),
+//! including on errors, and the scratch PostgreSQL database is dropped even when a phase
+//! failed. The server's own warnings (it runs with `RUST_LOG=warn`) are printed at the end.
 
 use std::fmt::Write as _;
 use std::future::Future;

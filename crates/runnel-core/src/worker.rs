@@ -22,8 +22,9 @@ use crate::status::RunStatus;
 pub const MAX_WAIT_MS: u64 = 30_000;
 /// The most runs one dequeue hands out.
 pub const MAX_DEQUEUE_BATCH: u32 = 100;
-/// The most completions (or attempt ids) one request carries.
-pub const MAX_BATCH: usize = 1_000;
+/// The most completions (or attempt ids) one request carries. Generous: a worker whose
+/// completions are stalled keeps heartbeating every attempt it still holds.
+pub const MAX_BATCH: usize = 10_000;
 
 /// A task a worker can run, as it declares it at registration.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

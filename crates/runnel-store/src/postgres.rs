@@ -673,11 +673,17 @@ impl Store for PgStore {
             .collect();
         let mut tx = self.pool.begin().await?;
         // SKIP LOCKED: workers dequeuing at once (on any node) take different runs
-        // instead of waiting on each other's rows.
+        // instead of waiting on each other's rows. One index range per task (LATERAL),
+        // merged: `task_identifier = ANY(…) ORDER BY queue_ts` would make PostgreSQL 15
+        // read through every queued run of the environment, other tasks' backlogs
+        // included. Up to `limit` runs per task are locked, the oldest `limit` taken.
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
-             AND task_identifier = ANY($2) AND (lock_to_version IS NULL OR lock_to_version = $3) \
-             ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4 FOR UPDATE SKIP LOCKED"
+            "SELECT {RUN_COLUMNS} FROM unnest($2::text[]) AS wanted(task) \
+             CROSS JOIN LATERAL ( \
+               SELECT * FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
+               AND task_identifier = wanted.task AND (lock_to_version IS NULL OR lock_to_version = $3) \
+               ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
+             ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4"
         );
         let rows = sqlx::query(&sql)
             .bind(worker.environment_id.as_str())
