@@ -692,38 +692,54 @@ impl Store for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let Leased { run, attempt } = rows::lease(run_from_row(row)?, worker, lease_until, now);
-            sqlx::query(
-                "UPDATE runs SET status = 'DEQUEUED', worker_id = $1, worker_version = $2, current_attempt_id = $3, \
-                 lease_expires_at = $4, expire_at = NULL, attempt_count = $5, max_duration_secs = $6, machine = $7, \
-                 updated_at = $8 WHERE id = $9 AND status = 'QUEUED'",
-            )
-            .bind(worker.id.as_str())
-            .bind(&worker.version)
-            .bind(&attempt.id)
-            .bind(ms(lease_until))
-            .bind(i64::from(run.attempt_count))
-            .bind(run.max_duration_secs.map(i64::from))
-            .bind(run.machine.map(|m| m.as_str()))
-            .bind(ms(now))
-            .bind(run.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
-                 VALUES ($1, $2, $3, 'PENDING', $4, $4, $5, 0)",
-            )
-            .bind(&attempt.id)
-            .bind(run.id.as_str())
-            .bind(i64::from(attempt.number))
-            .bind(ms(now))
-            .bind(worker.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            leased.push(Leased { run, attempt });
+        let leased = rows
+            .iter()
+            .map(|row| Ok(rows::lease(run_from_row(row)?, worker, lease_until, now)))
+            .collect::<Result<Vec<Leased>>>()?;
+        if leased.is_empty() {
+            return Ok(leased);
         }
+        // Two statements for the whole batch, whatever its size: the rows are locked
+        // already, so these only write.
+        let column = |f: fn(&Leased) -> Option<i64>| leased.iter().map(f).collect::<Vec<_>>();
+        let run_ids: Vec<&str> = leased.iter().map(|l| l.run.id.as_str()).collect();
+        let attempt_ids: Vec<&str> = leased.iter().map(|l| l.attempt.id.as_str()).collect();
+        let machines: Vec<Option<&str>> = leased
+            .iter()
+            .map(|l| l.run.machine.map(|m| m.as_str()))
+            .collect();
+        sqlx::query(
+            "UPDATE runs AS r SET status = 'DEQUEUED', worker_id = $1, worker_version = $2, \
+             current_attempt_id = v.attempt_id, lease_expires_at = $3, expire_at = NULL, \
+             attempt_count = v.attempt_count, max_duration_secs = v.max_duration_secs, machine = v.machine, \
+             updated_at = $4 \
+             FROM unnest($5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+               AS v(id, attempt_id, attempt_count, max_duration_secs, machine) \
+             WHERE r.id = v.id AND r.status = 'QUEUED'",
+        )
+        .bind(worker.id.as_str())
+        .bind(&worker.version)
+        .bind(ms(lease_until))
+        .bind(ms(now))
+        .bind(&run_ids)
+        .bind(&attempt_ids)
+        .bind(column(|l| Some(i64::from(l.run.attempt_count))))
+        .bind(column(|l| l.run.max_duration_secs.map(i64::from)))
+        .bind(&machines)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
+             SELECT a.id, a.run_id, a.number, 'PENDING', $1, $1, $2, 0 \
+             FROM unnest($3::text[], $4::text[], $5::bigint[]) AS a(id, run_id, number)",
+        )
+        .bind(ms(now))
+        .bind(worker.id.as_str())
+        .bind(&attempt_ids)
+        .bind(&run_ids)
+        .bind(column(|l| Some(i64::from(l.attempt.number))))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(leased)
     }
