@@ -19,6 +19,16 @@ pub mod openapi;
 mod runs;
 mod workers;
 
+// [list]
+
+// [actions]
+
+// [batches]
+
+// [queues]
+
+// [auth]
+
 pub use error::ApiError;
 
 /// Largest request body accepted (contract §5: 3 MiB).
@@ -55,6 +65,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/workers/{worker_id}/complete",
             post(workers::complete),
         )
+        // [list]
+        // [actions]
+        // [batches]
+        // [queues]
+        // [auth]
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

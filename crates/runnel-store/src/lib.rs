@@ -331,6 +331,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<CancelOutcome>;
 
+    // [list]
+
+    // [actions]
+
+    // [batches]
+
+    // [queues]
+
+    // [auth]
+
     /// Closes the pools: waits for connections in use, then checkpoints and closes.
     async fn close(&self);
 }

@@ -992,6 +992,16 @@ impl Store for PgStore {
         Ok(CancelOutcome::Canceled { attempt })
     }
 
+    // [list]
+
+    // [actions]
+
+    // [batches]
+
+    // [queues]
+
+    // [auth]
+
     async fn close(&self) {
         self.pool.close().await;
     }

@@ -919,6 +919,16 @@ impl Store for SqliteStore {
         Ok(CancelOutcome::Canceled { attempt })
     }
 
+    // [list]
+
+    // [actions]
+
+    // [batches]
+
+    // [queues]
+
+    // [auth]
+
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;

@@ -108,6 +108,16 @@ macro_rules! conformance_tests {
             run_next_due_at_includes_retry_lease_and_timeout_deadlines,
             attempt_settle_and_run_cancel_racing_settle_each_run_once,
             attempt_heartbeat_and_start_racing_the_rescuer_settle_each_run_once,
+            // [list]
+
+            // [actions]
+
+            // [batches]
+
+            // [queues]
+
+            // [auth]
+
         ]);
     };
     (@expand $backend:ident, $make_store:ident, [$($test:ident),* $(,)?]) => {
@@ -3477,3 +3487,13 @@ async fn attempt_heartbeat_and_start_racing_the_rescuer_settle_each_run_once(
         }
     }
 }
+
+// [list]
+
+// [actions]
+
+// [batches]
+
+// [queues]
+
+// [auth]
