@@ -1,0 +1,106 @@
+//! The compatibility suite: the official `@trigger.dev/sdk` from npm (pinned in
+//! `compat/package-lock.json`) against the real `runnel serve` and a real `runnel worker`.
+//!
+//! Each test here runs one file of `compat/tests/` with `node --test`, against its own
+//! server (embedded SQLite) and a prod-key exec worker serving the tasks the files use.
+//! The SDK is configured the way a user configures it: `TRIGGER_API_URL` and
+//! `TRIGGER_SECRET_KEY`. The suite needs Node.js and `npm ci --prefix compat` (the README's
+//! test command and `.ci/run` do it); without them the tests fail, never skip.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{keys_create, Server, Worker};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// The version the worker registers, so tests can lock runs to it.
+const WORKER_VERSION: &str = "20260101.1";
+/// Longest a file of the suite may take.
+const FILE_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn compat_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../compat")
+}
+
+/// Runs `compat/tests/<file>` against a fresh server and worker; panics with the node
+/// output and both processes' logs unless every test in it passes.
+fn run_compat_file(file: &str) {
+    let dir = compat_dir();
+    assert!(
+        dir.join("node_modules/@trigger.dev/sdk/package.json")
+            .exists(),
+        "the compatibility suite needs the SDK installed: run `npm ci --prefix compat` first"
+    );
+    let data = TempDir::new().expect("a temporary data directory");
+    let server = Server::start(data.path());
+    let key = keys_create(data.path(), "prod");
+    let mut worker = Worker::start(
+        &server,
+        &key,
+        &[
+            "--version",
+            WORKER_VERSION,
+            "--concurrency",
+            "8",
+            "--task",
+            "compat-echo=cat",
+        ],
+    );
+    worker.registration();
+
+    let child = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+        .arg(format!("tests/{file}"))
+        .current_dir(&dir)
+        .env("TRIGGER_API_URL", &server.url)
+        .env("TRIGGER_SECRET_KEY", &key)
+        .env("RUNNEL_COMPAT_WORKER_VERSION", WORKER_VERSION)
+        .env_remove("TRIGGER_ACCESS_TOKEN")
+        .env_remove("TRIGGER_VERSION")
+        .env_remove("TRIGGER_PREVIEW_BRANCH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running node (the compatibility suite needs Node.js 20 or newer)");
+    // Read both pipes to the end on another thread (node may print more than a pipe
+    // holds), and kill node if the file hangs.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let output = match done_rx.recv_timeout(FILE_TIMEOUT) {
+        Ok(output) => output.expect("node's output"),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let output = done_rx.recv().expect("node exits").expect("node's output");
+            panic!(
+                "compat/tests/{file} did not finish within {FILE_TIMEOUT:?}\n{}\n--- server ---\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                server.stderr()
+            );
+        }
+    };
+    // Shown with --nocapture, and by the test harness when the test fails.
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success(),
+        "compat/tests/{file} failed ({:?})\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n--- server ---\n{}\n--- worker ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        server.stderr(),
+        worker.stderr(),
+    );
+}
+
+#[test]
+fn sdk_trigger_and_retrieve() {
+    run_compat_file("trigger.test.mjs");
+}
