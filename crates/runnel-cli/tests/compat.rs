@@ -104,3 +104,8 @@ fn run_compat_file(file: &str) {
 fn sdk_trigger_and_retrieve() {
     run_compat_file("trigger.test.mjs");
 }
+
+#[test]
+fn sdk_errors() {
+    run_compat_file("errors.test.mjs");
+}
