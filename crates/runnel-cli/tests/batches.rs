@@ -245,8 +245,10 @@ async fn batch_create_validates_and_honours_its_idempotency_key() {
     assert_ne!(batch_id(&other_env), id);
 
     let too_large = json!({"runCount": 1, "taskIdentifiers": ["x".repeat(140_000)]});
-    let reply = create(&app, &app.dev_key, &too_large).await;
-    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{reply:?}");
+    create(&app, &app.dev_key, &too_large).await.assert_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body too large (limit 131072 bytes)",
+    );
 }
 
 #[tokio::test]

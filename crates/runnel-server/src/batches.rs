@@ -50,6 +50,20 @@ impl From<BatchError> for ApiError {
     }
 }
 
+/// A body over its route's limit as a 413 naming that limit (the shared JSON reader
+/// would name the global one).
+fn within(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Result<Bytes, BytesRejection>, ApiError> {
+    match body {
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+            ApiError::PayloadTooLarge(format!("Request body too large (limit {limit} bytes)")),
+        ),
+        other => Ok(other),
+    }
+}
+
 fn idempotency_header(headers: &HeaderMap) -> Option<String> {
     headers
         .get("idempotency-key")
@@ -74,6 +88,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body = within(body, runnel_core::batch::MAX_CREATE_BODY_BYTES)?;
     let request: CreateBatchRequest = json_body(body, &["idempotencyKeyOptions"])?;
     let created = state
         .engine
@@ -131,15 +146,8 @@ pub async fn items(
             .insert("x-should-retry", HeaderValue::from_static("false"));
         return Ok(response);
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "Request body too large (limit {MAX_ITEMS_BODY_BYTES} bytes)"
-            ))
-        } else {
-            ApiError::BadRequest(rejection.body_text())
-        }
-    })?;
+    let body = within(body, MAX_ITEMS_BODY_BYTES)?
+        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let accepted = state
         .engine
         .batch_items(&environment, &batch_id, &body)
@@ -183,7 +191,7 @@ pub async fn one_shot(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request: OneShotBatchRequest = json_body(body, &[])?;
+    let request: OneShotBatchRequest = json_body(within(body, MAX_ONE_SHOT_BODY_BYTES)?, &[])?;
     let batch = state
         .engine
         .batch_trigger_one_shot(&environment, request, idempotency_header(&headers))
