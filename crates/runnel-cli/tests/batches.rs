@@ -466,3 +466,48 @@ async fn thousand_item_batch_in_one_request() {
         .await;
     assert_eq!(last["payload"], json!({"i": 999}));
 }
+
+/// A batch triggered from inside a run (`parentRunId`, `resumeParentOnCompletion`): its
+/// runs hang under the parent and say `batchTriggerAndWait`.
+#[tokio::test]
+async fn batch_runs_hang_under_the_parent_run() {
+    let app = TestApp::start();
+    let parent = app
+        .server
+        .trigger_new(&app.dev_key, "parent", &json!({}))
+        .await;
+    let reply = create(
+        &app,
+        &app.dev_key,
+        &json!({"runCount": 1, "parentRunId": parent, "resumeParentOnCompletion": true}),
+    )
+    .await;
+    let id = batch_id(&reply);
+    let reply = items(&app, &id, &[item(0, "child")]).await;
+    assert_eq!(reply.body["sealed"], json!(true), "{reply:?}");
+    let runs = retrieve(&app, &app.dev_key, "v2", &id).await.body["runs"].clone();
+    let child = app
+        .server
+        .run(&app.dev_key, runs[0].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (
+            &child["depth"],
+            &child["triggerFunction"],
+            &child["relatedRuns"]["parent"]["id"],
+            &child["relatedRuns"]["root"]["id"]
+        ),
+        (
+            &json!(1),
+            &json!("batchTriggerAndWait"),
+            &json!(parent),
+            &json!(parent)
+        ),
+        "{child}"
+    );
+    let parent_body = app.server.run(&app.dev_key, &parent).await;
+    assert_eq!(
+        parent_body["relatedRuns"]["children"][0]["id"], runs[0],
+        "{parent_body}"
+    );
+}
