@@ -301,7 +301,7 @@ pub fn parse_item_lines(
         let value: Value = serde_json::from_slice(line).map_err(|e| {
             BatchRequestError::Invalid(format!("Invalid JSON at line {line_number}: {e}"))
         })?;
-        let item: BatchItemLine = serde_path_to_error_free(value).map_err(|e| {
+        let item: BatchItemLine = item_from_value(value).map_err(|e| {
             BatchRequestError::Unprocessable(format!("Invalid item at line {line_number}: {e}"))
         })?;
         if item.index >= run_count {
@@ -315,9 +315,8 @@ pub fn parse_item_lines(
     Ok(items)
 }
 
-/// Deserializes without pulling a path-tracking dependency into core; serde's message
-/// already names the field for missing or mistyped top-level fields.
-fn serde_path_to_error_free(value: Value) -> Result<BatchItemLine, serde_json::Error> {
+/// An item from one parsed line; serde's message names a missing or mistyped field.
+fn item_from_value(value: Value) -> Result<BatchItemLine, serde_json::Error> {
     if !value.is_object() {
         return Err(serde::de::Error::custom("must be a JSON object"));
     }
