@@ -89,6 +89,11 @@ friendly_id!(
     "run"
 );
 friendly_id!(
+    /// A batch of runs triggered together: `batch_…`.
+    BatchId,
+    "batch"
+);
+friendly_id!(
     /// A project: `proj_…` (the project's external reference).
     ProjectId,
     "proj"

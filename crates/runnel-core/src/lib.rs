@@ -4,6 +4,7 @@
 //! mappings, duration parsing, the trigger request and its validation, API keys and the
 //! idempotency rules. It performs no IO (no tokio, no database); callers pass `now` in.
 
+pub mod batch;
 pub mod cost;
 pub mod duration;
 pub mod id;
@@ -18,7 +19,7 @@ pub mod trigger;
 pub mod view;
 pub mod worker;
 
-pub use id::{AttemptId, EnvironmentId, ProjectId, RunId, WorkerId};
+pub use id::{AttemptId, BatchId, EnvironmentId, ProjectId, RunId, WorkerId};
 pub use key::{EnvironmentKind, SecretKey};
 pub use machine::MachinePreset;
 pub use status::{ApiVersion, RunStatus};

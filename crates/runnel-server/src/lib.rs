@@ -24,6 +24,7 @@ mod workers;
 // [actions]
 
 // [batches]
+mod batches;
 
 // [queues]
 
@@ -68,6 +69,22 @@ pub fn router(state: AppState) -> Router {
         // [list]
         // [actions]
         // [batches]
+        .route(
+            "/api/v3/batches",
+            post(batches::create).layer(DefaultBodyLimit::max(
+                runnel_core::batch::MAX_CREATE_BODY_BYTES,
+            )),
+        )
+        .route(
+            "/api/v3/batches/{batch_id}/items",
+            post(batches::items).layer(DefaultBodyLimit::max(batches::MAX_ITEMS_BODY_BYTES)),
+        )
+        .route(
+            "/api/v1/tasks/batch",
+            post(batches::one_shot).layer(DefaultBodyLimit::max(batches::MAX_ONE_SHOT_BODY_BYTES)),
+        )
+        .route("/api/v1/batches/{batch_id}", get(batches::retrieve_v1))
+        .route("/api/v2/batches/{batch_id}", get(batches::retrieve_v2))
         // [queues]
         // [auth]
         .fallback(|| async { ApiError::NotFound })

@@ -26,10 +26,12 @@ use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
+mod batches;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -336,6 +338,49 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // [actions]
 
     // [batches]
+
+    /// Inserts `runs` with one multi-row insert in one transaction (chunked to the
+    /// backend's bind-parameter limit), honouring each run's idempotency key as
+    /// [`Store::run_trigger`] does; two runs of the call with the same key behave as two
+    /// triggers in a row. One outcome per run, in order.
+    async fn run_trigger_many(
+        &self,
+        runs: &[Run],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TriggerOutcome>>;
+
+    /// Stores a new batch. When a batch of the same environment holds its idempotency
+    /// key (not expired), returns that batch instead; an expired holder gives the key up.
+    async fn batch_create(
+        &self,
+        batch: &runnel_core::batch::BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<BatchCreateOutcome>;
+
+    /// A batch of `environment`; `None` when missing or in another environment.
+    async fn batch_get(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+    ) -> Result<Option<runnel_core::batch::BatchRecord>>;
+
+    /// The items of a batch that have arrived, by index.
+    async fn batch_item_list(
+        &self,
+        id: &runnel_core::BatchId,
+    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>>;
+
+    /// Records the items of a batch of `environment` whose index has not arrived yet and
+    /// triggers their runs as [`Store::run_trigger_many`] does, in one transaction that
+    /// holds the batch row, so two calls with overlapping indexes record each index
+    /// once. Seals the batch (status `COMPLETED`) when its last missing index arrives.
+    async fn batch_items_trigger(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+        items: &[BatchItemTrigger],
+        now: DateTime<Utc>,
+    ) -> Result<BatchItemsOutcome>;
 
     // [queues]
 

@@ -998,6 +998,119 @@ impl Store for PgStore {
 
     // [batches]
 
+    async fn run_trigger_many(
+        &self,
+        runs: &[Run],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TriggerOutcome>> {
+        let runs: Vec<&Run> = runs.iter().collect();
+        let mut round = 1;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            match crate::batches::postgres::trigger_many(&mut tx, &runs, now).await {
+                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
+                    tracing::debug!(
+                        round,
+                        "idempotency key of a multi-row trigger taken concurrently"
+                    );
+                    round += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(outcomes) => {
+                    tx.commit().await?;
+                    return Ok(outcomes);
+                }
+            }
+        }
+    }
+
+    async fn batch_create(
+        &self,
+        batch: &runnel_core::batch::BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchCreateOutcome> {
+        let mut round = 1;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            match crate::batches::postgres::batch_create(&mut tx, batch, now).await {
+                Err(Error::Database(sqlx::Error::Database(db)))
+                    if db.is_unique_violation()
+                        && db.constraint()
+                            == Some(crate::batches::postgres::BATCH_IDEMPOTENCY_INDEX)
+                        && round < TRIGGER_ROUNDS =>
+                {
+                    // A concurrent create took the key first: look again for it.
+                    round += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
+    async fn batch_get(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
+        let sql = format!(
+            "SELECT {} FROM batches WHERE id = $1 AND environment_id = $2",
+            crate::batches::BATCH_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .bind(environment.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(crate::batches::batch_from_row).transpose()
+    }
+
+    async fn batch_item_list(
+        &self,
+        id: &runnel_core::BatchId,
+    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
+        let sql = format!(
+            "SELECT {} FROM batch_items WHERE batch_id = $1 ORDER BY item_index",
+            crate::batches::BATCH_ITEM_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(crate::batches::batch_item_from_row)
+            .collect()
+    }
+
+    async fn batch_items_trigger(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+        items: &[crate::BatchItemTrigger],
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchItemsOutcome> {
+        let mut round = 1;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            match crate::batches::postgres::items_trigger(&mut tx, environment, id, items, now)
+                .await
+            {
+                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
+                    tracing::debug!(batch = %id, round, "idempotency key of a batch item taken concurrently");
+                    round += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
     // [queues]
 
     // [auth]

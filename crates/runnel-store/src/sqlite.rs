@@ -925,6 +925,77 @@ impl Store for SqliteStore {
 
     // [batches]
 
+    async fn run_trigger_many(
+        &self,
+        runs: &[Run],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TriggerOutcome>> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let runs: Vec<&Run> = runs.iter().collect();
+        let outcomes = crate::batches::sqlite::trigger_many(&mut tx, &runs, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn batch_create(
+        &self,
+        batch: &runnel_core::batch::BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchCreateOutcome> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = crate::batches::sqlite::batch_create(&mut tx, batch, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn batch_get(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
+        let sql = format!(
+            "SELECT {} FROM batches WHERE id = ? AND environment_id = ?",
+            crate::batches::BATCH_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .bind(environment.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(crate::batches::batch_from_row).transpose()
+    }
+
+    async fn batch_item_list(
+        &self,
+        id: &runnel_core::BatchId,
+    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
+        let sql = format!(
+            "SELECT {} FROM batch_items WHERE batch_id = ? ORDER BY item_index",
+            crate::batches::BATCH_ITEM_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(crate::batches::batch_item_from_row)
+            .collect()
+    }
+
+    async fn batch_items_trigger(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+        items: &[crate::BatchItemTrigger],
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchItemsOutcome> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome =
+            crate::batches::sqlite::items_trigger(&mut tx, environment, id, items, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
     // [queues]
 
     // [auth]

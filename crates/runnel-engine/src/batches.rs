@@ -1,0 +1,442 @@
+//! Batch trigger: create a batch, stream its items, read it back (contract §2.1 rows
+//! 2–8). Every item goes through the single trigger's validation
+//! (`TriggerRequest::validate`) and its `PENDING_VERSION` rule; the runs of one request
+//! are then stored by one store call (`Store::batch_items_trigger`: one transaction, one
+//! multi-row insert), which also records the indexes that arrived, so a stream sent
+//! again only adds what is missing.
+//!
+//! How items fail: a line that is not an item refuses the whole request before anything
+//! is stored; an item whose trigger is refused (too many tags, a bad option) is recorded
+//! against its index with the error and creates no run, like upstream's per-item
+//! processing errors, so the batch can still be sealed. The one-shot
+//! `POST /api/v1/tasks/batch` instead refuses the whole request on the first bad item.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use runnel_core::batch::{
+    parse_item_lines, BatchItemRecord, BatchRecord, BatchRequestError, CreateBatchRequest,
+    OneShotBatchRequest, MAX_ONE_SHOT_ITEMS,
+};
+use runnel_core::run::Run;
+use runnel_core::tenancy::Environment;
+use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
+use runnel_core::{BatchId, RunId, RunStatus};
+use runnel_store::{
+    BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome, TriggerOutcome,
+};
+
+use crate::Engine;
+
+/// Why a batch operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Request(#[from] BatchRequestError),
+    /// An item of a one-shot batch was refused; nothing was stored.
+    #[error("items[{index}]: {error}")]
+    Item { index: usize, error: TriggerError },
+    /// No such batch in the environment.
+    #[error("Batch {0} not found")]
+    NotFound(String),
+    #[error("Batch {0} is already sealed and cannot accept more items")]
+    Sealed(BatchId),
+    #[error(transparent)]
+    Store(#[from] runnel_store::Error),
+}
+
+/// The answer to a batch create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchCreated {
+    pub batch: BatchRecord,
+    /// The idempotency key matched an existing batch; nothing new was created.
+    pub is_cached: bool,
+}
+
+/// The answer to an items request (`StreamBatchItemsResponse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItemsAccepted {
+    pub id: BatchId,
+    /// Indexes new to the batch (runs triggered or refusals recorded).
+    pub items_accepted: u32,
+    /// Indexes that had already arrived.
+    pub items_deduplicated: u32,
+    pub sealed: bool,
+    /// Indexes the batch holds so far, and how many it expects.
+    pub received: u32,
+    pub expected: u32,
+}
+
+/// One run of a one-shot batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneShotRun {
+    pub id: String,
+    pub task_identifier: String,
+    pub is_cached: bool,
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a one-shot batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneShotBatch {
+    pub batch: BatchRecord,
+    pub is_cached: bool,
+    pub runs: Vec<OneShotRun>,
+}
+
+/// A batch with the items that arrived, by index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchDetail {
+    pub batch: BatchRecord,
+    pub items: Vec<BatchItemRecord>,
+}
+
+/// The parent a batch's runs hang under.
+struct Parent {
+    id: RunId,
+    root: RunId,
+    depth: u32,
+    resume: bool,
+}
+
+impl Engine {
+    /// Creates a batch that will hold `request.runCount` runs, or returns the batch of
+    /// the environment holding the same idempotency key.
+    pub async fn batch_create(
+        &self,
+        environment: &Environment,
+        request: CreateBatchRequest,
+        header_key: Option<String>,
+    ) -> Result<BatchCreated, BatchError> {
+        let now = self.clock.now();
+        let batch = request.into_record(
+            BatchId::generate(now.timestamp_millis()),
+            environment.id.clone(),
+            header_key,
+            now,
+        )?;
+        Ok(match self.store.batch_create(&batch, now).await? {
+            BatchCreateOutcome::Created(batch) => {
+                tracing::debug!(batch = %batch.id, runs = batch.run_count, env = %environment.kind, "batch created");
+                BatchCreated {
+                    batch,
+                    is_cached: false,
+                }
+            }
+            BatchCreateOutcome::Cached(batch) => BatchCreated {
+                batch,
+                is_cached: true,
+            },
+        })
+    }
+
+    /// Takes an NDJSON items body for batch `id`: triggers the runs of the indexes not
+    /// seen before (one store call) and seals the batch once every index has arrived.
+    pub async fn batch_items(
+        &self,
+        environment: &Environment,
+        id: &str,
+        body: &[u8],
+    ) -> Result<BatchItemsAccepted, BatchError> {
+        let batch_id = BatchId::parse(id).ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+        let batch = self
+            .store
+            .batch_get(&environment.id, &batch_id)
+            .await?
+            .ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+        if batch.sealed() {
+            return Err(BatchError::Sealed(batch_id));
+        }
+        let lines = parse_item_lines(body, batch.run_count)?;
+        let now = self.clock.now();
+        let parent = self.batch_parent(environment, &batch).await?;
+        let mut items = Vec::with_capacity(lines.len());
+        for line in lines {
+            let (index, task, request) = line.into_trigger();
+            let run = self
+                .batch_run(environment, &batch.id, parent.as_ref(), &task, request, now)
+                .map_err(|e| e.to_string());
+            items.push(BatchItemTrigger {
+                index,
+                task_identifier: task,
+                run,
+            });
+        }
+        self.mark_pending_versions(environment, &mut items).await?;
+        let outcome = self
+            .store
+            .batch_items_trigger(&environment.id, &batch_id, &items, now)
+            .await?;
+        let (outcomes, batch) = match outcome {
+            BatchItemsOutcome::Applied { items, batch } => (items, batch),
+            BatchItemsOutcome::NotFound => return Err(BatchError::NotFound(id.to_owned())),
+            BatchItemsOutcome::Sealed(_) => return Err(BatchError::Sealed(batch_id)),
+        };
+        self.after_batch_insert(environment, &items, &outcomes, now)
+            .await?;
+        let deduplicated = outcomes
+            .iter()
+            .filter(|o| matches!(o, BatchItemOutcome::Duplicate))
+            .count() as u32;
+        Ok(BatchItemsAccepted {
+            id: batch.id.clone(),
+            items_accepted: outcomes.len() as u32 - deduplicated,
+            items_deduplicated: deduplicated,
+            sealed: batch.sealed(),
+            received: batch.items_received,
+            expected: batch.run_count,
+        })
+    }
+
+    /// `POST /api/v1/tasks/batch`: a batch and all its runs in one request; the
+    /// `idempotency-key` header, when given, is the batch's key.
+    pub async fn batch_trigger_one_shot(
+        &self,
+        environment: &Environment,
+        request: OneShotBatchRequest,
+        header_key: Option<String>,
+    ) -> Result<OneShotBatch, BatchError> {
+        let count = request.items.len();
+        if count == 0 || count > MAX_ONE_SHOT_ITEMS {
+            return Err(BatchRequestError::Invalid(format!(
+                "items: must hold 1 to {MAX_ONE_SHOT_ITEMS} items, got {count}"
+            ))
+            .into());
+        }
+        let now = self.clock.now();
+        let batch = CreateBatchRequest {
+            run_count: count as i64,
+            ..CreateBatchRequest::default()
+        }
+        .into_record(
+            BatchId::generate(now.timestamp_millis()),
+            environment.id.clone(),
+            header_key,
+            now,
+        )?;
+        // Every item must pass before anything is stored.
+        let mut items = Vec::with_capacity(count);
+        for (index, item) in request.items.into_iter().enumerate() {
+            let (task, request) = item.into_trigger();
+            let run = self
+                .batch_run(environment, &batch.id, None, &task, request, now)
+                .map_err(|error| BatchError::Item { index, error })?;
+            items.push(BatchItemTrigger {
+                index: index as u32,
+                task_identifier: task,
+                run: Ok(run),
+            });
+        }
+        let batch = match self.store.batch_create(&batch, now).await? {
+            BatchCreateOutcome::Cached(batch) => {
+                let runs = self
+                    .store
+                    .batch_item_list(&batch.id)
+                    .await?
+                    .into_iter()
+                    .filter_map(|item| {
+                        Some(OneShotRun {
+                            id: item.run_id?,
+                            task_identifier: item.task_identifier,
+                            is_cached: true,
+                            idempotency_key: None,
+                        })
+                    })
+                    .collect();
+                return Ok(OneShotBatch {
+                    batch,
+                    is_cached: true,
+                    runs,
+                });
+            }
+            BatchCreateOutcome::Created(batch) => batch,
+        };
+        self.mark_pending_versions(environment, &mut items).await?;
+        let (outcomes, batch) = match self
+            .store
+            .batch_items_trigger(&environment.id, &batch.id, &items, now)
+            .await?
+        {
+            BatchItemsOutcome::Applied { items, batch } => (items, batch),
+            BatchItemsOutcome::NotFound | BatchItemsOutcome::Sealed(_) => {
+                // The batch was created just above and nothing else knows its id.
+                return Err(BatchError::NotFound(batch.id.to_string()));
+            }
+        };
+        self.after_batch_insert(environment, &items, &outcomes, now)
+            .await?;
+        let runs = items
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(item, outcome)| {
+                let run = item.run.as_ref().ok()?;
+                let (id, is_cached) = match outcome {
+                    BatchItemOutcome::Triggered(TriggerOutcome::Created(id)) => (id, false),
+                    BatchItemOutcome::Triggered(TriggerOutcome::Cached(id)) => (id, true),
+                    _ => return None,
+                };
+                Some(OneShotRun {
+                    id: id.to_string(),
+                    task_identifier: item.task_identifier.clone(),
+                    is_cached,
+                    idempotency_key: run
+                        .idempotency_key_user
+                        .clone()
+                        .or_else(|| run.idempotency_key.clone()),
+                })
+            })
+            .collect();
+        Ok(OneShotBatch {
+            batch,
+            is_cached: false,
+            runs,
+        })
+    }
+
+    /// A batch of `environment` with its items; `None` when it does not exist there.
+    pub async fn batch_detail(
+        &self,
+        environment: &Environment,
+        id: &str,
+    ) -> Result<Option<BatchDetail>, BatchError> {
+        let Some(id) = BatchId::parse(id) else {
+            return Ok(None);
+        };
+        let Some(batch) = self.store.batch_get(&environment.id, &id).await? else {
+            return Ok(None);
+        };
+        let items = self.store.batch_item_list(&id).await?;
+        Ok(Some(BatchDetail { batch, items }))
+    }
+
+    /// The parent run named at batch creation, when it exists in the environment.
+    async fn batch_parent(
+        &self,
+        environment: &Environment,
+        batch: &BatchRecord,
+    ) -> Result<Option<Parent>, BatchError> {
+        let Some(parent_id) = batch.parent_run_id.as_deref().and_then(RunId::parse) else {
+            return Ok(None);
+        };
+        let Some(parent) = self.store.run_get(&environment.id, &parent_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Parent {
+            root: parent
+                .root_run_id
+                .clone()
+                .unwrap_or_else(|| parent.id.clone()),
+            id: parent.id,
+            depth: parent.depth + 1,
+            resume: batch.resume_parent_on_completion,
+        }))
+    }
+
+    /// Validates one item as a single trigger and builds its run in the batch.
+    fn batch_run(
+        &self,
+        environment: &Environment,
+        batch: &BatchId,
+        parent: Option<&Parent>,
+        task: &str,
+        request: TriggerRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Run, TriggerError> {
+        let valid = request.validate(task, &IdempotencyHeaders::default(), now)?;
+        let mut run = valid.into_run(
+            RunId::generate(now.timestamp_millis()),
+            environment.id.clone(),
+            now,
+        );
+        run.batch_id = Some(batch.to_string());
+        if let Some(parent) = parent {
+            run.parent_run_id = Some(parent.id.clone());
+            run.root_run_id = Some(parent.root.clone());
+            run.depth = parent.depth;
+            run.resume_parent_on_completion = parent.resume;
+        }
+        Ok(run)
+    }
+
+    /// Queued runs whose task no registered version serves wait in `PendingVersion`, as
+    /// a single trigger's do; one look-up per (task, locked version) of the request.
+    async fn mark_pending_versions(
+        &self,
+        environment: &Environment,
+        items: &mut [BatchItemTrigger],
+    ) -> Result<(), BatchError> {
+        let mut served: HashMap<(String, Option<String>), bool> = HashMap::new();
+        for item in items.iter_mut() {
+            let Ok(run) = &mut item.run else { continue };
+            if run.status != RunStatus::Queued {
+                continue;
+            }
+            let key = (run.task_identifier.clone(), run.lock_to_version.clone());
+            let is_served = match served.get(&key) {
+                Some(is_served) => *is_served,
+                None => {
+                    let is_served = self
+                        .store
+                        .task_served(&environment.id, &key.0, key.1.as_deref())
+                        .await?;
+                    served.insert(key, is_served);
+                    is_served
+                }
+            };
+            if !is_served {
+                run.status = RunStatus::PendingVersion;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the insert: wakes the services and dequeuers, and queues the created
+    /// version-waiting runs whose task a registration committed meanwhile (as trigger).
+    async fn after_batch_insert(
+        &self,
+        environment: &Environment,
+        items: &[BatchItemTrigger],
+        outcomes: &[BatchItemOutcome],
+        now: DateTime<Utc>,
+    ) -> Result<(), BatchError> {
+        let mut created = false;
+        let mut has_deadline = false;
+        let mut served: HashMap<(String, Option<String>), bool> = HashMap::new();
+        for (item, outcome) in items.iter().zip(outcomes) {
+            let (Ok(run), BatchItemOutcome::Triggered(TriggerOutcome::Created(id))) =
+                (&item.run, outcome)
+            else {
+                continue;
+            };
+            created = true;
+            has_deadline |= run.expire_at.is_some() || run.delay_until.is_some();
+            if run.status != RunStatus::PendingVersion {
+                continue;
+            }
+            let key = (run.task_identifier.clone(), run.lock_to_version.clone());
+            let is_served = match served.get(&key) {
+                Some(is_served) => *is_served,
+                None => {
+                    let is_served = self
+                        .store
+                        .task_served(&environment.id, &key.0, key.1.as_deref())
+                        .await?;
+                    served.insert(key, is_served);
+                    is_served
+                }
+            };
+            if is_served {
+                self.store
+                    .run_transition(id, RunStatus::PendingVersion, RunStatus::Queued, now)
+                    .await?;
+            }
+        }
+        if has_deadline {
+            self.deadlines_changed.notify_one();
+        }
+        if created {
+            self.runs_became_available();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! Batch endpoints (contract §2.1 rows 2, 3, 5, 7, 8): the SDK's two-phase batch
+//! (`POST /api/v3/batches`, then `POST /api/v3/batches/{id}/items` as NDJSON), the
+//! one-shot `POST /api/v1/tasks/batch`, and batch retrieve (`GET /api/v1|v2/batches/{id}`).
+//!
+//! Creates answer 202, as upstream does (contract §8). The items route follows upstream's
+//! statuses: 415 for a body that is not NDJSON, 400 for a line that is not JSON, 422 for
+//! a line that is not an item, an index outside the batch, a sealed batch or a batch
+//! that is not the environment's.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use runnel_core::batch::{BatchRecord, BatchRequestError, CreateBatchRequest, OneShotBatchRequest};
+use runnel_core::trigger::TriggerError;
+use runnel_core::view::iso;
+use runnel_engine::batches::BatchDetail;
+use runnel_engine::BatchError;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::Authenticated;
+use crate::runs::json_body;
+use crate::{ApiError, AppState};
+
+/// Largest NDJSON items body: a full batch of 1,000 items of up to 64 KiB each.
+pub const MAX_ITEMS_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest one-shot batch body (`BATCH_TASK_PAYLOAD_MAXIMUM_SIZE`).
+pub const MAX_ONE_SHOT_BODY_BYTES: usize = 1_000_000;
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        let message = e.to_string();
+        match e {
+            BatchError::Request(BatchRequestError::Invalid(_)) => ApiError::BadRequest(message),
+            BatchError::Request(BatchRequestError::Unprocessable(_))
+            | BatchError::NotFound(_)
+            | BatchError::Sealed(_) => ApiError::Unprocessable(message),
+            BatchError::Item { error, .. } => match error {
+                TriggerError::Invalid { .. } => ApiError::BadRequest(message),
+                TriggerError::TooManyTags(_) | TriggerError::Unsupported(_) => {
+                    ApiError::Unprocessable(message)
+                }
+                TriggerError::MetadataTooLarge => ApiError::PayloadTooLarge(message),
+            },
+            BatchError::Store(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+/// A body over its route's limit as a 413 naming that limit (the shared JSON reader
+/// would name the global one).
+fn within(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Result<Bytes, BytesRejection>, ApiError> {
+    match body {
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+            ApiError::PayloadTooLarge(format!("Request body too large (limit {limit} bytes)")),
+        ),
+        other => Ok(other),
+    }
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBatchResponse {
+    id: String,
+    run_count: u32,
+    is_cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+}
+
+/// `POST /api/v3/batches`: phase 1 of the SDK's batch trigger.
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = within(body, runnel_core::batch::MAX_CREATE_BODY_BYTES)?;
+    let request: CreateBatchRequest = json_body(body, &["idempotencyKeyOptions"])?;
+    let created = state
+        .engine
+        .batch_create(&environment, request, idempotency_header(&headers))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CreateBatchResponse {
+            id: created.batch.id.to_string(),
+            run_count: created.batch.run_count,
+            is_cached: created.is_cached,
+            idempotency_key: created.batch.public_idempotency_key().map(str::to_owned),
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamBatchItemsResponse {
+    id: String,
+    items_accepted: u32,
+    items_deduplicated: u32,
+    sealed: bool,
+    /// Only while indexes are missing, so the SDK knows to send the stream again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enqueued_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_count: Option<u32>,
+}
+
+/// `POST /api/v3/batches/{batchId}/items`: phase 2, one item per NDJSON line.
+pub async fn items(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(batch_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.contains("application/x-ndjson")
+        && !content_type.contains("application/ndjson")
+    {
+        let mut response = (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Json(json!({
+                "error": "Content-Type must be application/x-ndjson or application/ndjson"
+            })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+        return Ok(response);
+    }
+    let body = within(body, MAX_ITEMS_BODY_BYTES)?
+        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let accepted = state
+        .engine
+        .batch_items(&environment, &batch_id, &body)
+        .await?;
+    let missing = !accepted.sealed;
+    Ok(Json(StreamBatchItemsResponse {
+        id: accepted.id.to_string(),
+        items_accepted: accepted.items_accepted,
+        items_deduplicated: accepted.items_deduplicated,
+        sealed: accepted.sealed,
+        enqueued_count: missing.then_some(accepted.received),
+        expected_count: missing.then_some(accepted.expected),
+    })
+    .into_response())
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OneShotRunResponse {
+    id: String,
+    task_identifier: String,
+    is_cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OneShotResponse {
+    id: String,
+    is_cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    runs: Vec<OneShotRunResponse>,
+}
+
+/// `POST /api/v1/tasks/batch`: every run of a batch in one request.
+pub async fn one_shot(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: OneShotBatchRequest = json_body(within(body, MAX_ONE_SHOT_BODY_BYTES)?, &[])?;
+    let batch = state
+        .engine
+        .batch_trigger_one_shot(&environment, request, idempotency_header(&headers))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(OneShotResponse {
+            id: batch.batch.id.to_string(),
+            is_cached: batch.is_cached,
+            idempotency_key: batch.batch.public_idempotency_key().map(str::to_owned),
+            runs: batch
+                .runs
+                .into_iter()
+                .map(|run| OneShotRunResponse {
+                    id: run.id,
+                    task_identifier: run.task_identifier,
+                    is_cached: run.is_cached,
+                    idempotency_key: run.idempotency_key,
+                })
+                .collect(),
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchErrorItem {
+    index: u32,
+    task_identifier: String,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Processing {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<String>,
+    errors: Vec<BatchErrorItem>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RetrieveBatchV2Response {
+    id: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processing_completed_at: Option<String>,
+    run_count: u32,
+    runs: Vec<String>,
+    processing: Processing,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RetrieveBatchV1Response {
+    id: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    created_at: String,
+    updated_at: String,
+    run_count: u32,
+    runs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<BatchErrorItem>,
+}
+
+/// The run ids in index order (an item returned under an idempotency key shows the
+/// run it returned) and the items that created no run.
+fn runs_and_errors(detail: BatchDetail) -> (BatchRecord, Vec<String>, Vec<BatchErrorItem>) {
+    let mut runs = Vec::with_capacity(detail.items.len());
+    let mut errors = Vec::new();
+    for item in detail.items {
+        match (item.run_id, item.error) {
+            (Some(run), _) => runs.push(run),
+            (None, error) => errors.push(BatchErrorItem {
+                index: item.index,
+                task_identifier: item.task_identifier,
+                error: error.unwrap_or_default(),
+            }),
+        }
+    }
+    (detail.batch, runs, errors)
+}
+
+async fn detail(
+    state: &AppState,
+    environment: &runnel_core::tenancy::Environment,
+    batch_id: &str,
+) -> Result<BatchDetail, ApiError> {
+    state
+        .engine
+        .batch_detail(environment, batch_id)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// `GET /api/v2/batches/{batchId}` (what the SDK's `batch.retrieve` calls).
+pub async fn retrieve_v2(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(batch_id): Path<String>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let (batch, runs, errors) = runs_and_errors(detail(&state, &environment, &batch_id).await?);
+    Ok(Json(RetrieveBatchV2Response {
+        id: batch.id.to_string(),
+        status: batch.status.as_str(),
+        idempotency_key: batch.public_idempotency_key().map(str::to_owned),
+        created_at: iso(batch.created_at),
+        updated_at: iso(batch.updated_at),
+        processing_completed_at: batch.processing_completed_at.map(iso),
+        run_count: batch.run_count,
+        runs,
+        processing: Processing {
+            completed_at: batch.processing_completed_at.map(iso),
+            errors,
+        },
+    }))
+}
+
+/// `GET /api/v1/batches/{batchId}`.
+pub async fn retrieve_v1(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(batch_id): Path<String>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let (batch, runs, errors) = runs_and_errors(detail(&state, &environment, &batch_id).await?);
+    Ok(Json(RetrieveBatchV1Response {
+        id: batch.id.to_string(),
+        status: batch.status.as_str(),
+        idempotency_key: batch.public_idempotency_key().map(str::to_owned),
+        created_at: iso(batch.created_at),
+        updated_at: iso(batch.updated_at),
+        run_count: batch.run_count,
+        runs,
+        errors,
+    }))
+}
