@@ -109,3 +109,8 @@ fn sdk_trigger_and_retrieve() {
 fn sdk_errors() {
     run_compat_file("errors.test.mjs");
 }
+
+#[test]
+fn sdk_batch_trigger() {
+    run_compat_file("batch.test.mjs");
+}
