@@ -8,6 +8,7 @@
 use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use runnel_engine::Engine;
@@ -28,6 +29,8 @@ mod workers;
 // [queues]
 
 // [auth]
+pub mod jwt;
+pub mod rate_limit;
 
 pub use error::ApiError;
 
@@ -38,6 +41,8 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// Per-environment API rate limit; `None` (the default) turns it off.
+    pub rate_limiter: Option<rate_limit::RateLimiter>,
 }
 
 /// The whole HTTP application.
@@ -70,9 +75,15 @@ pub fn router(state: AppState) -> Router {
         // [batches]
         // [queues]
         // [auth]
+        .route("/api/v1/auth/jwt/claims", post(jwt::claims))
+        .route("/api/v1/auth/jwt", post(jwt::create))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::guard,
+        ))
         .with_state(state)
 }
 
