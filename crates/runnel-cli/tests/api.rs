@@ -1019,9 +1019,13 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
             if authorized {
                 request = request.bearer_auth(key);
             }
-            send(request)
-                .await
-                .assert_error(StatusCode::NOT_FOUND, "Not found");
+            let reply = send(request).await;
+            if authorized || !path.starts_with("/api/") {
+                reply.assert_error(StatusCode::NOT_FOUND, "Not found");
+            } else {
+                // The /api guard answers before routing (contract §1.4).
+                assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}: {reply:?}");
+            }
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! Requests are translated to engine calls here and nowhere else; errors become HTTP in
 //! exactly one place ([`error::ApiError`]). Every `/api/*` route is authenticated with a
-//! secret key that scopes it to one environment ([`auth`]).
+//! secret key that scopes it to one environment ([`auth`]); the few that also take a
+//! public access token check its scopes ([`jwt`]). A guard in front of all routes answers
+//! a missing `Authorization` header and applies the opt-in rate limit ([`rate_limit`]).
 
 use std::future::Future;
 
