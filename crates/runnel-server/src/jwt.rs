@@ -56,6 +56,7 @@ pub struct Claims {
     pub public: bool,
     #[serde(default)]
     pub scopes: Vec<String>,
+    #[serde(default)]
     pub iat: i64,
     pub exp: i64,
 }
