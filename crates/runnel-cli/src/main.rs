@@ -81,6 +81,10 @@ struct ServeArgs {
     store: StoreArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    /// Per-environment API rate limit as MAX/REFILL/INTERVAL, e.g. `750/250/10s` (a
+    /// bucket of 750 requests refilled by 250 every 10 s; limits are per node). Off when unset.
+    #[arg(long, env = "RUNNEL_RATE_LIMIT", value_name = "MAX/REFILL/INTERVAL")]
+    rate_limit: Option<runnel_server::rate_limit::RateLimit>,
 }
 
 /// How the run engine behaves.
@@ -337,6 +341,9 @@ impl RunningServer {
             listener,
             AppState {
                 engine: engine.clone(),
+                rate_limiter: args
+                    .rate_limit
+                    .map(runnel_server::rate_limit::RateLimiter::new),
             },
             async move {
                 let _ = http_shutdown.wait_for(|stop| *stop).await;

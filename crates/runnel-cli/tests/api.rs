@@ -650,15 +650,27 @@ async fn a_request_without_a_valid_key_is_401() {
     let trigger = "/api/v1/tasks/t/trigger";
 
     for (method, path) in [(Method::GET, retrieve.as_str()), (Method::POST, trigger)] {
+        // The body is application/problem+json (tests/auth.rs checks it whole).
         let reply = send(app.server.request(method.clone(), path).json(&json!({}))).await;
-        reply.assert_error(StatusCode::UNAUTHORIZED, "No authorization header provided");
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+        assert_eq!(reply.body["error"], "No authorization header provided");
 
         let well_formed_unknown = "tr_dev_AbCdEfGhIjKlMnOpQrStUvWx";
         let wrong_kind = format!("pk_dev_{}", &app.dev_key[7..]);
+        let reply = send(
+            app.server
+                .request(method.clone(), path)
+                .bearer_auth(&wrong_kind)
+                .json(&json!({})),
+        )
+        .await;
+        reply.assert_error(
+            StatusCode::UNAUTHORIZED,
+            "Public API keys are not allowed for this request",
+        );
         for header in [
             format!("Bearer {well_formed_unknown}"),
             "Bearer not-a-key".to_owned(),
-            format!("Bearer {wrong_kind}"),
             format!("Bearer {}x", app.dev_key),
             // The right key, but not as a bearer token.
             format!("Basic {}", app.dev_key),
@@ -1007,9 +1019,13 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
             if authorized {
                 request = request.bearer_auth(key);
             }
-            send(request)
-                .await
-                .assert_error(StatusCode::NOT_FOUND, "Not found");
+            let reply = send(request).await;
+            if authorized || !path.starts_with("/api/") {
+                reply.assert_error(StatusCode::NOT_FOUND, "Not found");
+            } else {
+                // The /api guard answers before routing (contract §1.4).
+                assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}: {reply:?}");
+            }
         }
     }
 

@@ -1,21 +1,133 @@
-//! Secret-key authentication (contract §1.2): `Authorization: Bearer tr_<env>_…`.
+//! Who is calling (contract §1.2): `Authorization: Bearer <token>` carries a secret key
+//! (`tr_<env>_…`), a legacy public key (`pk_…`, refused everywhere), or a public access
+//! token (a JWT with `pub: true`, see [`crate::jwt`]).
 //!
-//! The key is hashed and looked up; a live key yields its [`Environment`], which scopes
-//! everything the request may see. A missing header and a bad key are both 401, with
-//! the contract's messages.
+//! A live secret key yields its [`Environment`], which scopes everything the request may
+//! see. A token yields its environment too, but only the routes that take a [`Caller`]
+//! accept one, and they check its scopes with [`crate::jwt::authorize`]; every other
+//! route takes [`Authenticated`] or [`AuthenticatedKey`] and refuses tokens. A missing
+//! header, a bad key and a bad token are 401, with the contract's messages.
+//!
+//! The result is kept in the request's extensions, so a request that the rate limiter
+//! already identified is not looked up again by its handler.
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use runnel_core::key::SecretKey;
 use runnel_core::tenancy::Environment;
 use runnel_core::ApiVersion;
 
+use crate::jwt::{self, PublicToken};
 use crate::{ApiError, AppState};
 
-/// The environment the request's key belongs to.
+pub const NO_AUTHORIZATION: &str = "No authorization header provided";
+const INVALID_KEY: &str = "Invalid API Key";
+const PUBLIC_KEY: &str = "Public API keys are not allowed for this request";
+const PUBLIC_TOKEN: &str = "Public JWT API keys are not allowed for this request";
+
+/// The environment the request's secret key belongs to.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Environment);
+
+/// The secret key that authenticated the request: its environment, and its stored hash,
+/// which signs the public access tokens minted for this caller ([`jwt::jwt_headers`]).
+#[derive(Debug, Clone)]
+pub struct AuthenticatedKey {
+    pub environment: Environment,
+    pub key_hash: String,
+}
+
+/// Whoever a route that also accepts public access tokens is talking to.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    SecretKey(AuthenticatedKey),
+    PublicToken(PublicToken),
+}
+
+impl Caller {
+    pub fn environment(&self) -> &Environment {
+        match self {
+            Caller::SecretKey(key) => &key.environment,
+            Caller::PublicToken(token) => &token.environment,
+        }
+    }
+}
+
+/// Classifies and checks the bearer token in `headers`.
+pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized(NO_AUTHORIZATION))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized(INVALID_KEY))?;
+    if token.starts_with("pk_") {
+        return Err(ApiError::Unauthorized(PUBLIC_KEY));
+    }
+    if !token.starts_with("tr_") && jwt::is_public_token(token) {
+        return jwt::verify(state, token).await.map(Caller::PublicToken);
+    }
+    let key = SecretKey::parse(token).ok_or(ApiError::Unauthorized(INVALID_KEY))?;
+    let key_hash = key.hash();
+    let environment = state
+        .engine
+        .store()
+        .api_key_authenticate(&key_hash)
+        .await?
+        .ok_or(ApiError::Unauthorized(INVALID_KEY))?;
+    Ok(Caller::SecretKey(AuthenticatedKey {
+        environment,
+        key_hash,
+    }))
+}
+
+/// [`identify`], once per request.
+async fn caller<S>(parts: &mut Parts, state: &S) -> Result<Caller, ApiError>
+where
+    AppState: FromRef<S>,
+{
+    if let Some(caller) = parts.extensions.get::<Caller>() {
+        return Ok(caller.clone());
+    }
+    let caller = identify(&parts.headers, &AppState::from_ref(state)).await?;
+    parts.extensions.insert(caller.clone());
+    Ok(caller)
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        caller(parts, state).await
+    }
+}
+
+impl<S> FromRequestParts<S> for AuthenticatedKey
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match caller(parts, state).await? {
+            Caller::SecretKey(key) => Ok(key),
+            Caller::PublicToken(_) => Err(ApiError::Unauthorized(PUBLIC_TOKEN)),
+        }
+    }
+}
 
 impl<S> FromRequestParts<S> for Authenticated
 where
@@ -25,28 +137,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("No authorization header provided"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized("Invalid API Key"))?;
-        let key = SecretKey::parse(token).ok_or(ApiError::Unauthorized("Invalid API Key"))?;
-        let state = AppState::from_ref(state);
-        let environment = state
-            .engine
-            .store()
-            .api_key_authenticate(&key.hash())
-            .await?
-            .ok_or(ApiError::Unauthorized("Invalid API Key"))?;
-        Ok(Authenticated(environment))
+        let key = AuthenticatedKey::from_request_parts(parts, state).await?;
+        Ok(Authenticated(key.environment))
     }
 }
 

@@ -21,7 +21,8 @@ use runnel_engine::BatchError;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::Authenticated;
+use crate::auth::{Authenticated, AuthenticatedKey};
+use crate::jwt;
 use crate::runs::json_body;
 use crate::{ApiError, AppState};
 
@@ -84,7 +85,7 @@ struct CreateBatchResponse {
 /// `POST /api/v3/batches`: phase 1 of the SDK's batch trigger.
 pub async fn create(
     State(state): State<AppState>,
-    Authenticated(environment): Authenticated,
+    key: AuthenticatedKey,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -92,10 +93,14 @@ pub async fn create(
     let request: CreateBatchRequest = json_body(body, &["idempotencyKeyOptions"])?;
     let created = state
         .engine
-        .batch_create(&environment, request, idempotency_header(&headers))
+        .batch_create(&key.environment, request, idempotency_header(&headers))
         .await?;
+    // A token that reads the batch and the runs it will hold (contract §2.3).
+    let scopes = [format!("read:batch:{}", created.batch.id)];
+    let token = jwt::jwt_headers(&key, &scopes, state.engine.now());
     Ok((
         StatusCode::ACCEPTED,
+        token,
         Json(CreateBatchResponse {
             id: created.batch.id.to_string(),
             run_count: created.batch.run_count,

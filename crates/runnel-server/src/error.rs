@@ -15,6 +15,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A public access token whose scopes do not cover the request (contract §1.4).
+    #[error("Unauthorized")]
+    Forbidden,
     /// A missing resource, or one of another environment: the two look the same.
     #[error("Not found")]
     NotFound,
@@ -61,6 +64,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -80,7 +84,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        let body = match &self {
+            ApiError::Forbidden => json!({
+                "error": message, "code": "unauthorized", "param": "access_token", "type": "authorization"
+            }),
+            _ => json!({ "error": message }),
+        };
+        let mut response = (status, Json(body)).into_response();
         // The official SDK retries a 404 that does not say otherwise; ours are final
         // (a run is readable as soon as its trigger answered).
         if status.is_client_error() {

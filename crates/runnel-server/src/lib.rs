@@ -3,11 +3,14 @@
 //!
 //! Requests are translated to engine calls here and nowhere else; errors become HTTP in
 //! exactly one place ([`error::ApiError`]). Every `/api/*` route is authenticated with a
-//! secret key that scopes it to one environment ([`auth`]).
+//! secret key that scopes it to one environment ([`auth`]); the few that also take a
+//! public access token check its scopes ([`jwt`]). A guard in front of all routes answers
+//! a missing `Authorization` header and applies the opt-in rate limit ([`rate_limit`]).
 
 use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use runnel_engine::Engine;
@@ -29,6 +32,8 @@ mod batches;
 // [queues]
 
 // [auth]
+pub mod jwt;
+pub mod rate_limit;
 
 pub use error::ApiError;
 
@@ -39,6 +44,8 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// Per-environment API rate limit; `None` (the default) turns it off.
+    pub rate_limiter: Option<rate_limit::RateLimiter>,
 }
 
 /// The whole HTTP application.
@@ -87,9 +94,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/batches/{batch_id}", get(batches::retrieve_v2))
         // [queues]
         // [auth]
+        .route("/api/v1/auth/jwt/claims", post(jwt::claims))
+        .route("/api/v1/auth/jwt", post(jwt::create))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::guard,
+        ))
         .with_state(state)
 }
 

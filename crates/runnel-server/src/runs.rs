@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::{Authenticated, CallerApiVersion};
-use crate::{ApiError, AppState, MAX_BODY_BYTES};
+use crate::auth::{Authenticated, AuthenticatedKey, Caller, CallerApiVersion};
+use crate::{jwt, ApiError, AppState, MAX_BODY_BYTES};
 
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     match state.engine.store().ping().await {
@@ -82,13 +82,15 @@ struct TriggerResponse {
     is_cached: bool,
 }
 
+/// Triggers a run; the response also hands over a public access token that reads the
+/// run (contract §2.3).
 pub async fn trigger(
     State(state): State<AppState>,
-    Authenticated(environment): Authenticated,
+    key: AuthenticatedKey,
     Path(task): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<impl Serialize>, ApiError> {
+) -> Result<(HeaderMap, Json<impl Serialize>), ApiError> {
     let request: TriggerRequest = json_body(
         body,
         &["options", "options.queue", "options.idempotencyKeyOptions"],
@@ -105,26 +107,47 @@ pub async fn trigger(
     };
     let triggered = state
         .engine
-        .trigger(&environment, &task, request, &idempotency)
+        .trigger(&key.environment, &task, request, &idempotency)
         .await?;
-    Ok(Json(TriggerResponse {
-        id: triggered.id.to_string(),
-        is_cached: triggered.is_cached,
-    }))
+    let id = triggered.id.to_string();
+    let scopes = [
+        format!("read:runs:{id}"),
+        format!("write:inputStreams:{id}"),
+    ];
+    let token = jwt::jwt_headers(&key, &scopes, state.engine.now());
+    Ok((
+        token,
+        Json(TriggerResponse {
+            id,
+            is_cached: triggered.is_cached,
+        }),
+    ))
 }
 
+/// Reads a run, with a secret key or a public access token allowed to read it (by run,
+/// task or tag; a missing run is 404 before scopes are looked at).
 pub async fn retrieve(
     State(state): State<AppState>,
-    Authenticated(environment): Authenticated,
+    caller: Caller,
     CallerApiVersion(version): CallerApiVersion,
     Path(run_id): Path<String>,
 ) -> Result<Json<RetrieveRunResponse>, ApiError> {
     let id = RunId::parse(&run_id).ok_or(ApiError::NotFound)?;
     let detail = state
         .engine
-        .run_detail(&environment, &id)
+        .run_detail(caller.environment(), &id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let run = &detail.run;
+    let mut resources = vec![
+        ("runs", run.id.as_str()),
+        ("tasks", run.task_identifier.as_str()),
+    ];
+    resources.extend(run.tags.iter().map(|tag| ("tags", tag.as_str())));
+    if let Some(batch) = &run.batch_id {
+        resources.push(("batch", batch.as_str()));
+    }
+    jwt::authorize(&caller, "read", &resources)?;
     Ok(Json(RetrieveRunResponse::new(&detail, version)))
 }
 

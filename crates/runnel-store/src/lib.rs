@@ -386,6 +386,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // [auth]
 
+    /// Environment `id` and the hashes of its live (not revoked) keys, oldest first: the
+    /// secrets a public access token of that environment may be signed with. `None` when
+    /// there is no such environment; an environment whose keys are all revoked has none.
+    async fn api_key_hashes(
+        &self,
+        environment: &EnvironmentId,
+    ) -> Result<Option<(Environment, Vec<String>)>>;
+
     /// Closes the pools: waits for connections in use, then checkpoints and closes.
     async fn close(&self);
 }

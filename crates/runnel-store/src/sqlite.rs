@@ -1000,6 +1000,29 @@ impl Store for SqliteStore {
 
     // [auth]
 
+    async fn api_key_hashes(
+        &self,
+        environment: &EnvironmentId,
+    ) -> Result<Option<(Environment, Vec<String>)>> {
+        let found = sqlx::query(
+            "SELECT e.id, e.project_id, e.kind, k.key_hash FROM environments e \
+             LEFT JOIN api_keys k ON k.environment_id = e.id AND k.revoked_at IS NULL \
+             WHERE e.id = ? ORDER BY k.created_at, k.key_hash",
+        )
+        .bind(environment.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        let Some(first) = found.first() else {
+            return Ok(None);
+        };
+        let hashes = found
+            .iter()
+            .map(|row| rows::Columns::opt_text(row, "key_hash"))
+            .filter_map(|hash| hash.transpose())
+            .collect::<sqlx::Result<Vec<_>>>()?;
+        Ok(Some((environment_from_row(first)?, hashes)))
+    }
+
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;

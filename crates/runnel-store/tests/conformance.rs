@@ -126,6 +126,8 @@ macro_rules! conformance_tests {
             // [queues]
 
             // [auth]
+            api_key_hashes_lists_the_live_keys_of_an_environment,
+            api_key_hashes_drops_revoked_keys_and_knows_no_other_environment,
 
         ]);
     };
@@ -3995,3 +3997,45 @@ async fn batch_items_trigger_concurrent_overlapping_calls_record_each_index_once
 // [queues]
 
 // [auth]
+
+async fn api_key_hashes_lists_the_live_keys_of_an_environment(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let keys = insert_keys(&*store, &tenancy).await;
+
+    for (environment, want) in [
+        (&tenancy.dev, vec![keys.dev.hash(), keys.dev_second.hash()]),
+        (&tenancy.staging, vec![keys.staging.hash()]),
+        (&tenancy.prod, vec![keys.prod.hash()]),
+    ] {
+        assert_eq!(
+            store.api_key_hashes(&environment.id).await.unwrap(),
+            Some((environment.clone(), want)),
+            "{environment:?}"
+        );
+    }
+}
+
+async fn api_key_hashes_drops_revoked_keys_and_knows_no_other_environment(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let keys = insert_keys(&*store, &tenancy).await;
+
+    store
+        .api_key_revoke(&keys.dev.display_prefix(), at(HOUR))
+        .await
+        .unwrap();
+    store
+        .api_key_revoke(&keys.prod.display_prefix(), at(HOUR))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_key_hashes(&tenancy.dev.id).await.unwrap(),
+        Some((tenancy.dev.clone(), vec![keys.dev_second.hash()]))
+    );
+    // An environment whose keys are all revoked still exists, with nothing to verify by.
+    assert_eq!(
+        store.api_key_hashes(&tenancy.prod.id).await.unwrap(),
+        Some((tenancy.prod.clone(), vec![]))
+    );
+    let unknown = runnel_core::EnvironmentId::generate(0);
+    assert_eq!(store.api_key_hashes(&unknown).await.unwrap(), None);
+}
