@@ -27,7 +27,12 @@ async fn call(
 /// Dequeues, starts and completes the one queued run of `task` with `output`.
 async fn complete_with(server: &Server, key: &str, worker: &str, output: Value) {
     let dequeued = server
-        .worker_call(key, worker, "dequeue", &json!({"maxRuns": 1, "waitMs": 5000}))
+        .worker_call(
+            key,
+            worker,
+            "dequeue",
+            &json!({"maxRuns": 1, "waitMs": 5000}),
+        )
         .await;
     let attempt = dequeued.body["runs"][0]["attemptId"]
         .as_str()
@@ -69,7 +74,10 @@ async fn replay_triggers_a_new_run_with_the_same_inputs_on_the_latest_version() 
             }}),
         )
         .await;
-    assert_eq!(server.run(key, &original).await["status"], "WAITING_FOR_DEPLOY");
+    assert_eq!(
+        server.run(key, &original).await["status"],
+        "WAITING_FOR_DEPLOY"
+    );
     assert_eq!(server.cancel(key, &original).await.status, StatusCode::OK);
 
     let reply = call(
@@ -150,13 +158,32 @@ async fn reschedule_moves_a_delayed_run_and_refuses_others() {
     assert_eq!(reply.body, retrieved.body);
     assert_eq!(reply.body["status"], "DELAYED");
 
-    let date = (Utc::now() + Duration::days(1)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    let reply = call(server, key, Method::POST, &path, Some(json!({"delay": date}))).await;
-    assert_eq!((reply.status, &reply.body["delayedUntil"]), (StatusCode::OK, &json!(date)));
+    let date = (Utc::now() + Duration::days(1))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        &path,
+        Some(json!({"delay": date})),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, &reply.body["delayedUntil"]),
+        (StatusCode::OK, &json!(date))
+    );
 
     let past = (Utc::now() - Duration::days(1)).to_rfc3339();
     for bad in ["soon", past.as_str()] {
-        let reply = call(server, key, Method::POST, &path, Some(json!({"delay": bad}))).await;
+        let reply = call(
+            server,
+            key,
+            Method::POST,
+            &path,
+            Some(json!({"delay": bad})),
+        )
+        .await;
         reply.assert_error(StatusCode::BAD_REQUEST, &format!("Invalid delay: {bad}"));
     }
     let reply = call(
@@ -194,12 +221,23 @@ async fn tags_are_added_as_a_sorted_union_of_at_most_ten() {
         .trigger_new(key, "t", &json!({"options": {"tags": ["m"]}}))
         .await;
     let path = format!("/api/v1/runs/{id}/tags");
-    let add = |tags: Value| call(server, key, Method::POST, &path, Some(json!({"tags": tags})));
+    let add = |tags: Value| {
+        call(
+            server,
+            key,
+            Method::POST,
+            &path,
+            Some(json!({"tags": tags})),
+        )
+    };
 
     let reply = add(json!(["b", "a", " ", "m"])).await;
     assert_eq!(
         (reply.status, reply.body),
-        (StatusCode::OK, json!({"message": "Successfully set 2 new tags."}))
+        (
+            StatusCode::OK,
+            json!({"message": "Successfully set 2 new tags."})
+        )
     );
     let reply = add(json!("a")).await;
     assert_eq!(
@@ -215,12 +253,22 @@ async fn tags_are_added_as_a_sorted_union_of_at_most_ten() {
     );
     assert_eq!(server.run(key, &id).await["tags"], json!(["a", "b", "m"]));
 
-    for bad in [json!({"tags": 5}), json!({"tags": [1]}), json!({}), json!({"tags": "x".repeat(129)})] {
+    for bad in [
+        json!({"tags": 5}),
+        json!({"tags": [1]}),
+        json!({}),
+        json!({"tags": "x".repeat(129)}),
+    ] {
         let reply = call(server, key, Method::POST, &path, Some(bad.clone())).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {reply:?}");
-        assert_eq!(reply.body["error"], "Invalid request body", "{bad}: {reply:?}");
+        assert_eq!(
+            reply.body["error"], "Invalid request body",
+            "{bad}: {reply:?}"
+        );
         assert!(
-            reply.body["issues"].as_array().is_some_and(|i| !i.is_empty()),
+            reply.body["issues"]
+                .as_array()
+                .is_some_and(|i| !i.is_empty()),
             "{bad}: {reply:?}"
         );
     }
@@ -240,7 +288,11 @@ async fn metadata_is_replaced_or_operated_on() {
     let app = TestApp::start();
     let (server, key) = (&app.server, app.dev_key.as_str());
     let id = server
-        .trigger_new(key, "t", &json!({"options": {"metadata": {"count": 1, "logs": ["a"]}}}))
+        .trigger_new(
+            key,
+            "t",
+            &json!({"options": {"metadata": {"count": 1, "logs": ["a"]}}}),
+        )
         .await;
     let path = format!("/api/v1/runs/{id}/metadata");
     let put = |body: Value| call(server, key, Method::PUT, &path, Some(body));
@@ -262,7 +314,9 @@ async fn metadata_is_replaced_or_operated_on() {
     let raw = call(server, key, Method::GET, &path, None).await;
     assert_eq!(raw.status, StatusCode::OK);
     assert_eq!(raw.body["metadataType"], "application/json");
-    let text = raw.body["metadata"].as_str().expect("the raw stored string");
+    let text = raw.body["metadata"]
+        .as_str()
+        .expect("the raw stored string");
     assert_eq!(serde_json::from_str::<Value>(text).unwrap(), want);
 
     // A whole replacement, then operations on top of it; parent and root operations
@@ -280,8 +334,12 @@ async fn metadata_is_replaced_or_operated_on() {
         "{reply:?}"
     );
 
-    let reply = put(json!({"operations": [{"type": "set", "key": "$.__proto__.x", "value": 1}]})).await;
-    reply.assert_error(StatusCode::BAD_REQUEST, "Invalid metadata key: $.__proto__.x");
+    let reply =
+        put(json!({"operations": [{"type": "set", "key": "$.__proto__.x", "value": 1}]})).await;
+    reply.assert_error(
+        StatusCode::BAD_REQUEST,
+        "Invalid metadata key: $.__proto__.x",
+    );
     let reply = put(json!({"metadata": {"big": "x".repeat(262_144)}})).await;
     reply.assert_error(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -325,12 +383,21 @@ async fn result_shows_finished_runs_only() {
     assert_eq!(server.cancel(key, &canceled).await.status, StatusCode::OK);
     let queued = server.trigger_new(key, "t", &json!({})).await;
     let result = |id: String| async move {
-        call(server, key, Method::GET, &format!("/api/v1/runs/{id}/result"), None).await
+        call(
+            server,
+            key,
+            Method::GET,
+            &format!("/api/v1/runs/{id}/result"),
+            None,
+        )
+        .await
     };
 
     let reply = result(done.clone()).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    let duration = reply.body["usage"]["durationMs"].as_i64().expect("durationMs");
+    let duration = reply.body["usage"]["durationMs"]
+        .as_i64()
+        .expect("durationMs");
     assert!(duration >= 0);
     assert_eq!(
         reply.body,
@@ -352,9 +419,10 @@ async fn result_shows_finished_runs_only() {
         )
     );
     for id in [queued, "run_0000000000000000000000aa".to_owned()] {
-        result(id)
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "Run either doesn't exist or is not finished");
+        result(id).await.assert_error(
+            StatusCode::NOT_FOUND,
+            "Run either doesn't exist or is not finished",
+        );
     }
 }
 
@@ -369,14 +437,28 @@ async fn idempotency_key_reset_lets_the_key_create_a_new_run() {
     assert_eq!(trigger().await.assert_cached_run(), first);
     let path = "/api/v1/idempotencyKeys/order%2F42%20%C3%A9/reset";
 
-    let reply = call(server, key, Method::POST, path, Some(json!({"taskIdentifier": "other"}))).await;
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        path,
+        Some(json!({"taskIdentifier": "other"})),
+    )
+    .await;
     reply.assert_error(
         StatusCode::NOT_FOUND,
         &format!("No runs found with idempotency key: {user_key} and task: other"),
     );
     assert_eq!(trigger().await.assert_cached_run(), first);
 
-    let reply = call(server, key, Method::POST, path, Some(json!({"taskIdentifier": "t"}))).await;
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        path,
+        Some(json!({"taskIdentifier": "t"})),
+    )
+    .await;
     assert_eq!(
         (reply.status, reply.body),
         (StatusCode::OK, json!({ "id": user_key }))
@@ -389,6 +471,13 @@ async fn idempotency_key_reset_lets_the_key_create_a_new_run() {
 
     let reply = call(server, key, Method::POST, path, Some(json!({}))).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
-    let reply = call(server, key, Method::POST, path, Some(json!({"taskIdentifier": ""}))).await;
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        path,
+        Some(json!({"taskIdentifier": ""})),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
 }

@@ -27,16 +27,32 @@ pub const FORBIDDEN_SEGMENTS: [&str; 3] = ["__proto__", "constructor", "prototyp
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Operation {
     /// Shallow merge of `value` into the top level.
-    Update { value: Map<String, Value> },
-    Set { key: String, value: Value },
-    Delete { key: String },
+    Update {
+        value: Map<String, Value>,
+    },
+    Set {
+        key: String,
+        value: Value,
+    },
+    Delete {
+        key: String,
+    },
     /// Pushes `value` onto the array at `key` (creating it; a non-array becomes the
     /// array's first item).
-    Append { key: String, value: Value },
+    Append {
+        key: String,
+        value: Value,
+    },
     /// Removes every item equal to `value` from the array at `key`.
-    Remove { key: String, value: Value },
+    Remove {
+        key: String,
+        value: Value,
+    },
     /// Adds `value` to the number at `key` (a missing key starts at 0).
-    Increment { key: String, value: f64 },
+    Increment {
+        key: String,
+        value: f64,
+    },
 }
 
 /// `PUT /api/v1/runs/{id}/metadata` body. `metadata` replaces the run's whole metadata
@@ -168,7 +184,9 @@ pub fn apply(
     for operation in operations {
         let (key, create) = match operation {
             Operation::Update { value } => {
-                if let Some(bad) = value.keys().find(|k| FORBIDDEN_SEGMENTS.contains(&k.as_str()))
+                if let Some(bad) = value
+                    .keys()
+                    .find(|k| FORBIDDEN_SEGMENTS.contains(&k.as_str()))
                 {
                     return Err(MetadataError::ForbiddenKey(bad.clone()));
                 }

@@ -280,8 +280,10 @@ impl Engine {
         let mut targets: Vec<(RunId, Vec<Operation>)> = vec![(run.id.clone(), update.operations)];
         let parent = run.parent_run_id.clone().unwrap_or_else(|| run.id.clone());
         let root = run.root_run_id.clone().unwrap_or_else(|| parent.clone());
-        for (target, operations) in [(parent, update.parent_operations), (root, update.root_operations)]
-        {
+        for (target, operations) in [
+            (parent, update.parent_operations),
+            (root, update.root_operations),
+        ] {
             if operations.is_empty() {
                 continue;
             }
@@ -292,7 +294,9 @@ impl Engine {
         }
         let mut result = None;
         for (target, operations) in targets {
-            let replacement = (target == run.id).then(|| update.metadata.clone()).flatten();
+            let replacement = (target == run.id)
+                .then(|| update.metadata.clone())
+                .flatten();
             let written = self
                 .metadata_apply(environment, &target, replacement, &operations)
                 .await?;

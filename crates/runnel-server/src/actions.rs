@@ -99,7 +99,9 @@ fn run_id(raw: &str, not_found: &str) -> Result<RunId, Failure> {
 }
 
 /// A JSON object body, or the `Invalid request body` issues of a hand-written route.
-fn object_body(body: Result<Bytes, BytesRejection>) -> Result<serde_json::Map<String, Value>, Failure> {
+fn object_body(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Map<String, Value>, Failure> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             message(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")

@@ -69,7 +69,10 @@ pub fn router(state: AppState) -> Router {
         // [list]
         // [actions]
         .route("/api/v1/runs/{run_id}/replay", post(actions::replay))
-        .route("/api/v1/runs/{run_id}/reschedule", post(actions::reschedule))
+        .route(
+            "/api/v1/runs/{run_id}/reschedule",
+            post(actions::reschedule),
+        )
         .route("/api/v1/runs/{run_id}/tags", post(actions::tags_add))
         .route(
             "/api/v1/runs/{run_id}/metadata",

@@ -3501,7 +3501,12 @@ async fn attempt_heartbeat_and_start_racing_the_rescuer_settle_each_run_once(
 fn child_of(parent: &Run, environment: &Environment, now: DateTime<Utc>) -> Run {
     Run {
         parent_run_id: Some(parent.id.clone()),
-        root_run_id: Some(parent.root_run_id.clone().unwrap_or_else(|| parent.id.clone())),
+        root_run_id: Some(
+            parent
+                .root_run_id
+                .clone()
+                .unwrap_or_else(|| parent.id.clone()),
+        ),
         depth: parent.depth + 1,
         ..queued_run(environment, now)
     }
@@ -3574,19 +3579,40 @@ async fn run_reschedule_moves_only_delayed_runs(store: Arc<dyn Store>) {
 
     for environment in [&tenancy.staging, &tenancy.prod] {
         assert!(!store
-            .run_reschedule(&environment.id, &delayed.id, until, expire_at, queue_ts, at(5))
+            .run_reschedule(
+                &environment.id,
+                &delayed.id,
+                until,
+                expire_at,
+                queue_ts,
+                at(5)
+            )
             .await
             .unwrap());
     }
     let queued_before = stored(&*store, &queued).await;
     assert!(!store
-        .run_reschedule(&tenancy.dev.id, &queued.id, until, expire_at, queue_ts, at(5))
+        .run_reschedule(
+            &tenancy.dev.id,
+            &queued.id,
+            until,
+            expire_at,
+            queue_ts,
+            at(5)
+        )
         .await
         .unwrap());
     assert_eq!(stored(&*store, &queued).await, queued_before);
 
     assert!(store
-        .run_reschedule(&tenancy.dev.id, &delayed.id, until, expire_at, queue_ts, at(5))
+        .run_reschedule(
+            &tenancy.dev.id,
+            &delayed.id,
+            until,
+            expire_at,
+            queue_ts,
+            at(5)
+        )
         .await
         .unwrap());
     assert_eq!(
