@@ -319,11 +319,18 @@ async fn metadata_is_replaced_or_operated_on() {
         .expect("the raw stored string");
     assert_eq!(serde_json::from_str::<Value>(text).unwrap(), want);
 
-    // A whole replacement, then operations on top of it; parent and root operations
-    // go to the run itself when it has neither.
+    // A whole replacement; then operations, which win over `metadata` when both are
+    // sent (as upstream); parent and root operations go to the run itself when it has
+    // neither.
+    let reply = put(json!({"metadata": {"fresh": true}})).await;
+    assert_eq!(
+        reply.body,
+        json!({"metadata": {"fresh": true}}),
+        "{reply:?}"
+    );
     let reply = put(json!({
-        "metadata": {"fresh": true},
-        "operations": [{"type": "update", "value": {"more": 1}}],
+        "metadata": {"ignored": true},
+        "operations": [{"type": "set", "key": "more", "value": 1}],
         "parentOperations": [{"type": "increment", "key": "viaParent", "value": 1}],
         "rootOperations": [{"type": "increment", "key": "viaParent", "value": 1}],
     }))

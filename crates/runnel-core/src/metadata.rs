@@ -26,7 +26,8 @@ pub const FORBIDDEN_SEGMENTS: [&str; 3] = ["__proto__", "constructor", "prototyp
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Operation {
-    /// Shallow merge of `value` into the top level.
+    /// Replaces the whole metadata with `value` (as upstream's code does; its docs say
+    /// "merge").
     Update {
         value: Map<String, Value>,
     },
@@ -48,23 +49,24 @@ pub enum Operation {
         key: String,
         value: Value,
     },
-    /// Adds `value` to the number at `key` (a missing key starts at 0).
+    /// Adds `value` to the number at `key` (a missing key or a non-number counts as 0).
     Increment {
         key: String,
         value: f64,
     },
 }
 
-/// `PUT /api/v1/runs/{id}/metadata` body. `metadata` replaces the run's whole metadata
-/// before `operations` apply; `parentOperations` and `rootOperations` go to the parent
-/// and root runs (to the run itself when it has none).
+/// `PUT /api/v1/runs/{id}/metadata` body. When `operations` is present (even empty) it is
+/// applied to the stored metadata and `metadata` is ignored, as upstream does; otherwise
+/// `metadata` replaces the whole object. `parentOperations` and `rootOperations` go to
+/// the parent and root runs (to the run itself when it has none).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetadataUpdate {
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
     #[serde(default)]
-    pub operations: Vec<Operation>,
+    pub operations: Option<Vec<Operation>>,
     #[serde(default)]
     pub parent_operations: Vec<Operation>,
     #[serde(default)]
@@ -190,9 +192,7 @@ pub fn apply(
                 {
                     return Err(MetadataError::ForbiddenKey(bad.clone()));
                 }
-                if let Value::Object(map) = &mut root {
-                    map.extend(value.clone());
-                }
+                root = Value::Object(value.clone());
                 continue;
             }
             Operation::Set { key, .. }
@@ -231,11 +231,10 @@ pub fn apply(
                 }
             }
             Operation::Increment { value, .. } => match slot(parent, last) {
-                Some(current @ Value::Number(_)) => {
+                Some(current) => {
                     let sum = current.as_f64().unwrap_or(0.0) + value;
                     *current = number(sum);
                 }
-                Some(_) => {}
                 None => put(parent, last, number(*value)),
             },
         }
@@ -287,7 +286,7 @@ mod tests {
     fn operations_apply_in_order() {
         let cases = [
             (
-                json!({"a": 1}),
+                json!({"a": 1, "c": 5}),
                 json!([{"type": "update", "value": {"b": 2, "a": 3}}]),
                 json!({"a": 3, "b": 2}),
             ),
@@ -342,7 +341,7 @@ mod tests {
             (
                 json!({"n": "text"}),
                 json!([{"type": "increment", "key": "n", "value": 2}]),
-                json!({"n": "text"}),
+                json!({"n": 2}),
             ),
             (
                 json!({"items": [{"v": 1}, {"v": 2}]}),

@@ -272,12 +272,17 @@ impl Engine {
         }) {
             return Err(ActionError::MetadataClosed);
         }
-        if let Some(replacement) = &update.metadata {
+        // Operations, when sent, win over a whole replacement (as upstream).
+        let (replacement, operations) = match update.operations {
+            Some(operations) => (None, operations),
+            None => (update.metadata, Vec::new()),
+        };
+        if let Some(replacement) = &replacement {
             metadata::check_keys(replacement)?;
         }
         // Operations per target run, in order: the run, its parent, its root (the run
         // itself stands in for a missing parent or root).
-        let mut targets: Vec<(RunId, Vec<Operation>)> = vec![(run.id.clone(), update.operations)];
+        let mut targets: Vec<(RunId, Vec<Operation>)> = vec![(run.id.clone(), operations)];
         let parent = run.parent_run_id.clone().unwrap_or_else(|| run.id.clone());
         let root = run.root_run_id.clone().unwrap_or_else(|| parent.clone());
         for (target, operations) in [
@@ -294,9 +299,7 @@ impl Engine {
         }
         let mut result = None;
         for (target, operations) in targets {
-            let replacement = (target == run.id)
-                .then(|| update.metadata.clone())
-                .flatten();
+            let replacement = (target == run.id).then(|| replacement.clone()).flatten();
             let written = self
                 .metadata_apply(environment, &target, replacement, &operations)
                 .await?;
