@@ -114,3 +114,8 @@ fn sdk_errors() {
 fn sdk_batch_trigger() {
     run_compat_file("batch.test.mjs");
 }
+
+#[test]
+fn sdk_runs_management() {
+    run_compat_file("runs.test.mjs");
+}

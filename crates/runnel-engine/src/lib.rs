@@ -17,11 +17,13 @@ use runnel_core::{RunId, RunStatus, WorkerId};
 use runnel_store::{Store, TriggerOutcome, WorkerRecord};
 use tokio::sync::Notify;
 
+pub mod actions;
 pub mod batches;
 pub mod clock;
 pub mod runtime;
 pub mod workers;
 
+pub use actions::ActionError;
 pub use batches::BatchError;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use workers::{EngineConfig, WorkerError};

@@ -526,6 +526,7 @@ impl Engine {
                 if attempt.is_some() {
                     self.attempts_ended();
                 }
+                self.cancel_descendants(environment, id).await?;
                 Ok(Some(run.id))
             }
             CancelOutcome::AlreadyFinal(_) => Ok(Some(run.id)),

@@ -11,7 +11,7 @@ use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use runnel_engine::Engine;
 use tokio::net::TcpListener;
@@ -25,6 +25,7 @@ mod workers;
 // [list]
 
 // [actions]
+mod actions;
 
 // [batches]
 mod batches;
@@ -75,6 +76,21 @@ pub fn router(state: AppState) -> Router {
         )
         // [list]
         // [actions]
+        .route("/api/v1/runs/{run_id}/replay", post(actions::replay))
+        .route(
+            "/api/v1/runs/{run_id}/reschedule",
+            post(actions::reschedule),
+        )
+        .route("/api/v1/runs/{run_id}/tags", post(actions::tags_add))
+        .route(
+            "/api/v1/runs/{run_id}/metadata",
+            put(actions::metadata_update).get(actions::metadata_get),
+        )
+        .route("/api/v1/runs/{run_id}/result", get(actions::result))
+        .route(
+            "/api/v1/idempotencyKeys/{key}/reset",
+            post(actions::idempotency_key_reset),
+        )
         // [batches]
         .route(
             "/api/v3/batches",

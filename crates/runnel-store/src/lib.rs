@@ -337,6 +337,60 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // [actions]
 
+    /// The live (non-final) runs of `environment` below `parent`: its children, their
+    /// children and so on, shallowest first. Cancel uses it to end a run's subtree.
+    async fn run_descendants_live(
+        &self,
+        environment: &EnvironmentId,
+        parent: &RunId,
+    ) -> Result<Vec<RunId>>;
+
+    /// Moves a delayed run's delay: sets `delay_until`, `expire_at` (the TTL clock starts
+    /// at the end of the delay) and `queue_ts`, only while the run is still `Delayed`.
+    /// Returns whether it changed.
+    async fn run_reschedule(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        delay_until: DateTime<Utc>,
+        expire_at: Option<DateTime<Utc>>,
+        queue_ts: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Compare-and-swap of a run's tags: stores `tags` only if the stored ones are still
+    /// `expected`. Returns whether it changed (false also when the run is missing).
+    async fn run_tags_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: &[String],
+        tags: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Compare-and-swap of a run's metadata: stores `metadata` only if the stored packet
+    /// is still `expected` (data and type). Returns whether it changed.
+    async fn run_metadata_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: Option<&Packet>,
+        metadata: &Packet,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Clears the idempotency key `key` from the runs of `environment` and `task` holding
+    /// it, so the next trigger with that key creates a new run. Returns how many runs
+    /// released it.
+    async fn idempotency_key_reset(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+
     // [batches]
 
     /// Inserts `runs` with one multi-row insert in one transaction (chunked to the

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::run::{Attempt, AttemptStatus, Run};
+use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
 use sqlx::sqlite::{
@@ -922,6 +922,122 @@ impl Store for SqliteStore {
     // [list]
 
     // [actions]
+
+    async fn run_descendants_live(
+        &self,
+        environment: &EnvironmentId,
+        parent: &RunId,
+    ) -> Result<Vec<RunId>> {
+        // UNION (not UNION ALL) also ends the walk should parent links ever form a cycle.
+        let sql = format!(
+            "WITH RECURSIVE tree(id) AS ( \
+               SELECT id FROM runs WHERE parent_run_id = ?1 AND environment_id = ?2 \
+               UNION \
+               SELECT r.id FROM runs r JOIN tree t ON r.parent_run_id = t.id) \
+             SELECT runs.id FROM runs JOIN tree ON runs.id = tree.id \
+             WHERE runs.environment_id = ?2 AND runs.status NOT IN ({}) \
+             ORDER BY runs.depth, runs.created_at, runs.id",
+            rows::final_statuses_sql()
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(parent.as_str())
+            .bind(environment.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(ids.into_iter().map(RunId::from_trusted).collect())
+    }
+
+    async fn run_reschedule(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        delay_until: DateTime<Utc>,
+        expire_at: Option<DateTime<Utc>>,
+        queue_ts: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET delay_until = ?1, expire_at = ?2, queue_ts = ?3, updated_at = ?4 \
+             WHERE id = ?5 AND environment_id = ?6 AND status = 'DELAYED'",
+        )
+        .bind(ms(delay_until))
+        .bind(expire_at.map(ms))
+        .bind(queue_ts)
+        .bind(ms(now))
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn run_tags_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: &[String],
+        tags: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let text = |t: &[String]| serde_json::to_string(t).expect("a list of strings serializes");
+        let done = sqlx::query(
+            "UPDATE runs SET tags = ?1, updated_at = ?2 \
+             WHERE id = ?3 AND environment_id = ?4 AND tags = ?5",
+        )
+        .bind(text(tags))
+        .bind(ms(now))
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .bind(text(expected))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn run_metadata_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: Option<&Packet>,
+        metadata: &Packet,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET metadata = ?1, metadata_type = ?2, updated_at = ?3 \
+             WHERE id = ?4 AND environment_id = ?5 \
+             AND metadata IS ?6 AND metadata_type IS ?7",
+        )
+        .bind(metadata.data.as_deref())
+        .bind(metadata.data_type.as_str())
+        .bind(ms(now))
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .bind(expected.and_then(|m| m.data.as_deref()))
+        .bind(expected.map(|m| m.data_type.as_str()))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn idempotency_key_reset(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = ?1 \
+             WHERE environment_id = ?2 AND task_identifier = ?3 AND idempotency_key = ?4",
+        )
+        .bind(ms(now))
+        .bind(environment.as_str())
+        .bind(task)
+        .bind(key)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
 
     // [batches]
 

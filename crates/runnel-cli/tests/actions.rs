@@ -1,0 +1,490 @@
+//! Actions on existing runs, end to end over HTTP against the real `runnel serve`:
+//! replay, reschedule, tags, metadata, result and idempotency key reset (contract §2.1
+//! rows 14–19 and 21), including each route's own error bodies.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::{redact, send, timestamp, Server, TestApp, CURRENT_API_VERSION};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// `method path` with the key and, when given, a JSON body.
+async fn call(
+    server: &Server,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> common::Reply {
+    let mut request = server.request(method, path).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    send(request).await
+}
+
+/// Dequeues, starts and completes the one queued run of `task` with `output`.
+async fn complete_with(server: &Server, key: &str, worker: &str, output: Value) {
+    let dequeued = server
+        .worker_call(
+            key,
+            worker,
+            "dequeue",
+            &json!({"maxRuns": 1, "waitMs": 5000}),
+        )
+        .await;
+    let attempt = dequeued.body["runs"][0]["attemptId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nothing dequeued: {dequeued:?}"))
+        .to_owned();
+    let started = server
+        .worker_call(key, worker, "start", &json!({"attemptIds": [attempt]}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{started:?}");
+    let completed = server
+        .worker_call(
+            key,
+            worker,
+            "complete",
+            &json!({"completions": [{"attemptId": attempt, "outcome": "success", "output": output}]}),
+        )
+        .await;
+    assert_eq!(
+        completed.body,
+        json!({"results": [{"attemptId": attempt, "accepted": true, "runStatus": "COMPLETED"}]}),
+        "{completed:?}"
+    );
+}
+
+#[tokio::test]
+async fn replay_triggers_a_new_run_with_the_same_inputs_on_the_latest_version() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    server.register_worker(key, &["t"]).await;
+    // Locked to a version that does not exist: the original waits for a deploy.
+    let original = server
+        .trigger_new(
+            key,
+            "t",
+            &json!({"payload": {"a": 1}, "options": {
+                "tags": ["x", "y"], "metadata": {"m": 1}, "test": true,
+                "queue": {"name": "q1"}, "concurrencyKey": "ck", "machine": "small-2x",
+                "lockToVersion": "20990101.1", "idempotencyKey": "replayed-key",
+            }}),
+        )
+        .await;
+    assert_eq!(
+        server.run(key, &original).await["status"],
+        "WAITING_FOR_DEPLOY"
+    );
+    assert_eq!(server.cancel(key, &original).await.status, StatusCode::OK);
+
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        &format!("/api/v1/runs/{original}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (reply.status, redact(&reply.body)),
+        (StatusCode::OK, json!({"id": "<run id>"})),
+        "{reply:?}"
+    );
+    let replay = reply.run_id();
+    assert_ne!(replay, original);
+    let run = server.run(key, &replay).await;
+    // No version lock: the registered version serves it, so it is queued.
+    assert_eq!(run["status"], "QUEUED", "{run}");
+    assert_eq!(run["payload"], json!({"a": 1}));
+    assert_eq!(run["tags"], json!(["x", "y"]));
+    assert_eq!(run["metadata"], json!({"m": 1}));
+    assert_eq!(run["isTest"], true);
+    assert_eq!(run.get("version"), None, "{run}");
+    assert_eq!(run.get("idempotencyKey"), None, "{run}");
+
+    let missing = call(
+        server,
+        key,
+        Method::POST,
+        "/api/v1/runs/run_0000000000000000000000aa/replay",
+        None,
+    )
+    .await;
+    missing.assert_error(StatusCode::NOT_FOUND, "Run not found");
+    // Another environment's key sees no such run either.
+    let prod = common::keys_create(&app.data_dir(), "prod");
+    let foreign = call(
+        server,
+        &prod,
+        Method::POST,
+        &format!("/api/v1/runs/{original}/replay"),
+        None,
+    )
+    .await;
+    foreign.assert_error(StatusCode::NOT_FOUND, "Run not found");
+}
+
+#[tokio::test]
+async fn reschedule_moves_a_delayed_run_and_refuses_others() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    server.register_worker(key, &["t"]).await;
+    let delayed = server
+        .trigger_new(key, "t", &json!({"options": {"delay": "1h", "ttl": "10m"}}))
+        .await;
+    let queued = server.trigger_new(key, "t", &json!({})).await;
+    let path = format!("/api/v1/runs/{delayed}/reschedule");
+
+    let before = Utc::now();
+    let reply = send(
+        server
+            .request(Method::POST, &path)
+            .bearer_auth(key)
+            .header("x-trigger-api-version", CURRENT_API_VERSION)
+            .json(&json!({"delay": "2h"})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let until = timestamp(&reply.body["delayedUntil"]);
+    assert!(
+        until >= before + Duration::hours(2) && until <= Utc::now() + Duration::hours(2),
+        "{reply:?}"
+    );
+    // The same body as retrieve with that header.
+    let retrieved = server.retrieve_as(key, &delayed, CURRENT_API_VERSION).await;
+    assert_eq!(reply.body, retrieved.body);
+    assert_eq!(reply.body["status"], "DELAYED");
+
+    let date = (Utc::now() + Duration::days(1))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        &path,
+        Some(json!({"delay": date})),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, &reply.body["delayedUntil"]),
+        (StatusCode::OK, &json!(date))
+    );
+
+    let past = (Utc::now() - Duration::days(1)).to_rfc3339();
+    for bad in ["soon", past.as_str()] {
+        let reply = call(
+            server,
+            key,
+            Method::POST,
+            &path,
+            Some(json!({"delay": bad})),
+        )
+        .await;
+        reply.assert_error(StatusCode::BAD_REQUEST, &format!("Invalid delay: {bad}"));
+    }
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        &format!("/api/v1/runs/{queued}/reschedule"),
+        Some(json!({"delay": "1h"})),
+    )
+    .await;
+    reply.assert_error(
+        StatusCode::BAD_REQUEST,
+        "Cannot reschedule a run that is not delayed",
+    );
+    let reply = call(server, key, Method::POST, &path, Some(json!({}))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["error"], "Invalid request body", "{reply:?}");
+    assert!(reply.body["issues"].is_array(), "{reply:?}");
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        "/api/v1/runs/run_0000000000000000000000aa/reschedule",
+        Some(json!({"delay": "1h"})),
+    )
+    .await;
+    reply.assert_error(StatusCode::NOT_FOUND, "Run not found");
+}
+
+#[tokio::test]
+async fn tags_are_added_as_a_sorted_union_of_at_most_ten() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    let id = server
+        .trigger_new(key, "t", &json!({"options": {"tags": ["m"]}}))
+        .await;
+    let path = format!("/api/v1/runs/{id}/tags");
+    let add = |tags: Value| {
+        call(
+            server,
+            key,
+            Method::POST,
+            &path,
+            Some(json!({"tags": tags})),
+        )
+    };
+
+    let reply = add(json!(["b", "a", " ", "m"])).await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (
+            StatusCode::OK,
+            json!({"message": "Successfully set 2 new tags."})
+        )
+    );
+    let reply = add(json!("a")).await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::OK, json!({"message": "No new tags to add"}))
+    );
+    assert_eq!(server.run(key, &id).await["tags"], json!(["a", "b", "m"]));
+
+    let reply = add(json!(["c", "d", "e", "f", "g", "h", "i", "j"])).await;
+    reply.assert_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Runs can only have 10 tags, you're trying to set 11. These tags have not been set: 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'.",
+    );
+    assert_eq!(server.run(key, &id).await["tags"], json!(["a", "b", "m"]));
+
+    for bad in [
+        json!({"tags": 5}),
+        json!({"tags": [1]}),
+        json!({}),
+        json!({"tags": "x".repeat(129)}),
+    ] {
+        let reply = call(server, key, Method::POST, &path, Some(bad.clone())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {reply:?}");
+        assert_eq!(
+            reply.body["error"], "Invalid request body",
+            "{bad}: {reply:?}"
+        );
+        assert!(
+            reply.body["issues"]
+                .as_array()
+                .is_some_and(|i| !i.is_empty()),
+            "{bad}: {reply:?}"
+        );
+    }
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        "/api/v1/runs/run_0000000000000000000000aa/tags",
+        Some(json!({"tags": "a"})),
+    )
+    .await;
+    reply.assert_error(StatusCode::NOT_FOUND, "Run not found");
+}
+
+#[tokio::test]
+async fn metadata_is_replaced_or_operated_on() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    let id = server
+        .trigger_new(
+            key,
+            "t",
+            &json!({"options": {"metadata": {"count": 1, "logs": ["a"]}}}),
+        )
+        .await;
+    let path = format!("/api/v1/runs/{id}/metadata");
+    let put = |body: Value| call(server, key, Method::PUT, &path, Some(body));
+
+    let reply = put(json!({"operations": [
+        {"type": "increment", "key": "count", "value": 2},
+        {"type": "append", "key": "logs", "value": "b"},
+        {"type": "set", "key": "$.nested.step", "value": "load"},
+        {"type": "delete", "key": "missing"},
+    ]}))
+    .await;
+    let want = json!({"count": 3, "logs": ["a", "b"], "nested": {"step": "load"}});
+    assert_eq!(
+        (reply.status, &reply.body),
+        (StatusCode::OK, &json!({ "metadata": want })),
+        "{reply:?}"
+    );
+    assert_eq!(server.run(key, &id).await["metadata"], want);
+    let raw = call(server, key, Method::GET, &path, None).await;
+    assert_eq!(raw.status, StatusCode::OK);
+    assert_eq!(raw.body["metadataType"], "application/json");
+    let text = raw.body["metadata"]
+        .as_str()
+        .expect("the raw stored string");
+    assert_eq!(serde_json::from_str::<Value>(text).unwrap(), want);
+
+    // A whole replacement; then operations, which win over `metadata` when both are
+    // sent (as upstream); parent and root operations go to the run itself when it has
+    // neither.
+    let reply = put(json!({"metadata": {"fresh": true}})).await;
+    assert_eq!(
+        reply.body,
+        json!({"metadata": {"fresh": true}}),
+        "{reply:?}"
+    );
+    let reply = put(json!({
+        "metadata": {"ignored": true},
+        "operations": [{"type": "set", "key": "more", "value": 1}],
+        "parentOperations": [{"type": "increment", "key": "viaParent", "value": 1}],
+        "rootOperations": [{"type": "increment", "key": "viaParent", "value": 1}],
+    }))
+    .await;
+    assert_eq!(
+        reply.body,
+        json!({"metadata": {"fresh": true, "more": 1, "viaParent": 2}}),
+        "{reply:?}"
+    );
+
+    let reply =
+        put(json!({"operations": [{"type": "set", "key": "$.__proto__.x", "value": 1}]})).await;
+    reply.assert_error(
+        StatusCode::BAD_REQUEST,
+        "Invalid metadata key: $.__proto__.x",
+    );
+    let reply = put(json!({"metadata": {"big": "x".repeat(262_144)}})).await;
+    reply.assert_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Metadata exceeds maximum size of 262144 bytes",
+    );
+    let reply = put(json!({"operations": [{"type": "frobnicate"}]})).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    // Nothing of the refused updates was stored.
+    assert_eq!(
+        server.run(key, &id).await["metadata"],
+        json!({"fresh": true, "more": 1, "viaParent": 2})
+    );
+
+    // A run that finished within the hour can still be updated.
+    assert_eq!(server.cancel(key, &id).await.status, StatusCode::OK);
+    let reply = put(json!({"operations": [{"type": "set", "key": "after", "value": 1}]})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+
+    for method in [Method::PUT, Method::GET] {
+        let body = (method == Method::PUT).then(|| json!({"metadata": {}}));
+        let reply = call(
+            server,
+            key,
+            method,
+            "/api/v1/runs/run_0000000000000000000000aa/metadata",
+            body,
+        )
+        .await;
+        reply.assert_error(StatusCode::NOT_FOUND, "Task Run not found");
+    }
+}
+
+#[tokio::test]
+async fn result_shows_finished_runs_only() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    let worker = server.register_worker(key, &["t"]).await;
+    let done = server.trigger_new(key, "t", &json!({})).await;
+    complete_with(server, key, &worker, json!({"sum": 3})).await;
+    let canceled = server.trigger_new(key, "t", &json!({})).await;
+    assert_eq!(server.cancel(key, &canceled).await.status, StatusCode::OK);
+    let queued = server.trigger_new(key, "t", &json!({})).await;
+    let result = |id: String| async move {
+        call(
+            server,
+            key,
+            Method::GET,
+            &format!("/api/v1/runs/{id}/result"),
+            None,
+        )
+        .await
+    };
+
+    let reply = result(done.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let duration = reply.body["usage"]["durationMs"]
+        .as_i64()
+        .expect("durationMs");
+    assert!(duration >= 0);
+    assert_eq!(
+        reply.body,
+        json!({
+            "ok": true, "id": done, "output": "{\"sum\":3}", "outputType": "application/json",
+            "usage": {"durationMs": duration}, "taskIdentifier": "t",
+        })
+    );
+    let reply = result(canceled.clone()).await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (
+            StatusCode::OK,
+            json!({
+                "ok": false, "id": canceled,
+                "error": {"type": "INTERNAL_ERROR", "code": "TASK_RUN_CANCELLED", "message": "Run was canceled"},
+                "usage": {"durationMs": 0}, "taskIdentifier": "t",
+            })
+        )
+    );
+    for id in [queued, "run_0000000000000000000000aa".to_owned()] {
+        result(id).await.assert_error(
+            StatusCode::NOT_FOUND,
+            "Run either doesn't exist or is not finished",
+        );
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_reset_lets_the_key_create_a_new_run() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    let user_key = "order/42 é";
+    let body = json!({"options": {"idempotencyKey": user_key}});
+    let trigger = || server.trigger(key, "t", &body);
+    let first = trigger().await.assert_new_run();
+    assert_eq!(trigger().await.assert_cached_run(), first);
+    let path = "/api/v1/idempotencyKeys/order%2F42%20%C3%A9/reset";
+
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        path,
+        Some(json!({"taskIdentifier": "other"})),
+    )
+    .await;
+    reply.assert_error(
+        StatusCode::NOT_FOUND,
+        &format!("No runs found with idempotency key: {user_key} and task: other"),
+    );
+    assert_eq!(trigger().await.assert_cached_run(), first);
+
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        path,
+        Some(json!({"taskIdentifier": "t"})),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::OK, json!({ "id": user_key }))
+    );
+    let second = trigger().await.assert_new_run();
+    assert_ne!(second, first);
+    // The old run no longer shows the key; the new one does.
+    assert_eq!(server.run(key, &first).await.get("idempotencyKey"), None);
+    assert_eq!(server.run(key, &second).await["idempotencyKey"], user_key);
+
+    let reply = call(server, key, Method::POST, path, Some(json!({}))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        path,
+        Some(json!({"taskIdentifier": ""})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+}
