@@ -9,6 +9,7 @@ pub mod duration;
 pub mod id;
 pub mod idempotency;
 pub mod key;
+pub mod list;
 pub mod machine;
 pub mod retry;
 pub mod run;
