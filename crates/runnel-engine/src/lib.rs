@@ -18,6 +18,7 @@ use runnel_store::{Store, TriggerOutcome, WorkerRecord};
 use tokio::sync::Notify;
 
 pub mod clock;
+pub mod list;
 pub mod runtime;
 pub mod workers;
 

@@ -24,6 +24,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// A query string that failed validation: 400 `{"error":"Query Error","details":[…]}`.
+    #[error("Query Error")]
+    Query(Vec<runnel_core::list::QueryIssue>),
     #[error(transparent)]
     Internal(#[from] runnel_store::Error),
 }
@@ -59,7 +62,7 @@ impl From<TriggerError> for ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Query(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -80,7 +83,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        let body = match &self {
+            ApiError::Query(details) => json!({ "error": message, "details": details }),
+            _ => json!({ "error": message }),
+        };
+        let mut response = (status, Json(body)).into_response();
         // The official SDK retries a 404 that does not say otherwise; ours are final
         // (a run is readable as soon as its trigger answered).
         if status.is_client_error() {

@@ -20,6 +20,7 @@ mod runs;
 mod workers;
 
 // [list]
+mod list;
 
 // [actions]
 
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             post(workers::complete),
         )
         // [list]
+        .route("/api/v1/runs", get(list::list))
         // [actions]
         // [batches]
         // [queues]

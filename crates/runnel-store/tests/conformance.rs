@@ -3853,8 +3853,14 @@ async fn run_list_is_scoped_to_the_environment(store: Arc<dyn Store>) {
         },
         ..RunListQuery::newest(env.id.clone(), NO_LIMIT)
     };
-    assert_eq!(listed_runs(&*store, &in_env(&tenancy.dev)).await, ids(&[&dev]));
-    assert_eq!(listed_runs(&*store, &in_env(&tenancy.prod)).await, ids(&[&prod]));
+    assert_eq!(
+        listed_runs(&*store, &in_env(&tenancy.dev)).await,
+        ids(&[&dev])
+    );
+    assert_eq!(
+        listed_runs(&*store, &in_env(&tenancy.prod)).await,
+        ids(&[&prod])
+    );
     assert_eq!(
         listed_runs(&*store, &in_env(&tenancy.staging)).await,
         Vec::<RunId>::new()
