@@ -17,6 +17,9 @@ use common::{
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+/// A query string as `(key, value)` pairs.
+type QueryPairs<'a> = Vec<(&'a str, &'a str)>;
+
 /// A task a registered worker serves.
 const SERVED: &str = "served";
 /// A task no worker serves.
@@ -148,7 +151,7 @@ async fn list_items_have_the_sdk_shape_and_filters_select_runs() {
     assert_eq!(item(&runs[2])["metadata"], json!({"step": 1}));
     assert_eq!(item(&runs[2])["status"], "WAITING_FOR_DEPLOY");
 
-    let cases: Vec<(Vec<(&str, &str)>, Vec<&String>)> = vec![
+    let cases: Vec<(QueryPairs, Vec<&String>)> = vec![
         (
             vec![("filter[tag]", "blue,green")],
             vec![&runs[2], &runs[0]],
@@ -198,7 +201,7 @@ async fn the_created_at_window_defaults_to_seven_days_and_takes_ms_iso_and_perio
         .timestamp_millis()
         .to_string();
     let in_an_hour = (Utc::now() + Duration::hours(1)).to_rfc3339();
-    let cases: Vec<(Vec<(&str, &str)>, bool)> = vec![
+    let cases: Vec<(QueryPairs, bool)> = vec![
         (vec![], true),
         (vec![("filter[createdAt][period]", "1h")], true),
         (vec![("filter[createdAt][from]", &hour_ago)], true),
@@ -230,7 +233,7 @@ async fn the_created_at_window_defaults_to_seven_days_and_takes_ms_iso_and_perio
 async fn bad_queries_are_400_query_errors_listing_every_issue() {
     let app = TestApp::start();
     let issue = |code: &str, message: &str, path: &str| json!({"code": code, "message": message, "path": [path]});
-    let cases: Vec<(Vec<(&str, &str)>, Vec<Value>)> = vec![
+    let cases: Vec<(QueryPairs, Vec<Value>)> = vec![
         (
             vec![("filter[status]", "QUEUED,FOO")],
             vec![issue(

@@ -3692,7 +3692,7 @@ async fn run_list_orders_newest_first_and_respects_the_limit(store: Arc<dyn Stor
     let env = &tenancy.dev;
     let older = create_listed(&*store, "a", json!({}), env, at(0)).await;
     // Two runs created in the same millisecond: ordered by id, greatest first.
-    let mut twins = vec![
+    let mut twins = [
         create_listed(&*store, "a", json!({}), env, at(5)).await,
         create_listed(&*store, "a", json!({}), env, at(5)).await,
     ];
