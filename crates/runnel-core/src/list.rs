@@ -480,6 +480,8 @@ pub struct ListRunItem {
 impl ListRunItem {
     pub fn new(run: &Run, environment: &Environment, version: ApiVersion) -> Self {
         let mut common = CommonRunFields::new(run, version);
+        // The list shows the key as stored (the SDK's hash), not the user's own key.
+        common.idempotency_key = run.idempotency_key.clone();
         if let Some(Value::Object(metadata)) = &mut common.metadata {
             for key in INTERNAL_METADATA_KEYS {
                 metadata.remove(key);
@@ -837,6 +839,8 @@ mod tests {
         run.metadata = Some(crate::run::Packet::json(
             &json!({"a": 1, "$$streams": ["s"]}),
         ));
+        run.idempotency_key = Some("hashed".into());
+        run.idempotency_key_user = Some("mine".into());
         let environment = Environment {
             id: EnvironmentId::parse("env_abc").unwrap(),
             project_id: ProjectId::parse("proj_abc").unwrap(),
@@ -847,6 +851,7 @@ mod tests {
         assert_eq!(body["env"], json!({"id": "env_abc", "name": "stg"}));
         assert_eq!(body["metadata"], json!({"a": 1}));
         assert_eq!(body["depth"], 0);
+        assert_eq!(body["idempotencyKey"], "hashed");
         assert_eq!(body["status"], "QUEUED");
         for absent in [
             "triggerFunction",
