@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 mod bench;
 mod exec;
+mod runs;
 
 /// Default address `runnel serve` listens on.
 const LISTEN_DEFAULT: &str = "127.0.0.1:3030";
@@ -50,7 +51,7 @@ enum Command {
     Dev(DevArgs),
     /// Trigger a run of TASK and print its id (or, with --wait, the finished run).
     Trigger(TriggerArgs),
-    /// Read runs.
+    /// Read, list, cancel and replay runs.
     #[command(subcommand)]
     Runs(RunsCommand),
     /// Create, list and revoke secret API keys.
@@ -224,6 +225,41 @@ struct TriggerArgs {
 enum RunsCommand {
     /// Print a run as the API returns it.
     Get {
+        /// `run_…`
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the runs of the key's environment, newest first (the last 7 days).
+    Ls {
+        /// Only runs with this public status (repeatable or comma-separated; QUEUED,
+        /// EXECUTING, COMPLETED, FAILED, … in either status vocabulary).
+        #[arg(long = "status", value_delimiter = ',')]
+        statuses: Vec<String>,
+        /// Only runs of this task (repeatable or comma-separated).
+        #[arg(long = "task", value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// Only runs with this tag (repeatable or comma-separated; any of them).
+        #[arg(long = "tag", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Runs per page, 1 to 100.
+        #[arg(long, default_value_t = 25)]
+        limit: u32,
+        /// Continue after this cursor (printed under a page that has more).
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a run (a run that already ended is left alone).
+    Cancel {
+        /// `run_…`
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Replay a run: trigger a new run like it, and print the new run's id.
+    Replay {
         /// `run_…`
         id: String,
         #[command(flatten)]
@@ -496,6 +532,33 @@ async fn runs(command: RunsCommand) -> Result<()> {
             let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
             let run = client.retrieve(&id).await?;
             println!("{}", serde_json::to_string_pretty(&run.raw)?);
+        }
+        RunsCommand::Ls {
+            statuses,
+            tasks,
+            tags,
+            limit,
+            after,
+            api,
+        } => {
+            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let options = runnel_sdk::RunListOptions {
+                statuses,
+                tasks,
+                tags,
+                limit: Some(limit),
+                after,
+                before: None,
+            };
+            runs::ls(&client, &options).await?;
+        }
+        RunsCommand::Cancel { id, api } => {
+            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            runs::cancel(&client, &id).await?;
+        }
+        RunsCommand::Replay { id, api } => {
+            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            runs::replay(&client, &id).await?;
         }
     }
     Ok(())

@@ -119,3 +119,8 @@ fn sdk_batch_trigger() {
 fn sdk_runs_management() {
     run_compat_file("runs.test.mjs");
 }
+
+#[test]
+fn sdk_runs_list() {
+    run_compat_file("list.test.mjs");
+}

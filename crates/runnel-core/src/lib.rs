@@ -10,6 +10,7 @@ pub mod duration;
 pub mod id;
 pub mod idempotency;
 pub mod key;
+pub mod list;
 pub mod machine;
 pub mod metadata;
 pub mod retry;

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 pub mod actions;
 pub mod batches;
 pub mod clock;
+pub mod list;
 pub mod runtime;
 pub mod workers;
 

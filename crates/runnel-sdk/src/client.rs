@@ -259,7 +259,7 @@ impl Client {
     }
 
     /// Sends one request and decodes a 2xx JSON answer as `T`.
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -313,7 +313,7 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
 
 /// Percent-encodes one path segment: ids and task identifiers are placed in URLs as
 /// given, so a `/` or space in a task identifier cannot change the route.
-fn segment(text: &str) -> String {
+pub(crate) fn segment(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

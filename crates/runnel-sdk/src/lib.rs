@@ -47,11 +47,13 @@
 
 pub mod client;
 pub mod executor;
+pub mod list;
 pub mod tasks;
 pub mod worker;
 
 pub use client::{Client, Error, RunInfo, RunStatus, TriggerOptions, Triggered};
 pub use executor::{Executor, StopHandle, StopReason, StopSignal};
+pub use list::{RunListOptions, RunPage};
 pub use reqwest::StatusCode;
 pub use runnel_core::retry::RetryPolicy;
 pub use runnel_core::worker::{

@@ -27,6 +27,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// A query string that failed validation: 400 `{"error":"Query Error","details":[…]}`.
+    #[error("Query Error")]
+    Query(Vec<runnel_core::list::QueryIssue>),
     #[error(transparent)]
     Internal(#[from] runnel_store::Error),
 }
@@ -62,7 +65,7 @@ impl From<TriggerError> for ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Query(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -88,6 +91,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => json!({
                 "error": message, "code": "unauthorized", "param": "access_token", "type": "authorization"
             }),
+            ApiError::Query(details) => json!({ "error": message, "details": details }),
             _ => json!({ "error": message }),
         };
         let mut response = (status, Json(body)).into_response();

@@ -23,6 +23,7 @@ mod runs;
 mod workers;
 
 // [list]
+mod list;
 
 // [actions]
 mod actions;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             post(workers::complete),
         )
         // [list]
+        .route("/api/v1/runs", get(list::list))
         // [actions]
         .route("/api/v1/runs/{run_id}/replay", post(actions::replay))
         .route(

@@ -27,6 +27,7 @@ use runnel_core::{EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
 mod batches;
+mod list;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -334,6 +335,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<CancelOutcome>;
 
     // [list]
+    /// Runs of `query.environment_id` matching its filter and window, beyond its cursor,
+    /// at most `query.limit`, nearest the cursor first: newest first, or oldest first
+    /// when paging toward newer runs (`runnel_core::list::RunListQuery`). Served by an
+    /// index range on `(environment_id, created_at, id)`, so a page costs the same
+    /// however many runs exist.
+    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>>;
 
     // [actions]
 

@@ -993,6 +993,13 @@ impl Store for PgStore {
     }
 
     // [list]
+    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
+        let list = crate::list::run_list_sql(query, crate::list::Dialect::Postgres);
+        let rows = crate::list::bind_all(sqlx::query(&list.sql), &list.binds)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
 
     // [actions]
 
