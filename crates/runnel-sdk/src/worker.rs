@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, DequeueRequest, DequeuedRun, FailureKind,
-    HeartbeatRequest, RegisterRequest, RegisterResponse, StartRequest, TaskFailure, MAX_BATCH,
-    MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
+    HeartbeatRequest, QueueDefinition, RegisterRequest, RegisterResponse, StartRequest,
+    TaskFailure, MAX_BATCH, MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
 };
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -91,6 +91,9 @@ pub struct WorkerOptions {
     /// How long one dequeue long poll waits (at most 30 s). Shorter makes shutdown
     /// faster when idle, at the price of more requests.
     pub dequeue_wait: Duration,
+    /// Queues to declare with a concurrency limit (tasks name theirs with
+    /// [`crate::tasks::Task::queue`]; a task's own queue is `task/<id>`).
+    pub queues: Vec<QueueDefinition>,
 }
 
 impl WorkerOptions {
@@ -112,6 +115,7 @@ impl Default for WorkerOptions {
             concurrency: CONCURRENCY_DEFAULT,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             dequeue_wait: DEQUEUE_WAIT_DEFAULT,
+            queues: Vec::new(),
         }
     }
 }
@@ -178,6 +182,7 @@ impl Worker {
             name: options.name.clone(),
             version: options.version.clone(),
             tasks: executor.tasks(),
+            queues: options.queues.clone(),
         };
         let mut backoff = Backoff::new();
         let registration = loop {

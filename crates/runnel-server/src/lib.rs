@@ -26,6 +26,7 @@ mod workers;
 // [batches]
 
 // [queues]
+mod queues;
 
 // [auth]
 
@@ -69,6 +70,17 @@ pub fn router(state: AppState) -> Router {
         // [actions]
         // [batches]
         // [queues]
+        .route("/api/v1/queues", get(queues::list))
+        .route("/api/v1/queues/{queue_param}", get(queues::retrieve))
+        .route("/api/v1/queues/{queue_param}/pause", post(queues::pause))
+        .route(
+            "/api/v1/queues/{queue_param}/concurrency/override",
+            post(queues::concurrency_override),
+        )
+        .route(
+            "/api/v1/queues/{queue_param}/concurrency/reset",
+            post(queues::concurrency_reset),
+        )
         // [auth]
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
