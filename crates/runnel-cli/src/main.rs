@@ -407,7 +407,7 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
     options.version = exec.version.clone();
     options.concurrency = exec.concurrency as usize;
     options.shutdown_grace = Duration::from_secs(exec.shutdown_grace);
-    options.queues = exec
+    let queues = exec
         .queue_limits
         .iter()
         .map(|(name, limit)| runnel_core::worker::QueueDefinition {
@@ -415,7 +415,10 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
             concurrency_limit: Some(*limit),
         })
         .collect();
-    Ok((Worker::new(client, options), Arc::new(executor)))
+    Ok((
+        Worker::new(client, options).with_queues(queues),
+        Arc::new(executor),
+    ))
 }
 
 fn print_summary(summary: &WorkerSummary) {

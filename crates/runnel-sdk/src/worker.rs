@@ -91,9 +91,6 @@ pub struct WorkerOptions {
     /// How long one dequeue long poll waits (at most 30 s). Shorter makes shutdown
     /// faster when idle, at the price of more requests.
     pub dequeue_wait: Duration,
-    /// Queues to declare with a concurrency limit (tasks name theirs with
-    /// [`crate::tasks::Task::queue`]; a task's own queue is `task/<id>`).
-    pub queues: Vec<QueueDefinition>,
 }
 
 impl WorkerOptions {
@@ -115,7 +112,6 @@ impl Default for WorkerOptions {
             concurrency: CONCURRENCY_DEFAULT,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             dequeue_wait: DEQUEUE_WAIT_DEFAULT,
-            queues: Vec::new(),
         }
     }
 }
@@ -141,11 +137,23 @@ pub struct WorkerSummary {
 pub struct Worker {
     client: Client,
     options: WorkerOptions,
+    queues: Vec<QueueDefinition>,
 }
 
 impl Worker {
     pub fn new(client: Client, options: WorkerOptions) -> Worker {
-        Worker { client, options }
+        Worker {
+            client,
+            options,
+            queues: Vec::new(),
+        }
+    }
+
+    /// Declares queues with a concurrency limit at registration (tasks name theirs with
+    /// [`crate::tasks::Task::queue`]; a task's own queue is `task/<id>`).
+    pub fn with_queues(mut self, queues: Vec<QueueDefinition>) -> Worker {
+        self.queues = queues;
+        self
     }
 
     /// Registers the executor's tasks, then executes runs until `shutdown` resolves (e.g.
@@ -177,12 +185,16 @@ impl Worker {
     where
         E: Executor + ?Sized,
     {
-        let Worker { client, options } = self;
+        let Worker {
+            client,
+            options,
+            queues,
+        } = self;
         let request = RegisterRequest {
             name: options.name.clone(),
             version: options.version.clone(),
             tasks: executor.tasks(),
-            queues: options.queues.clone(),
+            queues,
         };
         let mut backoff = Backoff::new();
         let registration = loop {

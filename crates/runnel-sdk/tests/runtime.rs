@@ -350,7 +350,6 @@ fn options(concurrency: usize) -> WorkerOptions {
         concurrency,
         shutdown_grace: Duration::from_secs(10),
         dequeue_wait: Duration::from_millis(500),
-        queues: Vec::new(),
     }
 }
 

@@ -217,19 +217,20 @@ async fn api_key_insert_in<'e>(
 /// other's rows). One index range per task (LATERAL), merged: `task_identifier = ANY(…)
 /// ORDER BY queue_ts` would make PostgreSQL 15 read through every queued run of the
 /// environment, other tasks' backlogs included. Up to `limit` runs per task are locked,
-/// the oldest `limit` taken. Runs of the `gated` queues are left out when their queue
-/// is paused or their (queue, key) pair is full.
+/// the oldest `limit` taken. With `gates` = (gated, excluded): runs of the `gated`
+/// queues are left out when their queue is paused or their (queue, key) pair is full,
+/// and runs of the `excluded` queues always.
 async fn dequeue_candidates(
     conn: &mut PgConnection,
     worker: &WorkerRecord,
     task_ids: &[&str],
-    gated: &[String],
+    gates: Option<(&[String], &[String])>,
     limit: u32,
 ) -> Result<Vec<Run>> {
-    let gate = if gated.is_empty() {
+    let gate = if gates.is_none() {
         ""
     } else {
-        "AND (queue <> ALL($5::text[]) OR NOT EXISTS (SELECT 1 FROM queues q \
+        "AND queue <> ALL($6::text[]) AND (queue <> ALL($5::text[]) OR NOT EXISTS (SELECT 1 FROM queues q \
            WHERE q.environment_id = runs.environment_id AND q.name = runs.queue \
            AND (q.paused OR COALESCE(q.concurrency_limit_override, q.concurrency_limit) <= \
              (SELECT count(*) FROM runs h WHERE h.environment_id = runs.environment_id \
@@ -249,8 +250,8 @@ async fn dequeue_candidates(
         .bind(task_ids)
         .bind(&worker.version)
         .bind(i64::from(limit));
-    if !gated.is_empty() {
-        query = query.bind(gated);
+    if let Some((gated, excluded)) = gates {
+        query = query.bind(gated).bind(excluded);
     }
     let rows = query.fetch_all(conn).await?;
     rows.iter().map(run_from_row).collect()
@@ -808,56 +809,53 @@ impl Store for PgStore {
         );
         let mut leased = Vec::new();
         if gates.is_empty() {
-            let runs = dequeue_candidates(&mut tx, worker, &task_ids, &[], limit).await?;
+            let runs = dequeue_candidates(&mut tx, worker, &task_ids, None, limit).await?;
             leased = lease_runs(&mut tx, worker, runs, lease_until, now).await?;
         } else {
-            // Limited queues are counted under a transaction-scoped advisory lock per
-            // queue (see `crate::queues`): the first round waits for the locks, in name
-            // order; later rounds only try, and leave out a queue whose lock is taken
-            // (its holder is leasing it), so no two dequeues wait on each other in a cycle.
+            // Each limited queue this worker may lease from is counted and leased
+            // under a transaction-scoped advisory lock (see `crate::queues`), taken in
+            // name order before any of its runs is picked: dequeues of one limited
+            // queue take turns, so none of them locks runs another then cannot count
+            // in, and the oldest runs go first. A limited queue that had no run for
+            // this worker when looked at is left out until the next dequeue.
+            let limited: Vec<String> = gates.limits.keys().cloned().collect();
+            let mut relevant: Vec<String> = if limited.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(
+                    "SELECT name FROM unnest($2::text[]) AS l(name) WHERE EXISTS ( \
+                       SELECT 1 FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
+                       AND queue = l.name AND task_identifier = ANY($3))",
+                )
+                .bind(worker.environment_id.as_str())
+                .bind(&limited)
+                .bind(&task_ids)
+                .fetch_all(&mut *tx)
+                .await?
+            };
+            relevant.sort();
+            for name in &relevant {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(format!("{}/{name}", worker.environment_id))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let excluded: Vec<String> = limited
+                .into_iter()
+                .filter(|name| !relevant.contains(name))
+                .collect();
             let gated = gates.names();
-            let mut locked: Vec<String> = Vec::new();
-            let mut excluded: Vec<String> = Vec::new();
-            for round in 0..ADMIT_ROUNDS {
+            for _ in 0..ADMIT_ROUNDS {
                 let want = limit as usize - leased.len();
                 let candidates = dequeue_candidates(
                     &mut tx,
                     worker,
                     &task_ids,
-                    &gated,
+                    Some((&gated, &excluded)),
                     u32::try_from(want).unwrap_or(limit),
                 )
                 .await?;
-                let limited = gates.limited_among(&candidates);
-                for name in &limited {
-                    if locked.contains(name) || excluded.contains(name) {
-                        continue;
-                    }
-                    let key = format!("{}/{name}", worker.environment_id);
-                    if round == 0 {
-                        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                            .bind(&key)
-                            .execute(&mut *tx)
-                            .await?;
-                        locked.push(name.clone());
-                    } else {
-                        let got: bool = sqlx::query_scalar(
-                            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-                        )
-                        .bind(&key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        if got {
-                            locked.push(name.clone());
-                        } else {
-                            excluded.push(name.clone());
-                        }
-                    }
-                }
-                let counted: Vec<String> = limited
-                    .into_iter()
-                    .filter(|n| !excluded.contains(n))
-                    .collect();
+                let counted = gates.limited_among(&candidates);
                 let mut held = held_counts(&mut tx, &worker.environment_id, &counted).await?;
                 let (runs, dropped) = admit(candidates, &gates, &excluded, &mut held, want);
                 leased.extend(lease_runs(&mut tx, worker, runs, lease_until, now).await?);

@@ -11,12 +11,14 @@
 //!   dequeue ─► gated queues of the environment (partial index, usually none)
 //!      │ none ──────────────────────────────► fast path: oldest queue_ts first
 //!      ▼ some
+//!   PostgreSQL only, before picking: lock each limited queue that has runs for
+//!   this worker (advisory, transaction scoped, in name order), so dequeues of one
+//!   limited queue take turns and the count below cannot go stale; a limited queue
+//!   that had none is left out of this dequeue
+//!      ▼
 //!   candidates: oldest queued runs, where the query itself drops runs of paused
 //!   queues and of full (queue, concurrencyKey) pairs, so a full queue never hides
 //!   the runs queued behind it
-//!      ▼
-//!   PostgreSQL only: lock each limited queue among the candidates (advisory,
-//!   transaction scoped, in name order), so the count below cannot go stale
 //!      ▼
 //!   count held (DEQUEUED + EXECUTING) runs per (queue, key) ─► [`admit`] keeps at
 //!   most limit − held runs of each pair, oldest first ─► lease them; when some were
@@ -159,7 +161,7 @@ impl Gates {
             .collect()
     }
 
-    /// The limited queues among `runs`' queues, sorted (the PostgreSQL lock order).
+    /// The limited queues among `runs`' queues, sorted.
     pub fn limited_among(&self, runs: &[Run]) -> Vec<String> {
         let mut names: Vec<String> = runs
             .iter()
