@@ -529,6 +529,8 @@ impl Engine {
                 tracing::info!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
                 if attempt.is_some() {
                     self.attempts_ended();
+                    // Its queue has a free slot again.
+                    self.runs_became_available();
                 }
                 Ok(Some(run.id))
             }
