@@ -176,6 +176,7 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
         name: "runnel-bench-queued".to_owned(),
         version: None,
         tasks: vec![TaskDefinition::new(QUEUED_TASK)],
+        queues: Vec::new(),
     })
     .await
     .context("registering the queued task")?;

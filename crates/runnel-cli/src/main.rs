@@ -166,6 +166,23 @@ struct ExecArgs {
     /// A name for operators; host name and process id when absent.
     #[arg(long)]
     name: Option<String>,
+    /// A queue's concurrency limit, `QUEUE=N` (repeatable); a task's own queue is
+    /// `task/<name>`.
+    #[arg(long = "queue-limit", value_name = "QUEUE=N", value_parser = parse_queue_limit)]
+    queue_limits: Vec<(String, u32)>,
+}
+
+fn parse_queue_limit(spec: &str) -> Result<(String, u32), String> {
+    let (queue, limit) = spec
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected QUEUE=N, got {spec:?}"))?;
+    let limit = limit
+        .parse::<u32>()
+        .map_err(|e| format!("limit of {queue:?}: {e}"))?;
+    if queue.is_empty() {
+        return Err("queue name is empty".into());
+    }
+    Ok((queue.to_owned(), limit))
 }
 
 #[derive(Debug, Args)]
@@ -433,7 +450,18 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
     options.version = exec.version.clone();
     options.concurrency = exec.concurrency as usize;
     options.shutdown_grace = Duration::from_secs(exec.shutdown_grace);
-    Ok((Worker::new(client, options), Arc::new(executor)))
+    let queues = exec
+        .queue_limits
+        .iter()
+        .map(|(name, limit)| runnel_core::worker::QueueDefinition {
+            name: name.clone(),
+            concurrency_limit: Some(*limit),
+        })
+        .collect();
+    Ok((
+        Worker::new(client, options).with_queues(queues),
+        Arc::new(executor),
+    ))
 }
 
 fn print_summary(summary: &WorkerSummary) {

@@ -124,3 +124,8 @@ fn sdk_runs_management() {
 fn sdk_runs_list() {
     run_compat_file("list.test.mjs");
 }
+
+#[test]
+fn sdk_queues() {
+    run_compat_file("queues.test.mjs");
+}

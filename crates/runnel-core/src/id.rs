@@ -113,6 +113,11 @@ friendly_id!(
     WorkerId,
     "worker"
 );
+friendly_id!(
+    /// A queue of an environment: `queue_…`.
+    QueueId,
+    "queue"
+);
 
 #[cfg(test)]
 mod tests {

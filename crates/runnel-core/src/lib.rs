@@ -22,7 +22,7 @@ pub mod trigger;
 pub mod view;
 pub mod worker;
 
-pub use id::{AttemptId, BatchId, EnvironmentId, ProjectId, RunId, WorkerId};
+pub use id::{AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, WorkerId};
 pub use key::{EnvironmentKind, SecretKey};
 pub use machine::MachinePreset;
 pub use status::{ApiVersion, RunStatus};

@@ -59,6 +59,24 @@ impl TaskDefinition {
     }
 }
 
+/// A queue a worker declares at registration: its concurrency limit. Tasks name their
+/// queue in [`TaskDefinition::queue`]; listing a queue here sets its registered limit
+/// (an operator's override through the queues API still wins).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDefinition {
+    /// A custom name, or `task/<taskId>` for a task's own queue.
+    pub name: String,
+    /// Runs of the queue held by workers at once (0..=100000); absent or null: no limit.
+    /// Each concurrency key gets its own copy of the limit.
+    #[serde(default)]
+    pub concurrency_limit: Option<u32>,
+}
+
+/// The largest queue concurrency limit (contract §4.5).
+pub const MAX_QUEUE_CONCURRENCY: u32 = 100_000;
+
 /// `POST /api/v1/workers/register`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +88,9 @@ pub struct RegisterRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     pub tasks: Vec<TaskDefinition>,
+    /// Queues with a concurrency limit; optional.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueDefinition>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -358,33 +358,41 @@ impl Engine {
         Ok(run)
     }
 
-    /// Queued runs whose task no registered version serves wait in `PendingVersion`, as
-    /// a single trigger's do; one look-up per (task, locked version) of the request.
+    /// Queued runs whose task no registered version serves wait in `PendingVersion`, and
+    /// runs without their own queue take the queue the serving version declared for the
+    /// task, as a single trigger's do; one look-up per (task, locked version) of the
+    /// request.
     async fn mark_pending_versions(
         &self,
         environment: &Environment,
         items: &mut [BatchItemTrigger],
     ) -> Result<(), BatchError> {
-        let mut served: HashMap<(String, Option<String>), bool> = HashMap::new();
+        let mut declared: HashMap<(String, Option<String>), Option<String>> = HashMap::new();
         for item in items.iter_mut() {
             let Ok(run) = &mut item.run else { continue };
-            if run.status != RunStatus::Queued {
+            let default_queue = format!("task/{}", run.task_identifier);
+            if run.status != RunStatus::Queued && run.queue != default_queue {
                 continue;
             }
             let key = (run.task_identifier.clone(), run.lock_to_version.clone());
-            let is_served = match served.get(&key) {
-                Some(is_served) => *is_served,
+            let queue = match declared.get(&key) {
+                Some(queue) => queue.clone(),
                 None => {
-                    let is_served = self
+                    let queue = self
                         .store
-                        .task_served(&environment.id, &key.0, key.1.as_deref())
+                        .task_queue(&environment.id, &key.0, key.1.as_deref())
                         .await?;
-                    served.insert(key, is_served);
-                    is_served
+                    declared.insert(key, queue.clone());
+                    queue
                 }
             };
-            if !is_served {
+            if run.status == RunStatus::Queued && queue.is_none() {
                 run.status = RunStatus::PendingVersion;
+            }
+            if let Some(queue) = queue {
+                if run.queue == default_queue {
+                    run.queue = queue;
+                }
             }
         }
         Ok(())

@@ -21,6 +21,7 @@ pub mod actions;
 pub mod batches;
 pub mod clock;
 pub mod list;
+pub mod queues;
 pub mod runtime;
 pub mod workers;
 
@@ -111,18 +112,26 @@ impl Engine {
         let valid = request.validate(task, headers, now)?;
         let id = RunId::generate(now.timestamp_millis());
         let mut run = valid.into_run(id, environment.id.clone(), now);
-        if run.status == RunStatus::Queued
-            && !self
+        if run.status == RunStatus::Queued || run.queue == format!("task/{task}") {
+            // One look answers both: whether a version serves the task, and the queue
+            // it declared for the task, which a trigger without `queue` runs on.
+            let declared = self
                 .store
-                .task_served(
+                .task_queue(
                     &environment.id,
                     &run.task_identifier,
                     run.lock_to_version.as_deref(),
                 )
-                .await?
-        {
-            // Waits for a worker version serving the task.
-            run.status = RunStatus::PendingVersion;
+                .await?;
+            if run.status == RunStatus::Queued && declared.is_none() {
+                // Waits for a worker version serving the task.
+                run.status = RunStatus::PendingVersion;
+            }
+            if let Some(queue) = declared {
+                if run.queue == format!("task/{task}") {
+                    run.queue = queue;
+                }
+            }
         }
         let pending = run.status == RunStatus::PendingVersion;
         let has_deadline = run.expire_at.is_some() || run.delay_until.is_some();

@@ -187,6 +187,7 @@ impl Engine {
                 machine,
             });
         }
+        let declarations = self.queue_declarations(&tasks, &request.queues)?;
         let now = self.clock.now();
         let registration = WorkerRegistration {
             id: WorkerId::generate(now.timestamp_millis()),
@@ -196,6 +197,11 @@ impl Engine {
             tasks,
         };
         let registered = self.store.worker_register(&registration, now).await?;
+        self.store
+            .queue_declare(&environment.id, &declarations, now)
+            .await?;
+        // A changed limit may let waiting runs start.
+        self.runs_became_available();
         tracing::info!(
             worker = %registration.id,
             version = %registered.version,
@@ -204,9 +210,6 @@ impl Engine {
             queued = registered.promoted.len(),
             "worker registered"
         );
-        if !registered.promoted.is_empty() {
-            self.runs_became_available();
-        }
         let lease_ms = u64::try_from(self.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
         Ok(RegisterResponse {
             worker_id: registration.id.to_string(),
@@ -419,10 +422,11 @@ impl Engine {
             status = %settlement.run_status,
             "attempt settled"
         );
-        match settlement.run_status {
-            RunStatus::Queued => self.runs_became_available(),
-            RunStatus::RetryingAfterFailure => self.deadlines_changed.notify_one(),
-            _ => {}
+        // The run no longer holds a slot of its queue's concurrency limit (and may be
+        // queued again): a dequeuer waiting on a full queue can go on.
+        self.runs_became_available();
+        if settlement.run_status == RunStatus::RetryingAfterFailure {
+            self.deadlines_changed.notify_one();
         }
     }
 
@@ -525,6 +529,8 @@ impl Engine {
                 tracing::info!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
                 if attempt.is_some() {
                     self.attempts_ended();
+                    // Its queue has a free slot again.
+                    self.runs_became_available();
                 }
                 self.cancel_descendants(environment, id).await?;
                 Ok(Some(run.id))

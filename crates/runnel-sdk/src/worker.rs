@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, DequeueRequest, DequeuedRun, FailureKind,
-    HeartbeatRequest, RegisterRequest, RegisterResponse, StartRequest, TaskFailure, MAX_BATCH,
-    MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
+    HeartbeatRequest, QueueDefinition, RegisterRequest, RegisterResponse, StartRequest,
+    TaskFailure, MAX_BATCH, MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
 };
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -137,11 +137,23 @@ pub struct WorkerSummary {
 pub struct Worker {
     client: Client,
     options: WorkerOptions,
+    queues: Vec<QueueDefinition>,
 }
 
 impl Worker {
     pub fn new(client: Client, options: WorkerOptions) -> Worker {
-        Worker { client, options }
+        Worker {
+            client,
+            options,
+            queues: Vec::new(),
+        }
+    }
+
+    /// Declares queues with a concurrency limit at registration (tasks name theirs with
+    /// [`crate::tasks::Task::queue`]; a task's own queue is `task/<id>`).
+    pub fn with_queues(mut self, queues: Vec<QueueDefinition>) -> Worker {
+        self.queues = queues;
+        self
     }
 
     /// Registers the executor's tasks, then executes runs until `shutdown` resolves (e.g.
@@ -173,11 +185,16 @@ impl Worker {
     where
         E: Executor + ?Sized,
     {
-        let Worker { client, options } = self;
+        let Worker {
+            client,
+            options,
+            queues,
+        } = self;
         let request = RegisterRequest {
             name: options.name.clone(),
             version: options.version.clone(),
             tasks: executor.tasks(),
+            queues,
         };
         let mut backoff = Backoff::new();
         let registration = loop {

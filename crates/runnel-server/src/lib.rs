@@ -32,6 +32,7 @@ mod actions;
 mod batches;
 
 // [queues]
+mod queues;
 
 // [auth]
 pub mod jwt;
@@ -111,6 +112,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/batches/{batch_id}", get(batches::retrieve_v1))
         .route("/api/v2/batches/{batch_id}", get(batches::retrieve_v2))
         // [queues]
+        .route("/api/v1/queues", get(queues::list))
+        .route("/api/v1/queues/{queue_param}", get(queues::retrieve))
+        .route("/api/v1/queues/{queue_param}/pause", post(queues::pause))
+        .route(
+            "/api/v1/queues/{queue_param}/concurrency/override",
+            post(queues::concurrency_override),
+        )
+        .route(
+            "/api/v1/queues/{queue_param}/concurrency/reset",
+            post(queues::concurrency_reset),
+        )
         // [auth]
         .route("/api/v1/auth/jwt/claims", post(jwt::claims))
         .route("/api/v1/auth/jwt", post(jwt::create))

@@ -8,7 +8,8 @@ use runnel_core::retry::RetryPolicy;
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
     DequeueRequest, DequeueResponse, DequeuedRun, FailureKind, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse, StartRequest, StartResponse, TaskDefinition, TaskFailure,
+    QueueDefinition, RegisterRequest, RegisterResponse, StartRequest, StartResponse,
+    TaskDefinition, TaskFailure,
 };
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -41,7 +42,7 @@ pub struct RunIdBody {
         crate::runs::cancel,
     ),
     components(schemas(
-        RegisterRequest, RegisterResponse, TaskDefinition, RetryPolicy,
+        RegisterRequest, RegisterResponse, TaskDefinition, QueueDefinition, RetryPolicy,
         DequeueRequest, DequeueResponse, DequeuedRun,
         StartRequest, StartResponse, HeartbeatRequest, HeartbeatResponse,
         CompleteRequest, CompleteResponse, CompletionResult, AttemptCompletion, AttemptOutcome,

@@ -29,11 +29,13 @@ use serde_json::Value;
 mod batches;
 mod list;
 pub mod postgres;
+pub mod queues;
 mod rows;
 pub mod sqlite;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use postgres::PgStore;
+pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
 pub use sqlite::SqliteStore;
 
 /// A storage failure. Callers map it to a 500 and log it; it never reaches a client.
@@ -444,6 +446,49 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<BatchItemsOutcome>;
 
     // [queues]
+
+    /// Creates the declared queues that are missing and sets the registered limit of
+    /// those whose declaration states one (see [`QueueDeclaration`]).
+    async fn queue_declare(
+        &self,
+        environment: &EnvironmentId,
+        declarations: &[QueueDeclaration],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// A page of the environment's queues by name, with the total count.
+    async fn queue_list(
+        &self,
+        environment: &EnvironmentId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<QueueRecord>, u64)>;
+
+    /// One queue of `environment`, with its counts.
+    async fn queue_get(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+    ) -> Result<Option<QueueRecord>>;
+
+    /// Pauses, resumes, overrides or resets a queue's limit; returns it as it is after,
+    /// or `None` when it does not exist.
+    async fn queue_update(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+        change: QueueChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<QueueRecord>>;
+
+    /// The queue the newest registered version serving `task` (`version` itself, when
+    /// given) declared for it; `None` when no version serves it.
+    async fn task_queue(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>>;
 
     // [auth]
 

@@ -53,17 +53,19 @@ use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
+use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
+use crate::queues::{admit, queue_from_row, ref_column, Gates, Held, ADMIT_ROUNDS, QUEUE_COLUMNS};
 use crate::rows::{
     self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
     project_from_row, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
     NO_MAX_DURATION, RUN_COLUMNS,
 };
 use crate::{
-    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, Registered, Result,
-    RevokeOutcome, Store, TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, QueueChange,
+    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
+    TriggerOutcome, WorkerRecord, WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -208,6 +210,129 @@ async fn api_key_insert_in<'e>(
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// The oldest queued runs `worker` may take, at most `limit`, locked (`SKIP LOCKED`:
+/// dequeues at once, on any node, take different runs instead of waiting on each
+/// other's rows). One index range per task (LATERAL), merged: `task_identifier = ANY(…)
+/// ORDER BY queue_ts` would make PostgreSQL 15 read through every queued run of the
+/// environment, other tasks' backlogs included. Up to `limit` runs per task are locked,
+/// the oldest `limit` taken. With `gates` = (gated, excluded): runs of the `gated`
+/// queues are left out when their queue is paused or their (queue, key) pair is full,
+/// and runs of the `excluded` queues always.
+async fn dequeue_candidates(
+    conn: &mut PgConnection,
+    worker: &WorkerRecord,
+    task_ids: &[&str],
+    gates: Option<(&[String], &[String])>,
+    limit: u32,
+) -> Result<Vec<Run>> {
+    let gate = if gates.is_none() {
+        ""
+    } else {
+        "AND queue <> ALL($6::text[]) AND (queue <> ALL($5::text[]) OR NOT EXISTS (SELECT 1 FROM queues q \
+           WHERE q.environment_id = runs.environment_id AND q.name = runs.queue \
+           AND (q.paused OR COALESCE(q.concurrency_limit_override, q.concurrency_limit) <= \
+             (SELECT count(*) FROM runs h WHERE h.environment_id = runs.environment_id \
+              AND h.queue = runs.queue AND h.concurrency_key IS NOT DISTINCT FROM runs.concurrency_key \
+              AND h.status IN ('DEQUEUED', 'EXECUTING'))))) "
+    };
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM unnest($2::text[]) AS wanted(task) \
+         CROSS JOIN LATERAL ( \
+           SELECT * FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
+           AND task_identifier = wanted.task AND (lock_to_version IS NULL OR lock_to_version = $3) {gate}\
+           ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
+         ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4"
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(worker.environment_id.as_str())
+        .bind(task_ids)
+        .bind(&worker.version)
+        .bind(i64::from(limit));
+    if let Some((gated, excluded)) = gates {
+        query = query.bind(gated).bind(excluded);
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(run_from_row).collect()
+}
+
+/// Held (DEQUEUED or EXECUTING) runs of the `queues` per (queue, concurrency key).
+async fn held_counts(
+    conn: &mut PgConnection,
+    environment: &EnvironmentId,
+    queues: &[String],
+) -> Result<Held> {
+    if queues.is_empty() {
+        return Ok(Held::new());
+    }
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT queue, concurrency_key, count(*) FROM runs WHERE environment_id = $1 \
+         AND status IN ('DEQUEUED', 'EXECUTING') AND queue = ANY($2) GROUP BY queue, concurrency_key",
+    )
+    .bind(environment.as_str())
+    .bind(queues)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(q, k, n)| ((q, k), n)).collect())
+}
+
+/// Leases `runs` (locked by the caller) to `worker`: two statements for the whole
+/// batch, whatever its size; the rows are locked already, so these only write.
+async fn lease_runs(
+    conn: &mut PgConnection,
+    worker: &WorkerRecord,
+    runs: Vec<Run>,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Leased>> {
+    let leased: Vec<Leased> = runs
+        .into_iter()
+        .map(|run| rows::lease(run, worker, lease_until, now))
+        .collect();
+    if leased.is_empty() {
+        return Ok(leased);
+    }
+    let column = |f: fn(&Leased) -> Option<i64>| leased.iter().map(f).collect::<Vec<_>>();
+    let run_ids: Vec<&str> = leased.iter().map(|l| l.run.id.as_str()).collect();
+    let attempt_ids: Vec<&str> = leased.iter().map(|l| l.attempt.id.as_str()).collect();
+    let machines: Vec<Option<&str>> = leased
+        .iter()
+        .map(|l| l.run.machine.map(|m| m.as_str()))
+        .collect();
+    sqlx::query(
+        "UPDATE runs AS r SET status = 'DEQUEUED', worker_id = $1, worker_version = $2, \
+         current_attempt_id = v.attempt_id, lease_expires_at = $3, expire_at = NULL, \
+         attempt_count = v.attempt_count, max_duration_secs = v.max_duration_secs, machine = v.machine, \
+         updated_at = $4 \
+         FROM unnest($5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+           AS v(id, attempt_id, attempt_count, max_duration_secs, machine) \
+         WHERE r.id = v.id AND r.status = 'QUEUED'",
+    )
+    .bind(worker.id.as_str())
+    .bind(&worker.version)
+    .bind(ms(lease_until))
+    .bind(ms(now))
+    .bind(&run_ids)
+    .bind(&attempt_ids)
+    .bind(column(|l| Some(i64::from(l.run.attempt_count))))
+    .bind(column(|l| l.run.max_duration_secs.map(i64::from)))
+    .bind(&machines)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
+         SELECT a.id, a.run_id, a.number, 'PENDING', $1, $1, $2, 0 \
+         FROM unnest($3::text[], $4::text[], $5::bigint[]) AS a(id, run_id, number)",
+    )
+    .bind(ms(now))
+    .bind(worker.id.as_str())
+    .bind(&attempt_ids)
+    .bind(&run_ids)
+    .bind(column(|l| Some(i64::from(l.attempt.number))))
+    .execute(&mut *conn)
+    .await?;
+    Ok(leased)
 }
 
 #[async_trait]
@@ -672,74 +797,76 @@ impl Store for PgStore {
             .map(|t| t.task_identifier.as_str())
             .collect();
         let mut tx = self.pool.begin().await?;
-        // SKIP LOCKED: workers dequeuing at once (on any node) take different runs
-        // instead of waiting on each other's rows. One index range per task (LATERAL),
-        // merged: `task_identifier = ANY(…) ORDER BY queue_ts` would make PostgreSQL 15
-        // read through every queued run of the environment, other tasks' backlogs
-        // included. Up to `limit` runs per task are locked, the oldest `limit` taken.
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM unnest($2::text[]) AS wanted(task) \
-             CROSS JOIN LATERAL ( \
-               SELECT * FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
-               AND task_identifier = wanted.task AND (lock_to_version IS NULL OR lock_to_version = $3) \
-               ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
-             ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
+        let gates = Gates::from_rows(
+            sqlx::query_as(
+                "SELECT name, paused, COALESCE(concurrency_limit_override, concurrency_limit) FROM queues \
+                 WHERE environment_id = $1 AND (paused OR concurrency_limit IS NOT NULL \
+                 OR concurrency_limit_override IS NOT NULL)",
+            )
             .bind(worker.environment_id.as_str())
-            .bind(&task_ids)
-            .bind(&worker.version)
-            .bind(i64::from(limit))
             .fetch_all(&mut *tx)
-            .await?;
-        let leased = rows
-            .iter()
-            .map(|row| Ok(rows::lease(run_from_row(row)?, worker, lease_until, now)))
-            .collect::<Result<Vec<Leased>>>()?;
+            .await?,
+        );
+        let mut leased = Vec::new();
+        if gates.is_empty() {
+            let runs = dequeue_candidates(&mut tx, worker, &task_ids, None, limit).await?;
+            leased = lease_runs(&mut tx, worker, runs, lease_until, now).await?;
+        } else {
+            // Each limited queue this worker may lease from is counted and leased
+            // under a transaction-scoped advisory lock (see `crate::queues`), taken in
+            // name order before any of its runs is picked: dequeues of one limited
+            // queue take turns, so none of them locks runs another then cannot count
+            // in, and the oldest runs go first. A limited queue that had no run for
+            // this worker when looked at is left out until the next dequeue.
+            let limited: Vec<String> = gates.limits.keys().cloned().collect();
+            let mut relevant: Vec<String> = if limited.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(
+                    "SELECT name FROM unnest($2::text[]) AS l(name) WHERE EXISTS ( \
+                       SELECT 1 FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
+                       AND queue = l.name AND task_identifier = ANY($3))",
+                )
+                .bind(worker.environment_id.as_str())
+                .bind(&limited)
+                .bind(&task_ids)
+                .fetch_all(&mut *tx)
+                .await?
+            };
+            relevant.sort();
+            for name in &relevant {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(format!("{}/{name}", worker.environment_id))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let excluded: Vec<String> = limited
+                .into_iter()
+                .filter(|name| !relevant.contains(name))
+                .collect();
+            let gated = gates.names();
+            for _ in 0..ADMIT_ROUNDS {
+                let want = limit as usize - leased.len();
+                let candidates = dequeue_candidates(
+                    &mut tx,
+                    worker,
+                    &task_ids,
+                    Some((&gated, &excluded)),
+                    u32::try_from(want).unwrap_or(limit),
+                )
+                .await?;
+                let counted = gates.limited_among(&candidates);
+                let mut held = held_counts(&mut tx, &worker.environment_id, &counted).await?;
+                let (runs, dropped) = admit(candidates, &gates, &excluded, &mut held, want);
+                leased.extend(lease_runs(&mut tx, worker, runs, lease_until, now).await?);
+                if !dropped || leased.len() >= limit as usize {
+                    break;
+                }
+            }
+        }
         if leased.is_empty() {
             return Ok(leased);
         }
-        // Two statements for the whole batch, whatever its size: the rows are locked
-        // already, so these only write.
-        let column = |f: fn(&Leased) -> Option<i64>| leased.iter().map(f).collect::<Vec<_>>();
-        let run_ids: Vec<&str> = leased.iter().map(|l| l.run.id.as_str()).collect();
-        let attempt_ids: Vec<&str> = leased.iter().map(|l| l.attempt.id.as_str()).collect();
-        let machines: Vec<Option<&str>> = leased
-            .iter()
-            .map(|l| l.run.machine.map(|m| m.as_str()))
-            .collect();
-        sqlx::query(
-            "UPDATE runs AS r SET status = 'DEQUEUED', worker_id = $1, worker_version = $2, \
-             current_attempt_id = v.attempt_id, lease_expires_at = $3, expire_at = NULL, \
-             attempt_count = v.attempt_count, max_duration_secs = v.max_duration_secs, machine = v.machine, \
-             updated_at = $4 \
-             FROM unnest($5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
-               AS v(id, attempt_id, attempt_count, max_duration_secs, machine) \
-             WHERE r.id = v.id AND r.status = 'QUEUED'",
-        )
-        .bind(worker.id.as_str())
-        .bind(&worker.version)
-        .bind(ms(lease_until))
-        .bind(ms(now))
-        .bind(&run_ids)
-        .bind(&attempt_ids)
-        .bind(column(|l| Some(i64::from(l.run.attempt_count))))
-        .bind(column(|l| l.run.max_duration_secs.map(i64::from)))
-        .bind(&machines)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
-             SELECT a.id, a.run_id, a.number, 'PENDING', $1, $1, $2, 0 \
-             FROM unnest($3::text[], $4::text[], $5::bigint[]) AS a(id, run_id, number)",
-        )
-        .bind(ms(now))
-        .bind(worker.id.as_str())
-        .bind(&attempt_ids)
-        .bind(&run_ids)
-        .bind(column(|l| Some(i64::from(l.attempt.number))))
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(leased)
     }
@@ -1235,6 +1362,158 @@ impl Store for PgStore {
     }
 
     // [queues]
+
+    async fn queue_declare(
+        &self,
+        environment: &EnvironmentId,
+        declarations: &[QueueDeclaration],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if declarations.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = declarations
+            .iter()
+            .map(|_| QueueId::generate(ms(now)).to_string())
+            .collect();
+        let names: Vec<&str> = declarations.iter().map(|d| d.name.as_str()).collect();
+        let kinds: Vec<&str> = declarations
+            .iter()
+            .map(|d| QueueKind::of(&d.name).as_str())
+            .collect();
+        let limits: Vec<Option<i64>> = declarations
+            .iter()
+            .map(|d| d.concurrency_limit.flatten().map(i64::from))
+            .collect();
+        let states: Vec<bool> = declarations
+            .iter()
+            .map(|d| d.concurrency_limit.is_some())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
+             SELECT d.id, $1, d.name, d.type, d.lim, FALSE, $2, $2 \
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[]) AS d(id, name, type, lim) \
+             ON CONFLICT (environment_id, name) DO NOTHING",
+        )
+        .bind(environment.as_str())
+        .bind(ms(now))
+        .bind(&ids)
+        .bind(&names)
+        .bind(&kinds)
+        .bind(&limits)
+        .execute(&mut *tx)
+        .await?;
+        // Declarations that state a limit replace the registered one.
+        sqlx::query(
+            "UPDATE queues AS q SET concurrency_limit = d.lim, updated_at = $2 \
+             FROM unnest($3::text[], $4::bigint[], $5::boolean[]) AS d(name, lim, states) \
+             WHERE q.environment_id = $1 AND q.name = d.name AND d.states",
+        )
+        .bind(environment.as_str())
+        .bind(ms(now))
+        .bind(&names)
+        .bind(&limits)
+        .bind(&states)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn queue_list(
+        &self,
+        environment: &EnvironmentId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<QueueRecord>, u64)> {
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM queues WHERE environment_id = $1")
+                .bind(environment.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        let sql = format!(
+            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 \
+             ORDER BY q.name COLLATE \"C\" LIMIT $2 OFFSET $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(environment.as_str())
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
+        Ok((queues, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn queue_get(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+    ) -> Result<Option<QueueRecord>> {
+        let (column, value) = ref_column(queue);
+        let sql = format!(
+            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 AND {column} = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(environment.as_str())
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(queue_from_row).transpose()
+    }
+
+    async fn queue_update(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+        change: QueueChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<QueueRecord>> {
+        let set = match change {
+            QueueChange::Pause => "paused = TRUE",
+            QueueChange::Resume => "paused = FALSE",
+            QueueChange::Override(_) => "concurrency_limit_override = $4, overridden_at = $1",
+            QueueChange::ResetOverride => "concurrency_limit_override = NULL, overridden_at = NULL",
+        };
+        let (column, value) = ref_column(queue);
+        let column = column.trim_start_matches("q.");
+        let sql = format!(
+            "UPDATE queues SET {set}, updated_at = $1 WHERE environment_id = $2 AND {column} = $3 RETURNING id"
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
+            .bind(ms(now))
+            .bind(environment.as_str())
+            .bind(value);
+        if let QueueChange::Override(limit) = change {
+            query = query.bind(i64::from(limit));
+        }
+        let id = query.fetch_optional(&self.pool).await?;
+        match id {
+            Some(id) => self.queue_get(environment, &QueueRef::Id(id)).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn task_queue(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>> {
+        let queue: Option<String> = sqlx::query_scalar(
+            "SELECT t.queue FROM worker_tasks t JOIN worker_versions v \
+             ON v.environment_id = t.environment_id AND v.version = t.version \
+             WHERE t.environment_id = $1 AND t.task_identifier = $2 AND ($3::text IS NULL OR t.version = $3) \
+             ORDER BY v.created_at DESC, v.version DESC LIMIT 1",
+        )
+        .bind(environment.as_str())
+        .bind(task)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(queue)
+    }
 
     // [auth]
 

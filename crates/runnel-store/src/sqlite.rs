@@ -24,19 +24,21 @@ use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, ProjectId, RunId, RunStatus, WorkerId};
+use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::queues::{admit, queue_from_row, ref_column, Gates, Held, ADMIT_ROUNDS, QUEUE_COLUMNS};
 use crate::rows::{
     self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
     project_from_row, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
     NO_MAX_DURATION, RUN_COLUMNS,
 };
 use crate::{
-    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, Registered, Result,
-    RevokeOutcome, Store, TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, QueueChange,
+    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
+    TriggerOutcome, WorkerRecord, WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -142,6 +144,109 @@ async fn attempts_in(
     }
     let rows = query.fetch_all(db).await?;
     rows.iter().map(attempt_from_row).collect()
+}
+
+/// The oldest queued runs `worker` may take, at most `limit`. Runs of the `gated`
+/// queues are left out when their queue is paused or their (queue, key) pair is full.
+async fn dequeue_candidates(
+    conn: &mut sqlx::SqliteConnection,
+    worker: &WorkerRecord,
+    gated: &[String],
+    limit: u32,
+) -> Result<Vec<Run>> {
+    let gate = if gated.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "AND (queue NOT IN ({}) OR NOT EXISTS (SELECT 1 FROM queues q \
+               WHERE q.environment_id = runs.environment_id AND q.name = runs.queue \
+               AND (q.paused = 1 OR COALESCE(q.concurrency_limit_override, q.concurrency_limit) <= \
+                 (SELECT count(*) FROM runs h WHERE h.environment_id = runs.environment_id \
+                  AND h.queue = runs.queue AND h.concurrency_key IS runs.concurrency_key \
+                  AND h.status IN ('DEQUEUED', 'EXECUTING'))))) ",
+            placeholders(gated.len())
+        )
+    };
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
+         AND task_identifier IN ({}) AND (lock_to_version IS NULL OR lock_to_version = ?) {gate}\
+         ORDER BY queue_ts, id LIMIT ?",
+        placeholders(worker.tasks.len())
+    );
+    let mut query = sqlx::query(&sql).bind(worker.environment_id.as_str());
+    for task in &worker.tasks {
+        query = query.bind(&task.task_identifier);
+    }
+    query = query.bind(&worker.version);
+    for name in gated {
+        query = query.bind(name);
+    }
+    let rows = query.bind(i64::from(limit)).fetch_all(conn).await?;
+    rows.iter().map(run_from_row).collect()
+}
+
+/// Held (DEQUEUED or EXECUTING) runs of the `queues` per (queue, concurrency key).
+async fn held_counts(
+    conn: &mut sqlx::SqliteConnection,
+    environment: &EnvironmentId,
+    queues: &[String],
+) -> Result<Held> {
+    let sql = format!(
+        "SELECT queue, concurrency_key, count(*) FROM runs WHERE environment_id = ? \
+         AND status IN ('DEQUEUED', 'EXECUTING') AND queue IN ({}) GROUP BY queue, concurrency_key",
+        placeholders(queues.len())
+    );
+    let mut query =
+        sqlx::query_as::<_, (String, Option<String>, i64)>(&sql).bind(environment.as_str());
+    for name in queues {
+        query = query.bind(name);
+    }
+    let rows = query.fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|(q, k, n)| ((q, k), n)).collect())
+}
+
+/// Leases `runs` to `worker`: each moves to `Dequeued` with a new `Pending` attempt.
+async fn lease_runs(
+    conn: &mut sqlx::SqliteConnection,
+    worker: &WorkerRecord,
+    runs: Vec<Run>,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Leased>> {
+    let mut leased = Vec::with_capacity(runs.len());
+    for run in runs {
+        let Leased { run, attempt } = rows::lease(run, worker, lease_until, now);
+        sqlx::query(
+            "UPDATE runs SET status = 'DEQUEUED', worker_id = ?, worker_version = ?, current_attempt_id = ?, \
+             lease_expires_at = ?, expire_at = NULL, attempt_count = ?, max_duration_secs = ?, machine = ?, \
+             updated_at = ? WHERE id = ? AND status = 'QUEUED'",
+        )
+        .bind(worker.id.as_str())
+        .bind(&worker.version)
+        .bind(&attempt.id)
+        .bind(ms(lease_until))
+        .bind(i64::from(run.attempt_count))
+        .bind(run.max_duration_secs.map(i64::from))
+        .bind(run.machine.map(|m| m.as_str()))
+        .bind(ms(now))
+        .bind(run.id.as_str())
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
+             VALUES (?, ?, ?, 'PENDING', ?, ?, ?, 0)",
+        )
+        .bind(&attempt.id)
+        .bind(run.id.as_str())
+        .bind(i64::from(attempt.number))
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(worker.id.as_str())
+        .execute(&mut *conn)
+        .await?;
+        leased.push(Leased { run, attempt });
+    }
+    Ok(leased)
 }
 
 /// Stores a key (hashed) for `environment`, inside whatever transaction or pool `db` is.
@@ -633,53 +738,43 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
-             AND task_identifier IN ({}) AND (lock_to_version IS NULL OR lock_to_version = ?) \
-             ORDER BY queue_ts, id LIMIT ?",
-            placeholders(worker.tasks.len())
-        );
-        let mut query = sqlx::query(&sql).bind(worker.environment_id.as_str());
-        for task in &worker.tasks {
-            query = query.bind(&task.task_identifier);
-        }
-        let rows = query
-            .bind(&worker.version)
-            .bind(i64::from(limit))
+        // One writer: the gates and held counts read here cannot change before commit.
+        let gates = Gates::from_rows(
+            sqlx::query_as(
+                "SELECT name, paused, COALESCE(concurrency_limit_override, concurrency_limit) FROM queues \
+                 WHERE environment_id = ? AND (paused = 1 OR concurrency_limit IS NOT NULL \
+                 OR concurrency_limit_override IS NOT NULL)",
+            )
+            .bind(worker.environment_id.as_str())
             .fetch_all(&mut *tx)
-            .await?;
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let Leased { run, attempt } = rows::lease(run_from_row(row)?, worker, lease_until, now);
-            sqlx::query(
-                "UPDATE runs SET status = 'DEQUEUED', worker_id = ?, worker_version = ?, current_attempt_id = ?, \
-                 lease_expires_at = ?, expire_at = NULL, attempt_count = ?, max_duration_secs = ?, machine = ?, \
-                 updated_at = ? WHERE id = ? AND status = 'QUEUED'",
-            )
-            .bind(worker.id.as_str())
-            .bind(&worker.version)
-            .bind(&attempt.id)
-            .bind(ms(lease_until))
-            .bind(i64::from(run.attempt_count))
-            .bind(run.max_duration_secs.map(i64::from))
-            .bind(run.machine.map(|m| m.as_str()))
-            .bind(ms(now))
-            .bind(run.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
-                 VALUES (?, ?, ?, 'PENDING', ?, ?, ?, 0)",
-            )
-            .bind(&attempt.id)
-            .bind(run.id.as_str())
-            .bind(i64::from(attempt.number))
-            .bind(ms(now))
-            .bind(ms(now))
-            .bind(worker.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            leased.push(Leased { run, attempt });
+            .await?,
+        );
+        let mut leased = Vec::new();
+        if gates.is_empty() {
+            let runs = dequeue_candidates(&mut tx, worker, &[], limit).await?;
+            leased = lease_runs(&mut tx, worker, runs, lease_until, now).await?;
+        } else {
+            let gated = gates.names();
+            let mut held = Held::new();
+            for _ in 0..ADMIT_ROUNDS {
+                let want = limit as usize - leased.len();
+                let candidates = dequeue_candidates(
+                    &mut tx,
+                    worker,
+                    &gated,
+                    u32::try_from(want).unwrap_or(limit),
+                )
+                .await?;
+                let limited = gates.limited_among(&candidates);
+                if !limited.is_empty() {
+                    held = held_counts(&mut tx, &worker.environment_id, &limited).await?;
+                }
+                let (runs, dropped) = admit(candidates, &gates, &[], &mut held, want);
+                leased.extend(lease_runs(&mut tx, worker, runs, lease_until, now).await?);
+                if !dropped || leased.len() >= limit as usize {
+                    break;
+                }
+            }
         }
         tx.commit().await?;
         Ok(leased)
@@ -1120,6 +1215,144 @@ impl Store for SqliteStore {
     }
 
     // [queues]
+
+    async fn queue_declare(
+        &self,
+        environment: &EnvironmentId,
+        declarations: &[QueueDeclaration],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if declarations.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for d in declarations {
+            sqlx::query(
+                "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6) \
+                 ON CONFLICT (environment_id, name) DO UPDATE SET \
+                 concurrency_limit = CASE WHEN ?7 THEN excluded.concurrency_limit ELSE queues.concurrency_limit END, \
+                 updated_at = CASE WHEN ?7 THEN excluded.updated_at ELSE queues.updated_at END",
+            )
+            .bind(QueueId::generate(ms(now)).as_str())
+            .bind(environment.as_str())
+            .bind(&d.name)
+            .bind(QueueKind::of(&d.name).as_str())
+            .bind(d.concurrency_limit.flatten().map(i64::from))
+            .bind(ms(now))
+            .bind(d.concurrency_limit.is_some())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn queue_list(
+        &self,
+        environment: &EnvironmentId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<QueueRecord>, u64)> {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM queues WHERE environment_id = ?")
+            .bind(environment.as_str())
+            .fetch_one(&self.reader)
+            .await?;
+        let sql = format!(
+            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = ? ORDER BY q.name LIMIT ? OFFSET ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(environment.as_str())
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
+        Ok((queues, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn queue_get(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+    ) -> Result<Option<QueueRecord>> {
+        let (column, value) = ref_column(queue);
+        let sql = format!(
+            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = ? AND {column} = ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(environment.as_str())
+            .bind(value)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(queue_from_row).transpose()
+    }
+
+    async fn queue_update(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+        change: QueueChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<QueueRecord>> {
+        let set = match change {
+            QueueChange::Pause => "paused = 1",
+            QueueChange::Resume => "paused = 0",
+            QueueChange::Override(_) => "concurrency_limit_override = ?3, overridden_at = ?1",
+            QueueChange::ResetOverride => "concurrency_limit_override = NULL, overridden_at = NULL",
+        };
+        let (column, value) = ref_column(queue);
+        let column = column.trim_start_matches("q.");
+        let sql = format!(
+            "UPDATE queues SET {set}, updated_at = ?1 WHERE environment_id = ?2 AND {column} = ?4 RETURNING id"
+        );
+        let limit = match change {
+            QueueChange::Override(limit) => Some(i64::from(limit)),
+            _ => None,
+        };
+        let id: Option<String> = sqlx::query_scalar(&sql)
+            .bind(ms(now))
+            .bind(environment.as_str())
+            .bind(limit)
+            .bind(value)
+            .fetch_optional(&self.writer)
+            .await?;
+        match id {
+            Some(id) => {
+                let sql = format!(
+                    "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = ? AND q.id = ?"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(environment.as_str())
+                    .bind(&id)
+                    .fetch_optional(&self.writer)
+                    .await?;
+                row.as_ref().map(queue_from_row).transpose()
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn task_queue(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>> {
+        let queue: Option<String> = sqlx::query_scalar(
+            "SELECT t.queue FROM worker_tasks t JOIN worker_versions v \
+             ON v.environment_id = t.environment_id AND v.version = t.version \
+             WHERE t.environment_id = ? AND t.task_identifier = ? AND (? IS NULL OR t.version = ?) \
+             ORDER BY v.created_at DESC, v.version DESC LIMIT 1",
+        )
+        .bind(environment.as_str())
+        .bind(task)
+        .bind(version)
+        .bind(version)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(queue)
+    }
 
     // [auth]
 

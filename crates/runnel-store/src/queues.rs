@@ -1,0 +1,319 @@
+//! Queues as stored things, and the part of dequeue both backends share: which queued
+//! runs a dequeue may lease under the queues' pause flags and concurrency limits.
+//!
+//! A run carries its queue's full name (`runs.queue`: `task/<taskId>` or a custom name).
+//! A row in `queues` exists for every queue a registration declared (each task's queue,
+//! and the `queues` list of the registration); a queue without a row, or whose row has
+//! no limit and is not paused, is *open*: dequeue takes its runs on the fast path
+//! without reading anything else. A *gated* queue is paused or limited:
+//!
+//! ```text
+//!   dequeue ─► gated queues of the environment (partial index, usually none)
+//!      │ none ──────────────────────────────► fast path: oldest queue_ts first
+//!      ▼ some
+//!   PostgreSQL only, before picking: lock each limited queue that has runs for
+//!   this worker (advisory, transaction scoped, in name order), so dequeues of one
+//!   limited queue take turns and the count below cannot go stale; a limited queue
+//!   that had none is left out of this dequeue
+//!      ▼
+//!   candidates: oldest queued runs, where the query itself drops runs of paused
+//!   queues and of full (queue, concurrencyKey) pairs, so a full queue never hides
+//!   the runs queued behind it
+//!      ▼
+//!   count held (DEQUEUED + EXECUTING) runs per (queue, key) ─► [`admit`] keeps at
+//!   most limit − held runs of each pair, oldest first ─► lease them; when some were
+//!   dropped, look again (the full pairs are now excluded by the query)
+//! ```
+//!
+//! Each concurrency key gets its own copy of its queue's limit; runs without a key
+//! share one more copy. The effective limit is the API's override when there is one,
+//! else the registered limit; `None` is unlimited.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use runnel_core::run::Run;
+use runnel_core::{EnvironmentId, QueueId};
+
+/// How many times one dequeue looks again after its admission dropped runs of full
+/// queues. Each round fills at least one (queue, key) pair, which the next one
+/// excludes, so this only bounds pathological batches spread over many pairs.
+pub(crate) const ADMIT_ROUNDS: usize = 4;
+
+/// Whether a queue is a task's own queue or a named one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// `task/<taskId>`: every task has one.
+    Task,
+    /// Declared by name (a task's `queue`, a registration's `queues`, a trigger's
+    /// `queue.name`).
+    Custom,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Task => "task",
+            QueueKind::Custom => "custom",
+        }
+    }
+
+    /// The kind of a full queue name.
+    pub fn of(name: &str) -> QueueKind {
+        if name.starts_with("task/") {
+            QueueKind::Task
+        } else {
+            QueueKind::Custom
+        }
+    }
+}
+
+/// A queue a registration declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeclaration {
+    /// The full name (`task/<taskId>` for a task's own queue).
+    pub name: String,
+    /// `Some(limit)`: the registration states the queue's limit (`Some(None)` = none),
+    /// which replaces the registered one. `None`: the queue is only referenced (by a
+    /// task); it is created when missing and its limit stays as it was.
+    pub concurrency_limit: Option<Option<u32>>,
+}
+
+/// A stored queue with its current counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueRecord {
+    pub id: QueueId,
+    pub environment_id: EnvironmentId,
+    /// The full name (`task/<taskId>` for a task queue).
+    pub name: String,
+    pub kind: QueueKind,
+    /// From registration.
+    pub concurrency_limit: Option<u32>,
+    /// From the API; wins over the registered limit while set.
+    pub concurrency_limit_override: Option<u32>,
+    pub overridden_at: Option<DateTime<Utc>>,
+    pub paused: bool,
+    /// Runs held by workers (DEQUEUED or EXECUTING).
+    pub running: u64,
+    /// Runs waiting (QUEUED).
+    pub queued: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl QueueRecord {
+    /// The limit dequeue applies: the override, else the registered limit.
+    pub fn effective_limit(&self) -> Option<u32> {
+        self.concurrency_limit_override.or(self.concurrency_limit)
+    }
+}
+
+/// How the API names a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueRef {
+    Id(String),
+    /// The full stored name (`task/<taskId>` or the custom name).
+    Name(String),
+}
+
+/// A change the queues API makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueChange {
+    Pause,
+    Resume,
+    Override(u32),
+    ResetOverride,
+}
+
+/// The gated (paused or limited) queues of an environment, as dequeue reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Gates {
+    pub paused: Vec<String>,
+    /// Unpaused queues with a limit, by name.
+    pub limits: HashMap<String, u32>,
+}
+
+impl Gates {
+    pub fn from_rows(rows: Vec<(String, bool, Option<i64>)>) -> Gates {
+        let mut gates = Gates::default();
+        for (name, paused, limit) in rows {
+            if paused {
+                gates.paused.push(name);
+            } else if let Some(limit) = limit {
+                gates
+                    .limits
+                    .insert(name, u32::try_from(limit.max(0)).unwrap_or(u32::MAX));
+            }
+        }
+        gates
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paused.is_empty() && self.limits.is_empty()
+    }
+
+    /// Every gated queue's name.
+    pub fn names(&self) -> Vec<String> {
+        self.paused
+            .iter()
+            .chain(self.limits.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// The limited queues among `runs`' queues, sorted.
+    pub fn limited_among(&self, runs: &[Run]) -> Vec<String> {
+        let mut names: Vec<String> = runs
+            .iter()
+            .filter(|r| self.limits.contains_key(&r.queue))
+            .map(|r| r.queue.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Held runs per (queue, concurrency key).
+pub(crate) type Held = HashMap<(String, Option<String>), i64>;
+
+/// Keeps, oldest first, at most `want` of `candidates` such that no limited
+/// (queue, key) pair ends up holding more than its queue's limit; `held` is updated
+/// with what was kept. Runs of queues in `excluded` are dropped. Returns the kept runs
+/// and whether any run was dropped for a full pair.
+pub(crate) fn admit(
+    candidates: Vec<Run>,
+    gates: &Gates,
+    excluded: &[String],
+    held: &mut Held,
+    want: usize,
+) -> (Vec<Run>, bool) {
+    let mut kept = Vec::new();
+    let mut dropped = false;
+    for run in candidates {
+        if kept.len() >= want {
+            break;
+        }
+        if gates.paused.contains(&run.queue) || excluded.contains(&run.queue) {
+            continue;
+        }
+        if let Some(&limit) = gates.limits.get(&run.queue) {
+            let count = held
+                .entry((run.queue.clone(), run.concurrency_key.clone()))
+                .or_insert(0);
+            if *count >= i64::from(limit) {
+                dropped = true;
+                continue;
+            }
+            *count += 1;
+        }
+        kept.push(run);
+    }
+    (kept, dropped)
+}
+
+/// The declarations a registration makes: each task's queue (referenced) and the
+/// registration's `queues` list (limit stated), merged by name.
+pub fn declarations(
+    task_queues: impl IntoIterator<Item = String>,
+    declared: impl IntoIterator<Item = (String, Option<u32>)>,
+) -> Vec<QueueDeclaration> {
+    let mut out: Vec<QueueDeclaration> = Vec::new();
+    for name in task_queues {
+        if !out.iter().any(|d| d.name == name) {
+            out.push(QueueDeclaration {
+                name,
+                concurrency_limit: None,
+            });
+        }
+    }
+    for (name, limit) in declared {
+        match out.iter_mut().find(|d| d.name == name) {
+            Some(d) => d.concurrency_limit = Some(limit),
+            None => out.push(QueueDeclaration {
+                name,
+                concurrency_limit: Some(limit),
+            }),
+        }
+    }
+    out
+}
+
+/// The columns [`queue_from_row`] reads, over `queues q` (the counts use the partial
+/// indexes on `runs`).
+pub(crate) const QUEUE_COLUMNS: &str =
+    "q.id, q.environment_id, q.name, q.type, q.concurrency_limit, \
+     q.concurrency_limit_override, q.overridden_at, q.paused, q.created_at, q.updated_at, \
+     (SELECT count(*) FROM runs r WHERE r.environment_id = q.environment_id AND r.queue = q.name \
+      AND r.status IN ('DEQUEUED', 'EXECUTING')) AS running, \
+     (SELECT count(*) FROM runs r WHERE r.environment_id = q.environment_id AND r.queue = q.name \
+      AND r.status = 'QUEUED') AS queued";
+
+pub(crate) fn queue_from_row(row: &impl crate::rows::Columns) -> crate::Result<QueueRecord> {
+    let limit = |column: &str| -> crate::Result<Option<u32>> {
+        Ok(row
+            .opt_int(column)?
+            .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)))
+    };
+    let kind = match row.text("type")?.as_str() {
+        "task" => QueueKind::Task,
+        "custom" => QueueKind::Custom,
+        other => return Err(crate::Error::Corrupt(format!("queue type {other:?}"))),
+    };
+    Ok(QueueRecord {
+        id: QueueId::from_trusted(row.text("id")?),
+        environment_id: EnvironmentId::from_trusted(row.text("environment_id")?),
+        name: row.text("name")?,
+        kind,
+        concurrency_limit: limit("concurrency_limit")?,
+        concurrency_limit_override: limit("concurrency_limit_override")?,
+        overridden_at: row.opt_time("overridden_at")?,
+        paused: row.flag("paused")?,
+        running: u64::try_from(row.int("running")?).unwrap_or(0),
+        queued: u64::try_from(row.int("queued")?).unwrap_or(0),
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+/// The condition and value that pick one queue by [`QueueRef`] (column of `queues q`).
+pub(crate) fn ref_column(queue: &QueueRef) -> (&'static str, &str) {
+    match queue {
+        QueueRef::Id(id) => ("q.id", id.as_str()),
+        QueueRef::Name(name) => ("q.name", name.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_merge_task_queues_with_stated_limits() {
+        let got = declarations(
+            [
+                "task/a".to_owned(),
+                "emails".to_owned(),
+                "emails".to_owned(),
+            ],
+            [("emails".to_owned(), Some(2)), ("other".to_owned(), None)],
+        );
+        assert_eq!(
+            got,
+            vec![
+                QueueDeclaration {
+                    name: "task/a".into(),
+                    concurrency_limit: None
+                },
+                QueueDeclaration {
+                    name: "emails".into(),
+                    concurrency_limit: Some(Some(2))
+                },
+                QueueDeclaration {
+                    name: "other".into(),
+                    concurrency_limit: Some(None)
+                },
+            ]
+        );
+    }
+}
