@@ -305,6 +305,7 @@ struct RunningServer {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     services: tokio::task::JoinHandle<()>,
+    signals: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -336,6 +337,8 @@ impl RunningServer {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let services = tokio::spawn(engine.clone().run_services(shutdown_rx.clone()));
+        // Other nodes on the same PostgreSQL database wake this one's long polls.
+        let signals = tokio::spawn(engine.clone().run_signals(shutdown_rx.clone()));
         let mut http_shutdown = shutdown_rx;
         let server = tokio::spawn(runnel_server::serve(
             listener,
@@ -356,6 +359,7 @@ impl RunningServer {
             shutdown,
             server,
             services,
+            signals,
         })
     }
 
@@ -367,6 +371,7 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         self.server.await.context("server task")??;
         self.services.await.context("services task")?;
+        self.signals.await.context("signals task")?;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())

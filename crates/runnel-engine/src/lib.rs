@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 pub mod actions;
 pub mod batches;
 pub mod clock;
+pub mod multinode;
 pub mod runtime;
 pub mod workers;
 
@@ -64,6 +65,8 @@ pub struct Engine {
     workers: Arc<Mutex<HashMap<WorkerId, Arc<WorkerRecord>>>>,
     /// Turns true when the server stops: open long polls answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Wakes owed to the long polls of other nodes ([`multinode`]).
+    outbox: Arc<multinode::Outbox>,
 }
 
 impl Engine {
@@ -81,6 +84,7 @@ impl Engine {
             attempts_changed: Arc::new(Notify::new()),
             workers: Arc::new(Mutex::new(HashMap::new())),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            outbox: Arc::new(multinode::Outbox::new()),
         }
     }
 
