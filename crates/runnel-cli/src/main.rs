@@ -70,6 +70,11 @@ struct StoreArgs {
     /// `sqlite://path/to/file.db`; overrides --data-dir.
     #[arg(long, env = "RUNNEL_DATABASE_URL")]
     database_url: Option<String>,
+    /// PostgreSQL only: connections in this process's pool (one more is held for
+    /// LISTEN). Every node opens its own pool, so nodes × (this + 1) must stay under the
+    /// server's `max_connections`.
+    #[arg(long, env = "RUNNEL_DATABASE_MAX_CONNECTIONS", default_value_t = runnel_store::postgres::MAX_CONNECTIONS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    database_max_connections: u32,
 }
 
 #[derive(Debug, Args)]
@@ -277,7 +282,7 @@ async fn main() -> Result<()> {
 async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     let store = match &args.database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = PgStore::connect(url)
+            let store = PgStore::connect_with(url, args.database_max_connections)
                 .await
                 .context("connecting to PostgreSQL")?;
             return Ok(Arc::new(store));

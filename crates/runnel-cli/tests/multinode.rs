@@ -371,7 +371,16 @@ async fn three_nodes_lose_no_run_when_a_node_and_a_worker_are_killed() {
         return;
     };
     let began = Instant::now();
-    let (mut nodes, key, _dirs) = start_nodes(&database, 3, &["--lease-timeout", LEASE_TIMEOUT]);
+    let (mut nodes, key, _dirs) = start_nodes(
+        &database,
+        3,
+        &[
+            "--lease-timeout",
+            LEASE_TIMEOUT,
+            "--database-max-connections",
+            "5",
+        ],
+    );
     let logs = TempDir::new().unwrap();
     // Workers 0, 1, 2 on nodes 0, 1, 2; worker 3 on node 1.
     let attach = [0, 1, 2, 1];
