@@ -174,6 +174,11 @@ const BATCH: usize = 500;
 const CONCURRENCY: usize = 8;
 /// Seconds without a heartbeat before a held attempt is rescued.
 const LEASE_TIMEOUT: &str = "4";
+/// A run a killed process executed counts as in flight when it is among the last this
+/// many executions of that process: its concurrency slots plus the completions queued
+/// behind a report in flight (a slot is freed when the task ends, its completion is sent
+/// after).
+const IN_FLIGHT_DEPTH: usize = 50;
 /// Every run must be final this long after the last trigger.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -456,6 +461,20 @@ async fn three_nodes_lose_no_run_when_a_node_and_a_worker_are_killed() {
     );
 
     let suspects = [ORPHANED_WORKER, KILLED_WORKER];
+    // How far from the end of its log (the moment it was cut off) a suspect ran each
+    // (run, attempt): what it held then is at the very end.
+    let depth_in_log: HashMap<(usize, String, u32), usize> = suspects
+        .iter()
+        .flat_map(|&worker| {
+            let lines = workers[worker].lines();
+            let len = lines.len();
+            lines
+                .into_iter()
+                .enumerate()
+                .map(move |(i, (run, attempt))| ((worker, run, attempt), len - i))
+        })
+        .collect();
+    let mut deepest = 0;
     let mut duplicates = 0;
     for (id, (status, attempt_count)) in &settled {
         let mut ran = executions.get(id).cloned().unwrap_or_default();
@@ -494,20 +513,26 @@ async fn three_nodes_lose_no_run_when_a_node_and_a_worker_are_killed() {
                     "{id} executed again after worker {} ran it: {ran:?}",
                     earlier.worker
                 );
+                // ...and was in flight then: among the last things that process ran,
+                // not a run it had finished and reported long before.
+                let depth = depth_in_log[&(earlier.worker, id.clone(), earlier.attempt)];
+                deepest = deepest.max(depth);
+                assert!(
+                    depth <= IN_FLIGHT_DEPTH,
+                    "{id} executed again though worker {} ran it {depth} executions before \
+                     it was cut off: {ran:?}",
+                    earlier.worker
+                );
             }
         }
     }
-    // What the killed processes held at most: one attempt per concurrency slot each.
-    assert!(
-        duplicates <= suspects.len() * CONCURRENCY,
-        "{duplicates} runs executed more than once"
-    );
     let per_worker: Vec<usize> = workers.iter().map(|w| w.lines().len()).collect();
     eprintln!(
         "multinode: {RUNS} runs on 3 nodes; node {KILLED_NODE} killed after {node_killed_at} \
          executions, worker {KILLED_WORKER} after {worker_killed_at}; all triggered at \
          {triggered_at:?}, all final at {took:?}; statuses {statuses:?}; executions per \
-         worker {per_worker:?}; {duplicates} runs executed more than once"
+         worker {per_worker:?}; {duplicates} runs executed more than once, the earliest \
+         {deepest} executions before its worker was cut off"
     );
     assert!(
         statuses.get("COMPLETED") == Some(&RUNS) || duplicates > 0,

@@ -168,3 +168,43 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn owed_signals_coalesce_into_one_wake_of_the_publisher() {
+        let outbox = Outbox::new();
+        for _ in 0..1000 {
+            outbox.owe(Signal::RunsAvailable);
+        }
+        outbox.owe(Signal::AttemptsChanged);
+        // One stored wake for the publisher, however many signals were owed.
+        tokio::time::timeout(StdDuration::from_millis(100), outbox.pending.notified())
+            .await
+            .expect("the publisher is woken");
+        assert_eq!(
+            outbox.take(),
+            vec![Signal::RunsAvailable, Signal::AttemptsChanged]
+        );
+        assert_eq!(outbox.take(), vec![], "taking clears what was owed");
+        assert!(
+            tokio::time::timeout(StdDuration::from_millis(50), outbox.pending.notified())
+                .await
+                .is_err(),
+            "no second wake for signals already owed"
+        );
+        // Owing again after the take wakes it again.
+        outbox.owe(Signal::RunsAvailable);
+        tokio::time::timeout(StdDuration::from_millis(100), outbox.pending.notified())
+            .await
+            .expect("woken again");
+        assert_eq!(outbox.take(), vec![Signal::RunsAvailable]);
+    }
+
+    #[test]
+    fn node_ids_differ_between_engines() {
+        assert_ne!(Outbox::new().node, Outbox::new().node);
+    }
+}
