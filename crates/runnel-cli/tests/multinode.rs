@@ -175,10 +175,9 @@ const CONCURRENCY: usize = 8;
 /// Seconds without a heartbeat before a held attempt is rescued.
 const LEASE_TIMEOUT: &str = "4";
 /// A run a killed process executed counts as in flight when it is among the last this
-/// many executions of that process: its concurrency slots plus the completions queued
-/// behind a report in flight (a slot is freed when the task ends, its completion is sent
-/// after).
-const IN_FLIGHT_DEPTH: usize = 50;
+/// many executions of that process: its concurrency slots, plus slack for completions
+/// still on their way (a slot is freed when the task ends, its completion is sent after).
+const IN_FLIGHT_DEPTH: usize = 3 * CONCURRENCY;
 /// Every run must be final this long after the last trigger.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -197,11 +196,12 @@ struct RecordingWorker {
 }
 
 impl RecordingWorker {
-    fn start(node: &Server, key: &str, dir: &Path, index: usize) -> RecordingWorker {
+    /// `then` runs after the record (e.g. `sleep 0.2`: the task takes a while).
+    fn start(node: &Server, key: &str, dir: &Path, index: usize, then: &str) -> RecordingWorker {
         let log = dir.join(format!("worker-{index}.log"));
         std::fs::write(&log, "").unwrap();
         let task = format!(
-            r#"noop=echo "$RUNNEL_RUN_ID $RUNNEL_ATTEMPT" >> '{}'"#,
+            r#"noop=echo "$RUNNEL_RUN_ID $RUNNEL_ATTEMPT" >> '{}'{then}"#,
             log.display()
         );
         let concurrency = CONCURRENCY.to_string();
@@ -387,19 +387,27 @@ async fn three_nodes_lose_no_run_when_a_node_and_a_worker_are_killed() {
         ],
     );
     let logs = TempDir::new().unwrap();
-    // Workers 0, 1, 2 on nodes 0, 1, 2; worker 3 on node 1.
+    const KILLED_NODE: usize = 2;
+    const ORPHANED_WORKER: usize = 2;
+    const KILLED_WORKER: usize = 3;
+    // Workers 0, 1, 2 on nodes 0, 1, 2; worker 3 on node 1. The two that will be cut off
+    // take a while per run, so they surely hold running attempts when that happens.
     let attach = [0, 1, 2, 1];
     let mut workers: Vec<RecordingWorker> = attach
         .iter()
         .enumerate()
-        .map(|(i, &node)| RecordingWorker::start(&nodes[node], &key, logs.path(), i))
+        .map(|(i, &node)| {
+            let then = if [ORPHANED_WORKER, KILLED_WORKER].contains(&i) {
+                "; sleep 0.2"
+            } else {
+                ""
+            };
+            RecordingWorker::start(&nodes[node], &key, logs.path(), i, then)
+        })
         .collect();
     for worker in &mut workers {
         worker.process.registration();
     }
-    const KILLED_NODE: usize = 2;
-    const ORPHANED_WORKER: usize = 2;
-    const KILLED_WORKER: usize = 3;
 
     // First half through all three nodes at once.
     let half = RUNS / 2;
@@ -526,6 +534,11 @@ async fn three_nodes_lose_no_run_when_a_node_and_a_worker_are_killed() {
             }
         }
     }
+    // The kills did cut off running attempts, and those were run again elsewhere.
+    assert!(
+        duplicates > 0,
+        "no run was executed again: the kills hit nothing in flight"
+    );
     let per_worker: Vec<usize> = workers.iter().map(|w| w.lines().len()).collect();
     eprintln!(
         "multinode: {RUNS} runs on 3 nodes; node {KILLED_NODE} killed after {node_killed_at} \
