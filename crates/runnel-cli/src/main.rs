@@ -71,6 +71,11 @@ struct StoreArgs {
     /// `sqlite://path/to/file.db`; overrides --data-dir.
     #[arg(long, env = "RUNNEL_DATABASE_URL")]
     database_url: Option<String>,
+    /// PostgreSQL only: connections in this process's pool (one more is held for
+    /// LISTEN). Every node opens its own pool, so nodes × (this + 1) must stay under the
+    /// server's `max_connections`.
+    #[arg(long, env = "RUNNEL_DATABASE_MAX_CONNECTIONS", default_value_t = runnel_store::postgres::MAX_CONNECTIONS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    database_max_connections: u32,
 }
 
 #[derive(Debug, Args)]
@@ -330,7 +335,7 @@ async fn main() -> Result<()> {
 async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     let store = match &args.database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = PgStore::connect(url)
+            let store = PgStore::connect_with(url, args.database_max_connections)
                 .await
                 .context("connecting to PostgreSQL")?;
             return Ok(Arc::new(store));
@@ -358,6 +363,7 @@ struct RunningServer {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     services: tokio::task::JoinHandle<()>,
+    signals: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -389,6 +395,8 @@ impl RunningServer {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let services = tokio::spawn(engine.clone().run_services(shutdown_rx.clone()));
+        // Other nodes on the same PostgreSQL database wake this one's long polls.
+        let signals = tokio::spawn(engine.clone().run_signals(shutdown_rx.clone()));
         let mut http_shutdown = shutdown_rx;
         let server = tokio::spawn(runnel_server::serve(
             listener,
@@ -409,6 +417,7 @@ impl RunningServer {
             shutdown,
             server,
             services,
+            signals,
         })
     }
 
@@ -420,6 +429,7 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         self.server.await.context("server task")??;
         self.services.await.context("services task")?;
+        self.signals.await.context("signals task")?;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())

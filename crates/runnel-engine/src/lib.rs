@@ -21,6 +21,7 @@ pub mod actions;
 pub mod batches;
 pub mod clock;
 pub mod list;
+pub mod multinode;
 pub mod queues;
 pub mod runtime;
 pub mod workers;
@@ -66,6 +67,8 @@ pub struct Engine {
     workers: Arc<Mutex<HashMap<WorkerId, Arc<WorkerRecord>>>>,
     /// Turns true when the server stops: open long polls answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Wakes owed to the long polls of other nodes ([`multinode`]).
+    outbox: Arc<multinode::Outbox>,
 }
 
 impl Engine {
@@ -83,6 +86,7 @@ impl Engine {
             attempts_changed: Arc::new(Notify::new()),
             workers: Arc::new(Mutex::new(HashMap::new())),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            outbox: Arc::new(multinode::Outbox::new()),
         }
     }
 

@@ -113,14 +113,17 @@ impl Engine {
         now + millis(self.config.lease_timeout)
     }
 
-    /// Wakes dequeuers: runs may be available.
+    /// Wakes dequeuers, of this node and (see [`crate::multinode`]) of the others: runs
+    /// may be available.
     pub(crate) fn runs_became_available(&self) {
         self.runs_available.notify_waiters();
+        self.outbox.owe(runnel_store::Signal::RunsAvailable);
     }
 
-    /// Wakes heartbeats: held attempts may have ended.
+    /// Wakes heartbeats, of this node and of the others: held attempts may have ended.
     pub(crate) fn attempts_ended(&self) {
         self.attempts_changed.notify_waiters();
+        self.outbox.owe(runnel_store::Signal::AttemptsChanged);
     }
 
     /// Registers a worker of `environment` and queues the runs that waited for it.

@@ -28,12 +28,14 @@ use serde_json::Value;
 
 mod batches;
 mod list;
+pub mod multinode;
 pub mod postgres;
 pub mod queues;
 mod rows;
 pub mod sqlite;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
+pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
 pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
 pub use sqlite::SqliteStore;
@@ -499,6 +501,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         environment: &EnvironmentId,
     ) -> Result<Option<(Environment, Vec<String>)>>;
+
+    // [multinode]
+
+    /// Tells every node sharing this database that `signals` happened on node `origin`
+    /// (one round trip). Nothing to tell on a single-process backend (SQLite).
+    async fn signal_publish(&self, signals: &[Signal], origin: &str) -> Result<()> {
+        let _ = (signals, origin);
+        Ok(())
+    }
+
+    /// A listener receiving the signals every node publishes, on a connection of its
+    /// own; `None` on a single-process backend (SQLite), where there is nobody else.
+    async fn signal_listen(&self) -> Result<Option<Box<dyn SignalListener>>> {
+        Ok(None)
+    }
 
     /// Closes the pools: waits for connections in use, then checkpoints and closes.
     async fn close(&self);

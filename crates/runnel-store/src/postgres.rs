@@ -1540,6 +1540,16 @@ impl Store for PgStore {
         Ok(Some((environment_from_row(first)?, hashes)))
     }
 
+    // [multinode]
+    async fn signal_publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
+        crate::multinode::pg_publish(&self.pool, signals, origin).await
+    }
+
+    async fn signal_listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
+        let listener = crate::multinode::pg_listen(&self.pool).await?;
+        Ok(Some(Box::new(listener)))
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

@@ -11,6 +11,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -63,6 +65,7 @@ pub fn runnel(data_dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(backend::store_args(data_dir))
         .stdin(Stdio::null())
         .output()
         .expect("running the runnel binary")
@@ -180,9 +183,17 @@ impl Server {
     /// Starts `runnel <subcommand> --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`
     /// and reads what it prints up to its address.
     fn spawn(subcommand: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        // RUNNEL_TEST_BACKEND=postgres: a database of this data directory's own, unless
+        // the test chose one.
+        let store_args = if extra.contains(&"--database-url") {
+            Vec::new()
+        } else {
+            backend::store_args(data_dir)
+        };
         let mut child = runnel_command()
             .args([subcommand, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(store_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
