@@ -39,7 +39,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use runnel_core::worker::{RegisterRequest, TaskDefinition};
 use runnel_sdk::{Client, TaskContext, Tasks, Worker, WorkerOptions};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -64,6 +64,8 @@ const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Phase 3 gives up when no run completed for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Runs per request in the batch trigger phase (the one-shot endpoint's maximum).
+const BATCH_SIZE: usize = 500;
 /// Timeout of one benchmark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of the server's log shown when it fails to start.
@@ -219,10 +221,25 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
     .await?;
     let retrieve = retrieved.summary(cpu.since(mark));
 
+    let requests = settings.runs.div_ceil(BATCH_SIZE);
+    eprintln!(
+        "phase 2b: batch-triggering {} runs, {BATCH_SIZE} per request",
+        requests * BATCH_SIZE
+    );
+    let mark = cpu.sample();
+    let api3 = api.clone();
+    let batched = drive(requests, settings.connections, move |i| {
+        let api = api3.clone();
+        async move { api.batch_trigger(QUEUED_TASK, i, BATCH_SIZE).await }
+    })
+    .await?;
+    let batch_trigger = batched.summary(cpu.since(mark));
+
     let end_to_end = end_to_end(settings, &api, &sdk, &cpu).await?;
     Ok(Report {
         trigger,
         retrieve,
+        batch_trigger,
         end_to_end,
         memory: None,
     })
@@ -431,6 +448,27 @@ impl Api {
             .as_str()
             .map(str::to_owned)
             .context("the trigger answer has no id")
+    }
+
+    /// Triggers `size` runs of `task` in one `POST /api/v1/tasks/batch`; checks that
+    /// every one was created.
+    async fn batch_trigger(&self, task: &str, n: usize, size: usize) -> Result<()> {
+        let items: Vec<Value> = (0..size)
+            .map(|i| json!({"task": task, "payload": {"n": n * size + i}, "options": {"tags": ["bench"]}}))
+            .collect();
+        let response = self
+            .http
+            .post(format!("{}/api/v1/tasks/batch", self.url))
+            .bearer_auth(&self.key)
+            .json(&json!({ "items": items }))
+            .send()
+            .await?;
+        let reply: Value = json_reply(response).await?;
+        let created = reply["runs"].as_array().map_or(0, Vec::len);
+        if created != size {
+            bail!("the batch created {created} runs instead of {size}: {reply}");
+        }
+        Ok(())
     }
 
     /// Reads a run without decoding it (what a client that forwards it pays).
@@ -642,6 +680,8 @@ struct Memory {
 struct Report {
     trigger: Phase,
     retrieve: Phase,
+    /// One request per [`BATCH_SIZE`] runs.
+    batch_trigger: Phase,
     end_to_end: EndToEnd,
     memory: Option<Memory>,
 }
@@ -678,6 +718,17 @@ impl Report {
                 pair(self.retrieve.latency),
             ),
             (
+                format!("batch trigger ({BATCH_SIZE} runs per request)"),
+                format!(
+                    "{} runs/s",
+                    group(self.batch_trigger.rate * BATCH_SIZE as f64)
+                ),
+            ),
+            (
+                "batch trigger latency p50 / p99 (per request)".into(),
+                pair(self.batch_trigger.latency),
+            ),
+            (
                 format!(
                     "end-to-end no-op runs ({} runs, first trigger → last COMPLETED)",
                     group(e2e.runs as f64)
@@ -711,7 +762,10 @@ impl Report {
             "CPU cores busy, server + bench incl. worker (trigger / retrieve / end to end)".into(),
             format!("{} / {} / {}", self.trigger.cpu, self.retrieve.cpu, e2e.cpu),
         ));
-        let errors = self.trigger.errors + self.retrieve.errors + e2e.trigger_errors;
+        let errors = self.trigger.errors
+            + self.retrieve.errors
+            + self.batch_trigger.errors
+            + e2e.trigger_errors;
         rows.push((
             "failed requests / failed attempts".into(),
             format!("{errors} / {}", e2e.failed_attempts),
@@ -720,7 +774,11 @@ impl Report {
         for (metric, value) in rows {
             let _ = writeln!(out, "| {metric} | {value} |");
         }
-        for (name, phase) in [("trigger", &self.trigger), ("retrieve", &self.retrieve)] {
+        for (name, phase) in [
+            ("trigger", &self.trigger),
+            ("retrieve", &self.retrieve),
+            ("batch trigger", &self.batch_trigger),
+        ] {
             if let Some(error) = &phase.first_error {
                 let _ = writeln!(
                     out,
