@@ -1,55 +1,19 @@
 //! Engine actions over a real SQLite store with a hand-driven clock: cancel's cascade to
 //! child runs, the metadata edit window after completion, and updates that race.
 
+mod common;
+
+use common::{harness, Harness};
+
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
-use runnel_core::key::{EnvironmentKind, SecretKey};
+use chrono::Duration;
 use runnel_core::metadata::MetadataUpdate;
 use runnel_core::run::Run;
-use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 use runnel_core::{RunId, RunStatus};
-use runnel_engine::{ActionError, Engine, ManualClock};
-use runnel_store::{SqliteStore, Store};
+use runnel_engine::ActionError;
 use serde_json::{json, Value};
-use tempfile::TempDir;
-
-struct Harness {
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    dev: Environment,
-    _dir: TempDir,
-}
-
-fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-async fn harness() -> Harness {
-    let dir = TempDir::new().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-    let clock = Arc::new(ManualClock::new(start()));
-    store
-        .project_bootstrap(&SecretKey::generate(EnvironmentKind::Dev), start())
-        .await
-        .unwrap()
-        .unwrap();
-    let dev = store
-        .environment_get(EnvironmentKind::Dev)
-        .await
-        .unwrap()
-        .unwrap();
-    Harness {
-        engine: Engine::new(store, clock.clone()),
-        clock,
-        dev,
-        _dir: dir,
-    }
-}
 
 impl Harness {
     async fn trigger(&self, body: Value) -> RunId {

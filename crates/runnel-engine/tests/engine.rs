@@ -1,52 +1,23 @@
 //! Engine operations over a real SQLite store with a hand-driven clock: triggers,
 //! idempotency across the run's life, and the promoter/expirer pass.
 
-use std::sync::Arc;
+mod common;
 
-use chrono::{DateTime, Duration, Utc};
-use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::tenancy::Environment;
+use common::{start, Harness};
+
+use chrono::Duration;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
 use runnel_core::RunStatus;
-use runnel_engine::{Engine, ManualClock};
-use runnel_store::{SqliteStore, Store};
 use serde_json::{json, Value};
-use tempfile::TempDir;
-
-struct Harness {
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    dev: Environment,
-    _dir: TempDir,
-}
-
-fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
 
 async fn harness() -> Harness {
-    let dir = TempDir::new().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-    let clock = Arc::new(ManualClock::new(start()));
-    store
-        .project_bootstrap(&SecretKey::generate(EnvironmentKind::Dev), start())
-        .await
-        .unwrap()
-        .unwrap();
-    let dev = store
-        .environment_get(EnvironmentKind::Dev)
-        .await
-        .unwrap()
-        .unwrap();
-    let engine = Engine::new(store, clock.clone());
+    let harness = common::harness().await;
     // A worker serves the tasks these tests trigger, so their runs are queued (not
     // waiting for a version).
-    engine
+    harness
+        .engine
         .worker_register(
-            &dev,
+            &harness.dev,
             serde_json::from_value(
                 json!({"name": "test", "tasks": [{"id": "charge"}, {"id": "t"}]}),
             )
@@ -54,12 +25,7 @@ async fn harness() -> Harness {
         )
         .await
         .unwrap();
-    Harness {
-        engine,
-        clock,
-        dev,
-        _dir: dir,
-    }
+    harness
 }
 
 fn request(body: Value) -> TriggerRequest {

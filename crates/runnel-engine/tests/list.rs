@@ -2,55 +2,16 @@
 //! 7-day window and `period` move with the clock, bare run ids work as cursors, and a
 //! page's cursors lead to its neighbours.
 
-use std::sync::Arc;
+mod common;
 
-use chrono::{DateTime, Duration, Utc};
-use runnel_core::key::{EnvironmentKind, SecretKey};
+use common::{harness, start, Harness};
+
+use chrono::Duration;
 use runnel_core::list::{Direction, PageCursor, RunListRequest};
-use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 use runnel_core::RunId;
 use runnel_engine::list::ListError;
-use runnel_engine::{Engine, ManualClock};
-use runnel_store::{SqliteStore, Store};
 use serde_json::json;
-use tempfile::TempDir;
-
-struct Harness {
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    dev: Environment,
-    _dir: TempDir,
-}
-
-fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-async fn harness() -> Harness {
-    let dir = TempDir::new().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-    store
-        .project_bootstrap(&SecretKey::generate(EnvironmentKind::Dev), start())
-        .await
-        .unwrap()
-        .unwrap();
-    let dev = store
-        .environment_get(EnvironmentKind::Dev)
-        .await
-        .unwrap()
-        .unwrap();
-    let clock = Arc::new(ManualClock::new(start()));
-    Harness {
-        engine: Engine::new(store, clock.clone()),
-        clock,
-        dev,
-        _dir: dir,
-    }
-}
 
 impl Harness {
     /// Triggers a run of `t` now, then moves the clock one second on.

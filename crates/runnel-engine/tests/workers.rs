@@ -6,12 +6,15 @@
 //! Every retry policy here has `randomize: false`, so backoff delays are exact (1 s,
 //! then 2 s) and the tests can step the clock to the millisecond around them.
 
-use std::sync::Arc;
+mod common;
+
+use common::{harness, start, Harness};
+
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use runnel_core::cost::Pricing;
-use runnel_core::key::{EnvironmentKind, SecretKey};
+use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
@@ -21,50 +24,8 @@ use runnel_core::worker::{
     RegisterResponse, TaskFailure,
 };
 use runnel_core::{MachinePreset, RunId, RunStatus};
-use runnel_engine::{Engine, EngineConfig, ManualClock, WorkerError};
-use runnel_store::{SqliteStore, Store};
+use runnel_engine::WorkerError;
 use serde_json::{json, Value};
-use tempfile::TempDir;
-
-struct Harness {
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    dev: Environment,
-    prod: Environment,
-    _dir: TempDir,
-}
-
-fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-/// An engine with the default config over an empty store; no worker is registered.
-async fn harness() -> Harness {
-    let dir = TempDir::new().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-    store
-        .project_bootstrap(&SecretKey::generate(EnvironmentKind::Dev), start())
-        .await
-        .unwrap()
-        .unwrap();
-    let environment = |kind| {
-        let store = Arc::clone(&store);
-        async move { store.environment_get(kind).await.unwrap().unwrap() }
-    };
-    let dev = environment(EnvironmentKind::Dev).await;
-    let prod = environment(EnvironmentKind::Prod).await;
-    let clock = Arc::new(ManualClock::new(start()));
-    Harness {
-        engine: Engine::with_config(store, clock.clone(), EngineConfig::default()),
-        clock,
-        dev,
-        prod,
-        _dir: dir,
-    }
-}
 
 fn ms(n: i64) -> Duration {
     Duration::milliseconds(n)
