@@ -10,7 +10,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use runnel_core::metadata::{MetadataError, MetadataUpdate};
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::{Authenticated, CallerApiVersion};
+use crate::error::json_error;
 use crate::runs::json_body;
 use crate::{ApiError, AppState};
 
@@ -46,13 +47,7 @@ impl IntoResponse for Failure {
                 json!({"error": "Invalid request body", "issues": issues}),
             ),
         };
-        let mut response = (status, Json(body)).into_response();
-        if status.is_client_error() {
-            response
-                .headers_mut()
-                .insert("x-should-retry", HeaderValue::from_static("false"));
-        }
-        response
+        json_error(status, body)
     }
 }
 

@@ -10,7 +10,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use runnel_core::batch::{BatchRecord, BatchRequestError, CreateBatchRequest, OneShotBatchRequest};
@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::{Authenticated, AuthenticatedKey};
+use crate::error::json_error;
 use crate::jwt;
 use crate::runs::json_body;
 use crate::{ApiError, AppState};
@@ -139,17 +140,10 @@ pub async fn items(
     if !content_type.contains("application/x-ndjson")
         && !content_type.contains("application/ndjson")
     {
-        let mut response = (
+        return Ok(json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Json(json!({
-                "error": "Content-Type must be application/x-ndjson or application/ndjson"
-            })),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert("x-should-retry", HeaderValue::from_static("false"));
-        return Ok(response);
+            json!({"error": "Content-Type must be application/x-ndjson or application/ndjson"}),
+        ));
     }
     let body = within(body, MAX_ITEMS_BODY_BYTES)?
         .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;

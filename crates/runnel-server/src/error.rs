@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use runnel_core::trigger::TriggerError;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -94,14 +94,24 @@ impl IntoResponse for ApiError {
             ApiError::Query(details) => json!({ "error": message, "details": details }),
             _ => json!({ "error": message }),
         };
-        let mut response = (status, Json(body)).into_response();
-        // The official SDK retries a 404 that does not say otherwise; ours are final
-        // (a run is readable as soon as its trigger answered).
-        if status.is_client_error() {
-            response
-                .headers_mut()
-                .insert("x-should-retry", HeaderValue::from_static("false"));
-        }
-        response
+        json_error(status, body)
     }
+}
+
+/// An error response with a JSON `body`; a 4xx also says `x-should-retry: false`.
+pub(crate) fn json_error(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if status.is_client_error() {
+        forbid_retry(&mut response);
+    }
+    response
+}
+
+/// Marks a refusal as final: the official SDK retries a 4xx that does not say otherwise
+/// (contract §1.4), and ours do not change on a retry (a run is readable as soon as its
+/// trigger answered).
+pub(crate) fn forbid_retry(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
 }

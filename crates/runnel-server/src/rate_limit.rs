@@ -33,6 +33,7 @@ use runnel_core::duration::parse_duration_secs;
 use serde_json::json;
 
 use crate::auth::{self, NO_AUTHORIZATION};
+use crate::error::forbid_retry;
 use crate::AppState;
 
 /// Upstream's self-host defaults: a bucket of 750, refilled by 250 every 10 s.
@@ -203,9 +204,7 @@ fn missing_authorization() -> Response {
             "error": NO_AUTHORIZATION,
         }),
     );
-    response
-        .headers_mut()
-        .insert("x-should-retry", HeaderValue::from_static("false"));
+    forbid_retry(&mut response);
     response
 }
 
