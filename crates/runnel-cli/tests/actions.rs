@@ -138,7 +138,9 @@ async fn reschedule_moves_a_delayed_run_and_refuses_others() {
     let queued = server.trigger_new(key, "t", &json!({})).await;
     let path = format!("/api/v1/runs/{delayed}/reschedule");
 
-    let before = Utc::now();
+    // Timestamps are stored to the millisecond, so the server's "now" can read up to 1 ms
+    // earlier than this one.
+    let before = Utc::now() - Duration::milliseconds(1);
     let reply = send(
         server
             .request(Method::POST, &path)

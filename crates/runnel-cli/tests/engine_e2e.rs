@@ -1152,8 +1152,9 @@ async fn a_waiting_dequeue_answers_as_soon_as_a_run_is_triggered() {
     let triggered = Instant::now();
     let reply = poll.await;
     let waited = triggered.elapsed();
+    // Well inside the 20 s the poll would otherwise wait (with room for a loaded CI box).
     assert!(
-        waited < Duration::from_millis(750),
+        waited < Duration::from_secs(5),
         "the dequeue answered {waited:?} after the trigger"
     );
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
@@ -1219,7 +1220,7 @@ async fn the_server_stops_promptly_while_a_worker_long_polls() {
     let took = stopping.elapsed();
     assert!(status.success(), "runnel serve exited with {status}");
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(10),
         "runnel serve took {took:?} to stop while a dequeue was held"
     );
     let reply = poll.await;

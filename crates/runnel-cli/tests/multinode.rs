@@ -62,8 +62,9 @@ async fn assert_pending<F: std::future::Future<Output = common::Reply>>(
     }
 }
 
-/// The most a wake may take to cross from one node to another (the polls wait 20 s).
-const CROSS_NODE_WAKE: Duration = Duration::from_millis(1000);
+/// The most a wake may take to cross from one node to another: the polls wait 20 s, and
+/// this binary also runs the 5,000-run load test beside it on a 2-core box.
+const CROSS_NODE_WAKE: Duration = Duration::from_secs(3);
 
 #[tokio::test]
 async fn a_run_triggered_on_one_node_wakes_a_dequeue_waiting_on_another() {
