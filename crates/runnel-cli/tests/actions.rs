@@ -26,18 +26,7 @@ async fn call(
 
 /// Dequeues, starts and completes the one queued run of `task` with `output`.
 async fn complete_with(server: &Server, key: &str, worker: &str, output: Value) {
-    let dequeued = server
-        .worker_call(
-            key,
-            worker,
-            "dequeue",
-            &json!({"maxRuns": 1, "waitMs": 5000}),
-        )
-        .await;
-    let attempt = dequeued.body["runs"][0]["attemptId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("nothing dequeued: {dequeued:?}"))
-        .to_owned();
+    let (_, attempt) = server.dequeue_one(key, worker).await;
     let started = server
         .worker_call(key, worker, "start", &json!({"attemptIds": [attempt]}))
         .await;

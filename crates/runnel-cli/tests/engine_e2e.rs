@@ -1063,24 +1063,8 @@ async fn a_completion_after_a_cancel_is_refused() {
     let worker = server.register_worker(key, &["raw"]).await;
     let id = server.trigger_new(key, "raw", &json!({})).await;
 
-    let dequeued = server
-        .worker_call(
-            key,
-            &worker,
-            "dequeue",
-            &json!({"maxRuns": 1, "waitMs": 5000}),
-        )
-        .await;
-    assert_eq!(dequeued.status, StatusCode::OK, "{dequeued:?}");
-    assert_eq!(
-        dequeued.body["runs"][0]["runId"],
-        id.as_str(),
-        "{dequeued:?}"
-    );
-    let attempt_id = dequeued.body["runs"][0]["attemptId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (leased, attempt_id) = server.dequeue_one(key, &worker).await;
+    assert_eq!(leased, id);
     let started = server
         .worker_call(key, &worker, "start", &json!({"attemptIds": [attempt_id]}))
         .await;

@@ -127,19 +127,8 @@ async fn a_cancel_on_one_node_ends_a_heartbeat_waiting_on_another() {
 async fn heartbeat_waiting_on_b_learns_a_cancel_on_a(node_a: &Server, node_b: &Server, key: &str) {
     let worker = node_b.register_worker(key, &["held"]).await;
     let id = node_a.trigger_new(key, "held", &json!({})).await;
-    let dequeued = node_b
-        .worker_call(
-            key,
-            &worker,
-            "dequeue",
-            &json!({"maxRuns": 1, "waitMs": 5000}),
-        )
-        .await;
-    assert_eq!(dequeued.body["runs"][0]["runId"], json!(id), "{dequeued:?}");
-    let attempt = dequeued.body["runs"][0]["attemptId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (leased, attempt) = node_b.dequeue_one(key, &worker).await;
+    assert_eq!(leased, id);
     let started = node_b
         .worker_call(key, &worker, "start", &json!({"attemptIds": [attempt]}))
         .await;

@@ -431,6 +431,25 @@ impl Server {
         .await
     }
 
+    /// Leases one queued run to `worker_id` (a dequeue waiting up to 5 s); returns its
+    /// run id and attempt id.
+    pub async fn dequeue_one(&self, key: &str, worker_id: &str) -> (String, String) {
+        let dequeued = self
+            .worker_call(
+                key,
+                worker_id,
+                "dequeue",
+                &json!({"maxRuns": 1, "waitMs": 5000}),
+            )
+            .await;
+        assert_eq!(dequeued.status, StatusCode::OK, "{dequeued:?}");
+        let leased = &dequeued.body["runs"][0];
+        match (leased["runId"].as_str(), leased["attemptId"].as_str()) {
+            (Some(run), Some(attempt)) => (run.to_owned(), attempt.to_owned()),
+            _ => panic!("nothing dequeued: {dequeued:?}"),
+        }
+    }
+
     /// `POST /api/v2/runs/{id}/cancel`.
     pub async fn cancel(&self, key: &str, run_id: &str) -> Reply {
         send(
