@@ -15,7 +15,10 @@
 //!
 //! The two schemas (`migrations/sqlite`, `migrations/postgres`) have the same tables,
 //! columns and indexes, and times are milliseconds since the epoch in both, so the
-//! row mapping (`rows`) is shared and a record reads back identically from either.
+//! row mapping (`rows`) is shared and a record reads back identically from either. So is
+//! the SQL of every operation that does not depend on how a backend keeps concurrent
+//! writers apart (`statements`: reads and single-statement conditional writes), and of
+//! the runs list (`list`); the backend files hold what locks, retries or sweeps.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,6 +36,7 @@ pub mod postgres;
 pub mod queues;
 mod rows;
 pub mod sqlite;
+mod statements;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use multinode::{Announcement, Signal, SignalListener};

@@ -56,12 +56,12 @@ use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use crate::queues::{admit, queue_from_row, ref_column, Gates, Held, ADMIT_ROUNDS, QUEUE_COLUMNS};
+use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
-    self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
-    project_from_row, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
-    NO_MAX_DURATION, RUN_COLUMNS,
+    self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
+    ATTEMPT_COLUMNS, NO_MAX_DURATION, RUN_COLUMNS,
 };
+use crate::statements;
 use crate::{
     AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, QueueChange,
     QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
@@ -195,23 +195,6 @@ impl PgStore {
     }
 }
 
-/// Stores a key (hashed) for `environment`, inside whatever transaction or pool `db` is.
-async fn api_key_insert_in<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
-    key: &SecretKey,
-    environment: &EnvironmentId,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(key.hash())
-        .bind(key.display_prefix())
-        .bind(environment.as_str())
-        .bind(ms(now))
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
 /// The oldest queued runs `worker` may take, at most `limit`, locked (`SKIP LOCKED`:
 /// dequeues at once, on any node, take different runs instead of waiting on each
 /// other's rows). One index range per task (LATERAL), merged: `task_identifier = ANY(…)
@@ -338,8 +321,7 @@ async fn lease_runs(
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        statements::postgres::ping(&self.pool).await
     }
 
     async fn project_bootstrap(
@@ -391,7 +373,7 @@ impl Store for PgStore {
             .iter()
             .find(|e| e.kind == EnvironmentKind::Dev)
             .expect("every kind was created");
-        api_key_insert_in(&mut *tx, dev_key, &dev.id, now).await?;
+        statements::postgres::api_key_insert(&mut *tx, dev_key, &dev.id, now).await?;
         tx.commit().await?;
         Ok(Some(Bootstrap {
             project,
@@ -400,18 +382,11 @@ impl Store for PgStore {
     }
 
     async fn project_get(&self) -> Result<Option<Project>> {
-        let row = sqlx::query("SELECT id, created_at FROM projects ORDER BY created_at LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(project_from_row).transpose()
+        statements::postgres::project_get(&self.pool).await
     }
 
     async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>> {
-        let row = sqlx::query("SELECT id, project_id, kind FROM environments WHERE kind = $1")
-            .bind(kind.slug())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(environment_from_row).transpose()
+        statements::postgres::environment_get(&self.pool, kind).await
     }
 
     async fn api_key_insert(
@@ -420,31 +395,15 @@ impl Store for PgStore {
         environment: &EnvironmentId,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        api_key_insert_in(&self.pool, key, environment, now).await?;
-        Ok(())
+        statements::postgres::api_key_insert(&self.pool, key, environment, now).await
     }
 
     async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>> {
-        let row = sqlx::query(
-            "SELECT e.id, e.project_id, e.kind FROM api_keys k JOIN environments e ON e.id = k.environment_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(environment_from_row).transpose()
+        statements::postgres::api_key_authenticate(&self.pool, key_hash).await
     }
 
     async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>> {
-        // COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale.
-        let rows = sqlx::query(
-            "SELECT k.prefix, e.kind, k.created_at, k.revoked_at FROM api_keys k \
-             JOIN environments e ON e.id = k.environment_id \
-             ORDER BY k.created_at, k.prefix COLLATE \"C\"",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(api_key_info_from_row).collect()
+        statements::postgres::api_key_list(&self.pool).await
     }
 
     async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome> {
@@ -507,25 +466,11 @@ impl Store for PgStore {
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND environment_id = $2");
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(run_from_row).transpose()
+        statements::postgres::run_get(&self.pool, environment, id).await
     }
 
     async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
-        // COLLATE "C": ties on created_at break by id in byte order, as in SQLite.
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id COLLATE \"C\""
-        );
-        let rows = sqlx::query(&sql)
-            .bind(parent.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(run_from_row).collect()
+        statements::postgres::run_children(&self.pool, parent).await
     }
 
     async fn run_transition(
@@ -535,22 +480,7 @@ impl Store for PgStore {
         to: RunStatus,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        if !from.can_move_to(to) {
-            return Ok(false);
-        }
-        let completed_at = to.is_final().then_some(ms(now));
-        let done = sqlx::query(
-            "UPDATE runs SET status = $1, updated_at = $2, completed_at = COALESCE($3, completed_at) \
-             WHERE id = $4 AND status = $5",
-        )
-        .bind(to.as_str())
-        .bind(ms(now))
-        .bind(completed_at)
-        .bind(id.as_str())
-        .bind(from.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        statements::postgres::run_transition(&self.pool, id, from, to, now).await
     }
 
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
@@ -613,32 +543,11 @@ impl Store for PgStore {
     }
 
     async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT min(t) FROM ( \
-               SELECT min(expire_at) AS t FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') AND expire_at IS NOT NULL \
-               UNION ALL \
-               SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED' \
-               UNION ALL \
-               SELECT min(next_attempt_at) AS t FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' \
-               UNION ALL \
-               SELECT min(lease_expires_at) AS t FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') \
-               UNION ALL \
-               SELECT min(timeout_at) AS t FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL) AS due",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        opt_time(next)
+        statements::postgres::run_next_due_at(&self.pool).await
     }
 
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms \
-             FROM attempts WHERE run_id = $1 ORDER BY number",
-        )
-        .bind(run.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(attempt_from_row).collect()
+        statements::postgres::attempt_list(&self.pool, run).await
     }
 
     async fn worker_register(
@@ -734,16 +643,7 @@ impl Store for PgStore {
         task: &str,
         version: Option<&str>,
     ) -> Result<bool> {
-        let served: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM worker_tasks WHERE environment_id = $1 AND task_identifier = $2 \
-             AND ($3::text IS NULL OR version = $3))",
-        )
-        .bind(environment.as_str())
-        .bind(task)
-        .bind(version)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(served)
+        statements::postgres::task_served(&self.pool, environment, task, version).await
     }
 
     async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
@@ -1121,11 +1021,7 @@ impl Store for PgStore {
 
     // [list]
     async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        let list = crate::list::run_list_sql(query, crate::list::Dialect::Postgres);
-        let rows = crate::list::bind_all(sqlx::query(&list.sql), &list.binds)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(run_from_row).collect()
+        statements::postgres::run_list(&self.pool, query).await
     }
 
     // [actions]
@@ -1135,23 +1031,7 @@ impl Store for PgStore {
         environment: &EnvironmentId,
         parent: &RunId,
     ) -> Result<Vec<RunId>> {
-        // UNION (not UNION ALL) also ends the walk should parent links ever form a cycle.
-        let sql = format!(
-            "WITH RECURSIVE tree(id) AS ( \
-               SELECT id FROM runs WHERE parent_run_id = $1 AND environment_id = $2 \
-               UNION \
-               SELECT r.id FROM runs r JOIN tree t ON r.parent_run_id = t.id) \
-             SELECT runs.id FROM runs JOIN tree ON runs.id = tree.id \
-             WHERE runs.environment_id = $2 AND runs.status NOT IN ({}) \
-             ORDER BY runs.depth, runs.created_at, runs.id COLLATE \"C\"",
-            rows::final_statuses_sql()
-        );
-        let ids: Vec<String> = sqlx::query_scalar(&sql)
-            .bind(parent.as_str())
-            .bind(environment.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
+        statements::postgres::run_descendants_live(&self.pool, environment, parent).await
     }
 
     async fn run_reschedule(
@@ -1163,19 +1043,16 @@ impl Store for PgStore {
         queue_ts: i64,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE runs SET delay_until = $1, expire_at = $2, queue_ts = $3, updated_at = $4 \
-             WHERE id = $5 AND environment_id = $6 AND status = 'DELAYED'",
+        statements::postgres::run_reschedule(
+            &self.pool,
+            environment,
+            id,
+            delay_until,
+            expire_at,
+            queue_ts,
+            now,
         )
-        .bind(ms(delay_until))
-        .bind(expire_at.map(ms))
-        .bind(queue_ts)
-        .bind(ms(now))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn run_tags_replace(
@@ -1186,19 +1063,8 @@ impl Store for PgStore {
         tags: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let text = |t: &[String]| serde_json::to_string(t).expect("a list of strings serializes");
-        let done = sqlx::query(
-            "UPDATE runs SET tags = $1, updated_at = $2 \
-             WHERE id = $3 AND environment_id = $4 AND tags = $5",
-        )
-        .bind(text(tags))
-        .bind(ms(now))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .bind(text(expected))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        statements::postgres::run_tags_replace(&self.pool, environment, id, expected, tags, now)
+            .await
     }
 
     async fn run_metadata_replace(
@@ -1209,21 +1075,15 @@ impl Store for PgStore {
         metadata: &Packet,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE runs SET metadata = $1, metadata_type = $2, updated_at = $3 \
-             WHERE id = $4 AND environment_id = $5 \
-             AND metadata IS NOT DISTINCT FROM $6 AND metadata_type IS NOT DISTINCT FROM $7",
+        statements::postgres::run_metadata_replace(
+            &self.pool,
+            environment,
+            id,
+            expected,
+            metadata,
+            now,
         )
-        .bind(metadata.data.as_deref())
-        .bind(metadata.data_type.as_str())
-        .bind(ms(now))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .bind(expected.and_then(|m| m.data.as_deref()))
-        .bind(expected.map(|m| m.data_type.as_str()))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn idempotency_key_reset(
@@ -1233,17 +1093,7 @@ impl Store for PgStore {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = $1 \
-             WHERE environment_id = $2 AND task_identifier = $3 AND idempotency_key = $4",
-        )
-        .bind(ms(now))
-        .bind(environment.as_str())
-        .bind(task)
-        .bind(key)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        statements::postgres::idempotency_key_reset(&self.pool, environment, task, key, now).await
     }
 
     // [batches]
@@ -1306,33 +1156,14 @@ impl Store for PgStore {
         environment: &EnvironmentId,
         id: &runnel_core::BatchId,
     ) -> Result<Option<runnel_core::batch::BatchRecord>> {
-        let sql = format!(
-            "SELECT {} FROM batches WHERE id = $1 AND environment_id = $2",
-            crate::batches::BATCH_COLUMNS
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(crate::batches::batch_from_row).transpose()
+        statements::postgres::batch_get(&self.pool, environment, id).await
     }
 
     async fn batch_item_list(
         &self,
         id: &runnel_core::BatchId,
     ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
-        let sql = format!(
-            "SELECT {} FROM batch_items WHERE batch_id = $1 ORDER BY item_index",
-            crate::batches::BATCH_ITEM_COLUMNS
-        );
-        let rows = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(crate::batches::batch_item_from_row)
-            .collect()
+        statements::postgres::batch_item_list(&self.pool, id).await
     }
 
     async fn batch_items_trigger(
@@ -1427,23 +1258,7 @@ impl Store for PgStore {
         offset: u64,
         limit: u32,
     ) -> Result<(Vec<QueueRecord>, u64)> {
-        let total: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM queues WHERE environment_id = $1")
-                .bind(environment.as_str())
-                .fetch_one(&self.pool)
-                .await?;
-        let sql = format!(
-            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 \
-             ORDER BY q.name COLLATE \"C\" LIMIT $2 OFFSET $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(environment.as_str())
-            .bind(i64::from(limit))
-            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
-        Ok((queues, u64::try_from(total).unwrap_or(0)))
+        statements::postgres::queue_list(&self.pool, environment, offset, limit).await
     }
 
     async fn queue_get(
@@ -1451,16 +1266,7 @@ impl Store for PgStore {
         environment: &EnvironmentId,
         queue: &QueueRef,
     ) -> Result<Option<QueueRecord>> {
-        let (column, value) = ref_column(queue);
-        let sql = format!(
-            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 AND {column} = $2"
-        );
-        let row = sqlx::query(&sql)
-            .bind(environment.as_str())
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(queue_from_row).transpose()
+        statements::postgres::queue_get(&self.pool, environment, queue).await
     }
 
     async fn queue_update(
@@ -1470,29 +1276,7 @@ impl Store for PgStore {
         change: QueueChange,
         now: DateTime<Utc>,
     ) -> Result<Option<QueueRecord>> {
-        let set = match change {
-            QueueChange::Pause => "paused = TRUE",
-            QueueChange::Resume => "paused = FALSE",
-            QueueChange::Override(_) => "concurrency_limit_override = $4, overridden_at = $1",
-            QueueChange::ResetOverride => "concurrency_limit_override = NULL, overridden_at = NULL",
-        };
-        let (column, value) = ref_column(queue);
-        let column = column.trim_start_matches("q.");
-        let sql = format!(
-            "UPDATE queues SET {set}, updated_at = $1 WHERE environment_id = $2 AND {column} = $3 RETURNING id"
-        );
-        let mut query = sqlx::query_scalar::<_, String>(&sql)
-            .bind(ms(now))
-            .bind(environment.as_str())
-            .bind(value);
-        if let QueueChange::Override(limit) = change {
-            query = query.bind(i64::from(limit));
-        }
-        let id = query.fetch_optional(&self.pool).await?;
-        match id {
-            Some(id) => self.queue_get(environment, &QueueRef::Id(id)).await,
-            None => Ok(None),
-        }
+        statements::postgres::queue_update(&self.pool, environment, queue, change, now).await
     }
 
     async fn task_queue(
@@ -1501,18 +1285,7 @@ impl Store for PgStore {
         task: &str,
         version: Option<&str>,
     ) -> Result<Option<String>> {
-        let queue: Option<String> = sqlx::query_scalar(
-            "SELECT t.queue FROM worker_tasks t JOIN worker_versions v \
-             ON v.environment_id = t.environment_id AND v.version = t.version \
-             WHERE t.environment_id = $1 AND t.task_identifier = $2 AND ($3::text IS NULL OR t.version = $3) \
-             ORDER BY v.created_at DESC, v.version DESC LIMIT 1",
-        )
-        .bind(environment.as_str())
-        .bind(task)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(queue)
+        statements::postgres::task_queue(&self.pool, environment, task, version).await
     }
 
     // [auth]
@@ -1521,23 +1294,7 @@ impl Store for PgStore {
         &self,
         environment: &EnvironmentId,
     ) -> Result<Option<(Environment, Vec<String>)>> {
-        let found = sqlx::query(
-            "SELECT e.id, e.project_id, e.kind, k.key_hash FROM environments e \
-             LEFT JOIN api_keys k ON k.environment_id = e.id AND k.revoked_at IS NULL \
-             WHERE e.id = $1 ORDER BY k.created_at, k.key_hash",
-        )
-        .bind(environment.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        let Some(first) = found.first() else {
-            return Ok(None);
-        };
-        let hashes = found
-            .iter()
-            .map(|row| rows::Columns::opt_text(row, "key_hash"))
-            .filter_map(|hash| hash.transpose())
-            .collect::<sqlx::Result<Vec<_>>>()?;
-        Ok(Some((environment_from_row(first)?, hashes)))
+        statements::postgres::api_key_hashes(&self.pool, environment).await
     }
 
     // [multinode]

@@ -29,12 +29,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::queues::{admit, queue_from_row, ref_column, Gates, Held, ADMIT_ROUNDS, QUEUE_COLUMNS};
+use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
-    self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
-    project_from_row, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
-    NO_MAX_DURATION, RUN_COLUMNS,
+    self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
+    ATTEMPT_COLUMNS, NO_MAX_DURATION, RUN_COLUMNS,
 };
+use crate::statements;
 use crate::{
     AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, QueueChange,
     QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
@@ -249,30 +249,10 @@ async fn lease_runs(
     Ok(leased)
 }
 
-/// Stores a key (hashed) for `environment`, inside whatever transaction or pool `db` is.
-async fn api_key_insert_in<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
-    key: &SecretKey,
-    environment: &EnvironmentId,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) VALUES (?, ?, ?, ?)",
-    )
-    .bind(key.hash())
-    .bind(key.display_prefix())
-    .bind(environment.as_str())
-    .bind(ms(now))
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        statements::sqlite::ping(&self.reader).await
     }
 
     async fn project_bootstrap(
@@ -318,7 +298,7 @@ impl Store for SqliteStore {
             .iter()
             .find(|e| e.kind == EnvironmentKind::Dev)
             .expect("every kind was created");
-        api_key_insert_in(&mut *tx, dev_key, &dev.id, now).await?;
+        statements::sqlite::api_key_insert(&mut *tx, dev_key, &dev.id, now).await?;
         tx.commit().await?;
         Ok(Some(Bootstrap {
             project,
@@ -327,18 +307,11 @@ impl Store for SqliteStore {
     }
 
     async fn project_get(&self) -> Result<Option<Project>> {
-        let row = sqlx::query("SELECT id, created_at FROM projects ORDER BY created_at LIMIT 1")
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(project_from_row).transpose()
+        statements::sqlite::project_get(&self.reader).await
     }
 
     async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>> {
-        let row = sqlx::query("SELECT id, project_id, kind FROM environments WHERE kind = ?")
-            .bind(kind.slug())
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(environment_from_row).transpose()
+        statements::sqlite::environment_get(&self.reader, kind).await
     }
 
     async fn api_key_insert(
@@ -347,29 +320,15 @@ impl Store for SqliteStore {
         environment: &EnvironmentId,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        api_key_insert_in(&self.writer, key, environment, now).await?;
-        Ok(())
+        statements::sqlite::api_key_insert(&self.writer, key, environment, now).await
     }
 
     async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>> {
-        let row = sqlx::query(
-            "SELECT e.id, e.project_id, e.kind FROM api_keys k JOIN environments e ON e.id = k.environment_id \
-             WHERE k.key_hash = ? AND k.revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(environment_from_row).transpose()
+        statements::sqlite::api_key_authenticate(&self.reader, key_hash).await
     }
 
     async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>> {
-        let rows = sqlx::query(
-            "SELECT k.prefix, e.kind, k.created_at, k.revoked_at FROM api_keys k \
-             JOIN environments e ON e.id = k.environment_id ORDER BY k.created_at, k.prefix",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(api_key_info_from_row).collect()
+        statements::sqlite::api_key_list(&self.reader).await
     }
 
     async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome> {
@@ -446,24 +405,11 @@ impl Store for SqliteStore {
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND environment_id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(run_from_row).transpose()
+        statements::sqlite::run_get(&self.reader, environment, id).await
     }
 
     async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ? ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(parent.as_str())
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(run_from_row).collect()
+        statements::sqlite::run_children(&self.reader, parent).await
     }
 
     async fn run_transition(
@@ -473,22 +419,7 @@ impl Store for SqliteStore {
         to: RunStatus,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        if !from.can_move_to(to) {
-            return Ok(false);
-        }
-        let completed_at = to.is_final().then_some(ms(now));
-        let done = sqlx::query(
-            "UPDATE runs SET status = ?, updated_at = ?, completed_at = COALESCE(?, completed_at) \
-             WHERE id = ? AND status = ?",
-        )
-        .bind(to.as_str())
-        .bind(ms(now))
-        .bind(completed_at)
-        .bind(id.as_str())
-        .bind(from.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        statements::sqlite::run_transition(&self.writer, id, from, to, now).await
     }
 
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
@@ -542,32 +473,11 @@ impl Store for SqliteStore {
     }
 
     async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT min(t) FROM ( \
-               SELECT min(expire_at) AS t FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') AND expire_at IS NOT NULL \
-               UNION ALL \
-               SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED' \
-               UNION ALL \
-               SELECT min(next_attempt_at) AS t FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' \
-               UNION ALL \
-               SELECT min(lease_expires_at) AS t FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') \
-               UNION ALL \
-               SELECT min(timeout_at) AS t FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL)",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        opt_time(next)
+        statements::sqlite::run_next_due_at(&self.reader).await
     }
 
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms \
-             FROM attempts WHERE run_id = ? ORDER BY number",
-        )
-        .bind(run.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(attempt_from_row).collect()
+        statements::sqlite::attempt_list(&self.reader, run).await
     }
 
     async fn worker_register(
@@ -664,17 +574,7 @@ impl Store for SqliteStore {
         task: &str,
         version: Option<&str>,
     ) -> Result<bool> {
-        let served: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM worker_tasks WHERE environment_id = ? AND task_identifier = ? \
-             AND (? IS NULL OR version = ?))",
-        )
-        .bind(environment.as_str())
-        .bind(task)
-        .bind(version)
-        .bind(version)
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(served)
+        statements::sqlite::task_served(&self.reader, environment, task, version).await
     }
 
     async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
@@ -1016,11 +916,7 @@ impl Store for SqliteStore {
 
     // [list]
     async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        let list = crate::list::run_list_sql(query, crate::list::Dialect::Sqlite);
-        let rows = crate::list::bind_all(sqlx::query(&list.sql), &list.binds)
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(run_from_row).collect()
+        statements::sqlite::run_list(&self.reader, query).await
     }
 
     // [actions]
@@ -1030,23 +926,7 @@ impl Store for SqliteStore {
         environment: &EnvironmentId,
         parent: &RunId,
     ) -> Result<Vec<RunId>> {
-        // UNION (not UNION ALL) also ends the walk should parent links ever form a cycle.
-        let sql = format!(
-            "WITH RECURSIVE tree(id) AS ( \
-               SELECT id FROM runs WHERE parent_run_id = ?1 AND environment_id = ?2 \
-               UNION \
-               SELECT r.id FROM runs r JOIN tree t ON r.parent_run_id = t.id) \
-             SELECT runs.id FROM runs JOIN tree ON runs.id = tree.id \
-             WHERE runs.environment_id = ?2 AND runs.status NOT IN ({}) \
-             ORDER BY runs.depth, runs.created_at, runs.id",
-            rows::final_statuses_sql()
-        );
-        let ids: Vec<String> = sqlx::query_scalar(&sql)
-            .bind(parent.as_str())
-            .bind(environment.as_str())
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
+        statements::sqlite::run_descendants_live(&self.reader, environment, parent).await
     }
 
     async fn run_reschedule(
@@ -1058,19 +938,16 @@ impl Store for SqliteStore {
         queue_ts: i64,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE runs SET delay_until = ?1, expire_at = ?2, queue_ts = ?3, updated_at = ?4 \
-             WHERE id = ?5 AND environment_id = ?6 AND status = 'DELAYED'",
+        statements::sqlite::run_reschedule(
+            &self.writer,
+            environment,
+            id,
+            delay_until,
+            expire_at,
+            queue_ts,
+            now,
         )
-        .bind(ms(delay_until))
-        .bind(expire_at.map(ms))
-        .bind(queue_ts)
-        .bind(ms(now))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn run_tags_replace(
@@ -1081,19 +958,8 @@ impl Store for SqliteStore {
         tags: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let text = |t: &[String]| serde_json::to_string(t).expect("a list of strings serializes");
-        let done = sqlx::query(
-            "UPDATE runs SET tags = ?1, updated_at = ?2 \
-             WHERE id = ?3 AND environment_id = ?4 AND tags = ?5",
-        )
-        .bind(text(tags))
-        .bind(ms(now))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .bind(text(expected))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        statements::sqlite::run_tags_replace(&self.writer, environment, id, expected, tags, now)
+            .await
     }
 
     async fn run_metadata_replace(
@@ -1104,21 +970,15 @@ impl Store for SqliteStore {
         metadata: &Packet,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE runs SET metadata = ?1, metadata_type = ?2, updated_at = ?3 \
-             WHERE id = ?4 AND environment_id = ?5 \
-             AND metadata IS ?6 AND metadata_type IS ?7",
+        statements::sqlite::run_metadata_replace(
+            &self.writer,
+            environment,
+            id,
+            expected,
+            metadata,
+            now,
         )
-        .bind(metadata.data.as_deref())
-        .bind(metadata.data_type.as_str())
-        .bind(ms(now))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .bind(expected.and_then(|m| m.data.as_deref()))
-        .bind(expected.map(|m| m.data_type.as_str()))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn idempotency_key_reset(
@@ -1128,17 +988,7 @@ impl Store for SqliteStore {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = ?1 \
-             WHERE environment_id = ?2 AND task_identifier = ?3 AND idempotency_key = ?4",
-        )
-        .bind(ms(now))
-        .bind(environment.as_str())
-        .bind(task)
-        .bind(key)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        statements::sqlite::idempotency_key_reset(&self.writer, environment, task, key, now).await
     }
 
     // [batches]
@@ -1171,33 +1021,14 @@ impl Store for SqliteStore {
         environment: &EnvironmentId,
         id: &runnel_core::BatchId,
     ) -> Result<Option<runnel_core::batch::BatchRecord>> {
-        let sql = format!(
-            "SELECT {} FROM batches WHERE id = ? AND environment_id = ?",
-            crate::batches::BATCH_COLUMNS
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(crate::batches::batch_from_row).transpose()
+        statements::sqlite::batch_get(&self.reader, environment, id).await
     }
 
     async fn batch_item_list(
         &self,
         id: &runnel_core::BatchId,
     ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
-        let sql = format!(
-            "SELECT {} FROM batch_items WHERE batch_id = ? ORDER BY item_index",
-            crate::batches::BATCH_ITEM_COLUMNS
-        );
-        let rows = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter()
-            .map(crate::batches::batch_item_from_row)
-            .collect()
+        statements::sqlite::batch_item_list(&self.reader, id).await
     }
 
     async fn batch_items_trigger(
@@ -1254,21 +1085,7 @@ impl Store for SqliteStore {
         offset: u64,
         limit: u32,
     ) -> Result<(Vec<QueueRecord>, u64)> {
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM queues WHERE environment_id = ?")
-            .bind(environment.as_str())
-            .fetch_one(&self.reader)
-            .await?;
-        let sql = format!(
-            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = ? ORDER BY q.name LIMIT ? OFFSET ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(environment.as_str())
-            .bind(i64::from(limit))
-            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-            .fetch_all(&self.reader)
-            .await?;
-        let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
-        Ok((queues, u64::try_from(total).unwrap_or(0)))
+        statements::sqlite::queue_list(&self.reader, environment, offset, limit).await
     }
 
     async fn queue_get(
@@ -1276,16 +1093,7 @@ impl Store for SqliteStore {
         environment: &EnvironmentId,
         queue: &QueueRef,
     ) -> Result<Option<QueueRecord>> {
-        let (column, value) = ref_column(queue);
-        let sql = format!(
-            "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = ? AND {column} = ?"
-        );
-        let row = sqlx::query(&sql)
-            .bind(environment.as_str())
-            .bind(value)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(queue_from_row).transpose()
+        statements::sqlite::queue_get(&self.reader, environment, queue).await
     }
 
     async fn queue_update(
@@ -1295,42 +1103,7 @@ impl Store for SqliteStore {
         change: QueueChange,
         now: DateTime<Utc>,
     ) -> Result<Option<QueueRecord>> {
-        let set = match change {
-            QueueChange::Pause => "paused = 1",
-            QueueChange::Resume => "paused = 0",
-            QueueChange::Override(_) => "concurrency_limit_override = ?3, overridden_at = ?1",
-            QueueChange::ResetOverride => "concurrency_limit_override = NULL, overridden_at = NULL",
-        };
-        let (column, value) = ref_column(queue);
-        let column = column.trim_start_matches("q.");
-        let sql = format!(
-            "UPDATE queues SET {set}, updated_at = ?1 WHERE environment_id = ?2 AND {column} = ?4 RETURNING id"
-        );
-        let limit = match change {
-            QueueChange::Override(limit) => Some(i64::from(limit)),
-            _ => None,
-        };
-        let id: Option<String> = sqlx::query_scalar(&sql)
-            .bind(ms(now))
-            .bind(environment.as_str())
-            .bind(limit)
-            .bind(value)
-            .fetch_optional(&self.writer)
-            .await?;
-        match id {
-            Some(id) => {
-                let sql = format!(
-                    "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = ? AND q.id = ?"
-                );
-                let row = sqlx::query(&sql)
-                    .bind(environment.as_str())
-                    .bind(&id)
-                    .fetch_optional(&self.writer)
-                    .await?;
-                row.as_ref().map(queue_from_row).transpose()
-            }
-            None => Ok(None),
-        }
+        statements::sqlite::queue_update(&self.writer, environment, queue, change, now).await
     }
 
     async fn task_queue(
@@ -1339,19 +1112,7 @@ impl Store for SqliteStore {
         task: &str,
         version: Option<&str>,
     ) -> Result<Option<String>> {
-        let queue: Option<String> = sqlx::query_scalar(
-            "SELECT t.queue FROM worker_tasks t JOIN worker_versions v \
-             ON v.environment_id = t.environment_id AND v.version = t.version \
-             WHERE t.environment_id = ? AND t.task_identifier = ? AND (? IS NULL OR t.version = ?) \
-             ORDER BY v.created_at DESC, v.version DESC LIMIT 1",
-        )
-        .bind(environment.as_str())
-        .bind(task)
-        .bind(version)
-        .bind(version)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(queue)
+        statements::sqlite::task_queue(&self.reader, environment, task, version).await
     }
 
     // [auth]
@@ -1360,23 +1121,7 @@ impl Store for SqliteStore {
         &self,
         environment: &EnvironmentId,
     ) -> Result<Option<(Environment, Vec<String>)>> {
-        let found = sqlx::query(
-            "SELECT e.id, e.project_id, e.kind, k.key_hash FROM environments e \
-             LEFT JOIN api_keys k ON k.environment_id = e.id AND k.revoked_at IS NULL \
-             WHERE e.id = ? ORDER BY k.created_at, k.key_hash",
-        )
-        .bind(environment.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        let Some(first) = found.first() else {
-            return Ok(None);
-        };
-        let hashes = found
-            .iter()
-            .map(|row| rows::Columns::opt_text(row, "key_hash"))
-            .filter_map(|hash| hash.transpose())
-            .collect::<sqlx::Result<Vec<_>>>()?;
-        Ok(Some((environment_from_row(first)?, hashes)))
+        statements::sqlite::api_key_hashes(&self.reader, environment).await
     }
 
     async fn close(&self) {

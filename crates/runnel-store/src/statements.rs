@@ -1,0 +1,530 @@
+//! The statements both backends run the same way, written once.
+//!
+//! An operation belongs here when its SQL and row mapping do not depend on how the
+//! backend keeps concurrent writers apart: plain reads, and single-statement conditional
+//! writes (`UPDATE … WHERE <expected state>`), which are atomic on both engines. What
+//! locks, retries or sweeps (triggers, dequeue, settlement, the expirer and promoter,
+//! registration, bootstrap, batches) stays in `sqlite.rs` and `postgres.rs`, where each
+//! backend's way of serializing writers is spelled out.
+//!
+//! [`statements!`] expands the same functions once per driver, as the modules
+//! [`sqlite`] and [`postgres`]; each takes the pool or executor to run on (the SQLite
+//! backend passes its reader pool for reads and its writer for writes). Placeholders are
+//! `$n`, which sqlx's SQLite driver binds to the n-th value as PostgreSQL does, so one
+//! text serves both. The one dialect difference left is spelled by the expansion:
+//!
+//! - `collate_bytes`: the collation that orders text by bytes, as Rust and SQLite do by
+//!   default; on PostgreSQL the database's locale would order ids and names otherwise.
+
+macro_rules! statements {
+    ($db:ty, dialect = $dialect:expr, collate_bytes = $collate:literal) => {
+        use chrono::{DateTime, Utc};
+        use runnel_core::batch::{BatchItemRecord, BatchRecord};
+        use runnel_core::key::{EnvironmentKind, SecretKey};
+        use runnel_core::list::RunListQuery;
+        use runnel_core::run::{Attempt, Packet, Run};
+        use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
+        use runnel_core::{BatchId, EnvironmentId, RunId, RunStatus};
+
+        use crate::batches::{batch_from_row, batch_item_from_row, BATCH_COLUMNS, BATCH_ITEM_COLUMNS};
+        use crate::queues::{queue_from_row, ref_column, QUEUE_COLUMNS};
+        use crate::rows::{
+            self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
+            project_from_row, run_from_row, ATTEMPT_COLUMNS, RUN_COLUMNS,
+        };
+        use crate::{QueueChange, QueueRecord, QueueRef, Result};
+
+        type Pool = sqlx::Pool<$db>;
+
+        pub(crate) async fn ping(db: impl sqlx::Executor<'_, Database = $db>) -> Result<()> {
+            sqlx::query("SELECT 1").execute(db).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn project_get(
+            db: impl sqlx::Executor<'_, Database = $db>,
+        ) -> Result<Option<Project>> {
+            let row = sqlx::query("SELECT id, created_at FROM projects ORDER BY created_at LIMIT 1")
+                .fetch_optional(db)
+                .await?;
+            row.as_ref().map(project_from_row).transpose()
+        }
+
+        pub(crate) async fn environment_get(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            kind: EnvironmentKind,
+        ) -> Result<Option<Environment>> {
+            let row = sqlx::query("SELECT id, project_id, kind FROM environments WHERE kind = $1")
+                .bind(kind.slug())
+                .fetch_optional(db)
+                .await?;
+            row.as_ref().map(environment_from_row).transpose()
+        }
+
+        /// Stores a key (hashed) for `environment`, inside whatever transaction or pool
+        /// `db` is.
+        pub(crate) async fn api_key_insert(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            key: &SecretKey,
+            environment: &EnvironmentId,
+            now: DateTime<Utc>,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(key.hash())
+            .bind(key.display_prefix())
+            .bind(environment.as_str())
+            .bind(ms(now))
+            .execute(db)
+            .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn api_key_authenticate(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            key_hash: &str,
+        ) -> Result<Option<Environment>> {
+            let row = sqlx::query(
+                "SELECT e.id, e.project_id, e.kind FROM api_keys k \
+                 JOIN environments e ON e.id = k.environment_id \
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            )
+            .bind(key_hash)
+            .fetch_optional(db)
+            .await?;
+            row.as_ref().map(environment_from_row).transpose()
+        }
+
+        pub(crate) async fn api_key_list(
+            db: impl sqlx::Executor<'_, Database = $db>,
+        ) -> Result<Vec<ApiKeyInfo>> {
+            let rows = sqlx::query(concat!(
+                "SELECT k.prefix, e.kind, k.created_at, k.revoked_at FROM api_keys k \
+                 JOIN environments e ON e.id = k.environment_id \
+                 ORDER BY k.created_at, k.prefix",
+                $collate
+            ))
+            .fetch_all(db)
+            .await?;
+            rows.iter().map(api_key_info_from_row).collect()
+        }
+
+        /// The environment and the hashes of its live keys, oldest first.
+        pub(crate) async fn api_key_hashes(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+        ) -> Result<Option<(Environment, Vec<String>)>> {
+            let found = sqlx::query(concat!(
+                "SELECT e.id, e.project_id, e.kind, k.key_hash FROM environments e \
+                 LEFT JOIN api_keys k ON k.environment_id = e.id AND k.revoked_at IS NULL \
+                 WHERE e.id = $1 ORDER BY k.created_at, k.key_hash",
+                $collate
+            ))
+            .bind(environment.as_str())
+            .fetch_all(db)
+            .await?;
+            let Some(first) = found.first() else {
+                return Ok(None);
+            };
+            let hashes = found
+                .iter()
+                .map(|row| rows::Columns::opt_text(row, "key_hash"))
+                .filter_map(|hash| hash.transpose())
+                .collect::<sqlx::Result<Vec<_>>>()?;
+            Ok(Some((environment_from_row(first)?, hashes)))
+        }
+
+        pub(crate) async fn run_get(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            id: &RunId,
+        ) -> Result<Option<Run>> {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND environment_id = $2");
+            let row = sqlx::query(&sql)
+                .bind(id.as_str())
+                .bind(environment.as_str())
+                .fetch_optional(db)
+                .await?;
+            row.as_ref().map(run_from_row).transpose()
+        }
+
+        /// The direct children of `parent`, oldest first (ties by id).
+        pub(crate) async fn run_children(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            parent: &RunId,
+        ) -> Result<Vec<Run>> {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id{}",
+                $collate
+            );
+            let rows = sqlx::query(&sql)
+                .bind(parent.as_str())
+                .fetch_all(db)
+                .await?;
+            rows.iter().map(run_from_row).collect()
+        }
+
+        /// Moves `id` from `from` to `to` if it is still in `from`: one conditional
+        /// `UPDATE`, so of two racing actors exactly one wins.
+        pub(crate) async fn run_transition(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            id: &RunId,
+            from: RunStatus,
+            to: RunStatus,
+            now: DateTime<Utc>,
+        ) -> Result<bool> {
+            if !from.can_move_to(to) {
+                return Ok(false);
+            }
+            let completed_at = to.is_final().then_some(ms(now));
+            let done = sqlx::query(
+                "UPDATE runs SET status = $1, updated_at = $2, completed_at = COALESCE($3, completed_at) \
+                 WHERE id = $4 AND status = $5",
+            )
+            .bind(to.as_str())
+            .bind(ms(now))
+            .bind(completed_at)
+            .bind(id.as_str())
+            .bind(from.as_str())
+            .execute(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// The earliest instant at which a periodic service has something to do.
+        pub(crate) async fn run_next_due_at(
+            db: impl sqlx::Executor<'_, Database = $db>,
+        ) -> Result<Option<DateTime<Utc>>> {
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT min(t) FROM ( \
+                   SELECT min(expire_at) AS t FROM runs \
+                   WHERE status IN ('QUEUED', 'PENDING_VERSION') AND expire_at IS NOT NULL \
+                   UNION ALL \
+                   SELECT min(delay_until) AS t FROM runs WHERE status = 'DELAYED' \
+                   UNION ALL \
+                   SELECT min(next_attempt_at) AS t FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' \
+                   UNION ALL \
+                   SELECT min(lease_expires_at) AS t FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') \
+                   UNION ALL \
+                   SELECT min(timeout_at) AS t FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL \
+                 ) AS due",
+            )
+            .fetch_one(db)
+            .await?;
+            opt_time(next)
+        }
+
+        pub(crate) async fn attempt_list(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            run: &RunId,
+        ) -> Result<Vec<Attempt>> {
+            let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY number");
+            let rows = sqlx::query(&sql).bind(run.as_str()).fetch_all(db).await?;
+            rows.iter().map(attempt_from_row).collect()
+        }
+
+        /// Whether a registered version (`version`, when given) serves `task`.
+        pub(crate) async fn task_served(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            task: &str,
+            version: Option<&str>,
+        ) -> Result<bool> {
+            let served: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM worker_tasks WHERE environment_id = $1 \
+                 AND task_identifier = $2 AND (CAST($3 AS TEXT) IS NULL OR version = $3))",
+            )
+            .bind(environment.as_str())
+            .bind(task)
+            .bind(version)
+            .fetch_one(db)
+            .await?;
+            Ok(served)
+        }
+
+        /// The queue of `task` in `version`, or in the newest version that has it.
+        pub(crate) async fn task_queue(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            task: &str,
+            version: Option<&str>,
+        ) -> Result<Option<String>> {
+            let queue: Option<String> = sqlx::query_scalar(concat!(
+                "SELECT t.queue FROM worker_tasks t JOIN worker_versions v \
+                 ON v.environment_id = t.environment_id AND v.version = t.version \
+                 WHERE t.environment_id = $1 AND t.task_identifier = $2 \
+                 AND (CAST($3 AS TEXT) IS NULL OR t.version = $3) \
+                 ORDER BY v.created_at DESC, v.version",
+                $collate,
+                " DESC LIMIT 1"
+            ))
+            .bind(environment.as_str())
+            .bind(task)
+            .bind(version)
+            .fetch_optional(db)
+            .await?;
+            Ok(queue)
+        }
+
+        pub(crate) async fn run_list(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            query: &RunListQuery,
+        ) -> Result<Vec<Run>> {
+            let list = crate::list::run_list_sql(query, $dialect);
+            let rows = crate::list::bind_all(sqlx::query(&list.sql), &list.binds)
+                .fetch_all(db)
+                .await?;
+            rows.iter().map(run_from_row).collect()
+        }
+
+        /// The runs below `parent` (children, their children, …) that have not ended,
+        /// shallowest first.
+        pub(crate) async fn run_descendants_live(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            parent: &RunId,
+        ) -> Result<Vec<RunId>> {
+            // UNION (not UNION ALL) also ends the walk should parent links ever form a cycle.
+            let sql = format!(
+                "WITH RECURSIVE tree(id) AS ( \
+                   SELECT id FROM runs WHERE parent_run_id = $1 AND environment_id = $2 \
+                   UNION \
+                   SELECT r.id FROM runs r JOIN tree t ON r.parent_run_id = t.id) \
+                 SELECT runs.id FROM runs JOIN tree ON runs.id = tree.id \
+                 WHERE runs.environment_id = $2 AND runs.status NOT IN ({}) \
+                 ORDER BY runs.depth, runs.created_at, runs.id{}",
+                rows::final_statuses_sql(),
+                $collate
+            );
+            let ids: Vec<String> = sqlx::query_scalar(&sql)
+                .bind(parent.as_str())
+                .bind(environment.as_str())
+                .fetch_all(db)
+                .await?;
+            Ok(ids.into_iter().map(RunId::from_trusted).collect())
+        }
+
+        /// Moves a DELAYED run's `delayUntil` (and what follows from it); false when the
+        /// run is not DELAYED (any more).
+        pub(crate) async fn run_reschedule(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            id: &RunId,
+            delay_until: DateTime<Utc>,
+            expire_at: Option<DateTime<Utc>>,
+            queue_ts: i64,
+            now: DateTime<Utc>,
+        ) -> Result<bool> {
+            let done = sqlx::query(
+                "UPDATE runs SET delay_until = $1, expire_at = $2, queue_ts = $3, updated_at = $4 \
+                 WHERE id = $5 AND environment_id = $6 AND status = 'DELAYED'",
+            )
+            .bind(ms(delay_until))
+            .bind(expire_at.map(ms))
+            .bind(queue_ts)
+            .bind(ms(now))
+            .bind(id.as_str())
+            .bind(environment.as_str())
+            .execute(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// Compare-and-swap of a run's tags: false when they are no longer `expected`.
+        pub(crate) async fn run_tags_replace(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            id: &RunId,
+            expected: &[String],
+            tags: &[String],
+            now: DateTime<Utc>,
+        ) -> Result<bool> {
+            let text = |t: &[String]| serde_json::to_string(t).expect("a list of strings serializes");
+            let done = sqlx::query(
+                "UPDATE runs SET tags = $1, updated_at = $2 \
+                 WHERE id = $3 AND environment_id = $4 AND tags = $5",
+            )
+            .bind(text(tags))
+            .bind(ms(now))
+            .bind(id.as_str())
+            .bind(environment.as_str())
+            .bind(text(expected))
+            .execute(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// Compare-and-swap of a run's metadata: false when it is no longer `expected`.
+        pub(crate) async fn run_metadata_replace(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            id: &RunId,
+            expected: Option<&Packet>,
+            metadata: &Packet,
+            now: DateTime<Utc>,
+        ) -> Result<bool> {
+            let done = sqlx::query(
+                "UPDATE runs SET metadata = $1, metadata_type = $2, updated_at = $3 \
+                 WHERE id = $4 AND environment_id = $5 \
+                 AND metadata IS NOT DISTINCT FROM $6 AND metadata_type IS NOT DISTINCT FROM $7",
+            )
+            .bind(metadata.data.as_deref())
+            .bind(metadata.data_type.as_str())
+            .bind(ms(now))
+            .bind(id.as_str())
+            .bind(environment.as_str())
+            .bind(expected.and_then(|m| m.data.as_deref()))
+            .bind(expected.map(|m| m.data_type.as_str()))
+            .execute(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// Releases the key from every run of `task` holding it; how many were released.
+        pub(crate) async fn idempotency_key_reset(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            task: &str,
+            key: &str,
+            now: DateTime<Utc>,
+        ) -> Result<u64> {
+            let done = sqlx::query(
+                "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = $1 \
+                 WHERE environment_id = $2 AND task_identifier = $3 AND idempotency_key = $4",
+            )
+            .bind(ms(now))
+            .bind(environment.as_str())
+            .bind(task)
+            .bind(key)
+            .execute(db)
+            .await?;
+            Ok(done.rows_affected())
+        }
+
+        pub(crate) async fn batch_get(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            id: &BatchId,
+        ) -> Result<Option<BatchRecord>> {
+            let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND environment_id = $2");
+            let row = sqlx::query(&sql)
+                .bind(id.as_str())
+                .bind(environment.as_str())
+                .fetch_optional(db)
+                .await?;
+            row.as_ref().map(batch_from_row).transpose()
+        }
+
+        pub(crate) async fn batch_item_list(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            id: &BatchId,
+        ) -> Result<Vec<BatchItemRecord>> {
+            let sql = format!(
+                "SELECT {BATCH_ITEM_COLUMNS} FROM batch_items WHERE batch_id = $1 ORDER BY item_index"
+            );
+            let rows = sqlx::query(&sql).bind(id.as_str()).fetch_all(db).await?;
+            rows.iter().map(batch_item_from_row).collect()
+        }
+
+        /// One page of the environment's queues by name, and how many there are.
+        pub(crate) async fn queue_list(
+            pool: &Pool,
+            environment: &EnvironmentId,
+            offset: u64,
+            limit: u32,
+        ) -> Result<(Vec<QueueRecord>, u64)> {
+            let total: i64 = sqlx::query_scalar("SELECT count(*) FROM queues WHERE environment_id = $1")
+                .bind(environment.as_str())
+                .fetch_one(pool)
+                .await?;
+            let sql = format!(
+                "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 \
+                 ORDER BY q.name{} LIMIT $2 OFFSET $3",
+                $collate
+            );
+            let rows = sqlx::query(&sql)
+                .bind(environment.as_str())
+                .bind(i64::from(limit))
+                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
+            Ok((queues, u64::try_from(total).unwrap_or(0)))
+        }
+
+        pub(crate) async fn queue_get(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            environment: &EnvironmentId,
+            queue: &QueueRef,
+        ) -> Result<Option<QueueRecord>> {
+            let (column, value) = ref_column(queue);
+            let sql = format!(
+                "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 AND {column} = $2"
+            );
+            let row = sqlx::query(&sql)
+                .bind(environment.as_str())
+                .bind(value)
+                .fetch_optional(db)
+                .await?;
+            row.as_ref().map(queue_from_row).transpose()
+        }
+
+        /// Pauses, resumes or overrides a queue; the queue as it is now, or `None` when
+        /// the environment has no such queue.
+        pub(crate) async fn queue_update(
+            pool: &Pool,
+            environment: &EnvironmentId,
+            queue: &QueueRef,
+            change: QueueChange,
+            now: DateTime<Utc>,
+        ) -> Result<Option<QueueRecord>> {
+            let set = match change {
+                QueueChange::Pause => "paused = TRUE",
+                QueueChange::Resume => "paused = FALSE",
+                QueueChange::Override(_) => "concurrency_limit_override = $4, overridden_at = $1",
+                QueueChange::ResetOverride => {
+                    "concurrency_limit_override = NULL, overridden_at = NULL"
+                }
+            };
+            let (column, value) = ref_column(queue);
+            let column = column.trim_start_matches("q.");
+            let sql = format!(
+                "UPDATE queues SET {set}, updated_at = $1 \
+                 WHERE environment_id = $2 AND {column} = $3 RETURNING id"
+            );
+            // $4 is bound only when the statement has it: PostgreSQL refuses a value
+            // for a parameter the text never mentions.
+            let mut query = sqlx::query_scalar::<_, String>(&sql)
+                .bind(ms(now))
+                .bind(environment.as_str())
+                .bind(value);
+            if let QueueChange::Override(limit) = change {
+                query = query.bind(i64::from(limit));
+            }
+            match query.fetch_optional(pool).await? {
+                Some(id) => queue_get(pool, environment, &QueueRef::Id(id)).await,
+                None => Ok(None),
+            }
+        }
+    };
+}
+
+/// For [`crate::sqlite::SqliteStore`].
+pub(crate) mod sqlite {
+    statements!(
+        sqlx::Sqlite,
+        dialect = crate::list::Dialect::Sqlite,
+        collate_bytes = ""
+    );
+}
+
+/// For [`crate::postgres::PgStore`].
+pub(crate) mod postgres {
+    statements!(
+        sqlx::Postgres,
+        dialect = crate::list::Dialect::Postgres,
+        collate_bytes = " COLLATE \"C\""
+    );
+}
