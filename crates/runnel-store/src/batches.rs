@@ -301,9 +301,10 @@ fn fresh_runs<'a>(items: &'a [BatchItemTrigger], fresh: &[bool]) -> Vec<&'a Run>
         .collect()
 }
 
-/// `(?, ?, …), (?, …)` for `rows` rows of `columns` values; PostgreSQL numbers them.
-fn values_list(rows: usize, columns: usize, numbered: bool) -> String {
-    let mut sql = String::with_capacity(rows * columns * 4);
+/// `($1, $2, …), ($n, …)` for `rows` rows of `columns` values (sqlx binds `$n` to the
+/// n-th value on both backends).
+fn values_list(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
     let mut n = 0;
     for row in 0..rows {
         if row > 0 {
@@ -315,12 +316,8 @@ fn values_list(rows: usize, columns: usize, numbered: bool) -> String {
                 sql.push_str(", ");
             }
             n += 1;
-            if numbered {
-                sql.push('$');
-                sql.push_str(&n.to_string());
-            } else {
-                sql.push('?');
-            }
+            sql.push('$');
+            sql.push_str(&n.to_string());
         }
         sql.push(')');
     }
@@ -328,6 +325,145 @@ fn values_list(rows: usize, columns: usize, numbered: bool) -> String {
 }
 
 const BATCH_ITEM_INSERT_COLUMNS: usize = 5;
+
+/// Creating a batch and adding its items: the same statements on both backends but for
+/// `lock`, appended to the reads that decide (the key's holder, the batch row):
+/// `FOR UPDATE` on PostgreSQL; nothing on SQLite, whose transaction already holds the one
+/// writer. Expanded inside [`sqlite`] and [`postgres`], where it uses that module's
+/// `trigger_many` and `MAX_BINDS`.
+macro_rules! batch_statements {
+    ($conn:ty, lock = $lock:literal) => {
+        pub(crate) async fn batch_insert(conn: &mut $conn, batch: &BatchRecord) -> Result<()> {
+            sqlx::query(&format!(
+                "INSERT INTO batches ({BATCH_COLUMNS}) VALUES {}",
+                values_list(1, 14)
+            ))
+            .bind(batch.id.as_str())
+            .bind(batch.environment_id.as_str())
+            .bind(batch.status.as_str())
+            .bind(i64::from(batch.run_count))
+            .bind(i64::from(batch.items_received))
+            .bind(batch.idempotency_key.as_deref())
+            .bind(batch.idempotency_key_user.as_deref())
+            .bind(batch.idempotency_key_expires_at.map(ms))
+            .bind(batch.parent_run_id.as_deref())
+            .bind(batch.resume_parent_on_completion)
+            .bind(ms(batch.created_at))
+            .bind(ms(batch.updated_at))
+            .bind(batch.sealed_at.map(ms))
+            .bind(batch.processing_completed_at.map(ms))
+            .execute(conn)
+            .await?;
+            Ok(())
+        }
+
+        /// The batch-create decision inside the caller's transaction.
+        pub(crate) async fn batch_create(
+            conn: &mut $conn,
+            batch: &BatchRecord,
+            now: DateTime<Utc>,
+        ) -> Result<BatchCreateOutcome> {
+            if let Some(key) = &batch.idempotency_key {
+                let holder = sqlx::query(&format!(
+                    "SELECT {} FROM batches WHERE environment_id = $1 AND idempotency_key = $2{}",
+                    BATCH_COLUMNS,
+                    $lock
+                ))
+                .bind(batch.environment_id.as_str())
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(holder) = holder.as_ref().map(batch_from_row).transpose()? {
+                    if batch_key_live(holder.idempotency_key_expires_at, now) {
+                        return Ok(BatchCreateOutcome::Cached(holder));
+                    }
+                    sqlx::query(
+                        "UPDATE batches SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
+                         updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(ms(now))
+                    .bind(holder.id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            batch_insert(conn, batch).await?;
+            Ok(BatchCreateOutcome::Created(batch.clone()))
+        }
+
+        /// The batch-items trigger inside the caller's transaction.
+        pub(crate) async fn items_trigger(
+            conn: &mut $conn,
+            environment: &EnvironmentId,
+            id: &BatchId,
+            items: &[BatchItemTrigger],
+            now: DateTime<Utc>,
+        ) -> Result<BatchItemsOutcome> {
+            // Item calls of one batch take turns (the batch row lock, or SQLite's one
+            // writer): the indexes read below cannot change until this transaction ends.
+            let row = sqlx::query(&format!(
+                "SELECT {} FROM batches WHERE id = $1 AND environment_id = $2{}",
+                BATCH_COLUMNS,
+                $lock
+            ))
+            .bind(id.as_str())
+            .bind(environment.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(batch) = row.as_ref().map(batch_from_row).transpose()? else {
+                return Ok(BatchItemsOutcome::NotFound);
+            };
+            if batch.sealed() {
+                return Ok(BatchItemsOutcome::Sealed(batch));
+            }
+            let seen: HashSet<u32> =
+                sqlx::query_scalar::<_, i64>("SELECT item_index FROM batch_items WHERE batch_id = $1")
+                    .bind(id.as_str())
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .filter_map(|i| u32::try_from(i).ok())
+                    .collect();
+            let fresh = new_items(items, &seen);
+            let runs = fresh_runs(items, &fresh);
+            let run_outcomes = trigger_many(conn, &runs, now).await?;
+            let (outcomes, rows) = item_results(items, &fresh, run_outcomes);
+            for chunk in rows.chunks(rows_per_statement(MAX_BINDS, BATCH_ITEM_INSERT_COLUMNS)) {
+                let sql = format!(
+                    "INSERT INTO batch_items (batch_id, {BATCH_ITEM_COLUMNS}) VALUES {}",
+                    values_list(chunk.len(), BATCH_ITEM_INSERT_COLUMNS)
+                );
+                let mut query = sqlx::query(&sql);
+                for (index, task, run_id, error) in chunk {
+                    query = query
+                        .bind(id.as_str())
+                        .bind(*index)
+                        .bind(*task)
+                        .bind(run_id.as_deref())
+                        .bind(*error);
+                }
+                query.execute(&mut *conn).await?;
+            }
+            let batch = batch_after(batch, rows.len() as u32, now);
+            sqlx::query(
+                "UPDATE batches SET items_received = $1, status = $2, updated_at = $3, sealed_at = $4, \
+                 processing_completed_at = $5 WHERE id = $6",
+            )
+            .bind(i64::from(batch.items_received))
+            .bind(batch.status.as_str())
+            .bind(ms(batch.updated_at))
+            .bind(batch.sealed_at.map(ms))
+            .bind(batch.processing_completed_at.map(ms))
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
+            Ok(BatchItemsOutcome::Applied {
+                items: outcomes,
+                batch,
+            })
+        }
+    };
+}
 
 pub(crate) mod sqlite {
     //! The SQLite side: the caller's transaction runs on the one writer connection, so
@@ -401,7 +537,7 @@ pub(crate) mod sqlite {
         for chunk in plan.insert.chunks(rows_per_statement(MAX_BINDS, columns)) {
             let sql = format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), columns, false)
+                values_list(chunk.len(), columns)
             );
             let mut query = sqlx::query(&sql);
             for &position in chunk {
@@ -412,132 +548,7 @@ pub(crate) mod sqlite {
         Ok(plan.outcomes)
     }
 
-    pub(crate) async fn batch_insert(
-        conn: &mut SqliteConnection,
-        batch: &BatchRecord,
-    ) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO batches ({BATCH_COLUMNS}) VALUES ({})",
-            vec!["?"; 14].join(", ")
-        ))
-        .bind(batch.id.as_str())
-        .bind(batch.environment_id.as_str())
-        .bind(batch.status.as_str())
-        .bind(i64::from(batch.run_count))
-        .bind(i64::from(batch.items_received))
-        .bind(batch.idempotency_key.as_deref())
-        .bind(batch.idempotency_key_user.as_deref())
-        .bind(batch.idempotency_key_expires_at.map(ms))
-        .bind(batch.parent_run_id.as_deref())
-        .bind(batch.resume_parent_on_completion)
-        .bind(ms(batch.created_at))
-        .bind(ms(batch.updated_at))
-        .bind(batch.sealed_at.map(ms))
-        .bind(batch.processing_completed_at.map(ms))
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    /// The batch-create decision inside the caller's transaction.
-    pub(crate) async fn batch_create(
-        conn: &mut SqliteConnection,
-        batch: &BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<BatchCreateOutcome> {
-        if let Some(key) = &batch.idempotency_key {
-            let holder = sqlx::query(&format!(
-                "SELECT {BATCH_COLUMNS} FROM batches WHERE environment_id = ? AND idempotency_key = ?"
-            ))
-            .bind(batch.environment_id.as_str())
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(holder) = holder.as_ref().map(batch_from_row).transpose()? {
-                if batch_key_live(holder.idempotency_key_expires_at, now) {
-                    return Ok(BatchCreateOutcome::Cached(holder));
-                }
-                sqlx::query(
-                    "UPDATE batches SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                     updated_at = ? WHERE id = ?",
-                )
-                .bind(ms(now))
-                .bind(holder.id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-        batch_insert(conn, batch).await?;
-        Ok(BatchCreateOutcome::Created(batch.clone()))
-    }
-
-    /// The batch-items trigger inside the caller's transaction.
-    pub(crate) async fn items_trigger(
-        conn: &mut SqliteConnection,
-        environment: &EnvironmentId,
-        id: &BatchId,
-        items: &[BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<BatchItemsOutcome> {
-        let row = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ? AND environment_id = ?"
-        ))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(batch) = row.as_ref().map(batch_from_row).transpose()? else {
-            return Ok(BatchItemsOutcome::NotFound);
-        };
-        if batch.sealed() {
-            return Ok(BatchItemsOutcome::Sealed(batch));
-        }
-        let seen: HashSet<u32> =
-            sqlx::query_scalar::<_, i64>("SELECT item_index FROM batch_items WHERE batch_id = ?")
-                .bind(id.as_str())
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .filter_map(|i| u32::try_from(i).ok())
-                .collect();
-        let fresh = new_items(items, &seen);
-        let runs = fresh_runs(items, &fresh);
-        let run_outcomes = trigger_many(conn, &runs, now).await?;
-        let (outcomes, rows) = item_results(items, &fresh, run_outcomes);
-        for chunk in rows.chunks(rows_per_statement(MAX_BINDS, BATCH_ITEM_INSERT_COLUMNS)) {
-            let sql = format!(
-                "INSERT INTO batch_items (batch_id, {BATCH_ITEM_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), BATCH_ITEM_INSERT_COLUMNS, false)
-            );
-            let mut query = sqlx::query(&sql);
-            for (index, task, run_id, error) in chunk {
-                query = query
-                    .bind(id.as_str())
-                    .bind(*index)
-                    .bind(*task)
-                    .bind(run_id.as_deref())
-                    .bind(*error);
-            }
-            query.execute(&mut *conn).await?;
-        }
-        let batch = batch_after(batch, rows.len() as u32, now);
-        sqlx::query(
-            "UPDATE batches SET items_received = ?, status = ?, updated_at = ?, sealed_at = ?, \
-             processing_completed_at = ? WHERE id = ?",
-        )
-        .bind(i64::from(batch.items_received))
-        .bind(batch.status.as_str())
-        .bind(ms(batch.updated_at))
-        .bind(batch.sealed_at.map(ms))
-        .bind(batch.processing_completed_at.map(ms))
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
-        Ok(BatchItemsOutcome::Applied {
-            items: outcomes,
-            batch,
-        })
-    }
+    batch_statements!(SqliteConnection, lock = "");
 }
 
 pub(crate) mod postgres {
@@ -612,7 +623,7 @@ pub(crate) mod postgres {
         for chunk in plan.insert.chunks(rows_per_statement(MAX_BINDS, columns)) {
             let sql = format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), columns, true)
+                values_list(chunk.len(), columns)
             );
             let mut query = sqlx::query(&sql);
             for &position in chunk {
@@ -623,130 +634,5 @@ pub(crate) mod postgres {
         Ok(plan.outcomes)
     }
 
-    async fn batch_insert(conn: &mut PgConnection, batch: &BatchRecord) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO batches ({BATCH_COLUMNS}) VALUES {}",
-            values_list(1, 14, true)
-        ))
-        .bind(batch.id.as_str())
-        .bind(batch.environment_id.as_str())
-        .bind(batch.status.as_str())
-        .bind(i64::from(batch.run_count))
-        .bind(i64::from(batch.items_received))
-        .bind(batch.idempotency_key.as_deref())
-        .bind(batch.idempotency_key_user.as_deref())
-        .bind(batch.idempotency_key_expires_at.map(ms))
-        .bind(batch.parent_run_id.as_deref())
-        .bind(batch.resume_parent_on_completion)
-        .bind(ms(batch.created_at))
-        .bind(ms(batch.updated_at))
-        .bind(batch.sealed_at.map(ms))
-        .bind(batch.processing_completed_at.map(ms))
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    /// The batch-create decision inside the caller's transaction.
-    pub(crate) async fn batch_create(
-        conn: &mut PgConnection,
-        batch: &BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<BatchCreateOutcome> {
-        if let Some(key) = &batch.idempotency_key {
-            let holder = sqlx::query(&format!(
-                "SELECT {BATCH_COLUMNS} FROM batches WHERE environment_id = $1 AND idempotency_key = $2 \
-                 FOR UPDATE"
-            ))
-            .bind(batch.environment_id.as_str())
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(holder) = holder.as_ref().map(batch_from_row).transpose()? {
-                if batch_key_live(holder.idempotency_key_expires_at, now) {
-                    return Ok(BatchCreateOutcome::Cached(holder));
-                }
-                sqlx::query(
-                    "UPDATE batches SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                     updated_at = $1 WHERE id = $2",
-                )
-                .bind(ms(now))
-                .bind(holder.id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-        batch_insert(conn, batch).await?;
-        Ok(BatchCreateOutcome::Created(batch.clone()))
-    }
-
-    /// The batch-items trigger inside the caller's transaction.
-    pub(crate) async fn items_trigger(
-        conn: &mut PgConnection,
-        environment: &EnvironmentId,
-        id: &BatchId,
-        items: &[BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<BatchItemsOutcome> {
-        // The batch row lock serializes item calls of one batch: the indexes read below
-        // cannot change until this transaction ends.
-        let row = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND environment_id = $2 FOR UPDATE"
-        ))
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(batch) = row.as_ref().map(batch_from_row).transpose()? else {
-            return Ok(BatchItemsOutcome::NotFound);
-        };
-        if batch.sealed() {
-            return Ok(BatchItemsOutcome::Sealed(batch));
-        }
-        let seen: HashSet<u32> =
-            sqlx::query_scalar::<_, i64>("SELECT item_index FROM batch_items WHERE batch_id = $1")
-                .bind(id.as_str())
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .filter_map(|i| u32::try_from(i).ok())
-                .collect();
-        let fresh = new_items(items, &seen);
-        let runs = fresh_runs(items, &fresh);
-        let run_outcomes = trigger_many(conn, &runs, now).await?;
-        let (outcomes, rows) = item_results(items, &fresh, run_outcomes);
-        for chunk in rows.chunks(rows_per_statement(MAX_BINDS, BATCH_ITEM_INSERT_COLUMNS)) {
-            let sql = format!(
-                "INSERT INTO batch_items (batch_id, {BATCH_ITEM_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), BATCH_ITEM_INSERT_COLUMNS, true)
-            );
-            let mut query = sqlx::query(&sql);
-            for (index, task, run_id, error) in chunk {
-                query = query
-                    .bind(id.as_str())
-                    .bind(*index)
-                    .bind(*task)
-                    .bind(run_id.as_deref())
-                    .bind(*error);
-            }
-            query.execute(&mut *conn).await?;
-        }
-        let batch = batch_after(batch, rows.len() as u32, now);
-        sqlx::query(
-            "UPDATE batches SET items_received = $1, status = $2, updated_at = $3, sealed_at = $4, \
-             processing_completed_at = $5 WHERE id = $6",
-        )
-        .bind(i64::from(batch.items_received))
-        .bind(batch.status.as_str())
-        .bind(ms(batch.updated_at))
-        .bind(batch.sealed_at.map(ms))
-        .bind(batch.processing_completed_at.map(ms))
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
-        Ok(BatchItemsOutcome::Applied {
-            items: outcomes,
-            batch,
-        })
-    }
+    batch_statements!(PgConnection, lock = " FOR UPDATE");
 }
