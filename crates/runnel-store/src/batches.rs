@@ -301,9 +301,11 @@ fn fresh_runs<'a>(items: &'a [BatchItemTrigger], fresh: &[bool]) -> Vec<&'a Run>
         .collect()
 }
 
-/// `($1, $2, …), ($n, …)` for `rows` rows of `columns` values (sqlx binds `$n` to the
-/// n-th value on both backends).
-fn values_list(rows: usize, columns: usize) -> String {
+/// `(?, ?, …), (?, …)` for `rows` rows of `columns` values, or numbered
+/// `($1, $2, …), ($n, …)` for PostgreSQL. SQLite gets bare `?`s on purpose: it keeps a
+/// numbered or named placeholder in a list it searches linearly, and sqlx asks for each
+/// parameter's name when binding, so a 30,000-value statement would take seconds.
+fn values_list(rows: usize, columns: usize, numbered: bool) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     let mut n = 0;
     for row in 0..rows {
@@ -316,8 +318,12 @@ fn values_list(rows: usize, columns: usize) -> String {
                 sql.push_str(", ");
             }
             n += 1;
-            sql.push('$');
-            sql.push_str(&n.to_string());
+            if numbered {
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            } else {
+                sql.push('?');
+            }
         }
         sql.push(')');
     }
@@ -329,14 +335,15 @@ const BATCH_ITEM_INSERT_COLUMNS: usize = 5;
 /// Creating a batch and adding its items: the same statements on both backends but for
 /// `lock`, appended to the reads that decide (the key's holder, the batch row):
 /// `FOR UPDATE` on PostgreSQL; nothing on SQLite, whose transaction already holds the one
-/// writer. Expanded inside [`sqlite`] and [`postgres`], where it uses that module's
-/// `trigger_many` and `MAX_BINDS`.
+/// writer. `numbered` is how [`values_list`] writes placeholders. Expanded inside
+/// [`sqlite`] and [`postgres`], where it uses that module's `trigger_many` and
+/// `MAX_BINDS`.
 macro_rules! batch_statements {
-    ($conn:ty, lock = $lock:literal) => {
+    ($conn:ty, lock = $lock:literal, numbered = $numbered:literal) => {
         pub(crate) async fn batch_insert(conn: &mut $conn, batch: &BatchRecord) -> Result<()> {
             sqlx::query(&format!(
                 "INSERT INTO batches ({BATCH_COLUMNS}) VALUES {}",
-                values_list(1, 14)
+                values_list(1, 14, $numbered)
             ))
             .bind(batch.id.as_str())
             .bind(batch.environment_id.as_str())
@@ -431,7 +438,7 @@ macro_rules! batch_statements {
             for chunk in rows.chunks(rows_per_statement(MAX_BINDS, BATCH_ITEM_INSERT_COLUMNS)) {
                 let sql = format!(
                     "INSERT INTO batch_items (batch_id, {BATCH_ITEM_COLUMNS}) VALUES {}",
-                    values_list(chunk.len(), BATCH_ITEM_INSERT_COLUMNS)
+                    values_list(chunk.len(), BATCH_ITEM_INSERT_COLUMNS, $numbered)
                 );
                 let mut query = sqlx::query(&sql);
                 for (index, task, run_id, error) in chunk {
@@ -537,7 +544,7 @@ pub(crate) mod sqlite {
         for chunk in plan.insert.chunks(rows_per_statement(MAX_BINDS, columns)) {
             let sql = format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), columns)
+                values_list(chunk.len(), columns, false)
             );
             let mut query = sqlx::query(&sql);
             for &position in chunk {
@@ -548,7 +555,7 @@ pub(crate) mod sqlite {
         Ok(plan.outcomes)
     }
 
-    batch_statements!(SqliteConnection, lock = "");
+    batch_statements!(SqliteConnection, lock = "", numbered = false);
 }
 
 pub(crate) mod postgres {
@@ -623,7 +630,7 @@ pub(crate) mod postgres {
         for chunk in plan.insert.chunks(rows_per_statement(MAX_BINDS, columns)) {
             let sql = format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), columns)
+                values_list(chunk.len(), columns, true)
             );
             let mut query = sqlx::query(&sql);
             for &position in chunk {
@@ -634,5 +641,5 @@ pub(crate) mod postgres {
         Ok(plan.outcomes)
     }
 
-    batch_statements!(PgConnection, lock = " FOR UPDATE");
+    batch_statements!(PgConnection, lock = " FOR UPDATE", numbered = true);
 }

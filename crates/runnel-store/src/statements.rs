@@ -11,7 +11,10 @@
 //! [`sqlite`] and [`postgres`]; each takes the pool or executor to run on (the SQLite
 //! backend passes its reader pool for reads and its writer for writes). Placeholders are
 //! `$n`, which sqlx's SQLite driver binds to the n-th value as PostgreSQL does, so one
-//! text serves both. The one dialect difference left is spelled by the expansion:
+//! text serves both. (SQLite looks a named or numbered placeholder up by a linear search,
+//! harmless for the handful each of these statements has; long value lists, as in
+//! `batches.rs`, keep bare `?`s there.) The one dialect difference left is spelled by the
+//! expansion:
 //!
 //! - `collate_bytes`: the collation that orders text by bytes, as Rust and SQLite do by
 //!   default; on PostgreSQL the database's locale would order ids and names otherwise.
