@@ -13,6 +13,15 @@
 //! `runnel keys` CLI) writing at the same moment makes them wait (`busy_timeout`) rather
 //! than fail on a stale snapshot. `synchronous = NORMAL` in WAL mode survives a crash of
 //! the process; only a power loss can drop the last commits.
+//!
+//! Triggers are group-committed: [`Store::run_trigger`] hands its run to one task that
+//! writes every trigger waiting at that moment in one transaction (the multi-row insert
+//! of the batch endpoints, which also decides idempotency keys in order), so concurrent
+//! triggers share one `BEGIN … COMMIT` instead of queueing for the writer one by one.
+//! Nothing waits to fill a group: a lone trigger is written at once, and the triggers
+//! that arrive while a group commits form the next one. If a group's transaction fails
+//! (a duplicate run id, say), each of its triggers is written again on its own, so only
+//! the faulty one sees the error.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,7 +29,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
@@ -28,11 +36,12 @@ use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId}
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use tokio::sync::{mpsc, oneshot};
 
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
-    self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
-    ATTEMPT_COLUMNS, NO_MAX_DURATION, RUN_COLUMNS,
+    self, attempt_from_row, ms, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
+    NO_MAX_DURATION, RUN_COLUMNS,
 };
 use crate::statements;
 use crate::{
@@ -45,11 +54,75 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READER_CONNECTIONS: u32 = 4;
+/// Most triggers written in one group transaction.
+const TRIGGER_GROUP_MAX: usize = 256;
+/// Triggers waiting for the group writer before callers wait to hand theirs over.
+const TRIGGER_QUEUE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    triggers: mpsc::Sender<TriggerJob>,
+}
+
+/// One [`Store::run_trigger`] call waiting for the group writer.
+#[derive(Debug)]
+struct TriggerJob {
+    run: Run,
+    now: DateTime<Utc>,
+    reply: oneshot::Sender<Result<TriggerOutcome>>,
+}
+
+/// Writes the triggers `jobs` hands over, in groups, until every sender is gone.
+async fn write_trigger_groups(writer: SqlitePool, mut jobs: mpsc::Receiver<TriggerJob>) {
+    let mut group = Vec::with_capacity(TRIGGER_GROUP_MAX);
+    while jobs.recv_many(&mut group, TRIGGER_GROUP_MAX).await > 0 {
+        let runs: Vec<&Run> = group.iter().map(|job| &job.run).collect();
+        // Every trigger of the group is decided at the latest of their instants (a few
+        // milliseconds apart at most), as if they had queued for the writer.
+        let now = group
+            .iter()
+            .map(|job| job.now)
+            .max()
+            .expect("a group is never empty");
+        match trigger_group(&writer, &runs, now).await {
+            Ok(outcomes) => {
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                if group.len() == 1 {
+                    let job = group.pop().expect("one job");
+                    let _ = job.reply.send(Err(error));
+                } else {
+                    for job in group.drain(..) {
+                        let outcome = trigger_one(&writer, &job.run, job.now).await;
+                        let _ = job.reply.send(outcome);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The triggers of one group in one transaction.
+async fn trigger_group(
+    writer: &SqlitePool,
+    runs: &[&Run],
+    now: DateTime<Utc>,
+) -> Result<Vec<TriggerOutcome>> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let outcomes = crate::batches::sqlite::trigger_many(&mut tx, runs, now).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// One trigger in a transaction of its own: a failed group's triggers, one by one.
+async fn trigger_one(writer: &SqlitePool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+    let mut outcomes = trigger_group(writer, &[run], now).await?;
+    Ok(outcomes.pop().expect("one outcome per run"))
 }
 
 impl SqliteStore {
@@ -88,19 +161,14 @@ impl SqliteStore {
             .max_connections(READER_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let (triggers, jobs) = mpsc::channel(TRIGGER_QUEUE);
+        tokio::spawn(write_trigger_groups(writer.clone(), jobs));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            triggers,
+        })
     }
-}
-
-async fn insert_run(conn: &mut sqlx::SqliteConnection, run: &Run) -> Result<(), sqlx::Error> {
-    let placeholders = vec!["?"; rows::run_column_count()].join(", ");
-    let sql = format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES ({placeholders})");
-    rows::bind_run(sqlx::query(&sql), run).execute(conn).await?;
-    Ok(())
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// `?, ?, …` for an `IN` list of `n` values.
@@ -363,45 +431,16 @@ impl Store for SqliteStore {
     }
 
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(key) = &run.idempotency_key {
-            let holder: Option<(String, String, Option<i64>)> = sqlx::query_as(
-                "SELECT id, status, idempotency_key_expires_at FROM runs \
-                 WHERE environment_id = ? AND task_identifier = ? AND idempotency_key = ?",
-            )
-            .bind(run.environment_id.as_str())
-            .bind(&run.task_identifier)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((holder_id, status, expires_at)) = holder {
-                match idempotency::decide(run_status(&status)?, opt_time(expires_at)?, now) {
-                    Decision::ReturnExisting => {
-                        return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)))
-                    }
-                    Decision::ReleaseAndCreate => {
-                        sqlx::query(
-                            "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = ? \
-                             WHERE id = ?",
-                        )
-                        .bind(ms(now))
-                        .bind(&holder_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
-        }
-        // One writer connection serializes triggers, so the lookup above cannot race with
-        // another insert from this process; the unique index still guards other writers.
-        insert_run(&mut tx, run).await.map_err(|e| {
-            if is_unique_violation(&e) {
-                tracing::warn!(run = %run.id, "idempotency key taken by a concurrent writer");
-            }
-            Error::from(e)
-        })?;
-        tx.commit().await?;
-        Ok(TriggerOutcome::Created(run.id.clone()))
+        let (reply, outcome) = oneshot::channel();
+        let job = TriggerJob {
+            run: run.clone(),
+            now,
+            reply,
+        };
+        // The group writer only stops with the runtime: the store is going away.
+        let stopped = || Error::Database(sqlx::Error::PoolClosed);
+        self.triggers.send(job).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {

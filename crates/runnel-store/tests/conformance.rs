@@ -66,6 +66,8 @@ macro_rules! conformance_tests {
             run_round_trips_every_field_empty,
             run_get_is_scoped_to_the_environment,
             run_trigger_refuses_a_duplicate_id,
+            run_trigger_among_concurrent_triggers_fails_alone,
+            run_trigger_concurrent_triggers_each_store_their_run,
             idempotency_same_key_and_task_returns_the_holder,
             idempotency_key_is_scoped_to_the_task,
             idempotency_key_is_scoped_to_the_environment,
@@ -1140,6 +1142,86 @@ async fn run_trigger_refuses_a_duplicate_id(store: Arc<dyn Store>) {
     again.id = run.id.clone();
     assert!(store.run_trigger(&again, at(MINUTE)).await.is_err());
     assert_eq!(stored(&*store, &run).await, run);
+}
+
+/// Concurrent triggers, one of which reuses a stored run's id: that one is refused and
+/// every other is stored. (SQLite writes concurrent triggers in one transaction: a
+/// failing member must not take the others down with it.)
+async fn run_trigger_among_concurrent_triggers_fails_alone(store: Arc<dyn Store>) {
+    const TRIGGERS: usize = 40;
+    const DUPLICATE: usize = 17;
+    let tenancy = bootstrap(&*store).await;
+    let existing = queued_run(&tenancy.dev, at(0));
+    create(&*store, &existing, at(0)).await;
+    let mut runs: Vec<Run> = (0..TRIGGERS)
+        .map(|_| queued_run(&tenancy.dev, at(MINUTE)))
+        .collect();
+    runs[DUPLICATE].id = existing.id.clone();
+
+    let start = Arc::new(Barrier::new(TRIGGERS));
+    let mut triggers = JoinSet::new();
+    for (position, run) in runs.clone().into_iter().enumerate() {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        triggers.spawn(async move {
+            start.wait().await;
+            (position, store.run_trigger(&run, at(MINUTE)).await)
+        });
+    }
+    for (position, outcome) in triggers.join_all().await {
+        if position == DUPLICATE {
+            assert!(outcome.is_err(), "a duplicate id is refused: {outcome:?}");
+        } else {
+            assert_eq!(
+                outcome.expect("the other triggers succeed"),
+                TriggerOutcome::Created(runs[position].id.clone())
+            );
+            assert_eq!(stored(&*store, &runs[position]).await, runs[position]);
+        }
+    }
+    assert_eq!(
+        stored(&*store, &existing).await,
+        existing,
+        "the holder of the id is untouched"
+    );
+}
+
+/// Many concurrent triggers, keyed and not: each gets its own outcome, in the order the
+/// keys were taken, and every created run reads back whole.
+async fn run_trigger_concurrent_triggers_each_store_their_run(store: Arc<dyn Store>) {
+    const TRIGGERS: usize = 60;
+    let tenancy = bootstrap(&*store).await;
+    // Every third trigger carries a key of its own; the rest have none.
+    let runs: Vec<Run> = (0..TRIGGERS)
+        .map(|i| {
+            if i % 3 == 0 {
+                keyed_run("my-task", &format!("own-{i}"), &tenancy.dev, at(0))
+            } else {
+                queued_run(&tenancy.dev, at(0))
+            }
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(TRIGGERS));
+    let mut triggers = JoinSet::new();
+    for run in runs.clone() {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        triggers.spawn(async move {
+            start.wait().await;
+            let outcome = store.run_trigger(&run, at(0)).await.expect("trigger");
+            (run, outcome)
+        });
+    }
+    for (run, outcome) in triggers.join_all().await {
+        assert_eq!(outcome, TriggerOutcome::Created(run.id.clone()));
+        assert_eq!(stored(&*store, &run).await, run);
+    }
+    // The keys hold afterwards: a second trigger with one returns its holder.
+    let again = keyed_run("my-task", "own-3", &tenancy.dev, at(MINUTE));
+    assert_eq!(
+        store.run_trigger(&again, at(MINUTE)).await.unwrap(),
+        TriggerOutcome::Cached(runs[3].id.clone())
+    );
 }
 
 // ---------------------------------------------------------------------------------------
