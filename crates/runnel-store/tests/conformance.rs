@@ -1144,6 +1144,31 @@ async fn run_trigger_refuses_a_duplicate_id(store: Arc<dyn Store>) {
     assert_eq!(stored(&*store, &run).await, run);
 }
 
+/// Triggers `runs` at `now` from one task each, started together behind a barrier;
+/// each run with its outcome, in the order the runs were given.
+async fn trigger_concurrently(
+    store: &Arc<dyn Store>,
+    runs: &[Run],
+    now: DateTime<Utc>,
+) -> Vec<(Run, runnel_store::Result<TriggerOutcome>)> {
+    let start = Arc::new(Barrier::new(runs.len()));
+    let mut triggers = JoinSet::new();
+    for (position, run) in runs.iter().cloned().enumerate() {
+        let store = Arc::clone(store);
+        let start = Arc::clone(&start);
+        triggers.spawn(async move {
+            start.wait().await;
+            let outcome = store.run_trigger(&run, now).await;
+            (position, run, outcome)
+        });
+    }
+    let mut done = triggers.join_all().await;
+    done.sort_by_key(|(position, _, _)| *position);
+    done.into_iter()
+        .map(|(_, run, outcome)| (run, outcome))
+        .collect()
+}
+
 /// Concurrent triggers, one of which reuses a stored run's id: that one is refused and
 /// every other is stored. (SQLite writes concurrent triggers in one transaction: a
 /// failing member must not take the others down with it.)
@@ -1158,25 +1183,16 @@ async fn run_trigger_among_concurrent_triggers_fails_alone(store: Arc<dyn Store>
         .collect();
     runs[DUPLICATE].id = existing.id.clone();
 
-    let start = Arc::new(Barrier::new(TRIGGERS));
-    let mut triggers = JoinSet::new();
-    for (position, run) in runs.clone().into_iter().enumerate() {
-        let store = Arc::clone(&store);
-        let start = Arc::clone(&start);
-        triggers.spawn(async move {
-            start.wait().await;
-            (position, store.run_trigger(&run, at(MINUTE)).await)
-        });
-    }
-    for (position, outcome) in triggers.join_all().await {
+    let done = trigger_concurrently(&store, &runs, at(MINUTE)).await;
+    for (position, (run, outcome)) in done.into_iter().enumerate() {
         if position == DUPLICATE {
             assert!(outcome.is_err(), "a duplicate id is refused: {outcome:?}");
         } else {
             assert_eq!(
                 outcome.expect("the other triggers succeed"),
-                TriggerOutcome::Created(runs[position].id.clone())
+                TriggerOutcome::Created(run.id.clone())
             );
-            assert_eq!(stored(&*store, &runs[position]).await, runs[position]);
+            assert_eq!(stored(&*store, &run).await, run);
         }
     }
     assert_eq!(
@@ -1201,19 +1217,11 @@ async fn run_trigger_concurrent_triggers_each_store_their_run(store: Arc<dyn Sto
             }
         })
         .collect();
-    let start = Arc::new(Barrier::new(TRIGGERS));
-    let mut triggers = JoinSet::new();
-    for run in runs.clone() {
-        let store = Arc::clone(&store);
-        let start = Arc::clone(&start);
-        triggers.spawn(async move {
-            start.wait().await;
-            let outcome = store.run_trigger(&run, at(0)).await.expect("trigger");
-            (run, outcome)
-        });
-    }
-    for (run, outcome) in triggers.join_all().await {
-        assert_eq!(outcome, TriggerOutcome::Created(run.id.clone()));
+    for (run, outcome) in trigger_concurrently(&store, &runs, at(0)).await {
+        assert_eq!(
+            outcome.expect("trigger"),
+            TriggerOutcome::Created(run.id.clone())
+        );
         assert_eq!(stored(&*store, &run).await, run);
     }
     // The keys hold afterwards: a second trigger with one returns its holder.
@@ -1417,17 +1425,11 @@ async fn idempotency_holds_under_concurrent_triggers(store: Arc<dyn Store>) {
             .map(|_| keyed_run("my-task", &key, &tenancy.dev, at(0)))
             .collect();
 
-        let start = Arc::new(Barrier::new(TRIGGERS));
-        let mut triggers = JoinSet::new();
-        for run in runs.clone() {
-            let store = Arc::clone(&store);
-            let start = Arc::clone(&start);
-            triggers.spawn(async move {
-                start.wait().await;
-                store.run_trigger(&run, at(0)).await.expect("trigger")
-            });
-        }
-        let outcomes = triggers.join_all().await;
+        let outcomes: Vec<TriggerOutcome> = trigger_concurrently(&store, &runs, at(0))
+            .await
+            .into_iter()
+            .map(|(_, outcome)| outcome.expect("trigger"))
+            .collect();
 
         let created: Vec<&RunId> = outcomes
             .iter()
