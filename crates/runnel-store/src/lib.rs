@@ -30,6 +30,7 @@ use runnel_core::{EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
 mod batches;
+mod group;
 mod list;
 pub mod multinode;
 pub mod postgres;

@@ -56,6 +56,7 @@ use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
+use crate::group::{GroupWriter, TriggerGroups};
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
     self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
@@ -96,6 +97,7 @@ static INSERT_RUN: LazyLock<String> = LazyLock::new(|| {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    triggers: TriggerGroups,
 }
 
 impl PgStore {
@@ -118,7 +120,8 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        let triggers = TriggerGroups::spawn(PgTriggers { pool: pool.clone() });
+        Ok(PgStore { pool, triggers })
     }
 }
 
@@ -151,47 +154,116 @@ fn is_idempotency_race(e: &Error) -> bool {
         if db.is_unique_violation() && db.constraint() == Some(IDEMPOTENCY_INDEX))
 }
 
-impl PgStore {
-    /// One round of a keyed trigger, in its own transaction: lock the holder, decide,
-    /// insert. Fails with the unique violation when a concurrent trigger inserted first.
-    async fn trigger_keyed_once(
-        &self,
-        run: &Run,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<TriggerOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let holder: Option<(String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT id, status, idempotency_key_expires_at FROM runs \
-             WHERE environment_id = $1 AND task_identifier = $2 AND idempotency_key = $3 \
-             FOR UPDATE",
-        )
-        .bind(run.environment_id.as_str())
-        .bind(&run.task_identifier)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((holder_id, status, expires_at)) = holder {
-            match idempotency::decide(run_status(&status)?, opt_time(expires_at)?, now) {
-                Decision::ReturnExisting => {
-                    tx.rollback().await?;
-                    return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)));
-                }
-                Decision::ReleaseAndCreate => {
-                    sqlx::query(
-                        "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                         updated_at = $1 WHERE id = $2",
-                    )
-                    .bind(ms(now))
-                    .bind(&holder_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+/// One round of a keyed trigger, in its own transaction: lock the holder, decide,
+/// insert. Fails with the unique violation when a concurrent trigger inserted first.
+async fn trigger_keyed_once(
+    pool: &PgPool,
+    run: &Run,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<TriggerOutcome> {
+    let mut tx = pool.begin().await?;
+    let holder: Option<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT id, status, idempotency_key_expires_at FROM runs \
+         WHERE environment_id = $1 AND task_identifier = $2 AND idempotency_key = $3 \
+         FOR UPDATE",
+    )
+    .bind(run.environment_id.as_str())
+    .bind(&run.task_identifier)
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((holder_id, status, expires_at)) = holder {
+        match idempotency::decide(run_status(&status)?, opt_time(expires_at)?, now) {
+            Decision::ReturnExisting => {
+                tx.rollback().await?;
+                return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)));
+            }
+            Decision::ReleaseAndCreate => {
+                sqlx::query(
+                    "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
+                     updated_at = $1 WHERE id = $2",
+                )
+                .bind(ms(now))
+                .bind(&holder_id)
+                .execute(&mut *tx)
+                .await?;
             }
         }
-        insert_run(&mut tx, run).await?;
-        tx.commit().await?;
-        Ok(TriggerOutcome::Created(run.id.clone()))
+    }
+    insert_run(&mut tx, run).await?;
+    tx.commit().await?;
+    Ok(TriggerOutcome::Created(run.id.clone()))
+}
+
+/// One trigger in transactions of its own: an unkeyed run is one `INSERT`; a keyed one
+/// goes round again while concurrent triggers take its key first.
+async fn trigger_alone(pool: &PgPool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+    let Some(key) = &run.idempotency_key else {
+        let mut conn = pool.acquire().await?;
+        insert_run(&mut conn, run).await?;
+        return Ok(TriggerOutcome::Created(run.id.clone()));
+    };
+    let mut round = 1;
+    loop {
+        match trigger_keyed_once(pool, run, key, now).await {
+            Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
+                // The transaction was rolled back when it dropped; look again.
+                tracing::debug!(run = %run.id, round, "idempotency key taken by a concurrent trigger");
+                round += 1;
+            }
+            Err(e) => {
+                if is_idempotency_race(&e) {
+                    tracing::warn!(run = %run.id, rounds = round, "idempotency key still contended, giving up");
+                }
+                return Err(e);
+            }
+            Ok(outcome) => return Ok(outcome),
+        }
+    }
+}
+
+/// Many triggers in one transaction (the batch endpoints, and a group of concurrent
+/// triggers), run again while a concurrent trigger takes one of their keys first.
+async fn trigger_together(
+    pool: &PgPool,
+    runs: &[&Run],
+    now: DateTime<Utc>,
+) -> Result<Vec<TriggerOutcome>> {
+    let mut round = 1;
+    loop {
+        let mut tx = pool.begin().await?;
+        match crate::batches::postgres::trigger_many(&mut tx, runs, now).await {
+            Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
+                tracing::debug!(
+                    round,
+                    "idempotency key of a multi-row trigger taken concurrently"
+                );
+                round += 1;
+            }
+            Err(e) => return Err(e),
+            Ok(outcomes) => {
+                tx.commit().await?;
+                return Ok(outcomes);
+            }
+        }
+    }
+}
+
+/// Writes the store's trigger groups ([`crate::group`]).
+#[derive(Debug)]
+struct PgTriggers {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl GroupWriter for PgTriggers {
+    async fn write_group(&self, runs: &[&Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>> {
+        trigger_together(&self.pool, runs, now).await
+    }
+
+    async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+        trigger_alone(&self.pool, run, now).await
     }
 }
 
@@ -441,28 +513,7 @@ impl Store for PgStore {
     }
 
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        let Some(key) = &run.idempotency_key else {
-            let mut conn = self.pool.acquire().await?;
-            insert_run(&mut conn, run).await?;
-            return Ok(TriggerOutcome::Created(run.id.clone()));
-        };
-        let mut round = 1;
-        loop {
-            match self.trigger_keyed_once(run, key, now).await {
-                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                    // The transaction was rolled back when it dropped; look again.
-                    tracing::debug!(run = %run.id, round, "idempotency key taken by a concurrent trigger");
-                    round += 1;
-                }
-                Err(e) => {
-                    if is_idempotency_race(&e) {
-                        tracing::warn!(run = %run.id, rounds = round, "idempotency key still contended, giving up");
-                    }
-                    return Err(e);
-                }
-                Ok(outcome) => return Ok(outcome),
-            }
-        }
+        self.triggers.trigger(run, now).await
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
@@ -1104,24 +1155,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<TriggerOutcome>> {
         let runs: Vec<&Run> = runs.iter().collect();
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::trigger_many(&mut tx, &runs, now).await {
-                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                    tracing::debug!(
-                        round,
-                        "idempotency key of a multi-row trigger taken concurrently"
-                    );
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcomes) => {
-                    tx.commit().await?;
-                    return Ok(outcomes);
-                }
-            }
-        }
+        trigger_together(&self.pool, &runs, now).await
     }
 
     async fn batch_create(

@@ -14,14 +14,8 @@
 //! than fail on a stale snapshot. `synchronous = NORMAL` in WAL mode survives a crash of
 //! the process; only a power loss can drop the last commits.
 //!
-//! Triggers are group-committed: [`Store::run_trigger`] hands its run to one task that
-//! writes every trigger waiting at that moment in one transaction (the multi-row insert
-//! of the batch endpoints, which also decides idempotency keys in order), so concurrent
-//! triggers share one `BEGIN … COMMIT` instead of queueing for the writer one by one.
-//! Nothing waits to fill a group: a lone trigger is written at once, and the triggers
-//! that arrive while a group commits form the next one. If a group's transaction fails
-//! (a duplicate run id, say), each of its triggers is written again on its own, so only
-//! the faulty one sees the error.
+//! Triggers are group-committed ([`crate::group`]): concurrent triggers share one
+//! `BEGIN IMMEDIATE … COMMIT` instead of queueing for the writer one by one.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -36,8 +30,8 @@ use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId}
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::{mpsc, oneshot};
 
+use crate::group::{GroupWriter, TriggerGroups};
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
     self, attempt_from_row, ms, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
@@ -54,56 +48,29 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READER_CONNECTIONS: u32 = 4;
-/// Most triggers written in one group transaction.
-const TRIGGER_GROUP_MAX: usize = 256;
-/// Triggers waiting for the group writer before callers wait to hand theirs over.
-const TRIGGER_QUEUE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    triggers: mpsc::Sender<TriggerJob>,
+    triggers: TriggerGroups,
 }
 
-/// One [`Store::run_trigger`] call waiting for the group writer.
+/// Writes the store's trigger groups ([`crate::group`]) on the writer connection.
 #[derive(Debug)]
-struct TriggerJob {
-    run: Run,
-    now: DateTime<Utc>,
-    reply: oneshot::Sender<Result<TriggerOutcome>>,
+struct SqliteTriggers {
+    writer: SqlitePool,
 }
 
-/// Writes the triggers `jobs` hands over, in groups, until every sender is gone.
-async fn write_trigger_groups(writer: SqlitePool, mut jobs: mpsc::Receiver<TriggerJob>) {
-    let mut group = Vec::with_capacity(TRIGGER_GROUP_MAX);
-    while jobs.recv_many(&mut group, TRIGGER_GROUP_MAX).await > 0 {
-        let runs: Vec<&Run> = group.iter().map(|job| &job.run).collect();
-        // Every trigger of the group is decided at the latest of their instants (a few
-        // milliseconds apart at most), as if they had queued for the writer.
-        let now = group
-            .iter()
-            .map(|job| job.now)
-            .max()
-            .expect("a group is never empty");
-        match trigger_group(&writer, &runs, now).await {
-            Ok(outcomes) => {
-                for (job, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
-            }
-            Err(error) => {
-                if group.len() == 1 {
-                    let job = group.pop().expect("one job");
-                    let _ = job.reply.send(Err(error));
-                } else {
-                    for job in group.drain(..) {
-                        let outcome = trigger_one(&writer, &job.run, job.now).await;
-                        let _ = job.reply.send(outcome);
-                    }
-                }
-            }
-        }
+#[async_trait]
+impl GroupWriter for SqliteTriggers {
+    async fn write_group(&self, runs: &[&Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>> {
+        trigger_group(&self.writer, runs, now).await
+    }
+
+    async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+        let mut outcomes = trigger_group(&self.writer, &[run], now).await?;
+        Ok(outcomes.pop().expect("one outcome per run"))
     }
 }
 
@@ -117,12 +84,6 @@ async fn trigger_group(
     let outcomes = crate::batches::sqlite::trigger_many(&mut tx, runs, now).await?;
     tx.commit().await?;
     Ok(outcomes)
-}
-
-/// One trigger in a transaction of its own: a failed group's triggers, one by one.
-async fn trigger_one(writer: &SqlitePool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-    let mut outcomes = trigger_group(writer, &[run], now).await?;
-    Ok(outcomes.pop().expect("one outcome per run"))
 }
 
 impl SqliteStore {
@@ -161,8 +122,9 @@ impl SqliteStore {
             .max_connections(READER_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        let (triggers, jobs) = mpsc::channel(TRIGGER_QUEUE);
-        tokio::spawn(write_trigger_groups(writer.clone(), jobs));
+        let triggers = TriggerGroups::spawn(SqliteTriggers {
+            writer: writer.clone(),
+        });
         Ok(SqliteStore {
             writer,
             reader,
@@ -431,16 +393,7 @@ impl Store for SqliteStore {
     }
 
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        let (reply, outcome) = oneshot::channel();
-        let job = TriggerJob {
-            run: run.clone(),
-            now,
-            reply,
-        };
-        // The group writer only stops with the runtime: the store is going away.
-        let stopped = || Error::Database(sqlx::Error::PoolClosed);
-        self.triggers.send(job).await.map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        self.triggers.trigger(run, now).await
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
