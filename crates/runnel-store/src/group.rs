@@ -106,3 +106,142 @@ async fn write_groups(writer: impl GroupWriter, mut queue: mpsc::Receiver<Job>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
+    use runnel_core::{EnvironmentId, RunId};
+    use tokio::sync::Barrier;
+    use tokio::task::JoinSet;
+
+    use super::*;
+
+    fn run() -> Run {
+        let now = DateTime::from_timestamp_millis(0).unwrap();
+        let request: TriggerRequest = serde_json::from_value(serde_json::json!({})).unwrap();
+        request
+            .validate("t", &IdempotencyHeaders::default(), now)
+            .unwrap()
+            .into_run(RunId::generate(0), EnvironmentId::generate(0), now)
+    }
+
+    /// Records what it was asked to write; a group holding a `poisoned` run fails, and
+    /// so does writing that run alone.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        groups: Mutex<Vec<usize>>,
+        singles: Mutex<Vec<RunId>>,
+        poisoned: HashSet<RunId>,
+    }
+
+    fn refused() -> Error {
+        Error::Corrupt("poisoned".to_owned())
+    }
+
+    #[async_trait]
+    impl GroupWriter for Arc<Recorder> {
+        async fn write_group(
+            &self,
+            runs: &[&Run],
+            _now: DateTime<Utc>,
+        ) -> Result<Vec<TriggerOutcome>> {
+            self.groups.lock().unwrap().push(runs.len());
+            if runs.iter().any(|r| self.poisoned.contains(&r.id)) {
+                return Err(refused());
+            }
+            Ok(runs
+                .iter()
+                .map(|r| TriggerOutcome::Created(r.id.clone()))
+                .collect())
+        }
+
+        async fn write_one(&self, run: &Run, _now: DateTime<Utc>) -> Result<TriggerOutcome> {
+            self.singles.lock().unwrap().push(run.id.clone());
+            if self.poisoned.contains(&run.id) {
+                return Err(refused());
+            }
+            Ok(TriggerOutcome::Created(run.id.clone()))
+        }
+    }
+
+    /// Triggers `runs` from one task each, all started together.
+    async fn trigger_all(
+        groups: &TriggerGroups,
+        runs: &[Run],
+    ) -> Vec<(RunId, Result<TriggerOutcome>)> {
+        let start = Arc::new(Barrier::new(runs.len()));
+        let mut tasks = JoinSet::new();
+        for run in runs.iter().cloned() {
+            let groups = groups.clone();
+            let start = Arc::clone(&start);
+            tasks.spawn(async move {
+                start.wait().await;
+                let outcome = groups.trigger(&run, Utc::now()).await;
+                (run.id, outcome)
+            });
+        }
+        tasks.join_all().await
+    }
+
+    #[tokio::test]
+    async fn a_lone_trigger_is_written_at_once_as_a_group_of_one() {
+        let recorder = Arc::new(Recorder::default());
+        let groups = TriggerGroups::spawn(Arc::clone(&recorder));
+        let run = run();
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            groups.trigger(&run, Utc::now()),
+        )
+        .await
+        .expect("nothing waits for a group to fill");
+        assert_eq!(outcome.unwrap(), TriggerOutcome::Created(run.id));
+        assert_eq!(*recorder.groups.lock().unwrap(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_triggers_share_groups_and_each_gets_its_outcome() {
+        let recorder = Arc::new(Recorder::default());
+        let groups = TriggerGroups::spawn(Arc::clone(&recorder));
+        let runs: Vec<Run> = (0..100).map(|_| run()).collect();
+        for (id, outcome) in trigger_all(&groups, &runs).await {
+            assert_eq!(outcome.unwrap(), TriggerOutcome::Created(id));
+        }
+        let sizes = recorder.groups.lock().unwrap().clone();
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            100,
+            "each run written once: {sizes:?}"
+        );
+        assert!(
+            sizes.len() < 100,
+            "triggers waiting together are written together: {sizes:?}"
+        );
+        assert!(recorder.singles.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_is_written_again_run_by_run_and_only_the_faulty_one_fails() {
+        let runs: Vec<Run> = (0..50).map(|_| run()).collect();
+        let poisoned = runs[7].id.clone();
+        let recorder = Arc::new(Recorder {
+            poisoned: HashSet::from([poisoned.clone()]),
+            ..Recorder::default()
+        });
+        let groups = TriggerGroups::spawn(Arc::clone(&recorder));
+        for (id, outcome) in trigger_all(&groups, &runs).await {
+            if id == poisoned {
+                assert!(outcome.is_err());
+            } else {
+                assert_eq!(outcome.unwrap(), TriggerOutcome::Created(id));
+            }
+        }
+        let singles = recorder.singles.lock().unwrap().clone();
+        assert!(
+            singles.contains(&poisoned),
+            "the failed group was retried run by run: {singles:?}"
+        );
+    }
+}
