@@ -42,7 +42,7 @@
 //!   round again to find the new holder. Each round trip only happens because another
 //!   trigger committed, so [`TRIGGER_ROUNDS`] bounds a loop that in practice ends in two.
 //!
-//! Concurrent triggers of one node are group-committed ([`crate::group`]): a group is one
+//! Concurrent triggers of one node are group-committed (`group.rs`): a group is one
 //! multi-row trigger, which locks its keys' holders `FOR UPDATE` and, when it loses the
 //! insert race above, rolls back and runs again as a whole; the diagram is the path of a
 //! trigger written alone (a group of one, or a failed group's triggers one by one).
@@ -255,7 +255,7 @@ async fn trigger_together(
     }
 }
 
-/// Writes the store's trigger groups ([`crate::group`]).
+/// Writes the store's trigger groups (`group.rs`).
 #[derive(Debug)]
 struct PgTriggers {
     pool: PgPool,

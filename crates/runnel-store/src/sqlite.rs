@@ -14,7 +14,7 @@
 //! than fail on a stale snapshot. `synchronous = NORMAL` in WAL mode survives a crash of
 //! the process; only a power loss can drop the last commits.
 //!
-//! Triggers are group-committed ([`crate::group`]): concurrent triggers share one
+//! Triggers are group-committed (`group.rs`): concurrent triggers share one
 //! `BEGIN IMMEDIATE … COMMIT` instead of queueing for the writer one by one.
 
 use std::path::Path;
@@ -56,7 +56,7 @@ pub struct SqliteStore {
     triggers: TriggerGroups,
 }
 
-/// Writes the store's trigger groups ([`crate::group`]) on the writer connection.
+/// Writes the store's trigger groups (`group.rs`) on the writer connection.
 #[derive(Debug)]
 struct SqliteTriggers {
     writer: SqlitePool,
