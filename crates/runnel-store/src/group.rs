@@ -35,8 +35,12 @@ pub(crate) trait GroupWriter: Send + Sync + 'static {
     /// All of `runs` in one transaction, one outcome per run in order, or nothing.
     async fn write_group(&self, runs: &[&Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>>;
 
-    /// One run on its own (a failed group's runs, one by one).
-    async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome>;
+    /// One run on its own (a failed group's runs, one by one): a group of one unless
+    /// the backend has a cheaper way.
+    async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+        let mut outcomes = self.write_group(&[run], now).await?;
+        Ok(outcomes.pop().expect("one outcome per run"))
+    }
 }
 
 /// The handle a store keeps; cloning it shares the one writer task.

@@ -67,14 +67,9 @@ impl GroupWriter for SqliteTriggers {
     async fn write_group(&self, runs: &[&Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>> {
         trigger_group(&self.writer, runs, now).await
     }
-
-    async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        let mut outcomes = trigger_group(&self.writer, &[run], now).await?;
-        Ok(outcomes.pop().expect("one outcome per run"))
-    }
 }
 
-/// The triggers of one group in one transaction.
+/// Triggers in one transaction: a group of concurrent triggers, or a batch.
 async fn trigger_group(
     writer: &SqlitePool,
     runs: &[&Run],
@@ -990,11 +985,8 @@ impl Store for SqliteStore {
         runs: &[Run],
         now: DateTime<Utc>,
     ) -> Result<Vec<TriggerOutcome>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let runs: Vec<&Run> = runs.iter().collect();
-        let outcomes = crate::batches::sqlite::trigger_many(&mut tx, &runs, now).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        trigger_group(&self.writer, &runs, now).await
     }
 
     async fn batch_create(
