@@ -104,6 +104,11 @@ impl Engine {
         self.clock.now()
     }
 
+    /// Whether this node can serve: its store reads and writes ([`Store::health`]).
+    pub async fn health(&self) -> Result<(), runnel_store::Error> {
+        self.store.health(self.clock.now()).await
+    }
+
     /// Validates and stores a trigger of `task` in `environment`.
     pub async fn trigger(
         &self,

@@ -30,6 +30,7 @@ use runnel_core::{EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
 mod batches;
+mod detach;
 mod group;
 mod list;
 pub mod multinode;
@@ -194,8 +195,11 @@ pub enum CancelOutcome {
 
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Cheap round trip proving the database answers.
-    async fn ping(&self) -> Result<()>;
+    /// Whether this node can serve: a trivial read, then a trivial write through the path
+    /// every write takes (on SQLite the one writer connection, so a connection a failed
+    /// COMMIT left wedged, a full disk or a read-only file all fail it). `/healthz`
+    /// answers 503 when it fails.
+    async fn health(&self, now: DateTime<Utc>) -> Result<()>;
 
     /// On an empty database: creates the project, its environments and `dev_key` in one
     /// transaction and returns them. When a project exists, changes nothing and returns

@@ -397,8 +397,9 @@ async fn lease_runs(
 
 #[async_trait]
 impl Store for PgStore {
-    async fn ping(&self) -> Result<()> {
-        statements::postgres::ping(&self.pool).await
+    async fn health(&self, now: DateTime<Utc>) -> Result<()> {
+        statements::postgres::ping(&self.pool).await?;
+        statements::postgres::health_record(&self.pool, now).await
     }
 
     async fn project_bootstrap(

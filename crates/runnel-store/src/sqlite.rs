@@ -31,6 +31,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::detach::detached;
 use crate::group::{GroupWriter, TriggerGroups};
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
@@ -69,13 +70,44 @@ impl GroupWriter for SqliteTriggers {
     }
 }
 
+/// `BEGIN IMMEDIATE` on the writer connection.
+///
+/// Writes run detached (`detach.rs`), so no caller's cancellation cuts one in half. What
+/// is left is a COMMIT or ROLLBACK that fails (`SQLITE_FULL` on a full disk): SQLite may
+/// have ended the transaction itself, the ROLLBACK sqlx sends then fails too, and the
+/// connection stays marked as inside a transaction, refusing every later `BEGIN`. Such a
+/// connection is closed (closing rolls back whatever SQLite still holds) and the pool
+/// opens a fresh one, so the node recovers as soon as the cause is gone.
+async fn begin_write(writer: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    match writer.begin_with("BEGIN IMMEDIATE").await {
+        Err(error) if left_in_transaction(&error) => {
+            tracing::warn!(%error, "the SQLite writer connection was left inside a transaction; reopening it");
+            let conn = writer.acquire().await?;
+            if let Err(error) = conn.close().await {
+                tracing::warn!(%error, "closing the wedged SQLite writer connection");
+            }
+            Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
+        }
+        begun => Ok(begun?),
+    }
+}
+
+/// Whether a failed `BEGIN` says the connection is still inside an earlier transaction.
+fn left_in_transaction(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::InvalidSavePointStatement => true,
+        sqlx::Error::Database(db) => db.message().contains("within a transaction"),
+        _ => false,
+    }
+}
+
 /// Triggers in one transaction: a group of concurrent triggers, or a batch.
 async fn trigger_group(
     writer: &SqlitePool,
     runs: &[&Run],
     now: DateTime<Utc>,
 ) -> Result<Vec<TriggerOutcome>> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin_write(writer).await?;
     let outcomes = crate::batches::sqlite::trigger_many(&mut tx, runs, now).await?;
     tx.commit().await?;
     Ok(outcomes)
@@ -274,18 +306,15 @@ async fn lease_runs(
     Ok(leased)
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> Result<()> {
-        statements::sqlite::ping(&self.reader).await
-    }
-
-    async fn project_bootstrap(
+/// The multi-statement writes, each run by its trait method on a task of its own
+/// (`detach.rs`).
+impl SqliteStore {
+    async fn write_project_bootstrap(
         &self,
         dev_key: &SecretKey,
         now: DateTime<Utc>,
     ) -> Result<Option<Bootstrap>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(&self.writer).await?;
         let existing: Option<String> = sqlx::query_scalar("SELECT id FROM projects LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
@@ -331,6 +360,447 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn write_api_key_revoke(
+        &self,
+        prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RevokeOutcome> {
+        if prefix.is_empty() {
+            return Ok(RevokeOutcome::NotFound);
+        }
+        let mut tx = begin_write(&self.writer).await?;
+        // `instr(prefix, ?) = 1` is "starts with" without LIKE's wildcards.
+        let hashes: Vec<(String, String)> =
+            sqlx::query_as("SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL AND instr(prefix, ?) = 1")
+                .bind(prefix)
+                .fetch_all(&mut *tx)
+                .await?;
+        let outcome = match hashes.as_slice() {
+            [] => RevokeOutcome::NotFound,
+            [(hash, full_prefix)] => {
+                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ?")
+                    .bind(ms(now))
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await?;
+                RevokeOutcome::Revoked {
+                    prefix: full_prefix.clone(),
+                }
+            }
+            many => RevokeOutcome::Ambiguous {
+                matches: many.len(),
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn write_worker_register(
+        &self,
+        registration: &WorkerRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<Registered> {
+        let env = registration.environment_id.as_str();
+        let mut tx = begin_write(&self.writer).await?;
+        let version = match &registration.version {
+            Some(version) => version.clone(),
+            None => {
+                let existing: Vec<String> = sqlx::query_scalar(
+                    "SELECT version FROM worker_versions WHERE environment_id = ? AND version LIKE ?",
+                )
+                .bind(env)
+                .bind(rows::version_pattern(now))
+                .fetch_all(&mut *tx)
+                .await?;
+                rows::next_version(now, &existing)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(env)
+        .bind(&version)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        for task in &registration.tasks {
+            sqlx::query(
+                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
+                 queue = excluded.queue, retry = excluded.retry, \
+                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
+            )
+            .bind(env)
+            .bind(&task.task_identifier)
+            .bind(&version)
+            .bind(&task.queue)
+            .bind(rows::retry_text(task))
+            .bind(task.max_duration_secs.map(i64::from))
+            .bind(task.machine.map(|m| m.as_str()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let task_ids: Vec<&str> = registration
+            .tasks
+            .iter()
+            .map(|t| t.task_identifier.as_str())
+            .collect();
+        sqlx::query(
+            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(registration.id.as_str())
+        .bind(env)
+        .bind(&registration.name)
+        .bind(&version)
+        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
+        .bind(ms(now))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        let mut promoted = Vec::new();
+        if !task_ids.is_empty() {
+            let sql = format!(
+                "UPDATE runs SET status = 'QUEUED', updated_at = ? \
+                 WHERE environment_id = ? AND status = 'PENDING_VERSION' AND task_identifier IN ({}) \
+                 AND (lock_to_version IS NULL OR lock_to_version = ?) RETURNING id",
+                placeholders(task_ids.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql)
+                .bind(ms(now))
+                .bind(env);
+            for task in &task_ids {
+                query = query.bind(*task);
+            }
+            promoted = query.bind(&version).fetch_all(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Registered {
+            version,
+            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
+        })
+    }
+
+    async fn write_run_dequeue(
+        &self,
+        worker: &WorkerRecord,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Leased>> {
+        if worker.tasks.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Idle workers are woken together and mostly find nothing: look on a reader
+        // first, so they do not queue for the one writer connection.
+        let probe = format!(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
+             AND task_identifier IN ({}))",
+            placeholders(worker.tasks.len())
+        );
+        let mut query = sqlx::query_scalar::<_, bool>(&probe).bind(worker.environment_id.as_str());
+        for task in &worker.tasks {
+            query = query.bind(&task.task_identifier);
+        }
+        if !query.fetch_one(&self.reader).await? {
+            return Ok(Vec::new());
+        }
+        let mut tx = begin_write(&self.writer).await?;
+        // One writer: the gates and held counts read here cannot change before commit.
+        let gates = Gates::from_rows(
+            sqlx::query_as(
+                "SELECT name, paused, COALESCE(concurrency_limit_override, concurrency_limit) FROM queues \
+                 WHERE environment_id = ? AND (paused = 1 OR concurrency_limit IS NOT NULL \
+                 OR concurrency_limit_override IS NOT NULL)",
+            )
+            .bind(worker.environment_id.as_str())
+            .fetch_all(&mut *tx)
+            .await?,
+        );
+        let mut leased = Vec::new();
+        if gates.is_empty() {
+            let runs = dequeue_candidates(&mut tx, worker, &[], limit).await?;
+            leased = lease_runs(&mut tx, worker, runs, lease_until, now).await?;
+        } else {
+            let gated = gates.names();
+            let mut held = Held::new();
+            for _ in 0..ADMIT_ROUNDS {
+                let want = limit as usize - leased.len();
+                let candidates = dequeue_candidates(
+                    &mut tx,
+                    worker,
+                    &gated,
+                    u32::try_from(want).unwrap_or(limit),
+                )
+                .await?;
+                let limited = gates.limited_among(&candidates);
+                if !limited.is_empty() {
+                    held = held_counts(&mut tx, &worker.environment_id, &limited).await?;
+                }
+                let (runs, dropped) = admit(candidates, &gates, &[], &mut held, want);
+                leased.extend(lease_runs(&mut tx, worker, runs, lease_until, now).await?);
+                if !dropped || leased.len() >= limit as usize {
+                    break;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(leased)
+    }
+
+    async fn write_attempt_start(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[String],
+        lease_until: DateTime<Utc>,
+        timeout_grace_ms: i64,
+        run_fee_cents: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut started = Vec::new();
+        if attempt_ids.is_empty() {
+            return Ok(started);
+        }
+        let mut tx = begin_write(&self.writer).await?;
+        for attempt in attempt_ids {
+            let done = sqlx::query(
+                "UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, ?1), \
+                 base_cost_in_cents = CASE WHEN started_at IS NULL THEN ?2 ELSE base_cost_in_cents END, \
+                 lease_expires_at = ?3, \
+                 timeout_at = CASE WHEN max_duration_secs IS NULL OR max_duration_secs >= ?4 THEN NULL \
+                              ELSE ?1 + max_duration_secs * 1000 + ?5 END, \
+                 updated_at = ?1 \
+                 WHERE current_attempt_id = ?6 AND worker_id = ?7 AND status = 'DEQUEUED'",
+            )
+            .bind(ms(now))
+            .bind(run_fee_cents)
+            .bind(ms(lease_until))
+            .bind(NO_MAX_DURATION)
+            .bind(timeout_grace_ms)
+            .bind(attempt)
+            .bind(worker.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                sqlx::query(
+                    "UPDATE attempts SET status = 'EXECUTING', started_at = ?, updated_at = ? \
+                     WHERE id = ? AND status = 'PENDING'",
+                )
+                .bind(ms(now))
+                .bind(ms(now))
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?;
+                started.push(attempt.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(started)
+    }
+
+    async fn write_attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>> {
+        let mut applied = Vec::with_capacity(settlements.len());
+        if settlements.is_empty() {
+            return Ok(applied);
+        }
+        let mut tx = begin_write(&self.writer).await?;
+        for s in settlements {
+            let (claim_sql, claim_value) = match &s.claim {
+                Claim::Worker(worker) => ("worker_id = ?", ClaimValue::Text(worker.to_string())),
+                Claim::LeaseExpired(at) => ("lease_expires_at <= ?", ClaimValue::Time(ms(*at))),
+                Claim::TimedOut(at) => ("timeout_at <= ?", ClaimValue::Time(ms(*at))),
+            };
+            let sql = format!(
+                "UPDATE runs SET status = ?, output = ?, output_type = ?, error = ?, \
+                 usage_duration_ms = usage_duration_ms + ?, cost_in_cents = cost_in_cents + ?, \
+                 failed_attempts = failed_attempts + ?, completed_at = ?, next_attempt_at = ?, \
+                 lease_expires_at = NULL, timeout_at = NULL, current_attempt_id = NULL, updated_at = ? \
+                 WHERE id = ? AND current_attempt_id = ? AND status IN ('DEQUEUED', 'EXECUTING') AND {claim_sql}"
+            );
+            let query = sqlx::query(&sql)
+                .bind(s.run_status.as_str())
+                .bind(s.output.as_ref().and_then(|o| o.data.as_deref()))
+                .bind(s.output.as_ref().map(|o| o.data_type.as_str()))
+                .bind(s.run_error.as_ref().map(|e| e.to_string()))
+                .bind(s.duration_ms)
+                .bind(s.cost_in_cents)
+                .bind(i64::from(
+                    s.spends_attempt && s.attempt_status == AttemptStatus::Failed,
+                ))
+                .bind(s.run_status.is_final().then_some(ms(s.now)))
+                .bind(s.next_attempt_at.map(ms))
+                .bind(ms(s.now))
+                .bind(s.run_id.as_str())
+                .bind(&s.attempt_id);
+            let query = match claim_value {
+                ClaimValue::Text(text) => query.bind(text),
+                ClaimValue::Time(t) => query.bind(t),
+            };
+            let done = query.execute(&mut *tx).await?.rows_affected() == 1;
+            if done {
+                sqlx::query(
+                    "UPDATE attempts SET status = ?, error = ?, completed_at = ?, updated_at = ?, duration_ms = ? \
+                     WHERE id = ?",
+                )
+                .bind(s.attempt_status.as_str())
+                .bind(s.attempt_error.as_ref().map(|e| e.to_string()))
+                .bind(ms(s.now))
+                .bind(ms(s.now))
+                .bind(s.duration_ms)
+                .bind(&s.attempt_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            applied.push(done);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn write_run_cancel(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome> {
+        let mut tx = begin_write(&self.writer).await?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, current_attempt_id FROM runs WHERE id = ? AND environment_id = ?",
+        )
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, attempt)) = row else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let status = run_status(&status)?;
+        if status.is_final() {
+            return Ok(CancelOutcome::AlreadyFinal(status));
+        }
+        let started_at: Option<i64> = match &attempt {
+            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = ?")
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten(),
+            None => None,
+        };
+        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
+        sqlx::query(
+            "UPDATE runs SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, error = ?2, \
+             usage_duration_ms = usage_duration_ms + ?3, cost_in_cents = cost_in_cents + ?4, \
+             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
+             WHERE id = ?5 AND status = ?6",
+        )
+        .bind(ms(now))
+        .bind(rows::canceled_error().to_string())
+        .bind(duration_ms)
+        .bind(duration_ms as f64 * cents_per_ms)
+        .bind(id.as_str())
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(attempt) = &attempt {
+            sqlx::query(
+                "UPDATE attempts SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, duration_ms = ?2, \
+                 error = ?3 WHERE id = ?4 AND status IN ('PENDING', 'EXECUTING')",
+            )
+            .bind(ms(now))
+            .bind(duration_ms)
+            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(CancelOutcome::Canceled { attempt })
+    }
+
+    async fn write_batch_create(
+        &self,
+        batch: &runnel_core::batch::BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchCreateOutcome> {
+        let mut tx = begin_write(&self.writer).await?;
+        let outcome = crate::batches::sqlite::batch_create(&mut tx, batch, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn write_batch_items_trigger(
+        &self,
+        environment: &EnvironmentId,
+        id: &runnel_core::BatchId,
+        items: &[crate::BatchItemTrigger],
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchItemsOutcome> {
+        let mut tx = begin_write(&self.writer).await?;
+        let outcome =
+            crate::batches::sqlite::items_trigger(&mut tx, environment, id, items, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn write_queue_declare(
+        &self,
+        environment: &EnvironmentId,
+        declarations: &[QueueDeclaration],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if declarations.is_empty() {
+            return Ok(());
+        }
+        let mut tx = begin_write(&self.writer).await?;
+        for d in declarations {
+            sqlx::query(
+                "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6) \
+                 ON CONFLICT (environment_id, name) DO UPDATE SET \
+                 concurrency_limit = CASE WHEN ?7 THEN excluded.concurrency_limit ELSE queues.concurrency_limit END, \
+                 updated_at = CASE WHEN ?7 THEN excluded.updated_at ELSE queues.updated_at END",
+            )
+            .bind(QueueId::generate(ms(now)).as_str())
+            .bind(environment.as_str())
+            .bind(&d.name)
+            .bind(QueueKind::of(&d.name).as_str())
+            .bind(d.concurrency_limit.flatten().map(i64::from))
+            .bind(ms(now))
+            .bind(d.concurrency_limit.is_some())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self, now: DateTime<Utc>) -> Result<()> {
+        statements::sqlite::ping(&self.reader).await?;
+        let writer = self.writer.clone();
+        detached(async move {
+            let mut tx = begin_write(&writer).await?;
+            statements::sqlite::health_record(&mut *tx, now).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn project_bootstrap(
+        &self,
+        dev_key: &SecretKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Bootstrap>> {
+        let (store, dev_key) = (self.clone(), dev_key.clone());
+        detached(async move { store.write_project_bootstrap(&dev_key, now).await }).await
+    }
+
     async fn project_get(&self) -> Result<Option<Project>> {
         statements::sqlite::project_get(&self.reader).await
     }
@@ -357,34 +827,8 @@ impl Store for SqliteStore {
     }
 
     async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome> {
-        if prefix.is_empty() {
-            return Ok(RevokeOutcome::NotFound);
-        }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        // `instr(prefix, ?) = 1` is "starts with" without LIKE's wildcards.
-        let hashes: Vec<(String, String)> =
-            sqlx::query_as("SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL AND instr(prefix, ?) = 1")
-                .bind(prefix)
-                .fetch_all(&mut *tx)
-                .await?;
-        let outcome = match hashes.as_slice() {
-            [] => RevokeOutcome::NotFound,
-            [(hash, full_prefix)] => {
-                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ?")
-                    .bind(ms(now))
-                    .bind(hash)
-                    .execute(&mut *tx)
-                    .await?;
-                RevokeOutcome::Revoked {
-                    prefix: full_prefix.clone(),
-                }
-            }
-            many => RevokeOutcome::Ambiguous {
-                matches: many.len(),
-            },
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        let (store, prefix) = (self.clone(), prefix.to_owned());
+        detached(async move { store.write_api_key_revoke(&prefix, now).await }).await
     }
 
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
@@ -472,87 +916,8 @@ impl Store for SqliteStore {
         registration: &WorkerRegistration,
         now: DateTime<Utc>,
     ) -> Result<Registered> {
-        let env = registration.environment_id.as_str();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let version = match &registration.version {
-            Some(version) => version.clone(),
-            None => {
-                let existing: Vec<String> = sqlx::query_scalar(
-                    "SELECT version FROM worker_versions WHERE environment_id = ? AND version LIKE ?",
-                )
-                .bind(env)
-                .bind(rows::version_pattern(now))
-                .fetch_all(&mut *tx)
-                .await?;
-                rows::next_version(now, &existing)
-            }
-        };
-        sqlx::query(
-            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES (?, ?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(env)
-        .bind(&version)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        for task in &registration.tasks {
-            sqlx::query(
-                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
-                 queue = excluded.queue, retry = excluded.retry, \
-                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
-            )
-            .bind(env)
-            .bind(&task.task_identifier)
-            .bind(&version)
-            .bind(&task.queue)
-            .bind(rows::retry_text(task))
-            .bind(task.max_duration_secs.map(i64::from))
-            .bind(task.machine.map(|m| m.as_str()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let task_ids: Vec<&str> = registration
-            .tasks
-            .iter()
-            .map(|t| t.task_identifier.as_str())
-            .collect();
-        sqlx::query(
-            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(registration.id.as_str())
-        .bind(env)
-        .bind(&registration.name)
-        .bind(&version)
-        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
-        .bind(ms(now))
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        let mut promoted = Vec::new();
-        if !task_ids.is_empty() {
-            let sql = format!(
-                "UPDATE runs SET status = 'QUEUED', updated_at = ? \
-                 WHERE environment_id = ? AND status = 'PENDING_VERSION' AND task_identifier IN ({}) \
-                 AND (lock_to_version IS NULL OR lock_to_version = ?) RETURNING id",
-                placeholders(task_ids.len())
-            );
-            let mut query = sqlx::query_scalar::<_, String>(&sql)
-                .bind(ms(now))
-                .bind(env);
-            for task in &task_ids {
-                query = query.bind(*task);
-            }
-            promoted = query.bind(&version).fetch_all(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(Registered {
-            version,
-            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
-        })
+        let (store, registration) = (self.clone(), registration.clone());
+        detached(async move { store.write_worker_register(&registration, now).await }).await
     }
 
     async fn task_served(
@@ -607,64 +972,13 @@ impl Store for SqliteStore {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Leased>> {
-        if worker.tasks.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Idle workers are woken together and mostly find nothing: look on a reader
-        // first, so they do not queue for the one writer connection.
-        let probe = format!(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE environment_id = ? AND status = 'QUEUED' \
-             AND task_identifier IN ({}))",
-            placeholders(worker.tasks.len())
-        );
-        let mut query = sqlx::query_scalar::<_, bool>(&probe).bind(worker.environment_id.as_str());
-        for task in &worker.tasks {
-            query = query.bind(&task.task_identifier);
-        }
-        if !query.fetch_one(&self.reader).await? {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        // One writer: the gates and held counts read here cannot change before commit.
-        let gates = Gates::from_rows(
-            sqlx::query_as(
-                "SELECT name, paused, COALESCE(concurrency_limit_override, concurrency_limit) FROM queues \
-                 WHERE environment_id = ? AND (paused = 1 OR concurrency_limit IS NOT NULL \
-                 OR concurrency_limit_override IS NOT NULL)",
-            )
-            .bind(worker.environment_id.as_str())
-            .fetch_all(&mut *tx)
-            .await?,
-        );
-        let mut leased = Vec::new();
-        if gates.is_empty() {
-            let runs = dequeue_candidates(&mut tx, worker, &[], limit).await?;
-            leased = lease_runs(&mut tx, worker, runs, lease_until, now).await?;
-        } else {
-            let gated = gates.names();
-            let mut held = Held::new();
-            for _ in 0..ADMIT_ROUNDS {
-                let want = limit as usize - leased.len();
-                let candidates = dequeue_candidates(
-                    &mut tx,
-                    worker,
-                    &gated,
-                    u32::try_from(want).unwrap_or(limit),
-                )
-                .await?;
-                let limited = gates.limited_among(&candidates);
-                if !limited.is_empty() {
-                    held = held_counts(&mut tx, &worker.environment_id, &limited).await?;
-                }
-                let (runs, dropped) = admit(candidates, &gates, &[], &mut held, want);
-                leased.extend(lease_runs(&mut tx, worker, runs, lease_until, now).await?);
-                if !dropped || leased.len() >= limit as usize {
-                    break;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(leased)
+        let (store, worker) = (self.clone(), worker.clone());
+        detached(async move {
+            store
+                .write_run_dequeue(&worker, limit, lease_until, now)
+                .await
+        })
+        .await
     }
 
     async fn attempt_start(
@@ -676,45 +990,20 @@ impl Store for SqliteStore {
         run_fee_cents: f64,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let mut started = Vec::new();
-        if attempt_ids.is_empty() {
-            return Ok(started);
-        }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for attempt in attempt_ids {
-            let done = sqlx::query(
-                "UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, ?1), \
-                 base_cost_in_cents = CASE WHEN started_at IS NULL THEN ?2 ELSE base_cost_in_cents END, \
-                 lease_expires_at = ?3, \
-                 timeout_at = CASE WHEN max_duration_secs IS NULL OR max_duration_secs >= ?4 THEN NULL \
-                              ELSE ?1 + max_duration_secs * 1000 + ?5 END, \
-                 updated_at = ?1 \
-                 WHERE current_attempt_id = ?6 AND worker_id = ?7 AND status = 'DEQUEUED'",
-            )
-            .bind(ms(now))
-            .bind(run_fee_cents)
-            .bind(ms(lease_until))
-            .bind(NO_MAX_DURATION)
-            .bind(timeout_grace_ms)
-            .bind(attempt)
-            .bind(worker.as_str())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                sqlx::query(
-                    "UPDATE attempts SET status = 'EXECUTING', started_at = ?, updated_at = ? \
-                     WHERE id = ? AND status = 'PENDING'",
+        let (store, worker, attempt_ids) = (self.clone(), worker.clone(), attempt_ids.to_vec());
+        detached(async move {
+            store
+                .write_attempt_start(
+                    &worker,
+                    &attempt_ids,
+                    lease_until,
+                    timeout_grace_ms,
+                    run_fee_cents,
+                    now,
                 )
-                .bind(ms(now))
-                .bind(ms(now))
-                .bind(attempt)
-                .execute(&mut *tx)
-                .await?;
-                started.push(attempt.clone());
-            }
-        }
-        tx.commit().await?;
-        Ok(started)
+                .await
+        })
+        .await
     }
 
     async fn attempt_heartbeat(
@@ -757,62 +1046,8 @@ impl Store for SqliteStore {
     }
 
     async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>> {
-        let mut applied = Vec::with_capacity(settlements.len());
-        if settlements.is_empty() {
-            return Ok(applied);
-        }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for s in settlements {
-            let (claim_sql, claim_value) = match &s.claim {
-                Claim::Worker(worker) => ("worker_id = ?", ClaimValue::Text(worker.to_string())),
-                Claim::LeaseExpired(at) => ("lease_expires_at <= ?", ClaimValue::Time(ms(*at))),
-                Claim::TimedOut(at) => ("timeout_at <= ?", ClaimValue::Time(ms(*at))),
-            };
-            let sql = format!(
-                "UPDATE runs SET status = ?, output = ?, output_type = ?, error = ?, \
-                 usage_duration_ms = usage_duration_ms + ?, cost_in_cents = cost_in_cents + ?, \
-                 failed_attempts = failed_attempts + ?, completed_at = ?, next_attempt_at = ?, \
-                 lease_expires_at = NULL, timeout_at = NULL, current_attempt_id = NULL, updated_at = ? \
-                 WHERE id = ? AND current_attempt_id = ? AND status IN ('DEQUEUED', 'EXECUTING') AND {claim_sql}"
-            );
-            let query = sqlx::query(&sql)
-                .bind(s.run_status.as_str())
-                .bind(s.output.as_ref().and_then(|o| o.data.as_deref()))
-                .bind(s.output.as_ref().map(|o| o.data_type.as_str()))
-                .bind(s.run_error.as_ref().map(|e| e.to_string()))
-                .bind(s.duration_ms)
-                .bind(s.cost_in_cents)
-                .bind(i64::from(
-                    s.spends_attempt && s.attempt_status == AttemptStatus::Failed,
-                ))
-                .bind(s.run_status.is_final().then_some(ms(s.now)))
-                .bind(s.next_attempt_at.map(ms))
-                .bind(ms(s.now))
-                .bind(s.run_id.as_str())
-                .bind(&s.attempt_id);
-            let query = match claim_value {
-                ClaimValue::Text(text) => query.bind(text),
-                ClaimValue::Time(t) => query.bind(t),
-            };
-            let done = query.execute(&mut *tx).await?.rows_affected() == 1;
-            if done {
-                sqlx::query(
-                    "UPDATE attempts SET status = ?, error = ?, completed_at = ?, updated_at = ?, duration_ms = ? \
-                     WHERE id = ?",
-                )
-                .bind(s.attempt_status.as_str())
-                .bind(s.attempt_error.as_ref().map(|e| e.to_string()))
-                .bind(ms(s.now))
-                .bind(ms(s.now))
-                .bind(s.duration_ms)
-                .bind(&s.attempt_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            applied.push(done);
-        }
-        tx.commit().await?;
-        Ok(applied)
+        let (store, settlements) = (self.clone(), settlements.to_vec());
+        detached(async move { store.write_attempt_settle(&settlements).await }).await
     }
 
     async fn run_leases_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Leased>> {
@@ -847,58 +1082,13 @@ impl Store for SqliteStore {
         cents_per_ms: f64,
         now: DateTime<Utc>,
     ) -> Result<CancelOutcome> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, current_attempt_id FROM runs WHERE id = ? AND environment_id = ?",
-        )
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, attempt)) = row else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let status = run_status(&status)?;
-        if status.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(status));
-        }
-        let started_at: Option<i64> = match &attempt {
-            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = ?")
-                .bind(attempt)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten(),
-            None => None,
-        };
-        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
-        sqlx::query(
-            "UPDATE runs SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, error = ?2, \
-             usage_duration_ms = usage_duration_ms + ?3, cost_in_cents = cost_in_cents + ?4, \
-             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
-             WHERE id = ?5 AND status = ?6",
-        )
-        .bind(ms(now))
-        .bind(rows::canceled_error().to_string())
-        .bind(duration_ms)
-        .bind(duration_ms as f64 * cents_per_ms)
-        .bind(id.as_str())
-        .bind(status.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(attempt) = &attempt {
-            sqlx::query(
-                "UPDATE attempts SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, duration_ms = ?2, \
-                 error = ?3 WHERE id = ?4 AND status IN ('PENDING', 'EXECUTING')",
-            )
-            .bind(ms(now))
-            .bind(duration_ms)
-            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
-            .bind(attempt)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(CancelOutcome::Canceled { attempt })
+        let (store, environment, id) = (self.clone(), environment.clone(), id.clone());
+        detached(async move {
+            store
+                .write_run_cancel(&environment, &id, cents_per_ms, now)
+                .await
+        })
+        .await
     }
 
     // [list]
@@ -985,8 +1175,12 @@ impl Store for SqliteStore {
         runs: &[Run],
         now: DateTime<Utc>,
     ) -> Result<Vec<TriggerOutcome>> {
-        let runs: Vec<&Run> = runs.iter().collect();
-        trigger_group(&self.writer, &runs, now).await
+        let (writer, runs) = (self.writer.clone(), runs.to_vec());
+        detached(async move {
+            let runs: Vec<&Run> = runs.iter().collect();
+            trigger_group(&writer, &runs, now).await
+        })
+        .await
     }
 
     async fn batch_create(
@@ -994,10 +1188,8 @@ impl Store for SqliteStore {
         batch: &runnel_core::batch::BatchRecord,
         now: DateTime<Utc>,
     ) -> Result<crate::BatchCreateOutcome> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome = crate::batches::sqlite::batch_create(&mut tx, batch, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        let (store, batch) = (self.clone(), batch.clone());
+        detached(async move { store.write_batch_create(&batch, now).await }).await
     }
 
     async fn batch_get(
@@ -1022,11 +1214,18 @@ impl Store for SqliteStore {
         items: &[crate::BatchItemTrigger],
         now: DateTime<Utc>,
     ) -> Result<crate::BatchItemsOutcome> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome =
-            crate::batches::sqlite::items_trigger(&mut tx, environment, id, items, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        let (store, environment, id, items) = (
+            self.clone(),
+            environment.clone(),
+            id.clone(),
+            items.to_vec(),
+        );
+        detached(async move {
+            store
+                .write_batch_items_trigger(&environment, &id, &items, now)
+                .await
+        })
+        .await
     }
 
     // [queues]
@@ -1037,30 +1236,14 @@ impl Store for SqliteStore {
         declarations: &[QueueDeclaration],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        if declarations.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for d in declarations {
-            sqlx::query(
-                "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6) \
-                 ON CONFLICT (environment_id, name) DO UPDATE SET \
-                 concurrency_limit = CASE WHEN ?7 THEN excluded.concurrency_limit ELSE queues.concurrency_limit END, \
-                 updated_at = CASE WHEN ?7 THEN excluded.updated_at ELSE queues.updated_at END",
-            )
-            .bind(QueueId::generate(ms(now)).as_str())
-            .bind(environment.as_str())
-            .bind(&d.name)
-            .bind(QueueKind::of(&d.name).as_str())
-            .bind(d.concurrency_limit.flatten().map(i64::from))
-            .bind(ms(now))
-            .bind(d.concurrency_limit.is_some())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (store, environment, declarations) =
+            (self.clone(), environment.clone(), declarations.to_vec());
+        detached(async move {
+            store
+                .write_queue_declare(&environment, &declarations, now)
+                .await
+        })
+        .await
     }
 
     async fn queue_list(

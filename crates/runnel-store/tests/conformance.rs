@@ -52,7 +52,8 @@ use tokio::task::JoinSet;
 macro_rules! conformance_tests {
     ($backend:ident, $make_store:ident) => {
         conformance_tests!(@expand $backend, $make_store, [
-            ping_answers,
+            health_reads_and_writes,
+            writes_cut_off_by_their_caller_leave_the_store_usable,
             project_bootstrap_creates_project_environments_and_dev_key,
             project_bootstrap_runs_once_and_drops_the_second_key,
             project_bootstrap_creates_one_project_under_concurrent_bootstraps,
@@ -613,8 +614,83 @@ fn assert_every_field_set(run: &Run) {
 // ---------------------------------------------------------------------------------------
 // Health and tenancy
 
-async fn ping_answers(store: Arc<dyn Store>) {
-    store.ping().await.expect("ping");
+async fn health_reads_and_writes(store: Arc<dyn Store>) {
+    // On an empty database too: a node answers before anything is bootstrapped.
+    store
+        .health(at(0))
+        .await
+        .expect("health on an empty database");
+    bootstrap(&*store).await;
+    store.health(at(1)).await.expect("health");
+    store
+        .health(at(2))
+        .await
+        .expect("health again (the row is overwritten)");
+}
+
+/// Callers that stop waiting part-way through their writes (a client gone, a timeout):
+/// every write still works afterwards. On SQLite, a transaction cut after its `BEGIN`
+/// used to leave the one writer connection refusing every later write.
+async fn writes_cut_off_by_their_caller_leave_the_store_usable(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(1)).await;
+    let runs: Vec<Run> = (0..60).map(|_| queued_run(&tenancy.dev, at(2))).collect();
+    for run in &runs {
+        create(&*store, run, at(2)).await;
+    }
+    let declarations = vec![QueueDeclaration {
+        name: "custom".to_owned(),
+        concurrency_limit: Some(Some(3)),
+    }];
+    // Cut each write at a different point: before, inside and after its transaction.
+    for round in 0..1000u64 {
+        let cut = std::time::Duration::from_micros((round * 7) % 400);
+        let now = at(10 + round as i64);
+        let _ = tokio::time::timeout(
+            cut,
+            store.queue_declare(&tenancy.dev.id, &declarations, now),
+        )
+        .await;
+        let _ = tokio::time::timeout(
+            cut,
+            store.run_dequeue(&worker, 1, now + Duration::seconds(LEASE_SECS), now),
+        )
+        .await;
+        let _ = tokio::time::timeout(cut, store.api_key_revoke("tr_dev_none", now)).await;
+        let run = &runs[round as usize % runs.len()];
+        let _ =
+            tokio::time::timeout(cut, store.run_cancel(&tenancy.dev.id, &run.id, 0.0, now)).await;
+    }
+    let later = at(1000);
+    store
+        .health(later)
+        .await
+        .expect("health after the cut writes");
+    store
+        .queue_declare(&tenancy.dev.id, &declarations, later)
+        .await
+        .expect("queue_declare after the cut writes");
+    create(&*store, &queued_run(&tenancy.dev, later), later).await;
+    store
+        .run_dequeue(
+            &worker,
+            NO_LIMIT,
+            later + Duration::seconds(LEASE_SECS),
+            later,
+        )
+        .await
+        .expect("run_dequeue after the cut writes");
+    let outcome = store
+        .run_cancel(&tenancy.dev.id, &runs[0].id, 0.0, later)
+        .await
+        .expect("run_cancel after the cut writes");
+    assert!(
+        matches!(
+            outcome,
+            CancelOutcome::Canceled { .. } | CancelOutcome::AlreadyFinal(_)
+        ),
+        "{outcome:?}"
+    );
 }
 
 async fn project_bootstrap_creates_project_environments_and_dev_key(store: Arc<dyn Store>) {
