@@ -16,6 +16,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use runnel_core::cost::Pricing;
+use runnel_core::nesting;
 use runnel_core::retry::RetryPolicy;
 use runnel_core::run::{AttemptStatus, Packet};
 use runnel_core::tenancy::Environment;
@@ -368,6 +369,16 @@ impl Engine {
     ) -> Result<Vec<CompletionResult>, Error> {
         let ids: Vec<String> = completions.iter().map(|c| c.attempt_id.clone()).collect();
         check_batch(&ids)?;
+        // Stored outputs are handed out again (retrieve, result): they must parse again.
+        for (i, completion) in completions.iter().enumerate() {
+            if let AttemptOutcome::Success { output } = &completion.outcome {
+                nesting::check_value(output, nesting::MAX_VALUE_DEPTH).map_err(|e| {
+                    Error::Worker(WorkerError::Invalid(format!(
+                        "completions[{i}].output: {e}"
+                    )))
+                })?;
+            }
+        }
         let record = self.worker(environment, worker_id).await?;
         let held = self.store.attempts_held(&ids).await?;
         let now = self.clock.now();
