@@ -155,7 +155,7 @@ pub struct Ttl {
 
 /// Checks a task identifier taken from the path.
 pub fn validate_task_identifier(task: &str) -> Result<(), TriggerError> {
-    if task.is_empty() || task.len() > MAX_TASK_IDENTIFIER_LEN {
+    if task.is_empty() || task.chars().count() > MAX_TASK_IDENTIFIER_LEN {
         return Err(invalid(
             "taskIdentifier",
             format!("must be 1 to {MAX_TASK_IDENTIFIER_LEN} characters"),

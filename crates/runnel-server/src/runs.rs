@@ -169,7 +169,7 @@ struct RunIdResponse {
 /// heartbeat); a run that already ended is left alone and answers the same.
 #[utoipa::path(post, path = "/api/v2/runs/{runId}/cancel", tag = "runs",
     params(("runId" = String, Path, description = "`run_…`")),
-    responses((status = 200, body = crate::openapi::RunIdBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = crate::openapi::RunIdBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "No such run in the key's environment", body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
