@@ -13,6 +13,7 @@ pub mod key;
 pub mod list;
 pub mod machine;
 pub mod metadata;
+pub mod nesting;
 pub mod retry;
 pub mod run;
 pub mod status;

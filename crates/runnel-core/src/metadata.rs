@@ -10,10 +10,17 @@
 //! `constructor` or `prototype` is refused anywhere in a key, as upstream does. An
 //! operation whose path runs into a value of the wrong kind (a key under a number, an
 //! index past the end of an array) changes nothing, rather than failing the whole update.
+//!
+//! Depth is bounded before anything is built: a path of more than
+//! [`MAX_VALUE_DEPTH`] segments is refused while it is read (it would create one object
+//! per segment), and the result of an update may nest at most [`MAX_VALUE_DEPTH`] levels,
+//! measured without recursion, so stored metadata always parses again (see
+//! [`crate::nesting`]).
 
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
+use crate::nesting::{self, TooDeep, MAX_VALUE_DEPTH};
 use crate::trigger::MAX_METADATA_BYTES;
 
 /// How long after a run finished its metadata may still be updated (1 h).
@@ -80,6 +87,13 @@ pub enum MetadataError {
     ForbiddenKey(String),
     #[error("Invalid metadata key: {0}")]
     InvalidPath(String),
+    /// A `$.` path with more segments than [`MAX_VALUE_DEPTH`] (the key is not echoed:
+    /// it may be megabytes long).
+    #[error("Invalid metadata key: a path of {segments} segments, more than the limit of {MAX_VALUE_DEPTH}")]
+    PathTooDeep { segments: usize },
+    /// The updated metadata would nest deeper than [`MAX_VALUE_DEPTH`].
+    #[error("metadata: {0}")]
+    TooDeep(TooDeep),
     /// The serialized result is over [`MAX_METADATA_BYTES`] (413, the contract's message).
     #[error("Metadata exceeds maximum size of {MAX_METADATA_BYTES} bytes")]
     TooLarge,
@@ -100,7 +114,12 @@ fn path(key: &str) -> Result<Vec<Segment>, MetadataError> {
         return Ok(vec![Segment::Key(key.to_owned())]);
     };
     let invalid = || MetadataError::InvalidPath(key.to_owned());
-    let mut segments = Vec::new();
+    // Every segment starts with a `.` or a `[`: counted before any is built.
+    let segments = rest.bytes().filter(|b| matches!(b, b'.' | b'[')).count() + 1;
+    if segments > MAX_VALUE_DEPTH {
+        return Err(MetadataError::PathTooDeep { segments });
+    }
+    let mut segments = Vec::with_capacity(segments);
     for part in rest.split('.') {
         let (name, mut indexes) = match part.find('[') {
             Some(at) => (&part[..at], &part[at..]),
@@ -239,6 +258,7 @@ pub fn apply(
             },
         }
     }
+    nesting::check_value(&root, MAX_VALUE_DEPTH).map_err(MetadataError::TooDeep)?;
     match root {
         Value::Object(map) => Ok(map),
         _ => unreachable!("the root stays an object"),
@@ -393,6 +413,67 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    /// `$.a.a…` with `segments` segments.
+    fn deep_key(segments: usize) -> String {
+        format!("${}", ".a".repeat(segments))
+    }
+
+    #[test]
+    fn paths_deeper_than_the_limit_are_refused_before_anything_is_built() {
+        for segments in [MAX_VALUE_DEPTH + 1, 7_000, 1_000_000] {
+            let set = [Operation::Set {
+                key: deep_key(segments),
+                value: json!(1),
+            }];
+            assert_eq!(
+                apply(Map::new(), &set),
+                Err(MetadataError::PathTooDeep { segments })
+            );
+        }
+        let indexes = format!("$.a{}", "[0]".repeat(MAX_VALUE_DEPTH));
+        let set = [Operation::Set {
+            key: indexes,
+            value: json!(1),
+        }];
+        assert_eq!(
+            apply(Map::new(), &set),
+            Err(MetadataError::PathTooDeep {
+                segments: MAX_VALUE_DEPTH + 1
+            })
+        );
+    }
+
+    #[test]
+    fn results_may_nest_up_to_the_limit() {
+        let at_limit = [Operation::Set {
+            key: deep_key(MAX_VALUE_DEPTH),
+            value: json!("leaf"),
+        }];
+        let stored = apply(Map::new(), &at_limit).unwrap();
+        let text = serialize(&stored).unwrap();
+        assert_eq!(nesting::text_depth(text.as_bytes()), MAX_VALUE_DEPTH);
+        let one_deeper = [Operation::Set {
+            key: deep_key(MAX_VALUE_DEPTH),
+            value: json!({}),
+        }];
+        assert_eq!(
+            apply(Map::new(), &one_deeper),
+            Err(MetadataError::TooDeep(TooDeep {
+                depth: MAX_VALUE_DEPTH + 1,
+                limit: MAX_VALUE_DEPTH
+            }))
+        );
+        // Appending wraps a scalar in an array: one more level, measured too.
+        let append = [Operation::Append {
+            key: deep_key(MAX_VALUE_DEPTH),
+            value: json!(1),
+        }];
+        assert!(matches!(
+            apply(stored, &append),
+            Err(MetadataError::TooDeep(_))
+        ));
     }
 
     #[test]

@@ -9,15 +9,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::trigger::MAX_ATTEMPTS_CAP;
 
+/// The longest retry delay a policy may ask for (30 days, in ms): a delay is added to a
+/// date, and one near `u64::MAX` ms would overflow it.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 86_400_000;
+
 /// How a task's failed attempts are retried. Every field is optional on the wire; a
 /// missing one takes the library default ([`RetryPolicy::default`]).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RetryPolicy {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 250))]
     pub max_attempts: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub factor: f64,
+    /// At most `maxTimeoutInMs`.
+    #[cfg_attr(feature = "openapi", schema(maximum = 2_592_000_000_u64))]
     pub min_timeout_in_ms: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 2_592_000_000_u64))]
     pub max_timeout_in_ms: u64,
     pub randomize: bool,
 }
@@ -44,6 +53,8 @@ pub enum InvalidPolicy {
     Factor,
     #[error("retry.minTimeoutInMs must not exceed retry.maxTimeoutInMs")]
     Timeouts,
+    #[error("retry.maxTimeoutInMs must be at most {MAX_TIMEOUT_MS} (30 days)")]
+    TimeoutTooLong,
 }
 
 impl RetryPolicy {
@@ -56,6 +67,9 @@ impl RetryPolicy {
         }
         if self.min_timeout_in_ms > self.max_timeout_in_ms {
             return Err(InvalidPolicy::Timeouts);
+        }
+        if self.max_timeout_in_ms > MAX_TIMEOUT_MS {
+            return Err(InvalidPolicy::TimeoutTooLong);
         }
         Ok(())
     }
@@ -140,6 +154,15 @@ mod tests {
             bad(|p| p.min_timeout_in_ms = 70_000),
             InvalidPolicy::Timeouts
         );
+        assert_eq!(
+            bad(|p| p.max_timeout_in_ms = MAX_TIMEOUT_MS + 1),
+            InvalidPolicy::TimeoutTooLong
+        );
+        let longest = RetryPolicy {
+            max_timeout_in_ms: MAX_TIMEOUT_MS,
+            ..RetryPolicy::default()
+        };
+        assert!(longest.validate().is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::duration::{format_duration_secs, parse_duration_secs, parse_idempoten
 use crate::id::{EnvironmentId, RunId};
 use crate::idempotency::{KEY_TTL_DEFAULT_SECS, MAX_KEY_LEN};
 use crate::machine::MachinePreset;
+use crate::nesting::{self, MAX_VALUE_DEPTH};
 use crate::run::{Packet, Run};
 use crate::status::RunStatus;
 
@@ -154,7 +155,7 @@ pub struct Ttl {
 
 /// Checks a task identifier taken from the path.
 pub fn validate_task_identifier(task: &str) -> Result<(), TriggerError> {
-    if task.is_empty() || task.len() > MAX_TASK_IDENTIFIER_LEN {
+    if task.is_empty() || task.chars().count() > MAX_TASK_IDENTIFIER_LEN {
         return Err(invalid(
             "taskIdentifier",
             format!("must be 1 to {MAX_TASK_IDENTIFIER_LEN} characters"),
@@ -305,6 +306,10 @@ fn payload_packet(
         ));
     }
     if data_type == Packet::JSON {
+        if let Some(value) = &payload {
+            nesting::check_value(value, MAX_VALUE_DEPTH)
+                .map_err(|e| invalid("payload", e.to_string()))?;
+        }
         return Ok(Packet {
             data: payload.map(|v| v.to_string()),
             data_type,
@@ -321,6 +326,10 @@ fn payload_packet(
             data_type,
         }),
         Some(Value::String(s)) => {
+            if data_type == Packet::SUPER_JSON {
+                nesting::check_text(s.as_bytes(), MAX_VALUE_DEPTH)
+                    .map_err(|e| invalid("payload", e.to_string()))?;
+            }
             if data_type == Packet::SUPER_JSON && serde_json::from_str::<Value>(&s).is_err() {
                 return Err(invalid(
                     "payload",
@@ -383,11 +392,19 @@ fn metadata_packet(
     metadata_type: Option<String>,
 ) -> Result<Option<Packet>, TriggerError> {
     let data_type = metadata_type.unwrap_or_else(|| Packet::JSON.to_owned());
+    let too_deep = |e: nesting::TooDeep| invalid("options.metadata", e.to_string());
     let data = match value {
         None | Some(Value::Null) => return Ok(None),
-        Some(object @ Value::Object(_)) => object.to_string(),
-        // The v4 SDK sends metadata already serialized, with its type alongside.
+        Some(object @ Value::Object(_)) => {
+            nesting::check_value(&object, MAX_VALUE_DEPTH).map_err(too_deep)?;
+            object.to_string()
+        }
+        // The v4 SDK sends metadata already serialized, with its type alongside; what is
+        // stored must parse again (a replay re-reads it), so its depth is checked first.
         Some(Value::String(text)) => {
+            if data_type == Packet::JSON || data_type == Packet::SUPER_JSON {
+                nesting::check_text(text.as_bytes(), MAX_VALUE_DEPTH).map_err(too_deep)?;
+            }
             if data_type == Packet::JSON
                 && !matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(_)))
             {
@@ -804,6 +821,54 @@ mod tests {
             field_of(validate(json!({"options": {"metadata": [1]}}))),
             "options.metadata"
         );
+    }
+
+    #[test]
+    fn payloads_and_metadata_nest_at_most_the_value_limit() {
+        /// `{"a":{"a":…1…}}`, `depth` objects deep.
+        fn deep(depth: usize) -> Value {
+            let text = "{\"a\":".repeat(depth) + "1" + &"}".repeat(depth);
+            serde_json::from_str(&text).unwrap()
+        }
+        let limit = MAX_VALUE_DEPTH;
+        let too_deep = format!(
+            "nested {} levels deep, more than the limit of {limit}",
+            limit + 1
+        );
+        let accepted = [
+            json!({"payload": deep(limit)}),
+            json!({"options": {"metadata": deep(limit)}}),
+            json!({"options": {"metadata": deep(limit).to_string()}}),
+        ];
+        for body in accepted {
+            assert!(validate(body.clone()).is_ok(), "{body}");
+        }
+        let refused = [
+            (json!({"payload": deep(limit + 1)}), "payload"),
+            (
+                json!({"payload": json!({"json": deep(limit)}).to_string(),
+                       "options": {"payloadType": "application/super+json"}}),
+                "payload",
+            ),
+            (
+                json!({"options": {"metadata": deep(limit + 1)}}),
+                "options.metadata",
+            ),
+            (
+                json!({"options": {"metadata": deep(limit + 1).to_string()}}),
+                "options.metadata",
+            ),
+        ];
+        for (body, field) in refused {
+            assert_eq!(
+                validate(body.clone()),
+                Err(TriggerError::Invalid {
+                    field,
+                    message: too_deep.clone()
+                }),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -31,19 +31,26 @@ pub const MAX_BATCH: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDefinition {
-    /// The task identifier runs are triggered with.
+    /// The task identifier runs are triggered with (unique within a registration).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub id: String,
-    /// The queue; `task/<id>` when absent.
+    /// The queue; `task/<id>` when absent (which must then be a valid queue name too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_/-]{1,128}$"))]
     pub queue: Option<String>,
     /// Retry policy; the library defaults (3 attempts, 1 s → 60 s, ×2) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
-    /// Seconds of compute per attempt before it times out.
+    /// Seconds of compute per attempt before it times out (less than 5 counts as 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 2_147_483_647))]
     pub max_duration: Option<u32>,
     /// Machine preset name (`small-1x` when absent); it prices the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(micro|small-1x|small-2x|medium-1x|medium-2x|large-1x|large-2x)$")
+    )]
     pub machine: Option<String>,
 }
 
@@ -66,11 +73,14 @@ impl TaskDefinition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueDefinition {
-    /// A custom name, or `task/<taskId>` for a task's own queue.
+    /// A custom name, or `task/<taskId>` for a task's own queue (unique within a
+    /// registration).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_/-]{1,128}$"))]
     pub name: String,
     /// Runs of the queue held by workers at once (0..=100000); absent or null: no limit.
     /// Each concurrency key gets its own copy of the limit.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
     pub concurrency_limit: Option<u32>,
 }
 
@@ -82,11 +92,18 @@ pub const MAX_QUEUE_CONCURRENCY: u32 = 100_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
-    /// A name for operators (host name, process name).
+    /// A name for operators (host name, process name): 1 to 256 characters, not all
+    /// whitespace (stored trimmed).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "\\S")
+    )]
     pub name: String,
     /// The version this worker serves; the server assigns `YYYYMMDD.N` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
     pub version: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub tasks: Vec<TaskDefinition>,
     /// Queues with a concurrency limit; optional.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,8 +128,10 @@ pub struct RegisterResponse {
 #[serde(rename_all = "camelCase")]
 pub struct DequeueRequest {
     /// At most this many runs (1..=100).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_runs: u32,
-    /// Long-poll time when nothing is queued (0..=30000); 0 answers at once.
+    /// Long-poll time when nothing is queued, in ms; 0 answers at once, more than 30000
+    /// waits 30000.
     #[serde(default)]
     pub wait_ms: u64,
 }
@@ -154,6 +173,7 @@ pub struct DequeuedRun {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartRequest {
+    #[cfg_attr(feature = "openapi", schema(max_items = 10_000))]
     pub attempt_ids: Vec<String>,
 }
 
@@ -173,7 +193,9 @@ pub struct StartResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatRequest {
+    #[cfg_attr(feature = "openapi", schema(max_items = 10_000))]
     pub attempt_ids: Vec<String>,
+    /// Long-poll time in ms; more than 30000 waits 30000.
     #[serde(default)]
     pub wait_ms: u64,
 }
@@ -270,7 +292,8 @@ impl TaskFailure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "outcome")]
 pub enum AttemptOutcome {
-    /// The task succeeded; `output` is its JSON result (`null` for none).
+    /// The task succeeded; `output` is its JSON result (`null` for none), nested at most
+    /// 64 levels.
     Success {
         #[serde(default)]
         output: Value,
@@ -294,6 +317,7 @@ pub struct AttemptCompletion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteRequest {
+    #[cfg_attr(feature = "openapi", schema(max_items = 10_000))]
     pub completions: Vec<AttemptCompletion>,
 }
 

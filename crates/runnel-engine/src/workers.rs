@@ -16,9 +16,11 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use runnel_core::cost::Pricing;
+use runnel_core::nesting;
 use runnel_core::retry::RetryPolicy;
 use runnel_core::run::{AttemptStatus, Packet};
 use runnel_core::tenancy::Environment;
+use runnel_core::trigger::MAX_DURATION_MAX_SECS;
 use runnel_core::view::iso;
 use runnel_core::worker::{
     self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
@@ -133,9 +135,12 @@ impl Engine {
         request: RegisterRequest,
     ) -> Result<RegisterResponse, Error> {
         let invalid = |m: String| Error::Worker(WorkerError::Invalid(m));
+        // Characters, not bytes, as the OpenAPI document's `maxLength` counts them.
         let name = request.name.trim();
-        if name.is_empty() || name.len() > 256 {
-            return Err(invalid("name: must be 1 to 256 characters".into()));
+        if name.is_empty() || request.name.chars().count() > 256 {
+            return Err(invalid(
+                "name: must be 1 to 256 characters, not all whitespace".into(),
+            ));
         }
         if let Some(version) = &request.version {
             if !worker::is_valid_version(version) {
@@ -153,7 +158,7 @@ impl Engine {
         let mut tasks = Vec::with_capacity(request.tasks.len());
         for (i, task) in request.tasks.iter().enumerate() {
             let field = |f: &str| format!("tasks[{i}].{f}");
-            if task.id.is_empty() || task.id.len() > 128 {
+            if task.id.is_empty() || task.id.chars().count() > 128 {
                 return Err(invalid(format!(
                     "{}: must be 1 to 128 characters",
                     field("id")
@@ -164,6 +169,15 @@ impl Engine {
                     "{}: {:?} is listed twice",
                     field("id"),
                     task.id
+                )));
+            }
+            if task
+                .max_duration
+                .is_some_and(|secs| secs > MAX_DURATION_MAX_SECS)
+            {
+                return Err(invalid(format!(
+                    "{}: must be at most {MAX_DURATION_MAX_SECS}",
+                    field("maxDuration")
                 )));
             }
             if let Some(retry) = &task.retry {
@@ -368,6 +382,16 @@ impl Engine {
     ) -> Result<Vec<CompletionResult>, Error> {
         let ids: Vec<String> = completions.iter().map(|c| c.attempt_id.clone()).collect();
         check_batch(&ids)?;
+        // Stored outputs are handed out again (retrieve, result): they must parse again.
+        for (i, completion) in completions.iter().enumerate() {
+            if let AttemptOutcome::Success { output } = &completion.outcome {
+                nesting::check_value(output, nesting::MAX_VALUE_DEPTH).map_err(|e| {
+                    Error::Worker(WorkerError::Invalid(format!(
+                        "completions[{i}].output: {e}"
+                    )))
+                })?;
+            }
+        }
         let record = self.worker(environment, worker_id).await?;
         let held = self.store.attempts_held(&ids).await?;
         let now = self.clock.now();

@@ -104,6 +104,7 @@ fn object_body(
             message(StatusCode::BAD_REQUEST, r.body_text())
         }
     })?;
+    crate::runs::check_body_depth(&bytes)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Failure::Issues(vec![issue(&[], "Expected object")])),

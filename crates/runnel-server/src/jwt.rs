@@ -40,6 +40,10 @@ pub const AUDIENCE: &str = "https://api.trigger.dev";
 /// Lifetime of the tokens the server mints on its own (trigger response), and the default
 /// of `POST /api/v1/auth/jwt`.
 pub const TOKEN_TTL_SECS_DEFAULT: i64 = 3600;
+/// The longest lifetime `POST /api/v1/auth/jwt` grants (30 days). A public token is a
+/// bearer credential that cannot be revoked on its own (only with the key that signed
+/// it), so its lifetime is bounded rather than left to the caller.
+pub const TOKEN_TTL_SECS_MAX: i64 = 30 * 86_400;
 
 const EXPIRED: &str = "Public Access Token has expired. See https://trigger.dev/docs/frontend/overview#authentication for more information.";
 const INVALID: &str = "Public Access Token is invalid. See https://trigger.dev/docs/frontend/overview#authentication for more information.";
@@ -265,26 +269,34 @@ struct RequestedClaims {
 }
 
 /// Reads `expirationTime`: a number is an absolute unix time in seconds, a string a
-/// duration from now (`15m`, `1h`, `2d`); absent means one hour.
+/// duration from now (`15m`, `1h`, `2d`); absent means one hour. Either must end in the
+/// future and at most [`TOKEN_TTL_SECS_MAX`] from now.
 fn expires_at(expiration: Option<&Value>, now: DateTime<Utc>) -> Result<i64, ApiError> {
     let invalid = || {
         ApiError::BadRequest(
             "expirationTime: must be a unix time in seconds or a duration like \"1h\"".to_owned(),
         )
     };
-    match expiration {
-        None | Some(Value::Null) => Ok(now.timestamp() + TOKEN_TTL_SECS_DEFAULT),
+    let now = now.timestamp();
+    let at = match expiration {
+        None | Some(Value::Null) => return Ok(now + TOKEN_TTL_SECS_DEFAULT),
         Some(Value::Number(n)) => n
             .as_i64()
+            // Saturates: 1e308 becomes i64::MAX, refused below as too far.
             .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .filter(|at| *at > now.timestamp())
-            .ok_or_else(invalid),
+            .filter(|at| *at > now)
+            .ok_or_else(invalid)?,
         Some(Value::String(s)) => parse_duration_secs(s)
-            .and_then(|secs| i64::try_from(secs).ok())
-            .and_then(|secs| now.timestamp().checked_add(secs))
-            .ok_or_else(invalid),
-        Some(_) => Err(invalid()),
+            .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)))
+            .ok_or_else(invalid)?,
+        Some(_) => return Err(invalid()),
+    };
+    if at - now > TOKEN_TTL_SECS_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "expirationTime: must be at most {TOKEN_TTL_SECS_MAX} seconds (30 days) from now"
+        )));
     }
+    Ok(at)
 }
 
 /// `POST /api/v1/auth/jwt`: mints a token with the requested scopes.
@@ -471,6 +483,28 @@ mod tests {
         assert_eq!(expires_at(Some(&json!(t + 10)), now()).unwrap(), t + 10);
         for bad in [json!("soon"), json!(t - 10), json!(true)] {
             assert!(expires_at(Some(&bad), now()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lifetimes_are_capped() {
+        let t = now().timestamp();
+        let max = t + TOKEN_TTL_SECS_MAX;
+        assert_eq!(expires_at(Some(&json!(max)), now()).unwrap(), max);
+        assert_eq!(expires_at(Some(&json!("30d")), now()).unwrap(), max);
+        for too_far in [
+            json!(max + 1),
+            json!(1e308),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!("31d"),
+        ] {
+            let refused = expires_at(Some(&too_far), now()).unwrap_err().to_string();
+            assert_eq!(
+                refused,
+                format!("expirationTime: must be at most {TOKEN_TTL_SECS_MAX} seconds (30 days) from now"),
+                "{too_far}"
+            );
         }
     }
 }

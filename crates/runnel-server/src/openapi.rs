@@ -21,6 +21,18 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// The 401 answered before routing when an `/api` request has no `Authorization`
+/// header (as upstream's middleware does).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    pub title: String,
+    pub status: u16,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub detail: String,
+    pub error: String,
+}
+
 /// The answer to a cancel.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunIdBody {
@@ -31,7 +43,7 @@ pub struct RunIdBody {
 #[openapi(
     info(
         title = "Runnel worker protocol",
-        description = "How workers register, lease runs, heartbeat and report attempts. See docs/worker-protocol.md.",
+        description = "How workers register, lease runs, heartbeat and report attempts. See docs/worker-protocol.md. Every bound the server enforces on these bodies is stated here, except the rules JSON Schema cannot say: task ids and queue names unique within a registration, a task without `queue` needs an id that makes a valid `task/<id>` queue name, `retry.minTimeoutInMs` at most `retry.maxTimeoutInMs`, a body nested at most 100 levels and an `output` at most 64 (docs/api.md, Nesting limits).",
     ),
     paths(
         crate::workers::register,
@@ -46,7 +58,7 @@ pub struct RunIdBody {
         DequeueRequest, DequeueResponse, DequeuedRun,
         StartRequest, StartResponse, HeartbeatRequest, HeartbeatResponse,
         CompleteRequest, CompleteResponse, CompletionResult, AttemptCompletion, AttemptOutcome,
-        TaskFailure, FailureKind, ErrorBody, RunIdBody,
+        TaskFailure, FailureKind, ErrorBody, ProblemBody, RunIdBody,
     )),
     modifiers(&SecretKeyAuth),
     security(("secret_key" = [])),
@@ -87,6 +99,7 @@ pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The committed copy is the generated document. To refresh it after changing the
     /// protocol: `RUNNEL_WRITE_OPENAPI=1 cargo test -p runnel-server openapi`.
@@ -116,6 +129,30 @@ mod tests {
             "/api/v2/runs/{runId}/cancel",
         ] {
             assert!(doc["paths"][path]["post"].is_object(), "{path} missing");
+        }
+        // Bounds the server enforces, and the 401 every call may answer.
+        let schemas = &doc["components"]["schemas"];
+        let max_runs = &schemas["DequeueRequest"]["properties"]["maxRuns"];
+        assert_eq!(
+            (&max_runs["minimum"], &max_runs["maximum"]),
+            (&json!(1), &json!(100))
+        );
+        let name = &schemas["RegisterRequest"]["properties"]["name"];
+        assert_eq!(
+            (&name["minLength"], &name["maxLength"]),
+            (&json!(1), &json!(256))
+        );
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let post = &item["post"];
+            let unauthorized = &post["responses"]["401"]["content"];
+            assert!(
+                unauthorized["application/problem+json"].is_object()
+                    && unauthorized["application/json"].is_object(),
+                "{path}: 401 responses"
+            );
+            if post["requestBody"].is_object() {
+                assert!(post["responses"]["400"].is_object(), "{path}: 400 response");
+            }
         }
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
         assert_eq!(

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use runnel_core::nesting::{self, MAX_BODY_DEPTH};
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 use runnel_core::view::RetrieveRunResponse;
 use runnel_core::RunId;
@@ -37,8 +38,8 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Parses a JSON object body: too large → 413, not JSON → 400 `Invalid JSON`, not an
-/// object → 400; then the typed shape, with a 400 naming the failing field
+/// Parses a JSON object body: too large → 413, nested deeper than [`MAX_BODY_DEPTH`] →
+/// 400, not JSON → 400 `Invalid JSON`, not an object → 400; then the typed shape, with a 400 naming the failing field
 /// (`options.maxAttempts: invalid type: …`).
 ///
 /// `objects` names nested fields (dotted paths) that must be objects when present: serde's
@@ -59,6 +60,7 @@ pub(crate) fn json_body<T: DeserializeOwned>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("Request body is empty".to_owned()));
     }
+    check_body_depth(&bytes)?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|_| ApiError::BadRequest("Invalid JSON".to_owned()))?;
     if !value.is_object() {
@@ -79,6 +81,13 @@ pub(crate) fn json_body<T: DeserializeOwned>(
         let inner = e.into_inner().to_string();
         ApiError::BadRequest(format!("{path}: {inner}"))
     })
+}
+
+/// Refuses a body nested deeper than [`MAX_BODY_DEPTH`], measured on the bytes before
+/// the (recursive) parser sees them.
+pub(crate) fn check_body_depth(bytes: &[u8]) -> Result<(), ApiError> {
+    nesting::check_text(bytes, MAX_BODY_DEPTH)
+        .map_err(|e| ApiError::BadRequest(format!("body: {e}")))
 }
 
 #[derive(Debug, Serialize)]
@@ -166,7 +175,7 @@ struct RunIdResponse {
 /// heartbeat); a run that already ended is left alone and answers the same.
 #[utoipa::path(post, path = "/api/v2/runs/{runId}/cancel", tag = "runs",
     params(("runId" = String, Path, description = "`run_…`")),
-    responses((status = 200, body = crate::openapi::RunIdBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = crate::openapi::RunIdBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "No such run in the key's environment", body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,

@@ -20,7 +20,7 @@ use crate::{ApiError, AppState};
 /// Registers a worker and the tasks it serves.
 #[utoipa::path(post, path = "/api/v1/workers/register", tag = "workers",
     request_body = RegisterRequest,
-    responses((status = 200, body = RegisterResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = RegisterResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json")))))]
 pub async fn register(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -36,7 +36,7 @@ pub async fn register(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/dequeue", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = DequeueRequest,
-    responses((status = 200, body = DequeueResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = DequeueResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
 pub async fn dequeue(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -55,7 +55,7 @@ pub async fn dequeue(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/start", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = StartRequest,
-    responses((status = 200, body = StartResponse), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = StartResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -74,7 +74,7 @@ pub async fn start(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/heartbeat", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = HeartbeatRequest,
-    responses((status = 200, body = HeartbeatResponse), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = HeartbeatResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -98,7 +98,7 @@ pub async fn heartbeat(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/complete", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = CompleteRequest,
-    responses((status = 200, body = CompleteResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = CompleteResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
