@@ -254,46 +254,66 @@ async fn trigger_bodies_payloads_and_metadata_past_their_limits_are_refused() {
     healthy(server).await;
 }
 
+/// An output nested past the limit fails its own attempt (it could not be served again);
+/// the other completion of the same report still counts.
 #[tokio::test]
-async fn outputs_past_the_depth_limit_are_refused() {
+async fn an_output_past_the_depth_limit_fails_its_attempt_alone() {
     let app = TestApp::start();
     let (server, key) = (&app.server, app.dev_key.as_str());
     let worker = server.register_worker(key, &["t"]).await;
-    let run = server.trigger_new(key, "t", &json!({"payload": 1})).await;
-    let (_, attempt) = server.dequeue_one(key, &worker).await;
+    let once = json!({"payload": 1, "options": {"maxAttempts": 1}});
+    let too_deep_run = server.trigger_new(key, "t", &once).await;
+    let fine_run = server.trigger_new(key, "t", &once).await;
+    let mut attempts = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (run, attempt) = server.dequeue_one(key, &worker).await;
+        attempts.insert(run, attempt);
+    }
+    let (deep_attempt, fine_attempt) = (&attempts[&too_deep_run], &attempts[&fine_run]);
     let started = server
-        .worker_call(key, &worker, "start", &json!({"attemptIds": [attempt]}))
+        .worker_call(
+            key,
+            &worker,
+            "start",
+            &json!({"attemptIds": [deep_attempt, fine_attempt]}),
+        )
         .await;
     assert_eq!(started.status, StatusCode::OK, "{started:?}");
-    let complete = |output: Value| json!({"completions": [{"attemptId": attempt, "outcome": "success", "output": output}]});
 
-    server
+    let completed = server
         .worker_call(
             key,
             &worker,
             "complete",
-            &complete(deep(MAX_VALUE_DEPTH + 1)),
+            &json!({"completions": [
+                {"attemptId": deep_attempt, "outcome": "success", "output": deep(MAX_VALUE_DEPTH + 1)},
+                {"attemptId": fine_attempt, "outcome": "success", "output": deep(MAX_VALUE_DEPTH)},
+            ]}),
         )
-        .await
-        .assert_error(
-            StatusCode::BAD_REQUEST,
-            &too_deep(
-                "completions[0].output",
-                MAX_VALUE_DEPTH + 1,
-                MAX_VALUE_DEPTH,
-            ),
-        );
-    assert_eq!(server.run(key, &run).await["status"], "EXECUTING");
-
-    let accepted = server
-        .worker_call(key, &worker, "complete", &complete(deep(MAX_VALUE_DEPTH)))
         .await;
+    assert_eq!(completed.status, StatusCode::OK, "{completed:?}");
     assert_eq!(
-        accepted.body["results"][0]["accepted"],
-        json!(true),
-        "{accepted:?}"
+        completed.body["results"],
+        json!([
+            {"attemptId": deep_attempt, "accepted": true, "runStatus": "FAILED"},
+            {"attemptId": fine_attempt, "accepted": true, "runStatus": "COMPLETED"},
+        ]),
+        "{completed:?}"
     );
-    assert_eq!(server.run(key, &run).await["output"], deep(MAX_VALUE_DEPTH));
+    let failed = server.run(key, &too_deep_run).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(
+        failed["error"]["message"],
+        json!(format!(
+            "output: {}",
+            too_deep("x", MAX_VALUE_DEPTH + 1, MAX_VALUE_DEPTH).trim_start_matches("x: ")
+        )),
+        "{failed}"
+    );
+    assert!(failed.get("output").is_none_or(Value::is_null), "{failed}");
+    let fine = server.run(key, &fine_run).await;
+    assert_eq!(fine["status"], "COMPLETED", "{fine}");
+    assert_eq!(fine["output"], deep(MAX_VALUE_DEPTH));
 }
 
 #[tokio::test]

@@ -382,16 +382,8 @@ impl Engine {
     ) -> Result<Vec<CompletionResult>, Error> {
         let ids: Vec<String> = completions.iter().map(|c| c.attempt_id.clone()).collect();
         check_batch(&ids)?;
-        // Stored outputs are handed out again (retrieve, result): they must parse again.
-        for (i, completion) in completions.iter().enumerate() {
-            if let AttemptOutcome::Success { output } = &completion.outcome {
-                nesting::check_value(output, nesting::MAX_VALUE_DEPTH).map_err(|e| {
-                    Error::Worker(WorkerError::Invalid(format!(
-                        "completions[{i}].output: {e}"
-                    )))
-                })?;
-            }
-        }
+        let completions: Vec<AttemptCompletion> =
+            completions.into_iter().map(storable_outcome).collect();
         let record = self.worker(environment, worker_id).await?;
         let held = self.store.attempts_held(&ids).await?;
         let now = self.clock.now();
@@ -714,5 +706,26 @@ fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
         is_test: run.is_test,
         tags: run.tags,
         lease_expires_at: run.lease_expires_at.map(iso).unwrap_or_default(),
+    }
+}
+
+/// A success whose output could not be handed out again fails its attempt instead.
+///
+/// Stored outputs are served again (retrieve, result) and must parse again, so they nest
+/// at most [`nesting::MAX_VALUE_DEPTH`] levels. One such output fails only its own
+/// attempt (as the task's failure, retried by its policy): refusing the whole report
+/// would drop the other attempts a worker reported with it.
+fn storable_outcome(completion: AttemptCompletion) -> AttemptCompletion {
+    let AttemptOutcome::Success { output } = &completion.outcome else {
+        return completion;
+    };
+    match nesting::check_value(output, nesting::MAX_VALUE_DEPTH) {
+        Ok(()) => completion,
+        Err(too_deep) => AttemptCompletion {
+            attempt_id: completion.attempt_id,
+            outcome: AttemptOutcome::Failure {
+                error: TaskFailure::new(FailureKind::TaskFailed, format!("output: {too_deep}")),
+            },
+        },
     }
 }
