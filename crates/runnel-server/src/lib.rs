@@ -17,6 +17,7 @@ use runnel_engine::Engine;
 use tokio::net::TcpListener;
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod openapi;
 mod runs;
@@ -137,13 +138,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
-/// finish before returning.
+/// finish before returning; every connection is served under `limits`
+/// ([`connections`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: connections::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    connections::serve(listener, router(state), limits, shutdown).await
 }
