@@ -164,7 +164,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = Registry::admit(&registry) else {
+        let Some(slot) = Registry::admit(&registry).await else {
             // Dropping the stream closes it: refused fast, the loop goes on.
             continue;
         };
@@ -199,6 +199,8 @@ fn is_peer_error(error: &std::io::Error) -> bool {
 struct Registry {
     cap: usize,
     state: Mutex<RegistryState>,
+    /// An evicted connection closed.
+    eviction_done: Notify,
     /// When the cap was last reported, so a flood logs one line per interval.
     last_report: Mutex<Option<Instant>>,
 }
@@ -219,21 +221,36 @@ impl Registry {
         Registry {
             cap: cap.max(1),
             state: Mutex::new(RegistryState::default()),
+            eviction_done: Notify::new(),
             last_report: Mutex::new(None),
         }
     }
 
     /// A place for a new connection: free, or freed by evicting the oldest idle
     /// connection; `None` when the new one must be closed.
-    fn admit(registry: &Arc<Registry>) -> Option<Slot> {
+    async fn admit(registry: &Arc<Registry>) -> Option<Slot> {
+        loop {
+            match Registry::try_admit(registry) {
+                Admission::Open(slot) => return Some(slot),
+                Admission::Refused => return None,
+                // A burst of arrivals outran the evicted connections' tasks: wait for
+                // one to close rather than refuse a connection there is room for.
+                Admission::Wait => registry.eviction_done.notified().await,
+            }
+        }
+    }
+
+    fn try_admit(registry: &Arc<Registry>) -> Admission {
         let mut state = registry.state.lock().expect("connection registry lock");
         if state.open.len() >= registry.cap {
-            let victim = (state.evicting < EVICTIONS_IN_FLIGHT_MAX)
-                .then(|| state.open.values().find(|a| a.is_evictable()).cloned())
-                .flatten();
-            let evicted = victim.is_some();
-            registry.report_cap(state.open.len(), evicted);
-            let victim = victim?;
+            let victim = state.open.values().find(|a| a.is_evictable()).cloned();
+            registry.report_cap(state.open.len(), victim.is_some());
+            let Some(victim) = victim else {
+                return Admission::Refused;
+            };
+            if state.evicting >= EVICTIONS_IN_FLIGHT_MAX {
+                return Admission::Wait;
+            }
             victim.evict();
             state.evicting += 1;
         }
@@ -241,7 +258,7 @@ impl Registry {
         state.next_id += 1;
         let activity = Arc::new(Activity::new());
         state.open.insert(id, activity.clone());
-        Some(Slot {
+        Admission::Open(Slot {
             registry: registry.clone(),
             id,
             activity,
@@ -262,6 +279,16 @@ impl Registry {
     }
 }
 
+/// What [`Registry::try_admit`] decided.
+#[derive(Debug)]
+enum Admission {
+    Open(Slot),
+    /// At the cap with every connection busy.
+    Refused,
+    /// At the cap with [`EVICTIONS_IN_FLIGHT_MAX`] evicted connections still closing.
+    Wait,
+}
+
 /// A connection's place in the [`Registry`], given back when dropped.
 #[derive(Debug)]
 struct Slot {
@@ -276,6 +303,7 @@ impl Drop for Slot {
         if let Some(activity) = state.open.remove(&self.id) {
             if activity.state().evicted {
                 state.evicting -= 1;
+                self.registry.eviction_done.notify_one();
             }
         }
     }
@@ -553,21 +581,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn at_the_cap_the_oldest_idle_connection_makes_room_and_busy_ones_never_do() {
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_makes_room_and_busy_ones_never_do() {
         let registry = Arc::new(Registry::new(2));
-        let first = Registry::admit(&registry).unwrap();
-        let second = Registry::admit(&registry).unwrap();
+        let admit = || match Registry::try_admit(&registry) {
+            Admission::Open(slot) => Some(slot),
+            Admission::Refused => None,
+            Admission::Wait => panic!("no eviction is pending"),
+        };
+        let first = admit().unwrap();
+        let second = admit().unwrap();
         let _busy = first.activity.request_started();
         // The first is busy: the second, idle, is evicted for the third.
-        let third = Registry::admit(&registry).unwrap();
+        let third = admit().unwrap();
         assert!(second.activity.state().evicted);
         assert!(!first.activity.state().evicted);
         let _busy_third = third.activity.request_started();
         // Every connection left is busy (the evicted one is closing): refused.
-        assert!(Registry::admit(&registry).is_none());
+        assert!(admit().is_none());
         drop(second);
-        assert!(Registry::admit(&registry).is_none());
+        assert!(admit().is_none());
         let state = registry.state.lock().unwrap();
         assert_eq!((state.open.len(), state.evicting), (2, 0));
     }
