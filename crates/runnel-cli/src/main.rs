@@ -92,6 +92,10 @@ struct ServeArgs {
     /// bucket of 750 requests refilled by 250 every 10 s; limits are per node). Off when unset.
     #[arg(long, env = "RUNNEL_RATE_LIMIT", value_name = "MAX/REFILL/INTERVAL")]
     rate_limit: Option<runnel_server::rate_limit::RateLimit>,
+    /// Batch item uploads (`POST /api/v3/batches/{id}/items`) one environment may have in
+    /// progress at once; more answer 429.
+    #[arg(long, env = "RUNNEL_BATCH_UPLOADS_PER_ENVIRONMENT", value_name = "N", default_value_t = runnel_server::batches::BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_uploads_per_environment: u32,
     #[command(flatten)]
     connections: ConnectionArgs,
 }
@@ -467,6 +471,9 @@ impl RunningServer {
                 rate_limiter: args
                     .rate_limit
                     .map(runnel_server::rate_limit::RateLimiter::new),
+                batch_uploads: runnel_server::batches::BatchUploads::new(
+                    args.batch_uploads_per_environment as usize,
+                ),
             },
             limits,
             async move {

@@ -30,7 +30,7 @@ mod list;
 mod actions;
 
 // [batches]
-mod batches;
+pub mod batches;
 
 // [queues]
 mod queues;
@@ -50,6 +50,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Per-environment API rate limit; `None` (the default) turns it off.
     pub rate_limiter: Option<rate_limit::RateLimiter>,
+    /// Batch item uploads in progress, per environment, under their ceiling.
+    pub batch_uploads: batches::BatchUploads,
 }
 
 /// The whole HTTP application.
@@ -102,10 +104,8 @@ pub fn router(state: AppState) -> Router {
                 runnel_core::batch::MAX_CREATE_BODY_BYTES,
             )),
         )
-        .route(
-            "/api/v3/batches/{batch_id}/items",
-            post(batches::items).layer(DefaultBodyLimit::max(batches::MAX_ITEMS_BODY_BYTES)),
-        )
+        // Reads its body as a stream and counts it against its own limit.
+        .route("/api/v3/batches/{batch_id}/items", post(batches::items))
         .route(
             "/api/v1/tasks/batch",
             post(batches::one_shot).layer(DefaultBodyLimit::max(batches::MAX_ONE_SHOT_BODY_BYTES)),
