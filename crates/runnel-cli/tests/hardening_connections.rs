@@ -269,3 +269,84 @@ async fn at_the_cap_busy_connections_stay_and_a_new_one_is_closed_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(busy.iter().all(|stream| !is_closed(stream)));
 }
+
+/// A `VmHWM`/`VmRSS`-style line of `/proc/<pid>/status`, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_sixty_megabyte_batch_uploads_stay_under_300_mib() {
+    const UPLOADS: usize = 16;
+    const ITEMS: usize = 1000;
+    const PAYLOAD_BYTES: usize = 60_000;
+    let app = TestApp::start();
+    let payload = "x".repeat(PAYLOAD_BYTES);
+    let body: String = (0..ITEMS)
+        .map(|index| {
+            format!("{{\"index\":{index},\"task\":\"big\",\"payload\":{{\"blob\":\"{payload}\"}}}}\n")
+        })
+        .collect();
+    // Shared by every upload without a copy.
+    let body: &'static [u8] = Box::leak(body.into_bytes().into_boxed_slice());
+    assert!(body.len() > 60_000_000, "{} bytes", body.len());
+
+    let mut batches = Vec::new();
+    for _ in 0..UPLOADS {
+        let created = common::send(
+            app.server
+                .request(Method::POST, "/api/v3/batches")
+                .bearer_auth(&app.dev_key)
+                .json(&serde_json::json!({"runCount": ITEMS})),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::ACCEPTED, "{created:?}");
+        batches.push(created.body["id"].as_str().unwrap().to_owned());
+    }
+    let pid = app.server.pid();
+    let before = memory_kib(pid, "VmRSS");
+    let started = Instant::now();
+    let uploads: Vec<_> = batches
+        .iter()
+        .map(|id| {
+            tokio::spawn(common::send(
+                app.server
+                    .request(Method::POST, &format!("/api/v3/batches/{id}/items"))
+                    .bearer_auth(&app.dev_key)
+                    .header("content-type", "application/x-ndjson")
+                    .timeout(Duration::from_secs(300))
+                    .body(body),
+            ))
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for upload in uploads {
+        replies.push(upload.await.expect("upload task"));
+    }
+    let took = started.elapsed();
+    for (id, reply) in batches.iter().zip(&replies) {
+        assert_eq!(
+            (reply.status, &reply.body),
+            (
+                StatusCode::OK,
+                &serde_json::json!({"id": id, "itemsAccepted": ITEMS, "itemsDeduplicated": 0, "sealed": true})
+            ),
+        );
+    }
+    let peak = memory_kib(pid, "VmHWM");
+    let after = memory_kib(pid, "VmRSS");
+    eprintln!(
+        "{UPLOADS} concurrent uploads of {} bytes in {took:?}: RSS {} MiB before, peak {} MiB, {} MiB after",
+        body.len(),
+        before / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert!(peak < 300 * 1024, "peak RSS {} MiB", peak / 1024);
+}
