@@ -140,10 +140,14 @@ async fn idle_connections_beyond_the_file_limit_leave_the_server_reachable() {
 
     // The server closed the connections it had no room for and holds fewer descriptors
     // than it may open.
-    let closed = eventually("the connections above the cap closed", CLOSE_DEADLINE, || {
-        let closed = idle.iter().filter(|stream| is_closed(stream)).count();
-        async move { (closed >= IDLE - cap).then_some(closed) }
-    })
+    let closed = eventually(
+        "the connections above the cap closed",
+        CLOSE_DEADLINE,
+        || {
+            let closed = idle.iter().filter(|stream| is_closed(stream)).count();
+            async move { (closed >= IDLE - cap).then_some(closed) }
+        },
+    )
     .await;
     let descriptors = open_descriptors(server.pid());
     assert!(
@@ -266,7 +270,11 @@ async fn at_the_cap_busy_connections_stay_and_a_new_one_is_closed_at_once() {
     let mut extra = TcpStream::connect(addr).await.unwrap();
     let answer = read_until_closed(&mut extra, "a connection past the cap").await;
     assert_eq!(answer, "");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(busy.iter().all(|stream| !is_closed(stream)));
 }
 
@@ -290,7 +298,9 @@ async fn sixteen_concurrent_sixty_megabyte_batch_uploads_stay_under_300_mib() {
     let payload = "x".repeat(PAYLOAD_BYTES);
     let body: String = (0..ITEMS)
         .map(|index| {
-            format!("{{\"index\":{index},\"task\":\"big\",\"payload\":{{\"blob\":\"{payload}\"}}}}\n")
+            format!(
+                "{{\"index\":{index},\"task\":\"big\",\"payload\":{{\"blob\":\"{payload}\"}}}}\n"
+            )
         })
         .collect();
     // Shared by every upload without a copy.
@@ -349,4 +359,68 @@ async fn sixteen_concurrent_sixty_megabyte_batch_uploads_stay_under_300_mib() {
         after / 1024
     );
     assert!(peak < 300 * 1024, "peak RSS {} MiB", peak / 1024);
+}
+
+#[tokio::test]
+async fn batch_uploads_past_the_environment_ceiling_answer_429() {
+    let app = TestApp::start_with(&["--batch-uploads-per-environment", "1"]);
+    let mut batches = Vec::new();
+    for _ in 0..2 {
+        let created = common::send(
+            app.server
+                .request(Method::POST, "/api/v3/batches")
+                .bearer_auth(&app.dev_key)
+                .json(&serde_json::json!({"runCount": 1})),
+        )
+        .await;
+        batches.push(created.body["id"].as_str().unwrap().to_owned());
+    }
+    // One upload in progress: its handler reads a body that has not come yet (hyper says
+    // `100 Continue` when it starts reading).
+    let mut held = TcpStream::connect(address(&app.server)).await.unwrap();
+    let head = format!(
+        "POST /api/v3/batches/{}/items HTTP/1.1\r\nHost: runnel\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+        batches[0], app.dev_key
+    );
+    held.write_all(head.as_bytes()).await.unwrap();
+    let mut buffer = [0u8; 256];
+    let n = tokio::time::timeout(CLOSE_DEADLINE, held.read(&mut buffer))
+        .await
+        .expect("100 Continue")
+        .unwrap();
+    assert!(buffer[..n].starts_with(b"HTTP/1.1 100 Continue"));
+
+    let upload = || {
+        common::send(
+            app.server
+                .request(
+                    Method::POST,
+                    &format!("/api/v3/batches/{}/items", batches[1]),
+                )
+                .bearer_auth(&app.dev_key)
+                .header("content-type", "application/x-ndjson")
+                .body("{\"index\":0,\"task\":\"t\"}\n"),
+        )
+    };
+    let refused = upload().await;
+    assert_eq!(
+        (refused.status, &refused.body),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            &serde_json::json!({"error": "Too many batch item uploads in progress for this environment (limit 1)"})
+        )
+    );
+    // The held upload ends with its connection; the place is free again.
+    drop(held);
+    let accepted = eventually(
+        "the upload's place to be given back",
+        CLOSE_DEADLINE,
+        || async {
+            let reply = upload().await;
+            (reply.status == StatusCode::OK).then_some(reply)
+        },
+    )
+    .await;
+    assert_eq!(accepted.body["itemsAccepted"], 1, "{accepted:?}");
 }

@@ -474,7 +474,8 @@ mod tests {
 
     #[test]
     fn item_lines_split_anywhere_parse_as_the_whole_body() {
-        let body = b"{\"index\":1,\"task\":\"a\"}\n  \n{\"index\":0,\"task\":\"b\",\"payload\":\"x\\ny\"}";
+        let body =
+            b"{\"index\":1,\"task\":\"a\"}\n  \n{\"index\":0,\"task\":\"b\",\"payload\":\"x\\ny\"}";
         for piece in 1..body.len() {
             let mut items = Vec::new();
             let mut lines = ItemLines::new(2);

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use runnel_core::batch::{
-    parse_item_lines, BatchItemLine, BatchItemRecord, BatchRecord, BatchRequestError, CreateBatchRequest,
-    OneShotBatchRequest, MAX_ONE_SHOT_ITEMS,
+    parse_item_lines, BatchItemLine, BatchItemRecord, BatchRecord, BatchRequestError,
+    CreateBatchRequest, OneShotBatchRequest, MAX_ONE_SHOT_ITEMS,
 };
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
@@ -235,9 +235,7 @@ impl Engine {
             .await?;
         let (outcomes, batch) = match outcome {
             BatchItemsOutcome::Applied { items, batch } => (items, batch),
-            BatchItemsOutcome::NotFound => {
-                return Err(BatchError::NotFound(batch_id.to_string()))
-            }
+            BatchItemsOutcome::NotFound => return Err(BatchError::NotFound(batch_id.to_string())),
             BatchItemsOutcome::Sealed(batch) if upload.latest.is_some() => {
                 upload.items_deduplicated += items.len() as u32;
                 upload.latest = Some(batch);

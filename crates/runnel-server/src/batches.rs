@@ -39,7 +39,8 @@ use crate::{ApiError, AppState};
 
 /// Largest NDJSON items body: a full batch of 1,000 items of up to 64 KiB each.
 pub const MAX_ITEMS_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// Most items stored by one store call of an items request.
+/// Items after which an items request stores what it has read (one read of the body is
+/// parsed whole first, so a chunk may hold a few more).
 pub const ITEMS_CHUNK_MAX_ITEMS: usize = 100;
 /// Body bytes after which the items read so far are stored (a single longer line is
 /// stored alone).
@@ -143,8 +144,8 @@ struct StreamBatchItemsResponse {
 }
 
 /// `POST /api/v3/batches/{batchId}/items`: phase 2, one item per NDJSON line, read and
-/// stored as it arrives: a chunk of at most [`ITEMS_CHUNK_MAX_ITEMS`] items (or the
-/// items of about [`ITEMS_CHUNK_MAX_BYTES`]) per store call.
+/// stored as it arrives: a chunk of about [`ITEMS_CHUNK_MAX_ITEMS`] items (or the items
+/// of about [`ITEMS_CHUNK_MAX_BYTES`]) per store call.
 pub async fn items(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -196,9 +197,7 @@ pub async fn items(
         if received > MAX_ITEMS_BODY_BYTES {
             return Err(too_large());
         }
-        lines
-            .push(&data, &mut chunk)
-            .map_err(BatchError::Request)?;
+        lines.push(&data, &mut chunk).map_err(BatchError::Request)?;
         chunk_bytes += data.len();
         if chunk.len() >= ITEMS_CHUNK_MAX_ITEMS
             || (chunk_bytes >= ITEMS_CHUNK_MAX_BYTES && !chunk.is_empty())

@@ -272,9 +272,17 @@ impl Registry {
         }
         *last = Some(Instant::now());
         if evicted {
-            tracing::warn!(open, max_connections = self.cap, "connection cap reached: closing the oldest idle connections to make room");
+            tracing::warn!(
+                open,
+                max_connections = self.cap,
+                "connection cap reached: closing the oldest idle connections to make room"
+            );
         } else {
-            tracing::warn!(open, max_connections = self.cap, "connection cap reached with every connection busy: refusing new connections");
+            tracing::warn!(
+                open,
+                max_connections = self.cap,
+                "connection cap reached with every connection busy: refusing new connections"
+            );
         }
     }
 }
@@ -299,7 +307,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut state = self.registry.state.lock().expect("connection registry lock");
+        let mut state = self
+            .registry
+            .state
+            .lock()
+            .expect("connection registry lock");
         if let Some(activity) = state.open.remove(&self.id) {
             if activity.state().evicted {
                 state.evicting -= 1;
