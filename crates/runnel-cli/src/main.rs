@@ -15,6 +15,7 @@ use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
 use runnel_sdk::client::TriggerOptions;
 use runnel_sdk::worker::{WorkerOptions, WorkerSummary};
 use runnel_sdk::{Client, Worker};
+use runnel_server::connections::{self, ConnectionLimits, FileLimit};
 use runnel_server::AppState;
 use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store};
 use tokio::sync::watch;
@@ -91,6 +92,70 @@ struct ServeArgs {
     /// bucket of 750 requests refilled by 250 every 10 s; limits are per node). Off when unset.
     #[arg(long, env = "RUNNEL_RATE_LIMIT", value_name = "MAX/REFILL/INTERVAL")]
     rate_limit: Option<runnel_server::rate_limit::RateLimit>,
+    /// Batch item uploads (`POST /api/v3/batches/{id}/items`) one environment may have in
+    /// progress at once; more answer 429.
+    #[arg(long, env = "RUNNEL_BATCH_UPLOADS_PER_ENVIRONMENT", value_name = "N", default_value_t = runnel_server::batches::BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_uploads_per_environment: u32,
+    #[command(flatten)]
+    connections: ConnectionArgs,
+}
+
+/// How long connections may take and how many may be open (see
+/// `runnel_server::connections`).
+#[derive(Debug, Clone, Args)]
+struct ConnectionArgs {
+    /// Seconds a request's head may take to arrive in full, counted from when the
+    /// connection starts waiting for it (its opening, or the previous response).
+    #[arg(long, env = "RUNNEL_HEADER_READ_TIMEOUT", value_name = "SECS", default_value_t = connections::HEADER_READ_TIMEOUT_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_read_timeout: u64,
+    /// Seconds a connection may stay open with no request in flight (keep it below
+    /// --header-read-timeout, whose clock also runs while a connection waits).
+    #[arg(long, env = "RUNNEL_IDLE_TIMEOUT", value_name = "SECS", default_value_t = connections::IDLE_TIMEOUT_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout: u64,
+    /// Longest pause, in seconds, between two pieces of a request body.
+    #[arg(long, env = "RUNNEL_BODY_READ_TIMEOUT", value_name = "SECS", default_value_t = connections::BODY_READ_TIMEOUT_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_read_timeout: u64,
+    /// Most connections open at once; lowered at start to fit under the open-file
+    /// limit. At the cap a new connection replaces the oldest idle one, or is closed.
+    #[arg(long, env = "RUNNEL_MAX_CONNECTIONS", value_name = "N", default_value_t = connections::MAX_CONNECTIONS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+}
+
+impl ConnectionArgs {
+    /// Raises the open-file limit as far as allowed, logs it, and fits the cap under it.
+    fn limits(&self) -> Result<ConnectionLimits> {
+        let files = FileLimit::raise().context("reading the open file limit")?;
+        let fit = files.connections();
+        let requested = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        let max_connections = requested.min(fit);
+        tracing::info!(
+            soft_before = files.soft_before,
+            soft = files.soft,
+            hard = files.hard,
+            max_connections,
+            "open file limit"
+        );
+        if max_connections < requested {
+            tracing::info!(
+                requested,
+                max_connections,
+                "connection cap lowered to stay below the open file limit"
+            );
+        }
+        if self.idle_timeout >= self.header_read_timeout {
+            tracing::warn!(
+                idle_timeout = self.idle_timeout,
+                header_read_timeout = self.header_read_timeout,
+                "--idle-timeout is not below --header-read-timeout: idle connections close at the header-read timeout"
+            );
+        }
+        Ok(ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            max_connections,
+        })
+    }
 }
 
 /// How the run engine behaves.
@@ -370,6 +435,7 @@ impl RunningServer {
     /// Opens the store (creating the project on first start), binds and serves.
     async fn start(args: &ServeArgs) -> Result<Self> {
         let config = args.engine.config()?;
+        let limits = args.connections.limits()?;
         let store = open_store(&args.store).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let dev_key = SecretKey::generate(EnvironmentKind::Dev);
@@ -405,7 +471,11 @@ impl RunningServer {
                 rate_limiter: args
                     .rate_limit
                     .map(runnel_server::rate_limit::RateLimiter::new),
+                batch_uploads: runnel_server::batches::BatchUploads::new(
+                    args.batch_uploads_per_environment as usize,
+                ),
             },
+            limits,
             async move {
                 let _ = http_shutdown.wait_for(|stop| *stop).await;
             },

@@ -286,11 +286,85 @@ pub fn parse_item_lines(
     run_count: u32,
 ) -> Result<Vec<BatchItemLine>, BatchRequestError> {
     let mut items = Vec::new();
-    for (n, line) in body.split(|b| *b == b'\n').enumerate() {
-        let line_number = n + 1;
+    let mut lines = ItemLines::new(run_count);
+    lines.push(body, &mut items)?;
+    lines.finish(&mut items)?;
+    Ok(items)
+}
+
+/// Most bytes of an unfinished line an [`ItemLines`] holds: a line at the limit plus room
+/// for whitespace around it (trimmed before the limit applies).
+const MAX_PENDING_LINE_BYTES: usize = MAX_ITEM_LINE_BYTES + 64 * 1024;
+
+/// An items stream parsed as it arrives: bytes go in as they come, the items of the
+/// lines they complete come out, and only the one unfinished line is held, so memory
+/// does not grow with the stream. Lines are judged as by [`parse_item_lines`].
+#[derive(Debug)]
+pub struct ItemLines {
+    run_count: u32,
+    /// The start of a line whose newline has not arrived yet.
+    pending: Vec<u8>,
+    /// Lines completed so far.
+    line_number: usize,
+}
+
+impl ItemLines {
+    pub fn new(run_count: u32) -> ItemLines {
+        ItemLines {
+            run_count,
+            pending: Vec::new(),
+            line_number: 0,
+        }
+    }
+
+    /// Takes the next bytes of the stream; appends the items of the lines they complete.
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        items: &mut Vec<BatchItemLine>,
+    ) -> Result<(), BatchRequestError> {
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            let line = &bytes[..end];
+            bytes = &bytes[end + 1..];
+            if self.pending.is_empty() {
+                self.line(line, items)?;
+            } else {
+                let mut whole = std::mem::take(&mut self.pending);
+                whole.extend_from_slice(line);
+                self.line(&whole, items)?;
+            }
+        }
+        let pending = self.pending.len() + bytes.len();
+        if pending > MAX_PENDING_LINE_BYTES {
+            return Err(BatchRequestError::Invalid(format!(
+                "Item at line {} exceeds maximum size of {MAX_ITEM_LINE_BYTES} bytes (actual: more than {pending})",
+                self.line_number + 1
+            )));
+        }
+        self.pending.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Ends the stream: the last line needs no newline.
+    pub fn finish(mut self, items: &mut Vec<BatchItemLine>) -> Result<(), BatchRequestError> {
+        let last = std::mem::take(&mut self.pending);
+        if last.is_empty() {
+            return Ok(());
+        }
+        self.line(&last, items)
+    }
+
+    fn line(
+        &mut self,
+        line: &[u8],
+        items: &mut Vec<BatchItemLine>,
+    ) -> Result<(), BatchRequestError> {
+        self.line_number += 1;
+        let line_number = self.line_number;
+        let run_count = self.run_count;
         let line = line.trim_ascii();
         if line.is_empty() {
-            continue;
+            return Ok(());
         }
         if line.len() > MAX_ITEM_LINE_BYTES {
             return Err(BatchRequestError::Invalid(format!(
@@ -311,8 +385,8 @@ pub fn parse_item_lines(
             )));
         }
         items.push(item);
+        Ok(())
     }
-    Ok(items)
 }
 
 /// An item from one parsed line; serde's message names a missing or mistyped field.
@@ -396,5 +470,29 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn item_lines_split_anywhere_parse_as_the_whole_body() {
+        let body =
+            b"{\"index\":1,\"task\":\"a\"}\n  \n{\"index\":0,\"task\":\"b\",\"payload\":\"x\\ny\"}";
+        for piece in 1..body.len() {
+            let mut items = Vec::new();
+            let mut lines = ItemLines::new(2);
+            for bytes in body.chunks(piece) {
+                lines.push(bytes, &mut items).unwrap();
+            }
+            lines.finish(&mut items).unwrap();
+            let read: Vec<_> = items.iter().map(|i| (i.index, i.task.as_str())).collect();
+            assert_eq!(read, vec![(1, "a"), (0, "b")], "pieces of {piece}");
+        }
+        // A line that never ends is refused once it outgrows the limit, not buffered.
+        let mut lines = ItemLines::new(2);
+        let chunk = vec![b' '; 1024 * 1024];
+        let refused = (0..8).find_map(|_| lines.push(&chunk, &mut Vec::new()).err());
+        assert!(
+            matches!(&refused, Some(BatchRequestError::Invalid(m)) if m.starts_with("Item at line 1 exceeds maximum size")),
+            "{refused:?}"
+        );
     }
 }

@@ -1,12 +1,13 @@
 //! Batch trigger: create a batch, stream its items, read it back (contract §2.1 rows
 //! 2–8). Every item goes through the single trigger's validation
-//! (`TriggerRequest::validate`) and its `PENDING_VERSION` rule; the runs of one request
-//! are then stored by one store call (`Store::batch_items_trigger`: one transaction, one
-//! multi-row insert), which also records the indexes that arrived, so a stream sent
-//! again only adds what is missing.
+//! (`TriggerRequest::validate`) and its `PENDING_VERSION` rule; an items request is
+//! stored chunk by chunk as it arrives ([`BatchItemsUpload`]), each chunk by one store
+//! call (`Store::batch_items_trigger`: one transaction, one multi-row insert) that also
+//! records the indexes that arrived, so a stream sent again only adds what is missing.
 //!
-//! How items fail: a line that is not an item refuses the whole request before anything
-//! is stored; an item whose trigger is refused (too many tags, a bad option) is recorded
+//! How items fail: a line that is not an item refuses the rest of the request: the
+//! chunks stored before it stay (a stream sent again deduplicates them, as upstream's
+//! per-item processing does), nothing of the chunk holding it is stored; an item whose trigger is refused (too many tags, a bad option) is recorded
 //! against its index with the error and creates no run, like upstream's per-item
 //! processing errors, so the batch can still be sealed. The one-shot
 //! `POST /api/v1/tasks/batch` instead refuses the whole request on the first bad item.
@@ -15,8 +16,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use runnel_core::batch::{
-    parse_item_lines, BatchItemRecord, BatchRecord, BatchRequestError, CreateBatchRequest,
-    OneShotBatchRequest, MAX_ONE_SHOT_ITEMS,
+    parse_item_lines, BatchItemLine, BatchItemRecord, BatchRecord, BatchRequestError,
+    CreateBatchRequest, OneShotBatchRequest, MAX_ONE_SHOT_ITEMS,
 };
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
@@ -91,7 +92,27 @@ pub struct BatchDetail {
     pub items: Vec<BatchItemRecord>,
 }
 
+/// An items request in progress: the batch it writes to and what its chunks did so far.
+#[derive(Debug)]
+pub struct BatchItemsUpload {
+    /// The batch as it was when the request started.
+    batch: BatchRecord,
+    parent: Option<Parent>,
+    items_accepted: u32,
+    items_deduplicated: u32,
+    /// The batch after the last stored chunk; `None` before the first.
+    latest: Option<BatchRecord>,
+}
+
+impl BatchItemsUpload {
+    /// Items of the batch: an item's index must be below it.
+    pub fn run_count(&self) -> u32 {
+        self.batch.run_count
+    }
+}
+
 /// The parent a batch's runs hang under.
+#[derive(Debug)]
 struct Parent {
     id: RunId,
     root: RunId,
@@ -130,14 +151,30 @@ impl Engine {
         })
     }
 
-    /// Takes an NDJSON items body for batch `id`: triggers the runs of the indexes not
-    /// seen before (one store call) and seals the batch once every index has arrived.
+    /// Takes a whole NDJSON items body for batch `id`, as one chunk (see
+    /// [`Engine::batch_items_open`] for a body read as it arrives).
     pub async fn batch_items(
         &self,
         environment: &Environment,
         id: &str,
         body: &[u8],
     ) -> Result<BatchItemsAccepted, BatchError> {
+        let mut upload = self.batch_items_open(environment, id).await?;
+        let lines = parse_item_lines(body, upload.run_count())?;
+        self.batch_items_write(environment, &mut upload, lines)
+            .await?;
+        self.batch_items_finish(environment, upload).await
+    }
+
+    /// Starts an items request for batch `id`: the batch must exist in the environment
+    /// and not be sealed. Its items then go in chunk by chunk
+    /// ([`Engine::batch_items_write`]), each one store call (one transaction), so a
+    /// request of any size holds one chunk at a time.
+    pub async fn batch_items_open(
+        &self,
+        environment: &Environment,
+        id: &str,
+    ) -> Result<BatchItemsUpload, BatchError> {
         let batch_id = BatchId::parse(id).ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
         let batch = self
             .store
@@ -147,14 +184,43 @@ impl Engine {
         if batch.sealed() {
             return Err(BatchError::Sealed(batch_id));
         }
-        let lines = parse_item_lines(body, batch.run_count)?;
-        let now = self.clock.now();
         let parent = self.batch_parent(environment, &batch).await?;
+        Ok(BatchItemsUpload {
+            batch,
+            parent,
+            items_accepted: 0,
+            items_deduplicated: 0,
+            latest: None,
+        })
+    }
+
+    /// Triggers the runs of one chunk of an items request: the indexes not seen before
+    /// (one store call), sealing the batch once every index has arrived. Once a chunk is
+    /// stored, a batch sealed meanwhile (by this request or a concurrent one) only means
+    /// the rest of the request repeats indexes it holds: they count as deduplicated.
+    pub async fn batch_items_write(
+        &self,
+        environment: &Environment,
+        upload: &mut BatchItemsUpload,
+        lines: Vec<BatchItemLine>,
+    ) -> Result<(), BatchError> {
+        if lines.is_empty() && upload.latest.is_some() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let batch_id = upload.batch.id.clone();
         let mut items = Vec::with_capacity(lines.len());
         for line in lines {
             let (index, task, request) = line.into_trigger();
             let run = self
-                .batch_run(environment, &batch.id, parent.as_ref(), &task, request, now)
+                .batch_run(
+                    environment,
+                    &batch_id,
+                    upload.parent.as_ref(),
+                    &task,
+                    request,
+                    now,
+                )
                 .map_err(|e| e.to_string());
             items.push(BatchItemTrigger {
                 index,
@@ -169,7 +235,12 @@ impl Engine {
             .await?;
         let (outcomes, batch) = match outcome {
             BatchItemsOutcome::Applied { items, batch } => (items, batch),
-            BatchItemsOutcome::NotFound => return Err(BatchError::NotFound(id.to_owned())),
+            BatchItemsOutcome::NotFound => return Err(BatchError::NotFound(batch_id.to_string())),
+            BatchItemsOutcome::Sealed(batch) if upload.latest.is_some() => {
+                upload.items_deduplicated += items.len() as u32;
+                upload.latest = Some(batch);
+                return Ok(());
+            }
             BatchItemsOutcome::Sealed(_) => return Err(BatchError::Sealed(batch_id)),
         };
         self.after_batch_insert(environment, &items, &outcomes, now)
@@ -178,10 +249,28 @@ impl Engine {
             .iter()
             .filter(|o| matches!(o, BatchItemOutcome::Duplicate))
             .count() as u32;
+        upload.items_accepted += outcomes.len() as u32 - deduplicated;
+        upload.items_deduplicated += deduplicated;
+        upload.latest = Some(batch);
+        Ok(())
+    }
+
+    /// Ends an items request: what it added, and where the batch stands.
+    pub async fn batch_items_finish(
+        &self,
+        environment: &Environment,
+        mut upload: BatchItemsUpload,
+    ) -> Result<BatchItemsAccepted, BatchError> {
+        if upload.latest.is_none() {
+            // No line at all: an empty store call reads the batch as the others would.
+            self.batch_items_write(environment, &mut upload, Vec::new())
+                .await?;
+        }
+        let batch = upload.latest.unwrap_or(upload.batch);
         Ok(BatchItemsAccepted {
             id: batch.id.clone(),
-            items_accepted: outcomes.len() as u32 - deduplicated,
-            items_deduplicated: deduplicated,
+            items_accepted: upload.items_accepted,
+            items_deduplicated: upload.items_deduplicated,
             sealed: batch.sealed(),
             received: batch.items_received,
             expected: batch.run_count,

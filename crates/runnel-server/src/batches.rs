@@ -5,15 +5,25 @@
 //! Creates answer 202, as upstream does (contract §8). The items route follows upstream's
 //! statuses: 415 for a body that is not NDJSON, 400 for a line that is not JSON, 422 for
 //! a line that is not an item, an index outside the batch, a sealed batch or a batch
-//! that is not the environment's.
+//! that is not the environment's. It reads its body as it arrives and stores it in
+//! chunks, so a request holds one chunk in memory whatever its size; a ceiling on the
+//! uploads of one environment in progress at once ([`BatchUploads`], 429 past it)
+//! bounds what an environment's uploads hold together.
 
-use axum::body::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use runnel_core::batch::{BatchRecord, BatchRequestError, CreateBatchRequest, OneShotBatchRequest};
+use http_body_util::BodyExt;
+use runnel_core::batch::{
+    BatchRecord, BatchRequestError, CreateBatchRequest, ItemLines, OneShotBatchRequest,
+};
+use runnel_core::id::EnvironmentId;
 use runnel_core::trigger::TriggerError;
 use runnel_core::view::iso;
 use runnel_engine::batches::BatchDetail;
@@ -29,6 +39,14 @@ use crate::{ApiError, AppState};
 
 /// Largest NDJSON items body: a full batch of 1,000 items of up to 64 KiB each.
 pub const MAX_ITEMS_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Items after which an items request stores what it has read (one read of the body is
+/// parsed whole first, so a chunk may hold a few more).
+pub const ITEMS_CHUNK_MAX_ITEMS: usize = 100;
+/// Body bytes after which the items read so far are stored (a single longer line is
+/// stored alone).
+pub const ITEMS_CHUNK_MAX_BYTES: usize = 1024 * 1024;
+/// Items requests of one environment in progress at once.
+pub const BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT: usize = 16;
 /// Largest one-shot batch body (`BATCH_TASK_PAYLOAD_MAXIMUM_SIZE`).
 pub const MAX_ONE_SHOT_BODY_BYTES: usize = 1_000_000;
 
@@ -125,13 +143,15 @@ struct StreamBatchItemsResponse {
     expected_count: Option<u32>,
 }
 
-/// `POST /api/v3/batches/{batchId}/items`: phase 2, one item per NDJSON line.
+/// `POST /api/v3/batches/{batchId}/items`: phase 2, one item per NDJSON line, read and
+/// stored as it arrives: a chunk of about [`ITEMS_CHUNK_MAX_ITEMS`] items (or the items
+/// of about [`ITEMS_CHUNK_MAX_BYTES`]) per store call.
 pub async fn items(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(batch_id): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -145,11 +165,59 @@ pub async fn items(
             json!({"error": "Content-Type must be application/x-ndjson or application/ndjson"}),
         ));
     }
-    let body = within(body, MAX_ITEMS_BODY_BYTES)?
-        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "Request body too large (limit {MAX_ITEMS_BODY_BYTES} bytes)"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_ITEMS_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let _upload = state.batch_uploads.start(&environment.id)?;
+    let mut upload = state
+        .engine
+        .batch_items_open(&environment, &batch_id)
+        .await?;
+    let mut lines = ItemLines::new(upload.run_count());
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut received = 0;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("Failed to read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > MAX_ITEMS_BODY_BYTES {
+            return Err(too_large());
+        }
+        lines.push(&data, &mut chunk).map_err(BatchError::Request)?;
+        chunk_bytes += data.len();
+        if chunk.len() >= ITEMS_CHUNK_MAX_ITEMS
+            || (chunk_bytes >= ITEMS_CHUNK_MAX_BYTES && !chunk.is_empty())
+        {
+            let full = std::mem::take(&mut chunk);
+            state
+                .engine
+                .batch_items_write(&environment, &mut upload, full)
+                .await?;
+            chunk_bytes = 0;
+        }
+    }
+    lines.finish(&mut chunk).map_err(BatchError::Request)?;
+    state
+        .engine
+        .batch_items_write(&environment, &mut upload, chunk)
+        .await?;
     let accepted = state
         .engine
-        .batch_items(&environment, &batch_id, &body)
+        .batch_items_finish(&environment, upload)
         .await?;
     let missing = !accepted.sealed;
     Ok(Json(StreamBatchItemsResponse {
@@ -161,6 +229,65 @@ pub async fn items(
         expected_count: missing.then_some(accepted.expected),
     })
     .into_response())
+}
+
+/// Items requests in progress per environment, under a ceiling: each holds a chunk of
+/// items in memory, so the ceiling bounds what one environment's uploads can hold.
+#[derive(Debug, Clone)]
+pub struct BatchUploads {
+    per_environment: usize,
+    active: Arc<Mutex<HashMap<EnvironmentId, usize>>>,
+}
+
+impl BatchUploads {
+    pub fn new(per_environment: usize) -> BatchUploads {
+        BatchUploads {
+            per_environment: per_environment.max(1),
+            active: Arc::default(),
+        }
+    }
+
+    /// A place for one more upload of `environment`, or a 429 naming the ceiling.
+    fn start(&self, environment: &EnvironmentId) -> Result<BatchUpload, ApiError> {
+        let mut active = self.active.lock().expect("batch uploads lock");
+        let count = active.entry(environment.clone()).or_insert(0);
+        if *count >= self.per_environment {
+            return Err(ApiError::TooManyRequests(format!(
+                "Too many batch item uploads in progress for this environment (limit {})",
+                self.per_environment
+            )));
+        }
+        *count += 1;
+        Ok(BatchUpload {
+            uploads: self.clone(),
+            environment: environment.clone(),
+        })
+    }
+}
+
+impl Default for BatchUploads {
+    fn default() -> Self {
+        BatchUploads::new(BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT)
+    }
+}
+
+/// One upload's place in [`BatchUploads`], given back when the request ends.
+#[derive(Debug)]
+struct BatchUpload {
+    uploads: BatchUploads,
+    environment: EnvironmentId,
+}
+
+impl Drop for BatchUpload {
+    fn drop(&mut self) {
+        let mut active = self.uploads.active.lock().expect("batch uploads lock");
+        if let Some(count) = active.get_mut(&self.environment) {
+            *count -= 1;
+            if *count == 0 {
+                active.remove(&self.environment);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -25,6 +25,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request body stopped arriving (the body-read timeout).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// A limit on concurrent work was reached; trying again later can succeed.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     Unprocessable(String),
     /// A query string that failed validation: 400 `{"error":"Query Error","details":[…]}`.
@@ -71,6 +77,8 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -98,10 +106,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// An error response with a JSON `body`; a 4xx also says `x-should-retry: false`.
+/// An error response with a JSON `body`; a 4xx also says `x-should-retry: false`, except
+/// the two that a later try can pass (408 a stalled body, 429 a busy limit), which the
+/// SDK retries by default.
 pub(crate) fn json_error(status: StatusCode, body: Value) -> Response {
     let mut response = (status, Json(body)).into_response();
-    if status.is_client_error() {
+    let transient = matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+    );
+    if status.is_client_error() && !transient {
         forbid_retry(&mut response);
     }
     response

@@ -17,6 +17,7 @@ use runnel_engine::Engine;
 use tokio::net::TcpListener;
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod openapi;
 mod runs;
@@ -29,7 +30,7 @@ mod list;
 mod actions;
 
 // [batches]
-mod batches;
+pub mod batches;
 
 // [queues]
 mod queues;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Per-environment API rate limit; `None` (the default) turns it off.
     pub rate_limiter: Option<rate_limit::RateLimiter>,
+    /// Batch item uploads in progress, per environment, under their ceiling.
+    pub batch_uploads: batches::BatchUploads,
 }
 
 /// The whole HTTP application.
@@ -101,10 +104,8 @@ pub fn router(state: AppState) -> Router {
                 runnel_core::batch::MAX_CREATE_BODY_BYTES,
             )),
         )
-        .route(
-            "/api/v3/batches/{batch_id}/items",
-            post(batches::items).layer(DefaultBodyLimit::max(batches::MAX_ITEMS_BODY_BYTES)),
-        )
+        // Reads its body as a stream and counts it against its own limit.
+        .route("/api/v3/batches/{batch_id}/items", post(batches::items))
         .route(
             "/api/v1/tasks/batch",
             post(batches::one_shot).layer(DefaultBodyLimit::max(batches::MAX_ONE_SHOT_BODY_BYTES)),
@@ -137,13 +138,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
-/// finish before returning.
+/// finish before returning; every connection is served under `limits`
+/// ([`connections`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: connections::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    connections::serve(listener, router(state), limits, shutdown).await
 }

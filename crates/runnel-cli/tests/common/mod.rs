@@ -49,7 +49,22 @@ const KEY_BODY_LEN: usize = 24;
 /// The `runnel` binary with a clean environment: no `RUNNEL_*` variable of the caller's
 /// reaches it, and logging is at its default level.
 pub fn runnel_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+    without_runnel_env(Command::new(env!("CARGO_BIN_EXE_runnel")))
+}
+
+/// Like [`runnel_command`], started through `sh` with its open-file limit, soft and
+/// hard, set to `limit` (so the server cannot raise it back).
+pub fn runnel_command_with_open_file_limit(limit: u32) -> Command {
+    let mut command = without_runnel_env(Command::new("sh"));
+    command.args([
+        "-c",
+        &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_runnel"),
+    ]);
+    command
+}
+
+fn without_runnel_env(mut command: Command) -> Command {
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("RUNNEL_") {
             command.env_remove(name);
@@ -180,9 +195,30 @@ impl Server {
         Server::spawn("dev", data_dir, extra)
     }
 
-    /// Starts `runnel <subcommand> --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`
-    /// and reads what it prints up to its address.
+    /// Like [`Server::start_with`], with the process's open-file limit (soft and hard)
+    /// set to `limit` before `runnel` starts.
+    pub fn start_with_open_file_limit(data_dir: &Path, limit: u32, extra: &[&str]) -> Server {
+        Server::spawn_command(
+            runnel_command_with_open_file_limit(limit),
+            "serve",
+            data_dir,
+            extra,
+        )
+    }
+
     fn spawn(subcommand: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn_command(runnel_command(), subcommand, data_dir, extra)
+    }
+
+    /// Starts `<command> <subcommand> --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`
+    /// (`command` is [`runnel_command`] or a variant) and reads what it prints up to its
+    /// address.
+    fn spawn_command(
+        mut command: Command,
+        subcommand: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Server {
         // RUNNEL_TEST_BACKEND=postgres: a database of this data directory's own, unless
         // the test chose one.
         let store_args = if extra.contains(&"--database-url") {
@@ -190,7 +226,7 @@ impl Server {
         } else {
             backend::store_args(data_dir)
         };
-        let mut child = runnel_command()
+        let mut child = command
             .args([subcommand, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(store_args)
