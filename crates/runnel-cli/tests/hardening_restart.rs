@@ -77,7 +77,9 @@ async fn a_server_down_twice_the_lease_timeout_runs_no_completed_run_again() {
         let worker_log = worker.stderr();
         let started = lines(&started);
         let finished = lines(&finished);
-        move || format!("started: {started:?}\nfinished: {finished:?}\n--- worker ---\n{worker_log}")
+        move || {
+            format!("started: {started:?}\nfinished: {finished:?}\n--- worker ---\n{worker_log}")
+        }
     };
     eventually_explained(
         "the first attempts to be running",

@@ -69,8 +69,8 @@ const ERROR_BACKOFF: StdDuration = StdDuration::from_secs(1);
 impl Engine {
     /// When the start-up grace ends: one lease timeout after this node started.
     pub fn start_up_grace_until(&self) -> DateTime<Utc> {
-        let lease = chrono::Duration::from_std(self.config.lease_timeout)
-            .unwrap_or(chrono::Duration::MAX);
+        let lease =
+            chrono::Duration::from_std(self.config.lease_timeout).unwrap_or(chrono::Duration::MAX);
         self.started_at
             .checked_add_signed(lease)
             .unwrap_or(DateTime::<Utc>::MAX_UTC)

@@ -133,7 +133,8 @@ async fn after_a_restart_live_workers_report_within_one_lease_timeout_before_any
     assert_eq!(restarted.rescue_due().await.unwrap(), 0);
 
     // The grace ends: only the silent attempt is rescued; the renewed lease holds.
-    h.clock.advance(lease_timeout / 2 - Duration::milliseconds(1));
+    h.clock
+        .advance(lease_timeout / 2 - Duration::milliseconds(1));
     assert_eq!(restarted.rescue_due().await.unwrap(), 0);
     h.clock.advance(Duration::milliseconds(1));
     assert!(!restarted.in_start_up_grace(restarted.now()));
@@ -183,7 +184,10 @@ async fn a_first_start_holds_back_leases_for_one_lease_timeout_too() {
     // worker died while this node ran are not delayed.
     let h = harness().await;
     let lease_timeout = Duration::from_std(EngineConfig::default().lease_timeout).unwrap();
-    assert_eq!(h.engine.start_up_grace_until(), h.engine.now() + lease_timeout);
+    assert_eq!(
+        h.engine.start_up_grace_until(),
+        h.engine.now() + lease_timeout
+    );
     let worker = register(&h.engine, &h.dev, json!([{"id": "t"}])).await;
     let id = trigger(&h.engine, &h.dev, "t").await;
     lease_and_start(&h.engine, &h.dev, &worker).await;

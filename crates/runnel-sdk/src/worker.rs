@@ -49,12 +49,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rand::Rng;
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, DequeueRequest, DequeuedRun, FailureKind,
     HeartbeatRequest, QueueDefinition, RegisterRequest, RegisterResponse, StartRequest,
     TaskFailure, MAX_BATCH, MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
 };
-use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -100,7 +100,8 @@ pub struct WorkerOptions {
     /// The most attempts running at once (at least 1).
     pub concurrency: usize,
     /// After shutdown begins, how long running attempts may finish before they are
-    /// stopped and reported as interrupted.
+    /// stopped and reported as interrupted. It also bounds the retries of completions
+    /// (and a start) the server has not answered: past it they are dropped and logged.
     pub shutdown_grace: Duration,
     /// How long one dequeue long poll waits (at most 30 s). Shorter makes shutdown
     /// faster when idle, at the price of more requests.

@@ -809,5 +809,8 @@ async fn shutdown_gives_up_a_completion_the_server_never_answers_after_the_grace
     );
     assert_eq!(summary.succeeded, 1);
     assert!(fake.completions().is_empty());
-    assert!(fake.read(|state| state.complete_requests) >= 2, "retried until the grace ended");
+    assert!(
+        fake.read(|state| state.complete_requests) >= 2,
+        "retried until the grace ended"
+    );
 }

@@ -1869,7 +1869,10 @@ async fn run_next_due_at_is_the_earliest_expiry_or_promotion(store: Arc<dyn Stor
 
     let ttl_2m = run_with_options(json!({"ttl": "2m"}), &tenancy.prod, at(0));
     create(&*store, &ttl_2m, at(0)).await;
-    assert_eq!(store.run_next_due_at(true).await.unwrap(), Some(at(2 * MINUTE)));
+    assert_eq!(
+        store.run_next_due_at(true).await.unwrap(),
+        Some(at(2 * MINUTE))
+    );
 
     store
         .run_expire_due(at(2 * MINUTE), NO_LIMIT)
@@ -3146,7 +3149,10 @@ async fn run_leases_due_finds_expired_leases_and_passed_deadlines_only(store: Ar
     );
     // The rescuer's start-up grace: no lease counts, deadlines still do.
     assert_eq!(
-        store.run_leases_due(None, at(HOUR), NO_LIMIT).await.unwrap(),
+        store
+            .run_leases_due(None, at(HOUR), NO_LIMIT)
+            .await
+            .unwrap(),
         vec![held(&*store, &limited).await]
     );
 }
@@ -3189,7 +3195,10 @@ async fn an_expired_lease_not_yet_rescued_takes_its_worker_heartbeat_and_complet
         RunStatus::CompletedSuccessfully
     );
     assert_eq!(
-        store.run_leases_due(Some(now), now, NO_LIMIT).await.unwrap(),
+        store
+            .run_leases_due(Some(now), now, NO_LIMIT)
+            .await
+            .unwrap(),
         vec![],
         "nothing is left for the rescuer"
     );
@@ -5399,7 +5408,10 @@ async fn run_leases_due_concurrent_rescuers_settle_each_lease_once(store: Arc<dy
         let (store, start) = (Arc::clone(&store), Arc::clone(&start));
         rescuers.spawn(async move {
             start.wait().await;
-            let due = store.run_leases_due(Some(now), now, NO_LIMIT).await.unwrap();
+            let due = store
+                .run_leases_due(Some(now), now, NO_LIMIT)
+                .await
+                .unwrap();
             let settlements: Vec<AttemptSettlement> = due
                 .iter()
                 .map(|leased| AttemptSettlement {
@@ -5425,5 +5437,11 @@ async fn run_leases_due_concurrent_rescuers_settle_each_lease_once(store: Arc<dy
         (RUNS, RUNS),
         "every lease settled exactly once"
     );
-    assert_eq!(store.run_leases_due(Some(now), now, NO_LIMIT).await.unwrap(), vec![]);
+    assert_eq!(
+        store
+            .run_leases_due(Some(now), now, NO_LIMIT)
+            .await
+            .unwrap(),
+        vec![]
+    );
 }
