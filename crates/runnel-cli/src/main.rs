@@ -221,7 +221,7 @@ struct ExecArgs {
     #[arg(long, env = "RUNNEL_VERSION")]
     version: Option<String>,
     /// On SIGINT/SIGTERM, seconds running attempts get to finish before they are
-    /// interrupted.
+    /// interrupted; completions the server has not answered are retried until then.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
     /// Attempts per run for every task (the default policy's 3 when absent).

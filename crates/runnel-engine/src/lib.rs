@@ -69,6 +69,9 @@ pub struct Engine {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Wakes owed to the long polls of other nodes ([`multinode`]).
     outbox: Arc<multinode::Outbox>,
+    /// When this engine was made (the node started): the rescuer's start-up grace runs
+    /// one lease timeout from here ([`runtime`]).
+    started_at: DateTime<Utc>,
 }
 
 impl Engine {
@@ -77,7 +80,9 @@ impl Engine {
     }
 
     pub fn with_config(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
+        let started_at = clock.now();
         Engine {
+            started_at,
             store,
             clock,
             config: Arc::new(config),

@@ -560,13 +560,18 @@ impl Engine {
     }
 
     /// One rescuer pass: attempts whose lease ran out crash (or, never started, go back
-    /// to the queue); attempts past their `maxDuration` deadline time out. Returns how
-    /// many runs moved.
+    /// to the queue); attempts past their `maxDuration` deadline time out. Leases are
+    /// left alone during the start-up grace ([`Engine::in_start_up_grace`]); deadlines
+    /// are not. Returns how many runs moved.
     pub async fn rescue_due(&self) -> Result<usize, Error> {
         let mut moved = 0;
         loop {
             let now = self.clock.now();
-            let due = self.store.run_leases_due(now, RESCUE_BATCH).await?;
+            let leases_expired_by = (!self.in_start_up_grace(now)).then_some(now);
+            let due = self
+                .store
+                .run_leases_due(leases_expired_by, now, RESCUE_BATCH)
+                .await?;
             if due.is_empty() {
                 return Ok(moved);
             }

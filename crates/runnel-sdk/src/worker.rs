@@ -25,10 +25,20 @@
 //!   returned after the stop; a canceled one is not reported at all (the server already
 //!   ended it).
 //!
-//! Failures: errors talking to the server are retried with a capped backoff (a server
-//! restart is survived); only a refused registration ends [`Worker::run`] with an error.
-//! Completions and starts that still fail after a lease timeout are given up: by then the
-//! server has rescued those runs.
+//! - A finished attempt keeps its concurrency slot, and stays held (heartbeated), until
+//!   the server has answered its completion: a worker whose reports are stuck takes no
+//!   new work beyond its concurrency.
+//!
+//! Failures: errors talking to the server are retried with a capped, jittered backoff;
+//! only a refused registration ends [`Worker::run`] with an error. Completions, starts
+//! and heartbeats are retried until the server answers, however long it is away: a
+//! restarted server gives live workers one lease timeout before it rescues their leases
+//! (its start-up grace), and the retry delay is capped well under that
+//! (a quarter of the lease timeout, at most 5 s), so a worker that finished while the server was down gets its work
+//! accepted instead of seeing it run again. Only a shutdown bounds them: once it
+//! begins, completions (and a start) still unanswered when the shutdown grace is over
+//! are dropped and logged; the server rescues those runs when their leases run out,
+//! and they may run again.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -39,12 +49,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rand::Rng;
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, DequeueRequest, DequeuedRun, FailureKind,
     HeartbeatRequest, QueueDefinition, RegisterRequest, RegisterResponse, StartRequest,
     TaskFailure, MAX_BATCH, MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
 };
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
@@ -62,10 +73,13 @@ pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
 /// waits for the dequeue in flight (which must not be dropped), against one request per
 /// wait while idle.
 pub const DEQUEUE_WAIT_DEFAULT: Duration = Duration::from_secs(5);
-/// First delay before retrying a failed call; it doubles up to [`BACKOFF_MAX`].
+/// First delay before retrying a failed call; it doubles up to the cap ([`retry_cap`]).
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The longest delay between two retries: a restarted server is found within this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The retry delay is capped at this fraction of the lease timeout, so a restarted
+/// server hears from its live workers well within its start-up grace (one lease timeout).
+const BACKOFF_LEASE_DIVISOR: u32 = 4;
 /// How long an executor has to return after being told to stop, before the runtime
 /// abandons it and reports the stop anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,7 +100,8 @@ pub struct WorkerOptions {
     /// The most attempts running at once (at least 1).
     pub concurrency: usize,
     /// After shutdown begins, how long running attempts may finish before they are
-    /// stopped and reported as interrupted.
+    /// stopped and reported as interrupted. It also bounds the retries of completions
+    /// (and a start) the server has not answered: past it they are dropped and logged.
     pub shutdown_grace: Duration,
     /// How long one dequeue long poll waits (at most 30 s). Shorter makes shutdown
     /// faster when idle, at the price of more requests.
@@ -196,7 +211,7 @@ impl Worker {
             tasks: executor.tasks(),
             queues,
         };
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(BACKOFF_MAX);
         let registration = loop {
             match client.register(&request).await {
                 Ok(registration) => break registration,
@@ -279,7 +294,8 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             held: Mutex::new(Held::default()),
             added: Notify::new(),
             counts: Counts::default(),
-            lease_timeout: Duration::from_millis(lease_timeout_ms),
+            retry_cap: retry_cap(Duration::from_millis(lease_timeout_ms)),
+            give_up_at: watch::channel(None).0,
         });
         let heartbeat_interval = Duration::from_millis(heartbeat_interval_ms)
             .clamp(HEARTBEAT_INTERVAL_MIN, Duration::from_millis(MAX_WAIT_MS));
@@ -296,14 +312,18 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             .unwrap_or(MAX_WAIT_MS)
             .min(MAX_WAIT_MS);
         let mut attempts = JoinSet::new();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(shared.retry_cap);
+        let begin_shutdown = || shared.begin_shutdown(options.shutdown_grace);
         loop {
             while let Some(ended) = attempts.try_join_next() {
                 log_attempt_task_end(ended);
             }
             let first = tokio::select! {
                 biased;
-                () = &mut shutdown => None,
+                () = &mut shutdown => {
+                    begin_shutdown();
+                    None
+                }
                 permit = slots.clone().acquire_owned() => permit.ok(),
             };
             let Some(first) = first else {
@@ -327,6 +347,7 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
                 reply = &mut dequeue => reply,
                 () = &mut shutdown => {
                     stopping = true;
+                    begin_shutdown();
                     info!(
                         at_most = ?options.dequeue_wait,
                         "shutting down: waiting for the dequeue in flight"
@@ -338,7 +359,7 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
                 Ok(reply) => {
                     backoff.reset();
                     if !reply.runs.is_empty() {
-                        start_runs(
+                        let start = start_runs(
                             &shared,
                             &executor,
                             &known,
@@ -346,8 +367,18 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
                             &mut attempts,
                             reply.runs,
                             permits,
-                        )
-                        .await;
+                        );
+                        tokio::pin!(start);
+                        // A start retried while the server is away must not hold up a
+                        // shutdown beyond its grace.
+                        tokio::select! {
+                            () = &mut start => {}
+                            () = &mut shutdown, if !stopping => {
+                                stopping = true;
+                                begin_shutdown();
+                                start.await;
+                            }
+                        }
                     }
                 }
                 Err(error) => {
@@ -360,7 +391,10 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
                     warn!(%error, retry_in = ?delay, "dequeue failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = &mut shutdown => break,
+                        () = &mut shutdown => {
+                            begin_shutdown();
+                            break;
+                        }
                     }
                 }
             }
@@ -388,7 +422,8 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             );
             drain(&mut attempts).await;
         }
-        // Every attempt task has ended; the reporter ends once it sent what they queued.
+        // Every attempt task has ended; the reporter ends once it sent what they queued,
+        // or once the shutdown grace is over (see `until_answered`).
         drop(completions);
         if let Err(error) = reporter.await {
             error!(%error, "the completion reporter failed");
@@ -424,9 +459,11 @@ struct Shared {
     /// Signaled when an attempt becomes held, so the heartbeat loop covers it quickly.
     added: Notify,
     counts: Counts,
-    /// After this, the server has rescued an attempt nobody heartbeated: retrying its
-    /// start or completion any longer is pointless.
-    lease_timeout: Duration,
+    /// The longest delay between two retries of a call.
+    retry_cap: Duration,
+    /// `None` while running: calls are retried until the server answers. Once shutdown
+    /// begins, the end of its grace: unanswered calls are given up then.
+    give_up_at: watch::Sender<Option<Instant>>,
 }
 
 impl Shared {
@@ -441,6 +478,17 @@ impl Shared {
     fn hold(&self, attempt_id: &str, handle: Arc<StopHandle>) {
         self.held().insert(attempt_id, handle);
         self.added.notify_one();
+    }
+
+    /// Bounds every retry from now on by the shutdown grace (the first call counts).
+    fn begin_shutdown(&self, grace: Duration) {
+        self.give_up_at.send_if_modified(|give_up_at| {
+            if give_up_at.is_some() {
+                return false;
+            }
+            *give_up_at = Some(Instant::now() + grace);
+            true
+        });
     }
 }
 
@@ -509,7 +557,7 @@ async fn start_runs<E: Executor + ?Sized>(
     shared: &Arc<Shared>,
     executor: &Arc<E>,
     known: &Arc<HashSet<String>>,
-    completions: &mpsc::UnboundedSender<AttemptCompletion>,
+    completions: &mpsc::UnboundedSender<Pending>,
     attempts: &mut JoinSet<()>,
     mut runs: Vec<DequeuedRun>,
     permits: Vec<OwnedSemaphorePermit>,
@@ -527,7 +575,7 @@ async fn start_runs<E: Executor + ?Sized>(
     let request = StartRequest {
         attempt_ids: runs.iter().map(|run| run.attempt_id.clone()).collect(),
     };
-    let reply = with_retries("start", shared.lease_timeout, || {
+    let reply = until_answered("start", shared, || {
         shared.client.start(&shared.worker_id, &request)
     })
     .await;
@@ -565,7 +613,7 @@ async fn start_runs<E: Executor + ?Sized>(
             completions: completions.clone(),
             handle,
             signal,
-            _permit: permit,
+            permit,
         };
         attempts.spawn(attempt.run(executor.clone(), run).instrument(span));
     }
@@ -575,11 +623,18 @@ async fn start_runs<E: Executor + ?Sized>(
 struct Attempt {
     shared: Arc<Shared>,
     known: Arc<HashSet<String>>,
-    completions: mpsc::UnboundedSender<AttemptCompletion>,
+    completions: mpsc::UnboundedSender<Pending>,
     handle: Arc<StopHandle>,
     signal: StopSignal,
-    /// The concurrency slot, freed when the attempt's task ends.
-    _permit: OwnedSemaphorePermit,
+    /// The concurrency slot: freed when a canceled attempt ends, else handed on with the
+    /// completion and freed once the server answered it.
+    permit: OwnedSemaphorePermit,
+}
+
+/// A completion on its way to the server, with the concurrency slot it keeps taken.
+struct Pending {
+    completion: AttemptCompletion,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Attempt {
@@ -638,11 +693,14 @@ impl Attempt {
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let completion = AttemptCompletion {
-            attempt_id: attempt_id.clone(),
-            outcome,
+        let pending = Pending {
+            completion: AttemptCompletion {
+                attempt_id: attempt_id.clone(),
+                outcome,
+            },
+            permit: self.permit,
         };
-        if self.completions.send(completion).is_err() {
+        if self.completions.send(pending).is_err() {
             // Only possible if the reporter died; the server rescues the run.
             error!("the completion reporter is gone; the attempt is not reported");
             self.shared.held().remove(&attempt_id);
@@ -700,22 +758,28 @@ impl Attempt {
 }
 
 /// Sends completions as they come: whatever queued up while the previous request was in
-/// flight goes in the next one, so batching adds no waiting.
-async fn report_loop(shared: Arc<Shared>, mut pending: mpsc::UnboundedReceiver<AttemptCompletion>) {
+/// flight goes in the next one, so batching adds no waiting. A batch is retried until
+/// the server answers it (or the shutdown grace is over); its attempts stay held, and
+/// their slots taken, until then.
+async fn report_loop(shared: Arc<Shared>, mut pending: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = pending.recv().await {
-        let mut completions = vec![first];
-        while completions.len() < MAX_BATCH {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
             match pending.try_recv() {
-                Ok(completion) => completions.push(completion),
+                Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
-        let ids: Vec<String> = completions
+        let ids: Vec<String> = batch
             .iter()
-            .map(|completion| completion.attempt_id.clone())
+            .map(|pending| pending.completion.attempt_id.clone())
             .collect();
+        let (completions, permits): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|pending| (pending.completion, pending.permit))
+            .unzip();
         let request = CompleteRequest { completions };
-        let reply = with_retries("complete", shared.lease_timeout, || {
+        let reply = until_answered("complete", &shared, || {
             shared.client.complete(&shared.worker_id, &request)
         })
         .await;
@@ -738,14 +802,17 @@ async fn report_loop(shared: Arc<Shared>, mut pending: mpsc::UnboundedReceiver<A
             }
             Err(error) => error!(
                 %error,
-                attempts = ids.len(),
-                "could not report completions; the server will rescue their runs"
+                attempts = ?ids,
+                "could not report completions; the server will rescue their runs once \
+                 their leases run out, and they may run again"
             ),
         }
         let mut held = shared.held();
         for id in &ids {
             held.remove(id);
         }
+        drop(held);
+        drop(permits);
     }
 }
 
@@ -757,7 +824,7 @@ async fn report_loop(shared: Arc<Shared>, mut pending: mpsc::UnboundedReceiver<A
 /// harmless: it only extended leases, and a pending cancel is answered again by the next).
 async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
     let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(MAX_WAIT_MS);
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(shared.retry_cap);
     loop {
         let (attempt_ids, generation) = shared.held().heartbeat_ids();
         if attempt_ids.is_empty() {
@@ -817,48 +884,71 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// Calls `call` until it succeeds, fails for good, or `give_up_after` has passed.
-async fn with_retries<T, F, Fut>(
-    what: &str,
-    give_up_after: Duration,
-    mut call: F,
-) -> Result<T, Error>
+/// Calls `call` until the server answers (success or a refusal that retrying cannot
+/// change). Transient failures (the server unreachable, a 5xx, a 429) are retried with a
+/// capped, jittered backoff: forever while the worker runs, and until the end of the
+/// shutdown grace once a shutdown began (with one last try then).
+async fn until_answered<T, F, Fut>(what: &str, shared: &Shared, mut call: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    let deadline = Instant::now() + give_up_after;
-    let mut backoff = Backoff::new();
+    let mut give_up_at = shared.give_up_at.subscribe();
+    let mut backoff = Backoff::new(shared.retry_cap);
+    let first_failure = Instant::now();
     loop {
-        match call().await {
+        let error = match call().await {
             Ok(value) => return Ok(value),
-            Err(error) if error.is_transient() => {
-                let delay = backoff.next_delay();
-                if Instant::now() + delay >= deadline {
-                    return Err(error);
-                }
-                warn!(%error, retry_in = ?delay, "{what} failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
+            Err(error) if error.is_transient() => error,
             Err(error) => return Err(error),
+        };
+        let mut retry_at = Instant::now() + backoff.next_delay();
+        if let Some(give_up_at) = *give_up_at.borrow_and_update() {
+            if Instant::now() >= give_up_at {
+                return Err(error);
+            }
+            retry_at = retry_at.min(give_up_at);
+        }
+        warn!(
+            %error,
+            retry_in = ?retry_at.saturating_duration_since(Instant::now()),
+            failing_for = ?first_failure.elapsed(),
+            "{what} failed; retrying until the server answers"
+        );
+        tokio::select! {
+            () = tokio::time::sleep_until(retry_at) => {}
+            // A shutdown began: its deadline may come before `retry_at`.
+            Ok(()) = give_up_at.changed() => {}
         }
     }
 }
 
-/// Exponential delays from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
+/// The longest delay between two retries for a server whose lease timeout is
+/// `lease_timeout`: a quarter of it, between [`BACKOFF_MIN`] and [`BACKOFF_MAX`].
+pub(crate) fn retry_cap(lease_timeout: Duration) -> Duration {
+    (lease_timeout / BACKOFF_LEASE_DIVISOR).clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
+
+/// Exponential delays from [`BACKOFF_MIN`] up to a cap, each drawn at random from its
+/// upper half, so workers that lost the same server do not all come back at once.
 struct Backoff {
     next: Duration,
+    cap: Duration,
 }
 
 impl Backoff {
-    fn new() -> Backoff {
-        Backoff { next: BACKOFF_MIN }
+    fn new(cap: Duration) -> Backoff {
+        let cap = cap.max(BACKOFF_MIN);
+        Backoff {
+            next: BACKOFF_MIN,
+            cap,
+        }
     }
 
     fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        delay
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        rand::rng().random_range(ceiling / 2..=ceiling)
     }
 
     fn reset(&mut self) {
@@ -908,5 +998,42 @@ async fn sleep_for(limit: Option<Duration>) {
 fn failure(kind: FailureKind, message: impl Into<String>) -> AttemptOutcome {
     AttemptOutcome::Failure {
         error: TaskFailure::new(kind, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap_and_never_past_it() {
+        let cap = Duration::from_secs(2);
+        let mut backoff = Backoff::new(cap);
+        let mut ceiling = BACKOFF_MIN;
+        for _ in 0..64 {
+            let delay = backoff.next_delay();
+            assert!(
+                (ceiling / 2..=ceiling).contains(&delay),
+                "{delay:?} outside {:?}..={ceiling:?}",
+                ceiling / 2
+            );
+            ceiling = (ceiling * 2).min(cap);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn the_retry_cap_is_a_quarter_of_the_lease_within_bounds() {
+        let cases = [
+            (Duration::from_millis(100), BACKOFF_MIN),
+            (Duration::from_secs(2), Duration::from_millis(500)),
+            (Duration::from_secs(8), Duration::from_secs(2)),
+            (Duration::from_secs(30), BACKOFF_MAX),
+            (Duration::from_secs(3600), BACKOFF_MAX),
+        ];
+        for (lease, cap) in cases {
+            assert_eq!(retry_cap(lease), cap, "lease {lease:?}");
+        }
     }
 }

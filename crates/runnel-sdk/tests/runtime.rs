@@ -1,5 +1,6 @@
 //! The worker runtime against an in-process fake of the worker protocol: dequeue,
-//! start, heartbeat-borne cancels, `maxDuration`, retries after server errors and the
+//! start, heartbeat-borne cancels, `maxDuration`, retries after server errors (a
+//! completion is retried until the server answers, keeping its slot meanwhile) and the
 //! shutdown rules, each observed from the server's side.
 //!
 //! The fake keeps everything in one locked state and wakes long polls (and the tests'
@@ -42,6 +43,10 @@ struct FakeState {
     registrations: Vec<RegisterRequest>,
     /// Answer this many dequeues with 503 first.
     failing_dequeues: u32,
+    /// Answer this many completion requests with 503 first.
+    failing_completes: u32,
+    /// Completion requests received, answered or not.
+    complete_requests: usize,
     dequeues_in_flight: usize,
     dequeue_requests: Vec<DequeueRequest>,
     heartbeats: Vec<HeartbeatRequest>,
@@ -225,6 +230,21 @@ async fn complete(
     Json(request): Json<CompleteRequest>,
 ) -> Reply<CompleteResponse> {
     authorized(&headers)?;
+    let failing = fake.update(|state| {
+        state.complete_requests += 1;
+        if state.failing_completes > 0 {
+            state.failing_completes -= 1;
+            true
+        } else {
+            false
+        }
+    });
+    if failing {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "restarting"})),
+        ));
+    }
     let results = fake.update(|state| {
         request
             .completions
@@ -717,4 +737,80 @@ async fn shutdown_before_registration_returns_an_empty_summary() {
     .await
     .unwrap();
     assert_eq!(summary, WorkerSummary::default());
+}
+
+#[tokio::test]
+async fn a_completion_is_retried_past_the_lease_timeout_and_keeps_its_slot_meanwhile() {
+    // A lease of 300 ms: the old worker gave a completion up after that long.
+    let (fake, url) = start_fake(100).await;
+    const FAILURES: u32 = 12;
+    fake.update(|state| state.failing_completes = FAILURES);
+    let worker = Running::spawn(&url, options(1), tasks(Arc::default()));
+    fake.push(run(1, "hello", json!("patient")));
+    fake.expect("the first failed completion", |state| {
+        (state.complete_requests >= 1).then_some(())
+    })
+    .await;
+    let dequeues_then = fake.read(|state| state.dequeue_requests.len());
+    fake.push(run(2, "hello", json!("waiting")));
+    let completions = fake.expect_completions(1).await;
+    assert_eq!(completions[0].attempt_id, "attempt_1");
+    assert_eq!(completions[0].outcome, success(json!("Hello, patient!")));
+    fake.read(|state| {
+        assert_eq!(state.complete_requests, FAILURES as usize + 1);
+        assert_eq!(
+            state.dequeue_requests.len(),
+            dequeues_then,
+            "no dequeue while the only slot waits for its completion"
+        );
+        assert!(
+            state
+                .heartbeats
+                .iter()
+                .filter(|h| h.attempt_ids == ["attempt_1"])
+                .count()
+                >= 2,
+            "the attempt stays held (heartbeated) while its completion is pending"
+        );
+    });
+    // The slot is free again once the server answered.
+    let completions = fake.expect_completions(2).await;
+    assert_eq!(completions[1].attempt_id, "attempt_2");
+    let summary = worker.stop().await;
+    assert_eq!(summary.succeeded, 2);
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_a_completion_the_server_never_answers_after_the_grace() {
+    let (fake, url) = start_fake(100).await;
+    fake.update(|state| state.failing_completes = u32::MAX);
+    // Longer than the dequeue wait (500 ms), which a shutdown also waits out.
+    let grace = Duration::from_millis(1_500);
+    let mut worker = Running::spawn(
+        &url,
+        WorkerOptions {
+            shutdown_grace: grace,
+            ..options(1)
+        },
+        tasks(Arc::default()),
+    );
+    fake.push(run(1, "hello", json!("lost")));
+    fake.expect("a failed completion", |state| {
+        (state.complete_requests >= 1).then_some(())
+    })
+    .await;
+    let began = Instant::now();
+    worker.begin_shutdown();
+    let summary = worker.finish().await;
+    let took = began.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(2),
+        "the worker stopped {took:?} after shutdown began (grace {grace:?})"
+    );
+    assert_eq!(summary.succeeded, 1);
+    assert!(fake.completions().is_empty());
+    assert!(
+        fake.read(|state| state.complete_requests) >= 2,
+        "retried until the grace ended"
+    );
 }

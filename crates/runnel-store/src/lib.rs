@@ -264,8 +264,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
 
     /// The earliest moment the runtime services have work (a delay, TTL, retry, lease or
-    /// maxDuration deadline), if any.
-    async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>>;
+    /// maxDuration deadline), if any. Lease ends count only `with_leases` (not during the
+    /// rescuer's start-up grace, which holds them back).
+    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>>;
 
     /// The attempts of a run, by number.
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>>;
@@ -333,9 +334,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Returns, per settlement, whether it applied.
     async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>>;
 
-    /// Up to `limit` held runs whose lease ran out or whose attempt passed its
-    /// `maxDuration` deadline at `now`.
-    async fn run_leases_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Leased>>;
+    /// Up to `limit` held runs whose lease ran out by `leases_expired_by` (none when it
+    /// is `None`: the rescuer's start-up grace) or whose attempt passed its `maxDuration`
+    /// deadline by `timed_out_by`.
+    async fn run_leases_due(
+        &self,
+        leases_expired_by: Option<DateTime<Utc>>,
+        timed_out_by: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Leased>>;
 
     /// Cancels a live run of `environment` (with `TASK_RUN_CANCELLED`), ending its held
     /// attempt; the attempt's compute time so far is charged at `cents_per_ms`.

@@ -903,8 +903,8 @@ impl Store for SqliteStore {
         Ok(ids.into_iter().map(RunId::from_trusted).collect())
     }
 
-    async fn run_next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        statements::sqlite::run_next_due_at(&self.reader).await
+    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>> {
+        statements::sqlite::run_next_due_at(&self.reader, with_leases).await
     }
 
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
@@ -1050,16 +1050,23 @@ impl Store for SqliteStore {
         detached(async move { store.write_attempt_settle(&settlements).await }).await
     }
 
-    async fn run_leases_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Leased>> {
+    async fn run_leases_due(
+        &self,
+        leases_expired_by: Option<DateTime<Utc>>,
+        timed_out_by: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Leased>> {
+        // A NULL `?1` matches no lease: only deadlines are looked at.
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ( \
                SELECT id FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') AND lease_expires_at <= ?1 \
                UNION \
-               SELECT id FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL AND timeout_at <= ?1) \
-             LIMIT ?2"
+               SELECT id FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL AND timeout_at <= ?2) \
+             LIMIT ?3"
         );
         let rows = sqlx::query(&sql)
-            .bind(ms(now))
+            .bind(leases_expired_by.map(ms))
+            .bind(ms(timed_out_by))
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;

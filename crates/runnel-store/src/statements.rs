@@ -211,9 +211,11 @@ macro_rules! statements {
             Ok(done.rows_affected() == 1)
         }
 
-        /// The earliest instant at which a periodic service has something to do.
+        /// The earliest instant at which a periodic service has something to do; lease
+        /// ends count only `with_leases`.
         pub(crate) async fn run_next_due_at(
             db: impl sqlx::Executor<'_, Database = $db>,
+            with_leases: bool,
         ) -> Result<Option<DateTime<Utc>>> {
             let next: Option<i64> = sqlx::query_scalar(
                 "SELECT min(t) FROM ( \
@@ -224,11 +226,12 @@ macro_rules! statements {
                    UNION ALL \
                    SELECT min(next_attempt_at) AS t FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' \
                    UNION ALL \
-                   SELECT min(lease_expires_at) AS t FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') \
+                   SELECT min(lease_expires_at) AS t FROM runs WHERE $1 AND status IN ('DEQUEUED', 'EXECUTING') \
                    UNION ALL \
                    SELECT min(timeout_at) AS t FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL \
                  ) AS due",
             )
+            .bind(with_leases)
             .fetch_one(db)
             .await?;
             opt_time(next)

@@ -108,6 +108,7 @@ macro_rules! conformance_tests {
             attempt_settle_after_run_cancel_is_refused,
             run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones,
             run_leases_due_finds_expired_leases_and_passed_deadlines_only,
+            an_expired_lease_not_yet_rescued_takes_its_worker_heartbeat_and_completion,
             run_promote_due_requeues_retrying_runs_at_their_next_attempt,
             run_promote_due_leaves_delayed_runs_waiting_for_a_version_that_serves_them,
             run_promote_due_queues_waiting_runs_a_version_now_serves,
@@ -1907,14 +1908,14 @@ async fn run_promote_due_concurrent_sweeps_promote_each_run_once(store: Arc<dyn 
 async fn run_next_due_at_is_the_earliest_expiry_or_promotion(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         None,
         "empty database"
     );
 
     create(&*store, &queued_run(&tenancy.dev, at(0)), at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         None,
         "a run without TTL or delay is never due"
     );
@@ -1922,14 +1923,14 @@ async fn run_next_due_at_is_the_earliest_expiry_or_promotion(store: Arc<dyn Stor
     let ttl_30m = run_with_options(json!({"ttl": "30m"}), &tenancy.dev, at(0));
     create(&*store, &ttl_30m, at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(30 * MINUTE))
     );
 
     let delay_10m = run_with_options(json!({"delay": "10m"}), &tenancy.staging, at(0));
     create(&*store, &delay_10m, at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(10 * MINUTE))
     );
 
@@ -1938,20 +1939,23 @@ async fn run_next_due_at_is_the_earliest_expiry_or_promotion(store: Arc<dyn Stor
     create(&*store, &executing, at(0)).await;
     walk(&*store, &executing.id, RunStatus::Executing, at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(10 * MINUTE))
     );
 
     let ttl_2m = run_with_options(json!({"ttl": "2m"}), &tenancy.prod, at(0));
     create(&*store, &ttl_2m, at(0)).await;
-    assert_eq!(store.run_next_due_at().await.unwrap(), Some(at(2 * MINUTE)));
+    assert_eq!(
+        store.run_next_due_at(true).await.unwrap(),
+        Some(at(2 * MINUTE))
+    );
 
     store
         .run_expire_due(at(2 * MINUTE), NO_LIMIT)
         .await
         .unwrap();
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(10 * MINUTE))
     );
     store
@@ -1959,14 +1963,14 @@ async fn run_next_due_at_is_the_earliest_expiry_or_promotion(store: Arc<dyn Stor
         .await
         .unwrap();
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(30 * MINUTE))
     );
     store
         .run_expire_due(at(30 * MINUTE), NO_LIMIT)
         .await
         .unwrap();
-    assert_eq!(store.run_next_due_at().await.unwrap(), None);
+    assert_eq!(store.run_next_due_at(true).await.unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -3032,7 +3036,10 @@ async fn attempt_settle_after_run_cancel_is_refused(store: Arc<dyn Store>) {
     let rescue = succeeded(&started, Claim::LeaseExpired(at(HOUR)), at(HOUR));
     assert_eq!(store.attempt_settle(&[rescue]).await.unwrap(), vec![false]);
     assert_eq!(
-        store.run_leases_due(at(HOUR), NO_LIMIT).await.unwrap(),
+        store
+            .run_leases_due(Some(at(HOUR)), at(HOUR), NO_LIMIT)
+            .await
+            .unwrap(),
         vec![],
         "nothing left to rescue"
     );
@@ -3185,7 +3192,10 @@ async fn run_leases_due_finds_expired_leases_and_passed_deadlines_only(store: Ar
     let due_at = |now: DateTime<Utc>| {
         let store = Arc::clone(&store);
         async move {
-            let mut due = store.run_leases_due(now, NO_LIMIT).await.unwrap();
+            let mut due = store
+                .run_leases_due(Some(now), now, NO_LIMIT)
+                .await
+                .unwrap();
             due.sort_by(|a, b| a.run.id.cmp(&b.run.id));
             due
         }
@@ -3205,7 +3215,69 @@ async fn run_leases_due_finds_expired_leases_and_passed_deadlines_only(store: Ar
         vec![want_dequeued, want_limited, want_executing],
         "a retrying or queued run holds no lease"
     );
-    assert_eq!(store.run_leases_due(at(HOUR), 2).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .run_leases_due(Some(at(HOUR)), at(HOUR), 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // The rescuer's start-up grace: no lease counts, deadlines still do.
+    assert_eq!(
+        store
+            .run_leases_due(None, at(HOUR), NO_LIMIT)
+            .await
+            .unwrap(),
+        vec![held(&*store, &limited).await]
+    );
+}
+
+/// A lease that ran out but was not rescued yet (the rescuer's start-up grace) is still
+/// its worker's: a heartbeat renews it, a completion settles it.
+async fn an_expired_lease_not_yet_rescued_takes_its_worker_heartbeat_and_completion(
+    store: Arc<dyn Store>,
+) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let runs: Vec<Run> = (0..2).map(|i| queued_run(&tenancy.dev, at(i))).collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+    // Both leases run out at 30 s; the worker speaks again at 100 s.
+    let renewed = lease_and_start(&*store, &worker, at(0)).await;
+    let completed = lease_and_start(&*store, &worker, at(0)).await;
+    let now = at(100);
+    assert_eq!(
+        store
+            .attempt_heartbeat(
+                &worker.id,
+                std::slice::from_ref(&renewed.attempt.id),
+                now + Duration::seconds(LEASE_SECS),
+                now,
+            )
+            .await
+            .unwrap(),
+        vec![renewed.attempt.id.clone()]
+    );
+    assert_eq!(
+        stored(&*store, &renewed.run).await.lease_expires_at,
+        Some(now + Duration::seconds(LEASE_SECS))
+    );
+    let settled = succeeded(&completed, Claim::Worker(worker.id.clone()), now);
+    assert_eq!(store.attempt_settle(&[settled]).await.unwrap(), vec![true]);
+    assert_eq!(
+        stored(&*store, &completed.run).await.status,
+        RunStatus::CompletedSuccessfully
+    );
+    assert_eq!(
+        store
+            .run_leases_due(Some(now), now, NO_LIMIT)
+            .await
+            .unwrap(),
+        vec![],
+        "nothing is left for the rescuer"
+    );
 }
 
 async fn run_promote_due_requeues_retrying_runs_at_their_next_attempt(store: Arc<dyn Store>) {
@@ -3365,7 +3437,7 @@ async fn run_expire_due_expires_runs_waiting_for_a_version(store: Arc<dyn Store>
     create(&*store, &waiting, at(0)).await;
     create(&*store, &no_ttl, at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(10 * MINUTE))
     );
 
@@ -3398,13 +3470,18 @@ async fn run_next_due_at_includes_retry_lease_and_timeout_deadlines(store: Arc<d
     let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
     let run = run_with_options(json!({"maxDuration": 5}), &tenancy.dev, at(0));
     create(&*store, &run, at(0)).await;
-    assert_eq!(store.run_next_due_at().await.unwrap(), None);
+    assert_eq!(store.run_next_due_at(true).await.unwrap(), None);
 
     let leased = lease(&*store, &worker, at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(LEASE_SECS)),
         "the lease"
+    );
+    assert_eq!(
+        store.run_next_due_at(false).await.unwrap(),
+        None,
+        "leases left out (the rescuer's start-up grace)"
     );
     store
         .attempt_start(
@@ -3418,9 +3495,14 @@ async fn run_next_due_at_includes_retry_lease_and_timeout_deadlines(store: Arc<d
         .await
         .unwrap();
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(2 + 5) + Duration::milliseconds(GRACE_MS)),
         "the maxDuration deadline comes before the lease"
+    );
+    assert_eq!(
+        store.run_next_due_at(false).await.unwrap(),
+        Some(at(2 + 5) + Duration::milliseconds(GRACE_MS)),
+        "a deadline counts without leases too"
     );
     let started = held(&*store, &run).await;
     store
@@ -3433,14 +3515,14 @@ async fn run_next_due_at_includes_retry_lease_and_timeout_deadlines(store: Arc<d
         .await
         .unwrap();
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(HOUR)),
         "the retry; the lease and deadline ended with the attempt"
     );
     let ttl = run_with_options(json!({"ttl": "30m"}), &tenancy.dev, at(0));
     create(&*store, &ttl, at(0)).await;
     assert_eq!(
-        store.run_next_due_at().await.unwrap(),
+        store.run_next_due_at(true).await.unwrap(),
         Some(at(30 * MINUTE))
     );
 }
@@ -5402,7 +5484,10 @@ async fn run_leases_due_concurrent_rescuers_settle_each_lease_once(store: Arc<dy
         let (store, start) = (Arc::clone(&store), Arc::clone(&start));
         rescuers.spawn(async move {
             start.wait().await;
-            let due = store.run_leases_due(now, NO_LIMIT).await.unwrap();
+            let due = store
+                .run_leases_due(Some(now), now, NO_LIMIT)
+                .await
+                .unwrap();
             let settlements: Vec<AttemptSettlement> = due
                 .iter()
                 .map(|leased| AttemptSettlement {
@@ -5428,5 +5513,11 @@ async fn run_leases_due_concurrent_rescuers_settle_each_lease_once(store: Arc<dy
         (RUNS, RUNS),
         "every lease settled exactly once"
     );
-    assert_eq!(store.run_leases_due(now, NO_LIMIT).await.unwrap(), vec![]);
+    assert_eq!(
+        store
+            .run_leases_due(Some(now), now, NO_LIMIT)
+            .await
+            .unwrap(),
+        vec![]
+    );
 }

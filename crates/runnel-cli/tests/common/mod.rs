@@ -226,8 +226,17 @@ impl Server {
         } else {
             backend::store_args(data_dir)
         };
+        // Port 0 unless the test chose an address (to restart a server where its
+        // workers look for it).
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = command
-            .args([subcommand, "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(subcommand)
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(store_args)
             .args(extra)

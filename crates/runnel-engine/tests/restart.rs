@@ -1,0 +1,200 @@
+//! The rescuer's start-up grace, with a hand-driven clock: a server that was down longer
+//! than the lease timeout restarts (a new engine over the same store), and for one lease
+//! timeout it lets live workers heartbeat and complete the attempts whose leases ran out
+//! meanwhile; only what is still silent after that is rescued. `maxDuration` deadlines
+//! are not held back.
+
+mod common;
+
+use common::harness;
+
+use chrono::Duration;
+use runnel_core::tenancy::Environment;
+use runnel_core::worker::{AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun};
+use runnel_core::{RunId, RunStatus};
+use runnel_engine::{Engine, EngineConfig};
+use serde_json::{json, Value};
+
+async fn register(engine: &Engine, environment: &Environment, tasks: Value) -> String {
+    engine
+        .worker_register(
+            environment,
+            serde_json::from_value(json!({"name": "test", "tasks": tasks})).unwrap(),
+        )
+        .await
+        .unwrap()
+        .worker_id
+}
+
+async fn trigger(engine: &Engine, environment: &Environment, task: &str) -> RunId {
+    engine
+        .trigger(
+            environment,
+            task,
+            serde_json::from_value(json!({})).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+/// Dequeues and starts one run.
+async fn lease_and_start(engine: &Engine, environment: &Environment, worker: &str) -> DequeuedRun {
+    let mut runs = engine
+        .worker_dequeue(environment, worker, 1, 0)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1, "one run to lease");
+    let run = runs.remove(0);
+    let (started, _) = engine
+        .worker_start(environment, worker, vec![run.attempt_id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(started, vec![run.attempt_id.clone()]);
+    run
+}
+
+async fn complete(
+    engine: &Engine,
+    environment: &Environment,
+    worker: &str,
+    attempt_id: &str,
+) -> CompletionResult {
+    let completion = AttemptCompletion {
+        attempt_id: attempt_id.to_owned(),
+        outcome: AttemptOutcome::Success {
+            output: json!("done"),
+        },
+    };
+    engine
+        .worker_complete(environment, worker, vec![completion])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+async fn status(engine: &Engine, environment: &Environment, id: &RunId) -> RunStatus {
+    engine
+        .store()
+        .run_get(&environment.id, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+}
+
+#[tokio::test]
+async fn after_a_restart_live_workers_report_within_one_lease_timeout_before_any_rescue() {
+    let h = harness().await;
+    let lease_timeout = Duration::from_std(EngineConfig::default().lease_timeout).unwrap();
+    let worker = register(&h.engine, &h.dev, json!([{"id": "t"}])).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(trigger(&h.engine, &h.dev, "t").await);
+        // Runs of one millisecond have no order between them.
+        h.clock.advance(Duration::milliseconds(1));
+    }
+    let [finished, renewed, _silent] = [
+        lease_and_start(&h.engine, &h.dev, &worker).await,
+        lease_and_start(&h.engine, &h.dev, &worker).await,
+        lease_and_start(&h.engine, &h.dev, &worker).await,
+    ];
+
+    // The server is down for three lease timeouts, then a new node starts.
+    h.clock.advance(lease_timeout * 3);
+    let restarted = Engine::with_config(
+        h.engine.store().clone(),
+        h.clock.clone(),
+        EngineConfig::default(),
+    );
+    assert!(restarted.in_start_up_grace(restarted.now()));
+    assert_eq!(
+        restarted.rescue_due().await.unwrap(),
+        0,
+        "every lease ran out, none is rescued at start"
+    );
+
+    // Within the grace, the worker reports one attempt and heartbeats another.
+    h.clock.advance(lease_timeout / 2);
+    assert_eq!(
+        complete(&restarted, &h.dev, &worker, &finished.attempt_id).await,
+        CompletionResult {
+            attempt_id: finished.attempt_id.clone(),
+            accepted: true,
+            run_status: Some("COMPLETED".into()),
+        }
+    );
+    let to_stop = restarted
+        .worker_heartbeat(&h.dev, &worker, vec![renewed.attempt_id.clone()], 0)
+        .await
+        .unwrap();
+    assert_eq!(to_stop, Vec::<String>::new(), "the lease is the worker's");
+    assert_eq!(restarted.rescue_due().await.unwrap(), 0);
+
+    // The grace ends: only the silent attempt is rescued; the renewed lease holds.
+    h.clock
+        .advance(lease_timeout / 2 - Duration::milliseconds(1));
+    assert_eq!(restarted.rescue_due().await.unwrap(), 0);
+    h.clock.advance(Duration::milliseconds(1));
+    assert!(!restarted.in_start_up_grace(restarted.now()));
+    assert_eq!(restarted.rescue_due().await.unwrap(), 1);
+    assert_eq!(
+        status(&restarted, &h.dev, &ids[0]).await,
+        RunStatus::CompletedSuccessfully
+    );
+    assert_eq!(
+        status(&restarted, &h.dev, &ids[1]).await,
+        RunStatus::Executing
+    );
+    assert_eq!(
+        status(&restarted, &h.dev, &ids[2]).await,
+        RunStatus::RetryingAfterFailure,
+        "the silent attempt crashed"
+    );
+}
+
+#[tokio::test]
+async fn the_start_up_grace_does_not_hold_back_a_max_duration_timeout() {
+    let h = harness().await;
+    let worker = register(&h.engine, &h.dev, json!([{"id": "t", "maxDuration": 10}])).await;
+    let id = trigger(&h.engine, &h.dev, "t").await;
+    let leased = lease_and_start(&h.engine, &h.dev, &worker).await;
+    // Down past the deadline (10 s + the timeout grace), yet shorter than the lease.
+    h.clock.advance(Duration::seconds(20));
+    let restarted = Engine::with_config(
+        h.engine.store().clone(),
+        h.clock.clone(),
+        EngineConfig::default(),
+    );
+    assert!(restarted.in_start_up_grace(restarted.now()));
+    assert_eq!(restarted.rescue_due().await.unwrap(), 1);
+    assert_eq!(status(&restarted, &h.dev, &id).await, RunStatus::TimedOut);
+    assert!(
+        !complete(&restarted, &h.dev, &worker, &leased.attempt_id)
+            .await
+            .accepted
+    );
+}
+
+#[tokio::test]
+async fn a_first_start_holds_back_leases_for_one_lease_timeout_too() {
+    // The grace counts from the engine's start. A lease this node granted lasts one
+    // lease timeout, so it cannot run out within the grace: rescues of attempts whose
+    // worker died while this node ran are not delayed.
+    let h = harness().await;
+    let lease_timeout = Duration::from_std(EngineConfig::default().lease_timeout).unwrap();
+    assert_eq!(
+        h.engine.start_up_grace_until(),
+        h.engine.now() + lease_timeout
+    );
+    let worker = register(&h.engine, &h.dev, json!([{"id": "t"}])).await;
+    let id = trigger(&h.engine, &h.dev, "t").await;
+    lease_and_start(&h.engine, &h.dev, &worker).await;
+    h.clock.advance(lease_timeout);
+    assert_eq!(h.engine.rescue_due().await.unwrap(), 1);
+    assert_eq!(
+        status(&h.engine, &h.dev, &id).await,
+        RunStatus::RetryingAfterFailure
+    );
+}
