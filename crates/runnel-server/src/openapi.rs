@@ -60,7 +60,7 @@ pub struct RunIdBody {
         CompleteRequest, CompleteResponse, CompletionResult, AttemptCompletion, AttemptOutcome,
         TaskFailure, FailureKind, ErrorBody, ProblemBody, RunIdBody,
     )),
-    modifiers(&SecretKeyAuth),
+    modifiers(&SecretKeyAuth, &TransportAnswers),
     security(("secret_key" = [])),
     tags((name = "workers", description = "The worker protocol"), (name = "runs", description = "Run management")),
 )]
@@ -82,6 +82,74 @@ impl Modify for SecretKeyAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Answers any operation may give before its handler decides: a body over the size
+/// limit (413), a body that stalls past `--body-read-timeout` (408), and the opt-in rate
+/// limit (429, problem+json as upstream).
+#[derive(Debug)]
+struct TransportAnswers;
+
+impl Modify for TransportAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, PathItem, Ref, ResponseBuilder};
+        let answer = |description: &str, content_type: &str, schema: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    content_type,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(schema)))
+                        .build(),
+                )
+                .build()
+        };
+        let answers = [
+            (
+                "408",
+                answer(
+                    "The request body paused longer than the server's --body-read-timeout; the connection closes.",
+                    "application/json",
+                    "ErrorBody",
+                ),
+            ),
+            (
+                "413",
+                answer(
+                    "The request body is larger than 3 MiB.",
+                    "application/json",
+                    "ErrorBody",
+                ),
+            ),
+            (
+                "429",
+                answer(
+                    "The environment's rate limit is spent (only with --rate-limit).",
+                    "application/problem+json",
+                    "ProblemBody",
+                ),
+            ),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let PathItem {
+                get,
+                post,
+                put,
+                delete,
+                patch,
+                ..
+            } = item;
+            for operation in [get, post, put, delete, patch].into_iter().flatten() {
+                for (status, response) in &answers {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| response.clone().into());
+                }
+            }
+        }
     }
 }
 
@@ -152,6 +220,12 @@ mod tests {
             );
             if post["requestBody"].is_object() {
                 assert!(post["responses"]["400"].is_object(), "{path}: 400 response");
+            }
+            for status in ["408", "413", "429"] {
+                assert!(
+                    post["responses"][status].is_object(),
+                    "{path}: {status} response"
+                );
             }
         }
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
