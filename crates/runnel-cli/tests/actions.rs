@@ -24,28 +24,6 @@ async fn call(
     send(request).await
 }
 
-/// Dequeues, starts and completes the one queued run of `task` with `output`.
-async fn complete_with(server: &Server, key: &str, worker: &str, output: Value) {
-    let (_, attempt) = server.dequeue_one(key, worker).await;
-    let started = server
-        .worker_call(key, worker, "start", &json!({"attemptIds": [attempt]}))
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "{started:?}");
-    let completed = server
-        .worker_call(
-            key,
-            worker,
-            "complete",
-            &json!({"completions": [{"attemptId": attempt, "outcome": "success", "output": output}]}),
-        )
-        .await;
-    assert_eq!(
-        completed.body,
-        json!({"results": [{"attemptId": attempt, "accepted": true, "runStatus": "COMPLETED"}]}),
-        "{completed:?}"
-    );
-}
-
 #[tokio::test]
 async fn replay_triggers_a_new_run_with_the_same_inputs_on_the_latest_version() {
     let app = TestApp::start();
@@ -376,7 +354,7 @@ async fn result_shows_finished_runs_only() {
     let (server, key) = (&app.server, app.dev_key.as_str());
     let worker = server.register_worker(key, &["t"]).await;
     let done = server.trigger_new(key, "t", &json!({})).await;
-    complete_with(server, key, &worker, json!({"sum": 3})).await;
+    server.run_one(key, &worker, json!({"sum": 3})).await;
     let canceled = server.trigger_new(key, "t", &json!({})).await;
     assert_eq!(server.cancel(key, &canceled).await.status, StatusCode::OK);
     let queued = server.trigger_new(key, "t", &json!({})).await;

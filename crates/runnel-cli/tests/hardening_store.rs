@@ -86,20 +86,7 @@ async fn assert_every_write_works(server: &Server, key: &str, worker: &str) {
     server
         .trigger_new(key, "cut", &json!({"payload": {"after": "run"}}))
         .await;
-    let (run, attempt) = server.dequeue_one(key, worker).await;
-    let started = server
-        .worker_call(key, worker, "start", &json!({"attemptIds": [attempt]}))
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "start: {started:?}");
-    let completed = server
-        .worker_call(
-            key,
-            worker,
-            "complete",
-            &json!({"completions": [{"attemptId": attempt, "outcome": "success", "output": {"done": true}}]}),
-        )
-        .await;
-    assert_eq!(completed.status, StatusCode::OK, "complete: {completed:?}");
+    let run = server.run_one(key, worker, json!({"done": true})).await;
     let body = server.wait_for_status(key, &run, "COMPLETED").await;
     assert_eq!(body["output"], json!({"done": true}), "{body}");
 }

@@ -495,6 +495,30 @@ impl Server {
         }
     }
 
+    /// Leases one queued run to `worker_id`, starts its attempt and completes it with
+    /// `output`, asserting each step and that the run is `COMPLETED`; returns the run id.
+    pub async fn run_one(&self, key: &str, worker_id: &str, output: Value) -> String {
+        let (run, attempt) = self.dequeue_one(key, worker_id).await;
+        let started = self
+            .worker_call(key, worker_id, "start", &json!({"attemptIds": [attempt]}))
+            .await;
+        assert_eq!(started.status, StatusCode::OK, "start: {started:?}");
+        let completed = self
+            .worker_call(
+                key,
+                worker_id,
+                "complete",
+                &json!({"completions": [{"attemptId": attempt, "outcome": "success", "output": output}]}),
+            )
+            .await;
+        assert_eq!(
+            completed.body,
+            json!({"results": [{"attemptId": attempt, "accepted": true, "runStatus": "COMPLETED"}]}),
+            "complete: {completed:?}"
+        );
+        run
+    }
+
     /// `POST /api/v2/runs/{id}/cancel`.
     pub async fn cancel(&self, key: &str, run_id: &str) -> Reply {
         send(
