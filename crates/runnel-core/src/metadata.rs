@@ -29,7 +29,10 @@ pub const EDITABLE_AFTER_COMPLETION_MS: i64 = 3_600_000;
 /// Key segments refused everywhere (prototype pollution upstream).
 pub const FORBIDDEN_SEGMENTS: [&str; 3] = ["__proto__", "constructor", "prototype"];
 
-/// One metadata operation, tagged by `type`.
+/// One metadata operation, tagged by `type`. A `key` is a plain top-level key (dots
+/// included as is) or a `$.` path (`$.a.b`, `$.items[2]`) of at most 64 segments
+/// (`MAX_VALUE_DEPTH`); a segment `__proto__`, `constructor` or `prototype` is refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Operation {
@@ -67,6 +70,7 @@ pub enum Operation {
 /// applied to the stored metadata and `metadata` is ignored, as upstream does; otherwise
 /// `metadata` replaces the whole object. `parentOperations` and `rootOperations` go to
 /// the parent and root runs (to the run itself when it has none).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetadataUpdate {

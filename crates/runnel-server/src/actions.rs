@@ -209,6 +209,10 @@ pub(crate) async fn tags_add(
 const TASK_RUN_NOT_FOUND: &str = "Task Run not found";
 
 /// `PUT /api/v1/runs/{runId}/metadata`: replaces and/or operates on the run's metadata.
+#[utoipa::path(put, path = "/api/v1/runs/{runId}/metadata", tag = "runs",
+    params(("runId" = String, Path, description = "`run_…`")),
+    request_body = MetadataUpdate,
+    responses((status = 200, description = "The run's new metadata", body = crate::openapi::MetadataBody), (status = 400, description = "Empty, malformed or out-of-bounds body, an invalid or forbidden key, a `$.` path of more than 64 segments, or a result nested more than 64 levels; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Task Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody), (status = 413, description = "The body is over 3 MiB, or the resulting metadata is over 262144 bytes serialized", body = crate::openapi::ErrorBody), (status = 422, description = "`Cannot update metadata for a completed run`: it finished more than an hour ago", body = crate::openapi::ErrorBody), (status = 503, description = "The run kept changing under every compare-and-swap attempt; retry", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn metadata_update(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -226,6 +230,9 @@ pub(crate) async fn metadata_update(
 }
 
 /// `GET /api/v1/runs/{runId}/metadata`: the stored packet, unparsed.
+#[utoipa::path(get, path = "/api/v1/runs/{runId}/metadata", tag = "runs",
+    params(("runId" = String, Path, description = "`run_…`")),
+    responses((status = 200, description = "The stored metadata text, not parsed", body = crate::openapi::MetadataTextBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Task Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn metadata_get(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,

@@ -1,9 +1,16 @@
-//! The OpenAPI document of the worker protocol (docs/worker-protocol.md), derived from
-//! the wire types in `runnel_core::worker` and the handlers' annotations, and served at
-//! `GET /api/openapi.json`. `docs/openapi.json` is this document, committed; a test
-//! fails when the two drift apart.
+//! The OpenAPI document of the worker protocol (docs/worker-protocol.md) and of the run
+//! management calls that take untrusted input (docs/api.md), derived from the wire types
+//! in `runnel_core` and the handlers' annotations, and served at `GET /api/openapi.json`.
+//! `docs/openapi.json` is this document, committed; a test fails when the two drift
+//! apart.
+//!
+//! Why it must be exact: `scripts/fuzz-api` generates requests from it, valid ones and
+//! ones that break it, and fails on a 5xx, on an answer it does not list and on a broken
+//! request the server accepts. So every bound stated here is one the server enforces,
+//! and every answer a handler gives is listed.
 
 use axum::Json;
+use runnel_core::metadata::{MetadataUpdate, Operation};
 use runnel_core::retry::RetryPolicy;
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
@@ -39,11 +46,34 @@ pub struct RunIdBody {
     pub id: String,
 }
 
+/// The answer to a metadata update: the run's new metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetadataBody {
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The answer to a metadata read: the stored text as is (`null` when none was set).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataTextBody {
+    #[schema(required = true)]
+    pub metadata: Option<String>,
+    /// `application/json` unless the trigger stored another type.
+    pub metadata_type: String,
+}
+
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
-        title = "Runnel worker protocol",
-        description = "How workers register, lease runs, heartbeat and report attempts. See docs/worker-protocol.md. Every bound the server enforces on these bodies is stated here, except the rules JSON Schema cannot say: task ids and queue names unique within a registration, a task without `queue` needs an id that makes a valid `task/<id>` queue name, `retry.minTimeoutInMs` at most `retry.maxTimeoutInMs`, a body nested at most 100 levels and an `output` at most 64 (docs/api.md, Nesting limits).",
+        title = "Runnel API",
+        description = "The worker protocol (how workers register, lease runs, heartbeat and report attempts; docs/worker-protocol.md) and the run management calls that take untrusted input (docs/api.md). Every bound the server enforces is stated here, except the rules JSON Schema cannot say:\n\
+\n\
+- any body: nested at most 100 levels;\n\
+- register: task ids and queue names unique within a registration, a task without `queue` needs an id that makes a valid `task/<id>` queue name, `retry.minTimeoutInMs` at most `retry.maxTimeoutInMs`;\n\
+- complete: an `output` nested at most 64 levels (deeper fails that attempt);\n\
+- metadata: a `$.` key of at most 64 segments, well formed (`$.a.b[0]`), with no segment `__proto__`, `constructor` or `prototype` (nor such a plain key or `update` key); when `operations` is present `metadata` is ignored; the result nested at most 64 levels and at most 262144 bytes serialized (else 413).\n\
+\n\
+See docs/api.md, Nesting limits.",
     ),
     paths(
         crate::workers::register,
@@ -52,6 +82,8 @@ pub struct RunIdBody {
         crate::workers::heartbeat,
         crate::workers::complete,
         crate::runs::cancel,
+        crate::actions::metadata_update,
+        crate::actions::metadata_get,
     ),
     components(schemas(
         RegisterRequest, RegisterResponse, TaskDefinition, QueueDefinition, RetryPolicy,
@@ -59,6 +91,7 @@ pub struct RunIdBody {
         StartRequest, StartResponse, HeartbeatRequest, HeartbeatResponse,
         CompleteRequest, CompleteResponse, CompletionResult, AttemptCompletion, AttemptOutcome,
         TaskFailure, FailureKind, ErrorBody, ProblemBody, RunIdBody,
+        MetadataUpdate, Operation, MetadataBody, MetadataTextBody,
     )),
     modifiers(&SecretKeyAuth, &TransportAnswers),
     security(("secret_key" = [])),
@@ -186,17 +219,22 @@ mod tests {
     }
 
     #[test]
-    fn the_document_describes_every_worker_call() {
+    fn the_document_describes_every_call_with_its_bounds() {
         let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
-        for path in [
-            "/api/v1/workers/register",
-            "/api/v1/workers/{workerId}/dequeue",
-            "/api/v1/workers/{workerId}/start",
-            "/api/v1/workers/{workerId}/heartbeat",
-            "/api/v1/workers/{workerId}/complete",
-            "/api/v2/runs/{runId}/cancel",
+        for (method, path) in [
+            ("post", "/api/v1/workers/register"),
+            ("post", "/api/v1/workers/{workerId}/dequeue"),
+            ("post", "/api/v1/workers/{workerId}/start"),
+            ("post", "/api/v1/workers/{workerId}/heartbeat"),
+            ("post", "/api/v1/workers/{workerId}/complete"),
+            ("post", "/api/v2/runs/{runId}/cancel"),
+            ("put", "/api/v1/runs/{runId}/metadata"),
+            ("get", "/api/v1/runs/{runId}/metadata"),
         ] {
-            assert!(doc["paths"][path]["post"].is_object(), "{path} missing");
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing"
+            );
         }
         // Bounds the server enforces, and the 401 every call may answer.
         let schemas = &doc["components"]["schemas"];
@@ -211,22 +249,42 @@ mod tests {
             (&json!(1), &json!(256))
         );
         for (path, item) in doc["paths"].as_object().unwrap() {
-            let post = &item["post"];
-            let unauthorized = &post["responses"]["401"]["content"];
-            assert!(
-                unauthorized["application/problem+json"].is_object()
-                    && unauthorized["application/json"].is_object(),
-                "{path}: 401 responses"
-            );
-            if post["requestBody"].is_object() {
-                assert!(post["responses"]["400"].is_object(), "{path}: 400 response");
-            }
-            for status in ["408", "413", "429"] {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = &operation["responses"];
+                let unauthorized = &responses["401"]["content"];
                 assert!(
-                    post["responses"][status].is_object(),
-                    "{path}: {status} response"
+                    unauthorized["application/problem+json"].is_object()
+                        && unauthorized["application/json"].is_object(),
+                    "{method} {path}: 401 responses"
                 );
+                if operation["requestBody"].is_object() {
+                    assert!(
+                        responses["400"].is_object(),
+                        "{method} {path}: 400 response"
+                    );
+                }
+                for status in ["408", "413", "429"] {
+                    assert!(
+                        responses[status].is_object(),
+                        "{method} {path}: {status} response"
+                    );
+                }
             }
+        }
+        // Metadata: the operation types, and the answers past the handler's own checks.
+        let types: Vec<&serde_json::Value> = schemas["Operation"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|variant| &variant["properties"]["type"]["enum"][0])
+            .collect();
+        assert_eq!(
+            types,
+            ["update", "set", "delete", "append", "remove", "increment"]
+        );
+        let put = &doc["paths"]["/api/v1/runs/{runId}/metadata"]["put"]["responses"];
+        for status in ["200", "400", "404", "413", "422", "503"] {
+            assert!(put[status].is_object(), "metadata PUT: {status} response");
         }
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
         assert_eq!(
