@@ -14,6 +14,8 @@ pub mod list;
 pub mod machine;
 pub mod metadata;
 pub mod nesting;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod retry;
 pub mod run;
 pub mod status;

@@ -165,6 +165,10 @@ pub(crate) async fn reschedule(
 }
 
 /// `POST /api/v1/runs/{runId}/tags` `{tags: string | string[]}`.
+#[utoipa::path(post, path = "/api/v1/runs/{runId}/tags", tag = "runs",
+    params(("runId" = String, Path, description = "`run_…`")),
+    request_body = crate::openapi::TagsBody,
+    responses((status = 200, description = "`Successfully set N new tags.` or `No new tags to add`; the run's tags become the sorted union", body = crate::openapi::MessageBody), (status = 400, description = "`Invalid request body` with the issues: not a JSON object, no `tags`, a tag not a string, too long or holding NUL; or a body nested too deep (`error` only)", body = crate::openapi::IssuesBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody), (status = 422, description = "The run would have more than 10 tags; none is added", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn tags_add(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,

@@ -62,6 +62,49 @@ pub struct MetadataTextBody {
     pub metadata_type: String,
 }
 
+/// `POST /api/v1/runs/{runId}/tags` body (read by hand in `actions::tags_add`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TagsBody {
+    #[schema(schema_with = runnel_core::openapi::tags)]
+    pub tags: serde_json::Value,
+}
+
+/// A message-only answer (`{"message": "Successfully set 2 new tags."}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageBody {
+    pub message: String,
+}
+
+/// A 400 of the routes that answer like upstream's hand-written ones: `{"error":
+/// "Invalid request body", "issues": [...]}`; a body nested too deep has only `error`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuesBody {
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub issues: Option<Vec<Issue>>,
+}
+
+/// What is wrong with one field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Issue {
+    /// `custom`, or `invalid_type` (with `expected`).
+    pub code: String,
+    pub message: String,
+    /// Where: keys and array indexes from the body's root (empty for the body itself).
+    pub path: Vec<IssuePathSegment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub expected: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum IssuePathSegment {
+    Key(String),
+    Index(u64),
+}
+
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -84,6 +127,7 @@ See docs/api.md, Nesting limits.",
         crate::runs::cancel,
         crate::actions::metadata_update,
         crate::actions::metadata_get,
+        crate::actions::tags_add,
     ),
     components(schemas(
         RegisterRequest, RegisterResponse, TaskDefinition, QueueDefinition, RetryPolicy,
@@ -92,6 +136,7 @@ See docs/api.md, Nesting limits.",
         CompleteRequest, CompleteResponse, CompletionResult, AttemptCompletion, AttemptOutcome,
         TaskFailure, FailureKind, ErrorBody, ProblemBody, RunIdBody,
         MetadataUpdate, Operation, MetadataBody, MetadataTextBody,
+        TagsBody, MessageBody, IssuesBody, Issue, IssuePathSegment,
     )),
     modifiers(&SecretKeyAuth, &TransportAnswers),
     security(("secret_key" = [])),
@@ -230,6 +275,7 @@ mod tests {
             ("post", "/api/v2/runs/{runId}/cancel"),
             ("put", "/api/v1/runs/{runId}/metadata"),
             ("get", "/api/v1/runs/{runId}/metadata"),
+            ("post", "/api/v1/runs/{runId}/tags"),
         ] {
             assert!(
                 doc["paths"][path][method].is_object(),
@@ -285,6 +331,14 @@ mod tests {
         let put = &doc["paths"]["/api/v1/runs/{runId}/metadata"]["put"]["responses"];
         for status in ["200", "400", "404", "413", "422", "503"] {
             assert!(put[status].is_object(), "metadata PUT: {status} response");
+        }
+        // Tags: one or many, each at most 128 characters without NUL.
+        let tags = &schemas["TagsBody"]["properties"]["tags"]["oneOf"];
+        for tag in [&tags[0], &tags[1]["items"]] {
+            assert_eq!(
+                (&tag["maxLength"], &tag["pattern"]),
+                (&json!(128), &json!("^[^\\u0000]*$"))
+            );
         }
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
         assert_eq!(
