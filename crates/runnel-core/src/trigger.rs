@@ -31,9 +31,12 @@ pub const MAX_TASK_IDENTIFIER_LEN: usize = 128;
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
 
 /// `POST /api/v1/tasks/{taskIdentifier}/trigger` body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerRequest {
+    /// Any JSON (nested at most 64 levels); text when `options.payloadType` is not
+    /// `application/json` (superjson text for `application/super+json`).
     #[serde(default)]
     pub payload: Option<Value>,
     /// Accepted for compatibility; not used.
@@ -44,40 +47,82 @@ pub struct TriggerRequest {
 }
 
 /// The `options` object. Polymorphic fields stay `Value` until validation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerOptions {
+    /// The payload's content type; `application/store` is not supported yet (422).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000]*$")
+    )]
     pub payload_type: Option<String>,
     pub queue: Option<QueueOption>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::concurrency_key))]
     pub concurrency_key: Option<Value>,
+    /// At most 2048 bytes; empty means none. The `idempotency-key` header is read when
+    /// absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 2048, pattern = "^[^\\u0000]*$")
+    )]
     pub idempotency_key: Option<String>,
+    /// `^\d+[smhd]$`; anything else means the default, 30 days.
     #[serde(rename = "idempotencyKeyTTL")]
     pub idempotency_key_ttl: Option<String>,
     pub idempotency_key_options: Option<IdempotencyKeyOptions>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::delay))]
     pub delay: Option<Value>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::ttl))]
     pub ttl: Option<Value>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tags_or_null))]
     pub tags: Option<Value>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::trigger_metadata))]
     pub metadata: Option<Value>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[^\\u0000]*$"))]
     pub metadata_type: Option<String>,
+    /// Counted at most 250.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_attempts: Option<i64>,
+    /// Seconds, rounded and clamped to 5..=2147483647.
     pub max_duration: Option<f64>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(micro|small-1x|small-2x|medium-1x|medium-2x|large-1x|large-2x)$")
+    )]
     pub machine: Option<String>,
+    /// Seconds ahead of other runs in the queue (negative: behind).
     pub priority: Option<f64>,
+    /// A worker version; blank means none.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 128, pattern = "^[^\\u0000]*$")
+    )]
     pub lock_to_version: Option<String>,
     pub test: Option<bool>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueOption {
+    /// Kept: `[A-Za-z0-9_/-]`, the first 128 of them; at least one is needed.
+    #[cfg_attr(feature = "openapi", schema(pattern = "[A-Za-z0-9_/-]"))]
     pub name: String,
     /// Deprecated upstream and ignored by v4; accepted so old clients still parse.
     pub concurrency_limit: Option<i64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Deserialize)]
 pub struct IdempotencyKeyOptions {
+    /// The key as the caller gave it, before scoping: at most 2048 bytes.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 2048, pattern = "^[^\\u0000]*$")
+    )]
     pub key: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(run|attempt|global)$"))]
     pub scope: Option<String>,
 }
 
@@ -264,14 +309,15 @@ impl TriggerRequest {
                 ))
             }
         };
+        // Length first: a long blank version is refused like any other long one.
         let lock_to_version = match o.lock_to_version {
-            Some(v) if v.trim().is_empty() => None,
             Some(v) if v.len() > 128 => {
                 return Err(invalid(
                     "options.lockToVersion",
                     "must be at most 128 characters",
                 ))
             }
+            Some(v) if v.trim().is_empty() => None,
             other => other,
         };
         Ok(ValidTrigger {
@@ -429,6 +475,24 @@ fn idempotency(
     options: Option<IdempotencyKeyOptions>,
     now: DateTime<Utc>,
 ) -> Result<Option<IdempotencyClaim>, TriggerError> {
+    // The options are checked even without a key, so a bad one is refused the same way
+    // whatever else the request holds.
+    if let Some(o) = &options {
+        if o.key.len() > MAX_KEY_LEN {
+            return Err(invalid(
+                "options.idempotencyKeyOptions.key",
+                format!("must be at most {MAX_KEY_LEN} characters"),
+            ));
+        }
+        if let Some(scope) = o.scope.as_deref() {
+            if !matches!(scope, "run" | "attempt" | "global") {
+                return Err(invalid(
+                    "options.idempotencyKeyOptions.scope",
+                    "must be one of run, attempt, global",
+                ));
+            }
+        }
+    }
     let Some(key) = key.filter(|k| !k.is_empty()) else {
         return Ok(None);
     };
@@ -443,23 +507,7 @@ fn idempotency(
         .and_then(parse_idempotency_ttl_secs)
         .unwrap_or(KEY_TTL_DEFAULT_SECS);
     let (user_key, scope) = match options {
-        Some(o) => {
-            if o.key.len() > MAX_KEY_LEN {
-                return Err(invalid(
-                    "options.idempotencyKeyOptions.key",
-                    format!("must be at most {MAX_KEY_LEN} characters"),
-                ));
-            }
-            if let Some(scope) = o.scope.as_deref() {
-                if !matches!(scope, "run" | "attempt" | "global") {
-                    return Err(invalid(
-                        "options.idempotencyKeyOptions.scope",
-                        "must be one of run, attempt, global",
-                    ));
-                }
-            }
-            (Some(o.key), o.scope)
-        }
+        Some(o) => (Some(o.key), o.scope),
         None => (None, None),
     };
     Ok(Some(IdempotencyClaim {
@@ -785,6 +833,33 @@ mod tests {
             field_of(validate(json!({"options": {"idempotencyKey": long}}))),
             "options.idempotencyKey"
         );
+    }
+
+    /// Bounds the OpenAPI document states hold whatever else the request holds: the
+    /// idempotency key options without a key, a long blank version.
+    #[test]
+    fn stated_bounds_hold_without_the_fields_they_go_with() {
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        assert_eq!(
+            field_of(validate(
+                json!({"options": {"idempotencyKeyOptions": {"key": long}}})
+            )),
+            "options.idempotencyKeyOptions.key"
+        );
+        assert_eq!(
+            field_of(validate(
+                json!({"options": {"idempotencyKeyOptions": {"key": "k", "scope": "forever"}}})
+            )),
+            "options.idempotencyKeyOptions.scope"
+        );
+        assert_eq!(
+            field_of(validate(
+                json!({"options": {"lockToVersion": " ".repeat(129)}})
+            )),
+            "options.lockToVersion"
+        );
+        let blank = validate(json!({"options": {"lockToVersion": " ".repeat(128)}})).unwrap();
+        assert_eq!(blank.lock_to_version, None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use axum::Json;
 use runnel_core::metadata::{MetadataUpdate, Operation};
 use runnel_core::retry::RetryPolicy;
+use runnel_core::trigger::{IdempotencyKeyOptions, QueueOption, TriggerOptions, TriggerRequest};
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
     DequeueRequest, DequeueResponse, DequeuedRun, FailureKind, HeartbeatRequest, HeartbeatResponse,
@@ -114,6 +115,7 @@ pub enum IssuePathSegment {
 - any body: nested at most 100 levels;\n\
 - register: task ids and queue names unique within a registration, a task without `queue` needs an id that makes a valid `task/<id>` queue name, `retry.minTimeoutInMs` at most `retry.maxTimeoutInMs`;\n\
 - complete: an `output` nested at most 64 levels (deeper fails that attempt);\n\
+- trigger: `payload` nested at most 64 levels, and text when `options.payloadType` is not `application/json` (superjson text that parses for `application/super+json`); `options.metadata` as text must hold a JSON object when `metadataType` is `application/json`; idempotency keys and `lockToVersion` are bounded in bytes (the stated lengths are the most characters that can fit); a `ttl` or `delay` duration must not overflow;\n\
 - metadata: a `$.` key of at most 64 segments, well formed (`$.a.b[0]`), with no segment `__proto__`, `constructor` or `prototype` (nor such a plain key or `update` key); when `operations` is present `metadata` is ignored; the result nested at most 64 levels and at most 262144 bytes serialized (else 413).\n\
 \n\
 See docs/api.md, Nesting limits.",
@@ -128,6 +130,7 @@ See docs/api.md, Nesting limits.",
         crate::actions::metadata_update,
         crate::actions::metadata_get,
         crate::actions::tags_add,
+        crate::runs::trigger,
     ),
     components(schemas(
         RegisterRequest, RegisterResponse, TaskDefinition, QueueDefinition, RetryPolicy,
@@ -137,6 +140,8 @@ See docs/api.md, Nesting limits.",
         TaskFailure, FailureKind, ErrorBody, ProblemBody, RunIdBody,
         MetadataUpdate, Operation, MetadataBody, MetadataTextBody,
         TagsBody, MessageBody, IssuesBody, Issue, IssuePathSegment,
+        TriggerRequest, TriggerOptions, QueueOption, IdempotencyKeyOptions,
+        crate::runs::TriggerResponse,
     )),
     modifiers(&SecretKeyAuth, &TransportAnswers),
     security(("secret_key" = [])),
@@ -276,6 +281,7 @@ mod tests {
             ("put", "/api/v1/runs/{runId}/metadata"),
             ("get", "/api/v1/runs/{runId}/metadata"),
             ("post", "/api/v1/runs/{runId}/tags"),
+            ("post", "/api/v1/tasks/{taskIdentifier}/trigger"),
         ] {
             assert!(
                 doc["paths"][path][method].is_object(),
@@ -338,6 +344,33 @@ mod tests {
             assert_eq!(
                 (&tag["maxLength"], &tag["pattern"]),
                 (&json!(128), &json!("^[^\\u0000]*$"))
+            );
+        }
+        // Trigger: the options' bounds, and the task identifier's.
+        let options = &schemas["TriggerOptions"]["properties"];
+        assert_eq!(options["maxAttempts"]["minimum"], json!(1));
+        assert_eq!(options["idempotencyKey"]["maxLength"], json!(2048));
+        assert_eq!(options["lockToVersion"]["maxLength"], json!(128));
+        assert_eq!(
+            (
+                &options["payloadType"]["minLength"],
+                &options["payloadType"]["maxLength"]
+            ),
+            (&json!(1), &json!(128))
+        );
+        assert_eq!(options["ttl"]["oneOf"][1]["minimum"], json!(0));
+        let scope = &schemas["IdempotencyKeyOptions"]["properties"]["scope"]["pattern"];
+        assert_eq!(scope, &json!("^(run|attempt|global)$"));
+        let trigger = &doc["paths"]["/api/v1/tasks/{taskIdentifier}/trigger"]["post"];
+        let task = &trigger["parameters"][0]["schema"];
+        assert_eq!(
+            (&task["minLength"], &task["maxLength"]),
+            (&json!(1), &json!(128))
+        );
+        for status in ["200", "400", "413", "422"] {
+            assert!(
+                trigger["responses"][status].is_object(),
+                "trigger: {status} response"
             );
         }
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];

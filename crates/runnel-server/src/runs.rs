@@ -90,15 +90,26 @@ pub(crate) fn check_body_depth(bytes: &[u8]) -> Result<(), ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("body: {e}")))
 }
 
-#[derive(Debug, Serialize)]
+/// The answer to a trigger.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TriggerResponse {
+pub(crate) struct TriggerResponse {
+    /// The new run, or the one already holding the idempotency key.
     id: String,
+    /// True when `id` is a run that already held the idempotency key.
     is_cached: bool,
 }
 
 /// Triggers a run; the response also hands over a public access token that reads the
 /// run (contract §2.3).
+#[utoipa::path(post, path = "/api/v1/tasks/{taskIdentifier}/trigger", tag = "runs",
+    params(
+        ("taskIdentifier" = String, Path, min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$", description = "The task: 1 to 128 characters, no whitespace or control characters"),
+        ("idempotency-key" = Option<String>, Header, max_length = 2048, pattern = "^[\\x20-\\x7e]*$", description = "Used when `options.idempotencyKey` is absent"),
+        ("idempotency-key-ttl" = Option<String>, Header, pattern = "^[\\x20-\\x7e]*$", description = "Used when `options.idempotencyKeyTTL` is absent"),
+    ),
+    request_body = runnel_core::trigger::TriggerRequest,
+    responses((status = 200, description = "The run; `x-trigger-jwt` holds a public access token (one hour) that reads it", body = TriggerResponse, headers(("x-trigger-jwt" = String, description = "A public access token reading the run"), ("x-trigger-jwt-claims" = String, description = "The token's claims as JSON: `{sub, pub, scopes}`"))), (status = 400, description = "Empty, malformed or out-of-bounds body or header; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "No route: an empty task identifier", body = crate::openapi::ErrorBody), (status = 413, description = "The body is over 3 MiB, or `options.metadata` is over 262144 bytes serialized", body = crate::openapi::ErrorBody), (status = 422, description = "More than 10 tags, or a payload in object storage (`application/store`, not supported yet)", body = crate::openapi::ErrorBody)))]
 pub async fn trigger(
     State(state): State<AppState>,
     key: AuthenticatedKey,
@@ -110,15 +121,21 @@ pub async fn trigger(
         body,
         &["options", "options.queue", "options.idempotencyKeyOptions"],
     )?;
+    // A value that is not visible ASCII is refused rather than taken as absent.
     let header = |name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .map(|v| match v.to_str() {
+                Ok(text) if text.bytes().all(|b| (0x20..0x7f).contains(&b)) => Ok(text.to_owned()),
+                _ => Err(ApiError::BadRequest(format!(
+                    "{name}: must be visible ASCII text"
+                ))),
+            })
+            .transpose()
     };
     let idempotency = IdempotencyHeaders {
-        key: header("idempotency-key"),
-        ttl: header("idempotency-key-ttl"),
+        key: header("idempotency-key")?,
+        ttl: header("idempotency-key-ttl")?,
     };
     let triggered = state
         .engine
