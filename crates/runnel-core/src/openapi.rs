@@ -66,7 +66,7 @@ pub fn concurrency_key() -> RefOr<Schema> {
 /// A duration (`parse_duration_secs`) or an RFC 3339 date as chrono reads it (`T`, `t`
 /// or a space between date and time; `Z`, `z` or an offset, whose sign may be U+2212):
 /// the strings `delay` takes.
-const DELAY_PATTERN: &str = "^([0-9]+(w|d|hr|h|m|s))+$|^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]*)?([Zz]|[+\\u2212-][0-9]{2}:?[0-9]{2})$";
+pub const DELAY_PATTERN: &str = "^([0-9]+(w|d|hr|h|m|s))+$|^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]*)?([Zz]|[+\\u2212-][0-9]{2}:?[0-9]{2})$";
 
 /// `options.delay`: a duration string, a date, or a Unix time in milliseconds within
 /// the dates the server can represent (a time already past queues at once).
@@ -125,5 +125,38 @@ pub fn trigger_metadata() -> RefOr<Schema> {
         .description(Some(
             "An object or its serialized text, nested at most 64 levels and at most 262144 bytes serialized (else 413).",
         ))
+        .into()
+}
+
+/// `delay` of a reschedule: a duration or a date, which must end in the future.
+pub fn delay_string() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(DELAY_PATTERN))
+        .description(Some(
+            "A duration like `30s` or `1h30m` (at most 100 characters) from now, or an RFC 3339 date in the future",
+        ))
+        .into()
+}
+
+/// `expirationTime` of a minted token: a Unix time in seconds (after now, at most 30
+/// days ahead: bounds that move with the clock, so stated only in words) or a duration.
+pub fn expiration_time() -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .description(Some(
+                    "A Unix time in seconds, in the future and at most 30 days ahead",
+                )),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_DURATION_STRING_LEN))
+                .pattern(Some("^([0-9]+(w|d|hr|h|m|s))+$"))
+                .description(Some("A duration from now, at most 30 days")),
+        )
+        .item(null())
         .into()
 }

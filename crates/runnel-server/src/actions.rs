@@ -13,9 +13,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use runnel_core::idempotency::MAX_KEY_LEN;
 use runnel_core::metadata::{MetadataError, MetadataUpdate};
 use runnel_core::run::Packet;
 use runnel_core::tags::TagsError;
+use runnel_core::trigger::validate_task_identifier;
 use runnel_core::view::RetrieveRunResponse;
 use runnel_core::RunId;
 use runnel_engine::ActionError;
@@ -120,6 +122,9 @@ pub(crate) struct IdBody {
 const RUN_NOT_FOUND: &str = "Run not found";
 
 /// `POST /api/v1/runs/{runId}/replay`: a new run like this one, on the latest version.
+#[utoipa::path(post, path = "/api/v1/runs/{runId}/replay", tag = "runs",
+    params(("runId" = String, Path, description = "`run_…`")),
+    responses((status = 200, description = "The new run", body = crate::openapi::RunIdBody), (status = 400, description = "The run's stored request no longer passes the trigger's checks; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody), (status = 413, description = "The run's metadata is over 262144 bytes", body = crate::openapi::ErrorBody), (status = 422, description = "The run's stored request cannot be honoured (more than 10 tags)", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -137,6 +142,10 @@ pub(crate) async fn replay(
 }
 
 /// `POST /api/v1/runs/{runId}/reschedule` `{delay}`: the updated run, as retrieve shows it.
+#[utoipa::path(post, path = "/api/v1/runs/{runId}/reschedule", tag = "runs",
+    params(("runId" = String, Path, description = "`run_…`")),
+    request_body = crate::openapi::RescheduleBody,
+    responses((status = 200, description = "The run as `GET /api/v3/runs/{runId}` shows it, with its new `delayedUntil`", body = runnel_core::view::RetrieveRunResponse), (status = 400, description = "`Invalid request body` with the issues (not an object, no `delay` string); `Cannot reschedule a run that is not delayed`; `Invalid delay: …` (not a duration or a date, or not in the future); a body nested too deep", body = crate::openapi::IssuesBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn reschedule(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -330,6 +339,10 @@ struct ResetBody {
 }
 
 /// `POST /api/v1/idempotencyKeys/{key}/reset` `{taskIdentifier}`.
+#[utoipa::path(post, path = "/api/v1/idempotencyKeys/{key}/reset", tag = "runs",
+    params(("key" = String, Path, min_length = 1, max_length = 2048, pattern = "^[^\\u0000]*$", description = "The idempotency key as the trigger gave it (URL-encoded): at most 2048 bytes, no NUL")),
+    request_body = crate::openapi::ResetBody,
+    responses((status = 200, description = "The key is cleared from the runs of this environment and task that held it", body = crate::openapi::KeyIdBody), (status = 400, description = "Empty, malformed or out-of-bounds body or key; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`No runs found with idempotency key: K and task: T`; or no route (an empty key)", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn idempotency_key_reset(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -337,12 +350,16 @@ pub(crate) async fn idempotency_key_reset(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdBody>, Failure> {
     let body: ResetBody = json_body(body, &[])?;
-    if body.task_identifier.is_empty() {
+    // Refused rather than looked up: no run can hold such a key or task, and PostgreSQL
+    // refuses NUL in a query parameter outright.
+    if key.len() > MAX_KEY_LEN || key.contains('\0') {
         return Err(message(
             StatusCode::BAD_REQUEST,
-            "taskIdentifier: must not be empty",
+            format!("key: must be at most {MAX_KEY_LEN} bytes without NUL"),
         ));
     }
+    validate_task_identifier(&body.task_identifier)
+        .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
     state
         .engine
         .idempotency_key_reset(&environment, &key, &body.task_identifier)

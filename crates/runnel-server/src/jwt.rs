@@ -300,12 +300,17 @@ fn expires_at(expiration: Option<&Value>, now: DateTime<Utc>) -> Result<i64, Api
 }
 
 /// `POST /api/v1/auth/jwt`: mints a token with the requested scopes.
+#[utoipa::path(post, path = "/api/v1/auth/jwt", tag = "auth",
+    request_body(content = crate::openapi::CreateTokenBody, description = "Optional: an empty body mints a one-hour token without scopes"),
+    responses((status = 200, description = "A public access token signed for the key's environment", body = crate::openapi::TokenBody), (status = 400, description = "Malformed or out-of-bounds body: `expirationTime` not in the future or more than 30 days (2592000 s) ahead; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json")))))]
 pub async fn create(
     State(state): State<AppState>,
     key: AuthenticatedKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let empty = matches!(&body, Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace));
+    // No body at all means the defaults; anything else must be a JSON object (blank
+    // text is not JSON, and is refused like any other).
+    let empty = matches!(&body, Ok(bytes) if bytes.is_empty());
     let request: CreateTokenRequest = if empty {
         CreateTokenRequest::default()
     } else {

@@ -13,6 +13,7 @@ use axum::Json;
 use runnel_core::metadata::{MetadataUpdate, Operation};
 use runnel_core::retry::RetryPolicy;
 use runnel_core::trigger::{IdempotencyKeyOptions, QueueOption, TriggerOptions, TriggerRequest};
+use runnel_core::view::{AttemptView, CommonRunFields, RelatedRuns, RetrieveRunResponse};
 use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
     DequeueRequest, DequeueResponse, DequeuedRun, FailureKind, HeartbeatRequest, HeartbeatResponse,
@@ -106,6 +107,56 @@ pub enum IssuePathSegment {
     Index(u64),
 }
 
+/// `POST /api/v1/runs/{runId}/reschedule` body (read by hand in `actions::reschedule`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RescheduleBody {
+    #[schema(schema_with = runnel_core::openapi::delay_string)]
+    pub delay: String,
+}
+
+/// `POST /api/v1/idempotencyKeys/{key}/reset` body.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetBody {
+    /// The task whose runs hold the key: 1 to 128 characters, no whitespace or control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$"
+    )]
+    pub task_identifier: String,
+}
+
+/// The answer to an idempotency key reset: the key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyIdBody {
+    pub id: String,
+}
+
+/// `POST /api/v1/auth/jwt` body.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTokenBody {
+    #[schema(nullable = true)]
+    pub claims: Option<TokenClaims>,
+    #[schema(schema_with = runnel_core::openapi::expiration_time)]
+    pub expiration_time: Option<serde_json::Value>,
+}
+
+/// The scopes a minted token grants (`read:runs:<id>`, `read:tasks:<id>`, …).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenClaims {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// A minted token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenBody {
+    pub token: String,
+}
+
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -116,6 +167,7 @@ pub enum IssuePathSegment {
 - register: task ids and queue names unique within a registration, a task without `queue` needs an id that makes a valid `task/<id>` queue name, `retry.minTimeoutInMs` at most `retry.maxTimeoutInMs`;\n\
 - complete: an `output` nested at most 64 levels (deeper fails that attempt);\n\
 - trigger: `payload` nested at most 64 levels, and text when `options.payloadType` is not `application/json` (superjson text that parses for `application/super+json`); `options.metadata` as text must hold a JSON object when `metadataType` is `application/json`; idempotency keys and `lockToVersion` are bounded in bytes (the stated lengths are the most characters that can fit); a `ttl` or `delay` duration must not overflow;\n\
+- reschedule: only a `DELAYED` run, and `delay` must end in the future; jwt: a numeric `expirationTime` must be in the future and at most 30 days ahead;\n\
 - metadata: a `$.` key of at most 64 segments, well formed (`$.a.b[0]`), with no segment `__proto__`, `constructor` or `prototype` (nor such a plain key or `update` key); when `operations` is present `metadata` is ignored; the result nested at most 64 levels and at most 262144 bytes serialized (else 413).\n\
 \n\
 See docs/api.md, Nesting limits.",
@@ -131,6 +183,10 @@ See docs/api.md, Nesting limits.",
         crate::actions::metadata_get,
         crate::actions::tags_add,
         crate::runs::trigger,
+        crate::actions::reschedule,
+        crate::actions::replay,
+        crate::actions::idempotency_key_reset,
+        crate::jwt::create,
     ),
     components(schemas(
         RegisterRequest, RegisterResponse, TaskDefinition, QueueDefinition, RetryPolicy,
@@ -142,10 +198,12 @@ See docs/api.md, Nesting limits.",
         TagsBody, MessageBody, IssuesBody, Issue, IssuePathSegment,
         TriggerRequest, TriggerOptions, QueueOption, IdempotencyKeyOptions,
         crate::runs::TriggerResponse,
+        RescheduleBody, RetrieveRunResponse, CommonRunFields, RelatedRuns, AttemptView,
+        ResetBody, KeyIdBody, CreateTokenBody, TokenClaims, TokenBody,
     )),
-    modifiers(&SecretKeyAuth, &TransportAnswers),
+    modifiers(&SecretKeyAuth, &TransportAnswers, &OptionalBodies),
     security(("secret_key" = [])),
-    tags((name = "workers", description = "The worker protocol"), (name = "runs", description = "Run management")),
+    tags((name = "workers", description = "The worker protocol"), (name = "runs", description = "Run management"), (name = "auth", description = "Public access tokens")),
 )]
 pub struct ApiDoc;
 
@@ -236,6 +294,31 @@ impl Modify for TransportAnswers {
     }
 }
 
+/// Operations whose body may be left out. utoipa marks a body optional only by making
+/// its schema nullable, which would say that a `null` body is accepted (it is not).
+#[derive(Debug)]
+struct OptionalBodies;
+
+/// The POST operations whose body may be left out.
+const OPTIONAL_BODIES: &[&str] = &["/api/v1/auth/jwt"];
+
+impl Modify for OptionalBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::Required;
+        for path in OPTIONAL_BODIES {
+            let body = openapi
+                .paths
+                .paths
+                .get_mut(*path)
+                .and_then(|item| item.post.as_mut())
+                .and_then(|operation| operation.request_body.as_mut());
+            if let Some(body) = body {
+                body.required = Some(Required::False);
+            }
+        }
+    }
+}
+
 /// The document as JSON, pretty-printed (what `docs/openapi.json` holds).
 pub fn document() -> String {
     ApiDoc::openapi()
@@ -282,6 +365,10 @@ mod tests {
             ("get", "/api/v1/runs/{runId}/metadata"),
             ("post", "/api/v1/runs/{runId}/tags"),
             ("post", "/api/v1/tasks/{taskIdentifier}/trigger"),
+            ("post", "/api/v1/runs/{runId}/reschedule"),
+            ("post", "/api/v1/runs/{runId}/replay"),
+            ("post", "/api/v1/idempotencyKeys/{key}/reset"),
+            ("post", "/api/v1/auth/jwt"),
         ] {
             assert!(
                 doc["paths"][path][method].is_object(),
@@ -373,6 +460,18 @@ mod tests {
                 "trigger: {status} response"
             );
         }
+        // Reset: the key and the task as bounded as a trigger's; jwt: the body optional.
+        let reset = &doc["paths"]["/api/v1/idempotencyKeys/{key}/reset"]["post"];
+        assert_eq!(reset["parameters"][0]["schema"]["maxLength"], json!(2048));
+        let task = &schemas["ResetBody"]["properties"]["taskIdentifier"];
+        assert_eq!(
+            (&task["minLength"], &task["maxLength"]),
+            (&json!(1), &json!(128))
+        );
+        let jwt = &doc["paths"]["/api/v1/auth/jwt"]["post"];
+        assert_eq!(jwt["requestBody"]["required"], json!(false));
+        let expiration = &schemas["CreateTokenBody"]["properties"]["expirationTime"]["oneOf"];
+        assert_eq!(expiration[1]["maxLength"], json!(100));
         let kinds = &doc["components"]["schemas"]["FailureKind"]["enum"];
         assert_eq!(
             kinds,
