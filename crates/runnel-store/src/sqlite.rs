@@ -1056,21 +1056,13 @@ impl Store for SqliteStore {
         timed_out_by: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Leased>> {
-        // A NULL `?1` matches no lease: only deadlines are looked at.
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ( \
-               SELECT id FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') AND lease_expires_at <= ?1 \
-               UNION \
-               SELECT id FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL AND timeout_at <= ?2) \
-             LIMIT ?3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(leases_expired_by.map(ms))
-            .bind(ms(timed_out_by))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        let runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+        let runs = statements::sqlite::run_leases_due(
+            &self.reader,
+            leases_expired_by,
+            timed_out_by,
+            limit,
+        )
+        .await?;
         let ids: Vec<String> = runs
             .iter()
             .filter_map(|r| r.current_attempt_id.clone())

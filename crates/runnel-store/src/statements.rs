@@ -169,6 +169,31 @@ macro_rules! statements {
         }
 
         /// The direct children of `parent`, oldest first (ties by id).
+        /// Held runs whose lease ran out by `leases_expired_by` (none when `None`: a NULL
+        /// matches no lease, only deadlines are looked at) or whose `maxDuration` deadline
+        /// passed by `timed_out_by`; at most `limit`.
+        pub(crate) async fn run_leases_due(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            leases_expired_by: Option<DateTime<Utc>>,
+            timed_out_by: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<Run>> {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ( \
+                   SELECT id FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING') AND lease_expires_at <= $1 \
+                   UNION \
+                   SELECT id FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL AND timeout_at <= $2) \
+                 LIMIT $3"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(leases_expired_by.map(ms))
+                .bind(ms(timed_out_by))
+                .bind(i64::from(limit))
+                .fetch_all(db)
+                .await?;
+            rows.iter().map(run_from_row).collect()
+        }
+
         pub(crate) async fn run_children(
             db: impl sqlx::Executor<'_, Database = $db>,
             parent: &RunId,
