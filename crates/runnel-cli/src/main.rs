@@ -23,6 +23,7 @@ use tokio::sync::watch;
 mod bench;
 mod exec;
 mod runs;
+mod trigger;
 
 /// Default address `runnel serve` listens on.
 const LISTEN_DEFAULT: &str = "127.0.0.1:3030";
@@ -77,6 +78,45 @@ struct StoreArgs {
     /// server's `max_connections`.
     #[arg(long, env = "RUNNEL_DATABASE_MAX_CONNECTIONS", default_value_t = runnel_store::postgres::MAX_CONNECTIONS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1000))]
     database_max_connections: u32,
+}
+
+impl StoreArgs {
+    /// The flags that point another `runnel` command at this database, as typed (empty for
+    /// the default data directory). A database URL is shown without its password.
+    fn command_line(&self) -> String {
+        match &self.database_url {
+            Some(url) => format!(" --database-url {}", shell_quote(&redact_password(url))),
+            None if self.data_dir == std::path::Path::new(DATA_DIR_DEFAULT) => String::new(),
+            None => format!(
+                " --data-dir {}",
+                shell_quote(&self.data_dir.display().to_string())
+            ),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Single-quotes `s` for a POSIX shell when it holds anything but plain path characters.
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-:@=,+".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -278,12 +318,14 @@ struct TriggerArgs {
     /// The payload, as JSON.
     #[arg(long, default_value = "null")]
     payload: String,
-    /// Wait for the run to finish and print it; exit non-zero unless it completed.
+    /// Wait for the run to end and print it; exit 1 unless it completed. Says on stderr
+    /// what the run waits for.
     #[arg(long)]
     wait: bool,
-    /// With --wait: give up after this many seconds.
-    #[arg(long, default_value_t = 3600)]
-    wait_timeout: u64,
+    /// With --wait: stop waiting after this long (`90`, `30s`, `5m`, `1h30m`) and exit 124;
+    /// the run goes on. Unbounded when absent.
+    #[arg(long, alias = "wait-timeout", value_name = "DURATION", requires = "wait", value_parser = trigger::parse_timeout)]
+    timeout: Option<Duration>,
     /// Run later: `30s`, `1h30m` or an ISO 8601 date.
     #[arg(long)]
     delay: Option<String>,
@@ -420,6 +462,56 @@ async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+/// Opens the database a server already created, for `keys`: only `serve` and `dev`
+/// create one, so a wrong `--data-dir` is said, not answered with an empty new database.
+async fn open_existing_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
+    let missing = |what: String| {
+        anyhow::anyhow!(
+            "no Runnel database in {what}: `runnel keys` works on the database of a server. \
+             Point it there with --data-dir DIR (or RUNNEL_DATA_DIR, or --database-url), \
+             or start `runnel serve` (or `runnel dev`) in this directory first"
+        )
+    };
+    match &args.database_url {
+        None => {
+            let path = args.data_dir.join(DATABASE_FILE);
+            if !path.is_file() {
+                return Err(missing(format!(
+                    "{} (there is no {})",
+                    args.data_dir.display(),
+                    path.display()
+                )));
+            }
+        }
+        Some(url) if url.starts_with("sqlite:") || !url.contains("://") => {
+            let path = if url.starts_with("sqlite:") {
+                let options =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
+                        .with_context(|| format!("reading database URL {url}"))?;
+                options.get_filename().to_path_buf()
+            } else {
+                PathBuf::from(url)
+            };
+            if !path.is_file() {
+                return Err(missing(format!("{url} (there is no {})", path.display())));
+            }
+        }
+        Some(_) => {}
+    }
+    let store = open_store(args).await?;
+    if store.environment_get(EnvironmentKind::Dev).await?.is_none() {
+        store.close().await;
+        let place = match &args.database_url {
+            Some(url) => url.clone(),
+            None => args.data_dir.display().to_string(),
+        };
+        return Err(missing(format!(
+            "{place} (the database has no project yet)"
+        )));
+    }
+    Ok(store)
+}
+
 /// A server running in this process.
 struct RunningServer {
     addr: SocketAddr,
@@ -451,6 +543,12 @@ impl RunningServer {
                 kinds.join(", ")
             );
             println!("Dev secret key (shown once, keep it): {}", dev_key.expose());
+        } else {
+            println!(
+                "Lost the dev secret key? `runnel keys create --env dev{}` prints a new one \
+                 (`runnel keys list` shows the keys, `runnel keys revoke PREFIX` revokes one).",
+                args.store.command_line()
+            );
         }
         let engine = Engine::with_config(store.clone(), clock, config);
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -615,23 +713,13 @@ async fn trigger(args: TriggerArgs) -> Result<()> {
         machine: args.machine,
         ..TriggerOptions::default()
     };
-    let triggered = client.trigger(&args.task, &payload, options).await?;
-    if !args.wait {
-        println!("{}", triggered.id);
-        return Ok(());
-    }
-    let run = client
-        .wait_for_completion(
-            &triggered.id,
-            Duration::from_millis(250),
-            Duration::from_secs(args.wait_timeout),
-        )
-        .await?;
-    println!("{}", serde_json::to_string_pretty(&run.raw)?);
-    if !run.is_success {
-        bail!("run {} ended {}", run.id, run.status);
-    }
-    Ok(())
+    let request = trigger::Trigger {
+        task: args.task,
+        payload,
+        options,
+        wait: args.wait.then_some(args.timeout),
+    };
+    trigger::run(&client, request).await
 }
 
 async fn runs(command: RunsCommand) -> Result<()> {
@@ -695,7 +783,7 @@ async fn keys(command: KeysCommand) -> Result<()> {
     let now = SystemClock.now();
     match command {
         KeysCommand::Create { env, store } => {
-            let store = open_store(&store).await?;
+            let store = open_existing_store(&store).await?;
             let environment = store
                 .environment_get(env)
                 .await?
@@ -706,7 +794,7 @@ async fn keys(command: KeysCommand) -> Result<()> {
             println!("{}", key.expose());
         }
         KeysCommand::List { store } => {
-            let store = open_store(&store).await?;
+            let store = open_existing_store(&store).await?;
             let keys = store.api_key_list().await?;
             store.close().await;
             println!("{:<16} {:<8} {:<25} REVOKED", "PREFIX", "ENV", "CREATED");
@@ -723,7 +811,7 @@ async fn keys(command: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Revoke { prefix, store } => {
-            let store = open_store(&store).await?;
+            let store = open_existing_store(&store).await?;
             let outcome = store.api_key_revoke(&prefix, now).await?;
             store.close().await;
             match outcome {

@@ -30,6 +30,8 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+/// How a start after the first begins the line saying how to get a new dev key.
+pub const KEY_HINT_PREFIX: &str = "Lost the dev secret key?";
 /// How long a server may take to print its address.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server may take to exit after SIGTERM.
@@ -168,6 +170,8 @@ pub struct Server {
     pub url: String,
     /// `Some` only when this start created the project.
     pub bootstrap: Option<Bootstrap>,
+    /// On a start after the first: the line saying how to get a new dev key.
+    pub key_hint: Option<String>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<JoinHandle<()>>,
     /// Stdout lines printed after the address line.
@@ -266,6 +270,7 @@ impl Server {
             child,
             url: String::new(),
             bootstrap: None,
+            key_hint: None,
             stderr,
             stderr_reader: Some(stderr_reader),
             later_stdout: lines,
@@ -302,6 +307,10 @@ impl Server {
         );
         server.bootstrap = match before_address.as_slice() {
             [] => None,
+            [hint] if hint.starts_with(KEY_HINT_PREFIX) => {
+                server.key_hint = Some(hint.clone());
+                None
+            }
             [project_line, key_line] => Some(parse_bootstrap(project_line, key_line)),
             other => server.fail_start(&format!("unexpected stdout before the address: {other:?}")),
         };
