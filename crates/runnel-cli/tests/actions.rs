@@ -445,6 +445,35 @@ async fn idempotency_key_reset_lets_the_key_create_a_new_run() {
     assert_eq!(server.run(key, &first).await.get("idempotencyKey"), None);
     assert_eq!(server.run(key, &second).await["idempotencyKey"], user_key);
 
+    // The v4 SDK sends its hash as the key and the user's own key in the options; retrieve
+    // shows the user's key until a reset, and no key after it.
+    let hashed = json!({"options": {
+        "idempotencyKey": "c0ffee",
+        "idempotencyKeyOptions": {"key": "order-43", "scope": "global"},
+    }});
+    let sdk_style = server.trigger(key, "t", &hashed).await.assert_new_run();
+    assert_eq!(
+        server.run(key, &sdk_style).await["idempotencyKey"],
+        "order-43"
+    );
+    let reply = call(
+        server,
+        key,
+        Method::POST,
+        "/api/v1/idempotencyKeys/c0ffee/reset",
+        Some(json!({"taskIdentifier": "t"})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(
+        server.run(key, &sdk_style).await.get("idempotencyKey"),
+        None
+    );
+    assert_ne!(
+        server.trigger(key, "t", &hashed).await.assert_new_run(),
+        sdk_style
+    );
+
     let reply = call(server, key, Method::POST, path, Some(json!({}))).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
     let reply = call(

@@ -444,3 +444,77 @@ async fn a_restart_says_how_to_get_a_new_dev_key() {
         "the new key is accepted"
     );
 }
+
+/// README.md and every page of docs/: the user's documents, each standing on its own.
+fn documents() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut paths = vec![
+        root.join("README.md"),
+        root.join("examples/rust-worker/README.md"),
+    ];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            paths.push(path);
+        }
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            (path, text)
+        })
+        .collect()
+}
+
+/// The docs point only at files in the repository: no team-internal documents, issue
+/// trackers or contract sections, and every relative link resolves.
+#[test]
+fn the_docs_stand_on_their_own() {
+    let outside = [
+        "DESIGN",
+        "§",
+        "`issues`",
+        "shared reference",
+        "shared folder",
+        "../shared",
+        "contract",
+        "seed/",
+    ];
+    let mut problems = Vec::new();
+    for (path, text) in documents() {
+        let dir = path.parent().unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let place = format!("{}:{}", path.display(), number + 1);
+            for word in outside {
+                if line.contains(word) {
+                    problems.push(format!("{place} mentions {word:?}: {line}"));
+                }
+            }
+            // Relative Markdown links: `](target)` not starting with a scheme or `#`.
+            for link in line.split("](").skip(1) {
+                let target = link.split(')').next().unwrap_or_default();
+                let file = target.split('#').next().unwrap_or_default();
+                if file.is_empty() || file.contains("://") || file.starts_with("mailto:") {
+                    continue;
+                }
+                if !dir.join(file).exists() {
+                    problems.push(format!("{place} links to missing {file}"));
+                }
+            }
+        }
+        // A long line written twice in one document is a pasted fragment.
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().map(str::trim).filter(|l| l.len() > 60) {
+            if !seen.insert(line) {
+                problems.push(format!("{} repeats a line: {line}", path.display()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let readme = readme();
+    assert!(
+        readme.contains("(docs/roadmap.md)"),
+        "the README links the roadmap"
+    );
+}

@@ -428,7 +428,8 @@ macro_rules! statements {
             Ok(done.rows_affected() == 1)
         }
 
-        /// Releases the key from every run of `task` holding it; how many were released.
+        /// Releases the key from every run of `task` holding it (the user's own key too, so
+        /// retrieve no longer shows a key the run does not hold); how many were released.
         pub(crate) async fn idempotency_key_reset(
             db: impl sqlx::Executor<'_, Database = $db>,
             environment: &EnvironmentId,
@@ -437,7 +438,7 @@ macro_rules! statements {
             now: DateTime<Utc>,
         ) -> Result<u64> {
             let done = sqlx::query(
-                "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, updated_at = $1 \
+                "UPDATE runs SET idempotency_key = NULL, idempotency_key_user = NULL, idempotency_key_expires_at = NULL, updated_at = $1 \
                  WHERE environment_id = $2 AND task_identifier = $3 AND idempotency_key = $4",
             )
             .bind(ms(now))
