@@ -13,7 +13,7 @@ use runnel_core::cost::{MachinePrice, Pricing};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
 use runnel_sdk::client::TriggerOptions;
-use runnel_sdk::worker::{WorkerOptions, WorkerSummary};
+use runnel_sdk::worker::WorkerOptions;
 use runnel_sdk::{Client, Worker};
 use runnel_server::connections::{self, ConnectionLimits, FileLimit};
 use runnel_server::AppState;
@@ -576,21 +576,11 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
     ))
 }
 
-fn print_summary(summary: &WorkerSummary) {
-    tracing::info!(
-        succeeded = summary.succeeded,
-        failed = summary.failed,
-        interrupted = summary.interrupted,
-        canceled = summary.canceled,
-        "worker stopped"
-    );
-}
-
 async fn worker(args: WorkerArgs) -> Result<()> {
     let client = Client::new(args.api.api_url.trim_end_matches('/'), args.api.key);
     let (worker, executor) = exec_worker(&args.exec, client)?;
-    let summary = worker.run(executor, shutdown_signal()).await?;
-    print_summary(&summary);
+    // The worker logs its summary ("worker stopped") itself.
+    worker.run(executor, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -628,7 +618,7 @@ async fn dev(args: DevArgs) -> Result<()> {
         tracing::warn!(%error, "could not revoke the dev worker's key");
     }
     server.stop().await?;
-    print_summary(&outcome?);
+    outcome?;
     Ok(())
 }
 
