@@ -26,6 +26,9 @@
 //! fatal. The child is killed when this process gives up on it (`kill_on_drop`),
 //! including on errors, and the scratch PostgreSQL database is dropped even when a phase
 //! failed. The server's own warnings (it runs with `RUST_LOG=warn`) are printed at the end.
+//!
+//! Output: the table alone on stdout; on stderr a line per phase and, when stderr is a
+//! terminal, a progress bar of the phase's requests or runs.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runnel_core::worker::{RegisterRequest, TaskDefinition};
 use runnel_sdk::{Client, TaskContext, Tasks, Worker, WorkerOptions};
 use serde_json::{json, Value};
@@ -96,12 +100,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         worker_concurrency: usize::try_from(args.worker_concurrency)
             .context("--worker-concurrency is too large")?,
     };
-    if std::env::var_os("RUST_LOG").is_none() {
-        eprintln!(
-            "note: the in-process worker logs every attempt at the default level; \
-             RUST_LOG=warn keeps that cost out of the figures"
-        );
-    }
     let dir = tempfile::Builder::new()
         .prefix("runnel-bench-")
         .tempdir()
@@ -186,7 +184,7 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
     eprintln!("phase 1: triggering {} runs", settings.runs);
     let mark = cpu.sample();
     let api1 = api.clone();
-    let triggered = drive(settings.runs, settings.connections, move |i| {
+    let triggered = drive("triggered", settings.runs, settings.connections, move |i| {
         let api = api1.clone();
         async move { api.trigger(QUEUED_TASK, i).await }
     })
@@ -214,7 +212,7 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
     let mark = cpu.sample();
     let ids = Arc::new(ids);
     let (api2, ids2) = (api.clone(), ids.clone());
-    let retrieved = drive(ids.len(), settings.connections, move |i| {
+    let retrieved = drive("retrieved", ids.len(), settings.connections, move |i| {
         let (api, ids) = (api2.clone(), ids2.clone());
         async move { api.retrieve_bytes(&ids[i]).await }
     })
@@ -228,7 +226,7 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
     );
     let mark = cpu.sample();
     let api3 = api.clone();
-    let batched = drive(requests, settings.connections, move |i| {
+    let batched = drive("requests", requests, settings.connections, move |i| {
         let api = api3.clone();
         async move { api.batch_trigger(QUEUED_TASK, i, BATCH_SIZE).await }
     })
@@ -288,7 +286,7 @@ async fn end_to_end(
     let mark = cpu.sample();
     let started = Instant::now();
     let api3 = api.clone();
-    let triggered = drive(runs, settings.connections, move |i| {
+    let triggered = drive("triggered", runs, settings.connections, move |i| {
         let api = api3.clone();
         async move { api.trigger(NOOP_TASK, i).await }
     })
@@ -312,10 +310,13 @@ async fn end_to_end(
     let target = progress.executed.load(Ordering::SeqCst) + IDLE_RUNS as u64;
     progress.target.store(target, Ordering::SeqCst);
     let mut idle_ids = Vec::with_capacity(IDLE_RUNS);
+    let bar = progress_bar("triggered", IDLE_RUNS);
     for i in 0..IDLE_RUNS {
         idle_ids.push(api.trigger(NOOP_TASK, i).await?);
+        bar.inc(1);
         tokio::time::sleep(IDLE_GAP).await;
     }
+    bar.finish_and_clear();
     progress.wait_for_target(target).await?;
     let last = progress
         .last_run
@@ -368,8 +369,11 @@ impl Progress {
     async fn wait_for_target(&self, target: u64) -> Result<()> {
         let mut seen = self.executed.load(Ordering::SeqCst);
         let mut last_progress = Instant::now();
+        let bar = progress_bar("executed", usize::try_from(target).unwrap_or(usize::MAX));
         loop {
+            bar.set_position(self.executed.load(Ordering::SeqCst));
             if self.executed.load(Ordering::SeqCst) >= target {
+                bar.finish_and_clear();
                 return Ok(());
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), self.reached.notified()).await;
@@ -393,7 +397,7 @@ async fn start_latencies(
 ) -> Result<Percentiles> {
     let api = api.clone();
     let read = ids.clone();
-    let outcome = drive(ids.len(), connections, move |i| {
+    let outcome = drive("read", ids.len(), connections, move |i| {
         let (api, ids) = (api.clone(), read.clone());
         async move {
             let run = api.retrieve_json(&ids[i]).await?;
@@ -551,8 +555,31 @@ impl<T> Driven<T> {
     }
 }
 
-/// Runs `op(0..count)` with `connections` tasks pulling the next index from one counter.
-async fn drive<T, F, Fut>(count: usize, connections: usize, op: F) -> Result<Driven<T>>
+/// A bar of `len` steps on stderr, labelled `what`; drawn only when stderr is a terminal,
+/// so a redirected stderr gets the phase lines alone.
+fn progress_bar(what: &'static str, len: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(u64::try_from(len).unwrap_or(u64::MAX)),
+        ProgressDrawTarget::stderr(),
+    );
+    let style = ProgressStyle::with_template(
+        "  [{bar:40}] {pos}/{len} {msg} ({per_sec}, {elapsed_precise})",
+    )
+    .map(|style| style.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what);
+    bar
+}
+
+/// Runs `op(0..count)` with `connections` tasks pulling the next index from one counter;
+/// a progress bar counts the finished operations as `what`.
+async fn drive<T, F, Fut>(
+    what: &'static str,
+    count: usize,
+    connections: usize,
+    op: F,
+) -> Result<Driven<T>>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -566,10 +593,11 @@ where
     }
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
+    let bar = progress_bar(what, count);
     let started = Instant::now();
     let mut clients = JoinSet::new();
     for _ in 0..connections.clamp(1, count.max(1)) {
-        let (op, next) = (op.clone(), next.clone());
+        let (op, next, bar) = (op.clone(), next.clone(), bar.clone());
         clients.spawn(async move {
             let mut share = Share {
                 latencies: Vec::new(),
@@ -583,9 +611,12 @@ where
                     break share;
                 }
                 let sent = Instant::now();
-                match op(i).await {
+                let outcome = op(i).await;
+                let latency = sent.elapsed();
+                bar.inc(1);
+                match outcome {
                     Ok(value) => {
-                        share.latencies.push(sent.elapsed());
+                        share.latencies.push(latency);
                         share.results.push((i, value));
                     }
                     Err(error) => {
@@ -615,6 +646,7 @@ where
         }
     }
     driven.elapsed = started.elapsed();
+    bar.finish_and_clear();
     driven.results.sort_unstable_by_key(|(i, _)| *i);
     Ok(driven)
 }

@@ -13,7 +13,7 @@ use runnel_core::cost::{MachinePrice, Pricing};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
 use runnel_sdk::client::TriggerOptions;
-use runnel_sdk::worker::{WorkerOptions, WorkerSummary};
+use runnel_sdk::worker::WorkerOptions;
 use runnel_sdk::{Client, Worker};
 use runnel_server::connections::{self, ConnectionLimits, FileLimit};
 use runnel_server::AppState;
@@ -214,15 +214,12 @@ struct EngineArgs {
     )]
     machine_prices: Vec<MachinePrice>,
     /// Fee charged per run in cents when its first attempt starts (dev runs are free).
-    #[arg(long, env = "RUNNEL_RUN_FEE_CENTS", default_value_t = 0.0025)]
+    #[arg(long, env = "RUNNEL_RUN_FEE_CENTS", default_value_t = 0.0025, value_parser = parse_cents)]
     run_fee_cents: f64,
 }
 
 impl EngineArgs {
     fn config(&self) -> Result<EngineConfig> {
-        if !self.run_fee_cents.is_finite() || self.run_fee_cents < 0.0 {
-            bail!("--run-fee-cents must be a non-negative number");
-        }
         let mut pricing = Pricing::default();
         for price in &self.machine_prices {
             pricing.set_price(price.machine, price.cents_per_second);
@@ -261,14 +258,15 @@ struct ExecArgs {
     #[arg(long, env = "RUNNEL_VERSION")]
     version: Option<String>,
     /// On SIGINT/SIGTERM, seconds running attempts get to finish before they are
-    /// interrupted; completions the server has not answered are retried until then.
-    #[arg(long, default_value_t = 30)]
+    /// interrupted (0 to 86400); completions the server has not answered are retried
+    /// until then.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=SHUTDOWN_GRACE_MAX_SECS))]
     shutdown_grace: u64,
-    /// Attempts per run for every task (the default policy's 3 when absent).
-    #[arg(long)]
+    /// Attempts per run for every task, 1 to 250 (the default policy's 3 when absent).
+    #[arg(long, value_parser = max_attempts_range())]
     max_attempts: Option<u32>,
-    /// Seconds of compute per attempt for every task (at least 5).
-    #[arg(long)]
+    /// Seconds of compute per attempt for every task, 5 to 2147483647.
+    #[arg(long, value_parser = max_duration_range())]
     max_duration: Option<u32>,
     /// Machine preset of every task (prices its runs).
     #[arg(long)]
@@ -276,19 +274,50 @@ struct ExecArgs {
     /// A name for operators; host name and process id when absent.
     #[arg(long)]
     name: Option<String>,
-    /// A queue's concurrency limit, `QUEUE=N` (repeatable); a task's own queue is
-    /// `task/<name>`.
+    /// A queue's concurrency limit, `QUEUE=N` with N from 0 to 100000 (repeatable); a
+    /// task's own queue is `task/<name>`.
     #[arg(long = "queue-limit", value_name = "QUEUE=N", value_parser = parse_queue_limit)]
     queue_limits: Vec<(String, u32)>,
+}
+
+/// Most seconds `--shutdown-grace` may give.
+const SHUTDOWN_GRACE_MAX_SECS: u64 = 86_400;
+
+/// `--max-attempts`: the server's bounds (it would cap a trigger's larger value at 250
+/// and refuse a worker's).
+fn max_attempts_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(runnel_core::trigger::MAX_ATTEMPTS_CAP))
+}
+
+/// `--max-duration`: the server's bounds (it would raise a smaller value to 5).
+fn max_duration_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(
+        i64::from(runnel_core::trigger::MAX_DURATION_MIN_SECS)
+            ..=i64::from(runnel_core::trigger::MAX_DURATION_MAX_SECS),
+    )
+}
+
+/// A non-negative, finite amount of cents.
+fn parse_cents(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|cents| cents.is_finite() && *cents >= 0.0)
+        .ok_or_else(|| format!("{text:?} is not a non-negative number of cents"))
 }
 
 fn parse_queue_limit(spec: &str) -> Result<(String, u32), String> {
     let (queue, limit) = spec
         .rsplit_once('=')
         .ok_or_else(|| format!("expected QUEUE=N, got {spec:?}"))?;
+    let max = runnel_core::worker::MAX_QUEUE_CONCURRENCY;
     let limit = limit
         .parse::<u32>()
-        .map_err(|e| format!("limit of {queue:?}: {e}"))?;
+        .ok()
+        .filter(|limit| *limit <= max)
+        .ok_or_else(|| {
+            format!("limit of {queue:?}: {limit:?} is not a whole number from 0 to {max}")
+        })?;
     if queue.is_empty() {
         return Err("queue name is empty".into());
     }
@@ -337,10 +366,11 @@ struct TriggerArgs {
     tags: Vec<String>,
     #[arg(long)]
     idempotency_key: Option<String>,
-    #[arg(long)]
+    /// Attempts of the run, 1 to 250 (the task's policy when absent).
+    #[arg(long, value_parser = max_attempts_range())]
     max_attempts: Option<u32>,
-    /// Seconds of compute per attempt.
-    #[arg(long)]
+    /// Seconds of compute per attempt, 5 to 2147483647.
+    #[arg(long, value_parser = max_duration_range())]
     max_duration: Option<u32>,
     #[arg(long)]
     machine: Option<String>,
@@ -372,7 +402,7 @@ enum RunsCommand {
         #[arg(long = "tag", value_delimiter = ',')]
         tags: Vec<String>,
         /// Runs per page, 1 to 100.
-        #[arg(long, default_value_t = 25)]
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=i64::from(runnel_core::list::PAGE_SIZE_MAX)))]
         limit: u32,
         /// Continue after this cursor (printed under a page that has more).
         #[arg(long)]
@@ -642,21 +672,11 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
     ))
 }
 
-fn print_summary(summary: &WorkerSummary) {
-    tracing::info!(
-        succeeded = summary.succeeded,
-        failed = summary.failed,
-        interrupted = summary.interrupted,
-        canceled = summary.canceled,
-        "worker stopped"
-    );
-}
-
 async fn worker(args: WorkerArgs) -> Result<()> {
     let client = Client::new(args.api.api_url.trim_end_matches('/'), args.api.key);
     let (worker, executor) = exec_worker(&args.exec, client)?;
-    let summary = worker.run(executor, shutdown_signal()).await?;
-    print_summary(&summary);
+    // The worker logs its summary ("worker stopped") itself.
+    worker.run(executor, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -694,7 +714,7 @@ async fn dev(args: DevArgs) -> Result<()> {
         tracing::warn!(%error, "could not revoke the dev worker's key");
     }
     server.stop().await?;
-    print_summary(&outcome?);
+    outcome?;
     Ok(())
 }
 

@@ -71,9 +71,10 @@ fn duration(ms: u64) -> String {
 
 /// Cancels a run and says what became of it.
 pub async fn cancel(client: &Client, id: &str) -> Result<()> {
-    let not_found = || anyhow::anyhow!("no run {id} in this key's environment");
+    let not_found =
+        |e: runnel_sdk::Error| anyhow::anyhow!("no run {id} in this key's environment: {e}");
     let before = match client.retrieve(id).await {
-        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(not_found()),
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(not_found(e)),
         other => other?,
     };
     if before.status.is_final() {
@@ -81,7 +82,7 @@ pub async fn cancel(client: &Client, id: &str) -> Result<()> {
         return Ok(());
     }
     match client.cancel(id).await {
-        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(not_found()),
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(not_found(e)),
         other => other?,
     }
     let after = client.retrieve(id).await?;
@@ -102,8 +103,8 @@ pub async fn replay(client: &Client, id: &str) -> Result<()> {
             Ok(())
         }
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => bail!(
-            "cannot replay {id}: the server answered 404 (no such run in this key's \
-             environment, or the server does not support replay)"
+            "cannot replay {id}: {e} (no such run in this key's environment, or the server \
+             does not support replay)"
         ),
         Err(e) => Err(e.into()),
     }

@@ -19,6 +19,8 @@ use runnel_sdk::{Client, RunStatus};
 
 /// The exit code of `--wait` when `--timeout` passed first.
 pub const EXIT_WAIT_TIMED_OUT: i32 = 124;
+/// The longest `--timeout`: a year.
+const TIMEOUT_MAX_SECS: u64 = 365 * 86_400;
 /// How often a waited-on run is looked at.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -30,6 +32,9 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     };
     match secs {
         Some(0) => Err("the timeout must be at least 1s".to_owned()),
+        Some(secs) if secs > TIMEOUT_MAX_SECS => Err(format!(
+            "the timeout must be at most a year (365d, {TIMEOUT_MAX_SECS} seconds)"
+        )),
         Some(secs) => Ok(Duration::from_secs(secs)),
         None => Err(format!(
             "{s:?} is not a duration: use seconds (90) or units such as 30s, 5m, 1h30m"
@@ -133,6 +138,8 @@ mod tests {
         assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_timeout("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_timeout("0").unwrap_err().contains("at least 1s"));
+        assert_eq!(parse_timeout("365d"), Ok(Duration::from_secs(31_536_000)));
+        assert!(parse_timeout("366d").unwrap_err().contains("31536000"));
         assert!(parse_timeout("soon")
             .unwrap_err()
             .contains("not a duration"));

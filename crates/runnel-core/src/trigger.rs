@@ -29,6 +29,9 @@ pub const MAX_ATTEMPTS_CAP: u32 = 250;
 pub const MAX_QUEUE_NAME_LEN: usize = 128;
 pub const MAX_TASK_IDENTIFIER_LEN: usize = 128;
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+/// The largest `priority`, in seconds either way: it is stored as whole milliseconds in a
+/// 32-bit integer (about 24.8 days).
+pub const MAX_PRIORITY_SECS: f64 = i32::MAX as f64 / 1000.0;
 
 /// `POST /api/v1/tasks/{taskIdentifier}/trigger` body.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -91,7 +94,12 @@ pub struct TriggerOptions {
         schema(pattern = "^(micro|small-1x|small-2x|medium-1x|medium-2x|large-1x|large-2x)$")
     )]
     pub machine: Option<String>,
-    /// Seconds ahead of other runs in the queue (negative: behind).
+    /// Seconds ahead of other runs in the queue (negative: behind), rounded to whole
+    /// milliseconds; at most 2147483.647 either way.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = -2147483.647, maximum = 2147483.647)
+    )]
     pub priority: Option<f64>,
     /// A worker version; blank means none.
     #[cfg_attr(
@@ -285,14 +293,18 @@ impl TriggerRequest {
                 })
             })
             .transpose()?;
-        let priority_ms = o
-            .priority
-            .map(|secs| {
-                (secs * 1000.0)
-                    .round()
-                    .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
-            })
-            .unwrap_or(0);
+        let priority_ms = match o.priority {
+            None => 0,
+            // Rounded to whole milliseconds, as stored; beyond the range refused rather
+            // than clamped, so two far-apart priorities never silently become equal.
+            Some(secs) if secs.abs() <= MAX_PRIORITY_SECS => (secs * 1000.0).round() as i32,
+            Some(_) => {
+                return Err(invalid(
+                    "options.priority",
+                    format!("must be between -{MAX_PRIORITY_SECS} and {MAX_PRIORITY_SECS} seconds"),
+                ))
+            }
+        };
         let queue = match o.queue {
             None => format!("task/{task}"),
             Some(q) => queue_name(&q.name)?,
@@ -797,6 +809,24 @@ mod tests {
             field_of(validate(json!({"options": {"maxAttempts": 0}}))),
             "options.maxAttempts"
         );
+        let t = validate(json!({"options": {"priority": -2147483.647}})).unwrap();
+        assert_eq!(t.priority_ms, i32::MIN + 1);
+        let t = validate(json!({"options": {"priority": 0.0004}})).unwrap();
+        assert_eq!(t.priority_ms, 0);
+        for priority in [2147483.648, -2147483.648, 1e300] {
+            let Err(TriggerError::Invalid { field, message }) =
+                validate(json!({"options": {"priority": priority}}))
+            else {
+                panic!("priority {priority} was accepted");
+            };
+            assert_eq!(
+                (field, message.as_str()),
+                (
+                    "options.priority",
+                    "must be between -2147483.647 and 2147483.647 seconds"
+                )
+            );
+        }
         assert_eq!(
             field_of(validate(json!({"options": {"machine": "huge"}}))),
             "options.machine"

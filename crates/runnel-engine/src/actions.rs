@@ -149,7 +149,7 @@ impl Engine {
                 .run_cancel(&environment.id, id, cents_per_ms, self.clock.now())
                 .await?;
             if let runnel_store::CancelOutcome::Canceled { attempt } = outcome {
-                tracing::info!(run = %id, parent = %parent, "child run canceled with its parent");
+                tracing::debug!(run = %id, parent = %parent, "child run canceled with its parent");
                 attempts_ended |= attempt.is_some();
             }
         }
@@ -179,7 +179,7 @@ impl Engine {
                 &IdempotencyHeaders::default(),
             )
             .await?;
-        tracing::info!(run = %triggered.id, original = %run.id, "run replayed");
+        tracing::debug!(run = %triggered.id, original = %run.id, "run replayed");
         Ok(triggered)
     }
 

@@ -96,7 +96,7 @@ impl Engine {
                 self.runs_became_available();
             }
             for id in &expired {
-                tracing::info!(run = %id, "run expired: its TTL passed while queued");
+                tracing::debug!(run = %id, "run expired: its TTL passed while queued");
             }
             moved += promoted.len() + expired.len();
             if promoted.len() < BATCH as usize && expired.len() < BATCH as usize {

@@ -545,7 +545,7 @@ impl Engine {
             .await?
         {
             CancelOutcome::Canceled { attempt } => {
-                tracing::info!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
+                tracing::debug!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
                 if attempt.is_some() {
                     self.attempts_ended();
                     // Its queue has a free slot again.

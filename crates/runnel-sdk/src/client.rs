@@ -2,8 +2,8 @@
 //! protocol calls the runtime in [`crate::worker`] is built on.
 //!
 //! Every call sends `Authorization: Bearer <secret key>` and JSON. A reply outside 2xx
-//! becomes [`Error::Http`] with the server's `{"error": …}` message; nothing here panics on
-//! what a server sends. Long polls (dequeue, heartbeat) get a per-request timeout of their
+//! becomes [`Error::Http`] with the server's `{"error": …}` message and whatever else the
+//! body explains (`details`, `issues`, …); nothing here panics on what a server sends. Long polls (dequeue, heartbeat) get a per-request timeout of their
 //! wait plus [`LONG_POLL_MARGIN`], so a held reply is never cut short by the client.
 
 use std::fmt;
@@ -32,11 +32,16 @@ const ERROR_BODY_LIMIT: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered with a status outside 2xx.
-    #[error("server answered {status}: {message}")]
+    #[error("server answered {status}: {message}{}", details_text(details.as_ref()))]
     Http {
         status: StatusCode,
         /// The server's `{"error": …}` message (or the body's text, or the status reason).
         message: String,
+        /// The rest of a JSON error body, as sent: an object of the fields besides
+        /// `error` (`{"details": [{"message", "path"}…]}` of a bad list query,
+        /// `{"issues": […]}` of a bad action body, `{"code", "param", …}`). `None` when
+        /// the body had nothing more.
+        details: Option<Value>,
     },
     /// The request could not be sent or its answer not received (connection refused,
     /// reset, timed out).
@@ -278,9 +283,11 @@ impl Client {
         let status = response.status();
         let bytes = response.bytes().await.map_err(Error::Transport)?;
         if !status.is_success() {
+            let (message, details) = error_parts(status, &bytes);
             return Err(Error::Http {
                 status,
-                message: error_message(status, &bytes),
+                message,
+                details,
             });
         }
         serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
@@ -290,24 +297,82 @@ impl Client {
     }
 }
 
-/// The message of an error reply: `{"error": …}` when the body has it, else the body's
-/// text (shortened), else the status's reason.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-    }
-    if let Ok(ErrorBody { error }) = serde_json::from_slice(body) {
-        return error;
+/// The message of an error reply and its other fields: `{"error": …, …}` when the body
+/// has it, else the body's text (shortened), else the status's reason.
+fn error_parts(status: StatusCode, body: &[u8]) -> (String, Option<Value>) {
+    if let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) {
+        if let Some(Value::String(error)) = fields.remove("error") {
+            // A problem+json body repeats its message as `detail` and says little else.
+            if fields.get("detail").and_then(Value::as_str) == Some(error.as_str()) {
+                for echo in ["detail", "title", "status", "type"] {
+                    fields.remove(echo);
+                }
+            }
+            let details = (!fields.is_empty()).then_some(Value::Object(fields));
+            return (error, details);
+        }
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {
-        return status.canonical_reason().unwrap_or("no message").to_owned();
+        let reason = status.canonical_reason().unwrap_or("no message");
+        return (reason.to_owned(), None);
     }
+    (shorten(text), None)
+}
+
+fn shorten(text: &str) -> String {
     match text.char_indices().nth(ERROR_BODY_LIMIT) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+/// What [`Error::Http`]'s details add to its message, for people: each issue of a
+/// `details` or `issues` list as `message (at path)`, any other field as `name: value`.
+/// Empty when there are none.
+fn details_text(details: Option<&Value>) -> String {
+    let Some(Value::Object(fields)) = details else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for (name, value) in fields {
+        match value {
+            Value::Array(items) if matches!(name.as_str(), "details" | "issues") => {
+                parts.extend(items.iter().map(issue_text));
+            }
+            Value::String(text) => parts.push(format!("{name}: {text}")),
+            other => parts.push(format!("{name}: {other}")),
+        }
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    shorten(&format!(" ({})", parts.join("; ")))
+}
+
+/// One validation issue: `{"message": "…", "path": ["filter[status]"]}` reads
+/// `… (at filter[status])`; anything else is shown as JSON.
+fn issue_text(issue: &Value) -> String {
+    let Some(message) = issue.get("message").and_then(Value::as_str) else {
+        return issue.to_string();
+    };
+    let path: Vec<String> = issue
+        .get("path")
+        .and_then(Value::as_array)
+        .map(|path| {
+            path.iter()
+                .map(|p| match p {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if path.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message} at {}", path.join("."))
     }
 }
 
@@ -650,16 +715,71 @@ mod tests {
     #[test]
     fn error_messages_come_from_the_body() {
         let status = StatusCode::NOT_FOUND;
+        let message = |body: &[u8]| error_parts(status, body).0;
         assert_eq!(
-            error_message(status, br#"{"error":"Not found"}"#),
-            "Not found"
+            error_parts(status, br#"{"error":"Not found"}"#),
+            ("Not found".to_owned(), None)
         );
-        assert_eq!(error_message(status, b"  plain text \n"), "plain text");
-        assert_eq!(error_message(status, b""), "Not Found");
+        assert_eq!(message(b"  plain text \n"), "plain text");
+        assert_eq!(message(b""), "Not Found");
+        assert_eq!(message(br#"{"error": 3}"#), r#"{"error": 3}"#);
         let long = "x".repeat(2 * ERROR_BODY_LIMIT);
         assert_eq!(
-            error_message(status, long.as_bytes()).chars().count(),
+            message(long.as_bytes()).chars().count(),
             ERROR_BODY_LIMIT + 1
+        );
+    }
+
+    /// Every error body shape the server sends, and what `Display` makes of it.
+    #[test]
+    fn error_details_are_kept_and_shown() {
+        let shown = |status: StatusCode, body: Value| {
+            let (message, details) = error_parts(status, body.to_string().as_bytes());
+            let error = Error::Http {
+                status,
+                message,
+                details: details.clone(),
+            };
+            (error.to_string(), details)
+        };
+        let bad = StatusCode::BAD_REQUEST;
+        let query = json!({"error": "Query Error", "details": [
+            {"code": "custom", "message": "Invalid status values: FOO, bar", "path": ["filter[status]"]},
+            {"code": "custom", "message": "Invalid limit", "path": ["page[size]"]}]});
+        assert_eq!(
+            shown(bad, query.clone()),
+            (
+                "server answered 400 Bad Request: Query Error (Invalid status values: FOO, bar \
+                 at filter[status]; Invalid limit at page[size])"
+                    .to_owned(),
+                Some(json!({"details": query["details"]}))
+            )
+        );
+        let issues = json!({"error": "Invalid request body", "issues": [
+            {"code": "invalid_type", "message": "Required", "path": ["delay"]}, "odd"]});
+        assert_eq!(
+            shown(bad, issues).0,
+            r#"server answered 400 Bad Request: Invalid request body (Required at delay; "odd")"#
+        );
+        let forbidden = json!({"error": "Unauthorized", "code": "unauthorized",
+            "param": "access_token", "type": "authorization"});
+        assert_eq!(
+            shown(StatusCode::FORBIDDEN, forbidden).0,
+            "server answered 403 Forbidden: Unauthorized (code: unauthorized; \
+             param: access_token; type: authorization)"
+        );
+        let problem = json!({"title": "Unauthorized", "status": 401, "type": "https://x",
+            "detail": "No authorization header provided", "error": "No authorization header provided"});
+        assert_eq!(
+            shown(StatusCode::UNAUTHORIZED, problem),
+            (
+                "server answered 401 Unauthorized: No authorization header provided".to_owned(),
+                None
+            )
+        );
+        assert_eq!(
+            shown(StatusCode::NOT_FOUND, json!({"error": "Not found"})).0,
+            "server answered 404 Not Found: Not found"
         );
     }
 
@@ -675,6 +795,7 @@ mod tests {
         let http = |status| Error::Http {
             status,
             message: String::new(),
+            details: None,
         };
         assert!(http(StatusCode::BAD_GATEWAY).is_transient());
         assert!(http(StatusCode::TOO_MANY_REQUESTS).is_transient());

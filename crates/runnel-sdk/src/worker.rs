@@ -673,18 +673,18 @@ impl Attempt {
         };
         let counts = &self.shared.counts;
         let Some(outcome) = outcome else {
-            info!("attempt canceled");
+            debug!("attempt canceled");
             counts.canceled.fetch_add(1, Ordering::Relaxed);
             self.shared.held().remove(&attempt_id);
             return;
         };
         match &outcome {
             AttemptOutcome::Success { .. } => {
-                info!("attempt succeeded");
+                debug!("attempt succeeded");
                 counts.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             AttemptOutcome::Failure { error } => {
-                info!(kind = ?error.kind, message = %error.message, "attempt failed");
+                debug!(kind = ?error.kind, message = %error.message, "attempt failed");
                 let count = if error.kind == FailureKind::Interrupted {
                     &counts.interrupted
                 } else {
@@ -860,7 +860,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
                 let held = shared.held();
                 for attempt_id in &reply.cancel {
                     if held.stop(attempt_id, StopReason::Canceled) {
-                        info!(%attempt_id, "the server canceled the attempt");
+                        debug!(%attempt_id, "the server canceled the attempt");
                     }
                 }
                 if reply.cancel.is_empty() {

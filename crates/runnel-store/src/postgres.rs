@@ -119,7 +119,11 @@ impl PgStore {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(Error::UnsupportedUrl(url.to_owned()));
         }
-        let options = PgConnectOptions::from_str(url)?;
+        // NOTICEs (a second start's "relation \"_sqlx_migrations\" already exists,
+        // skipping") would reach the log through sqlx at info on every start: warnings
+        // and errors still come through.
+        let options =
+            PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect_with(options)
