@@ -29,6 +29,37 @@ test("runs.replay creates a new run with the same payload and tags", async () =>
   assert.deepEqual(run.metadata, { m: 1 });
 });
 
+test("runs.replay applies its overrides: payload, tags and metadata", async () => {
+  const [tag, newTag] = [uniqueTag("replay"), uniqueTag("replayed")];
+  const original = await tasks.trigger(ECHO, { replay: 1 }, { tags: [tag], metadata: { m: 1 } });
+  await waitFor(original.id, finished);
+  const replayed = await runs.replay(original.id, {
+    payload: { replay: 2, list: ["a", 1] },
+    tags: [newTag, "second"],
+    metadata: { m: 2, nested: { ok: true } },
+  });
+  assert.notEqual(replayed.id, original.id);
+  const run = await waitFor(replayed.id, finished);
+  assert.equal(run.status, "COMPLETED");
+  // The SDK sent the payload as superjson text (payloadType application/super+json).
+  assert.deepEqual(run.payload, { replay: 2, list: ["a", 1] });
+  assert.deepEqual(run.output, { replay: 2, list: ["a", 1] });
+  assert.deepEqual(run.tags, [newTag, "second"].sort());
+  assert.deepEqual(run.metadata, { m: 2, nested: { ok: true } });
+  // Only the payload: tags and metadata stay the original's.
+  const payloadOnly = await runs.replay(original.id, { payload: { replay: 3 } });
+  const second = await waitFor(payloadOnly.id, finished);
+  assert.deepEqual(second.payload, { replay: 3 });
+  assert.deepEqual(second.tags, [tag]);
+  assert.deepEqual(second.metadata, { m: 1 });
+  // A bad override is the server's 400, and names the field.
+  await assert.rejects(runs.replay(original.id, { machine: "huge" }), (error) => {
+    assert.ok(error instanceof BadRequestError, String(error));
+    assert.match(error.message, /machine: must be one of/);
+    return true;
+  });
+});
+
 test("runs.reschedule moves a delayed run and refuses a run that is not delayed", async () => {
   const handle = await tasks.trigger(ECHO, {}, { delay: "1h" });
   const before = await runs.retrieve(handle.id);

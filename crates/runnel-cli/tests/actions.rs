@@ -94,6 +94,135 @@ async fn replay_triggers_a_new_run_with_the_same_inputs_on_the_latest_version() 
     foreign.assert_error(StatusCode::NOT_FOUND, "Run not found");
 }
 
+/// How many runs the key's environment holds.
+async fn run_count(server: &Server, key: &str) -> usize {
+    let reply = call(
+        server,
+        key,
+        Method::GET,
+        "/api/v1/runs?page[size]=100",
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.body["data"].as_array().map_or(0, Vec::len)
+}
+
+/// Whether the list narrowed by `filters` shows run `id`.
+async fn listed(server: &Server, key: &str, filters: &str, id: &str) -> bool {
+    let reply = call(
+        server,
+        key,
+        Method::GET,
+        &format!("/api/v1/runs?{filters}"),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.body["data"]
+        .as_array()
+        .is_some_and(|runs| runs.iter().any(|run| run["id"] == id))
+}
+
+#[tokio::test]
+async fn replay_applies_the_bodys_overrides_and_keeps_the_rest() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    server.register_worker(key, &["t"]).await;
+    let original = server
+        .trigger_new(
+            key,
+            "t",
+            &json!({"payload": {"a": 1}, "options": {
+                "tags": ["x"], "metadata": {"m": 1}, "queue": {"name": "q1"},
+                "concurrencyKey": "ck", "machine": "small-2x",
+            }}),
+        )
+        .await;
+    let path = format!("/api/v1/runs/{original}/replay");
+    let replay = |body: Value| call(server, key, Method::POST, &path, Some(body));
+
+    // Every override the SDK's `ReplayRunRequestBody` has, as the SDK sends them.
+    let reply = replay(json!({
+        "payload": "{\"json\":{\"b\":2}}", "payloadType": "application/super+json",
+        "tags": ["y", "z"], "metadata": {"n": 2}, "queue": "q2", "concurrencyKey": 7,
+        "machine": "micro", "delay": "1h", "ttl": "10m", "maxAttempts": 2,
+        "maxDuration": 30, "priority": 5, "idempotencyKey": "replay-key",
+        "idempotencyKeyTTL": "1h", "region": "eu-central-1",
+    }))
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let run = server.run(key, &reply.run_id()).await;
+    assert_eq!(run["status"], "DELAYED", "{run}");
+    assert_eq!(run["payload"], json!({"b": 2}));
+    assert_eq!(run["tags"], json!(["y", "z"]));
+    assert_eq!(run["metadata"], json!({"n": 2}));
+    assert_eq!(run["ttl"], "10m");
+    assert_eq!(run["idempotencyKey"], "replay-key");
+    // Queue and machine are not in the retrieve answer; the list filters on them.
+    // (Concurrency key, attempts, duration and priority: runnel-core's replay tests.)
+    assert!(
+        listed(
+            server,
+            key,
+            "filter[queue]=q2&filter[machine]=micro",
+            &reply.run_id()
+        )
+        .await
+    );
+
+    // A version override locks the new run to it (none exists: it waits for a deploy).
+    let locked = replay(json!({"version": "20990101.1"})).await;
+    let run = server.run(key, &locked.run_id()).await;
+    assert_eq!(
+        (&run["status"], &run["version"]),
+        (&json!("WAITING_FOR_DEPLOY"), &json!("20990101.1"))
+    );
+
+    // Only the payload: everything else is the original's.
+    let reply = replay(json!({"payload": [1, 2]})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let run = server.run(key, &reply.run_id()).await;
+    assert_eq!(run["payload"], json!([1, 2]));
+    assert_eq!(run["tags"], json!(["x"]));
+    assert_eq!(run["metadata"], json!({"m": 1}));
+    assert!(
+        listed(
+            server,
+            key,
+            "filter[queue]=q1&filter[machine]=small-2x",
+            &reply.run_id()
+        )
+        .await
+    );
+
+    // A bad override is refused as a trigger would refuse it, naming the body's field,
+    // and creates nothing.
+    let before = run_count(server, key).await;
+    let too_many: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
+    for (body, status, message) in [
+        (json!({"tags": too_many}), StatusCode::UNPROCESSABLE_ENTITY, "Runs can only have 10 tags, you're trying to set 11."),
+        (json!({"machine": "huge"}), StatusCode::BAD_REQUEST, "machine: must be one of micro, small-1x, small-2x, medium-1x, medium-2x, large-1x, large-2x"),
+        (json!({"ttl": "soon"}), StatusCode::BAD_REQUEST, "ttl: \"soon\" is not a duration like 10m, 1h42m or 3600s"),
+        (json!({"version": "v".repeat(129)}), StatusCode::BAD_REQUEST, "version: must be at most 128 characters"),
+        (json!({"queue": "!!"}), StatusCode::BAD_REQUEST, "queue: must contain at least one of a-z, A-Z, 0-9, _, -, /"),
+        (json!({"payloadType": "application/json"}), StatusCode::BAD_REQUEST, "payloadType: only allowed with payload"),
+        (json!({"payload": "x", "payloadType": "text/plain"}), StatusCode::BAD_REQUEST, "payloadType: must be application/json or application/super+json"),
+        (json!({"metadata": {"big": "m".repeat(300_000)}}), StatusCode::PAYLOAD_TOO_LARGE, "Metadata exceeds maximum size of 262144 bytes"),
+    ] {
+        replay(body.clone()).await.assert_error(status, message);
+    }
+    for body in [
+        json!({"parentRunId": original}),
+        json!([]),
+        json!({"tags": 5}),
+    ] {
+        let reply = replay(body.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {reply:?}");
+    }
+    assert_eq!(run_count(server, key).await, before);
+}
+
 #[tokio::test]
 async fn reschedule_moves_a_delayed_run_and_refuses_others() {
     let app = TestApp::start();

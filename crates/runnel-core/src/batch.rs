@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::duration::parse_idempotency_ttl_secs;
-use crate::id::{BatchId, EnvironmentId};
+use crate::id::{BatchId, EnvironmentId, RunId};
 use crate::idempotency::{KEY_TTL_DEFAULT_SECS, MAX_KEY_LEN};
 use crate::trigger::{IdempotencyKeyOptions, TriggerOptions, TriggerRequest};
 
@@ -187,6 +187,13 @@ impl CreateBatchRequest {
                         "{field}: must not contain NUL characters"
                     )));
                 }
+            }
+        }
+        if let Some(parent) = self.parent_run_id.as_deref() {
+            if RunId::parse(parent).is_none() {
+                return Err(BatchRequestError::Invalid(
+                    "parentRunId: must be a run id (run_…)".to_owned(),
+                ));
             }
         }
         let ttl_secs = self

@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod nesting;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod replay;
 pub mod retry;
 pub mod run;
 pub mod status;

@@ -121,6 +121,19 @@ pub struct Run {
 }
 
 impl Run {
+    /// Makes this run a child of `parent`: one level below it, under the same root (the
+    /// parent itself when it has none).
+    pub fn link_to_parent(&mut self, parent: &Run) {
+        self.parent_run_id = Some(parent.id.clone());
+        self.root_run_id = Some(
+            parent
+                .root_run_id
+                .clone()
+                .unwrap_or_else(|| parent.id.clone()),
+        );
+        self.depth = parent.depth.saturating_add(1);
+    }
+
     /// The version a response shows: the executing worker's, else the locked one.
     pub fn version(&self) -> Option<&str> {
         self.worker_version

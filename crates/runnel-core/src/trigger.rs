@@ -108,6 +108,50 @@ pub struct TriggerOptions {
     )]
     pub lock_to_version: Option<String>,
     pub test: Option<bool>,
+    /// The run this one is triggered from: the new run becomes its child (`depth`,
+    /// `relatedRuns`). It must be a run of the same environment (else 400).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^run_[0-9a-z]{1,64}$"))]
+    pub parent_run_id: Option<String>,
+    /// Stored (the run shows as `triggerAndWait`), but the parent is not made to wait
+    /// yet: accepted and ignored, logged once at warn.
+    pub resume_parent_on_completion: Option<bool>,
+    /// Not supported yet: accepted and ignored, logged once at warn.
+    pub region: Option<String>,
+    /// Not supported yet: accepted and ignored, logged once at warn.
+    pub debounce: Option<serde_json::Map<String, Value>>,
+    /// Named concurrency limits; not supported yet: accepted and ignored, logged once at
+    /// warn.
+    pub concurrency: Option<Vec<Value>>,
+    /// Not supported yet: accepted and ignored, logged once at warn.
+    pub bulk_action_id: Option<String>,
+}
+
+impl TriggerOptions {
+    /// The options this server accepts but does not honour yet, by wire name, when a
+    /// request sets them to something other than their default (`false`, empty).
+    pub fn unsupported_in_use(&self) -> Vec<&'static str> {
+        let mut used = Vec::new();
+        if self.resume_parent_on_completion == Some(true) {
+            used.push("resumeParentOnCompletion");
+        }
+        if self.region.as_deref().is_some_and(|r| !r.is_empty()) {
+            used.push("region");
+        }
+        if self.debounce.as_ref().is_some_and(|d| !d.is_empty()) {
+            used.push("debounce");
+        }
+        if self.concurrency.as_ref().is_some_and(|c| !c.is_empty()) {
+            used.push("concurrency");
+        }
+        if self
+            .bulk_action_id
+            .as_deref()
+            .is_some_and(|b| !b.is_empty())
+        {
+            used.push("bulkActionId");
+        }
+        used
+    }
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -197,6 +241,9 @@ pub struct ValidTrigger {
     pub queue: String,
     pub concurrency_key: Option<String>,
     pub lock_to_version: Option<String>,
+    /// The run named by `parentRunId`; the engine checks it exists and links the two.
+    pub parent_run_id: Option<RunId>,
+    pub resume_parent_on_completion: bool,
 }
 
 /// A time-to-live: the string echoed back and its length.
@@ -332,6 +379,13 @@ impl TriggerRequest {
             Some(v) if v.trim().is_empty() => None,
             other => other,
         };
+        let parent_run_id = match o.parent_run_id {
+            None => None,
+            Some(id) => Some(
+                RunId::parse(&id)
+                    .ok_or_else(|| invalid("options.parentRunId", "must be a run id (run_…)"))?,
+            ),
+        };
         Ok(ValidTrigger {
             task_identifier: task.to_owned(),
             payload,
@@ -348,6 +402,9 @@ impl TriggerRequest {
             queue,
             concurrency_key,
             lock_to_version,
+            resume_parent_on_completion: parent_run_id.is_some()
+                && o.resume_parent_on_completion == Some(true),
+            parent_run_id,
         })
     }
 }
@@ -676,10 +733,12 @@ impl ValidTrigger {
             cost_in_cents: 0.0,
             base_cost_in_cents: 0.0,
             depth: 0,
-            parent_run_id: None,
+            // Root and depth come from the parent run, once the engine has read it
+            // ([`Run::link_to_parent`]).
+            parent_run_id: self.parent_run_id,
             root_run_id: None,
             batch_id: None,
-            resume_parent_on_completion: false,
+            resume_parent_on_completion: self.resume_parent_on_completion,
             schedule_id: None,
             queue_ts: queued_at.timestamp_millis() - i64::from(self.priority_ms),
             worker_id: None,

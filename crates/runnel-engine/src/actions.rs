@@ -5,16 +5,17 @@
 //! `runnel-core` and write it back with a compare-and-swap on the value read; a lost race
 //! reads again, up to [`CAS_ATTEMPTS`] times, so concurrent updates never drop each
 //! other's changes. Replay builds an ordinary trigger request from the original run and
-//! goes through [`Engine::trigger`], so version waits, TTLs and queue order apply as for
-//! any new run.
+//! the caller's overrides (`runnel_core::replay`) and goes through [`Engine::trigger`],
+//! so validation, version waits, TTLs and queue order apply as for any new run.
 
 use chrono::{DateTime, Duration, Utc};
 use runnel_core::duration::parse_duration_secs;
 use runnel_core::metadata::{self, MetadataError, MetadataUpdate, Operation};
-use runnel_core::run::{Packet, Run};
+use runnel_core::replay::{self, ReplayError, ReplayRequest};
+use runnel_core::run::Packet;
 use runnel_core::tags::{self, TagsError};
 use runnel_core::tenancy::Environment;
-use runnel_core::trigger::{IdempotencyHeaders, QueueOption, TriggerOptions, TriggerRequest};
+use runnel_core::trigger::{IdempotencyHeaders, TriggerError};
 use runnel_core::view::RunDetail;
 use runnel_core::{RunId, RunStatus};
 use serde_json::{Map, Value};
@@ -34,6 +35,9 @@ pub enum ActionError {
     NotDelayed,
     #[error("Invalid delay: {0}")]
     InvalidDelay(String),
+    /// A replay body's overrides that contradict each other (400).
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
     #[error(transparent)]
     Tags(#[from] TagsError),
     #[error(transparent)]
@@ -53,52 +57,6 @@ pub enum ActionError {
 impl From<runnel_store::Error> for ActionError {
     fn from(e: runnel_store::Error) -> Self {
         ActionError::Engine(Error::Store(e))
-    }
-}
-
-/// The trigger request that recreates `run` (contract §4.3): payload and its type, tags,
-/// metadata, queue, concurrency key, machine and test flag; no version lock, no
-/// idempotency key, no delay.
-pub fn replay_request(run: &Run) -> TriggerRequest {
-    let (payload, payload_type) = if run.payload.data_type == Packet::JSON {
-        let value = run
-            .payload
-            .data
-            .as_deref()
-            .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.to_owned())));
-        (value, None)
-    } else {
-        (
-            run.payload.data.clone().map(Value::String),
-            Some(run.payload.data_type.clone()),
-        )
-    };
-    let (metadata, metadata_type) = match &run.metadata {
-        Some(Packet {
-            data: Some(data),
-            data_type,
-        }) => (Some(Value::String(data.clone())), Some(data_type.clone())),
-        _ => (None, None),
-    };
-    TriggerRequest {
-        payload,
-        context: None,
-        options: Some(TriggerOptions {
-            payload_type,
-            queue: Some(QueueOption {
-                name: run.queue.clone(),
-                concurrency_limit: None,
-            }),
-            concurrency_key: run.concurrency_key.clone().map(Value::String),
-            tags: Some(Value::Array(
-                run.tags.iter().cloned().map(Value::String).collect(),
-            )),
-            metadata,
-            metadata_type,
-            machine: run.machine.map(|m| m.as_str().to_owned()),
-            test: Some(run.is_test),
-            ..TriggerOptions::default()
-        }),
     }
 }
 
@@ -159,18 +117,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Triggers a new run like `id` (any status), on the latest version.
+    /// Triggers a new run like `id` (any status), on the latest version unless
+    /// `overrides` names one; each override replaces the original's value and is checked
+    /// as a trigger's would be, refusals naming the replay body's field.
     pub async fn replay(
         &self,
         environment: &Environment,
         id: &RunId,
+        overrides: ReplayRequest,
     ) -> Result<Triggered, ActionError> {
         let run = self
             .store
             .run_get(&environment.id, id)
             .await?
             .ok_or(ActionError::NotFound)?;
-        let request = replay_request(&run);
+        crate::unsupported::warn_once(&overrides.unsupported_in_use(), "replay");
+        let request = replay::replay_request(&run, overrides)?;
         let triggered = self
             .trigger(
                 environment,
@@ -178,7 +140,16 @@ impl Engine {
                 request,
                 &IdempotencyHeaders::default(),
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                Error::Trigger(TriggerError::Invalid { field, message }) => {
+                    Error::Trigger(TriggerError::Invalid {
+                        field: replay::body_field(field),
+                        message,
+                    })
+                }
+                other => other,
+            })?;
         tracing::debug!(run = %triggered.id, original = %run.id, "run replayed");
         Ok(triggered)
     }

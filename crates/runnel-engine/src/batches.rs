@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use runnel_core::batch::{
     parse_item_lines, BatchItemLine, BatchItemRecord, BatchRecord, BatchRequestError,
-    CreateBatchRequest, OneShotBatchRequest, MAX_ONE_SHOT_ITEMS,
+    CreateBatchRequest, OneShotBatchRequest, OneShotItem, MAX_ONE_SHOT_ITEMS,
 };
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
@@ -130,12 +130,28 @@ impl Engine {
         header_key: Option<String>,
     ) -> Result<BatchCreated, BatchError> {
         let now = self.clock.now();
+        if request.resume_parent_on_completion == Some(true) {
+            crate::unsupported::warn_once(&["resumeParentOnCompletion"], "batch");
+        }
         let batch = request.into_record(
             BatchId::generate(now.timestamp_millis()),
             environment.id.clone(),
             header_key,
             now,
         )?;
+        if let Some(parent) = batch.parent_run_id.as_deref() {
+            // `into_record` checked it is a run id.
+            let exists = match RunId::parse(parent) {
+                Some(id) => self.store.run_get(&environment.id, &id).await?.is_some(),
+                None => false,
+            };
+            if !exists {
+                return Err(BatchRequestError::Invalid(format!(
+                    "parentRunId: no run {parent} in this environment"
+                ))
+                .into());
+            }
+        }
         Ok(match self.store.batch_create(&batch, now).await? {
             BatchCreateOutcome::Created(batch) => {
                 tracing::debug!(batch = %batch.id, runs = batch.run_count, env = %environment.kind, "batch created");
@@ -210,13 +226,21 @@ impl Engine {
         let now = self.clock.now();
         let batch_id = upload.batch.id.clone();
         let mut items = Vec::with_capacity(lines.len());
-        for line in lines {
-            let (index, task, request) = line.into_trigger();
+        let requests: Vec<_> = lines.into_iter().map(BatchItemLine::into_trigger).collect();
+        let item_parents = match upload.parent {
+            Some(_) => HashMap::new(),
+            None => {
+                self.item_parents(environment, requests.iter().map(|(_, _, r)| r))
+                    .await?
+            }
+        };
+        for (index, task, request) in requests {
             let run = self
                 .batch_run(
                     environment,
                     &batch_id,
                     upload.parent.as_ref(),
+                    &item_parents,
                     &task,
                     request,
                     now,
@@ -305,10 +329,25 @@ impl Engine {
         )?;
         // Every item must pass before anything is stored.
         let mut items = Vec::with_capacity(count);
-        for (index, item) in request.items.into_iter().enumerate() {
-            let (task, request) = item.into_trigger();
+        let requests: Vec<_> = request
+            .items
+            .into_iter()
+            .map(OneShotItem::into_trigger)
+            .collect();
+        let item_parents = self
+            .item_parents(environment, requests.iter().map(|(_, r)| r))
+            .await?;
+        for (index, (task, request)) in requests.into_iter().enumerate() {
             let run = self
-                .batch_run(environment, &batch.id, None, &task, request, now)
+                .batch_run(
+                    environment,
+                    &batch.id,
+                    None,
+                    &item_parents,
+                    &task,
+                    request,
+                    now,
+                )
                 .map_err(|error| BatchError::Item { index, error })?;
             items.push(BatchItemTrigger {
                 index: index as u32,
@@ -421,16 +460,23 @@ impl Engine {
         }))
     }
 
-    /// Validates one item as a single trigger and builds its run in the batch.
+    /// Validates one item as a single trigger and builds its run in the batch. The run
+    /// hangs under the batch's parent; else under the item's own `parentRunId`, looked
+    /// up beforehand in `item_parents` ([`Engine::item_parents`]).
+    #[allow(clippy::too_many_arguments)]
     fn batch_run(
         &self,
         environment: &Environment,
         batch: &BatchId,
         parent: Option<&Parent>,
+        item_parents: &HashMap<RunId, Run>,
         task: &str,
         request: TriggerRequest,
         now: DateTime<Utc>,
     ) -> Result<Run, TriggerError> {
+        if let Some(options) = &request.options {
+            crate::unsupported::warn_once(&options.unsupported_in_use(), "batch item");
+        }
         let valid = request.validate(task, &IdempotencyHeaders::default(), now)?;
         let mut run = valid.into_run(
             RunId::generate(now.timestamp_millis()),
@@ -443,8 +489,34 @@ impl Engine {
             run.root_run_id = Some(parent.root.clone());
             run.depth = parent.depth;
             run.resume_parent_on_completion = parent.resume;
+        } else if let Some(id) = run.parent_run_id.clone() {
+            let parent = item_parents.get(&id).ok_or_else(|| TriggerError::Invalid {
+                field: "options.parentRunId",
+                message: format!("no run {id} in this environment"),
+            })?;
+            run.link_to_parent(parent);
         }
         Ok(run)
+    }
+
+    /// The runs that items' own `parentRunId`s name, those that exist in `environment`
+    /// (one look-up per distinct id).
+    async fn item_parents<'a>(
+        &self,
+        environment: &Environment,
+        requests: impl Iterator<Item = &'a TriggerRequest>,
+    ) -> Result<HashMap<RunId, Run>, BatchError> {
+        let mut parents = HashMap::new();
+        let ids: std::collections::HashSet<RunId> = requests
+            .filter_map(|r| r.options.as_ref()?.parent_run_id.as_deref())
+            .filter_map(RunId::parse)
+            .collect();
+        for id in ids {
+            if let Some(run) = self.store.run_get(&environment.id, &id).await? {
+                parents.insert(id, run);
+            }
+        }
+        Ok(parents)
     }
 
     /// Queued runs whose task no registered version serves wait in `PendingVersion`, and

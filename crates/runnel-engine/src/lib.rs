@@ -24,6 +24,7 @@ pub mod list;
 pub mod multinode;
 pub mod queues;
 pub mod runtime;
+mod unsupported;
 pub mod workers;
 
 pub use actions::ActionError;
@@ -123,9 +124,25 @@ impl Engine {
         headers: &IdempotencyHeaders,
     ) -> Result<Triggered, Error> {
         let now = self.clock.now();
+        if let Some(options) = &request.options {
+            unsupported::warn_once(&options.unsupported_in_use(), "trigger");
+        }
         let valid = request.validate(task, headers, now)?;
+        let parent =
+            match &valid.parent_run_id {
+                Some(id) => Some(self.store.run_get(&environment.id, id).await?.ok_or_else(
+                    || TriggerError::Invalid {
+                        field: "options.parentRunId",
+                        message: format!("no run {id} in this environment"),
+                    },
+                )?),
+                None => None,
+            };
         let id = RunId::generate(now.timestamp_millis());
         let mut run = valid.into_run(id, environment.id.clone(), now);
+        if let Some(parent) = &parent {
+            run.link_to_parent(parent);
+        }
         if run.status == RunStatus::Queued || run.queue == format!("task/{task}") {
             // One look answers both: whether a version serves the task, and the queue
             // it declared for the task, which a trigger without `queue` runs on.

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use runnel_core::idempotency::MAX_KEY_LEN;
 use runnel_core::metadata::{MetadataError, MetadataUpdate};
+use runnel_core::replay::ReplayRequest;
 use runnel_core::run::Packet;
 use runnel_core::tags::TagsError;
 use runnel_core::trigger::validate_task_identifier;
@@ -73,7 +74,7 @@ fn failure(error: ActionError, not_found: &str) -> Failure {
     let text = error.to_string();
     match error {
         ActionError::NotFound => message(StatusCode::NOT_FOUND, not_found),
-        ActionError::NotDelayed | ActionError::InvalidDelay(_) => {
+        ActionError::NotDelayed | ActionError::InvalidDelay(_) | ActionError::Replay(_) => {
             message(StatusCode::BAD_REQUEST, text)
         }
         ActionError::Tags(TagsError::Invalid) => Failure::Issues(vec![issue(&["tags"], text)]),
@@ -121,19 +122,29 @@ pub(crate) struct IdBody {
 
 const RUN_NOT_FOUND: &str = "Run not found";
 
-/// `POST /api/v1/runs/{runId}/replay`: a new run like this one, on the latest version.
+/// `POST /api/v1/runs/{runId}/replay`: a new run like this one, on the latest version,
+/// with the body's overrides (`runs.replay(id, {payload, tags, …})`) applied.
 #[utoipa::path(post, path = "/api/v1/runs/{runId}/replay", tag = "runs",
     params(("runId" = String, Path, description = "`run_…`")),
-    responses((status = 200, description = "The new run", body = crate::openapi::RunIdBody), (status = 400, description = "The run's stored request no longer passes the trigger's checks; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody), (status = 413, description = "The run's metadata is over 262144 bytes", body = crate::openapi::ErrorBody), (status = 422, description = "The run's stored request cannot be honoured (more than 10 tags)", body = crate::openapi::ErrorBody)))]
+    request_body(content = runnel_core::replay::ReplayRequest, description = "Optional: an empty body replays the run as it was; each field given replaces the original's value"),
+    responses((status = 200, description = "The new run (or, under `idempotencyKey`, the run already holding it)", body = crate::openapi::RunIdBody), (status = 400, description = "Malformed or out-of-bounds body (not a JSON object, an unknown field, a value the trigger refuses, `payloadType` without `payload`), or the run's stored request no longer passes the trigger's checks; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "`Run not found`: no such run in the key's environment", body = crate::openapi::ErrorBody), (status = 413, description = "The body is over 3 MiB, or the metadata is over 262144 bytes serialized", body = crate::openapi::ErrorBody), (status = 422, description = "More than 10 tags", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdBody>, Failure> {
     let id = run_id(&raw, RUN_NOT_FOUND)?;
+    // No body at all (the SDK's `runs.replay(id)`) means no overrides.
+    let empty = matches!(&body, Ok(bytes) if bytes.is_empty());
+    let overrides: ReplayRequest = if empty {
+        ReplayRequest::default()
+    } else {
+        json_body(body, &[])?
+    };
     let triggered = state
         .engine
-        .replay(&environment, &id)
+        .replay(&environment, &id, overrides)
         .await
         .map_err(|e| failure(e, RUN_NOT_FOUND))?;
     Ok(Json(IdBody {

@@ -300,7 +300,7 @@ impl Modify for TransportAnswers {
 struct OptionalBodies;
 
 /// The POST operations whose body may be left out.
-const OPTIONAL_BODIES: &[&str] = &["/api/v1/auth/jwt"];
+const OPTIONAL_BODIES: &[&str] = &["/api/v1/auth/jwt", "/api/v1/runs/{runId}/replay"];
 
 impl Modify for OptionalBodies {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
