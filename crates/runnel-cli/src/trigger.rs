@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runnel_sdk::client::TriggerOptions;
 use runnel_sdk::{Client, RunStatus};
 
@@ -73,6 +74,15 @@ pub async fn run(client: &Client, trigger: Trigger) -> Result<()> {
          (`runnel runs cancel {id}` does)"
     );
     let started = Instant::now();
+    // On a terminal a spinner shows the status and the time waited; status changes are
+    // plain lines above it (and the only output when stderr is not a terminal).
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(id.clone());
+    spinner.enable_steady_tick(Duration::from_millis(120));
     let mut last: Option<RunStatus> = None;
     let run = loop {
         let run = client
@@ -80,15 +90,18 @@ pub async fn run(client: &Client, trigger: Trigger) -> Result<()> {
             .await
             .with_context(|| format!("reading {id}"))?;
         if run.status.is_final() {
+            spinner.finish_and_clear();
             break run;
         }
         if last.as_ref() != Some(&run.status) {
-            eprintln!("{}", describe_wait(id, &trigger.task, &run.status));
+            spinner.suspend(|| eprintln!("{}", describe_wait(id, &trigger.task, &run.status)));
+            spinner.set_message(format!("{id} {}", run.status));
             last = Some(run.status.clone());
         }
         let waited = started.elapsed();
         if let Some(timeout) = timeout {
             if waited >= timeout {
+                spinner.finish_and_clear();
                 eprintln!(
                     "{id} is still {} after {}s (--timeout); it goes on without us: \
                      `runnel runs get {id}` shows it later",

@@ -112,8 +112,14 @@ fn flags_outside_their_range_are_refused_naming_the_range() {
             "5..=2147483647",
         ),
         (&["trigger", "hello", "--max-attempts", "251"], "1..=250"),
-        (&["trigger", "hello", "--wait", "--timeout", "0"], "at least 1s"),
-        (&["trigger", "hello", "--wait", "--timeout", "366d"], "31536000"),
+        (
+            &["trigger", "hello", "--wait", "--timeout", "0"],
+            "at least 1s",
+        ),
+        (
+            &["trigger", "hello", "--wait", "--timeout", "366d"],
+            "31536000",
+        ),
         (&["runs", "ls", "--limit", "101"], "1..=100"),
         (&["runs", "ls", "--limit", "0"], "1..=100"),
         (
