@@ -32,6 +32,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -117,6 +118,8 @@ pub struct ExecExecutor {
     shell: String,
     /// [`STDOUT_LIMIT_DEFAULT`] in production; tests lower it.
     stdout_limit: usize,
+    /// Commands running now (what a stopping worker tells the operator it waits for).
+    running: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -148,7 +151,13 @@ impl ExecExecutor {
             settings,
             shell: SHELL_DEFAULT.to_owned(),
             stdout_limit: STDOUT_LIMIT_DEFAULT,
+            running: AtomicUsize::new(0),
         })
+    }
+
+    /// How many commands are running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
     }
 
     fn task(&self, name: &str) -> Option<&ExecTask> {
@@ -213,6 +222,8 @@ impl Executor for ExecExecutor {
             }
         };
 
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let _running = Running(&self.running);
         let mut child = match self.command(task, &run).spawn() {
             Ok(child) => child,
             Err(error) => {
@@ -329,6 +340,16 @@ impl ProcessGroup {
                 tracing::warn!(pgid = %self.0, %error, "could not kill the command's process group")
             }
         }
+    }
+}
+
+/// Counts a command as running until `execute` ends (or its future is dropped).
+#[derive(Debug)]
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
