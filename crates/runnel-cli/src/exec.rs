@@ -28,9 +28,17 @@
 //! children still hold its pipes open after it exited from hanging the worker: the pipes get
 //! [`PIPE_GRACE_AFTER_EXIT`], then the group is killed. Only a process that leaves the group
 //! on purpose (`setsid`) escapes.
+//!
+//! The group also dies with the worker process, however it ends (SIGKILL included), when
+//! the executor has a task guard ([`ExecExecutor::with_task_guard`], which `runnel worker`
+//! and `runnel dev` set on Linux): the group's leader is then `runnel task-guard -- sh -c
+//! COMMAND` (guard.rs), which kills the group when its parent dies and otherwise ends
+//! exactly as the shell did, so the table above holds unchanged. Without one (unit tests,
+//! other systems) the shell leads the group, and a SIGKILLed worker leaves it running.
 
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -120,6 +128,10 @@ pub struct ExecExecutor {
     stdout_limit: usize,
     /// Commands running now (what a stopping worker tells the operator it waits for).
     running: AtomicUsize,
+    /// `runnel` itself, to start each command under `runnel task-guard` (see guard.rs);
+    /// `None` starts the shell directly (unit tests, where the binary is a test harness,
+    /// and systems other than Linux).
+    task_guard: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -152,7 +164,15 @@ impl ExecExecutor {
             shell: SHELL_DEFAULT.to_owned(),
             stdout_limit: STDOUT_LIMIT_DEFAULT,
             running: AtomicUsize::new(0),
+            task_guard: None,
         })
+    }
+
+    /// Starts every command under `program task-guard` (`program` being the `runnel`
+    /// binary), so the commands die with this process even when it is SIGKILLed.
+    pub fn with_task_guard(mut self, program: PathBuf) -> Self {
+        self.task_guard = Some(program);
+        self
     }
 
     /// How many commands are running now.
@@ -165,7 +185,16 @@ impl ExecExecutor {
     }
 
     fn command(&self, task: &ExecTask, run: &DequeuedRun) -> Command {
-        let mut command = Command::new(&self.shell);
+        let mut command = match &self.task_guard {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command
+                    .args([crate::guard::SUBCOMMAND, "--", &self.shell])
+                    .env(crate::guard::PARENT_ENV, std::process::id().to_string());
+                command
+            }
+            None => Command::new(&self.shell),
+        };
         command
             .arg("-c")
             .arg(&task.command)

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 mod bench;
 mod exec;
+mod guard;
 mod runs;
 
 /// Default address `runnel serve` listens on.
@@ -60,6 +61,16 @@ enum Command {
     Keys(KeysCommand),
     /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
     Bench(bench::BenchArgs),
+    /// Internal: runs one exec attempt's command so that it dies with its worker.
+    #[command(name = guard::SUBCOMMAND, hide = true)]
+    TaskGuard(TaskGuardArgs),
+}
+
+#[derive(Debug, Args)]
+struct TaskGuardArgs {
+    /// The program and its arguments, after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<std::ffi::OsString>,
 }
 
 /// Where the database is: an explicit URL, or the SQLite file in the data directory.
@@ -377,8 +388,20 @@ enum KeysCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let command = Cli::parse().command;
+    // The guard starts once per attempt: no runtime, no logging, just the command.
+    if let Command::TaskGuard(args) = &command {
+        guard::run(&args.command);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(command))
+}
+
+async fn run(command: Command) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -386,7 +409,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match command {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Dev(args) => dev(args).await,
@@ -394,6 +417,7 @@ async fn main() -> Result<()> {
         Command::Runs(command) => runs(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::TaskGuard(args) => guard::run(&args.command),
     }
 }
 
@@ -533,6 +557,11 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
         },
     )
     .map_err(anyhow::Error::msg)?;
+    // Linux: every command runs under `runnel task-guard`, so it dies with this process.
+    #[cfg(target_os = "linux")]
+    let executor = executor.with_task_guard(
+        std::env::current_exe().context("finding this binary to run the task guard")?,
+    );
     let mut options = match &exec.name {
         Some(name) => WorkerOptions::new(name.clone()),
         None => WorkerOptions::default(),

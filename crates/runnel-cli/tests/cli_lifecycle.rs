@@ -1,7 +1,8 @@
 //! The `runnel` binary's lifecycle and key management, end to end: first start and
 //! restart, graceful shutdown on SIGTERM (fast when idle; a second signal stops running
-//! attempts at once without losing their runs), and `runnel keys create|list|revoke` run
-//! against the data directory of a live server.
+//! attempts at once without losing their runs; a SIGKILLed worker takes its task
+//! processes with it), and `runnel keys create|list|revoke` run against the data
+//! directory of a live server.
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_secret_key, describe, key_prefix, keys_create, runnel, timestamp, Server, TestApp,
-    Worker, WORKER_TIMEOUT,
+    assert_secret_key, describe, key_prefix, keys_create, process_is_gone, runnel, timestamp,
+    Server, TestApp, Worker, WORKER_TIMEOUT,
 };
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -442,4 +443,78 @@ async fn a_second_sigterm_stops_a_prod_worker_at_once_and_gives_its_run_back() {
     let body = app.server.run(key, &run).await;
     assert_eq!(body["status"], "QUEUED", "{body}");
     assert_eq!(body["attempts"][0]["status"], "CANCELED", "{body}");
+}
+
+/// How long a task's processes may outlive their SIGKILLed worker.
+const ORPHAN_DEATH_MAX: Duration = Duration::from_secs(2);
+
+/// `family=…`: a shell that writes its pid to `dir/shell`, starts a background `sleep 60`
+/// writing its pid to `dir/sleep`, and waits.
+fn family_task(dir: &Path) -> String {
+    format!(
+        "family=echo $$ > '{0}/shell.tmp'; mv '{0}/shell.tmp' '{0}/shell'; \
+         sleep 60 & echo $! > '{0}/sleep.tmp'; mv '{0}/sleep.tmp' '{0}/sleep'; wait",
+        dir.display()
+    )
+}
+
+/// The pids `family_task` wrote, once both are there.
+async fn family_pids(dir: &Path) -> [u32; 2] {
+    let mut pids = [0; 2];
+    for (pid, name) in pids.iter_mut().zip(["shell", "sleep"]) {
+        let path = dir.join(name);
+        wait_for_file(&path).await;
+        *pid = std::fs::read_to_string(&path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!process_is_gone(*pid), "{name} ({pid}) should be running");
+    }
+    pids
+}
+
+/// Asserts every pid stops running within [`ORPHAN_DEATH_MAX`].
+async fn assert_all_die(pids: [u32; 2], log: impl Fn() -> String) {
+    let deadline = Instant::now() + ORPHAN_DEATH_MAX;
+    while !pids.iter().all(|pid| process_is_gone(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "task processes {pids:?} outlived their worker by {ORPHAN_DEATH_MAX:?}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sigkilled_worker_takes_its_task_processes_with_it() {
+    let app = TestApp::start();
+    let pids_dir = TempDir::new().unwrap();
+    let mut worker = Worker::start(
+        &app.server,
+        &app.dev_key,
+        &["--task", &family_task(pids_dir.path())],
+    );
+    app.server
+        .trigger_new(&app.dev_key, "family", &json!({}))
+        .await;
+    let pids = family_pids(pids_dir.path()).await;
+
+    worker.kill();
+    assert_all_die(pids, || worker.stderr()).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_dev_takes_its_task_processes_with_it() {
+    let dir = TempDir::new().unwrap();
+    let pids_dir = TempDir::new().unwrap();
+    let mut dev = Server::start_dev(dir.path(), &["--task", &family_task(pids_dir.path())]);
+    let key = dev.dev_key().to_owned();
+    dev.trigger_new(&key, "family", &json!({})).await;
+    let pids = family_pids(pids_dir.path()).await;
+
+    dev.signal(Signal::SIGKILL);
+    assert!(dev.wait_for_exit(WORKER_TIMEOUT).is_some());
+    assert_all_die(pids, || dev.stderr()).await;
 }
