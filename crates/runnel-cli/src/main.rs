@@ -558,10 +558,13 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
     )
     .map_err(anyhow::Error::msg)?;
     // Linux: every command runs under `runnel task-guard`, so it dies with this process.
+    // `/proc/self/exe` still starts this very binary after it was replaced or deleted on
+    // disk (an upgrade while the worker runs), where its path would start another or none.
     #[cfg(target_os = "linux")]
-    let executor = executor.with_task_guard(
-        std::env::current_exe().context("finding this binary to run the task guard")?,
-    );
+    let executor = executor.with_task_guard(match PathBuf::from("/proc/self/exe") {
+        own if own.exists() => own,
+        _ => std::env::current_exe().context("finding this binary to run the task guard")?,
+    });
     let mut options = match &exec.name {
         Some(name) => WorkerOptions::new(name.clone()),
         None => WorkerOptions::default(),

@@ -445,6 +445,32 @@ async fn a_second_sigterm_stops_a_prod_worker_at_once_and_gives_its_run_back() {
     assert_eq!(body["attempts"][0]["status"], "CANCELED", "{body}");
 }
 
+#[tokio::test]
+async fn a_second_sigterm_stops_a_worker_whose_server_is_gone_within_its_bound() {
+    let app = TestApp::start();
+    let started = app.data_dir().join("started");
+    let mut worker = Worker::start(&app.server, &app.dev_key, &["--task", &slow_task(&started)]);
+    app.server
+        .trigger_new(&app.dev_key, "slow", &json!({}))
+        .await;
+    wait_for_file(&started).await;
+    app.server.signal(Signal::SIGKILL);
+
+    worker.terminate();
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    while !worker.stderr().contains("press Ctrl-C again to stop now") {
+        assert!(Instant::now() < deadline, "{}", worker.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signaled = Instant::now();
+    worker.terminate();
+    // The interrupted attempt's report cannot reach anyone: it is given up on (the
+    // server rescues the run when it is back), within the stop-now bound.
+    let status = worker.wait(STOP_NOW_MAX);
+    assert!(signaled.elapsed() < STOP_NOW_MAX);
+    assert!(status.success(), "{status}\n{}", worker.stderr());
+}
+
 /// How long a task's processes may outlive their SIGKILLed worker.
 const ORPHAN_DEATH_MAX: Duration = Duration::from_secs(2);
 
