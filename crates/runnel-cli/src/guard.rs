@@ -26,10 +26,13 @@
 //!    by the same signal (re-raised with its default action, without a core dump), so the
 //!    worker's outcome mapping (exec.rs) sees what it would have seen without the guard.
 //!
-//! The kernel sends the parent-death signal when the *thread* that spawned the guard
-//! exits, so the worker spawns it from a runtime worker thread (they live as long as the
-//! runtime), never from a short-lived blocking thread. Linux only: elsewhere the worker
-//! starts commands directly, and a SIGKILLed worker leaves them running.
+//! The kernel sends the parent-death signal each time the guard is re-parented: when the
+//! *thread* that spawned it exits while the worker lives (re-parented to another of the
+//! worker's threads: `getppid()` unchanged, so the signal is ignored) and when the worker
+//! is gone (re-parented to init or a subreaper: acted on). The worker spawns from its
+//! runtime's worker threads, which live as long as it does, so the first case is rare.
+//! Linux only: elsewhere the worker starts commands directly, and a SIGKILLed worker
+//! leaves them running.
 
 use std::ffi::OsString;
 
