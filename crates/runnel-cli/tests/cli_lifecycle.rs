@@ -544,3 +544,38 @@ async fn a_sigkilled_dev_takes_its_task_processes_with_it() {
     assert!(dev.wait_for_exit(WORKER_TIMEOUT).is_some());
     assert_all_die(pids, || dev.stderr()).await;
 }
+
+#[tokio::test]
+async fn under_the_task_guard_a_command_ends_as_it_would_without_it() {
+    let dir = TempDir::new().unwrap();
+    let dev = Server::start_dev(
+        dir.path(),
+        &[
+            "--task",
+            "echo=cat",
+            "--task",
+            "exit=echo bye >&2; exit 3",
+            "--task",
+            "term=kill -TERM $$",
+            "--task",
+            "pipe=kill -PIPE $$",
+        ],
+    );
+    let key = dev.dev_key().to_owned();
+    let once = json!({"payload": {"n": 1}, "options": {"maxAttempts": 1}});
+    let cases = [
+        ("echo", "COMPLETED", None),
+        ("exit", "FAILED", Some("bye")),
+        ("term", "CRASHED", Some("killed by signal 15 (SIGTERM)")),
+        // Rust ignores SIGPIPE in its own processes: the guard must still die of it.
+        ("pipe", "CRASHED", Some("killed by signal 13 (SIGPIPE)")),
+    ];
+    for (task, status, message) in cases {
+        let run = dev.trigger_new(&key, task, &once).await;
+        let body = dev.wait_for_status(&key, &run, status).await;
+        match message {
+            None => assert_eq!(body["output"], json!({"n": 1}), "{body}"),
+            Some(message) => assert_eq!(body["error"]["message"], message, "{body}"),
+        }
+    }
+}
