@@ -28,10 +28,19 @@
 //! children still hold its pipes open after it exited from hanging the worker: the pipes get
 //! [`PIPE_GRACE_AFTER_EXIT`], then the group is killed. Only a process that leaves the group
 //! on purpose (`setsid`) escapes.
+//!
+//! The group also dies with the worker process, however it ends (SIGKILL included), when
+//! the executor has a task guard ([`ExecExecutor::with_task_guard`], which `runnel worker`
+//! and `runnel dev` set on Linux): the group's leader is then `runnel task-guard -- sh -c
+//! COMMAND` (guard.rs), which kills the group when its parent dies and otherwise ends
+//! exactly as the shell did, so the table above holds unchanged. Without one (unit tests,
+//! other systems) the shell leads the group, and a SIGKILLed worker leaves it running.
 
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -117,6 +126,12 @@ pub struct ExecExecutor {
     shell: String,
     /// [`STDOUT_LIMIT_DEFAULT`] in production; tests lower it.
     stdout_limit: usize,
+    /// Commands running now (what a stopping worker tells the operator it waits for).
+    running: AtomicUsize,
+    /// `runnel` itself, to start each command under `runnel task-guard` (see guard.rs);
+    /// `None` starts the shell directly (unit tests, where the binary is a test harness,
+    /// and systems other than Linux).
+    task_guard: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -148,7 +163,21 @@ impl ExecExecutor {
             settings,
             shell: SHELL_DEFAULT.to_owned(),
             stdout_limit: STDOUT_LIMIT_DEFAULT,
+            running: AtomicUsize::new(0),
+            task_guard: None,
         })
+    }
+
+    /// Starts every command under `program task-guard` (`program` being the `runnel`
+    /// binary), so the commands die with this process even when it is SIGKILLed.
+    pub fn with_task_guard(mut self, program: PathBuf) -> Self {
+        self.task_guard = Some(program);
+        self
+    }
+
+    /// How many commands are running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
     }
 
     fn task(&self, name: &str) -> Option<&ExecTask> {
@@ -156,7 +185,16 @@ impl ExecExecutor {
     }
 
     fn command(&self, task: &ExecTask, run: &DequeuedRun) -> Command {
-        let mut command = Command::new(&self.shell);
+        let mut command = match &self.task_guard {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command
+                    .args([crate::guard::SUBCOMMAND, "--", &self.shell])
+                    .env(crate::guard::PARENT_ENV, std::process::id().to_string());
+                command
+            }
+            None => Command::new(&self.shell),
+        };
         command
             .arg("-c")
             .arg(&task.command)
@@ -213,6 +251,8 @@ impl Executor for ExecExecutor {
             }
         };
 
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let _running = Running(&self.running);
         let mut child = match self.command(task, &run).spawn() {
             Ok(child) => child,
             Err(error) => {
@@ -329,6 +369,16 @@ impl ProcessGroup {
                 tracing::warn!(pgid = %self.0, %error, "could not kill the command's process group")
             }
         }
+    }
+}
+
+/// Counts a command as running until `execute` ends (or its future is dropped).
+#[derive(Debug)]
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 mod bench;
 mod exec;
+mod guard;
 mod runs;
 mod trigger;
 
@@ -61,6 +62,16 @@ enum Command {
     Keys(KeysCommand),
     /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
     Bench(bench::BenchArgs),
+    /// Internal: runs one exec attempt's command so that it dies with its worker.
+    #[command(name = guard::SUBCOMMAND, hide = true)]
+    TaskGuard(TaskGuardArgs),
+}
+
+#[derive(Debug, Args)]
+struct TaskGuardArgs {
+    /// The program and its arguments, after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<std::ffi::OsString>,
 }
 
 /// Where the database is: an explicit URL, or the SQLite file in the data directory.
@@ -449,8 +460,20 @@ enum KeysCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let command = Cli::parse().command;
+    // The guard starts once per attempt: no runtime, no logging, just the command.
+    if let Command::TaskGuard(args) = &command {
+        guard::run(&args.command);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(command))
+}
+
+async fn run(command: Command) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -458,7 +481,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match command {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Dev(args) => dev(args).await,
@@ -466,6 +489,7 @@ async fn main() -> Result<()> {
         Command::Runs(command) => runs(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::TaskGuard(args) => guard::run(&args.command),
     }
 }
 
@@ -619,13 +643,22 @@ impl RunningServer {
         })
     }
 
-    /// Stops accepting, lets in-flight requests finish, stops the services, closes the store.
-    async fn stop(self) -> Result<()> {
+    /// Stops accepting, lets in-flight requests finish (or, once `now` resolves, drops
+    /// them), stops the services, closes the store.
+    async fn stop(self, now: impl std::future::Future<Output = ()>) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
         // Workers' long polls would otherwise hold the graceful shutdown for their wait.
         self.engine.stop_long_polls();
         let _ = self.shutdown.send(true);
-        self.server.await.context("server task")??;
+        let mut server = self.server;
+        tokio::select! {
+            biased;
+            served = &mut server => served.context("server task")??,
+            () = now => {
+                tracing::warn!("stopping now: closing the connections still open");
+                server.abort();
+            }
+        }
         self.services.await.context("services task")?;
         self.signals.await.context("signals task")?;
         self.store.close().await;
@@ -635,9 +668,10 @@ impl RunningServer {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    let signals = StopSignals::install()?;
     let server = RunningServer::start(&args).await?;
-    shutdown_signal().await;
-    server.stop().await
+    signals.reached(StopRequest::Graceful).await;
+    server.stop(signals.reached(StopRequest::Now)).await
 }
 
 /// The executor and worker settings `runnel worker` and `runnel dev` share.
@@ -651,6 +685,14 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
         },
     )
     .map_err(anyhow::Error::msg)?;
+    // Linux: every command runs under `runnel task-guard`, so it dies with this process.
+    // `/proc/self/exe` still starts this very binary after it was replaced or deleted on
+    // disk (an upgrade while the worker runs), where its path would start another or none.
+    #[cfg(target_os = "linux")]
+    let executor = executor.with_task_guard(match PathBuf::from("/proc/self/exe") {
+        own if own.exists() => own,
+        _ => std::env::current_exe().context("finding this binary to run the task guard")?,
+    });
     let mut options = match &exec.name {
         Some(name) => WorkerOptions::new(name.clone()),
         None => WorkerOptions::default(),
@@ -673,14 +715,60 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
+    let signals = StopSignals::install()?;
     let client = Client::new(args.api.api_url.trim_end_matches('/'), args.api.key);
     let (worker, executor) = exec_worker(&args.exec, client)?;
+    let _announce = announce_stop(&signals, &executor, &args.exec, None);
     // The worker logs its summary ("worker stopped") itself.
-    worker.run(executor, shutdown_signal()).await?;
+    worker
+        .run_until(
+            executor,
+            signals.reached(StopRequest::Graceful),
+            signals.reached(StopRequest::Now),
+        )
+        .await?;
     Ok(())
 }
 
+/// At the first signal, tells the operator what the stop waits for and how to cut it
+/// short; in `dev`, also ends the in-process server's long polls, so the worker's dequeue
+/// in flight answers at once instead of at the end of its wait.
+fn announce_stop(
+    signals: &StopSignals,
+    executor: &Arc<exec::ExecExecutor>,
+    exec: &ExecArgs,
+    engine: Option<Engine>,
+) -> AbortOnDrop {
+    let signals = signals.clone();
+    let executor = executor.clone();
+    let grace = exec.shutdown_grace;
+    AbortOnDrop(tokio::spawn(async move {
+        signals.reached(StopRequest::Graceful).await;
+        if let Some(engine) = engine {
+            engine.stop_long_polls();
+        }
+        match executor.running() {
+            0 => eprintln!("stopping; press Ctrl-C again to stop now"),
+            running => eprintln!(
+                "stopping: waiting up to {grace}s for {running} running attempt{}; press Ctrl-C again to stop now",
+                if running == 1 { "" } else { "s" }
+            ),
+        }
+    }))
+}
+
+/// A spawned task aborted when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn dev(args: DevArgs) -> Result<()> {
+    let signals = StopSignals::install()?;
     let server = RunningServer::start(&args.serve).await?;
     // The in-process worker gets a key of its own, revoked when `dev` stops: the dev key
     // printed at the first start is stored hashed, so it cannot be read back.
@@ -700,10 +788,20 @@ async fn dev(args: DevArgs) -> Result<()> {
     }
     let client = Client::new(format!("http://{addr}"), key.expose());
     let outcome = match exec_worker(&args.exec, client) {
-        Ok((worker, executor)) => worker
-            .run(executor, shutdown_signal())
-            .await
-            .map_err(anyhow::Error::from),
+        Ok((worker, executor)) => {
+            let _announce =
+                announce_stop(&signals, &executor, &args.exec, Some(server.engine.clone()));
+            // The in-process server records what the worker reports, also after a
+            // second signal: it stops only once the worker has.
+            worker
+                .run_until(
+                    executor,
+                    signals.reached(StopRequest::Graceful),
+                    signals.reached(StopRequest::Now),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+        }
         Err(e) => Err(e),
     };
     if let Err(error) = server
@@ -713,7 +811,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     {
         tracing::warn!(%error, "could not revoke the dev worker's key");
     }
-    server.stop().await?;
+    server.stop(signals.reached(StopRequest::Now)).await?;
     outcome?;
     Ok(())
 }
@@ -780,22 +878,54 @@ async fn runs(command: RunsCommand) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
+/// How far SIGINT and SIGTERM have asked this process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StopRequest {
+    Running,
+    /// The first signal: stop taking work, let running attempts finish (the grace).
+    Graceful,
+    /// The second: interrupt running attempts now, report them, exit.
+    Now,
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, counted: the first asks for a graceful stop, the second
+/// for an immediate one, and a third exits at once without reporting anything. The
+/// handlers are installed before the process says it listens, so a signal sent as soon
+/// as it does never meets the default action (death without a clean stop).
+#[derive(Debug, Clone)]
+struct StopSignals(watch::Receiver<StopRequest>);
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let (requests, request) = watch::channel(StopRequest::Running);
+        tokio::spawn(async move {
+            for next in [StopRequest::Graceful, StopRequest::Now] {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                requests.send_replace(next);
+            }
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("stopping: third signal, exiting without waiting");
+            std::process::exit(130);
+        });
+        Ok(StopSignals(request))
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    /// Resolves once the signals asked for `at_least`.
+    async fn reached(&self, at_least: StopRequest) {
+        let mut request = self.0.clone();
+        // The sender lives for the whole process, so this only ends by reaching it.
+        let _ = request.wait_for(|request| *request >= at_least).await;
     }
 }
 

@@ -1,12 +1,19 @@
 //! The `runnel` binary's lifecycle and key management, end to end: first start and
-//! restart, graceful shutdown on SIGTERM, and `runnel keys create|list|revoke` run
-//! against the data directory of a live server.
+//! restart, graceful shutdown on SIGTERM (fast when idle; a second signal stops running
+//! attempts at once without losing their runs; a SIGKILLed worker takes its task
+//! processes with it), and `runnel keys create|list|revoke` run against the data
+//! directory of a live server.
 
 mod common;
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use common::{
-    assert_secret_key, describe, key_prefix, keys_create, runnel, timestamp, Server, TestApp,
+    assert_secret_key, describe, key_prefix, keys_create, process_is_gone, runnel, timestamp,
+    Server, TestApp, Worker, WORKER_TIMEOUT,
 };
+use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -314,5 +321,261 @@ async fn keys_revoke_of_an_unknown_or_ambiguous_prefix_fails_and_revokes_nothing
     assert_eq!(after, before);
     for key in [&app.dev_key, &second_dev] {
         assert!(key_is_accepted(&app.server, key).await, "{key} was revoked");
+    }
+}
+
+/// How long an idle server or `dev` may take to exit after SIGTERM.
+const IDLE_STOP_MAX: Duration = Duration::from_secs(1);
+/// How long a process may take to exit after the second signal, attempts running.
+const STOP_NOW_MAX: Duration = Duration::from_secs(3);
+
+/// `slow=…`: a task that creates `started` and then sleeps for 30 s.
+fn slow_task(started: &Path) -> String {
+    format!("slow=touch '{}'; exec sleep 30", started.display())
+}
+
+/// Waits until `path` exists (the task's command runs).
+async fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{path:?} never appeared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends SIGTERM and answers how long the process took to exit (status 0).
+fn time_to_stop(server: Server) -> Duration {
+    let signaled = Instant::now();
+    let status = server.terminate();
+    let took = signaled.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    took
+}
+
+#[tokio::test]
+async fn an_idle_server_stops_in_well_under_a_second() {
+    let app = TestApp::start();
+    let took = time_to_stop(app.server);
+    assert!(took < IDLE_STOP_MAX, "an idle serve took {took:?} to stop");
+}
+
+#[tokio::test]
+async fn an_idle_dev_stops_in_well_under_a_second() {
+    let dir = TempDir::new().unwrap();
+    let dev = Server::start_dev(dir.path(), &["--task", "t=true"]);
+    // Its worker's dequeue long poll is in flight from here on: that poll used to hold
+    // the stop until the end of its wait.
+    dev.wait_for_log("worker registered worker_id=", WORKER_TIMEOUT);
+    let took = time_to_stop(dev);
+    assert!(took < IDLE_STOP_MAX, "an idle dev took {took:?} to stop");
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_stops_dev_at_once_and_the_run_ends_interrupted() {
+    let dir = TempDir::new().unwrap();
+    let started = dir.path().join("started");
+    let mut dev = Server::start_dev(dir.path(), &["--task", &slow_task(&started)]);
+    let key = dev.dev_key().to_owned();
+    let run = dev.trigger_new(&key, "slow", &json!({})).await;
+    wait_for_file(&started).await;
+
+    dev.signal(Signal::SIGINT);
+    dev.wait_for_log(
+        "stopping: waiting up to 30s for 1 running attempt; press Ctrl-C again to stop now",
+        WORKER_TIMEOUT,
+    );
+    assert!(
+        dev.wait_for_exit(Duration::from_millis(300)).is_none(),
+        "the first Ctrl-C must wait for the running attempt\n{}",
+        dev.stderr()
+    );
+    let signaled = Instant::now();
+    dev.signal(Signal::SIGINT);
+    let status = dev.wait_for_exit(STOP_NOW_MAX).unwrap_or_else(|| {
+        panic!(
+            "dev still running {STOP_NOW_MAX:?} after the second Ctrl-C\n{}",
+            dev.stderr()
+        )
+    });
+    assert_eq!(status.code(), Some(0), "{status}\n{}", dev.stderr());
+    assert!(signaled.elapsed() < STOP_NOW_MAX);
+
+    // The in-process server recorded the interruption before it stopped: a dev run
+    // interrupted by its worker ends INTERRUPTED (docs/state-machine.md).
+    drop(dev);
+    let restarted = Server::start(dir.path());
+    let body = restarted.run(&key, &run).await;
+    assert_eq!(body["status"], "INTERRUPTED", "{body}");
+    assert_eq!(body["attemptCount"], 1, "{body}");
+    assert_eq!(body["attempts"][0]["status"], "FAILED", "{body}");
+    assert_eq!(
+        body["error"]["message"], "worker stopped during the run",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_sigterm_stops_a_prod_worker_at_once_and_gives_its_run_back() {
+    let app = TestApp::start();
+    let key = &keys_create(&app.data_dir(), "prod");
+    let started = app.data_dir().join("started");
+    let mut worker = Worker::start(&app.server, key, &["--task", &slow_task(&started)]);
+    let run = app.server.trigger_new(key, "slow", &json!({})).await;
+    wait_for_file(&started).await;
+
+    worker.terminate();
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    while !worker
+        .stderr()
+        .contains("stopping: waiting up to 30s for 1 running attempt")
+    {
+        assert!(Instant::now() < deadline, "{}", worker.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signaled = Instant::now();
+    worker.terminate();
+    let status = worker.wait(STOP_NOW_MAX);
+    assert!(signaled.elapsed() < STOP_NOW_MAX);
+    assert!(status.success(), "{status}\n{}", worker.stderr());
+
+    // Reported before the worker exited: outside dev an interrupted run goes back to the
+    // queue, its attempt not counted.
+    let body = app.server.run(key, &run).await;
+    assert_eq!(body["status"], "QUEUED", "{body}");
+    assert_eq!(body["attempts"][0]["status"], "CANCELED", "{body}");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_stops_a_worker_whose_server_is_gone_within_its_bound() {
+    let app = TestApp::start();
+    let started = app.data_dir().join("started");
+    let mut worker = Worker::start(&app.server, &app.dev_key, &["--task", &slow_task(&started)]);
+    app.server
+        .trigger_new(&app.dev_key, "slow", &json!({}))
+        .await;
+    wait_for_file(&started).await;
+    app.server.signal(Signal::SIGKILL);
+
+    worker.terminate();
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    while !worker.stderr().contains("press Ctrl-C again to stop now") {
+        assert!(Instant::now() < deadline, "{}", worker.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signaled = Instant::now();
+    worker.terminate();
+    // The interrupted attempt's report cannot reach anyone: it is given up on (the
+    // server rescues the run when it is back), within the stop-now bound.
+    let status = worker.wait(STOP_NOW_MAX);
+    assert!(signaled.elapsed() < STOP_NOW_MAX);
+    assert!(status.success(), "{status}\n{}", worker.stderr());
+}
+
+/// How long a task's processes may outlive their SIGKILLed worker.
+const ORPHAN_DEATH_MAX: Duration = Duration::from_secs(2);
+
+/// `family=…`: a shell that writes its pid to `dir/shell`, starts a background `sleep 60`
+/// writing its pid to `dir/sleep`, and waits.
+fn family_task(dir: &Path) -> String {
+    format!(
+        "family=echo $$ > '{0}/shell.tmp'; mv '{0}/shell.tmp' '{0}/shell'; \
+         sleep 60 & echo $! > '{0}/sleep.tmp'; mv '{0}/sleep.tmp' '{0}/sleep'; wait",
+        dir.display()
+    )
+}
+
+/// The pids `family_task` wrote, once both are there.
+async fn family_pids(dir: &Path) -> [u32; 2] {
+    let mut pids = [0; 2];
+    for (pid, name) in pids.iter_mut().zip(["shell", "sleep"]) {
+        let path = dir.join(name);
+        wait_for_file(&path).await;
+        *pid = std::fs::read_to_string(&path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!process_is_gone(*pid), "{name} ({pid}) should be running");
+    }
+    pids
+}
+
+/// Asserts every pid stops running within [`ORPHAN_DEATH_MAX`].
+async fn assert_all_die(pids: [u32; 2], log: impl Fn() -> String) {
+    let deadline = Instant::now() + ORPHAN_DEATH_MAX;
+    while !pids.iter().all(|pid| process_is_gone(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "task processes {pids:?} outlived their worker by {ORPHAN_DEATH_MAX:?}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sigkilled_worker_takes_its_task_processes_with_it() {
+    let app = TestApp::start();
+    let pids_dir = TempDir::new().unwrap();
+    let mut worker = Worker::start(
+        &app.server,
+        &app.dev_key,
+        &["--task", &family_task(pids_dir.path())],
+    );
+    app.server
+        .trigger_new(&app.dev_key, "family", &json!({}))
+        .await;
+    let pids = family_pids(pids_dir.path()).await;
+
+    worker.kill();
+    assert_all_die(pids, || worker.stderr()).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_dev_takes_its_task_processes_with_it() {
+    let dir = TempDir::new().unwrap();
+    let pids_dir = TempDir::new().unwrap();
+    let mut dev = Server::start_dev(dir.path(), &["--task", &family_task(pids_dir.path())]);
+    let key = dev.dev_key().to_owned();
+    dev.trigger_new(&key, "family", &json!({})).await;
+    let pids = family_pids(pids_dir.path()).await;
+
+    dev.signal(Signal::SIGKILL);
+    assert!(dev.wait_for_exit(WORKER_TIMEOUT).is_some());
+    assert_all_die(pids, || dev.stderr()).await;
+}
+
+#[tokio::test]
+async fn under_the_task_guard_a_command_ends_as_it_would_without_it() {
+    let dir = TempDir::new().unwrap();
+    let dev = Server::start_dev(
+        dir.path(),
+        &[
+            "--task",
+            "echo=cat",
+            "--task",
+            "exit=echo bye >&2; exit 3",
+            "--task",
+            "term=kill -TERM $$",
+            "--task",
+            "pipe=kill -PIPE $$",
+        ],
+    );
+    let key = dev.dev_key().to_owned();
+    let once = json!({"payload": {"n": 1}, "options": {"maxAttempts": 1}});
+    let cases = [
+        ("echo", "COMPLETED", None),
+        ("exit", "FAILED", Some("bye")),
+        ("term", "CRASHED", Some("killed by signal 15 (SIGTERM)")),
+        // Rust ignores SIGPIPE in its own processes: the guard must still die of it.
+        ("pipe", "CRASHED", Some("killed by signal 13 (SIGPIPE)")),
+    ];
+    for (task, status, message) in cases {
+        let run = dev.trigger_new(&key, task, &once).await;
+        let body = dev.wait_for_status(&key, &run, status).await;
+        match message {
+            None => assert_eq!(body["output"], json!({"n": 1}), "{body}"),
+            Some(message) => assert_eq!(body["error"]["message"], message, "{body}"),
+        }
     }
 }

@@ -502,10 +502,10 @@ async fn a_killed_workers_run_is_rescued_and_finished_by_another_worker() {
     let key = &app.dev_key;
     let dir = TempDir::new().unwrap();
     let log = dir.path().join("attempts");
-    // Each attempt logs its number, its worker (the shell's parent) and its own pid; the
-    // first one then hangs.
+    // Each attempt logs its number, its worker (the parent of the shell's parent, the
+    // task guard) and its own pid; the first one then hangs.
     let command = format!(
-        r#"echo "$RUNNEL_ATTEMPT $PPID $$" >> '{}'; [ "$RUNNEL_ATTEMPT" -ge 2 ] || sleep 30; echo '{{"rescued":true}}'"#,
+        r#"echo "$RUNNEL_ATTEMPT $(cut -d' ' -f4 /proc/$PPID/stat) $$" >> '{}'; [ "$RUNNEL_ATTEMPT" -ge 2 ] || sleep 30; echo '{{"rescued":true}}'"#,
         log.display()
     );
     let mut first = Worker::start(&app.server, key, &["--task", &task("fragile", &command)]);

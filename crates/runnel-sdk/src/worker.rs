@@ -17,7 +17,10 @@
 //! - A dequeue request, once sent, is always awaited: its runs are leased to this worker,
 //!   and dropping the request would leave them with nobody until their lease expires.
 //!   Shutdown therefore waits for the dequeue in flight (at most `dequeue_wait`) and runs
-//!   what it brought.
+//!   what it brought. The one exception is a stop-now ([`Worker::run_until`]): it drops
+//!   the dequeue in flight at once (and a start still unanswered
+//!   [`STOP_NOW_REPORT_WITHIN`] later), and the server puts those runs back in the queue
+//!   when their leases run out (nothing is lost, it only waits).
 //! - An attempt is *held* from just before it is spawned until its completion was sent
 //!   (or it was canceled): every heartbeat carries the held ids, so the server keeps their
 //!   leases alive while they run and while their completion is on its way.
@@ -39,8 +42,15 @@
 //! begins, completions (and a start) still unanswered when the shutdown grace is over
 //! are dropped and logged; the server rescues those runs when their leases run out,
 //! and they may run again.
+//!
+//! Shutdown has two steps. `shutdown` resolving stops the dequeues and gives running
+//! attempts the grace period; `stop_now` resolving (a second Ctrl-C) stops them at once,
+//! reports them as interrupted (the server ends an interrupted dev run `Interrupted` and
+//! puts any other back in the queue without counting the attempt) and returns within
+//! [`STOP_NOW_REPORT_WITHIN`].
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -83,6 +93,10 @@ const BACKOFF_LEASE_DIVISOR: u32 = 4;
 /// How long an executor has to return after being told to stop, before the runtime
 /// abandons it and reports the stop anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a stop-now (see [`Worker::run_until`]), how long the worker may still take to
+/// report the attempts it interrupted (and to end a dequeue or start in flight) before it
+/// gives up on them; the server rescues what was not reported once its leases run out.
+pub const STOP_NOW_REPORT_WITHIN: Duration = Duration::from_secs(2);
 /// A heartbeat in flight is replaced to cover a newly started attempt (so its cancel
 /// arrives fast), but not sooner than this after it was sent: under a stream of short
 /// attempts, heartbeats stay a few per second.
@@ -182,6 +196,25 @@ impl Worker {
         E: Executor + ?Sized,
         S: Future<Output = ()>,
     {
+        self.run_until(executor, shutdown, std::future::pending())
+            .await
+    }
+
+    /// Like [`Worker::run`], with a second future that ends the shutdown early (a second
+    /// Ctrl-C): once `stop_now` resolves, running attempts are stopped at once and
+    /// reported as interrupted, and the worker returns within
+    /// [`STOP_NOW_REPORT_WITHIN`] whatever the server does.
+    pub async fn run_until<E, S, N>(
+        self,
+        executor: Arc<E>,
+        shutdown: S,
+        stop_now: N,
+    ) -> Result<WorkerSummary, Error>
+    where
+        E: Executor + ?Sized,
+        S: Future<Output = ()>,
+        N: Future<Output = ()>,
+    {
         tokio::pin!(shutdown);
         // Dropping a registration in flight is harmless: nothing is leased to a worker
         // that never dequeued.
@@ -189,7 +222,7 @@ impl Worker {
             registered = self.register(executor) => registered?,
             () = &mut shutdown => return Ok(WorkerSummary::default()),
         };
-        Ok(registered.run(shutdown).await)
+        Ok(registered.run_until(shutdown, stop_now).await)
     }
 
     /// Registers the executor's tasks (retrying connection problems and server errors
@@ -272,6 +305,37 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
     /// Executes runs until `shutdown` resolves; returns once every attempt has ended
     /// and been reported.
     pub async fn run<S: Future<Output = ()>>(self, shutdown: S) -> WorkerSummary {
+        self.run_until(shutdown, std::future::pending()).await
+    }
+
+    /// Like [`RegisteredWorker::run`], with a second future that ends the shutdown early
+    /// (see [`Worker::run_until`]). A `stop_now` that resolves first also begins the
+    /// shutdown.
+    pub async fn run_until<S, N>(self, shutdown: S, stop_now: N) -> WorkerSummary
+    where
+        S: Future<Output = ()>,
+        N: Future<Output = ()>,
+    {
+        let (phase_tx, phase) = watch::channel(Phase::Running);
+        let phases = async move {
+            tokio::pin!(shutdown, stop_now);
+            tokio::select! {
+                () = &mut shutdown => {
+                    phase_tx.send_replace(Phase::Graceful);
+                    stop_now.await;
+                }
+                () = &mut stop_now => {}
+            }
+            phase_tx.send_replace(Phase::Now);
+            std::future::pending::<Infallible>().await
+        };
+        tokio::select! {
+            summary = self.drive(phase) => summary,
+            never = phases => match never {},
+        }
+    }
+
+    async fn drive(self, phase: watch::Receiver<Phase>) -> WorkerSummary {
         let RegisteredWorker {
             client,
             options,
@@ -286,7 +350,6 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             lease_timeout_ms,
             heartbeat_interval_ms,
         } = registration;
-        tokio::pin!(shutdown);
 
         let shared = Arc::new(Shared {
             client,
@@ -320,7 +383,7 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             }
             let first = tokio::select! {
                 biased;
-                () = &mut shutdown => {
+                () = reached(&phase, Phase::Graceful) => {
                     begin_shutdown();
                     None
                 }
@@ -343,42 +406,79 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             let dequeue = shared.client.dequeue(&worker_id, &request);
             tokio::pin!(dequeue);
             let mut stopping = false;
+            let sent_at = Instant::now();
             let reply = tokio::select! {
                 reply = &mut dequeue => reply,
-                () = &mut shutdown => {
+                () = reached(&phase, Phase::Graceful) => {
                     stopping = true;
                     begin_shutdown();
                     info!(
                         at_most = ?options.dequeue_wait,
                         "shutting down: waiting for the dequeue in flight"
                     );
-                    dequeue.await
+                    // Not even the stop-now bound: an idle long poll would use all of it.
+                    tokio::select! {
+                        reply = &mut dequeue => reply,
+                        () = reached(&phase, Phase::Now) => {
+                            shared.stop_now();
+                            warn!(
+                                "stopping now: the dequeue in flight is dropped; runs it \
+                                 leased go back to the queue when their leases run out"
+                            );
+                            break;
+                        }
+                    }
                 }
             };
             match reply {
-                Ok(reply) => {
-                    backoff.reset();
-                    if !reply.runs.is_empty() {
-                        let start = start_runs(
-                            &shared,
-                            &executor,
-                            &known,
-                            &completions,
-                            &mut attempts,
-                            reply.runs,
-                            permits,
-                        );
-                        tokio::pin!(start);
-                        // A start retried while the server is away must not hold up a
-                        // shutdown beyond its grace.
+                Ok(reply) if reply.runs.is_empty() => {
+                    drop(permits);
+                    // A stopping server answers long polls at once; asking again at once
+                    // would spin until it is gone.
+                    if !stopping && sent_at.elapsed() < options.dequeue_wait / 2 {
                         tokio::select! {
-                            () = &mut start => {}
-                            () = &mut shutdown, if !stopping => {
-                                stopping = true;
+                            () = tokio::time::sleep(backoff.next_delay()) => {}
+                            () = reached(&phase, Phase::Graceful) => {
                                 begin_shutdown();
-                                start.await;
+                                break;
                             }
                         }
+                    } else {
+                        backoff.reset();
+                    }
+                }
+                Ok(reply) => {
+                    backoff.reset();
+                    let start = start_runs(
+                        &shared,
+                        &executor,
+                        &known,
+                        &completions,
+                        &mut attempts,
+                        reply.runs,
+                        permits,
+                    );
+                    tokio::pin!(start);
+                    // A start retried while the server is away must not hold up a
+                    // shutdown beyond its grace, nor a stop-now beyond its bound.
+                    let started = !stopping
+                        && tokio::select! {
+                            () = &mut start => true,
+                            () = reached(&phase, Phase::Graceful) => {
+                                stopping = true;
+                                begin_shutdown();
+                                false
+                            }
+                        };
+                    if !started
+                        && until_stop_now_deadline(&shared, &phase, start)
+                            .await
+                            .is_none()
+                    {
+                        warn!(
+                            "stopping now: the start in flight is dropped; the server \
+                             rescues its runs when their leases run out"
+                        );
                     }
                 }
                 Err(error) => {
@@ -391,7 +491,7 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
                     warn!(%error, retry_in = ?delay, "dequeue failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = &mut shutdown => {
+                        () = reached(&phase, Phase::Graceful) => {
                             begin_shutdown();
                             break;
                         }
@@ -411,22 +511,44 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
                 "shutting down: waiting for running attempts"
             );
         }
-        let drained = tokio::time::timeout(options.shutdown_grace, drain(&mut attempts))
-            .await
-            .is_ok();
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(options.shutdown_grace, drain(&mut attempts)) => {
+                drained.is_ok()
+            }
+            () = reached(&phase, Phase::Now) => false,
+        };
         if !drained {
             let stopped = shared.held().stop_all(StopReason::Shutdown);
-            warn!(
-                stopped,
-                "shutdown grace period over: stopping the remaining attempts"
-            );
-            drain(&mut attempts).await;
+            if *phase.borrow() == Phase::Now {
+                warn!(stopped, "stopping now: interrupting the running attempts");
+            } else {
+                warn!(
+                    stopped,
+                    "shutdown grace period over: stopping the remaining attempts"
+                );
+            }
+            if until_stop_now_deadline(&shared, &phase, drain(&mut attempts))
+                .await
+                .is_none()
+            {
+                warn!(
+                    running = attempts.len(),
+                    "stopping now: abandoning attempts whose executor did not return"
+                );
+                attempts.abort_all();
+            }
         }
         // Every attempt task has ended; the reporter ends once it sent what they queued,
-        // or once the shutdown grace is over (see `until_answered`).
+        // or once the shutdown grace (or the stop-now bound) is over (see
+        // `until_answered`).
         drop(completions);
-        if let Err(error) = reporter.await {
-            error!(%error, "the completion reporter failed");
+        match until_stop_now_deadline(&shared, &phase, reporter).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => error!(%error, "the completion reporter failed"),
+            None => warn!(
+                "stopping now: completions not yet answered are dropped; the server \
+                 rescues their runs when their leases run out"
+            ),
         }
         drop(heartbeats);
 
@@ -480,6 +602,20 @@ impl Shared {
         self.added.notify_one();
     }
 
+    /// Ends the shutdown now: every held attempt (and any started later) is stopped, and
+    /// retries give up within [`STOP_NOW_REPORT_WITHIN`].
+    fn stop_now(&self) {
+        let give_up_at = Instant::now() + STOP_NOW_REPORT_WITHIN;
+        self.give_up_at.send_if_modified(|current| match *current {
+            Some(current) if current <= give_up_at => false,
+            _ => {
+                *current = Some(give_up_at);
+                true
+            }
+        });
+        self.held().stop_now();
+    }
+
     /// Bounds every retry from now on by the shutdown grace (the first call counts).
     fn begin_shutdown(&self, grace: Duration) {
         self.give_up_at.send_if_modified(|give_up_at| {
@@ -498,10 +634,15 @@ struct Held {
     attempts: HashMap<String, Arc<StopHandle>>,
     /// Counts insertions, so the heartbeat loop can tell whether its poll covers them all.
     generation: u64,
+    /// Set by a stop-now: an attempt held from then on is stopped as it is inserted.
+    stopping_now: bool,
 }
 
 impl Held {
     fn insert(&mut self, attempt_id: &str, handle: Arc<StopHandle>) {
+        if self.stopping_now {
+            handle.stop(StopReason::Shutdown);
+        }
         self.attempts.insert(attempt_id.to_owned(), handle);
         self.generation += 1;
     }
@@ -532,6 +673,12 @@ impl Held {
             }
             None => false,
         }
+    }
+
+    /// Stops every held attempt, and every one held from now on, as a shutdown.
+    fn stop_now(&mut self) {
+        self.stopping_now = true;
+        self.stop_all(StopReason::Shutdown);
     }
 
     /// Stops every held attempt; answers how many.
@@ -972,6 +1119,44 @@ impl<T> Future for AbortOnDrop<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx)
     }
+}
+
+/// How far the shutdown of [`RegisteredWorker::run_until`] has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    /// `shutdown` resolved: no more dequeues, running attempts get the grace period.
+    Graceful,
+    /// `stop_now` resolved: attempts are stopped and the last reports are bounded.
+    Now,
+}
+
+/// Resolves once the shutdown reached `at_least`.
+async fn reached(phase: &watch::Receiver<Phase>, at_least: Phase) {
+    let mut phase = phase.clone();
+    // The sender lives as long as the worker runs, so this only ends by reaching it.
+    let _ = phase.wait_for(|phase| *phase >= at_least).await;
+}
+
+/// Awaits `work`; once a stop-now came, only until the shutdown's give-up time (at most
+/// [`STOP_NOW_REPORT_WITHIN`] later). `None` when it had to be dropped.
+async fn until_stop_now_deadline<F: Future>(
+    shared: &Shared,
+    phase: &watch::Receiver<Phase>,
+    work: F,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        output = &mut work => return Some(output),
+        () = reached(phase, Phase::Now) => {}
+    }
+    shared.stop_now();
+    let deadline = shared
+        .give_up_at
+        .borrow()
+        .unwrap_or_else(|| Instant::now() + STOP_NOW_REPORT_WITHIN);
+    tokio::time::timeout_at(deadline, work).await.ok()
 }
 
 async fn drain(attempts: &mut JoinSet<()>) {

@@ -21,6 +21,7 @@ use runnel_core::worker::{
     DequeueResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
     StartRequest, StartResponse,
 };
+use runnel_sdk::worker::STOP_NOW_REPORT_WITHIN;
 use runnel_sdk::{
     AttemptOutcome, Client, DequeuedRun, Error, FailureKind, Task, Tasks, Worker, WorkerOptions,
     WorkerSummary,
@@ -50,6 +51,8 @@ struct FakeState {
     dequeues_in_flight: usize,
     dequeue_requests: Vec<DequeueRequest>,
     heartbeats: Vec<HeartbeatRequest>,
+    /// Answer dequeues at once with nothing, as a stopping server does.
+    stopping: bool,
 }
 
 struct Fake {
@@ -172,7 +175,12 @@ async fn dequeue(
             Json(json!({"error": "restarting"})),
         ));
     }
-    let deadline = Instant::now() + Duration::from_millis(request.wait_ms);
+    let wait = if fake.read(|state| state.stopping) {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(request.wait_ms)
+    };
+    let deadline = Instant::now() + wait;
     let runs = fake
         .wait_for(deadline, |state| {
             let take = state.queue.len().min(request.max_runs as usize);
@@ -373,27 +381,44 @@ fn options(concurrency: usize) -> WorkerOptions {
     }
 }
 
-/// A worker running in the background, stopped through `shutdown`.
+/// A worker running in the background, stopped through `shutdown` (and cut short
+/// through `stop_now`).
 struct Running {
     shutdown: Option<oneshot::Sender<()>>,
+    stop_now: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<Result<WorkerSummary, Error>>,
 }
 
 impl Running {
     fn spawn(url: &str, options: WorkerOptions, tasks: Tasks) -> Running {
         let (shutdown, stopped) = oneshot::channel::<()>();
+        let (stop_now, stopped_now) = oneshot::channel::<()>();
         let worker = Worker::new(Client::new(url, KEY), options);
-        let done = tokio::spawn(worker.run(Arc::new(tasks), async move {
-            let _ = stopped.await;
-        }));
+        let done = tokio::spawn(worker.run_until(
+            Arc::new(tasks),
+            async move {
+                let _ = stopped.await;
+            },
+            async move {
+                // Dropped unsent: never.
+                if stopped_now.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        ));
         Running {
             shutdown: Some(shutdown),
+            stop_now: Some(stop_now),
             done,
         }
     }
 
     fn begin_shutdown(&mut self) {
         let _ = self.shutdown.take().expect("shut down once").send(());
+    }
+
+    fn stop_now(&mut self) {
+        let _ = self.stop_now.take().expect("stopped now once").send(());
     }
 
     async fn stop(mut self) -> WorkerSummary {
@@ -813,4 +838,90 @@ async fn shutdown_gives_up_a_completion_the_server_never_answers_after_the_grace
         fake.read(|state| state.complete_requests) >= 2,
         "retried until the grace ended"
     );
+}
+
+#[tokio::test]
+async fn stop_now_interrupts_running_attempts_at_once_and_reports_them() {
+    let (fake, url) = start_fake(1_000).await;
+    let probe = Arc::new(Probe::default());
+    // A grace far longer than the test: only the stop-now can end it.
+    let mut worker = Running::spawn(
+        &url,
+        WorkerOptions {
+            shutdown_grace: Duration::from_secs(600),
+            ..options(2)
+        },
+        tasks(probe.clone()),
+    );
+    fake.push(run(1, "block", json!({})));
+    probe.wait_entered(1).await;
+    worker.begin_shutdown();
+    let stopped_at = Instant::now();
+    worker.stop_now();
+    let summary = worker.finish().await;
+    assert!(
+        stopped_at.elapsed() < STOP_NOW_REPORT_WITHIN,
+        "took {:?}",
+        stopped_at.elapsed()
+    );
+    assert_eq!(summary.interrupted, 1);
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        failure_of(&fake.completions()[0]),
+        (FailureKind::Interrupted, "worker stopped during the run")
+    );
+}
+
+#[tokio::test]
+async fn stop_now_drops_the_dequeue_in_flight() {
+    let (fake, url) = start_fake(1_000).await;
+    let mut worker = Running::spawn(
+        &url,
+        WorkerOptions {
+            dequeue_wait: Duration::from_secs(20),
+            ..options(1)
+        },
+        tasks(Arc::default()),
+    );
+    fake.expect("a dequeue in flight", |state| {
+        (state.dequeues_in_flight == 1).then_some(())
+    })
+    .await;
+    worker.begin_shutdown();
+    let stopped_at = Instant::now();
+    worker.stop_now();
+    let summary = worker.finish().await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(1),
+        "waited {:?} for a 20 s long poll",
+        stopped_at.elapsed()
+    );
+    assert_eq!(summary.succeeded + summary.failed + summary.interrupted, 0);
+}
+
+#[tokio::test]
+async fn an_early_empty_dequeue_is_not_repeated_at_once() {
+    let (fake, url) = start_fake(1_000).await;
+    fake.update(|state| state.stopping = true);
+    let started = Instant::now();
+    let worker = Running::spawn(
+        &url,
+        WorkerOptions {
+            dequeue_wait: Duration::from_secs(10),
+            ..options(1)
+        },
+        tasks(Arc::default()),
+    );
+    fake.expect("four dequeues", |state| {
+        (state.dequeue_requests.len() >= 4).then_some(())
+    })
+    .await;
+    // Backoff from 100-200 ms, doubling: three pauses take at least 675 ms. Without
+    // them, four dequeues of a server answering at once take a few milliseconds.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "four dequeues in {:?}: the worker spins on a stopping server",
+        started.elapsed()
+    );
+    worker.stop().await;
 }
