@@ -189,7 +189,7 @@ impl Engine {
             // Promoted or canceled since the read.
             return Err(ActionError::NotDelayed);
         }
-        self.deadlines_changed.notify_one();
+        self.wakes.waits_changed();
         self.run_detail(environment, id)
             .await?
             .ok_or(ActionError::NotFound)

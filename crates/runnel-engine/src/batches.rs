@@ -601,7 +601,7 @@ impl Engine {
             }
         }
         if has_deadline {
-            self.deadlines_changed.notify_one();
+            self.wakes.waits_changed();
         }
         if created {
             self.runs_became_available();

@@ -1,6 +1,6 @@
 //! Runnel's orchestration: the operations the API calls (trigger, retrieve, cancel, the
 //! worker protocol in [`workers`]) and the runtime services that move runs by time
-//! (promoter, expirer, rescuer), all over a [`Store`].
+//! (promoter, expirer, retry requeuer, rescuer: [`services`]), all over a [`Store`].
 //!
 //! The engine decides nothing about run semantics itself (that is `runnel-core`) and
 //! remembers nothing (that is the store); it sequences the two and reads time from the
@@ -24,6 +24,7 @@ pub mod list;
 pub mod multinode;
 pub mod queues;
 pub mod runtime;
+pub mod services;
 mod unsupported;
 pub mod workers;
 
@@ -56,8 +57,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: Arc<EngineConfig>,
-    /// Wakes the runtime services when a run with a deadline is created.
-    deadlines_changed: Arc<Notify>,
+    /// Wakes a runtime service when a run gets a deadline it waits for ([`runtime`]).
+    wakes: Arc<runtime::Wakes>,
     /// Wakes long-polling dequeuers when runs may have become available.
     runs_available: Arc<Notify>,
     /// Wakes long-polling heartbeats when held attempts may have ended.
@@ -87,7 +88,7 @@ impl Engine {
             store,
             clock,
             config: Arc::new(config),
-            deadlines_changed: Arc::new(Notify::new()),
+            wakes: Arc::new(runtime::Wakes::default()),
             runs_available: Arc::new(Notify::new()),
             attempts_changed: Arc::new(Notify::new()),
             workers: Arc::new(Mutex::new(HashMap::new())),
@@ -170,7 +171,7 @@ impl Engine {
         Ok(match outcome {
             TriggerOutcome::Created(id) => {
                 if has_deadline {
-                    self.deadlines_changed.notify_one();
+                    self.wakes.waits_changed();
                 }
                 if pending {
                     // A registration may have committed between the look and the insert

@@ -1,22 +1,38 @@
-//! Runtime services: the loops that move runs because time passed.
+//! Runtime services: the jobs that move runs because time passed, and the loop that
+//! drives each of them.
 //!
-//! - promoter: `Delayed` → `Queued` once `delayUntil` is reached;
-//! - expirer: `Queued` → `Expired` once the run's TTL deadline passes;
-//! - retries: `RetryingAfterFailure` → `Queued` once the backoff has elapsed;
-//! - rescuer: a held attempt whose lease ran out crashes (or, never started, goes back
-//!   to the queue); one past its `maxDuration` deadline times out.
+//! Each timed job is one [`TimedService`] in its own module under [`crate::services`]:
 //!
-//! They are one loop here, because they share the question "when is the next deadline?".
-//! The loop sleeps until the earliest deadline the store knows of (capped at
-//! [`IDLE_RECHECK`], so deadlines written by another node are seen), or until a trigger
-//! creates a run with a deadline. Each transition is a conditional update in the store,
-//! so running this loop on several nodes at once never moves a run twice.
+//! | service | moves | waits for |
+//! |---|---|---|
+//! | [`Promoter`] | `Delayed` → `Queued` (or `PendingVersion`); `PendingVersion` → `Queued` once served | `delayUntil` |
+//! | [`Expirer`] | `Queued`/`PendingVersion` → `Expired` | the TTL deadline |
+//! | [`Requeuer`] | `RetryingAfterFailure` → `Queued` | `next_attempt_at` |
+//! | [`Rescuer`] | held attempts whose lease ran out crash (never started: back to the queue); past `maxDuration` time out | lease end, `maxDuration` deadline |
+//!
+//! A service answers two questions: when it next has work ([`TimedService::next_due`],
+//! one `min` over an indexed column) and what to do now ([`TimedService::run_once`], one
+//! batch of at most a few hundred runs). [`drive`] runs one service: a pass repeats
+//! `run_once` while batches come back full, then sleeps until the service's own next
+//! deadline, capped at [`IDLE_RECHECK`] (so deadlines written by another node are seen),
+//! or until the engine wakes it (a trigger with a delay or TTL wakes the promoter and
+//! expirer, a failed attempt waiting to retry the requeuer, a started attempt with a
+//! `maxDuration` the rescuer). A failed pass is logged and tried again after
+//! [`ERROR_BACKOFF`]. [`Engine::run_services`] drives every service at once, each on its
+//! own schedule: a busy expirer does not delay a rescue, and a new timed job (a
+//! scheduler, a wait timer) is one new module and one line there.
 //!
 //! ```text
-//!   trigger ──notify──┐
-//!                     ▼
-//!   loop { promote_due(now); expire_due(now); sleep until min(next_due, now + IDLE_RECHECK) }
+//!   trigger ──wake──┐
+//!                   ▼
+//!   drive(service) = loop {
+//!       while service.run_once(now).full {}
+//!       sleep until min(service.next_due(), now + IDLE_RECHECK), or a wake, or shutdown
+//!   }
 //! ```
+//!
+//! Every transition is a conditional update in the store, so the services running on
+//! several nodes at once never move a run twice.
 //!
 //! # The rescuer's start-up grace
 //!
@@ -52,12 +68,15 @@
 //! - A worker that was down too, or that cannot reach the server within the grace, is
 //!   rescued as before.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-use crate::Engine;
+use crate::services::{Expirer, Promoter, Requeuer, Rescuer};
+use crate::{Clock, Engine, Error};
 
 /// Longest sleep between passes when no deadline is known.
 pub const IDLE_RECHECK: StdDuration = StdDuration::from_secs(5);
@@ -65,6 +84,118 @@ pub const IDLE_RECHECK: StdDuration = StdDuration::from_secs(5);
 pub const BATCH: u32 = 500;
 /// Pause after a store error before trying again.
 const ERROR_BACKOFF: StdDuration = StdDuration::from_secs(1);
+
+/// One timed job: something that moves runs once a deadline stored on them passes.
+pub trait TimedService: Send + Sync {
+    /// The service's name in logs.
+    const NAME: &'static str;
+
+    /// When this service next has work, if any run waits for it. An instant in the past
+    /// means "now".
+    fn next_due(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, Error>> + Send;
+
+    /// Moves one batch of what is due at `now`.
+    fn run_once(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Batch, Error>> + Send;
+
+    /// What wakes this service before its next deadline, besides [`IDLE_RECHECK`].
+    fn woken_by(&self) -> Option<Arc<Notify>> {
+        None
+    }
+}
+
+/// What one [`TimedService::run_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Runs moved.
+    pub moved: usize,
+    /// A statement came back full: more may be due, run again before sleeping.
+    pub full: bool,
+}
+
+/// The signals that wake a service before its next deadline. Each service has its own
+/// [`Notify`], so a wake given while the service is busy is kept for its next sleep.
+#[derive(Debug, Default)]
+pub(crate) struct Wakes {
+    pub(crate) promoter: Arc<Notify>,
+    pub(crate) expirer: Arc<Notify>,
+    pub(crate) requeuer: Arc<Notify>,
+    pub(crate) rescuer: Arc<Notify>,
+}
+
+impl Wakes {
+    /// A run got a delay or a TTL.
+    pub(crate) fn waits_changed(&self) {
+        self.promoter.notify_one();
+        self.expirer.notify_one();
+    }
+}
+
+/// Runs `service` batch after batch until a batch comes back short. Returns how many
+/// runs moved.
+pub async fn run_pass<S: TimedService>(service: &S, clock: &dyn Clock) -> Result<usize, Error> {
+    let mut moved = 0;
+    loop {
+        let batch = service.run_once(clock.now()).await?;
+        moved += batch.moved;
+        if !batch.full {
+            return Ok(moved);
+        }
+    }
+}
+
+/// Drives `service` until `shutdown` turns true (or its sender is gone): a pass, then a
+/// sleep until its next deadline (at most [`IDLE_RECHECK`]) or a wake.
+pub async fn drive<S: TimedService>(
+    service: S,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let woken_by = service.woken_by();
+    let woken = || async {
+        match &woken_by {
+            Some(notify) => notify.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    loop {
+        let sleep_for = match pass_and_next(&service, &*clock).await {
+            Ok(sleep_for) => sleep_for,
+            Err(error) => {
+                tracing::error!(service = S::NAME, %error, "runtime service pass failed");
+                ERROR_BACKOFF
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = woken() => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// One pass of `service`, then how long it may sleep.
+async fn pass_and_next<S: TimedService>(
+    service: &S,
+    clock: &dyn Clock,
+) -> Result<StdDuration, Error> {
+    run_pass(service, clock).await?;
+    let next = service.next_due().await?;
+    let now = clock.now();
+    Ok(match next {
+        Some(at) => (at - now)
+            .to_std()
+            .unwrap_or(StdDuration::ZERO)
+            .min(IDLE_RECHECK),
+        None => IDLE_RECHECK,
+    })
+}
 
 impl Engine {
     /// When the start-up grace ends: one lease timeout after this node started.
@@ -82,73 +213,34 @@ impl Engine {
         now < self.start_up_grace_until()
     }
 
-    /// One pass: promotes and expires everything due now. Returns how many runs moved.
-    pub async fn run_due_transitions(&self) -> Result<usize, runnel_store::Error> {
-        let mut moved = 0;
-        loop {
-            let now = self.clock.now();
-            let promoted = self.store.run_promote_due(now, BATCH).await?;
-            let expired = self.store.run_expire_due(now, BATCH).await?;
-            for id in &promoted {
-                tracing::debug!(run = %id, "run queued after its wait");
-            }
-            if !promoted.is_empty() {
-                self.runs_became_available();
-            }
-            for id in &expired {
-                tracing::debug!(run = %id, "run expired: its TTL passed while queued");
-            }
-            moved += promoted.len() + expired.len();
-            if promoted.len() < BATCH as usize && expired.len() < BATCH as usize {
-                return Ok(moved);
-            }
-        }
+    /// One pass of the promoter, the retry requeuer and the expirer: moves everything
+    /// due now. Returns how many runs moved.
+    pub async fn run_due_transitions(&self) -> Result<usize, Error> {
+        let clock = &*self.clock;
+        Ok(run_pass(&Promoter::new(self.clone()), clock).await?
+            + run_pass(&Requeuer::new(self.clone()), clock).await?
+            + run_pass(&Expirer::new(self.clone()), clock).await?)
     }
 
-    /// Runs the promoter/expirer loop until `shutdown` turns true.
-    pub async fn run_services(self, mut shutdown: watch::Receiver<bool>) {
+    /// One rescuer pass (see [`Rescuer`]). Returns how many runs moved.
+    pub async fn rescue_due(&self) -> Result<usize, Error> {
+        run_pass(&Rescuer::new(self.clone()), &*self.clock).await
+    }
+
+    /// Drives every runtime service, each on its own schedule, until `shutdown` turns
+    /// true.
+    pub async fn run_services(self, shutdown: watch::Receiver<bool>) {
         tracing::info!(
             until = %runnel_core::view::iso(self.start_up_grace_until()),
             "rescuer start-up grace: leases that ran out are not rescued before then, \
              so live workers can report"
         );
-        loop {
-            let sleep_for = match self.pass().await {
-                Ok(sleep_for) => sleep_for,
-                Err(error) => {
-                    tracing::error!(%error, "runtime services pass failed");
-                    ERROR_BACKOFF
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(sleep_for) => {}
-                _ = self.deadlines_changed.notified() => {}
-                _ = shutdown.changed() => {}
-            }
-            if *shutdown.borrow() {
-                return;
-            }
-        }
-    }
-
-    async fn pass(&self) -> Result<StdDuration, crate::Error> {
-        self.run_due_transitions().await?;
-        self.rescue_due().await?;
-        let now = self.clock.now();
-        let next = if self.in_start_up_grace(now) {
-            // Leases wait for the grace's end; the other deadlines do not.
-            let next = self.store.run_next_due_at(false).await?;
-            let grace_end = self.start_up_grace_until();
-            Some(next.map_or(grace_end, |at| at.min(grace_end)))
-        } else {
-            self.store.run_next_due_at(true).await?
-        };
-        Ok(match next {
-            Some(at) => (at - now)
-                .to_std()
-                .unwrap_or(StdDuration::ZERO)
-                .min(IDLE_RECHECK),
-            None => IDLE_RECHECK,
-        })
+        let clock = self.clock.clone();
+        tokio::join!(
+            drive(Promoter::new(self.clone()), clock.clone(), shutdown.clone()),
+            drive(Expirer::new(self.clone()), clock.clone(), shutdown.clone()),
+            drive(Requeuer::new(self.clone()), clock.clone(), shutdown.clone()),
+            drive(Rescuer::new(self), clock, shutdown),
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Worker operations: register, dequeue (long poll), start, heartbeat (long poll),
-//! complete, and cancel; plus the rescuer pass the runtime loop calls.
+//! complete, and cancel. (The rescuer, which settles attempts whose worker went
+//! silent, is a runtime service: `services::rescuer`.)
 //!
 //! The engine decides (with `runnel_core::worker::settle_failure`), the store applies
 //! each decision as a conditional update. A worker's claim on an attempt is checked by
@@ -54,9 +55,6 @@ impl Default for EngineConfig {
         }
     }
 }
-
-/// Runs moved per rescuer statement.
-const RESCUE_BATCH: u32 = 200;
 
 /// Why a worker request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -315,8 +313,8 @@ impl Engine {
             )
             .await?;
         if !started.is_empty() {
-            // A maxDuration deadline may now be the earliest.
-            self.deadlines_changed.notify_one();
+            // A maxDuration deadline may now be the rescuer's earliest.
+            self.wakes.rescuer.notify_one();
         }
         let mut started = started;
         if started.len() < attempt_ids.len() {
@@ -434,7 +432,7 @@ impl Engine {
     }
 
     /// Logs a settled attempt and wakes whoever can act on its result.
-    fn after_settle(&self, settlement: &AttemptSettlement) {
+    pub(crate) fn after_settle(&self, settlement: &AttemptSettlement) {
         tracing::debug!(
             run = %settlement.run_id,
             attempt = %settlement.attempt_id,
@@ -445,12 +443,12 @@ impl Engine {
         // queued again): a dequeuer waiting on a full queue can go on.
         self.runs_became_available();
         if settlement.run_status == RunStatus::RetryingAfterFailure {
-            self.deadlines_changed.notify_one();
+            self.wakes.requeuer.notify_one();
         }
     }
 
     /// What an attempt's end does to its run, priced and timed.
-    fn settlement(
+    pub(crate) fn settlement(
         &self,
         environment: &Environment,
         leased: &Leased,
@@ -559,127 +557,12 @@ impl Engine {
         }
     }
 
-    /// One rescuer pass: attempts whose lease ran out crash (or, never started, go back
-    /// to the queue); attempts past their `maxDuration` deadline time out. Leases are
-    /// left alone during the start-up grace ([`Engine::in_start_up_grace`]); deadlines
-    /// are not. Returns how many runs moved.
-    pub async fn rescue_due(&self) -> Result<usize, Error> {
-        let mut moved = 0;
-        loop {
-            let now = self.clock.now();
-            let leases_expired_by = (!self.in_start_up_grace(now)).then_some(now);
-            let due = self
-                .store
-                .run_leases_due(leases_expired_by, now, RESCUE_BATCH)
-                .await?;
-            if due.is_empty() {
-                return Ok(moved);
-            }
-            let environments = self.environments().await?;
-            let mut settlements = Vec::with_capacity(due.len());
-            for leased in &due {
-                let Some(environment) = environments
-                    .iter()
-                    .find(|e| e.id == leased.run.environment_id)
-                else {
-                    continue;
-                };
-                let policy = self.policy_of(leased).await?;
-                let timed_out = leased.run.status == RunStatus::Executing
-                    && leased.run.timeout_at.is_some_and(|t| t <= now);
-                let (claim, failure) = if timed_out {
-                    let secs = leased.run.max_duration_secs.unwrap_or_default();
-                    (
-                        Claim::TimedOut(now),
-                        TaskFailure::new(
-                            FailureKind::MaxDurationExceeded,
-                            format!("Run exceeded maxDuration of {secs}s and its worker did not stop it"),
-                        ),
-                    )
-                } else if leased.run.status == RunStatus::Dequeued {
-                    (
-                        Claim::LeaseExpired(now),
-                        TaskFailure::new(
-                            FailureKind::Interrupted,
-                            "Worker stopped heartbeating before starting the attempt",
-                        ),
-                    )
-                } else {
-                    (
-                        Claim::LeaseExpired(now),
-                        TaskFailure::new(
-                            FailureKind::Crashed,
-                            "Worker stopped heartbeating (lease expired): the attempt crashed",
-                        ),
-                    )
-                };
-                let mut settlement = self.settlement(
-                    environment,
-                    leased,
-                    &AttemptOutcome::Failure { error: failure },
-                    &policy,
-                    claim,
-                    now,
-                );
-                if leased.run.status == RunStatus::Dequeued {
-                    // Never started: back to the queue in every environment.
-                    settlement.run_status = RunStatus::Queued;
-                    settlement.attempt_status = AttemptStatus::Canceled;
-                    settlement.spends_attempt = false;
-                    settlement.run_error = None;
-                    settlement.next_attempt_at = None;
-                }
-                settlements.push(settlement);
-            }
-            let applied = self.store.attempt_settle(&settlements).await?;
-            let mut any = false;
-            for (settlement, ok) in settlements.iter().zip(applied) {
-                if ok {
-                    any = true;
-                    moved += 1;
-                    tracing::warn!(
-                        run = %settlement.run_id,
-                        attempt = %settlement.attempt_id,
-                        status = %settlement.run_status,
-                        "rescued a held attempt"
-                    );
-                    self.after_settle(settlement);
-                }
-            }
-            if any {
-                self.attempts_ended();
-            }
-            if due.len() < RESCUE_BATCH as usize || !any {
-                return Ok(moved);
-            }
-        }
-    }
-
-    async fn environments(&self) -> Result<Vec<Environment>, Error> {
+    pub(crate) async fn environments(&self) -> Result<Vec<Environment>, Error> {
         let mut environments = Vec::new();
         for kind in runnel_core::EnvironmentKind::ALL {
             environments.extend(self.store.environment_get(kind).await?);
         }
         Ok(environments)
-    }
-
-    async fn policy_of(&self, leased: &Leased) -> Result<RetryPolicy, Error> {
-        let Some(worker_id) = leased.run.worker_id.as_deref().and_then(WorkerId::parse) else {
-            return Ok(RetryPolicy::default());
-        };
-        let cached = self
-            .workers
-            .lock()
-            .expect("worker cache")
-            .get(&worker_id)
-            .cloned();
-        let record = match cached {
-            Some(record) => Some(record),
-            None => self.store.worker_get(&worker_id).await?.map(Arc::new),
-        };
-        Ok(record
-            .and_then(|r| r.task(&leased.run.task_identifier).and_then(|t| t.retry))
-            .unwrap_or_default())
     }
 }
 

@@ -145,6 +145,21 @@ pub struct Leased {
     pub attempt: Attempt,
 }
 
+/// A kind of deadline a runtime service waits for ([`Store::run_next_deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// A delayed run's `delayUntil` (the promoter).
+    DelayEnd,
+    /// A queued or version-waiting run's TTL (the expirer).
+    Ttl,
+    /// A failed run's next attempt (the retry requeuer).
+    NextAttempt,
+    /// A held attempt's lease (the rescuer).
+    LeaseEnd,
+    /// An executing attempt's `maxDuration` deadline plus grace (the rescuer).
+    MaxDuration,
+}
+
 /// Whose claim on an attempt a settlement relies on; the store settles only when the
 /// claim still holds, so a late completion never overwrites a rescue and vice versa.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,11 +272,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// before `now`.
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
 
-    /// Moves up to `limit` runs whose wait ended at or before `now`: delayed runs past
-    /// `delayUntil` (to `Queued`, or `PendingVersion` when no version serves them), runs
-    /// waiting to retry past `next_attempt_at` (to `Queued`), and `PendingVersion` runs
-    /// that a registered version now serves (to `Queued`).
+    /// Moves up to `limit` delayed runs past `delayUntil` at `now` (to `Queued`, or
+    /// `PendingVersion` when no version serves them), and up to `limit` `PendingVersion`
+    /// runs that a registered version now serves (to `Queued`).
     async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
+
+    /// Moves up to `limit` runs waiting to retry whose `next_attempt_at` is at or before
+    /// `now` back to `Queued`.
+    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
+
+    /// The earliest deadline of this kind any run has, if any.
+    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>>;
 
     /// The earliest moment the runtime services have work (a delay, TTL, retry, lease or
     /// maxDuration deadline), if any. Lease ends count only `with_leases` (not during the

@@ -69,7 +69,7 @@ use crate::rows::{
 };
 use crate::statements;
 use crate::{
-    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Error, Leased, QueueChange,
+    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
     QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
     TriggerOutcome, WorkerRecord, WorkerRegistration,
 };
@@ -576,13 +576,6 @@ impl Store for PgStore {
              WHERE id IN (SELECT id FROM due) AND status = 'DELAYED' \
              RETURNING id"
         );
-        let retries = "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= $1 \
-               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
-             next_attempt_at = NULL, updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'RETRYING_AFTER_FAILURE' \
-             RETURNING id";
         let served = format!(
             "WITH due AS MATERIALIZED ( \
                SELECT id FROM runs WHERE status = 'PENDING_VERSION' AND {SERVED} \
@@ -592,7 +585,7 @@ impl Store for PgStore {
              RETURNING id"
         );
         let mut ids: Vec<String> = Vec::new();
-        for sql in [delayed.as_str(), retries, served.as_str()] {
+        for sql in [delayed.as_str(), served.as_str()] {
             let moved: Vec<String> = sqlx::query_scalar(sql)
                 .bind(ms(now))
                 .bind(i64::from(limit))
@@ -601,6 +594,26 @@ impl Store for PgStore {
             ids.extend(moved);
         }
         Ok(ids.into_iter().map(RunId::from_trusted).collect())
+    }
+
+    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
+        let sql = "WITH due AS MATERIALIZED ( \
+               SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= $1 \
+               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
+             next_attempt_at = NULL, updated_at = $1 \
+             WHERE id IN (SELECT id FROM due) AND status = 'RETRYING_AFTER_FAILURE' \
+             RETURNING id";
+        let ids: Vec<String> = sqlx::query_scalar(sql)
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(RunId::from_trusted).collect())
+    }
+
+    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>> {
+        statements::postgres::run_next_deadline(&self.pool, kind).await
     }
 
     async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>> {

@@ -35,7 +35,7 @@ macro_rules! statements {
             self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
             project_from_row, run_from_row, ATTEMPT_COLUMNS, RUN_COLUMNS,
         };
-        use crate::{QueueChange, QueueRecord, QueueRef, Result};
+        use crate::{Deadline, QueueChange, QueueRecord, QueueRef, Result};
 
         type Pool = sqlx::Pool<$db>;
 
@@ -259,6 +259,32 @@ macro_rules! statements {
             .bind(with_leases)
             .fetch_one(db)
             .await?;
+            opt_time(next)
+        }
+
+        /// The earliest deadline of `kind`: each kind is the `min` of one column over the
+        /// runs in the status that waits for it.
+        pub(crate) async fn run_next_deadline(
+            db: impl sqlx::Executor<'_, Database = $db>,
+            kind: Deadline,
+        ) -> Result<Option<DateTime<Utc>>> {
+            let sql = match kind {
+                Deadline::DelayEnd => "SELECT min(delay_until) FROM runs WHERE status = 'DELAYED'",
+                Deadline::Ttl => {
+                    "SELECT min(expire_at) FROM runs \
+                     WHERE status IN ('QUEUED', 'PENDING_VERSION') AND expire_at IS NOT NULL"
+                }
+                Deadline::NextAttempt => {
+                    "SELECT min(next_attempt_at) FROM runs WHERE status = 'RETRYING_AFTER_FAILURE'"
+                }
+                Deadline::LeaseEnd => {
+                    "SELECT min(lease_expires_at) FROM runs WHERE status IN ('DEQUEUED', 'EXECUTING')"
+                }
+                Deadline::MaxDuration => {
+                    "SELECT min(timeout_at) FROM runs WHERE status = 'EXECUTING' AND timeout_at IS NOT NULL"
+                }
+            };
+            let next: Option<i64> = sqlx::query_scalar(sql).fetch_one(db).await?;
             opt_time(next)
         }
 

@@ -109,7 +109,7 @@ macro_rules! conformance_tests {
             run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones,
             run_leases_due_finds_expired_leases_and_passed_deadlines_only,
             an_expired_lease_not_yet_rescued_takes_its_worker_heartbeat_and_completion,
-            run_promote_due_requeues_retrying_runs_at_their_next_attempt,
+            run_requeue_due_requeues_retrying_runs_at_their_next_attempt,
             run_promote_due_leaves_delayed_runs_waiting_for_a_version_that_serves_them,
             run_promote_due_queues_waiting_runs_a_version_now_serves,
             run_expire_due_expires_runs_waiting_for_a_version,
@@ -2675,7 +2675,7 @@ async fn attempt_start_sets_started_at_and_the_fee_once(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(applied, vec![true]);
-    store.run_promote_due(retry_at, NO_LIMIT).await.unwrap();
+    store.run_requeue_due(retry_at, NO_LIMIT).await.unwrap();
 
     let second = lease(&*store, &worker, at(2 * MINUTE)).await;
     assert_eq!(second.attempt.number, 2);
@@ -2925,7 +2925,7 @@ async fn attempt_settle_adds_usage_and_counts_spent_failures(store: Arc<dyn Stor
     for (n, (attempt_status, run_status, spends_attempt, failures)) in steps.into_iter().enumerate()
     {
         t += MINUTE;
-        store.run_promote_due(at(t), NO_LIMIT).await.unwrap();
+        store.run_requeue_due(at(t), NO_LIMIT).await.unwrap();
         let before = lease_and_start(&*store, &worker, at(t)).await;
         assert_eq!(before.attempt.number, n as u32 + 1);
         let now = at(t + 2);
@@ -3133,7 +3133,7 @@ async fn run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones(store: Arc<d
         );
     }
     assert_eq!(
-        store.run_promote_due(at(HOUR), NO_LIMIT).await.unwrap(),
+        store.run_requeue_due(at(HOUR), NO_LIMIT).await.unwrap(),
         vec![],
         "a canceled retry is not queued again"
     );
@@ -3280,7 +3280,7 @@ async fn an_expired_lease_not_yet_rescued_takes_its_worker_heartbeat_and_complet
     );
 }
 
-async fn run_promote_due_requeues_retrying_runs_at_their_next_attempt(store: Arc<dyn Store>) {
+async fn run_requeue_due_requeues_retrying_runs_at_their_next_attempt(store: Arc<dyn Store>) {
     let tenancy = bootstrap(&*store).await;
     let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
     let run = run_with_options(json!({"priority": 5}), &tenancy.dev, at(0));
@@ -3302,7 +3302,7 @@ async fn run_promote_due_requeues_retrying_runs_at_their_next_attempt(store: Arc
 
     assert_eq!(
         store
-            .run_promote_due(retry_at - Duration::milliseconds(1), NO_LIMIT)
+            .run_requeue_due(retry_at - Duration::milliseconds(1), NO_LIMIT)
             .await
             .unwrap(),
         vec![]
@@ -3314,7 +3314,7 @@ async fn run_promote_due_requeues_retrying_runs_at_their_next_attempt(store: Arc
         .is_empty());
     let now = retry_at + Duration::seconds(3);
     assert_eq!(
-        store.run_promote_due(now, NO_LIMIT).await.unwrap(),
+        store.run_requeue_due(now, NO_LIMIT).await.unwrap(),
         vec![run.id.clone()]
     );
     let mut want = waiting.clone();
