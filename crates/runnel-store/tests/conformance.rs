@@ -36,9 +36,9 @@ use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 use runnel_core::BatchId;
 use runnel_core::{MachinePreset, RunId, RunStatus, WorkerId};
 use runnel_store::{
-    AttemptSettlement, CancelOutcome, Claim, Leased, PgStore, QueueChange, QueueDeclaration,
-    QueueKind, QueueRecord, QueueRef, Registered, RevokeOutcome, SqliteStore, Store, TaskConfig,
-    TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, CancelOutcome, Claim, Deadline, Leased, PgStore, QueueChange,
+    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, RevokeOutcome, SqliteStore,
+    Store, TaskConfig, TriggerOutcome, WorkerRecord, WorkerRegistration,
 };
 use runnel_store::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 use serde_json::{json, Value};
@@ -114,6 +114,8 @@ macro_rules! conformance_tests {
             run_promote_due_queues_waiting_runs_a_version_now_serves,
             run_expire_due_expires_runs_waiting_for_a_version,
             run_next_due_at_includes_retry_lease_and_timeout_deadlines,
+            run_next_deadline_is_the_earliest_of_its_own_kind_only,
+            run_promote_due_leaves_retrying_runs_to_run_requeue_due,
             attempt_settle_and_run_cancel_racing_settle_each_run_once,
             attempt_heartbeat_and_start_racing_the_rescuer_settle_each_run_once,
             // [list]
@@ -3524,6 +3526,101 @@ async fn run_next_due_at_includes_retry_lease_and_timeout_deadlines(store: Arc<d
     assert_eq!(
         store.run_next_due_at(true).await.unwrap(),
         Some(at(30 * MINUTE))
+    );
+}
+
+async fn run_next_deadline_is_the_earliest_of_its_own_kind_only(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let next = |kind| {
+        let store = Arc::clone(&store);
+        async move { store.run_next_deadline(kind).await.unwrap() }
+    };
+    let kinds = [
+        Deadline::DelayEnd,
+        Deadline::Ttl,
+        Deadline::NextAttempt,
+        Deadline::LeaseEnd,
+        Deadline::MaxDuration,
+    ];
+    for kind in kinds {
+        assert_eq!(next(kind).await, None, "{kind:?} in an empty database");
+    }
+    let executing = run_with_options(json!({"maxDuration": 5}), &tenancy.dev, at(0));
+    create(&*store, &executing, at(0)).await;
+    let leased = lease(&*store, &worker, at(0)).await;
+    store
+        .attempt_start(
+            &worker.id,
+            std::slice::from_ref(&leased.attempt.id),
+            at(2 + LEASE_SECS),
+            GRACE_MS,
+            FEE,
+            at(2),
+        )
+        .await
+        .unwrap();
+    let retrying = run_with_options(json!({}), &tenancy.dev, at(1));
+    create(&*store, &retrying, at(1)).await;
+    let failing = lease_and_start(&*store, &worker, at(3)).await;
+    store
+        .attempt_settle(&[failed(
+            &failing,
+            Claim::Worker(worker.id.clone()),
+            at(HOUR),
+            at(4),
+        )])
+        .await
+        .unwrap();
+    create(
+        &*store,
+        &run_with_options(json!({"delay": "10m"}), &tenancy.dev, at(0)),
+        at(0),
+    )
+    .await;
+    create(
+        &*store,
+        &run_with_options(json!({"ttl": "30m"}), &tenancy.dev, at(0)),
+        at(0),
+    )
+    .await;
+
+    assert_eq!(next(Deadline::DelayEnd).await, Some(at(10 * MINUTE)));
+    assert_eq!(next(Deadline::Ttl).await, Some(at(30 * MINUTE)));
+    assert_eq!(next(Deadline::NextAttempt).await, Some(at(HOUR)));
+    assert_eq!(next(Deadline::LeaseEnd).await, Some(at(2 + LEASE_SECS)));
+    assert_eq!(
+        next(Deadline::MaxDuration).await,
+        Some(at(2 + 5) + Duration::milliseconds(GRACE_MS))
+    );
+}
+
+async fn run_promote_due_leaves_retrying_runs_to_run_requeue_due(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let run = queued_run(&tenancy.dev, at(0));
+    create(&*store, &run, at(0)).await;
+    let started = lease_and_start(&*store, &worker, at(10)).await;
+    store
+        .attempt_settle(&[failed(
+            &started,
+            Claim::Worker(worker.id.clone()),
+            at(MINUTE),
+            at(20),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run_promote_due(at(HOUR), NO_LIMIT).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        stored(&*store, &run).await.status,
+        RunStatus::RetryingAfterFailure
+    );
+    assert_eq!(
+        store.run_requeue_due(at(HOUR), NO_LIMIT).await.unwrap(),
+        vec![run.id.clone()]
     );
 }
 
