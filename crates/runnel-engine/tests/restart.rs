@@ -198,3 +198,48 @@ async fn a_first_start_holds_back_leases_for_one_lease_timeout_too() {
         RunStatus::RetryingAfterFailure
     );
 }
+
+#[tokio::test]
+async fn a_restarted_node_rescues_more_than_a_batch_of_leases_with_each_task_s_retry_policy() {
+    // The new node has none of the worker's records cached: the rescuer reads them from
+    // the store, and settles every batch the pass finds, however many.
+    let h = harness().await;
+    let lease_timeout = Duration::from_std(EngineConfig::default().lease_timeout).unwrap();
+    let worker = register(
+        &h.engine,
+        &h.dev,
+        json!([
+            {"id": "once", "retry": {"maxAttempts": 1}},
+            {"id": "thrice", "retry": {"maxAttempts": 3, "randomize": false}},
+        ]),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..450 {
+        let task = if n % 2 == 0 { "once" } else { "thrice" };
+        ids.push((task, trigger(&h.engine, &h.dev, task).await));
+        h.clock.advance(Duration::milliseconds(1));
+    }
+    for _ in &ids {
+        lease_and_start(&h.engine, &h.dev, &worker).await;
+    }
+
+    h.clock.advance(lease_timeout * 3);
+    let restarted = Engine::with_config(
+        h.engine.store().clone(),
+        h.clock.clone(),
+        EngineConfig::default(),
+    );
+    h.clock.advance(lease_timeout);
+    assert!(!restarted.in_start_up_grace(restarted.now()));
+    assert_eq!(restarted.rescue_due().await.unwrap(), 450);
+    for (task, id) in &ids {
+        let want = if *task == "once" {
+            RunStatus::Crashed
+        } else {
+            RunStatus::RetryingAfterFailure
+        };
+        assert_eq!(status(&restarted, &h.dev, id).await, want, "{task}");
+    }
+    assert_eq!(restarted.rescue_due().await.unwrap(), 0, "rescued once");
+}
