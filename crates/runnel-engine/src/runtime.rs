@@ -244,3 +244,96 @@ impl Engine {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::ManualClock;
+
+    /// A service that hands out scripted batches, counts its passes' batches and is due
+    /// never (so only a wake, or [`IDLE_RECHECK`], runs it again).
+    struct Scripted {
+        batches: Mutex<VecDeque<Batch>>,
+        runs: watch::Sender<usize>,
+        wake: Arc<Notify>,
+    }
+
+    impl Scripted {
+        fn new(batches: &[Batch]) -> Self {
+            Scripted {
+                batches: Mutex::new(batches.iter().copied().collect()),
+                runs: watch::channel(0).0,
+                wake: Arc::new(Notify::new()),
+            }
+        }
+    }
+
+    impl TimedService for Arc<Scripted> {
+        const NAME: &'static str = "scripted";
+
+        async fn next_due(&self) -> Result<Option<DateTime<Utc>>, Error> {
+            Ok(None)
+        }
+
+        async fn run_once(&self, _now: DateTime<Utc>) -> Result<Batch, Error> {
+            self.runs.send_modify(|n| *n += 1);
+            let next = self.batches.lock().expect("batches").pop_front();
+            Ok(next.unwrap_or(SHORT))
+        }
+
+        fn woken_by(&self) -> Option<Arc<Notify>> {
+            Some(self.wake.clone())
+        }
+    }
+
+    const SHORT: Batch = Batch {
+        moved: 0,
+        full: false,
+    };
+
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(ManualClock::new(DateTime::<Utc>::UNIX_EPOCH))
+    }
+
+    #[tokio::test]
+    async fn a_pass_repeats_while_batches_come_back_full() {
+        let full = Batch {
+            moved: 500,
+            full: true,
+        };
+        let short = Batch {
+            moved: 3,
+            full: false,
+        };
+        let service = Arc::new(Scripted::new(&[full, full, short, full]));
+        assert_eq!(run_pass(&service, &*clock()).await.unwrap(), 1003);
+        assert_eq!(*service.runs.borrow(), 3, "stops at the short batch");
+    }
+
+    #[tokio::test]
+    async fn the_driver_runs_again_when_woken_and_stops_at_shutdown() {
+        let service = Arc::new(Scripted::new(&[]));
+        let mut runs = service.runs.subscribe();
+        let (stop, shutdown) = watch::channel(false);
+        let driver = tokio::spawn(drive(service.clone(), clock(), shutdown));
+        // Well under IDLE_RECHECK: only the wake can explain a second pass this soon.
+        let soon = StdDuration::from_secs(2);
+        tokio::time::timeout(soon, runs.wait_for(|n| *n == 1))
+            .await
+            .expect("the first pass at start")
+            .unwrap();
+        service.wake.notify_one();
+        tokio::time::timeout(soon, runs.wait_for(|n| *n == 2))
+            .await
+            .expect("a pass on the wake")
+            .unwrap();
+        stop.send_replace(true);
+        tokio::time::timeout(soon, driver)
+            .await
+            .expect("the driver stops")
+            .unwrap();
+    }
+}
