@@ -83,7 +83,7 @@ pub const IDLE_RECHECK: StdDuration = StdDuration::from_secs(5);
 /// Runs moved per statement; a pass repeats until a batch comes back short.
 pub const BATCH: u32 = 500;
 /// Pause after a store error before trying again.
-const ERROR_BACKOFF: StdDuration = StdDuration::from_secs(1);
+pub const ERROR_BACKOFF: StdDuration = StdDuration::from_secs(1);
 
 /// One timed job: something that moves runs once a deadline stored on them passes.
 pub trait TimedService: Send + Sync {
