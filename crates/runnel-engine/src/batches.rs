@@ -22,11 +22,12 @@ use runnel_core::batch::{
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
-use runnel_core::{BatchId, RunId, RunStatus};
+use runnel_core::{BatchId, RunId};
 use runnel_store::{
     BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome, TriggerOutcome,
 };
 
+use crate::trigger::{BatchParent, ParentLink};
 use crate::Engine;
 
 /// Why a batch operation failed.
@@ -97,7 +98,7 @@ pub struct BatchDetail {
 pub struct BatchItemsUpload {
     /// The batch as it was when the request started.
     batch: BatchRecord,
-    parent: Option<Parent>,
+    parent: Option<BatchParent>,
     items_accepted: u32,
     items_deduplicated: u32,
     /// The batch after the last stored chunk; `None` before the first.
@@ -109,15 +110,6 @@ impl BatchItemsUpload {
     pub fn run_count(&self) -> u32 {
         self.batch.run_count
     }
-}
-
-/// The parent a batch's runs hang under.
-#[derive(Debug)]
-struct Parent {
-    id: RunId,
-    root: RunId,
-    depth: u32,
-    resume: bool,
 }
 
 impl Engine {
@@ -230,7 +222,7 @@ impl Engine {
         let item_parents = match upload.parent {
             Some(_) => HashMap::new(),
             None => {
-                self.item_parents(environment, requests.iter().map(|(_, _, r)| r))
+                self.parents_named(environment, requests.iter().map(|(_, _, r)| r))
                     .await?
             }
         };
@@ -335,7 +327,7 @@ impl Engine {
             .map(OneShotItem::into_trigger)
             .collect();
         let item_parents = self
-            .item_parents(environment, requests.iter().map(|(_, r)| r))
+            .parents_named(environment, requests.iter().map(|(_, r)| r))
             .await?;
         for (index, (task, request)) in requests.into_iter().enumerate() {
             let run = self
@@ -442,14 +434,14 @@ impl Engine {
         &self,
         environment: &Environment,
         batch: &BatchRecord,
-    ) -> Result<Option<Parent>, BatchError> {
+    ) -> Result<Option<BatchParent>, BatchError> {
         let Some(parent_id) = batch.parent_run_id.as_deref().and_then(RunId::parse) else {
             return Ok(None);
         };
         let Some(parent) = self.store.run_get(&environment.id, &parent_id).await? else {
             return Ok(None);
         };
-        Ok(Some(Parent {
+        Ok(Some(BatchParent {
             root: parent
                 .root_run_id
                 .clone()
@@ -460,107 +452,48 @@ impl Engine {
         }))
     }
 
-    /// Validates one item as a single trigger and builds its run in the batch. The run
-    /// hangs under the batch's parent; else under the item's own `parentRunId`, looked
-    /// up beforehand in `item_parents` ([`Engine::item_parents`]).
+    /// Validates one item as a single trigger and builds its run in the batch
+    /// ([`Engine::build_run`]): under the batch's parent, else under the item's own
+    /// `parentRunId`, looked up beforehand in `item_parents`.
     #[allow(clippy::too_many_arguments)]
     fn batch_run(
         &self,
         environment: &Environment,
         batch: &BatchId,
-        parent: Option<&Parent>,
+        parent: Option<&BatchParent>,
         item_parents: &HashMap<RunId, Run>,
         task: &str,
         request: TriggerRequest,
         now: DateTime<Utc>,
     ) -> Result<Run, TriggerError> {
-        if let Some(options) = &request.options {
-            crate::unsupported::warn_once(&options.unsupported_in_use(), "batch item");
-        }
-        let valid = request.validate(task, &IdempotencyHeaders::default(), now)?;
-        let mut run = valid.into_run(
-            RunId::generate(now.timestamp_millis()),
-            environment.id.clone(),
+        let link = match parent {
+            Some(parent) => ParentLink::Batch(parent),
+            None => ParentLink::Named(item_parents),
+        };
+        let mut run = self.build_run(
+            environment,
+            task,
+            request,
+            &IdempotencyHeaders::default(),
+            link,
             now,
-        );
+            "batch item",
+        )?;
         run.batch_id = Some(batch.to_string());
-        if let Some(parent) = parent {
-            run.parent_run_id = Some(parent.id.clone());
-            run.root_run_id = Some(parent.root.clone());
-            run.depth = parent.depth;
-            run.resume_parent_on_completion = parent.resume;
-        } else if let Some(id) = run.parent_run_id.clone() {
-            let parent = item_parents.get(&id).ok_or_else(|| TriggerError::Invalid {
-                field: "options.parentRunId",
-                message: format!("no run {id} in this environment"),
-            })?;
-            run.link_to_parent(parent);
-        }
         Ok(run)
     }
 
-    /// The runs that items' own `parentRunId`s name, those that exist in `environment`
-    /// (one look-up per distinct id).
-    async fn item_parents<'a>(
-        &self,
-        environment: &Environment,
-        requests: impl Iterator<Item = &'a TriggerRequest>,
-    ) -> Result<HashMap<RunId, Run>, BatchError> {
-        let mut parents = HashMap::new();
-        let ids: std::collections::HashSet<RunId> = requests
-            .filter_map(|r| r.options.as_ref()?.parent_run_id.as_deref())
-            .filter_map(RunId::parse)
-            .collect();
-        for id in ids {
-            if let Some(run) = self.store.run_get(&environment.id, &id).await? {
-                parents.insert(id, run);
-            }
-        }
-        Ok(parents)
-    }
-
-    /// Queued runs whose task no registered version serves wait in `PendingVersion`, and
-    /// runs without their own queue take the queue the serving version declared for the
-    /// task, as a single trigger's do; one look-up per (task, locked version) of the
-    /// request.
+    /// [`Engine::place`] for the items that passed.
     async fn mark_pending_versions(
         &self,
         environment: &Environment,
         items: &mut [BatchItemTrigger],
     ) -> Result<(), BatchError> {
-        let mut declared: HashMap<(String, Option<String>), Option<String>> = HashMap::new();
-        for item in items.iter_mut() {
-            let Ok(run) = &mut item.run else { continue };
-            let default_queue = format!("task/{}", run.task_identifier);
-            if run.status != RunStatus::Queued && run.queue != default_queue {
-                continue;
-            }
-            let key = (run.task_identifier.clone(), run.lock_to_version.clone());
-            let queue = match declared.get(&key) {
-                Some(queue) => queue.clone(),
-                None => {
-                    let queue = self
-                        .store
-                        .task_queue(&environment.id, &key.0, key.1.as_deref())
-                        .await?;
-                    declared.insert(key, queue.clone());
-                    queue
-                }
-            };
-            if run.status == RunStatus::Queued && queue.is_none() {
-                run.status = RunStatus::PendingVersion;
-            }
-            if let Some(queue) = queue {
-                if run.queue == default_queue {
-                    run.queue = queue;
-                }
-            }
-        }
-        Ok(())
+        let runs = items.iter_mut().filter_map(|item| item.run.as_mut().ok());
+        Ok(self.place(environment, runs).await?)
     }
 
-    /// After the insert: wakes the services and dequeuers, and queues the created
-    /// version-waiting runs whose task a registration committed meanwhile (as trigger).
+    /// [`Engine::after_insert`] for the items the store created.
     async fn after_batch_insert(
         &self,
         environment: &Environment,
@@ -568,44 +501,16 @@ impl Engine {
         outcomes: &[BatchItemOutcome],
         now: DateTime<Utc>,
     ) -> Result<(), BatchError> {
-        let mut created = false;
-        let mut has_deadline = false;
-        let mut served: HashMap<(String, Option<String>), bool> = HashMap::new();
-        for (item, outcome) in items.iter().zip(outcomes) {
-            let (Ok(run), BatchItemOutcome::Triggered(TriggerOutcome::Created(id))) =
-                (&item.run, outcome)
-            else {
-                continue;
-            };
-            created = true;
-            has_deadline |= run.expire_at.is_some() || run.delay_until.is_some();
-            if run.status != RunStatus::PendingVersion {
-                continue;
-            }
-            let key = (run.task_identifier.clone(), run.lock_to_version.clone());
-            let is_served = match served.get(&key) {
-                Some(is_served) => *is_served,
-                None => {
-                    let is_served = self
-                        .store
-                        .task_served(&environment.id, &key.0, key.1.as_deref())
-                        .await?;
-                    served.insert(key, is_served);
-                    is_served
-                }
-            };
-            if is_served {
-                self.store
-                    .run_transition(id, RunStatus::PendingVersion, RunStatus::Queued, now)
-                    .await?;
-            }
-        }
-        if has_deadline {
-            self.wakes.waits_changed();
-        }
-        if created {
-            self.runs_became_available();
-        }
-        Ok(())
+        let created =
+            items
+                .iter()
+                .zip(outcomes)
+                .filter_map(|(item, outcome)| match (&item.run, outcome) {
+                    (Ok(run), BatchItemOutcome::Triggered(TriggerOutcome::Created(id))) => {
+                        Some((run, id))
+                    }
+                    _ => None,
+                });
+        Ok(self.after_insert(environment, created, now).await?)
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
 use runnel_core::view::RunDetail;
-use runnel_core::{RunId, RunStatus, WorkerId};
+use runnel_core::{RunId, WorkerId};
 use runnel_store::{Store, TriggerOutcome, WorkerRecord};
 use tokio::sync::Notify;
 
@@ -25,6 +25,7 @@ pub mod multinode;
 pub mod queues;
 pub mod runtime;
 pub mod services;
+mod trigger;
 mod unsupported;
 pub mod workers;
 
@@ -125,68 +126,23 @@ impl Engine {
         headers: &IdempotencyHeaders,
     ) -> Result<Triggered, Error> {
         let now = self.clock.now();
-        if let Some(options) = &request.options {
-            unsupported::warn_once(&options.unsupported_in_use(), "trigger");
-        }
-        let valid = request.validate(task, headers, now)?;
-        let parent =
-            match &valid.parent_run_id {
-                Some(id) => Some(self.store.run_get(&environment.id, id).await?.ok_or_else(
-                    || TriggerError::Invalid {
-                        field: "options.parentRunId",
-                        message: format!("no run {id} in this environment"),
-                    },
-                )?),
-                None => None,
-            };
-        let id = RunId::generate(now.timestamp_millis());
-        let mut run = valid.into_run(id, environment.id.clone(), now);
-        if let Some(parent) = &parent {
-            run.link_to_parent(parent);
-        }
-        if run.status == RunStatus::Queued || run.queue == format!("task/{task}") {
-            // One look answers both: whether a version serves the task, and the queue
-            // it declared for the task, which a trigger without `queue` runs on.
-            let declared = self
-                .store
-                .task_queue(
-                    &environment.id,
-                    &run.task_identifier,
-                    run.lock_to_version.as_deref(),
-                )
-                .await?;
-            if run.status == RunStatus::Queued && declared.is_none() {
-                // Waits for a worker version serving the task.
-                run.status = RunStatus::PendingVersion;
-            }
-            if let Some(queue) = declared {
-                if run.queue == format!("task/{task}") {
-                    run.queue = queue;
-                }
-            }
-        }
-        let pending = run.status == RunStatus::PendingVersion;
-        let has_deadline = run.expire_at.is_some() || run.delay_until.is_some();
-        let outcome = self.store.run_trigger(&run, now).await?;
-        Ok(match outcome {
+        let parents = self
+            .parents_named(environment, std::iter::once(&request))
+            .await?;
+        let mut run = self.build_run(
+            environment,
+            task,
+            request,
+            headers,
+            trigger::ParentLink::Named(&parents),
+            now,
+            "trigger",
+        )?;
+        self.place(environment, std::iter::once(&mut run)).await?;
+        Ok(match self.store.run_trigger(&run, now).await? {
             TriggerOutcome::Created(id) => {
-                if has_deadline {
-                    self.wakes.waits_changed();
-                }
-                if pending {
-                    // A registration may have committed between the look and the insert
-                    // and queued the waiting runs without this one: look again.
-                    if self
-                        .store
-                        .task_served(&environment.id, task, run.lock_to_version.as_deref())
-                        .await?
-                    {
-                        self.store
-                            .run_transition(&id, RunStatus::PendingVersion, RunStatus::Queued, now)
-                            .await?;
-                    }
-                }
-                self.runs_became_available();
+                self.after_insert(environment, std::iter::once((&run, &id)), now)
+                    .await?;
                 tracing::debug!(run = %id, task, env = %environment.kind, "run triggered");
                 Triggered {
                     id,
