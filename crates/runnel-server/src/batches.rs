@@ -13,28 +13,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::BodyExt;
-use runnel_core::batch::{
-    BatchRecord, BatchRequestError, CreateBatchRequest, ItemLines, OneShotBatchRequest,
-};
+use runnel_core::batch::{BatchRecord, CreateBatchRequest, ItemLines, OneShotBatchRequest};
 use runnel_core::id::EnvironmentId;
-use runnel_core::trigger::TriggerError;
 use runnel_core::view::iso;
 use runnel_engine::batches::BatchDetail;
 use runnel_engine::BatchError;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::auth::{Authenticated, AuthenticatedKey};
-use crate::error::json_error;
-use crate::jwt;
-use crate::runs::json_body;
+use crate::extract::{json_body, within, RawBody};
 use crate::{ApiError, AppState};
 
 /// Largest NDJSON items body: a full batch of 1,000 items of up to 64 KiB each.
@@ -49,40 +42,6 @@ pub const ITEMS_CHUNK_MAX_BYTES: usize = 1024 * 1024;
 pub const BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT: usize = 16;
 /// Largest one-shot batch body (`BATCH_TASK_PAYLOAD_MAXIMUM_SIZE`).
 pub const MAX_ONE_SHOT_BODY_BYTES: usize = 1_000_000;
-
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> Self {
-        let message = e.to_string();
-        match e {
-            BatchError::Request(BatchRequestError::Invalid(_)) => ApiError::BadRequest(message),
-            BatchError::Request(BatchRequestError::Unprocessable(_))
-            | BatchError::NotFound(_)
-            | BatchError::Sealed(_) => ApiError::Unprocessable(message),
-            BatchError::Item { error, .. } => match error {
-                TriggerError::Invalid { .. } => ApiError::BadRequest(message),
-                TriggerError::TooManyTags(_) | TriggerError::Unsupported(_) => {
-                    ApiError::Unprocessable(message)
-                }
-                TriggerError::MetadataTooLarge => ApiError::PayloadTooLarge(message),
-            },
-            BatchError::Store(e) => ApiError::Internal(e),
-        }
-    }
-}
-
-/// A body over its route's limit as a 413 naming that limit (the shared JSON reader
-/// would name the global one).
-fn within(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Result<Bytes, BytesRejection>, ApiError> {
-    match body {
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
-            ApiError::PayloadTooLarge(format!("Request body too large (limit {limit} bytes)")),
-        ),
-        other => Ok(other),
-    }
-}
 
 fn idempotency_header(headers: &HeaderMap) -> Option<String> {
     headers
@@ -106,7 +65,7 @@ pub async fn create(
     State(state): State<AppState>,
     key: AuthenticatedKey,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = within(body, runnel_core::batch::MAX_CREATE_BODY_BYTES)?;
     let request: CreateBatchRequest = json_body(body, &["idempotencyKeyOptions"])?;
@@ -116,7 +75,7 @@ pub async fn create(
         .await?;
     // A token that reads the batch and the runs it will hold (contract §2.3).
     let scopes = [format!("read:batch:{}", created.batch.id)];
-    let token = jwt::jwt_headers(&key, &scopes, state.engine.now());
+    let token = key.token_headers(&scopes, state.engine.now());
     Ok((
         StatusCode::ACCEPTED,
         token,
@@ -160,9 +119,8 @@ pub async fn items(
     if !content_type.contains("application/x-ndjson")
         && !content_type.contains("application/ndjson")
     {
-        return Ok(json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"error": "Content-Type must be application/x-ndjson or application/ndjson"}),
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/x-ndjson or application/ndjson".to_owned(),
         ));
     }
     let too_large = || {
@@ -315,7 +273,7 @@ pub async fn one_shot(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let request: OneShotBatchRequest = json_body(within(body, MAX_ONE_SHOT_BODY_BYTES)?, &[])?;
     let batch = state

@@ -4,7 +4,7 @@
 //! Requests are translated to engine calls here and nowhere else; errors become HTTP in
 //! exactly one place ([`error::ApiError`]). Every `/api/*` route is authenticated with a
 //! secret key that scopes it to one environment ([`auth`]); the few that also take a
-//! public access token check its scopes ([`jwt`]). A guard in front of all routes answers
+//! public access token check its scopes ([`auth::authorize`], over [`jwt`]). A guard in front of all routes answers
 //! a missing `Authorization` header and applies the opt-in rate limit ([`rate_limit`]).
 
 use std::future::Future;
@@ -19,8 +19,10 @@ use tokio::net::TcpListener;
 pub mod auth;
 pub mod connections;
 pub mod error;
+mod extract;
 pub mod openapi;
 mod runs;
+pub mod schemas;
 mod workers;
 
 // [list]
@@ -38,6 +40,7 @@ mod queues;
 // [auth]
 pub mod jwt;
 pub mod rate_limit;
+mod tokens;
 
 pub use error::ApiError;
 
@@ -125,8 +128,8 @@ pub fn router(state: AppState) -> Router {
             post(queues::concurrency_reset),
         )
         // [auth]
-        .route("/api/v1/auth/jwt/claims", post(jwt::claims))
-        .route("/api/v1/auth/jwt", post(jwt::create))
+        .route("/api/v1/auth/jwt/claims", post(tokens::claims))
+        .route("/api/v1/auth/jwt", post(tokens::create))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
