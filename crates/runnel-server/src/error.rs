@@ -215,3 +215,98 @@ pub(crate) fn forbid_retry(response: &mut Response) {
         .headers_mut()
         .insert("x-should-retry", HeaderValue::from_static("false"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn answer(error: ApiError) -> (StatusCode, Option<String>, Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let retry = response
+            .headers()
+            .get("x-should-retry")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Each action refusal answers as the action routes always have: the route's own 404
+    /// text, upstream's issues for a bad tag, and a 503 the SDK may retry.
+    #[tokio::test]
+    async fn action_refusals_answer_with_the_routes_messages() {
+        let no = Some("false".to_owned());
+        for (error, expected) in [
+            (
+                ActionError::NotFound,
+                (
+                    StatusCode::NOT_FOUND,
+                    no.clone(),
+                    json!({"error": "Task Run not found"}),
+                ),
+            ),
+            (
+                ActionError::NotDelayed,
+                (
+                    StatusCode::BAD_REQUEST,
+                    no.clone(),
+                    json!({"error": "Cannot reschedule a run that is not delayed"}),
+                ),
+            ),
+            (
+                ActionError::Tags(TagsError::Invalid),
+                (
+                    StatusCode::BAD_REQUEST,
+                    no.clone(),
+                    json!({"error": "Invalid request body", "issues": [{
+                        "code": "custom", "path": ["tags"],
+                        "message": "tags: each tag must be 1 to 128 characters without NUL",
+                    }]}),
+                ),
+            ),
+            (
+                ActionError::MetadataClosed,
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    no.clone(),
+                    json!({"error": "Cannot update metadata for a completed run"}),
+                ),
+            ),
+            (
+                ActionError::Metadata(MetadataError::TooLarge),
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    no.clone(),
+                    json!({"error": MetadataError::TooLarge.to_string()}),
+                ),
+            ),
+            (
+                ActionError::NoKeyHolder {
+                    key: "k".to_owned(),
+                    task: "t".to_owned(),
+                },
+                (
+                    StatusCode::NOT_FOUND,
+                    no.clone(),
+                    json!({"error": "No runs found with idempotency key: k and task: t"}),
+                ),
+            ),
+            (
+                ActionError::Contended,
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    json!({"error": "The run is being updated concurrently, retry shortly"}),
+                ),
+            ),
+        ] {
+            let name = format!("{error:?}");
+            assert_eq!(
+                answer(ApiError::action(error, "Task Run not found")).await,
+                expected,
+                "{name}"
+            );
+        }
+    }
+}
