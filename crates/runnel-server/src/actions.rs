@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::Authenticated;
+use crate::error::ApiError;
 use crate::extract::{self, json_body, object_body, CallerApiVersion, RawBody};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct IdBody {

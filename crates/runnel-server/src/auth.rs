@@ -20,8 +20,9 @@ use runnel_core::key::SecretKey;
 use runnel_core::tenancy::Environment;
 use runnel_core::EnvironmentId;
 
+use crate::error::ApiError;
 use crate::jwt::{self, PublicToken};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 pub const NO_AUTHORIZATION: &str = "No authorization header provided";
 const INVALID_KEY: &str = "Invalid API Key";

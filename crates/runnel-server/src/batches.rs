@@ -10,9 +10,6 @@
 //! uploads of one environment in progress at once ([`BatchUploads`], 429 past it)
 //! bounds what an environment's uploads hold together.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -20,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::BodyExt;
 use runnel_core::batch::{BatchRecord, CreateBatchRequest, ItemLines, OneShotBatchRequest};
-use runnel_core::id::EnvironmentId;
 use runnel_core::view::iso;
 use runnel_engine::batches::BatchDetail;
 use runnel_engine::BatchError;
@@ -28,7 +24,10 @@ use serde::Serialize;
 
 use crate::auth::{Authenticated, AuthenticatedKey};
 use crate::extract::{json_body, within, RawBody};
-use crate::{ApiError, AppState};
+pub use crate::uploads::{BatchUploads, BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT};
+
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Largest NDJSON items body: a full batch of 1,000 items of up to 64 KiB each.
 pub const MAX_ITEMS_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -38,8 +37,6 @@ pub const ITEMS_CHUNK_MAX_ITEMS: usize = 100;
 /// Body bytes after which the items read so far are stored (a single longer line is
 /// stored alone).
 pub const ITEMS_CHUNK_MAX_BYTES: usize = 1024 * 1024;
-/// Items requests of one environment in progress at once.
-pub const BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT: usize = 16;
 /// Largest one-shot batch body (`BATCH_TASK_PAYLOAD_MAXIMUM_SIZE`).
 pub const MAX_ONE_SHOT_BODY_BYTES: usize = 1_000_000;
 
@@ -187,65 +184,6 @@ pub async fn items(
         expected_count: missing.then_some(accepted.expected),
     })
     .into_response())
-}
-
-/// Items requests in progress per environment, under a ceiling: each holds a chunk of
-/// items in memory, so the ceiling bounds what one environment's uploads can hold.
-#[derive(Debug, Clone)]
-pub struct BatchUploads {
-    per_environment: usize,
-    active: Arc<Mutex<HashMap<EnvironmentId, usize>>>,
-}
-
-impl BatchUploads {
-    pub fn new(per_environment: usize) -> BatchUploads {
-        BatchUploads {
-            per_environment: per_environment.max(1),
-            active: Arc::default(),
-        }
-    }
-
-    /// A place for one more upload of `environment`, or a 429 naming the ceiling.
-    fn start(&self, environment: &EnvironmentId) -> Result<BatchUpload, ApiError> {
-        let mut active = self.active.lock().expect("batch uploads lock");
-        let count = active.entry(environment.clone()).or_insert(0);
-        if *count >= self.per_environment {
-            return Err(ApiError::TooManyRequests(format!(
-                "Too many batch item uploads in progress for this environment (limit {})",
-                self.per_environment
-            )));
-        }
-        *count += 1;
-        Ok(BatchUpload {
-            uploads: self.clone(),
-            environment: environment.clone(),
-        })
-    }
-}
-
-impl Default for BatchUploads {
-    fn default() -> Self {
-        BatchUploads::new(BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT)
-    }
-}
-
-/// One upload's place in [`BatchUploads`], given back when the request ends.
-#[derive(Debug)]
-struct BatchUpload {
-    uploads: BatchUploads,
-    environment: EnvironmentId,
-}
-
-impl Drop for BatchUpload {
-    fn drop(&mut self) {
-        let mut active = self.uploads.active.lock().expect("batch uploads lock");
-        if let Some(count) = active.get_mut(&self.environment) {
-            *count -= 1;
-            if *count == 0 {
-                active.remove(&self.environment);
-            }
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -16,7 +16,8 @@ use runnel_core::{ApiVersion, RunId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{ApiError, MAX_BODY_BYTES};
+use crate::error::ApiError;
+use crate::state::MAX_BODY_BYTES;
 
 /// A body as axum read it: the bytes, or why they could not be read.
 pub(crate) type RawBody = Result<Bytes, BytesRejection>;

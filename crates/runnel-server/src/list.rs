@@ -8,8 +8,9 @@ use axum::Json;
 use runnel_core::list::{ListRunsResponse, QueryIssue, RunListRequest};
 
 use crate::auth::Authenticated;
+use crate::error::ApiError;
 use crate::extract::CallerApiVersion;
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 pub async fn list(
     State(state): State<AppState>,

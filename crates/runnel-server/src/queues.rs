@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Authenticated;
+use crate::error::ApiError;
 use crate::extract::{json_body, RawBody};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 /// Page size of the list when `perPage` is absent, and its maximum.
 pub const QUEUES_PER_PAGE_DEFAULT: u32 = 25;

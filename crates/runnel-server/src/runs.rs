@@ -14,8 +14,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::{self, Authenticated, AuthenticatedKey, Caller};
+use crate::error::ApiError;
 use crate::extract::{self, json_body, CallerApiVersion, RawBody};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 /// How long `/healthz` waits for the store before it answers 503.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);

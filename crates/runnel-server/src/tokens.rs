@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::AuthenticatedKey;
+use crate::error::ApiError;
 use crate::extract::{json_body, RawBody};
 use crate::jwt::{mint, TOKEN_TTL_SECS_DEFAULT, TOKEN_TTL_SECS_MAX};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 /// `POST /api/v1/auth/jwt/claims`: what the SDK puts in the tokens it signs itself.
 pub async fn claims(key: AuthenticatedKey) -> Json<Value> {

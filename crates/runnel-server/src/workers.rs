@@ -12,8 +12,9 @@ use runnel_core::worker::{
 };
 
 use crate::auth::Authenticated;
+use crate::error::ApiError;
 use crate::extract::{json_body, RawBody};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 /// Registers a worker and the tasks it serves.
 #[utoipa::path(post, path = "/api/v1/workers/register", tag = "workers",
