@@ -8,7 +8,7 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema,
 use utoipa::openapi::RefOr;
 
 use crate::duration::MAX_DURATION_STRING_LEN;
-use crate::trigger::MAX_TAG_LEN;
+use crate::tags::MAX_TAG_LEN;
 
 /// Text without U+0000, which no backend stores.
 pub const NO_NUL: &str = "^[^\\u0000]*$";

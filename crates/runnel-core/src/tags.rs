@@ -1,8 +1,12 @@
-//! Adding tags to an existing run (`POST /api/v1/runs/{id}/tags`, contract §2.1 row 16):
-//! validation of the body's tags and the union with the run's own, capped at
-//! [`MAX_TAGS`].
+//! Tags of a run: their limits ([`MAX_TAGS`], [`MAX_TAG_LEN`]), which the trigger and
+//! the OpenAPI schemas also use, and adding tags to an existing run
+//! (`POST /api/v1/runs/{id}/tags`, contract §2.1 row 16): validation of the body's tags
+//! and the union with the run's own, capped at [`MAX_TAGS`].
 
-use crate::trigger::{MAX_TAGS, MAX_TAG_LEN};
+/// Most tags a run may carry (upstream's limit).
+pub const MAX_TAGS: usize = 10;
+/// Longest tag, in characters.
+pub const MAX_TAG_LEN: usize = 128;
 
 /// Why tags could not be added.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

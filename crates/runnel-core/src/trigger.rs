@@ -17,9 +17,8 @@ use crate::machine::MachinePreset;
 use crate::nesting::{self, MAX_VALUE_DEPTH};
 use crate::run::{Packet, Run};
 use crate::status::RunStatus;
+use crate::tags::{MAX_TAGS, MAX_TAG_LEN};
 
-pub const MAX_TAGS: usize = 10;
-pub const MAX_TAG_LEN: usize = 128;
 /// Serialized metadata limit: 256 KiB.
 pub const MAX_METADATA_BYTES: usize = 262_144;
 pub const MAX_DURATION_MIN_SECS: u32 = 5;

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
 use runnel_core::view::RunDetail;
-use runnel_core::{RunId, WorkerId};
+use runnel_core::{EnvironmentId, RunId, WorkerId};
 use runnel_store::{Store, TriggerOutcome, WorkerRecord};
 use tokio::sync::Notify;
 
@@ -154,6 +155,30 @@ impl Engine {
                 is_cached: true,
             },
         })
+    }
+
+    /// A run of `environment` as stored; `None` when it does not exist there.
+    pub async fn run_get(
+        &self,
+        environment: &Environment,
+        id: &RunId,
+    ) -> Result<Option<Run>, Error> {
+        Ok(self.store.run_get(&environment.id, id).await?)
+    }
+
+    /// The environment whose live secret key hashes to `key_hash`; `None` for a key that
+    /// is unknown or revoked.
+    pub async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>, Error> {
+        Ok(self.store.api_key_authenticate(key_hash).await?)
+    }
+
+    /// An environment and the hashes of its live secret keys, which sign its public
+    /// access tokens; `None` when it does not exist.
+    pub async fn api_key_hashes(
+        &self,
+        environment: &EnvironmentId,
+    ) -> Result<Option<(Environment, Vec<String>)>, Error> {
+        Ok(self.store.api_key_hashes(environment).await?)
     }
 
     /// A run of `environment` with what its response shows (attempts, related runs);

@@ -9,7 +9,9 @@
 use runnel_core::tenancy::Environment;
 use runnel_core::worker::{QueueDefinition, MAX_QUEUE_CONCURRENCY};
 use runnel_store::queues::declarations;
-use runnel_store::{QueueChange, QueueDeclaration, QueueRecord, QueueRef, TaskConfig};
+/// The queue records and changes the queues API speaks in, as the store keeps them.
+pub use runnel_store::{QueueChange, QueueKind, QueueRecord, QueueRef};
+use runnel_store::{QueueDeclaration, TaskConfig};
 
 use crate::{Engine, Error, WorkerError};
 

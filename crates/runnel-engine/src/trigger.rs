@@ -67,6 +67,7 @@ impl Engine {
 
     /// Validates `request` as a trigger of `task` and builds its run, linked to its
     /// parent. `origin` names the caller in the warning for options not supported yet.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn build_run(
         &self,
         environment: &Environment,

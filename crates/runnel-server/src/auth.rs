@@ -4,7 +4,7 @@
 //!
 //! A live secret key yields its [`Environment`], which scopes everything the request may
 //! see. A token yields its environment too, but only the routes that take a [`Caller`]
-//! accept one, and they check its scopes with [`crate::jwt::authorize`]; every other
+//! accept one, and they check its scopes with [`authorize`]; every other
 //! route takes [`Authenticated`] or [`AuthenticatedKey`] and refuses tokens. A missing
 //! header, a bad key and a bad token are 401, with the contract's messages.
 //!
@@ -15,28 +15,39 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
 use runnel_core::key::SecretKey;
 use runnel_core::tenancy::Environment;
-use runnel_core::ApiVersion;
+use runnel_core::EnvironmentId;
 
+use crate::error::ApiError;
 use crate::jwt::{self, PublicToken};
-use crate::{ApiError, AppState};
+use crate::state::AppState;
 
 pub const NO_AUTHORIZATION: &str = "No authorization header provided";
 const INVALID_KEY: &str = "Invalid API Key";
 const PUBLIC_KEY: &str = "Public API keys are not allowed for this request";
 const PUBLIC_TOKEN: &str = "Public JWT API keys are not allowed for this request";
+const NO_SUBJECT: &str = "Invalid Public Access Token, missing subject.";
+const NO_ENVIRONMENT: &str = "Invalid Public Access Token, environment not found.";
 
 /// The environment the request's secret key belongs to.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Environment);
 
 /// The secret key that authenticated the request: its environment, and its stored hash,
-/// which signs the public access tokens minted for this caller ([`jwt::jwt_headers`]).
+/// which signs the public access tokens minted for this caller ([`Self::token_headers`]).
 #[derive(Debug, Clone)]
 pub struct AuthenticatedKey {
     pub environment: Environment,
     pub key_hash: String,
+}
+
+impl AuthenticatedKey {
+    /// The headers that hand the caller a fresh token granting `scopes` (contract §2.3).
+    pub fn token_headers(&self, scopes: &[String], now: DateTime<Utc>) -> HeaderMap {
+        jwt::headers(&self.environment.id, &self.key_hash, scopes, now)
+    }
 }
 
 /// Whoever a route that also accepts public access tokens is talking to.
@@ -73,13 +84,14 @@ pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, A
         return Err(ApiError::Unauthorized(PUBLIC_KEY));
     }
     if !token.starts_with("tr_") && jwt::is_public_token(token) {
-        return jwt::verify(state, token).await.map(Caller::PublicToken);
+        return verify_public_token(state, token)
+            .await
+            .map(Caller::PublicToken);
     }
     let key = SecretKey::parse(token).ok_or(ApiError::Unauthorized(INVALID_KEY))?;
     let key_hash = key.hash();
     let environment = state
         .engine
-        .store()
         .api_key_authenticate(&key_hash)
         .await?
         .ok_or(ApiError::Unauthorized(INVALID_KEY))?;
@@ -87,6 +99,45 @@ pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, A
         environment,
         key_hash,
     }))
+}
+
+/// Verifies a public access token against the live keys of its `sub` environment.
+async fn verify_public_token(state: &AppState, token: &str) -> Result<PublicToken, ApiError> {
+    let sub = jwt::subject(token).ok_or(ApiError::Unauthorized(NO_SUBJECT))?;
+    let environment_id =
+        EnvironmentId::parse(&sub).ok_or(ApiError::Unauthorized(NO_ENVIRONMENT))?;
+    let (environment, hashes) = state
+        .engine
+        .api_key_hashes(&environment_id)
+        .await?
+        .ok_or(ApiError::Unauthorized(NO_ENVIRONMENT))?;
+    let claims = jwt::verify_with(token, &hashes, state.engine.now())
+        .map_err(|e| ApiError::Unauthorized(e.message()))?;
+    Ok(PublicToken {
+        environment,
+        scopes: claims.scopes,
+    })
+}
+
+/// Whether `caller` may perform `action` on a resource described by `resources`
+/// (`("runs", "run_…")`, `("tasks", "my-task")`, one `("tags", …)` per tag…): a secret key
+/// may do anything in its environment; a token needs a scope naming one of the resources,
+/// its whole type, or a super scope. Otherwise 403 (contract §1.4).
+pub fn authorize(
+    caller: &Caller,
+    action: &str,
+    resources: &[(&str, &str)],
+) -> Result<(), ApiError> {
+    match caller {
+        Caller::SecretKey(_) => Ok(()),
+        Caller::PublicToken(token) => {
+            if jwt::scopes_allow(&token.scopes, action, resources) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden)
+            }
+        }
+    }
 }
 
 /// [`identify`], once per request.
@@ -139,21 +190,5 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let key = AuthenticatedKey::from_request_parts(parts, state).await?;
         Ok(Authenticated(key.environment))
-    }
-}
-
-/// The status vocabulary the caller speaks, from `x-trigger-api-version`.
-#[derive(Debug, Clone, Copy)]
-pub struct CallerApiVersion(pub ApiVersion);
-
-impl<S: Send + Sync> FromRequestParts<S> for CallerApiVersion {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get("x-trigger-api-version")
-            .and_then(|v| v.to_str().ok());
-        Ok(CallerApiVersion(ApiVersion::from_header(value)))
     }
 }

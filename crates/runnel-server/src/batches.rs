@@ -10,32 +10,24 @@
 //! uploads of one environment in progress at once ([`BatchUploads`], 429 past it)
 //! bounds what an environment's uploads hold together.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::BodyExt;
-use runnel_core::batch::{
-    BatchRecord, BatchRequestError, CreateBatchRequest, ItemLines, OneShotBatchRequest,
-};
-use runnel_core::id::EnvironmentId;
-use runnel_core::trigger::TriggerError;
+use runnel_core::batch::{BatchRecord, CreateBatchRequest, ItemLines, OneShotBatchRequest};
 use runnel_core::view::iso;
 use runnel_engine::batches::BatchDetail;
 use runnel_engine::BatchError;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::auth::{Authenticated, AuthenticatedKey};
-use crate::error::json_error;
-use crate::jwt;
-use crate::runs::json_body;
-use crate::{ApiError, AppState};
+use crate::extract::{json_body, within, RawBody};
+pub use crate::uploads::{BatchUploads, BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT};
+
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Largest NDJSON items body: a full batch of 1,000 items of up to 64 KiB each.
 pub const MAX_ITEMS_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -45,44 +37,8 @@ pub const ITEMS_CHUNK_MAX_ITEMS: usize = 100;
 /// Body bytes after which the items read so far are stored (a single longer line is
 /// stored alone).
 pub const ITEMS_CHUNK_MAX_BYTES: usize = 1024 * 1024;
-/// Items requests of one environment in progress at once.
-pub const BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT: usize = 16;
 /// Largest one-shot batch body (`BATCH_TASK_PAYLOAD_MAXIMUM_SIZE`).
 pub const MAX_ONE_SHOT_BODY_BYTES: usize = 1_000_000;
-
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> Self {
-        let message = e.to_string();
-        match e {
-            BatchError::Request(BatchRequestError::Invalid(_)) => ApiError::BadRequest(message),
-            BatchError::Request(BatchRequestError::Unprocessable(_))
-            | BatchError::NotFound(_)
-            | BatchError::Sealed(_) => ApiError::Unprocessable(message),
-            BatchError::Item { error, .. } => match error {
-                TriggerError::Invalid { .. } => ApiError::BadRequest(message),
-                TriggerError::TooManyTags(_) | TriggerError::Unsupported(_) => {
-                    ApiError::Unprocessable(message)
-                }
-                TriggerError::MetadataTooLarge => ApiError::PayloadTooLarge(message),
-            },
-            BatchError::Store(e) => ApiError::Internal(e),
-        }
-    }
-}
-
-/// A body over its route's limit as a 413 naming that limit (the shared JSON reader
-/// would name the global one).
-fn within(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Result<Bytes, BytesRejection>, ApiError> {
-    match body {
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
-            ApiError::PayloadTooLarge(format!("Request body too large (limit {limit} bytes)")),
-        ),
-        other => Ok(other),
-    }
-}
 
 fn idempotency_header(headers: &HeaderMap) -> Option<String> {
     headers
@@ -106,7 +62,7 @@ pub async fn create(
     State(state): State<AppState>,
     key: AuthenticatedKey,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = within(body, runnel_core::batch::MAX_CREATE_BODY_BYTES)?;
     let request: CreateBatchRequest = json_body(body, &["idempotencyKeyOptions"])?;
@@ -116,7 +72,7 @@ pub async fn create(
         .await?;
     // A token that reads the batch and the runs it will hold (contract §2.3).
     let scopes = [format!("read:batch:{}", created.batch.id)];
-    let token = jwt::jwt_headers(&key, &scopes, state.engine.now());
+    let token = key.token_headers(&scopes, state.engine.now());
     Ok((
         StatusCode::ACCEPTED,
         token,
@@ -160,9 +116,8 @@ pub async fn items(
     if !content_type.contains("application/x-ndjson")
         && !content_type.contains("application/ndjson")
     {
-        return Ok(json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"error": "Content-Type must be application/x-ndjson or application/ndjson"}),
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/x-ndjson or application/ndjson".to_owned(),
         ));
     }
     let too_large = || {
@@ -231,65 +186,6 @@ pub async fn items(
     .into_response())
 }
 
-/// Items requests in progress per environment, under a ceiling: each holds a chunk of
-/// items in memory, so the ceiling bounds what one environment's uploads can hold.
-#[derive(Debug, Clone)]
-pub struct BatchUploads {
-    per_environment: usize,
-    active: Arc<Mutex<HashMap<EnvironmentId, usize>>>,
-}
-
-impl BatchUploads {
-    pub fn new(per_environment: usize) -> BatchUploads {
-        BatchUploads {
-            per_environment: per_environment.max(1),
-            active: Arc::default(),
-        }
-    }
-
-    /// A place for one more upload of `environment`, or a 429 naming the ceiling.
-    fn start(&self, environment: &EnvironmentId) -> Result<BatchUpload, ApiError> {
-        let mut active = self.active.lock().expect("batch uploads lock");
-        let count = active.entry(environment.clone()).or_insert(0);
-        if *count >= self.per_environment {
-            return Err(ApiError::TooManyRequests(format!(
-                "Too many batch item uploads in progress for this environment (limit {})",
-                self.per_environment
-            )));
-        }
-        *count += 1;
-        Ok(BatchUpload {
-            uploads: self.clone(),
-            environment: environment.clone(),
-        })
-    }
-}
-
-impl Default for BatchUploads {
-    fn default() -> Self {
-        BatchUploads::new(BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT)
-    }
-}
-
-/// One upload's place in [`BatchUploads`], given back when the request ends.
-#[derive(Debug)]
-struct BatchUpload {
-    uploads: BatchUploads,
-    environment: EnvironmentId,
-}
-
-impl Drop for BatchUpload {
-    fn drop(&mut self) {
-        let mut active = self.uploads.active.lock().expect("batch uploads lock");
-        if let Some(count) = active.get_mut(&self.environment) {
-            *count -= 1;
-            if *count == 0 {
-                active.remove(&self.environment);
-            }
-        }
-    }
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct OneShotRunResponse {
@@ -315,7 +211,7 @@ pub async fn one_shot(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let request: OneShotBatchRequest = json_body(within(body, MAX_ONE_SHOT_BODY_BYTES)?, &[])?;
     let batch = state

@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use tower_http::timeout::{TimeoutBody, TimeoutError};
 use tower_service::Service;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// Seconds a request head may take to arrive in full (hyper's own default).
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);

@@ -1,39 +1,34 @@
 //! Public access tokens (contract §1.2): short-lived HS256 JWTs a browser or another
 //! service may hold instead of the secret key, each good only for what its scopes name.
 //!
+//! Pure token functions: minting, reading and verifying against given key hashes, and
+//! matching scopes. Finding the live key hashes and answering HTTP is `auth.rs`'s
+//! (and `tokens.rs`'s, for the minting routes).
+//!
 //! Claims: `iss: "https://id.trigger.dev"`, `aud: "https://api.trigger.dev"`,
 //! `sub: <environment id>`, `pub: true`, `scopes: [...]`, `iat`, `exp` (unix seconds).
 //!
 //! Signing secret. Upstream signs with the environment's secret key itself; Runnel keeps
 //! only the SHA-256 hash of each key, so a token is signed with **the hash of the key that
 //! authenticated the request** (hex, as stored) and verified by trying the hashes of the
-//! live keys of the token's `sub` environment ([`Store::api_key_hashes`]). Consequences:
+//! live keys of the token's `sub` environment ([`Engine::api_key_hashes`]). Consequences:
 //! revoking a key invalidates every token minted with it at once; and a token the SDK
 //! signs locally with the raw key (`auth.createPublicToken`) does not verify here; clients
 //! get server-minted ones from the trigger response headers or `POST /api/v1/auth/jwt`.
 //!
 //! Scopes read `<action>:<resource type>[:<id>]`; a scope without an id covers the whole
-//! type, and `admin` / `<action>:all` cover every resource of the action ([`authorize`]).
+//! type, and `admin` / `<action>:all` cover every resource of the action ([`scopes_allow`]).
 //!
-//! [`Store::api_key_hashes`]: runnel_store::Store::api_key_hashes
+//! [`Engine::api_key_hashes`]: runnel_engine::Engine::api_key_hashes
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::Json;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use runnel_core::duration::parse_duration_secs;
 use runnel_core::tenancy::Environment;
 use runnel_core::EnvironmentId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-use crate::auth::{AuthenticatedKey, Caller};
-use crate::runs::json_body;
-use crate::{ApiError, AppState};
 
 pub const ISSUER: &str = "https://id.trigger.dev";
 pub const AUDIENCE: &str = "https://api.trigger.dev";
@@ -47,8 +42,6 @@ pub const TOKEN_TTL_SECS_MAX: i64 = 30 * 86_400;
 
 const EXPIRED: &str = "Public Access Token has expired. See https://trigger.dev/docs/frontend/overview#authentication for more information.";
 const INVALID: &str = "Public Access Token is invalid. See https://trigger.dev/docs/frontend/overview#authentication for more information.";
-const NO_SUBJECT: &str = "Invalid Public Access Token, missing subject.";
-const NO_ENVIRONMENT: &str = "Invalid Public Access Token, environment not found.";
 
 /// The claims of a public access token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,12 +92,17 @@ pub fn mint(
 }
 
 /// The headers that hand a fresh token to the caller (contract §2.3): `x-trigger-jwt`
-/// (the token, valid one hour) and `x-trigger-jwt-claims` (`{sub, pub: true, scopes}`).
-pub fn jwt_headers(key: &AuthenticatedKey, scopes: &[String], now: DateTime<Utc>) -> HeaderMap {
-    let environment = &key.environment.id;
+/// (a token for `environment` signed with `key_hash`, valid one hour) and
+/// `x-trigger-jwt-claims` (`{sub, pub: true, scopes}`).
+pub fn headers(
+    environment: &EnvironmentId,
+    key_hash: &str,
+    scopes: &[String],
+    now: DateTime<Utc>,
+) -> HeaderMap {
     let token = mint(
         environment,
-        &key.key_hash,
+        key_hash,
         scopes,
         now,
         now.timestamp() + TOKEN_TTL_SECS_DEFAULT,
@@ -149,7 +147,7 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             TokenError::Expired => EXPIRED,
             TokenError::Invalid => INVALID,
@@ -193,50 +191,18 @@ pub fn verify_with(
     Err(TokenError::Invalid)
 }
 
-/// Verifies a public access token against the live keys of its `sub` environment.
-pub(crate) async fn verify(state: &AppState, token: &str) -> Result<PublicToken, ApiError> {
-    let sub = peek(token)
+/// The `sub` claim of a token, read before it is verified: the environment whose keys
+/// may have signed it.
+pub(crate) fn subject(token: &str) -> Option<String> {
+    peek(token)
         .and_then(|claims| claims.sub)
         .and_then(|sub| sub.as_str().map(str::to_owned))
-        .ok_or(ApiError::Unauthorized(NO_SUBJECT))?;
-    let environment_id =
-        EnvironmentId::parse(&sub).ok_or(ApiError::Unauthorized(NO_ENVIRONMENT))?;
-    let (environment, hashes) = state
-        .engine
-        .store()
-        .api_key_hashes(&environment_id)
-        .await?
-        .ok_or(ApiError::Unauthorized(NO_ENVIRONMENT))?;
-    let claims = verify_with(token, &hashes, state.engine.now())
-        .map_err(|e| ApiError::Unauthorized(e.message()))?;
-    Ok(PublicToken {
-        environment,
-        scopes: claims.scopes,
-    })
 }
 
-/// Whether `caller` may perform `action` on a resource described by `resources`
-/// (`("runs", "run_…")`, `("tasks", "my-task")`, one `("tags", …)` per tag…): a secret key
-/// may do anything in its environment; a token needs a scope naming one of the resources,
-/// its whole type, or a super scope. Otherwise 403 (contract §1.4).
-pub fn authorize(
-    caller: &Caller,
-    action: &str,
-    resources: &[(&str, &str)],
-) -> Result<(), ApiError> {
-    match caller {
-        Caller::SecretKey(_) => Ok(()),
-        Caller::PublicToken(token) => {
-            if scopes_allow(&token.scopes, action, resources) {
-                Ok(())
-            } else {
-                Err(ApiError::Forbidden)
-            }
-        }
-    }
-}
-
-fn scopes_allow(scopes: &[String], action: &str, resources: &[(&str, &str)]) -> bool {
+/// Whether `scopes` let their holder perform `action` on a resource described by
+/// `resources` (`("runs", "run_…")`, `("tasks", "my-task")`, one `("tags", …)` per tag…):
+/// a scope naming one of the resources, its whole type, or a super scope.
+pub(crate) fn scopes_allow(scopes: &[String], action: &str, resources: &[(&str, &str)]) -> bool {
     let all = format!("{action}:all");
     if scopes.iter().any(|s| s == "admin" || *s == all) {
         return true;
@@ -246,81 +212,6 @@ fn scopes_allow(scopes: &[String], action: &str, resources: &[(&str, &str)]) -> 
         let specific = format!("{general}:{id}");
         scopes.iter().any(|s| *s == general || *s == specific)
     })
-}
-
-/// `POST /api/v1/auth/jwt/claims`: what the SDK puts in the tokens it signs itself.
-pub async fn claims(key: AuthenticatedKey) -> Json<Value> {
-    Json(json!({"sub": key.environment.id.as_str(), "pub": true}))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateTokenRequest {
-    #[serde(default)]
-    claims: Option<RequestedClaims>,
-    #[serde(default)]
-    expiration_time: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RequestedClaims {
-    #[serde(default)]
-    scopes: Vec<String>,
-}
-
-/// Reads `expirationTime`: a number is an absolute unix time in seconds, a string a
-/// duration from now (`15m`, `1h`, `2d`); absent means one hour. Either must end in the
-/// future and at most [`TOKEN_TTL_SECS_MAX`] from now.
-fn expires_at(expiration: Option<&Value>, now: DateTime<Utc>) -> Result<i64, ApiError> {
-    let invalid = || {
-        ApiError::BadRequest(
-            "expirationTime: must be a unix time in seconds or a duration like \"1h\"".to_owned(),
-        )
-    };
-    let now = now.timestamp();
-    let at = match expiration {
-        None | Some(Value::Null) => return Ok(now + TOKEN_TTL_SECS_DEFAULT),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            // Saturates: 1e308 becomes i64::MAX, refused below as too far.
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .filter(|at| *at > now)
-            .ok_or_else(invalid)?,
-        Some(Value::String(s)) => parse_duration_secs(s)
-            .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)))
-            .ok_or_else(invalid)?,
-        Some(_) => return Err(invalid()),
-    };
-    if at - now > TOKEN_TTL_SECS_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "expirationTime: must be at most {TOKEN_TTL_SECS_MAX} seconds (30 days) from now"
-        )));
-    }
-    Ok(at)
-}
-
-/// `POST /api/v1/auth/jwt`: mints a token with the requested scopes.
-#[utoipa::path(post, path = "/api/v1/auth/jwt", tag = "auth",
-    request_body(content = crate::openapi::CreateTokenBody, description = "Optional: an empty body mints a one-hour token without scopes"),
-    responses((status = 200, description = "A public access token signed for the key's environment", body = crate::openapi::TokenBody), (status = 400, description = "Malformed or out-of-bounds body: `expirationTime` not in the future or more than 30 days (2592000 s) ahead; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json")))))]
-pub async fn create(
-    State(state): State<AppState>,
-    key: AuthenticatedKey,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    // No body at all means the defaults; anything else must be a JSON object (blank
-    // text is not JSON, and is refused like any other).
-    let empty = matches!(&body, Ok(bytes) if bytes.is_empty());
-    let request: CreateTokenRequest = if empty {
-        CreateTokenRequest::default()
-    } else {
-        json_body(body, &["claims"])?
-    };
-    let now = state.engine.now();
-    let expires_at = expires_at(request.expiration_time.as_ref(), now)?;
-    let scopes = request.claims.unwrap_or_default().scopes;
-    let token = mint(&key.environment.id, &key.key_hash, &scopes, now, expires_at);
-    Ok(Json(json!({ "token": token })))
 }
 
 #[cfg(test)]
@@ -476,39 +367,6 @@ mod tests {
                 scopes_allow(&scopes(&granted), "read", &run),
                 allowed,
                 "{granted:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn expiration_time_is_a_unix_time_or_a_duration() {
-        let t = now().timestamp();
-        assert_eq!(expires_at(None, now()).unwrap(), t + 3600);
-        assert_eq!(expires_at(Some(&json!("15m")), now()).unwrap(), t + 900);
-        assert_eq!(expires_at(Some(&json!(t + 10)), now()).unwrap(), t + 10);
-        for bad in [json!("soon"), json!(t - 10), json!(true)] {
-            assert!(expires_at(Some(&bad), now()).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn lifetimes_are_capped() {
-        let t = now().timestamp();
-        let max = t + TOKEN_TTL_SECS_MAX;
-        assert_eq!(expires_at(Some(&json!(max)), now()).unwrap(), max);
-        assert_eq!(expires_at(Some(&json!("30d")), now()).unwrap(), max);
-        for too_far in [
-            json!(max + 1),
-            json!(1e308),
-            json!(i64::MAX),
-            json!(u64::MAX),
-            json!("31d"),
-        ] {
-            let refused = expires_at(Some(&too_far), now()).unwrap_err().to_string();
-            assert_eq!(
-                refused,
-                format!("expirationTime: must be at most {TOKEN_TTL_SECS_MAX} seconds (30 days) from now"),
-                "{too_far}"
             );
         }
     }

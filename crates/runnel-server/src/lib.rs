@@ -4,8 +4,8 @@
 //! Requests are translated to engine calls here and nowhere else; errors become HTTP in
 //! exactly one place ([`error::ApiError`]). Every `/api/*` route is authenticated with a
 //! secret key that scopes it to one environment ([`auth`]); the few that also take a
-//! public access token check its scopes ([`jwt`]). A guard in front of all routes answers
-//! a missing `Authorization` header and applies the opt-in rate limit ([`rate_limit`]).
+//! public access token check its scopes ([`auth::authorize`], over [`jwt`]). A guard in front of all routes answers
+//! a missing `Authorization` header and applies the opt-in rate limit ([`guard`], [`rate_limit`]).
 
 use std::future::Future;
 
@@ -13,14 +13,16 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
-use runnel_engine::Engine;
 use tokio::net::TcpListener;
 
 pub mod auth;
 pub mod connections;
 pub mod error;
+mod extract;
 pub mod openapi;
 mod runs;
+pub mod schemas;
+mod state;
 mod workers;
 
 // [list]
@@ -36,23 +38,14 @@ pub mod batches;
 mod queues;
 
 // [auth]
+mod guard;
 pub mod jwt;
 pub mod rate_limit;
+mod tokens;
+mod uploads;
 
 pub use error::ApiError;
-
-/// Largest request body accepted (contract §5: 3 MiB).
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
-
-/// What every handler shares.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub engine: Engine,
-    /// Per-environment API rate limit; `None` (the default) turns it off.
-    pub rate_limiter: Option<rate_limit::RateLimiter>,
-    /// Batch item uploads in progress, per environment, under their ceiling.
-    pub batch_uploads: batches::BatchUploads,
-}
+pub use state::{AppState, MAX_BODY_BYTES};
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -125,15 +118,12 @@ pub fn router(state: AppState) -> Router {
             post(queues::concurrency_reset),
         )
         // [auth]
-        .route("/api/v1/auth/jwt/claims", post(jwt::claims))
-        .route("/api/v1/auth/jwt", post(jwt::create))
+        .route("/api/v1/auth/jwt/claims", post(tokens::claims))
+        .route("/api/v1/auth/jwt", post(tokens::create))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::guard,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .with_state(state)
 }
 

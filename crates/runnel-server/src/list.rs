@@ -6,19 +6,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use runnel_core::list::{ListRunsResponse, QueryIssue, RunListRequest};
-use runnel_engine::list::ListError;
 
-use crate::auth::{Authenticated, CallerApiVersion};
-use crate::{ApiError, AppState};
-
-impl From<ListError> for ApiError {
-    fn from(e: ListError) -> Self {
-        match e {
-            ListError::Query(issues) => ApiError::Query(issues),
-            ListError::Store(e) => ApiError::Internal(e),
-        }
-    }
-}
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use crate::extract::CallerApiVersion;
+use crate::state::AppState;
 
 pub async fn list(
     State(state): State<AppState>,

@@ -3,21 +3,19 @@
 //! with `type=task|custom`, by name: a task queue by its task id (stored as
 //! `task/<taskId>`), a custom queue by its name (`/` arrives encoded as `%2F`).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use runnel_core::worker::MAX_QUEUE_CONCURRENCY;
-use runnel_engine::queues::QueueUpdate;
-use runnel_store::{QueueChange, QueueKind, QueueRecord, QueueRef};
+use runnel_engine::queues::{QueueChange, QueueKind, QueueRecord, QueueRef, QueueUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Authenticated;
-use crate::runs::json_body;
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::extract::{json_body, RawBody};
+use crate::state::AppState;
 
 /// Page size of the list when `perPage` is absent, and its maximum.
 pub const QUEUES_PER_PAGE_DEFAULT: u32 = 25;
@@ -234,7 +232,7 @@ pub async fn pause(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(param): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
     let body: PauseBody = json_body(body, &[])?;
     let queue = queue_ref(&param, body.kind.as_deref())?;
@@ -251,7 +249,7 @@ pub async fn concurrency_override(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(param): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
     let body: OverrideBody = json_body(body, &[])?;
     let queue = queue_ref(&param, body.kind.as_deref())?;
@@ -280,7 +278,7 @@ pub async fn concurrency_reset(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(param): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
     let empty = body
         .as_ref()

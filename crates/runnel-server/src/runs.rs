@@ -4,22 +4,19 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use runnel_core::nesting::{self, MAX_BODY_DEPTH};
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 use runnel_core::view::RetrieveRunResponse;
-use runnel_core::RunId;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::{Authenticated, AuthenticatedKey, Caller, CallerApiVersion};
-use crate::{jwt, ApiError, AppState, MAX_BODY_BYTES};
+use crate::auth::{self, Authenticated, AuthenticatedKey, Caller};
+use crate::error::ApiError;
+use crate::extract::{self, json_body, CallerApiVersion, RawBody};
+use crate::state::AppState;
 
 /// How long `/healthz` waits for the store before it answers 503.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,58 +33,6 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({"status": "unavailable"})),
     )
-}
-
-/// Parses a JSON object body: too large → 413, nested deeper than [`MAX_BODY_DEPTH`] →
-/// 400, not JSON → 400 `Invalid JSON`, not an object → 400; then the typed shape, with a 400 naming the failing field
-/// (`options.maxAttempts: invalid type: …`).
-///
-/// `objects` names nested fields (dotted paths) that must be objects when present: serde's
-/// derived structs would otherwise also accept arrays, read by position.
-pub(crate) fn json_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    objects: &[&str],
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "Request body too large (limit {MAX_BODY_BYTES} bytes)"
-            ))
-        } else {
-            ApiError::BadRequest(rejection.body_text())
-        }
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest("Request body is empty".to_owned()));
-    }
-    check_body_depth(&bytes)?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| ApiError::BadRequest("Invalid JSON".to_owned()))?;
-    if !value.is_object() {
-        return Err(ApiError::BadRequest(
-            "body: must be a JSON object".to_owned(),
-        ));
-    }
-    for path in objects {
-        let nested = path.split('.').try_fold(&value, |v, part| v.get(part));
-        if nested.is_some_and(|v| !v.is_object() && !v.is_null()) {
-            return Err(ApiError::BadRequest(format!(
-                "{path}: must be a JSON object"
-            )));
-        }
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        ApiError::BadRequest(format!("{path}: {inner}"))
-    })
-}
-
-/// Refuses a body nested deeper than [`MAX_BODY_DEPTH`], measured on the bytes before
-/// the (recursive) parser sees them.
-pub(crate) fn check_body_depth(bytes: &[u8]) -> Result<(), ApiError> {
-    nesting::check_text(bytes, MAX_BODY_DEPTH)
-        .map_err(|e| ApiError::BadRequest(format!("body: {e}")))
 }
 
 /// The answer to a trigger.
@@ -109,13 +54,13 @@ pub(crate) struct TriggerResponse {
         ("idempotency-key-ttl" = Option<String>, Header, pattern = "^[\\x20-\\x7e]*$", description = "Used when `options.idempotencyKeyTTL` is absent"),
     ),
     request_body = runnel_core::trigger::TriggerRequest,
-    responses((status = 200, description = "The run; `x-trigger-jwt` holds a public access token (one hour) that reads it", body = TriggerResponse, headers(("x-trigger-jwt" = String, description = "A public access token reading the run"), ("x-trigger-jwt-claims" = String, description = "The token's claims as JSON: `{sub, pub, scopes}`"))), (status = 400, description = "Empty, malformed or out-of-bounds body or header; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "No route: an empty task identifier", body = crate::openapi::ErrorBody), (status = 413, description = "The body is over 3 MiB, or `options.metadata` is over 262144 bytes serialized", body = crate::openapi::ErrorBody), (status = 422, description = "More than 10 tags, or a payload in object storage (`application/store`, not supported yet)", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The run; `x-trigger-jwt` holds a public access token (one hour) that reads it", body = TriggerResponse, headers(("x-trigger-jwt" = String, description = "A public access token reading the run"), ("x-trigger-jwt-claims" = String, description = "The token's claims as JSON: `{sub, pub, scopes}`"))), (status = 400, description = "Empty, malformed or out-of-bounds body or header; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "No route: an empty task identifier", body = crate::schemas::ErrorBody), (status = 413, description = "The body is over 3 MiB, or `options.metadata` is over 262144 bytes serialized", body = crate::schemas::ErrorBody), (status = 422, description = "More than 10 tags, or a payload in object storage (`application/store`, not supported yet)", body = crate::schemas::ErrorBody)))]
 pub async fn trigger(
     State(state): State<AppState>,
     key: AuthenticatedKey,
     Path(task): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<(HeaderMap, Json<impl Serialize>), ApiError> {
     let request: TriggerRequest = json_body(
         body,
@@ -146,7 +91,7 @@ pub async fn trigger(
         format!("read:runs:{id}"),
         format!("write:inputStreams:{id}"),
     ];
-    let token = jwt::jwt_headers(&key, &scopes, state.engine.now());
+    let token = key.token_headers(&scopes, state.engine.now());
     Ok((
         token,
         Json(TriggerResponse {
@@ -164,7 +109,7 @@ pub async fn retrieve(
     CallerApiVersion(version): CallerApiVersion,
     Path(run_id): Path<String>,
 ) -> Result<Json<RetrieveRunResponse>, ApiError> {
-    let id = RunId::parse(&run_id).ok_or(ApiError::NotFound)?;
+    let id = extract::run_id(&run_id, || ApiError::NotFound)?;
     let detail = state
         .engine
         .run_detail(caller.environment(), &id)
@@ -179,7 +124,7 @@ pub async fn retrieve(
     if let Some(batch) = &run.batch_id {
         resources.push(("batch", batch.as_str()));
     }
-    jwt::authorize(&caller, "read", &resources)?;
+    auth::authorize(&caller, "read", &resources)?;
     Ok(Json(RetrieveRunResponse::new(&detail, version)))
 }
 
@@ -192,13 +137,13 @@ struct RunIdResponse {
 /// heartbeat); a run that already ended is left alone and answers the same.
 #[utoipa::path(post, path = "/api/v2/runs/{runId}/cancel", tag = "runs",
     params(("runId" = String, Path, description = "`run_…`")),
-    responses((status = 200, body = crate::openapi::RunIdBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "No such run in the key's environment", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = crate::schemas::RunIdBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "No such run in the key's environment", body = crate::schemas::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(run_id): Path<String>,
 ) -> Result<Json<impl Serialize>, ApiError> {
-    let id = RunId::parse(&run_id).ok_or(ApiError::NotFound)?;
+    let id = extract::run_id(&run_id, || ApiError::NotFound)?;
     let id = state
         .engine
         .cancel(&environment, &id)

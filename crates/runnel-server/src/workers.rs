@@ -4,8 +4,6 @@
 //! worker id of another environment answers 404. Each handler translates the wire shape
 //! (`runnel_core::worker`) to one engine call.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use runnel_core::worker::{
@@ -14,17 +12,18 @@ use runnel_core::worker::{
 };
 
 use crate::auth::Authenticated;
-use crate::runs::json_body;
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::extract::{json_body, RawBody};
+use crate::state::AppState;
 
 /// Registers a worker and the tasks it serves.
 #[utoipa::path(post, path = "/api/v1/workers/register", tag = "workers",
     request_body = RegisterRequest,
-    responses((status = 200, body = RegisterResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json")))))]
+    responses((status = 200, body = RegisterResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json")))))]
 pub async fn register(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     let request: RegisterRequest = json_body(body, &[])?;
     Ok(Json(
@@ -36,12 +35,12 @@ pub async fn register(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/dequeue", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = DequeueRequest,
-    responses((status = 200, body = DequeueResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = DequeueResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::schemas::ErrorBody)))]
 pub async fn dequeue(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(worker_id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Json<DequeueResponse>, ApiError> {
     let request: DequeueRequest = json_body(body, &[])?;
     let runs = state
@@ -55,12 +54,12 @@ pub async fn dequeue(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/start", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = StartRequest,
-    responses((status = 200, body = StartResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = StartResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::schemas::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(worker_id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Json<StartResponse>, ApiError> {
     let request: StartRequest = json_body(body, &[])?;
     let (started, cancel) = state
@@ -74,12 +73,12 @@ pub async fn start(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/heartbeat", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = HeartbeatRequest,
-    responses((status = 200, body = HeartbeatResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = HeartbeatResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::schemas::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(worker_id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let request: HeartbeatRequest = json_body(body, &[])?;
     let cancel = state
@@ -98,12 +97,12 @@ pub async fn heartbeat(
 #[utoipa::path(post, path = "/api/v1/workers/{workerId}/complete", tag = "workers",
     params(("workerId" = String, Path, description = "From the registration")),
     request_body = CompleteRequest,
-    responses((status = 200, body = CompleteResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = CompleteResponse), (status = 400, description = "Empty, malformed or out-of-bounds body; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json) or a bad key", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "Unknown worker, or one of another environment", body = crate::schemas::ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(worker_id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Result<Json<CompleteResponse>, ApiError> {
     let request: CompleteRequest = json_body(body, &[])?;
     let results = state
