@@ -15,6 +15,7 @@ use crate::id::{EnvironmentId, RunId};
 use crate::idempotency::{KEY_TTL_DEFAULT_SECS, MAX_KEY_LEN};
 use crate::machine::MachinePreset;
 use crate::nesting::{self, MAX_VALUE_DEPTH};
+use crate::queue::QueueName;
 use crate::run::{Packet, Run};
 use crate::status::RunStatus;
 
@@ -23,10 +24,11 @@ pub const MAX_TAG_LEN: usize = 128;
 /// Serialized metadata limit: 256 KiB.
 pub const MAX_METADATA_BYTES: usize = 262_144;
 pub const MAX_DURATION_MIN_SECS: u32 = 5;
+/// The longest `maxDuration`; a run or task at this value has no limit (contract §4.5).
 pub const MAX_DURATION_MAX_SECS: u32 = 2_147_483_647;
 /// Hard cap on attempts (upstream `MAX_TASK_RUN_ATTEMPTS`).
 pub const MAX_ATTEMPTS_CAP: u32 = 250;
-pub const MAX_QUEUE_NAME_LEN: usize = 128;
+pub const MAX_QUEUE_NAME_LEN: usize = QueueName::MAX_LEN;
 pub const MAX_TASK_IDENTIFIER_LEN: usize = 128;
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
 /// The largest `priority`, in seconds either way: it is stored as whole milliseconds in a
@@ -353,7 +355,7 @@ impl TriggerRequest {
             }
         };
         let queue = match o.queue {
-            None => format!("task/{task}"),
+            None => QueueName::for_task(task).into_string(),
             Some(q) => queue_name(&q.name)?,
         };
         let concurrency_key = match o.concurrency_key {

@@ -22,7 +22,7 @@ use runnel_core::batch::{
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
-use runnel_core::{BatchId, RunId, RunStatus};
+use runnel_core::{BatchId, QueueName, RunId, RunStatus};
 use runnel_store::{
     BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome, TriggerOutcome,
 };
@@ -531,7 +531,7 @@ impl Engine {
         let mut declared: HashMap<(String, Option<String>), Option<String>> = HashMap::new();
         for item in items.iter_mut() {
             let Ok(run) = &mut item.run else { continue };
-            let default_queue = format!("task/{}", run.task_identifier);
+            let default_queue = QueueName::for_task(&run.task_identifier);
             if run.status != RunStatus::Queued && run.queue != default_queue {
                 continue;
             }

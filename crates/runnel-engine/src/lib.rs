@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
 use runnel_core::view::RunDetail;
-use runnel_core::{RunId, RunStatus, WorkerId};
+use runnel_core::{QueueName, RunId, RunStatus, WorkerId};
 use runnel_store::{Store, TriggerOutcome, WorkerRecord};
 use tokio::sync::Notify;
 
@@ -143,7 +143,7 @@ impl Engine {
         if let Some(parent) = &parent {
             run.link_to_parent(parent);
         }
-        if run.status == RunStatus::Queued || run.queue == format!("task/{task}") {
+        if run.status == RunStatus::Queued || run.queue == QueueName::for_task(task) {
             // One look answers both: whether a version serves the task, and the queue
             // it declared for the task, which a trigger without `queue` runs on.
             let declared = self
@@ -159,7 +159,7 @@ impl Engine {
                 run.status = RunStatus::PendingVersion;
             }
             if let Some(queue) = declared {
-                if run.queue == format!("task/{task}") {
+                if run.queue == QueueName::for_task(task) {
                     run.queue = queue;
                 }
             }

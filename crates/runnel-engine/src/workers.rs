@@ -26,7 +26,7 @@ use runnel_core::worker::{
     self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
     RegisterRequest, RegisterResponse, Settlement, TaskFailure,
 };
-use runnel_core::{ApiVersion, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_core::{ApiVersion, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
 use runnel_store::{
     AttemptSettlement, CancelOutcome, Claim, Leased, TaskConfig, WorkerRecord, WorkerRegistration,
 };
@@ -197,7 +197,7 @@ impl Engine {
                 queue: task
                     .queue
                     .clone()
-                    .unwrap_or_else(|| format!("task/{}", task.id)),
+                    .unwrap_or_else(|| QueueName::for_task(&task.id).into_string()),
                 retry: task.retry,
                 // Clamped like a trigger's `maxDuration` (contract §5: 5..2147483647 s).
                 max_duration_secs: task.max_duration.map(|secs| secs.max(5)),
@@ -704,7 +704,7 @@ fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
         payload_type: run.payload.data_type,
         max_duration_secs: run
             .max_duration_secs
-            .filter(|secs| i64::from(*secs) < 2_147_483_647),
+            .filter(|secs| *secs < MAX_DURATION_MAX_SECS),
         machine: run.machine.unwrap_or_default().as_str().to_owned(),
         environment: environment.kind.slug().to_owned(),
         version: run.worker_version.unwrap_or_default(),

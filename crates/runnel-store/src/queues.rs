@@ -60,7 +60,7 @@ impl QueueKind {
 
     /// The kind of a full queue name.
     pub fn of(name: &str) -> QueueKind {
-        if name.starts_with("task/") {
+        if runnel_core::queue::is_task_queue(name) {
             QueueKind::Task
         } else {
             QueueKind::Custom

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
+use runnel_core::trigger::MAX_DURATION_MAX_SECS;
 use runnel_core::{EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
 use serde_json::Value;
 use sqlx::query::Query;
@@ -394,7 +395,7 @@ pub(crate) fn canceled_error() -> Value {
 }
 
 /// `maxDuration` at or above this means "no limit" (contract §4.5).
-pub(crate) const NO_MAX_DURATION: i64 = 2_147_483_647;
+pub(crate) const NO_MAX_DURATION: i64 = MAX_DURATION_MAX_SECS as i64;
 
 /// A queued run leased to `worker`: the run as it is after the dequeue (what the
 /// backends then write), with its new `Pending` attempt. Settings the trigger left open
