@@ -6,7 +6,7 @@
 //! fix it. Decisions (what an idempotency key match means, which statuses are final)
 //! come from `runnel-core`; the store only carries them out atomically.
 //!
-//! Backends, both passing one conformance suite (`tests/conformance.rs`):
+//! Backends, both passing one conformance suite (`tests/conformance/`, one module per area):
 //!
 //! - [`sqlite::SqliteStore`], the embedded default: one file, one writer connection.
 //! - [`postgres::PgStore`], for several server nodes sharing one database: a connection
