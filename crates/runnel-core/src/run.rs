@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::id::{EnvironmentId, RunId};
+use crate::id::{AttemptId, EnvironmentId, RunId};
 use crate::machine::MachinePreset;
 use crate::status::RunStatus;
 
@@ -109,7 +109,7 @@ pub struct Run {
     /// The worker the run is (or was last) leased to.
     pub worker_id: Option<String>,
     /// The attempt a worker holds right now, while the run is dequeued or executing.
-    pub current_attempt_id: Option<String>,
+    pub current_attempt_id: Option<AttemptId>,
     /// The held attempt is rescued when no heartbeat extends the lease past this.
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The server's backstop for `maxDuration`: the executing attempt times out here.
@@ -192,7 +192,7 @@ impl AttemptStatus {
 /// One attempt of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
-    pub id: String,
+    pub id: AttemptId,
     pub run_id: RunId,
     pub number: u32,
     pub status: AttemptStatus,

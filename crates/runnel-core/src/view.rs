@@ -131,7 +131,7 @@ pub struct AttemptView {
 impl From<&Attempt> for AttemptView {
     fn from(a: &Attempt) -> Self {
         AttemptView {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             status: a.status.as_str(),
             created_at: iso(a.created_at),
             updated_at: iso(a.updated_at),

@@ -26,7 +26,7 @@ use runnel_core::worker::{
     self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
     RegisterRequest, RegisterResponse, Settlement, TaskFailure,
 };
-use runnel_core::{ApiVersion, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
+use runnel_core::{ApiVersion, AttemptId, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
 use runnel_store::{
     AttemptSettlement, CancelOutcome, Claim, Leased, TaskConfig, WorkerRecord, WorkerRegistration,
 };
@@ -300,6 +300,7 @@ impl Engine {
         attempt_ids: Vec<String>,
     ) -> Result<(Vec<String>, Vec<String>), Error> {
         check_batch(&attempt_ids)?;
+        let attempt_ids = lookup_keys(attempt_ids);
         let record = self.worker(environment, worker_id).await?;
         let now = self.clock.now();
         let grace = i64::try_from(self.config.timeout_grace.as_millis()).unwrap_or(i64::MAX);
@@ -322,7 +323,7 @@ impl Engine {
         if started.len() < attempt_ids.len() {
             // A repeated start (the worker retried a request whose answer it lost) must
             // not tell it to stop attempts it already runs.
-            let rest: Vec<String> = attempt_ids
+            let rest: Vec<AttemptId> = attempt_ids
                 .iter()
                 .filter(|a| !started.contains(a))
                 .cloned()
@@ -335,13 +336,13 @@ impl Engine {
                 }
             }
         }
-        let started_set: HashSet<&String> = started.iter().collect();
+        let started_set: HashSet<&AttemptId> = started.iter().collect();
         let cancel = attempt_ids
             .iter()
             .filter(|a| !started_set.contains(a))
-            .cloned()
+            .map(AttemptId::to_string)
             .collect();
-        Ok((started, cancel))
+        Ok((started.iter().map(AttemptId::to_string).collect(), cancel))
     }
 
     /// Extends the leases of the held attempts; returns those the worker must stop,
@@ -356,18 +357,18 @@ impl Engine {
         check_batch(&attempt_ids)?;
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
-        let ids = &attempt_ids;
+        let ids = &lookup_keys(attempt_ids);
         long_poll(&self.attempts_changed, &self.stopping, deadline, || async {
             let now = self.clock.now();
             let held = self
                 .store
                 .attempt_heartbeat(&record.id, ids, self.lease_until(now), now)
                 .await?;
-            let held: HashSet<String> = held.into_iter().collect();
+            let held: HashSet<AttemptId> = held.into_iter().collect();
             Ok(ids
                 .iter()
                 .filter(|a| !held.contains(*a))
-                .cloned()
+                .map(AttemptId::to_string)
                 .collect::<Vec<_>>())
         })
         .await
@@ -380,8 +381,8 @@ impl Engine {
         worker_id: &str,
         completions: Vec<AttemptCompletion>,
     ) -> Result<Vec<CompletionResult>, Error> {
-        let ids: Vec<String> = completions.iter().map(|c| c.attempt_id.clone()).collect();
-        check_batch(&ids)?;
+        check_batch(&completions)?;
+        let ids = lookup_keys(completions.iter().map(|c| c.attempt_id.clone()).collect());
         let completions: Vec<AttemptCompletion> =
             completions.into_iter().map(storable_outcome).collect();
         let record = self.worker(environment, worker_id).await?;
@@ -390,7 +391,10 @@ impl Engine {
         let mut settlements = Vec::new();
         let mut index = Vec::new();
         for (i, completion) in completions.iter().enumerate() {
-            let Some(leased) = held.iter().find(|l| l.attempt.id == completion.attempt_id) else {
+            let Some(leased) = held
+                .iter()
+                .find(|l| l.attempt.id.as_str() == completion.attempt_id)
+            else {
                 continue;
             };
             if leased.run.worker_id.as_deref() != Some(record.id.as_str())
@@ -545,7 +549,7 @@ impl Engine {
             .await?
         {
             CancelOutcome::Canceled { attempt } => {
-                tracing::debug!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
+                tracing::debug!(run = %id, attempt = attempt.as_ref().map_or("-", AttemptId::as_str), "run canceled");
                 if attempt.is_some() {
                     self.attempts_ended();
                     // Its queue has a free slot again.
@@ -683,7 +687,7 @@ impl Engine {
     }
 }
 
-fn check_batch(ids: &[String]) -> Result<(), Error> {
+fn check_batch<T>(ids: &[T]) -> Result<(), Error> {
     if ids.len() > worker::MAX_BATCH {
         return Err(Error::Worker(WorkerError::Invalid(format!(
             "at most {} attempts per request",
@@ -693,11 +697,18 @@ fn check_batch(ids: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The attempt ids a worker reports, as store keys. They are looked up, not parsed: an
+/// id that names no attempt is simply not held (the answer says to stop it), as for any
+/// attempt the worker lost.
+fn lookup_keys(ids: Vec<String>) -> Vec<AttemptId> {
+    ids.into_iter().map(AttemptId::from_trusted).collect()
+}
+
 fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
     let Leased { run, attempt } = leased;
     DequeuedRun {
         run_id: run.id.to_string(),
-        attempt_id: attempt.id,
+        attempt_id: attempt.id.to_string(),
         attempt_number: attempt.number,
         task_identifier: run.task_identifier,
         payload: run.payload.to_value().unwrap_or(serde_json::Value::Null),

@@ -17,7 +17,7 @@ use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
-use runnel_core::{EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
+use runnel_core::{AttemptId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
 use serde_json::Value;
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -182,7 +182,7 @@ where
         .bind(run.schedule_id.as_deref())
         .bind(run.queue_ts)
         .bind(run.worker_id.as_deref())
-        .bind(run.current_attempt_id.as_deref())
+        .bind(run.current_attempt_id.as_ref().map(AttemptId::as_str))
         .bind(run.lease_expires_at.map(ms))
         .bind(run.timeout_at.map(ms))
         .bind(run.next_attempt_at.map(ms))
@@ -255,7 +255,9 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
         schedule_id: row.opt_text("schedule_id")?,
         queue_ts: row.int("queue_ts")?,
         worker_id: row.opt_text("worker_id")?,
-        current_attempt_id: row.opt_text("current_attempt_id")?,
+        current_attempt_id: row
+            .opt_text("current_attempt_id")?
+            .map(AttemptId::from_trusted),
         lease_expires_at: row.opt_time("lease_expires_at")?,
         timeout_at: row.opt_time("timeout_at")?,
         next_attempt_at: row.opt_time("next_attempt_at")?,
@@ -294,7 +296,7 @@ pub(crate) fn api_key_info_from_row(row: &impl Columns) -> Result<ApiKeyInfo> {
 pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
     let status = row.text("status")?;
     Ok(Attempt {
-        id: row.text("id")?,
+        id: AttemptId::from_trusted(row.text("id")?),
         run_id: RunId::from_trusted(row.text("run_id")?),
         number: row.int("number")? as u32,
         status: AttemptStatus::parse(&status)
@@ -375,11 +377,11 @@ pub(crate) fn task_list(text: &str) -> Result<Vec<String>> {
 
 /// Pairs each run with its current attempt, dropping runs whose attempt is missing.
 pub(crate) fn pair_leased(runs: Vec<Run>, attempts: Vec<Attempt>) -> Vec<crate::Leased> {
-    let mut by_id: std::collections::HashMap<String, Attempt> =
+    let mut by_id: std::collections::HashMap<AttemptId, Attempt> =
         attempts.into_iter().map(|a| (a.id.clone(), a)).collect();
     runs.into_iter()
         .filter_map(|run| {
-            let attempt = by_id.remove(run.current_attempt_id.as_deref()?)?;
+            let attempt = by_id.remove(run.current_attempt_id.as_ref()?)?;
             Some(crate::Leased { run, attempt })
         })
         .collect()
@@ -408,7 +410,7 @@ pub(crate) fn lease(
 ) -> crate::Leased {
     let task = worker.task(&run.task_identifier);
     let attempt = Attempt {
-        id: runnel_core::AttemptId::generate(ms(now)).to_string(),
+        id: AttemptId::generate(ms(now)),
         run_id: run.id.clone(),
         number: run.attempt_count + 1,
         status: AttemptStatus::Pending,

@@ -17,14 +17,14 @@ pub(crate) async fn attempt_start_starts_only_the_holder_pending_attempt(store: 
         .attempt_start(&stranger.id, &ids, lease_until, GRACE_MS, FEE, now)
         .await
         .unwrap();
-    assert_eq!(refused, Vec::<String>::new(), "not the holder");
+    assert_eq!(refused, Vec::<AttemptId>::new(), "not the holder");
     assert_eq!(
         held(&*store, &run).await,
         leased,
         "a refused start changes nothing"
     );
 
-    let unknown = "attempt_0000000000000000000000".to_owned();
+    let unknown = AttemptId::from_trusted("attempt_0000000000000000000000".to_owned());
     let started = store
         .attempt_start(
             &holder.id,
@@ -53,7 +53,7 @@ pub(crate) async fn attempt_start_starts_only_the_holder_pending_attempt(store: 
         .attempt_start(&holder.id, &ids, at(HOUR), GRACE_MS, FEE, at(2 * MINUTE))
         .await
         .unwrap();
-    assert_eq!(again, Vec::<String>::new(), "only a DEQUEUED run starts");
+    assert_eq!(again, Vec::<AttemptId>::new(), "only a DEQUEUED run starts");
     assert_eq!(held(&*store, &run).await, want);
 }
 
@@ -141,7 +141,7 @@ pub(crate) async fn attempt_heartbeat_extends_only_the_leases_a_worker_holds(
                 dequeued.attempt.id.clone(),
                 executing.attempt.id.clone(),
                 theirs.attempt.id.clone(),
-                "attempt_0000000000000000000000".to_owned(),
+                AttemptId::from_trusted("attempt_0000000000000000000000".to_owned()),
             ],
             lease_until,
             now,

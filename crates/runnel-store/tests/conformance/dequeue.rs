@@ -137,7 +137,11 @@ pub(crate) async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store:
         (&leased[1], &explicit, 1, 60, MachinePreset::Micro),
     ] {
         let attempt = &leased.attempt;
-        assert!(attempt.id.starts_with("attempt_"), "{}", attempt.id);
+        assert!(
+            attempt.id.as_str().starts_with("attempt_"),
+            "{}",
+            attempt.id
+        );
         assert_eq!(
             *attempt,
             Attempt {

@@ -458,7 +458,7 @@ pub(crate) async fn attempt_settle_and_run_cancel_racing_settle_each_run_once(
         let canceler = tokio::spawn({
             let (store, start) = (Arc::clone(&store), Arc::clone(&start));
             let environment = tenancy.dev.id.clone();
-            let targets: Vec<(RunId, String)> = held_runs
+            let targets: Vec<(RunId, AttemptId)> = held_runs
                 .iter()
                 .map(|l| (l.run.id.clone(), l.attempt.id.clone()))
                 .collect();
@@ -556,12 +556,12 @@ pub(crate) async fn attempt_heartbeat_and_start_racing_the_rescuer_settle_each_r
                 },
             })
             .collect();
-        let all: Vec<String> = held_runs
+        let all: Vec<AttemptId> = held_runs
             .iter()
             .rev()
             .map(|l| l.attempt.id.clone())
             .collect();
-        let unstarted: Vec<String> = held_runs
+        let unstarted: Vec<AttemptId> = held_runs
             .iter()
             .rev()
             .filter(|l| l.run.status == RunStatus::Dequeued)

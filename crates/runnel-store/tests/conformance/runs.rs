@@ -53,7 +53,7 @@ pub(crate) async fn run_round_trips_every_field_set(store: Arc<dyn Store>) {
     run.resume_parent_on_completion = true;
     run.schedule_id = Some("sched_xyz789".to_owned());
     run.worker_id = Some("worker_abc".to_owned());
-    run.current_attempt_id = Some("attempt_abc".to_owned());
+    run.current_attempt_id = Some(AttemptId::from_trusted("attempt_abc".to_owned()));
     run.lease_expires_at = Some(at(HOUR));
     run.timeout_at = Some(at(HOUR + MINUTE));
     run.next_attempt_at = Some(at(HOUR + 2 * MINUTE));
