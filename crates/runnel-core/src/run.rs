@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::id::{AttemptId, EnvironmentId, RunId};
+use crate::id::{AttemptId, BatchId, EnvironmentId, RunId, WorkerId};
 use crate::machine::MachinePreset;
 use crate::status::RunStatus;
 
@@ -101,13 +101,13 @@ pub struct Run {
     pub depth: u32,
     pub parent_run_id: Option<RunId>,
     pub root_run_id: Option<RunId>,
-    pub batch_id: Option<String>,
+    pub batch_id: Option<BatchId>,
     pub resume_parent_on_completion: bool,
     pub schedule_id: Option<String>,
     /// Dequeue order: when the run was (last) queued minus its priority, in ms.
     pub queue_ts: i64,
     /// The worker the run is (or was last) leased to.
-    pub worker_id: Option<String>,
+    pub worker_id: Option<WorkerId>,
     /// The attempt a worker holds right now, while the run is dequeued or executing.
     pub current_attempt_id: Option<AttemptId>,
     /// The held attempt is rescued when no heartbeat extends the lease past this.
@@ -203,7 +203,7 @@ pub struct Attempt {
     /// `{message, name?, stackTrace?}` when the attempt failed.
     pub error: Option<Value>,
     /// The worker that held the attempt.
-    pub worker_id: Option<String>,
+    pub worker_id: Option<WorkerId>,
     /// Compute time of the attempt (start to end), in ms.
     pub duration_ms: i64,
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::id::BatchId;
 use crate::run::{Attempt, Run};
 use crate::status::ApiVersion;
 
@@ -103,7 +104,7 @@ impl CommonRunFields {
             metadata: run.metadata.as_ref().and_then(|m| m.to_value()),
             depth: run.depth,
             trigger_function: run.trigger_function(),
-            batch_id: run.batch_id.clone(),
+            batch_id: run.batch_id.as_ref().map(BatchId::to_string),
         }
     }
 }

@@ -483,7 +483,7 @@ impl Engine {
             environment.id.clone(),
             now,
         );
-        run.batch_id = Some(batch.to_string());
+        run.batch_id = Some(batch.clone());
         if let Some(parent) = parent {
             run.parent_run_id = Some(parent.id.clone());
             run.root_run_id = Some(parent.root.clone());

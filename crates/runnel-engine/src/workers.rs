@@ -330,7 +330,7 @@ impl Engine {
                 .collect();
             for leased in self.store.attempts_held(&rest).await? {
                 if leased.run.status == RunStatus::Executing
-                    && leased.run.worker_id.as_deref() == Some(record.id.as_str())
+                    && leased.run.worker_id.as_ref() == Some(&record.id)
                 {
                     started.push(leased.attempt.id);
                 }
@@ -397,7 +397,7 @@ impl Engine {
             else {
                 continue;
             };
-            if leased.run.worker_id.as_deref() != Some(record.id.as_str())
+            if leased.run.worker_id.as_ref() != Some(&record.id)
                 || leased.run.environment_id != environment.id
             {
                 continue;
@@ -668,18 +668,18 @@ impl Engine {
     }
 
     async fn policy_of(&self, leased: &Leased) -> Result<RetryPolicy, Error> {
-        let Some(worker_id) = leased.run.worker_id.as_deref().and_then(WorkerId::parse) else {
+        let Some(worker_id) = &leased.run.worker_id else {
             return Ok(RetryPolicy::default());
         };
         let cached = self
             .workers
             .lock()
             .expect("worker cache")
-            .get(&worker_id)
+            .get(worker_id)
             .cloned();
         let record = match cached {
             Some(record) => Some(record),
-            None => self.store.worker_get(&worker_id).await?.map(Arc::new),
+            None => self.store.worker_get(worker_id).await?.map(Arc::new),
         };
         Ok(record
             .and_then(|r| r.task(&leased.run.task_identifier).and_then(|t| t.retry))

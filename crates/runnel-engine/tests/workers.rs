@@ -23,7 +23,7 @@ use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
     RegisterResponse, TaskFailure,
 };
-use runnel_core::{AttemptId, MachinePreset, RunId, RunStatus};
+use runnel_core::{AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
 use runnel_engine::WorkerError;
 use serde_json::{json, Value};
 
@@ -280,7 +280,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
             started_at: Some(started_at),
             completed_at: Some(completed_at),
             error: None,
-            worker_id: Some(worker.to_owned()),
+            worker_id: Some(WorkerId::from_trusted(worker.to_owned())),
             duration_ms: 2_500,
         }]
     );

@@ -17,7 +17,9 @@ use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
-use runnel_core::{AttemptId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
+use runnel_core::{
+    AttemptId, BatchId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus, WorkerId,
+};
 use serde_json::Value;
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -177,11 +179,11 @@ where
         .bind(i64::from(run.depth))
         .bind(run.parent_run_id.as_ref().map(RunId::as_str))
         .bind(run.root_run_id.as_ref().map(RunId::as_str))
-        .bind(run.batch_id.as_deref())
+        .bind(run.batch_id.as_ref().map(BatchId::as_str))
         .bind(run.resume_parent_on_completion)
         .bind(run.schedule_id.as_deref())
         .bind(run.queue_ts)
-        .bind(run.worker_id.as_deref())
+        .bind(run.worker_id.as_ref().map(WorkerId::as_str))
         .bind(run.current_attempt_id.as_ref().map(AttemptId::as_str))
         .bind(run.lease_expires_at.map(ms))
         .bind(run.timeout_at.map(ms))
@@ -250,11 +252,11 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
         depth: row.count("depth")?,
         parent_run_id: row.opt_run_id("parent_run_id")?,
         root_run_id: row.opt_run_id("root_run_id")?,
-        batch_id: row.opt_text("batch_id")?,
+        batch_id: row.opt_text("batch_id")?.map(BatchId::from_trusted),
         resume_parent_on_completion: row.flag("resume_parent_on_completion")?,
         schedule_id: row.opt_text("schedule_id")?,
         queue_ts: row.int("queue_ts")?,
-        worker_id: row.opt_text("worker_id")?,
+        worker_id: row.opt_text("worker_id")?.map(WorkerId::from_trusted),
         current_attempt_id: row
             .opt_text("current_attempt_id")?
             .map(AttemptId::from_trusted),
@@ -310,7 +312,7 @@ pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
             .map(|e| serde_json::from_str(&e))
             .transpose()
             .map_err(|e| Error::Corrupt(format!("attempt error: {e}")))?,
-        worker_id: row.opt_text("worker_id")?,
+        worker_id: row.opt_text("worker_id")?.map(WorkerId::from_trusted),
         duration_ms: row.int("duration_ms")?,
     })
 }
@@ -419,11 +421,11 @@ pub(crate) fn lease(
         started_at: None,
         completed_at: None,
         error: None,
-        worker_id: Some(worker.id.to_string()),
+        worker_id: Some(worker.id.clone()),
         duration_ms: 0,
     };
     run.status = RunStatus::Dequeued;
-    run.worker_id = Some(worker.id.to_string());
+    run.worker_id = Some(worker.id.clone());
     run.worker_version = Some(worker.version.clone());
     run.current_attempt_id = Some(attempt.id.clone());
     run.lease_expires_at = Some(lease_until);

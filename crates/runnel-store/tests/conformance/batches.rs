@@ -40,7 +40,7 @@ fn batch_item(
     now: DateTime<Utc>,
 ) -> BatchItemTrigger {
     let mut run = run_from(task, body, environment, now);
-    run.batch_id = Some(batch.id.to_string());
+    run.batch_id = Some(batch.id.clone());
     BatchItemTrigger {
         index,
         task_identifier: task.to_owned(),
@@ -62,7 +62,7 @@ pub(crate) async fn run_trigger_many_inserts_a_thousand_runs_in_one_call(store: 
                 &tenancy.dev,
                 at(0),
             );
-            run.batch_id = Some("batch_bulk".to_owned());
+            run.batch_id = Some(BatchId::from_trusted("batch_bulk".to_owned()));
             run
         })
         .collect();
@@ -305,7 +305,7 @@ pub(crate) async fn batch_items_trigger_dedups_by_index_and_seals(store: Arc<dyn
     );
     assert_eq!(
         stored(&*store, item_run(&first[0])).await.batch_id,
-        Some(batch.id.to_string())
+        Some(batch.id.clone())
     );
 
     // Sealed: nothing more goes in; other environments do not see the batch.

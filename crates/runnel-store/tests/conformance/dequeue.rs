@@ -154,13 +154,13 @@ pub(crate) async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store:
                 started_at: None,
                 completed_at: None,
                 error: None,
-                worker_id: Some(worker.id.to_string()),
+                worker_id: Some(worker.id.clone()),
                 duration_ms: 0,
             }
         );
         let mut want = run.clone();
         want.status = RunStatus::Dequeued;
-        want.worker_id = Some(worker.id.to_string());
+        want.worker_id = Some(worker.id.clone());
         want.worker_version = Some("v1".to_owned());
         want.current_attempt_id = Some(attempt.id.clone());
         want.lease_expires_at = Some(lease_until);

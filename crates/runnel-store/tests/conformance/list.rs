@@ -56,7 +56,7 @@ pub(crate) async fn run_list_filters_each_select_their_runs(store: Arc<dyn Store
     create(&*store, &done, at(7)).await;
     let mut failed = run_from("a", json!({}), env, at(8));
     failed.status = RunStatus::CompletedWithErrors;
-    failed.batch_id = Some("batch_1".to_owned());
+    failed.batch_id = Some(BatchId::from_trusted("batch_1".to_owned()));
     create(&*store, &failed, at(8)).await;
 
     let query = |filter: RunFilter| RunListQuery {

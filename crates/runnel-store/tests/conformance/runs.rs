@@ -49,10 +49,10 @@ pub(crate) async fn run_round_trips_every_field_set(store: Arc<dyn Store>) {
     run.depth = 2;
     run.parent_run_id = Some(RunId::generate(at(-MINUTE).timestamp_millis()));
     run.root_run_id = Some(RunId::generate(at(-HOUR).timestamp_millis()));
-    run.batch_id = Some("batch_abc123".to_owned());
+    run.batch_id = Some(BatchId::from_trusted("batch_abc123".to_owned()));
     run.resume_parent_on_completion = true;
     run.schedule_id = Some("sched_xyz789".to_owned());
-    run.worker_id = Some("worker_abc".to_owned());
+    run.worker_id = Some(WorkerId::from_trusted("worker_abc".to_owned()));
     run.current_attempt_id = Some(AttemptId::from_trusted("attempt_abc".to_owned()));
     run.lease_expires_at = Some(at(HOUR));
     run.timeout_at = Some(at(HOUR + MINUTE));
