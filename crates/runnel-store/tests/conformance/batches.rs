@@ -286,13 +286,13 @@ pub(crate) async fn batch_items_trigger_dedups_by_index_and_seals(store: Arc<dyn
             BatchItemRecord {
                 index: 0,
                 task_identifier: "my-task".into(),
-                run_id: Some(item_run(&first[0]).id.to_string()),
+                run_id: Some(item_run(&first[0]).id.clone()),
                 error: None
             },
             BatchItemRecord {
                 index: 1,
                 task_identifier: "my-task".into(),
-                run_id: Some(item_run(&first[1]).id.to_string()),
+                run_id: Some(item_run(&first[1]).id.clone()),
                 error: None
             },
             BatchItemRecord {
@@ -397,7 +397,7 @@ pub(crate) async fn batch_items_trigger_honours_idempotency_keys(store: Arc<dyn 
         .await
         .unwrap()
         .into_iter()
-        .map(|i| i.run_id)
+        .map(|i| i.run_id.map(|id| id.to_string()))
         .collect();
     assert_eq!(
         runs,
@@ -486,7 +486,7 @@ pub(crate) async fn batch_items_trigger_concurrent_overlapping_calls_record_each
     assert_eq!(list.len(), RUNS as usize);
     for item in list {
         let id = created[&item.index].clone();
-        assert_eq!(item.run_id, Some(id.to_string()));
+        assert_eq!(item.run_id, Some(id.clone()));
         assert!(store.run_get(&tenancy.dev.id, &id).await.unwrap().is_some());
     }
 }
