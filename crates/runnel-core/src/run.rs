@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::id::{AttemptId, BatchId, EnvironmentId, RunId, WorkerId};
 use crate::machine::MachinePreset;
+use crate::queue::QueueName;
 use crate::status::RunStatus;
 
 /// Data with its serialization type (contract §4.6): payloads, outputs and metadata.
@@ -84,7 +85,7 @@ pub struct Run {
     /// Ordering offset in milliseconds (contract §4.5).
     pub priority_ms: i32,
     pub is_test: bool,
-    pub queue: String,
+    pub queue: QueueName,
     pub concurrency_key: Option<String>,
     pub lock_to_version: Option<String>,
     /// The version of the worker that executed the run.

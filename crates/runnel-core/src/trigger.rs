@@ -722,7 +722,8 @@ impl ValidTrigger {
             machine: self.machine,
             priority_ms: self.priority_ms,
             is_test: self.is_test,
-            queue: self.queue,
+            // Built by `QueueName::for_task` or sanitized by `queue_name`: valid.
+            queue: QueueName::from_trusted(self.queue),
             concurrency_key: self.concurrency_key,
             lock_to_version: self.lock_to_version,
             worker_version: None,

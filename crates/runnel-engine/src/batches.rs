@@ -548,7 +548,7 @@ impl Engine {
             }
             if let Some(queue) = queue {
                 if run.queue == default_queue {
-                    run.queue = queue;
+                    run.queue = QueueName::from_trusted(queue);
                 }
             }
         }

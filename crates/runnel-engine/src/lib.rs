@@ -158,9 +158,10 @@ impl Engine {
                 // Waits for a worker version serving the task.
                 run.status = RunStatus::PendingVersion;
             }
+            // A declared queue was validated when its version registered.
             if let Some(queue) = declared {
                 if run.queue == QueueName::for_task(task) {
-                    run.queue = queue;
+                    run.queue = QueueName::from_trusted(queue);
                 }
             }
         }

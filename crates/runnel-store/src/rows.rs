@@ -18,7 +18,8 @@ use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
 use runnel_core::{
-    AttemptId, BatchId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus, WorkerId,
+    AttemptId, BatchId, EnvironmentId, MachinePreset, ProjectId, QueueName, RunId, RunStatus,
+    WorkerId,
 };
 use serde_json::Value;
 use sqlx::query::Query;
@@ -237,7 +238,7 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
         machine,
         priority_ms: row.int("priority_ms")? as i32,
         is_test: row.flag("is_test")?,
-        queue: row.text("queue")?,
+        queue: QueueName::from_trusted(row.text("queue")?),
         concurrency_key: row.opt_text("concurrency_key")?,
         lock_to_version: row.opt_text("lock_to_version")?,
         worker_version: row.opt_text("worker_version")?,
