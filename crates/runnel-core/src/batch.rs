@@ -86,7 +86,7 @@ pub struct BatchRecord {
     pub idempotency_key_user: Option<String>,
     pub idempotency_key_expires_at: Option<DateTime<Utc>>,
     /// The run that triggered the batch, when triggered from inside a task.
-    pub parent_run_id: Option<String>,
+    pub parent_run_id: Option<RunId>,
     pub resume_parent_on_completion: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -115,7 +115,7 @@ pub struct BatchItemRecord {
     pub index: u32,
     pub task_identifier: String,
     /// The run the item created or, under an idempotency key, the run it returned.
-    pub run_id: Option<String>,
+    pub run_id: Option<RunId>,
     /// Why the item created no run (its trigger was refused).
     pub error: Option<String>,
 }
@@ -189,13 +189,15 @@ impl CreateBatchRequest {
                 }
             }
         }
-        if let Some(parent) = self.parent_run_id.as_deref() {
-            if RunId::parse(parent).is_none() {
-                return Err(BatchRequestError::Invalid(
-                    "parentRunId: must be a run id (run_…)".to_owned(),
-                ));
-            }
-        }
+        let parent_run_id = self
+            .parent_run_id
+            .as_deref()
+            .map(|parent| {
+                RunId::parse(parent).ok_or_else(|| {
+                    BatchRequestError::Invalid("parentRunId: must be a run id (run_…)".to_owned())
+                })
+            })
+            .transpose()?;
         let ttl_secs = self
             .idempotency_key_ttl
             .as_deref()
@@ -213,7 +215,7 @@ impl CreateBatchRequest {
             idempotency_key_user: key.as_ref().and(user_key),
             idempotency_key: key,
             idempotency_key_expires_at: expires_at,
-            parent_run_id: self.parent_run_id,
+            parent_run_id,
             resume_parent_on_completion: self.resume_parent_on_completion.unwrap_or(false),
             created_at: now,
             updated_at: now,

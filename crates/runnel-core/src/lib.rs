@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod nesting;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod queue;
 pub mod replay;
 pub mod retry;
 pub mod run;
@@ -29,4 +30,5 @@ pub mod worker;
 pub use id::{AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, WorkerId};
 pub use key::{EnvironmentKind, SecretKey};
 pub use machine::MachinePreset;
+pub use queue::QueueName;
 pub use status::{ApiVersion, RunStatus};

@@ -136,7 +136,7 @@ pub fn replay_request(run: &Run, overrides: ReplayRequest) -> Result<TriggerRequ
         options: Some(TriggerOptions {
             payload_type,
             queue: Some(QueueOption {
-                name: overrides.queue.unwrap_or_else(|| run.queue.clone()),
+                name: overrides.queue.unwrap_or_else(|| run.queue.to_string()),
                 concurrency_limit: None,
             }),
             concurrency_key,

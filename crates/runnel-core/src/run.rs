@@ -3,8 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::id::{EnvironmentId, RunId};
+use crate::id::{AttemptId, BatchId, EnvironmentId, RunId, WorkerId};
 use crate::machine::MachinePreset;
+use crate::queue::QueueName;
 use crate::status::RunStatus;
 
 /// Data with its serialization type (contract §4.6): payloads, outputs and metadata.
@@ -84,7 +85,7 @@ pub struct Run {
     /// Ordering offset in milliseconds (contract §4.5).
     pub priority_ms: i32,
     pub is_test: bool,
-    pub queue: String,
+    pub queue: QueueName,
     pub concurrency_key: Option<String>,
     pub lock_to_version: Option<String>,
     /// The version of the worker that executed the run.
@@ -101,15 +102,15 @@ pub struct Run {
     pub depth: u32,
     pub parent_run_id: Option<RunId>,
     pub root_run_id: Option<RunId>,
-    pub batch_id: Option<String>,
+    pub batch_id: Option<BatchId>,
     pub resume_parent_on_completion: bool,
     pub schedule_id: Option<String>,
     /// Dequeue order: when the run was (last) queued minus its priority, in ms.
     pub queue_ts: i64,
     /// The worker the run is (or was last) leased to.
-    pub worker_id: Option<String>,
+    pub worker_id: Option<WorkerId>,
     /// The attempt a worker holds right now, while the run is dequeued or executing.
-    pub current_attempt_id: Option<String>,
+    pub current_attempt_id: Option<AttemptId>,
     /// The held attempt is rescued when no heartbeat extends the lease past this.
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The server's backstop for `maxDuration`: the executing attempt times out here.
@@ -192,7 +193,7 @@ impl AttemptStatus {
 /// One attempt of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
-    pub id: String,
+    pub id: AttemptId,
     pub run_id: RunId,
     pub number: u32,
     pub status: AttemptStatus,
@@ -203,7 +204,7 @@ pub struct Attempt {
     /// `{message, name?, stackTrace?}` when the attempt failed.
     pub error: Option<Value>,
     /// The worker that held the attempt.
-    pub worker_id: Option<String>,
+    pub worker_id: Option<WorkerId>,
     /// Compute time of the attempt (start to end), in ms.
     pub duration_ms: i64,
 }

@@ -15,6 +15,7 @@ use crate::id::{EnvironmentId, RunId};
 use crate::idempotency::{KEY_TTL_DEFAULT_SECS, MAX_KEY_LEN};
 use crate::machine::MachinePreset;
 use crate::nesting::{self, MAX_VALUE_DEPTH};
+use crate::queue::QueueName;
 use crate::run::{Packet, Run};
 use crate::status::RunStatus;
 use crate::tags::{MAX_TAGS, MAX_TAG_LEN};
@@ -22,10 +23,11 @@ use crate::tags::{MAX_TAGS, MAX_TAG_LEN};
 /// Serialized metadata limit: 256 KiB.
 pub const MAX_METADATA_BYTES: usize = 262_144;
 pub const MAX_DURATION_MIN_SECS: u32 = 5;
+/// The longest `maxDuration`; a run or task at this value has no limit (contract §4.5).
 pub const MAX_DURATION_MAX_SECS: u32 = 2_147_483_647;
 /// Hard cap on attempts (upstream `MAX_TASK_RUN_ATTEMPTS`).
 pub const MAX_ATTEMPTS_CAP: u32 = 250;
-pub const MAX_QUEUE_NAME_LEN: usize = 128;
+pub const MAX_QUEUE_NAME_LEN: usize = QueueName::MAX_LEN;
 pub const MAX_TASK_IDENTIFIER_LEN: usize = 128;
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
 /// The largest `priority`, in seconds either way: it is stored as whole milliseconds in a
@@ -352,7 +354,7 @@ impl TriggerRequest {
             }
         };
         let queue = match o.queue {
-            None => format!("task/{task}"),
+            None => QueueName::for_task(task).into_string(),
             Some(q) => queue_name(&q.name)?,
         };
         let concurrency_key = match o.concurrency_key {
@@ -719,7 +721,8 @@ impl ValidTrigger {
             machine: self.machine,
             priority_ms: self.priority_ms,
             is_test: self.is_test,
-            queue: self.queue,
+            // Built by `QueueName::for_task` or sanitized by `queue_name`: valid.
+            queue: QueueName::from_trusted(self.queue),
             concurrency_key: self.concurrency_key,
             lock_to_version: self.lock_to_version,
             worker_version: None,

@@ -7,6 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::id::BatchId;
 use crate::run::{Attempt, Run};
 use crate::status::ApiVersion;
 
@@ -103,7 +104,7 @@ impl CommonRunFields {
             metadata: run.metadata.as_ref().and_then(|m| m.to_value()),
             depth: run.depth,
             trigger_function: run.trigger_function(),
-            batch_id: run.batch_id.clone(),
+            batch_id: run.batch_id.as_ref().map(BatchId::to_string),
         }
     }
 }
@@ -131,7 +132,7 @@ pub struct AttemptView {
 impl From<&Attempt> for AttemptView {
     fn from(a: &Attempt) -> Self {
         AttemptView {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             status: a.status.as_str(),
             created_at: iso(a.created_at),
             updated_at: iso(a.updated_at),

@@ -43,6 +43,7 @@ pub struct TaskDefinition {
     pub retry: Option<RetryPolicy>,
     /// Seconds of compute per attempt before it times out (less than 5 counts as 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // `MAX_DURATION_MAX_SECS`: utoipa takes only a literal here.
     #[cfg_attr(feature = "openapi", schema(maximum = 2_147_483_647))]
     pub max_duration: Option<u32>,
     /// Machine preset name (`small-1x` when absent); it prices the run.

@@ -131,12 +131,8 @@ impl Engine {
             header_key,
             now,
         )?;
-        if let Some(parent) = batch.parent_run_id.as_deref() {
-            // `into_record` checked it is a run id.
-            let exists = match RunId::parse(parent) {
-                Some(id) => self.store.run_get(&environment.id, &id).await?.is_some(),
-                None => false,
-            };
+        if let Some(parent) = &batch.parent_run_id {
+            let exists = self.store.run_get(&environment.id, parent).await?.is_some();
             if !exists {
                 return Err(BatchRequestError::Invalid(format!(
                     "parentRunId: no run {parent} in this environment"
@@ -356,7 +352,7 @@ impl Engine {
                     .into_iter()
                     .filter_map(|item| {
                         Some(OneShotRun {
-                            id: item.run_id?,
+                            id: item.run_id?.to_string(),
                             task_identifier: item.task_identifier,
                             is_cached: true,
                             idempotency_key: None,
@@ -435,10 +431,10 @@ impl Engine {
         environment: &Environment,
         batch: &BatchRecord,
     ) -> Result<Option<BatchParent>, BatchError> {
-        let Some(parent_id) = batch.parent_run_id.as_deref().and_then(RunId::parse) else {
+        let Some(parent_id) = &batch.parent_run_id else {
             return Ok(None);
         };
-        let Some(parent) = self.store.run_get(&environment.id, &parent_id).await? else {
+        let Some(parent) = self.store.run_get(&environment.id, parent_id).await? else {
             return Ok(None);
         };
         Ok(Some(BatchParent {
@@ -479,7 +475,7 @@ impl Engine {
             now,
             "batch item",
         )?;
-        run.batch_id = Some(batch.to_string());
+        run.batch_id = Some(batch.clone());
         Ok(run)
     }
 

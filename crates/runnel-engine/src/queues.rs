@@ -8,6 +8,7 @@
 
 use runnel_core::tenancy::Environment;
 use runnel_core::worker::{QueueDefinition, MAX_QUEUE_CONCURRENCY};
+use runnel_core::QueueName;
 use runnel_store::queues::declarations;
 /// The queue records and changes the queues API speaks in, as the store keeps them.
 pub use runnel_store::{QueueChange, QueueKind, QueueRecord, QueueRef};
@@ -16,7 +17,7 @@ use runnel_store::{QueueDeclaration, TaskConfig};
 use crate::{Engine, Error, WorkerError};
 
 /// The longest queue name (contract §5).
-pub const QUEUE_NAME_MAX: usize = 128;
+pub const QUEUE_NAME_MAX: usize = QueueName::MAX_LEN;
 
 /// What a queue change did.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,11 +30,7 @@ pub enum QueueUpdate {
 
 /// Whether `name` is a queue name: 1..=128 of `[a-zA-Z0-9_\-/]`.
 pub fn is_valid_queue_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= QUEUE_NAME_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/'))
+    runnel_core::queue::is_valid(name)
 }
 
 impl Engine {

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
-use runnel_core::{RunId, RunStatus};
+use runnel_core::{QueueName, RunId, RunStatus};
 
 use crate::Engine;
 
@@ -118,7 +118,7 @@ impl Engine {
     ) -> Result<(), runnel_store::Error> {
         let mut declared: HashMap<(String, Option<String>), Option<String>> = HashMap::new();
         for run in runs {
-            let on_default_queue = run.queue == format!("task/{}", run.task_identifier);
+            let on_default_queue = run.queue == QueueName::for_task(&run.task_identifier);
             if run.status != RunStatus::Queued && !on_default_queue {
                 continue;
             }
@@ -139,7 +139,7 @@ impl Engine {
             }
             if let Some(queue) = queue {
                 if on_default_queue {
-                    run.queue = queue;
+                    run.queue = QueueName::from_trusted(queue);
                 }
             }
         }

@@ -27,7 +27,7 @@ use runnel_core::worker::{
     self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
     RegisterRequest, RegisterResponse, Settlement, TaskFailure,
 };
-use runnel_core::{ApiVersion, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_core::{ApiVersion, AttemptId, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
 use runnel_store::{
     AttemptSettlement, CancelOutcome, Claim, Leased, TaskConfig, WorkerRecord, WorkerRegistration,
 };
@@ -195,7 +195,7 @@ impl Engine {
                 queue: task
                     .queue
                     .clone()
-                    .unwrap_or_else(|| format!("task/{}", task.id)),
+                    .unwrap_or_else(|| QueueName::for_task(&task.id).into_string()),
                 retry: task.retry,
                 // Clamped like a trigger's `maxDuration` (contract §5: 5..2147483647 s).
                 max_duration_secs: task.max_duration.map(|secs| secs.max(5)),
@@ -298,6 +298,7 @@ impl Engine {
         attempt_ids: Vec<String>,
     ) -> Result<(Vec<String>, Vec<String>), Error> {
         check_batch(&attempt_ids)?;
+        let attempt_ids = lookup_keys(attempt_ids);
         let record = self.worker(environment, worker_id).await?;
         let now = self.clock.now();
         let grace = i64::try_from(self.config.timeout_grace.as_millis()).unwrap_or(i64::MAX);
@@ -320,26 +321,26 @@ impl Engine {
         if started.len() < attempt_ids.len() {
             // A repeated start (the worker retried a request whose answer it lost) must
             // not tell it to stop attempts it already runs.
-            let rest: Vec<String> = attempt_ids
+            let rest: Vec<AttemptId> = attempt_ids
                 .iter()
                 .filter(|a| !started.contains(a))
                 .cloned()
                 .collect();
             for leased in self.store.attempts_held(&rest).await? {
                 if leased.run.status == RunStatus::Executing
-                    && leased.run.worker_id.as_deref() == Some(record.id.as_str())
+                    && leased.run.worker_id.as_ref() == Some(&record.id)
                 {
                     started.push(leased.attempt.id);
                 }
             }
         }
-        let started_set: HashSet<&String> = started.iter().collect();
+        let started_set: HashSet<&AttemptId> = started.iter().collect();
         let cancel = attempt_ids
             .iter()
             .filter(|a| !started_set.contains(a))
-            .cloned()
+            .map(AttemptId::to_string)
             .collect();
-        Ok((started, cancel))
+        Ok((started.iter().map(AttemptId::to_string).collect(), cancel))
     }
 
     /// Extends the leases of the held attempts; returns those the worker must stop,
@@ -354,18 +355,18 @@ impl Engine {
         check_batch(&attempt_ids)?;
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
-        let ids = &attempt_ids;
+        let ids = &lookup_keys(attempt_ids);
         long_poll(&self.attempts_changed, &self.stopping, deadline, || async {
             let now = self.clock.now();
             let held = self
                 .store
                 .attempt_heartbeat(&record.id, ids, self.lease_until(now), now)
                 .await?;
-            let held: HashSet<String> = held.into_iter().collect();
+            let held: HashSet<AttemptId> = held.into_iter().collect();
             Ok(ids
                 .iter()
                 .filter(|a| !held.contains(*a))
-                .cloned()
+                .map(AttemptId::to_string)
                 .collect::<Vec<_>>())
         })
         .await
@@ -378,8 +379,8 @@ impl Engine {
         worker_id: &str,
         completions: Vec<AttemptCompletion>,
     ) -> Result<Vec<CompletionResult>, Error> {
-        let ids: Vec<String> = completions.iter().map(|c| c.attempt_id.clone()).collect();
-        check_batch(&ids)?;
+        check_batch(&completions)?;
+        let ids = lookup_keys(completions.iter().map(|c| c.attempt_id.clone()).collect());
         let completions: Vec<AttemptCompletion> =
             completions.into_iter().map(storable_outcome).collect();
         let record = self.worker(environment, worker_id).await?;
@@ -388,10 +389,13 @@ impl Engine {
         let mut settlements = Vec::new();
         let mut index = Vec::new();
         for (i, completion) in completions.iter().enumerate() {
-            let Some(leased) = held.iter().find(|l| l.attempt.id == completion.attempt_id) else {
+            let Some(leased) = held
+                .iter()
+                .find(|l| l.attempt.id.as_str() == completion.attempt_id)
+            else {
                 continue;
             };
-            if leased.run.worker_id.as_deref() != Some(record.id.as_str())
+            if leased.run.worker_id.as_ref() != Some(&record.id)
                 || leased.run.environment_id != environment.id
             {
                 continue;
@@ -543,7 +547,7 @@ impl Engine {
             .await?
         {
             CancelOutcome::Canceled { attempt } => {
-                tracing::debug!(run = %id, attempt = attempt.as_deref().unwrap_or("-"), "run canceled");
+                tracing::debug!(run = %id, attempt = attempt.as_ref().map_or("-", AttemptId::as_str), "run canceled");
                 if attempt.is_some() {
                     self.attempts_ended();
                     // Its queue has a free slot again.
@@ -566,7 +570,7 @@ impl Engine {
     }
 }
 
-fn check_batch(ids: &[String]) -> Result<(), Error> {
+fn check_batch<T>(ids: &[T]) -> Result<(), Error> {
     if ids.len() > worker::MAX_BATCH {
         return Err(Error::Worker(WorkerError::Invalid(format!(
             "at most {} attempts per request",
@@ -576,18 +580,25 @@ fn check_batch(ids: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The attempt ids a worker reports, as store keys. They are looked up, not parsed: an
+/// id that names no attempt is simply not held (the answer says to stop it), as for any
+/// attempt the worker lost.
+fn lookup_keys(ids: Vec<String>) -> Vec<AttemptId> {
+    ids.into_iter().map(AttemptId::from_trusted).collect()
+}
+
 fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
     let Leased { run, attempt } = leased;
     DequeuedRun {
         run_id: run.id.to_string(),
-        attempt_id: attempt.id,
+        attempt_id: attempt.id.to_string(),
         attempt_number: attempt.number,
         task_identifier: run.task_identifier,
         payload: run.payload.to_value().unwrap_or(serde_json::Value::Null),
         payload_type: run.payload.data_type,
         max_duration_secs: run
             .max_duration_secs
-            .filter(|secs| i64::from(*secs) < 2_147_483_647),
+            .filter(|secs| *secs < MAX_DURATION_MAX_SECS),
         machine: run.machine.unwrap_or_default().as_str().to_owned(),
         environment: environment.kind.slug().to_owned(),
         version: run.worker_version.unwrap_or_default(),

@@ -23,7 +23,7 @@ use runnel_core::worker::{
     AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
     RegisterResponse, TaskFailure,
 };
-use runnel_core::{MachinePreset, RunId, RunStatus};
+use runnel_core::{AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
 use runnel_engine::WorkerError;
 use serde_json::{json, Value};
 
@@ -271,7 +271,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
     assert_eq!(
         h.attempts(&h.dev, &id).await,
         vec![Attempt {
-            id: dequeued.attempt_id.clone(),
+            id: AttemptId::from_trusted(dequeued.attempt_id.clone()),
             run_id: id.clone(),
             number: 1,
             status: AttemptStatus::Completed,
@@ -280,7 +280,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
             started_at: Some(started_at),
             completed_at: Some(completed_at),
             error: None,
-            worker_id: Some(worker.to_owned()),
+            worker_id: Some(WorkerId::from_trusted(worker.to_owned())),
             duration_ms: 2_500,
         }]
     );
@@ -384,7 +384,7 @@ async fn a_task_failing_twice_then_succeeding_retries_after_exact_backoffs() {
     let attempts = h.attempts(&h.dev, &id).await;
     let ends: Vec<(String, u32, AttemptStatus, Option<Value>)> = attempts
         .into_iter()
-        .map(|a| (a.id, a.number, a.status, a.error))
+        .map(|a| (a.id.to_string(), a.number, a.status, a.error))
         .collect();
     assert_eq!(
         ends,

@@ -292,7 +292,7 @@ fn runs_and_errors(detail: BatchDetail) -> (BatchRecord, Vec<String>, Vec<BatchE
     let mut errors = Vec::new();
     for item in detail.items {
         match (item.run_id, item.error) {
-            (Some(run), _) => runs.push(run),
+            (Some(run), _) => runs.push(run.to_string()),
             (None, error) => errors.push(BatchErrorItem {
                 index: item.index,
                 task_identifier: item.task_identifier,

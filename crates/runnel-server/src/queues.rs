@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use runnel_core::queue::{self, QueueName};
 use runnel_core::worker::MAX_QUEUE_CONCURRENCY;
 use runnel_engine::queues::{QueueChange, QueueKind, QueueRecord, QueueRef, QueueUpdate};
 use serde::{Deserialize, Serialize};
@@ -54,7 +55,7 @@ struct Concurrency {
 impl From<QueueRecord> for QueueItem {
     fn from(q: QueueRecord) -> Self {
         let name = match q.kind {
-            QueueKind::Task => q.name.strip_prefix("task/").unwrap_or(&q.name).to_owned(),
+            QueueKind::Task => queue::task_of(&q.name).unwrap_or(&q.name).to_owned(),
             QueueKind::Custom => q.name.clone(),
         };
         QueueItem {
@@ -91,7 +92,7 @@ fn not_found() -> Response {
 fn queue_ref(param: &str, kind: Option<&str>) -> Result<QueueRef, ApiError> {
     match kind.unwrap_or("id") {
         "id" => Ok(QueueRef::Id(param.to_owned())),
-        "task" => Ok(QueueRef::Name(format!("task/{param}"))),
+        "task" => Ok(QueueRef::Name(QueueName::for_task(param).into_string())),
         "custom" => Ok(QueueRef::Name(param.to_owned())),
         other => Err(ApiError::BadRequest(format!(
             "type: expected one of id, task, custom, got {other:?}"

@@ -218,7 +218,7 @@ pub(crate) fn batch_from_row(row: &impl crate::rows::Columns) -> crate::Result<B
         idempotency_key: row.opt_text("idempotency_key")?,
         idempotency_key_user: row.opt_text("idempotency_key_user")?,
         idempotency_key_expires_at: row.opt_time("idempotency_key_expires_at")?,
-        parent_run_id: row.opt_text("parent_run_id")?,
+        parent_run_id: row.opt_run_id("parent_run_id")?,
         resume_parent_on_completion: row.flag("resume_parent_on_completion")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
@@ -234,7 +234,7 @@ pub(crate) fn batch_item_from_row(
     Ok(runnel_core::batch::BatchItemRecord {
         index: row.count("item_index")?,
         task_identifier: row.text("task_identifier")?,
-        run_id: row.opt_text("run_id")?,
+        run_id: row.opt_run_id("run_id")?,
         error: row.opt_text("error")?,
     })
 }
@@ -353,7 +353,7 @@ macro_rules! batch_statements {
             .bind(batch.idempotency_key.as_deref())
             .bind(batch.idempotency_key_user.as_deref())
             .bind(batch.idempotency_key_expires_at.map(ms))
-            .bind(batch.parent_run_id.as_deref())
+            .bind(batch.parent_run_id.as_ref().map(RunId::as_str))
             .bind(batch.resume_parent_on_completion)
             .bind(ms(batch.created_at))
             .bind(ms(batch.updated_at))

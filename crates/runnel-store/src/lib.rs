@@ -6,7 +6,7 @@
 //! fix it. Decisions (what an idempotency key match means, which statuses are final)
 //! come from `runnel-core`; the store only carries them out atomically.
 //!
-//! Backends, both passing one conformance suite (`tests/conformance.rs`):
+//! Backends, both passing one conformance suite (`tests/conformance/`, one module per area):
 //!
 //! - [`sqlite::SqliteStore`], the embedded default: one file, one writer connection.
 //! - [`postgres::PgStore`], for several server nodes sharing one database: a connection
@@ -26,7 +26,7 @@ use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::retry::RetryPolicy;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
 mod batches;
@@ -176,7 +176,7 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptSettlement {
     pub run_id: RunId,
-    pub attempt_id: String,
+    pub attempt_id: AttemptId,
     pub claim: Claim,
     pub attempt_status: AttemptStatus,
     pub attempt_error: Option<Value>,
@@ -201,7 +201,7 @@ pub struct AttemptSettlement {
 pub enum CancelOutcome {
     /// The run is now canceled; `attempt` is the attempt a worker held, which it must stop.
     Canceled {
-        attempt: Option<String>,
+        attempt: Option<AttemptId>,
     },
     /// The run had already ended; nothing changed.
     AlreadyFinal(RunStatus),
@@ -330,25 +330,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn attempt_start(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         timeout_grace_ms: i64,
         run_fee_cents: f64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<AttemptId>>;
 
     /// Extends to `lease_until` the leases `worker` still holds among `attempt_ids`, and
     /// returns those ids; the others are no longer the worker's to run.
     async fn attempt_heartbeat(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<AttemptId>>;
 
     /// The runs whose current attempt is one of `attempt_ids`, with that attempt.
-    async fn attempts_held(&self, attempt_ids: &[String]) -> Result<Vec<Leased>>;
+    async fn attempts_held(&self, attempt_ids: &[AttemptId]) -> Result<Vec<Leased>>;
 
     /// Applies settlements in one transaction; each applies only if its attempt is still
     /// the run's current one, the run is `Dequeued` or `Executing`, and its claim holds.

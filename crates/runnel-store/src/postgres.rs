@@ -58,7 +58,7 @@ use runnel_core::idempotency::{self, Decision};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::group::{GroupWriter, TriggerGroups};
@@ -149,11 +149,19 @@ const SERVED: &str =
 
 async fn attempts_in(
     db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,
-    attempt_ids: &[String],
+    attempt_ids: &[AttemptId],
 ) -> Result<Vec<Attempt>> {
     let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ANY($1)");
-    let rows = sqlx::query(&sql).bind(attempt_ids).fetch_all(db).await?;
+    let rows = sqlx::query(&sql)
+        .bind(id_texts(attempt_ids))
+        .fetch_all(db)
+        .await?;
     rows.iter().map(attempt_from_row).collect()
+}
+
+/// Attempt ids as a `text[]` parameter.
+fn id_texts(ids: &[AttemptId]) -> Vec<&str> {
+    ids.iter().map(AttemptId::as_str).collect()
 }
 
 /// Whether `e` is a concurrent trigger having taken the idempotency key first (and not,
@@ -848,12 +856,12 @@ impl Store for PgStore {
     async fn attempt_start(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         timeout_grace_ms: i64,
         run_fee_cents: f64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<AttemptId>> {
         if attempt_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -878,7 +886,7 @@ impl Store for PgStore {
         .bind(ms(lease_until))
         .bind(NO_MAX_DURATION)
         .bind(timeout_grace_ms)
-        .bind(attempt_ids)
+        .bind(id_texts(attempt_ids))
         .bind(worker.as_str())
         .fetch_all(&mut *tx)
         .await?;
@@ -891,16 +899,16 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(started)
+        Ok(started.into_iter().map(AttemptId::from_trusted).collect())
     }
 
     async fn attempt_heartbeat(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<AttemptId>> {
         sqlx::query("UPDATE workers SET last_seen_at = $1 WHERE id = $2")
             .bind(ms(now))
             .bind(worker.as_str())
@@ -920,19 +928,19 @@ impl Store for PgStore {
         )
         .bind(ms(lease_until))
         .bind(worker.as_str())
-        .bind(attempt_ids)
+        .bind(id_texts(attempt_ids))
         .fetch_all(&self.pool)
         .await?;
-        Ok(held)
+        Ok(held.into_iter().map(AttemptId::from_trusted).collect())
     }
 
-    async fn attempts_held(&self, attempt_ids: &[String]) -> Result<Vec<Leased>> {
+    async fn attempts_held(&self, attempt_ids: &[AttemptId]) -> Result<Vec<Leased>> {
         if attempt_ids.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE current_attempt_id = ANY($1)");
         let rows = sqlx::query(&sql)
-            .bind(attempt_ids)
+            .bind(id_texts(attempt_ids))
             .fetch_all(&self.pool)
             .await?;
         let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
@@ -982,7 +990,7 @@ impl Store for PgStore {
                 .bind(s.next_attempt_at.map(ms))
                 .bind(ms(s.now))
                 .bind(s.run_id.as_str())
-                .bind(&s.attempt_id);
+                .bind(s.attempt_id.as_str());
             let query = match &s.claim {
                 Claim::Worker(worker) => query.bind(worker.to_string()),
                 Claim::LeaseExpired(at) | Claim::TimedOut(at) => query.bind(ms(*at)),
@@ -997,7 +1005,7 @@ impl Store for PgStore {
                 .bind(s.attempt_error.as_ref().map(|e| e.to_string()))
                 .bind(ms(s.now))
                 .bind(s.duration_ms)
-                .bind(&s.attempt_id)
+                .bind(s.attempt_id.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -1020,7 +1028,7 @@ impl Store for PgStore {
             limit,
         )
         .await?;
-        let ids: Vec<String> = runs
+        let ids: Vec<AttemptId> = runs
             .iter()
             .filter_map(|r| r.current_attempt_id.clone())
             .collect();
@@ -1089,7 +1097,9 @@ impl Store for PgStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(CancelOutcome::Canceled { attempt })
+        Ok(CancelOutcome::Canceled {
+            attempt: attempt.map(AttemptId::from_trusted),
+        })
     }
 
     // [list]

@@ -60,7 +60,7 @@ impl QueueKind {
 
     /// The kind of a full queue name.
     pub fn of(name: &str) -> QueueKind {
-        if name.starts_with("task/") {
+        if runnel_core::queue::is_task_queue(name) {
             QueueKind::Task
         } else {
             QueueKind::Custom
@@ -165,8 +165,8 @@ impl Gates {
     pub fn limited_among(&self, runs: &[Run]) -> Vec<String> {
         let mut names: Vec<String> = runs
             .iter()
-            .filter(|r| self.limits.contains_key(&r.queue))
-            .map(|r| r.queue.clone())
+            .filter(|r| self.limits.contains_key(r.queue.as_str()))
+            .map(|r| r.queue.to_string())
             .collect();
         names.sort();
         names.dedup();
@@ -194,12 +194,13 @@ pub(crate) fn admit(
         if kept.len() >= want {
             break;
         }
-        if gates.paused.contains(&run.queue) || excluded.contains(&run.queue) {
+        let queue = run.queue.as_str();
+        if gates.paused.iter().any(|q| q == queue) || excluded.iter().any(|q| q == queue) {
             continue;
         }
-        if let Some(&limit) = gates.limits.get(&run.queue) {
+        if let Some(&limit) = gates.limits.get(queue) {
             let count = held
-                .entry((run.queue.clone(), run.concurrency_key.clone()))
+                .entry((queue.to_owned(), run.concurrency_key.clone()))
                 .or_insert(0);
             if *count >= i64::from(limit) {
                 dropped = true;

@@ -16,7 +16,11 @@ use chrono::{DateTime, Utc};
 use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus};
+use runnel_core::trigger::MAX_DURATION_MAX_SECS;
+use runnel_core::{
+    AttemptId, BatchId, EnvironmentId, MachinePreset, ProjectId, QueueName, RunId, RunStatus,
+    WorkerId,
+};
 use serde_json::Value;
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
@@ -176,12 +180,12 @@ where
         .bind(i64::from(run.depth))
         .bind(run.parent_run_id.as_ref().map(RunId::as_str))
         .bind(run.root_run_id.as_ref().map(RunId::as_str))
-        .bind(run.batch_id.as_deref())
+        .bind(run.batch_id.as_ref().map(BatchId::as_str))
         .bind(run.resume_parent_on_completion)
         .bind(run.schedule_id.as_deref())
         .bind(run.queue_ts)
-        .bind(run.worker_id.as_deref())
-        .bind(run.current_attempt_id.as_deref())
+        .bind(run.worker_id.as_ref().map(WorkerId::as_str))
+        .bind(run.current_attempt_id.as_ref().map(AttemptId::as_str))
         .bind(run.lease_expires_at.map(ms))
         .bind(run.timeout_at.map(ms))
         .bind(run.next_attempt_at.map(ms))
@@ -234,7 +238,7 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
         machine,
         priority_ms: row.int("priority_ms")? as i32,
         is_test: row.flag("is_test")?,
-        queue: row.text("queue")?,
+        queue: QueueName::from_trusted(row.text("queue")?),
         concurrency_key: row.opt_text("concurrency_key")?,
         lock_to_version: row.opt_text("lock_to_version")?,
         worker_version: row.opt_text("worker_version")?,
@@ -249,12 +253,14 @@ pub(crate) fn run_from_row(row: &impl Columns) -> Result<Run> {
         depth: row.count("depth")?,
         parent_run_id: row.opt_run_id("parent_run_id")?,
         root_run_id: row.opt_run_id("root_run_id")?,
-        batch_id: row.opt_text("batch_id")?,
+        batch_id: row.opt_text("batch_id")?.map(BatchId::from_trusted),
         resume_parent_on_completion: row.flag("resume_parent_on_completion")?,
         schedule_id: row.opt_text("schedule_id")?,
         queue_ts: row.int("queue_ts")?,
-        worker_id: row.opt_text("worker_id")?,
-        current_attempt_id: row.opt_text("current_attempt_id")?,
+        worker_id: row.opt_text("worker_id")?.map(WorkerId::from_trusted),
+        current_attempt_id: row
+            .opt_text("current_attempt_id")?
+            .map(AttemptId::from_trusted),
         lease_expires_at: row.opt_time("lease_expires_at")?,
         timeout_at: row.opt_time("timeout_at")?,
         next_attempt_at: row.opt_time("next_attempt_at")?,
@@ -293,7 +299,7 @@ pub(crate) fn api_key_info_from_row(row: &impl Columns) -> Result<ApiKeyInfo> {
 pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
     let status = row.text("status")?;
     Ok(Attempt {
-        id: row.text("id")?,
+        id: AttemptId::from_trusted(row.text("id")?),
         run_id: RunId::from_trusted(row.text("run_id")?),
         number: row.int("number")? as u32,
         status: AttemptStatus::parse(&status)
@@ -307,7 +313,7 @@ pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
             .map(|e| serde_json::from_str(&e))
             .transpose()
             .map_err(|e| Error::Corrupt(format!("attempt error: {e}")))?,
-        worker_id: row.opt_text("worker_id")?,
+        worker_id: row.opt_text("worker_id")?.map(WorkerId::from_trusted),
         duration_ms: row.int("duration_ms")?,
     })
 }
@@ -374,11 +380,11 @@ pub(crate) fn task_list(text: &str) -> Result<Vec<String>> {
 
 /// Pairs each run with its current attempt, dropping runs whose attempt is missing.
 pub(crate) fn pair_leased(runs: Vec<Run>, attempts: Vec<Attempt>) -> Vec<crate::Leased> {
-    let mut by_id: std::collections::HashMap<String, Attempt> =
+    let mut by_id: std::collections::HashMap<AttemptId, Attempt> =
         attempts.into_iter().map(|a| (a.id.clone(), a)).collect();
     runs.into_iter()
         .filter_map(|run| {
-            let attempt = by_id.remove(run.current_attempt_id.as_deref()?)?;
+            let attempt = by_id.remove(run.current_attempt_id.as_ref()?)?;
             Some(crate::Leased { run, attempt })
         })
         .collect()
@@ -394,7 +400,7 @@ pub(crate) fn canceled_error() -> Value {
 }
 
 /// `maxDuration` at or above this means "no limit" (contract §4.5).
-pub(crate) const NO_MAX_DURATION: i64 = 2_147_483_647;
+pub(crate) const NO_MAX_DURATION: i64 = MAX_DURATION_MAX_SECS as i64;
 
 /// A queued run leased to `worker`: the run as it is after the dequeue (what the
 /// backends then write), with its new `Pending` attempt. Settings the trigger left open
@@ -407,7 +413,7 @@ pub(crate) fn lease(
 ) -> crate::Leased {
     let task = worker.task(&run.task_identifier);
     let attempt = Attempt {
-        id: runnel_core::AttemptId::generate(ms(now)).to_string(),
+        id: AttemptId::generate(ms(now)),
         run_id: run.id.clone(),
         number: run.attempt_count + 1,
         status: AttemptStatus::Pending,
@@ -416,11 +422,11 @@ pub(crate) fn lease(
         started_at: None,
         completed_at: None,
         error: None,
-        worker_id: Some(worker.id.to_string()),
+        worker_id: Some(worker.id.clone()),
         duration_ms: 0,
     };
     run.status = RunStatus::Dequeued;
-    run.worker_id = Some(worker.id.to_string());
+    run.worker_id = Some(worker.id.clone());
     run.worker_version = Some(worker.version.clone());
     run.current_attempt_id = Some(attempt.id.clone());
     run.lease_expires_at = Some(lease_until);

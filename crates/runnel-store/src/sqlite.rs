@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -173,7 +173,7 @@ const SERVED: &str =
 
 async fn runs_where_attempt_in(
     db: impl sqlx::Executor<'_, Database = sqlx::Sqlite>,
-    attempt_ids: &[String],
+    attempt_ids: &[AttemptId],
 ) -> Result<Vec<Run>> {
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE current_attempt_id IN ({})",
@@ -181,7 +181,7 @@ async fn runs_where_attempt_in(
     );
     let mut query = sqlx::query(&sql);
     for id in attempt_ids {
-        query = query.bind(id);
+        query = query.bind(id.as_str());
     }
     let rows = query.fetch_all(db).await?;
     rows.iter().map(run_from_row).collect()
@@ -189,7 +189,7 @@ async fn runs_where_attempt_in(
 
 async fn attempts_in(
     db: impl sqlx::Executor<'_, Database = sqlx::Sqlite>,
-    attempt_ids: &[String],
+    attempt_ids: &[AttemptId],
 ) -> Result<Vec<Attempt>> {
     let sql = format!(
         "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id IN ({})",
@@ -197,7 +197,7 @@ async fn attempts_in(
     );
     let mut query = sqlx::query(&sql);
     for id in attempt_ids {
-        query = query.bind(id);
+        query = query.bind(id.as_str());
     }
     let rows = query.fetch_all(db).await?;
     rows.iter().map(attempt_from_row).collect()
@@ -280,7 +280,7 @@ async fn lease_runs(
         )
         .bind(worker.id.as_str())
         .bind(&worker.version)
-        .bind(&attempt.id)
+        .bind(attempt.id.as_str())
         .bind(ms(lease_until))
         .bind(i64::from(run.attempt_count))
         .bind(run.max_duration_secs.map(i64::from))
@@ -293,7 +293,7 @@ async fn lease_runs(
             "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
              VALUES (?, ?, ?, 'PENDING', ?, ?, ?, 0)",
         )
-        .bind(&attempt.id)
+        .bind(attempt.id.as_str())
         .bind(run.id.as_str())
         .bind(i64::from(attempt.number))
         .bind(ms(now))
@@ -553,12 +553,12 @@ impl SqliteStore {
     async fn write_attempt_start(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         timeout_grace_ms: i64,
         run_fee_cents: f64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<AttemptId>> {
         let mut started = Vec::new();
         if attempt_ids.is_empty() {
             return Ok(started);
@@ -579,7 +579,7 @@ impl SqliteStore {
             .bind(ms(lease_until))
             .bind(NO_MAX_DURATION)
             .bind(timeout_grace_ms)
-            .bind(attempt)
+            .bind(attempt.as_str())
             .bind(worker.as_str())
             .execute(&mut *tx)
             .await?;
@@ -590,7 +590,7 @@ impl SqliteStore {
                 )
                 .bind(ms(now))
                 .bind(ms(now))
-                .bind(attempt)
+                .bind(attempt.as_str())
                 .execute(&mut *tx)
                 .await?;
                 started.push(attempt.clone());
@@ -633,7 +633,7 @@ impl SqliteStore {
                 .bind(s.next_attempt_at.map(ms))
                 .bind(ms(s.now))
                 .bind(s.run_id.as_str())
-                .bind(&s.attempt_id);
+                .bind(s.attempt_id.as_str());
             let query = match claim_value {
                 ClaimValue::Text(text) => query.bind(text),
                 ClaimValue::Time(t) => query.bind(t),
@@ -649,7 +649,7 @@ impl SqliteStore {
                 .bind(ms(s.now))
                 .bind(ms(s.now))
                 .bind(s.duration_ms)
-                .bind(&s.attempt_id)
+                .bind(s.attempt_id.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -683,7 +683,7 @@ impl SqliteStore {
         }
         let started_at: Option<i64> = match &attempt {
             Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = ?")
-                .bind(attempt)
+                .bind(attempt.as_str())
                 .fetch_optional(&mut *tx)
                 .await?
                 .flatten(),
@@ -712,12 +712,14 @@ impl SqliteStore {
             .bind(ms(now))
             .bind(duration_ms)
             .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
-            .bind(attempt)
+            .bind(attempt.as_str())
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(CancelOutcome::Canceled { attempt })
+        Ok(CancelOutcome::Canceled {
+            attempt: attempt.map(AttemptId::from_trusted),
+        })
     }
 
     async fn write_batch_create(
@@ -997,12 +999,12 @@ impl Store for SqliteStore {
     async fn attempt_start(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         timeout_grace_ms: i64,
         run_fee_cents: f64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<AttemptId>> {
         let (store, worker, attempt_ids) = (self.clone(), worker.clone(), attempt_ids.to_vec());
         detached(async move {
             store
@@ -1022,10 +1024,10 @@ impl Store for SqliteStore {
     async fn attempt_heartbeat(
         &self,
         worker: &WorkerId,
-        attempt_ids: &[String],
+        attempt_ids: &[AttemptId],
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<AttemptId>> {
         sqlx::query("UPDATE workers SET last_seen_at = ? WHERE id = ?")
             .bind(ms(now))
             .bind(worker.as_str())
@@ -1044,12 +1046,13 @@ impl Store for SqliteStore {
             .bind(ms(lease_until))
             .bind(worker.as_str());
         for id in attempt_ids {
-            query = query.bind(id);
+            query = query.bind(id.as_str());
         }
-        Ok(query.fetch_all(&self.writer).await?)
+        let held = query.fetch_all(&self.writer).await?;
+        Ok(held.into_iter().map(AttemptId::from_trusted).collect())
     }
 
-    async fn attempts_held(&self, attempt_ids: &[String]) -> Result<Vec<Leased>> {
+    async fn attempts_held(&self, attempt_ids: &[AttemptId]) -> Result<Vec<Leased>> {
         if attempt_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1076,7 +1079,7 @@ impl Store for SqliteStore {
             limit,
         )
         .await?;
-        let ids: Vec<String> = runs
+        let ids: Vec<AttemptId> = runs
             .iter()
             .filter_map(|r| r.current_attempt_id.clone())
             .collect();

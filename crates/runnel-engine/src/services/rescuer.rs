@@ -62,7 +62,7 @@ impl Rescuer {
     ) -> Result<HashMap<WorkerId, Option<Arc<WorkerRecord>>>, Error> {
         let mut records = HashMap::new();
         for leased in due {
-            let Some(worker_id) = leased.run.worker_id.as_deref().and_then(WorkerId::parse) else {
+            let Some(worker_id) = leased.run.worker_id.clone() else {
                 continue;
             };
             if records.contains_key(&worker_id) {
@@ -131,9 +131,8 @@ impl TimedService for Rescuer {
             let policy = leased
                 .run
                 .worker_id
-                .as_deref()
-                .and_then(WorkerId::parse)
-                .and_then(|id| workers.get(&id).cloned().flatten())
+                .as_ref()
+                .and_then(|id| workers.get(id).cloned().flatten())
                 .and_then(|record| {
                     record
                         .task(&leased.run.task_identifier)
