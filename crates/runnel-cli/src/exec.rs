@@ -48,10 +48,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use runnel_core::retry::RetryPolicy;
-use runnel_sdk::{
-    AttemptOutcome, DequeuedRun, Executor, FailureKind, StopReason, StopSignal, TaskDefinition,
-    TaskFailure,
-};
+use runnel_sdk::{AttemptOutcome, DequeuedRun, Executor, FailureKind, StopSignal, TaskDefinition};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
@@ -233,18 +230,18 @@ impl Executor for ExecExecutor {
 
     async fn execute(&self, run: DequeuedRun, mut stop: StopSignal) -> AttemptOutcome {
         let Some(task) = self.task(&run.task_identifier) else {
-            return failure(
+            return AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 format!("task {} is not served by this worker", run.task_identifier),
             );
         };
         if let Some(reason) = stop.reason() {
-            return stopped(reason);
+            return reason.ending();
         }
         let payload = match serde_json::to_vec(&run.payload) {
             Ok(payload) => payload,
             Err(error) => {
-                return failure(
+                return AttemptOutcome::failure(
                     FailureKind::SystemFailure,
                     format!("could not serialize the payload: {error}"),
                 )
@@ -256,7 +253,7 @@ impl Executor for ExecExecutor {
         let mut child = match self.command(task, &run).spawn() {
             Ok(child) => child,
             Err(error) => {
-                return failure(
+                return AttemptOutcome::failure(
                     FailureKind::SystemFailure,
                     format!("could not start {}: {error}", self.shell),
                 )
@@ -268,7 +265,7 @@ impl Executor for ExecExecutor {
             .and_then(|pid| i32::try_from(pid).ok())
             .map(|pid| ProcessGroup(Pid::from_raw(pid)))
         else {
-            return failure(
+            return AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 "the command's process id is unknown",
             );
@@ -277,7 +274,7 @@ impl Executor for ExecExecutor {
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return failure(
+            return AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 "the command's pipes are missing",
             );
@@ -310,7 +307,7 @@ impl Executor for ExecExecutor {
                 }
                 finish_io(&quit_tx);
                 let _ = io_task.await;
-                return stopped(reason);
+                return reason.ending();
             }
         };
         let status = match status {
@@ -319,7 +316,7 @@ impl Executor for ExecExecutor {
                 group.kill();
                 finish_io(&quit_tx);
                 let _ = io_task.await;
-                return failure(
+                return AttemptOutcome::failure(
                     FailureKind::SystemFailure,
                     format!("could not wait for the command: {error}"),
                 );
@@ -341,14 +338,14 @@ impl Executor for ExecExecutor {
         finish_io(&quit_tx);
         match io {
             Ok((Ok(stdout), stderr_tail)) => outcome_of_exit(status, &stdout, &stderr_tail),
-            Ok((Err(StdoutOverflow { limit }), _)) => failure(
+            Ok((Err(StdoutOverflow { limit }), _)) => AttemptOutcome::failure(
                 FailureKind::TaskFailed,
                 format!(
                     "stdout exceeded the limit of {limit} bytes; the command was killed \
                      (print large results to a file or an object store instead)"
                 ),
             ),
-            Err(error) => failure(
+            Err(error) => AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 format!("reading the command's output failed: {error}"),
             ),
@@ -497,11 +494,11 @@ fn outcome_of_exit(
         (Some(0), _) => AttemptOutcome::Success {
             output: output_of(stdout),
         },
-        (Some(code @ (126 | 127)), _) => failure(
+        (Some(code @ (126 | 127)), _) => AttemptOutcome::failure(
             FailureKind::SystemFailure,
             tail_or(format!("command could not be run (exit {code})")),
         ),
-        (Some(code), _) => failure(
+        (Some(code), _) => AttemptOutcome::failure(
             FailureKind::TaskFailed,
             tail_or(format!("exited with code {code}")),
         ),
@@ -512,9 +509,9 @@ fn outcome_of_exit(
                 message.push('\n');
                 message.push_str(&tail);
             }
-            failure(FailureKind::Crashed, message)
+            AttemptOutcome::failure(FailureKind::Crashed, message)
         }
-        (None, None) => failure(
+        (None, None) => AttemptOutcome::failure(
             FailureKind::Crashed,
             tail_or(format!("ended without an exit code ({status})")),
         ),
@@ -537,24 +534,6 @@ fn output_of(stdout: &[u8]) -> Value {
     Value::String(text.to_owned())
 }
 
-fn failure(kind: FailureKind, message: impl Into<String>) -> AttemptOutcome {
-    AttemptOutcome::Failure {
-        error: TaskFailure::new(kind, message),
-    }
-}
-
-/// The runtime reports the stop reason itself; this only says the same thing.
-fn stopped(reason: StopReason) -> AttemptOutcome {
-    match reason {
-        StopReason::Canceled => failure(FailureKind::Interrupted, "the run was canceled"),
-        StopReason::TimedOut => failure(
-            FailureKind::MaxDurationExceeded,
-            "the attempt exceeded its maxDuration",
-        ),
-        StopReason::Shutdown => failure(FailureKind::Interrupted, "the worker shut down"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -563,6 +542,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use runnel_sdk::StopReason;
 
     const TASK: &str = "demo/task";
 
@@ -778,12 +758,12 @@ mod tests {
         let last_lines = Vec::from_iter((11..=30).map(|i| format!("line {i}"))).join("\n");
         assert_eq!(
             outcome,
-            failure(FailureKind::TaskFailed, last_lines),
+            AttemptOutcome::failure(FailureKind::TaskFailed, last_lines),
             "blank lines are skipped and only the last 20 are kept"
         );
         assert_eq!(
             run("echo partial; exit 4").await,
-            failure(FailureKind::TaskFailed, "exited with code 4")
+            AttemptOutcome::failure(FailureKind::TaskFailed, "exited with code 4")
         );
     }
 
@@ -801,7 +781,7 @@ mod tests {
         );
         assert_eq!(
             run("exit 126").await,
-            failure(
+            AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 "command could not be run (exit 126)"
             )
@@ -836,7 +816,7 @@ mod tests {
             .await;
         assert_eq!(
             outcome,
-            failure(
+            AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 "task other is not served by this worker"
             )
@@ -847,14 +827,14 @@ mod tests {
     async fn a_signal_is_a_crash() {
         assert_eq!(
             run("echo about to die >&2; kill -9 $$").await,
-            failure(
+            AttemptOutcome::failure(
                 FailureKind::Crashed,
                 "killed by signal 9 (SIGKILL)\nabout to die"
             )
         );
         assert_eq!(
             run("kill -TERM $$").await,
-            failure(FailureKind::Crashed, "killed by signal 15 (SIGTERM)")
+            AttemptOutcome::failure(FailureKind::Crashed, "killed by signal 15 (SIGTERM)")
         );
     }
 

@@ -304,6 +304,15 @@ pub enum AttemptOutcome {
     },
 }
 
+impl AttemptOutcome {
+    /// A failed attempt of `kind` with `message`.
+    pub fn failure(kind: FailureKind, message: impl Into<String>) -> Self {
+        AttemptOutcome::Failure {
+            error: TaskFailure::new(kind, message),
+        }
+    }
+}
+
 /// One attempt's end, as reported to `POST /api/v1/workers/{workerId}/complete`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The seam between the worker runtime and what runs an attempt.
 
 use async_trait::async_trait;
-use runnel_core::worker::{AttemptOutcome, DequeuedRun, TaskDefinition};
+use runnel_core::worker::{AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition};
 use tokio::sync::watch;
 
 /// Why the runtime wants an attempt to stop before it ends by itself.
@@ -13,6 +13,37 @@ pub enum StopReason {
     TimedOut,
     /// The worker is shutting down and the grace period is over.
     Shutdown,
+}
+
+impl StopReason {
+    /// What the runtime reports for an attempt it stopped, whatever the executor returned:
+    /// nothing for a cancel (the server ended the run when it was canceled), a
+    /// `MaxDurationExceeded` failure for a timeout, an `Interrupted` one for a shutdown.
+    pub fn report(self, max_duration_secs: Option<u32>) -> Option<AttemptOutcome> {
+        match self {
+            StopReason::Canceled => None,
+            StopReason::TimedOut => Some(AttemptOutcome::failure(
+                FailureKind::MaxDurationExceeded,
+                match max_duration_secs {
+                    Some(secs) => format!("Run exceeded maxDuration of {secs}s"),
+                    None => "Run exceeded its maxDuration".to_owned(),
+                },
+            )),
+            StopReason::Shutdown => Some(AttemptOutcome::failure(
+                FailureKind::Interrupted,
+                "worker stopped during the run",
+            )),
+        }
+    }
+
+    /// The outcome an executor returns for an attempt it stopped. The runtime reports
+    /// [`StopReason::report`] instead; this says the same for anyone driving an executor
+    /// directly, with a cancel as `Interrupted` (never a retried `TaskFailed`).
+    pub fn ending(self) -> AttemptOutcome {
+        self.report(None).unwrap_or_else(|| {
+            AttemptOutcome::failure(FailureKind::Interrupted, "the run was canceled")
+        })
+    }
 }
 
 /// Handed to [`Executor::execute`] with each attempt: fires when the attempt must stop.
@@ -81,4 +112,48 @@ pub trait Executor: Send + Sync + 'static {
     /// executor must end the attempt promptly (killing anything it started) and return;
     /// the runtime then reports the stop reason rather than the returned outcome.
     async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(outcome: &AttemptOutcome) -> Option<FailureKind> {
+        match outcome {
+            AttemptOutcome::Failure { error } => Some(error.kind),
+            AttemptOutcome::Success { .. } => None,
+        }
+    }
+
+    /// One meaning per stop reason, for the runtime's report and every executor's ending:
+    /// a cancel is never reported (and never a retried `TaskFailed`).
+    #[test]
+    fn each_stop_reason_reports_and_ends_one_way() {
+        assert_eq!(StopReason::Canceled.report(Some(5)), None);
+        assert_eq!(
+            kind_of(&StopReason::Canceled.ending()),
+            Some(FailureKind::Interrupted)
+        );
+        let timed_out = StopReason::TimedOut.report(Some(5)).expect("reported");
+        assert_eq!(
+            timed_out,
+            AttemptOutcome::failure(
+                FailureKind::MaxDurationExceeded,
+                "Run exceeded maxDuration of 5s"
+            )
+        );
+        assert_eq!(
+            kind_of(&StopReason::TimedOut.ending()),
+            Some(FailureKind::MaxDurationExceeded)
+        );
+        for outcome in [
+            StopReason::Shutdown.report(None).expect("reported"),
+            StopReason::Shutdown.ending(),
+        ] {
+            assert_eq!(
+                outcome,
+                AttemptOutcome::failure(FailureKind::Interrupted, "worker stopped during the run")
+            );
+        }
+    }
 }

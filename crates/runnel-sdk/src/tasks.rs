@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runnel_core::retry::RetryPolicy;
-use runnel_core::worker::{AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition, TaskFailure};
+use runnel_core::worker::{AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::executor::{Executor, StopReason, StopSignal};
+use crate::executor::{Executor, StopSignal};
 
 /// After aborting a stopped task, how long to wait for its future to be dropped (so what
 /// it holds is released before the attempt is reported). A task blocking a thread without
@@ -289,7 +289,7 @@ impl Executor for Tasks {
 
     async fn execute(&self, run: DequeuedRun, mut stop: StopSignal) -> AttemptOutcome {
         let Some(entry) = self.entries.get(&run.task_identifier) else {
-            return failure(
+            return AttemptOutcome::failure(
                 FailureKind::SystemFailure,
                 format!(
                     "task {:?} is not defined in this worker",
@@ -304,39 +304,24 @@ impl Executor for Tasks {
             reason = stop.stopped() => {
                 running.abort();
                 let _ = tokio::time::timeout(ABORT_WAIT, running).await;
-                return stopped_outcome(reason);
+                return reason.ending();
             }
         };
         match joined {
             Ok(Ending::Output(output)) => AttemptOutcome::Success { output },
-            Ok(Ending::BadPayload(message)) => failure(FailureKind::SystemFailure, message),
-            Ok(Ending::Failed(message)) => failure(FailureKind::TaskFailed, message),
-            Err(error) if error.is_panic() => failure(
+            Ok(Ending::BadPayload(message)) => {
+                AttemptOutcome::failure(FailureKind::SystemFailure, message)
+            }
+            Ok(Ending::Failed(message)) => {
+                AttemptOutcome::failure(FailureKind::TaskFailed, message)
+            }
+            Err(error) if error.is_panic() => AttemptOutcome::failure(
                 FailureKind::Crashed,
                 format!("the task panicked: {}", panic_message(error.into_panic())),
             ),
             // Only an abort cancels the task, and only the stop branch aborts it.
-            Err(_) => failure(FailureKind::Crashed, "the task was cancelled"),
+            Err(_) => AttemptOutcome::failure(FailureKind::Crashed, "the task was cancelled"),
         }
-    }
-}
-
-fn failure(kind: FailureKind, message: impl Into<String>) -> AttemptOutcome {
-    AttemptOutcome::Failure {
-        error: TaskFailure::new(kind, message),
-    }
-}
-
-/// What a stopped attempt ended with. The runtime reports the stop reason itself and
-/// ignores this; it is there for anyone driving [`Tasks`] directly.
-fn stopped_outcome(reason: StopReason) -> AttemptOutcome {
-    match reason {
-        StopReason::Canceled => failure(FailureKind::TaskFailed, "the attempt was canceled"),
-        StopReason::TimedOut => failure(
-            FailureKind::MaxDurationExceeded,
-            "the attempt exceeded its maxDuration",
-        ),
-        StopReason::Shutdown => failure(FailureKind::Interrupted, "worker stopped during the run"),
     }
 }
 
@@ -354,6 +339,7 @@ pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::StopReason;
     use serde::Deserialize;
     use serde_json::json;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -406,7 +392,7 @@ mod tests {
     }
 
     fn failed(kind: FailureKind, message: &str) -> AttemptOutcome {
-        failure(kind, message)
+        AttemptOutcome::failure(kind, message)
     }
 
     #[tokio::test]

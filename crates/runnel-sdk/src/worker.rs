@@ -804,18 +804,7 @@ impl Attempt {
         };
         // The stop reason, not what the executor returned after it, decides the report.
         let outcome = match self.handle.reason() {
-            Some(StopReason::Canceled) => None,
-            Some(StopReason::TimedOut) => Some(failure(
-                FailureKind::MaxDurationExceeded,
-                format!(
-                    "Run exceeded maxDuration of {}s",
-                    max_duration.unwrap_or_default()
-                ),
-            )),
-            Some(StopReason::Shutdown) => Some(failure(
-                FailureKind::Interrupted,
-                "worker stopped during the run",
-            )),
+            Some(reason) => reason.report(max_duration),
             None => outcome,
         };
         let counts = &self.shared.counts;
@@ -892,14 +881,17 @@ impl Attempt {
         };
         match ended {
             Ok(outcome) => Some(outcome),
-            Err(error) if error.is_panic() => Some(failure(
+            Err(error) if error.is_panic() => Some(AttemptOutcome::failure(
                 FailureKind::Crashed,
                 format!(
                     "the executor panicked: {}",
                     panic_message(error.into_panic())
                 ),
             )),
-            Err(_) => Some(failure(FailureKind::Crashed, "the executor was cancelled")),
+            Err(_) => Some(AttemptOutcome::failure(
+                FailureKind::Crashed,
+                "the executor was cancelled",
+            )),
         }
     }
 }
@@ -1177,12 +1169,6 @@ async fn sleep_for(limit: Option<Duration>) {
     match limit {
         Some(limit) => tokio::time::sleep(limit).await,
         None => std::future::pending().await,
-    }
-}
-
-fn failure(kind: FailureKind, message: impl Into<String>) -> AttemptOutcome {
-    AttemptOutcome::Failure {
-        error: TaskFailure::new(kind, message),
     }
 }
 
