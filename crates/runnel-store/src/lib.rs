@@ -32,11 +32,13 @@ use serde_json::Value;
 mod batches;
 mod detach;
 mod group;
+mod keys;
 mod list;
 pub mod multinode;
 pub mod postgres;
 pub mod queues;
 mod rows;
+mod sql;
 pub mod sqlite;
 mod statements;
 
@@ -208,14 +210,76 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// Everything a store does: the area traits together. The engine holds an `Arc<dyn Store>`;
+/// bring the area traits into scope with `use runnel_store::prelude::*`.
+pub trait Store:
+    NodeStore
+    + KeyStore
+    + RunStore
+    + SweepStore
+    + AttemptStore
+    + WorkerStore
+    + QueueStore
+    + BatchStore
+    + Send
+    + Sync
+    + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: NodeStore
+        + KeyStore
+        + RunStore
+        + SweepStore
+        + AttemptStore
+        + WorkerStore
+        + QueueStore
+        + BatchStore
+        + Send
+        + Sync
+        + std::fmt::Debug
+{
+}
+
+/// The store's traits, for calling them on an `Arc<dyn Store>`.
+pub mod prelude {
+    pub use crate::{
+        AttemptStore, BatchStore, KeyStore, NodeStore, QueueStore, RunStore, Store, SweepStore,
+        WorkerStore,
+    };
+}
+
+/// What a server node needs of its database besides data: a health check, signals
+/// between the nodes sharing it, and closing.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait NodeStore: Send + Sync {
     /// Whether this node can serve: a trivial read, then a trivial write through the path
     /// every write takes (on SQLite the one writer connection, so a connection a failed
     /// COMMIT left wedged, a full disk or a read-only file all fail it). `/healthz`
     /// answers 503 when it fails.
     async fn health(&self, now: DateTime<Utc>) -> Result<()>;
 
+    /// Tells every node sharing this database that `signals` happened on node `origin`
+    /// (one round trip). Nothing to tell on a single-process backend (SQLite).
+    async fn signal_publish(&self, signals: &[Signal], origin: &str) -> Result<()> {
+        let _ = (signals, origin);
+        Ok(())
+    }
+
+    /// A listener receiving the signals every node publishes, on a connection of its
+    /// own; `None` on a single-process backend (SQLite), where there is nobody else.
+    async fn signal_listen(&self) -> Result<Option<Box<dyn SignalListener>>> {
+        Ok(None)
+    }
+
+    /// Closes the pools: waits for connections in use, then checkpoints and closes.
+    async fn close(&self);
+}
+
+/// The project, its environments and their secret keys.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     /// On an empty database: creates the project, its environments and `dev_key` in one
     /// transaction and returns them. When a project exists, changes nothing and returns
     /// `None` (so the key is never stored).
@@ -246,10 +310,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Revokes the one live key whose display prefix starts with `prefix`.
     async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome>;
 
+    /// Environment `id` and the hashes of its live (not revoked) keys, oldest first: the
+    /// secrets a public access token of that environment may be signed with. `None` when
+    /// there is no such environment; an environment whose keys are all revoked has none.
+    async fn api_key_hashes(
+        &self,
+        environment: &EnvironmentId,
+    ) -> Result<Option<(Environment, Vec<String>)>>;
+}
+
+/// Runs: triggering, reading, listing, and the changes the management API makes.
+#[async_trait]
+pub trait RunStore: Send + Sync {
     /// Inserts `run`, honouring its idempotency key atomically: when another run of the
     /// same environment and task holds the key, `runnel_core::idempotency::decide` says
     /// whether to return that run or release its key and insert this one.
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome>;
+
+    /// Inserts `runs` with one multi-row insert in one transaction (chunked to the
+    /// backend's bind-parameter limit), honouring each run's idempotency key as
+    /// [`Store::run_trigger`] does; two runs of the call with the same key behave as two
+    /// triggers in a row. One outcome per run, in order.
+    async fn run_trigger_many(
+        &self,
+        runs: &[Run],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TriggerOutcome>>;
 
     /// A run of `environment`; `None` when missing or in another environment.
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>>;
@@ -268,122 +354,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<bool>;
 
-    /// Expires up to `limit` queued (or version-waiting) runs whose TTL deadline is at or
-    /// before `now`.
-    async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
-
-    /// Moves up to `limit` delayed runs past `delayUntil` at `now` (to `Queued`, or
-    /// `PendingVersion` when no version serves them), and up to `limit` `PendingVersion`
-    /// runs that a registered version now serves (to `Queued`).
-    async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
-
-    /// Moves up to `limit` runs waiting to retry whose `next_attempt_at` is at or before
-    /// `now` back to `Queued`.
-    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
-
-    /// The earliest deadline of this kind any run has, if any.
-    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>>;
-
-    /// The earliest moment the runtime services have work (a delay, TTL, retry, lease or
-    /// maxDuration deadline), if any. Lease ends count only `with_leases` (not during the
-    /// rescuer's start-up grace, which holds them back).
-    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>>;
-
-    /// The attempts of a run, by number.
-    async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>>;
-
-    /// Registers a worker: assigns the version when it has none, records the tasks the
-    /// version serves and queues the runs that were waiting for such a version.
-    async fn worker_register(
-        &self,
-        registration: &WorkerRegistration,
-        now: DateTime<Utc>,
-    ) -> Result<Registered>;
-
-    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>>;
-
-    /// Whether a registered version of `environment` serves `task` (`version` itself,
-    /// when given).
-    async fn task_served(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<bool>;
-
-    /// Leases up to `limit` queued runs of the tasks `worker` serves (its version, or
-    /// unlocked), oldest `queue_ts` first: each moves to `Dequeued` with a new `Pending`
-    /// attempt, the worker's version and a lease until `lease_until`. Settings the
-    /// trigger left open (maxDuration, machine) are taken from the worker's task.
-    async fn run_dequeue(
-        &self,
-        worker: &WorkerRecord,
-        limit: u32,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Leased>>;
-
-    /// Starts the attempts `worker` holds among `attempt_ids`: run `Dequeued` →
-    /// `Executing` (first start sets `started_at` and charges `run_fee_cents`), attempt
-    /// `Pending` → `Executing`, and a `maxDuration` deadline `timeout_grace_ms` after the
-    /// limit. Returns the ids that started.
-    async fn attempt_start(
-        &self,
-        worker: &WorkerId,
-        attempt_ids: &[AttemptId],
-        lease_until: DateTime<Utc>,
-        timeout_grace_ms: i64,
-        run_fee_cents: f64,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<AttemptId>>;
-
-    /// Extends to `lease_until` the leases `worker` still holds among `attempt_ids`, and
-    /// returns those ids; the others are no longer the worker's to run.
-    async fn attempt_heartbeat(
-        &self,
-        worker: &WorkerId,
-        attempt_ids: &[AttemptId],
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<AttemptId>>;
-
-    /// The runs whose current attempt is one of `attempt_ids`, with that attempt.
-    async fn attempts_held(&self, attempt_ids: &[AttemptId]) -> Result<Vec<Leased>>;
-
-    /// Applies settlements in one transaction; each applies only if its attempt is still
-    /// the run's current one, the run is `Dequeued` or `Executing`, and its claim holds.
-    /// Returns, per settlement, whether it applied.
-    async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>>;
-
-    /// Up to `limit` held runs whose lease ran out by `leases_expired_by` (none when it
-    /// is `None`: the rescuer's start-up grace) or whose attempt passed its `maxDuration`
-    /// deadline by `timed_out_by`.
-    async fn run_leases_due(
-        &self,
-        leases_expired_by: Option<DateTime<Utc>>,
-        timed_out_by: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Leased>>;
-
-    /// Cancels a live run of `environment` (with `TASK_RUN_CANCELLED`), ending its held
-    /// attempt; the attempt's compute time so far is charged at `cents_per_ms`.
-    async fn run_cancel(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome>;
-
-    // [list]
     /// Runs of `query.environment_id` matching its filter and window, beyond its cursor,
     /// at most `query.limit`, nearest the cursor first: newest first, or oldest first
     /// when paging toward newer runs (`runnel_core::list::RunListQuery`). Served by an
     /// index range on `(environment_id, created_at, id)`, so a page costs the same
     /// however many runs exist.
     async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>>;
-
-    // [actions]
 
     /// The live (non-final) runs of `environment` below `parent`: its children, their
     /// children and so on, shallowest first. Cancel uses it to end a run's subtree.
@@ -439,53 +415,139 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<u64>;
 
-    // [batches]
-
-    /// Inserts `runs` with one multi-row insert in one transaction (chunked to the
-    /// backend's bind-parameter limit), honouring each run's idempotency key as
-    /// [`Store::run_trigger`] does; two runs of the call with the same key behave as two
-    /// triggers in a row. One outcome per run, in order.
-    async fn run_trigger_many(
-        &self,
-        runs: &[Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>>;
-
-    /// Stores a new batch. When a batch of the same environment holds its idempotency
-    /// key (not expired), returns that batch instead; an expired holder gives the key up.
-    async fn batch_create(
-        &self,
-        batch: &runnel_core::batch::BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<BatchCreateOutcome>;
-
-    /// A batch of `environment`; `None` when missing or in another environment.
-    async fn batch_get(
+    /// Cancels a live run of `environment` (with `TASK_RUN_CANCELLED`), ending its held
+    /// attempt; the attempt's compute time so far is charged at `cents_per_ms`.
+    async fn run_cancel(
         &self,
         environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-    ) -> Result<Option<runnel_core::batch::BatchRecord>>;
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome>;
+}
 
-    /// The items of a batch that have arrived, by index.
-    async fn batch_item_list(
+/// What the timed services (`runnel-engine/src/services/`) look for and move: due
+/// delays, TTLs, retries and leases.
+#[async_trait]
+pub trait SweepStore: Send + Sync {
+    /// Expires up to `limit` queued (or version-waiting) runs whose TTL deadline is at or
+    /// before `now`.
+    async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
+
+    /// Moves up to `limit` delayed runs past `delayUntil` at `now` (to `Queued`, or
+    /// `PendingVersion` when no version serves them), and up to `limit` `PendingVersion`
+    /// runs that a registered version now serves (to `Queued`).
+    async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
+
+    /// Moves up to `limit` runs waiting to retry whose `next_attempt_at` is at or before
+    /// `now` back to `Queued`.
+    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>>;
+
+    /// The earliest deadline of this kind any run has, if any.
+    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>>;
+
+    /// The earliest moment the runtime services have work (a delay, TTL, retry, lease or
+    /// maxDuration deadline), if any. Lease ends count only `with_leases` (not during the
+    /// rescuer's start-up grace, which holds them back).
+    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>>;
+
+    /// Up to `limit` held runs whose lease ran out by `leases_expired_by` (none when it
+    /// is `None`: the rescuer's start-up grace) or whose attempt passed its `maxDuration`
+    /// deadline by `timed_out_by`.
+    async fn run_leases_due(
         &self,
-        id: &runnel_core::BatchId,
-    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>>;
+        leases_expired_by: Option<DateTime<Utc>>,
+        timed_out_by: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Leased>>;
+}
 
-    /// Records the items of a batch of `environment` whose index has not arrived yet and
-    /// triggers their runs as [`Store::run_trigger_many`] does, in one transaction that
-    /// holds the batch row, so two calls with overlapping indexes record each index
-    /// once. Seals the batch (status `COMPLETED`) when its last missing index arrives.
-    async fn batch_items_trigger(
+/// A run's attempts as workers hold them: dequeue, start, heartbeat, settlement.
+#[async_trait]
+pub trait AttemptStore: Send + Sync {
+    /// The attempts of a run, by number.
+    async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>>;
+
+    /// Leases up to `limit` queued runs of the tasks `worker` serves (its version, or
+    /// unlocked), oldest `queue_ts` first: each moves to `Dequeued` with a new `Pending`
+    /// attempt, the worker's version and a lease until `lease_until`. Settings the
+    /// trigger left open (maxDuration, machine) are taken from the worker's task.
+    async fn run_dequeue(
+        &self,
+        worker: &WorkerRecord,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Leased>>;
+
+    /// Starts the attempts `worker` holds among `attempt_ids`: run `Dequeued` →
+    /// `Executing` (first start sets `started_at` and charges `run_fee_cents`), attempt
+    /// `Pending` → `Executing`, and a `maxDuration` deadline `timeout_grace_ms` after the
+    /// limit. Returns the ids that started.
+    async fn attempt_start(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[AttemptId],
+        lease_until: DateTime<Utc>,
+        timeout_grace_ms: i64,
+        run_fee_cents: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AttemptId>>;
+
+    /// Extends to `lease_until` the leases `worker` still holds among `attempt_ids`, and
+    /// returns those ids; the others are no longer the worker's to run.
+    async fn attempt_heartbeat(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[AttemptId],
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AttemptId>>;
+
+    /// The runs whose current attempt is one of `attempt_ids`, with that attempt.
+    async fn attempts_held(&self, attempt_ids: &[AttemptId]) -> Result<Vec<Leased>>;
+
+    /// Applies settlements in one transaction; each applies only if its attempt is still
+    /// the run's current one, the run is `Dequeued` or `Executing`, and its claim holds.
+    /// Returns, per settlement, whether it applied.
+    async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>>;
+}
+
+/// Registered workers and the versions and tasks they serve.
+#[async_trait]
+pub trait WorkerStore: Send + Sync {
+    /// Registers a worker: assigns the version when it has none, records the tasks the
+    /// version serves and queues the runs that were waiting for such a version.
+    async fn worker_register(
+        &self,
+        registration: &WorkerRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<Registered>;
+
+    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>>;
+
+    /// Whether a registered version of `environment` serves `task` (`version` itself,
+    /// when given).
+    async fn task_served(
         &self,
         environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-        items: &[BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<BatchItemsOutcome>;
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<bool>;
 
-    // [queues]
+    /// The queue the newest registered version serving `task` (`version` itself, when
+    /// given) declared for it; `None` when no version serves it.
+    async fn task_queue(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>>;
+}
 
+/// Named queues: declarations, limits, pausing.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
     /// Creates the declared queues that are missing and sets the registered limit of
     /// those whose declaration states one (see [`QueueDeclaration`]).
     async fn queue_declare(
@@ -519,41 +581,41 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         change: QueueChange,
         now: DateTime<Utc>,
     ) -> Result<Option<QueueRecord>>;
+}
 
-    /// The queue the newest registered version serving `task` (`version` itself, when
-    /// given) declared for it; `None` when no version serves it.
-    async fn task_queue(
+/// Batches and their items.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Stores a new batch. When a batch of the same environment holds its idempotency
+    /// key (not expired), returns that batch instead; an expired holder gives the key up.
+    async fn batch_create(
+        &self,
+        batch: &runnel_core::batch::BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<BatchCreateOutcome>;
+
+    /// A batch of `environment`; `None` when missing or in another environment.
+    async fn batch_get(
         &self,
         environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<Option<String>>;
+        id: &runnel_core::BatchId,
+    ) -> Result<Option<runnel_core::batch::BatchRecord>>;
 
-    // [auth]
+    /// The items of a batch that have arrived, by index.
+    async fn batch_item_list(
+        &self,
+        id: &runnel_core::BatchId,
+    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>>;
 
-    /// Environment `id` and the hashes of its live (not revoked) keys, oldest first: the
-    /// secrets a public access token of that environment may be signed with. `None` when
-    /// there is no such environment; an environment whose keys are all revoked has none.
-    async fn api_key_hashes(
+    /// Records the items of a batch of `environment` whose index has not arrived yet and
+    /// triggers their runs as [`Store::run_trigger_many`] does, in one transaction that
+    /// holds the batch row, so two calls with overlapping indexes record each index
+    /// once. Seals the batch (status `COMPLETED`) when its last missing index arrives.
+    async fn batch_items_trigger(
         &self,
         environment: &EnvironmentId,
-    ) -> Result<Option<(Environment, Vec<String>)>>;
-
-    // [multinode]
-
-    /// Tells every node sharing this database that `signals` happened on node `origin`
-    /// (one round trip). Nothing to tell on a single-process backend (SQLite).
-    async fn signal_publish(&self, signals: &[Signal], origin: &str) -> Result<()> {
-        let _ = (signals, origin);
-        Ok(())
-    }
-
-    /// A listener receiving the signals every node publishes, on a connection of its
-    /// own; `None` on a single-process backend (SQLite), where there is nobody else.
-    async fn signal_listen(&self) -> Result<Option<Box<dyn SignalListener>>> {
-        Ok(None)
-    }
-
-    /// Closes the pools: waits for connections in use, then checkpoints and closes.
-    async fn close(&self);
+        id: &runnel_core::BatchId,
+        items: &[BatchItemTrigger],
+        now: DateTime<Utc>,
+    ) -> Result<BatchItemsOutcome>;
 }

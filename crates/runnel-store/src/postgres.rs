@@ -55,23 +55,24 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::idempotency::{self, Decision};
-use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{AttemptId, EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, RunStatus, WorkerId};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::group::{GroupWriter, TriggerGroups};
+use crate::prelude::*;
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
     self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
     ATTEMPT_COLUMNS, NO_MAX_DURATION, RUN_COLUMNS,
 };
+use crate::sql::{self, Backend};
 use crate::statements;
 use crate::{
-    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
-    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
-    TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
+    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, TriggerOutcome,
+    WorkerRecord, WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -131,6 +132,32 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         let triggers = TriggerGroups::spawn(PgTriggers { pool: pool.clone() });
         Ok(PgStore { pool, triggers })
+    }
+}
+
+#[async_trait]
+impl Backend for PgStore {
+    type D = sql::Postgres;
+
+    async fn reader(&self) -> Result<PoolConnection<sqlx::Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn writer(&self) -> Result<PoolConnection<sqlx::Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn serialize_bootstrap(&self, conn: &mut PgConnection) -> Result<()> {
+        // Held until commit: a second node waits here, then sees the first's project.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(BOOTSTRAP_LOCK_KEY)
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 }
 
@@ -408,130 +435,39 @@ async fn lease_runs(
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl NodeStore for PgStore {
     async fn health(&self, now: DateTime<Utc>) -> Result<()> {
         statements::postgres::ping(&self.pool).await?;
         statements::postgres::health_record(&self.pool, now).await
     }
 
-    async fn project_bootstrap(
-        &self,
-        dev_key: &SecretKey,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Bootstrap>> {
-        let mut tx = self.pool.begin().await?;
-        // Held until commit: a second node waits here, then sees the first's project.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(BOOTSTRAP_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        let existing: Option<String> = sqlx::query_scalar("SELECT id FROM projects LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        if existing.is_some() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let project = Project {
-            id: ProjectId::generate(ms(now)),
-            created_at: now,
-        };
-        sqlx::query("INSERT INTO projects (id, created_at) VALUES ($1, $2)")
-            .bind(project.id.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-        let mut environments = Vec::new();
-        for kind in EnvironmentKind::ALL {
-            let environment = Environment {
-                id: EnvironmentId::generate(ms(now)),
-                project_id: project.id.clone(),
-                kind,
-            };
-            sqlx::query(
-                "INSERT INTO environments (id, project_id, kind, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(environment.id.as_str())
-            .bind(project.id.as_str())
-            .bind(kind.slug())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-            environments.push(environment);
-        }
-        let dev = environments
-            .iter()
-            .find(|e| e.kind == EnvironmentKind::Dev)
-            .expect("every kind was created");
-        statements::postgres::api_key_insert(&mut *tx, dev_key, &dev.id, now).await?;
-        tx.commit().await?;
-        Ok(Some(Bootstrap {
-            project,
-            environments,
-        }))
+    async fn signal_publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
+        crate::multinode::pg_publish(&self.pool, signals, origin).await
     }
 
-    async fn project_get(&self) -> Result<Option<Project>> {
-        statements::postgres::project_get(&self.pool).await
+    async fn signal_listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
+        let listener = crate::multinode::pg_listen(&self.pool).await?;
+        Ok(Some(Box::new(listener)))
     }
 
-    async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>> {
-        statements::postgres::environment_get(&self.pool, kind).await
+    async fn close(&self) {
+        self.pool.close().await;
     }
+}
 
-    async fn api_key_insert(
-        &self,
-        key: &SecretKey,
-        environment: &EnvironmentId,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        statements::postgres::api_key_insert(&self.pool, key, environment, now).await
-    }
-
-    async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>> {
-        statements::postgres::api_key_authenticate(&self.pool, key_hash).await
-    }
-
-    async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>> {
-        statements::postgres::api_key_list(&self.pool).await
-    }
-
-    async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome> {
-        if prefix.is_empty() {
-            return Ok(RevokeOutcome::NotFound);
-        }
-        let mut tx = self.pool.begin().await?;
-        // `strpos(prefix, $1) = 1` is "starts with" without LIKE's wildcards. FOR UPDATE
-        // makes a concurrent revoke of the same key wait, then find it revoked.
-        let hashes: Vec<(String, String)> = sqlx::query_as(
-            "SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL AND strpos(prefix, $1) = 1 \
-             FOR UPDATE",
-        )
-        .bind(prefix)
-        .fetch_all(&mut *tx)
-        .await?;
-        let outcome = match hashes.as_slice() {
-            [] => RevokeOutcome::NotFound,
-            [(hash, full_prefix)] => {
-                sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE key_hash = $2")
-                    .bind(ms(now))
-                    .bind(hash)
-                    .execute(&mut *tx)
-                    .await?;
-                RevokeOutcome::Revoked {
-                    prefix: full_prefix.clone(),
-                }
-            }
-            many => RevokeOutcome::Ambiguous {
-                matches: many.len(),
-            },
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
+#[async_trait]
+impl RunStore for PgStore {
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
         self.triggers.trigger(run, now).await
+    }
+
+    async fn run_trigger_many(
+        &self,
+        runs: &[Run],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TriggerOutcome>> {
+        let runs: Vec<&Run> = runs.iter().collect();
+        trigger_together(&self.pool, &runs, now).await
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
@@ -552,6 +488,146 @@ impl Store for PgStore {
         statements::postgres::run_transition(&self.pool, id, from, to, now).await
     }
 
+    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
+        statements::postgres::run_list(&self.pool, query).await
+    }
+
+    async fn run_descendants_live(
+        &self,
+        environment: &EnvironmentId,
+        parent: &RunId,
+    ) -> Result<Vec<RunId>> {
+        statements::postgres::run_descendants_live(&self.pool, environment, parent).await
+    }
+
+    async fn run_reschedule(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        delay_until: DateTime<Utc>,
+        expire_at: Option<DateTime<Utc>>,
+        queue_ts: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        statements::postgres::run_reschedule(
+            &self.pool,
+            environment,
+            id,
+            delay_until,
+            expire_at,
+            queue_ts,
+            now,
+        )
+        .await
+    }
+
+    async fn run_tags_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: &[String],
+        tags: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        statements::postgres::run_tags_replace(&self.pool, environment, id, expected, tags, now)
+            .await
+    }
+
+    async fn run_metadata_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: Option<&Packet>,
+        metadata: &Packet,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        statements::postgres::run_metadata_replace(
+            &self.pool,
+            environment,
+            id,
+            expected,
+            metadata,
+            now,
+        )
+        .await
+    }
+
+    async fn idempotency_key_reset(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        statements::postgres::idempotency_key_reset(&self.pool, environment, task, key, now).await
+    }
+
+    async fn run_cancel(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, current_attempt_id FROM runs WHERE id = $1 AND environment_id = $2 FOR UPDATE",
+        )
+        .bind(id.as_str())
+        .bind(environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, attempt)) = row else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let status = run_status(&status)?;
+        if status.is_final() {
+            return Ok(CancelOutcome::AlreadyFinal(status));
+        }
+        let started_at: Option<i64> = match &attempt {
+            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = $1")
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten(),
+            None => None,
+        };
+        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
+        sqlx::query(
+            "UPDATE runs SET status = 'CANCELED', completed_at = $1, updated_at = $1, error = $2, \
+             usage_duration_ms = usage_duration_ms + $3, cost_in_cents = cost_in_cents + $4, \
+             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
+             WHERE id = $5 AND status = $6",
+        )
+        .bind(ms(now))
+        .bind(rows::canceled_error().to_string())
+        .bind(duration_ms)
+        .bind(duration_ms as f64 * cents_per_ms)
+        .bind(id.as_str())
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(attempt) = &attempt {
+            sqlx::query(
+                "UPDATE attempts SET status = 'CANCELED', completed_at = $1, updated_at = $1, duration_ms = $2, \
+                 error = $3 WHERE id = $4 AND status IN ('PENDING', 'EXECUTING')",
+            )
+            .bind(ms(now))
+            .bind(duration_ms)
+            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(CancelOutcome::Canceled {
+            attempt: attempt.map(AttemptId::from_trusted),
+        })
+    }
+}
+
+#[async_trait]
+impl SweepStore for PgStore {
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
         // The error is the upstream TaskRunError for an expired run, spelled byte for byte
         // as SQLite's json_object writes it (json_build_object would add spaces).
@@ -628,139 +704,35 @@ impl Store for PgStore {
         statements::postgres::run_next_due_at(&self.pool, with_leases).await
     }
 
+    async fn run_leases_due(
+        &self,
+        leases_expired_by: Option<DateTime<Utc>>,
+        timed_out_by: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Leased>> {
+        let runs = statements::postgres::run_leases_due(
+            &self.pool,
+            leases_expired_by,
+            timed_out_by,
+            limit,
+        )
+        .await?;
+        let ids: Vec<AttemptId> = runs
+            .iter()
+            .filter_map(|r| r.current_attempt_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let attempts = attempts_in(&self.pool, &ids).await?;
+        Ok(rows::pair_leased(runs, attempts))
+    }
+}
+
+#[async_trait]
+impl AttemptStore for PgStore {
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
         statements::postgres::attempt_list(&self.pool, run).await
-    }
-
-    async fn worker_register(
-        &self,
-        registration: &WorkerRegistration,
-        now: DateTime<Utc>,
-    ) -> Result<Registered> {
-        let env = registration.environment_id.as_str();
-        let mut tx = self.pool.begin().await?;
-        // Registrations of one environment take turns, so two never pick one version.
-        sqlx::query("SELECT id FROM environments WHERE id = $1 FOR UPDATE")
-            .bind(env)
-            .execute(&mut *tx)
-            .await?;
-        let version = match &registration.version {
-            Some(version) => version.clone(),
-            None => {
-                let existing: Vec<String> = sqlx::query_scalar(
-                    "SELECT version FROM worker_versions WHERE environment_id = $1 AND version LIKE $2",
-                )
-                .bind(env)
-                .bind(rows::version_pattern(now))
-                .fetch_all(&mut *tx)
-                .await?;
-                rows::next_version(now, &existing)
-            }
-        };
-        sqlx::query(
-            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(env)
-        .bind(&version)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        for task in &registration.tasks {
-            sqlx::query(
-                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
-                 queue = excluded.queue, retry = excluded.retry, \
-                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
-            )
-            .bind(env)
-            .bind(&task.task_identifier)
-            .bind(&version)
-            .bind(&task.queue)
-            .bind(rows::retry_text(task))
-            .bind(task.max_duration_secs.map(i64::from))
-            .bind(task.machine.map(|m| m.as_str()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let task_ids: Vec<String> = registration
-            .tasks
-            .iter()
-            .map(|t| t.task_identifier.clone())
-            .collect();
-        sqlx::query(
-            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(registration.id.as_str())
-        .bind(env)
-        .bind(&registration.name)
-        .bind(&version)
-        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        let promoted: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'QUEUED', updated_at = $1 \
-             WHERE environment_id = $2 AND status = 'PENDING_VERSION' AND task_identifier = ANY($3) \
-             AND (lock_to_version IS NULL OR lock_to_version = $4) RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(env)
-        .bind(&task_ids)
-        .bind(&version)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Registered {
-            version,
-            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
-        })
-    }
-
-    async fn task_served(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<bool> {
-        statements::postgres::task_served(&self.pool, environment, task, version).await
-    }
-
-    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
-        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((environment_id, name, version, tasks, created_at)) = row else {
-            return Ok(None);
-        };
-        let served = rows::task_list(&tasks)?;
-        let rows = sqlx::query(
-            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
-             WHERE environment_id = $1 AND version = $2 AND task_identifier = ANY($3) \
-             ORDER BY task_identifier COLLATE \"C\"",
-        )
-        .bind(&environment_id)
-        .bind(&version)
-        .bind(&served)
-        .fetch_all(&self.pool)
-        .await?;
-        let tasks = rows
-            .iter()
-            .map(task_config_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(WorkerRecord {
-            id: id.clone(),
-            environment_id: EnvironmentId::from_trusted(environment_id),
-            name,
-            version,
-            tasks,
-            created_at: rows::time(created_at)?,
-        }))
     }
 
     async fn run_dequeue(
@@ -1014,252 +986,153 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(applied)
     }
+}
 
-    async fn run_leases_due(
+#[async_trait]
+impl WorkerStore for PgStore {
+    async fn worker_register(
         &self,
-        leases_expired_by: Option<DateTime<Utc>>,
-        timed_out_by: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Leased>> {
-        let runs = statements::postgres::run_leases_due(
-            &self.pool,
-            leases_expired_by,
-            timed_out_by,
-            limit,
-        )
-        .await?;
-        let ids: Vec<AttemptId> = runs
-            .iter()
-            .filter_map(|r| r.current_attempt_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let attempts = attempts_in(&self.pool, &ids).await?;
-        Ok(rows::pair_leased(runs, attempts))
-    }
-
-    async fn run_cancel(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
+        registration: &WorkerRegistration,
         now: DateTime<Utc>,
-    ) -> Result<CancelOutcome> {
+    ) -> Result<Registered> {
+        let env = registration.environment_id.as_str();
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, current_attempt_id FROM runs WHERE id = $1 AND environment_id = $2 FOR UPDATE",
-        )
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, attempt)) = row else {
-            return Ok(CancelOutcome::NotFound);
+        // Registrations of one environment take turns, so two never pick one version.
+        sqlx::query("SELECT id FROM environments WHERE id = $1 FOR UPDATE")
+            .bind(env)
+            .execute(&mut *tx)
+            .await?;
+        let version = match &registration.version {
+            Some(version) => version.clone(),
+            None => {
+                let existing: Vec<String> = sqlx::query_scalar(
+                    "SELECT version FROM worker_versions WHERE environment_id = $1 AND version LIKE $2",
+                )
+                .bind(env)
+                .bind(rows::version_pattern(now))
+                .fetch_all(&mut *tx)
+                .await?;
+                rows::next_version(now, &existing)
+            }
         };
-        let status = run_status(&status)?;
-        if status.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(status));
-        }
-        let started_at: Option<i64> = match &attempt {
-            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = $1")
-                .bind(attempt)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten(),
-            None => None,
-        };
-        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
         sqlx::query(
-            "UPDATE runs SET status = 'CANCELED', completed_at = $1, updated_at = $1, error = $2, \
-             usage_duration_ms = usage_duration_ms + $3, cost_in_cents = cost_in_cents + $4, \
-             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
-             WHERE id = $5 AND status = $6",
+            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
         )
+        .bind(env)
+        .bind(&version)
         .bind(ms(now))
-        .bind(rows::canceled_error().to_string())
-        .bind(duration_ms)
-        .bind(duration_ms as f64 * cents_per_ms)
-        .bind(id.as_str())
-        .bind(status.as_str())
         .execute(&mut *tx)
         .await?;
-        if let Some(attempt) = &attempt {
+        for task in &registration.tasks {
             sqlx::query(
-                "UPDATE attempts SET status = 'CANCELED', completed_at = $1, updated_at = $1, duration_ms = $2, \
-                 error = $3 WHERE id = $4 AND status IN ('PENDING', 'EXECUTING')",
+                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
+                 queue = excluded.queue, retry = excluded.retry, \
+                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
             )
-            .bind(ms(now))
-            .bind(duration_ms)
-            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
-            .bind(attempt)
+            .bind(env)
+            .bind(&task.task_identifier)
+            .bind(&version)
+            .bind(&task.queue)
+            .bind(rows::retry_text(task))
+            .bind(task.max_duration_secs.map(i64::from))
+            .bind(task.machine.map(|m| m.as_str()))
             .execute(&mut *tx)
             .await?;
         }
+        let task_ids: Vec<String> = registration
+            .tasks
+            .iter()
+            .map(|t| t.task_identifier.clone())
+            .collect();
+        sqlx::query(
+            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(registration.id.as_str())
+        .bind(env)
+        .bind(&registration.name)
+        .bind(&version)
+        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        let promoted: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'QUEUED', updated_at = $1 \
+             WHERE environment_id = $2 AND status = 'PENDING_VERSION' AND task_identifier = ANY($3) \
+             AND (lock_to_version IS NULL OR lock_to_version = $4) RETURNING id",
+        )
+        .bind(ms(now))
+        .bind(env)
+        .bind(&task_ids)
+        .bind(&version)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(CancelOutcome::Canceled {
-            attempt: attempt.map(AttemptId::from_trusted),
+        Ok(Registered {
+            version,
+            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
         })
     }
 
-    // [list]
-    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        statements::postgres::run_list(&self.pool, query).await
-    }
-
-    // [actions]
-
-    async fn run_descendants_live(
-        &self,
-        environment: &EnvironmentId,
-        parent: &RunId,
-    ) -> Result<Vec<RunId>> {
-        statements::postgres::run_descendants_live(&self.pool, environment, parent).await
-    }
-
-    async fn run_reschedule(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        delay_until: DateTime<Utc>,
-        expire_at: Option<DateTime<Utc>>,
-        queue_ts: i64,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_reschedule(
-            &self.pool,
-            environment,
-            id,
-            delay_until,
-            expire_at,
-            queue_ts,
-            now,
+    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = $1",
         )
-        .await
-    }
-
-    async fn run_tags_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: &[String],
-        tags: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_tags_replace(&self.pool, environment, id, expected, tags, now)
-            .await
-    }
-
-    async fn run_metadata_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: Option<&Packet>,
-        metadata: &Packet,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_metadata_replace(
-            &self.pool,
-            environment,
-            id,
-            expected,
-            metadata,
-            now,
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((environment_id, name, version, tasks, created_at)) = row else {
+            return Ok(None);
+        };
+        let served = rows::task_list(&tasks)?;
+        let rows = sqlx::query(
+            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
+             WHERE environment_id = $1 AND version = $2 AND task_identifier = ANY($3) \
+             ORDER BY task_identifier COLLATE \"C\"",
         )
-        .await
+        .bind(&environment_id)
+        .bind(&version)
+        .bind(&served)
+        .fetch_all(&self.pool)
+        .await?;
+        let tasks = rows
+            .iter()
+            .map(task_config_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(WorkerRecord {
+            id: id.clone(),
+            environment_id: EnvironmentId::from_trusted(environment_id),
+            name,
+            version,
+            tasks,
+            created_at: rows::time(created_at)?,
+        }))
     }
 
-    async fn idempotency_key_reset(
+    async fn task_served(
         &self,
         environment: &EnvironmentId,
         task: &str,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        statements::postgres::idempotency_key_reset(&self.pool, environment, task, key, now).await
+        version: Option<&str>,
+    ) -> Result<bool> {
+        statements::postgres::task_served(&self.pool, environment, task, version).await
     }
 
-    // [batches]
-
-    async fn run_trigger_many(
-        &self,
-        runs: &[Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let runs: Vec<&Run> = runs.iter().collect();
-        trigger_together(&self.pool, &runs, now).await
-    }
-
-    async fn batch_create(
-        &self,
-        batch: &runnel_core::batch::BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchCreateOutcome> {
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::batch_create(&mut tx, batch, now).await {
-                Err(Error::Database(sqlx::Error::Database(db)))
-                    if db.is_unique_violation()
-                        && db.constraint()
-                            == Some(crate::batches::postgres::BATCH_IDEMPOTENCY_INDEX)
-                        && round < TRIGGER_ROUNDS =>
-                {
-                    // A concurrent create took the key first: look again for it.
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    return Ok(outcome);
-                }
-            }
-        }
-    }
-
-    async fn batch_get(
+    async fn task_queue(
         &self,
         environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
-        statements::postgres::batch_get(&self.pool, environment, id).await
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>> {
+        statements::postgres::task_queue(&self.pool, environment, task, version).await
     }
+}
 
-    async fn batch_item_list(
-        &self,
-        id: &runnel_core::BatchId,
-    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
-        statements::postgres::batch_item_list(&self.pool, id).await
-    }
-
-    async fn batch_items_trigger(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-        items: &[crate::BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchItemsOutcome> {
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::items_trigger(&mut tx, environment, id, items, now)
-                .await
-            {
-                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                    tracing::debug!(batch = %id, round, "idempotency key of a batch item taken concurrently");
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    return Ok(outcome);
-                }
-            }
-        }
-    }
-
-    // [queues]
-
+#[async_trait]
+impl QueueStore for PgStore {
     async fn queue_declare(
         &self,
         environment: &EnvironmentId,
@@ -1344,36 +1217,75 @@ impl Store for PgStore {
     ) -> Result<Option<QueueRecord>> {
         statements::postgres::queue_update(&self.pool, environment, queue, change, now).await
     }
+}
 
-    async fn task_queue(
+#[async_trait]
+impl BatchStore for PgStore {
+    async fn batch_create(
+        &self,
+        batch: &runnel_core::batch::BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchCreateOutcome> {
+        let mut round = 1;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            match crate::batches::postgres::batch_create(&mut tx, batch, now).await {
+                Err(Error::Database(sqlx::Error::Database(db)))
+                    if db.is_unique_violation()
+                        && db.constraint()
+                            == Some(crate::batches::postgres::BATCH_IDEMPOTENCY_INDEX)
+                        && round < TRIGGER_ROUNDS =>
+                {
+                    // A concurrent create took the key first: look again for it.
+                    round += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
+    async fn batch_get(
         &self,
         environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<Option<String>> {
-        statements::postgres::task_queue(&self.pool, environment, task, version).await
+        id: &runnel_core::BatchId,
+    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
+        statements::postgres::batch_get(&self.pool, environment, id).await
     }
 
-    // [auth]
+    async fn batch_item_list(
+        &self,
+        id: &runnel_core::BatchId,
+    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
+        statements::postgres::batch_item_list(&self.pool, id).await
+    }
 
-    async fn api_key_hashes(
+    async fn batch_items_trigger(
         &self,
         environment: &EnvironmentId,
-    ) -> Result<Option<(Environment, Vec<String>)>> {
-        statements::postgres::api_key_hashes(&self.pool, environment).await
-    }
-
-    // [multinode]
-    async fn signal_publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
-        crate::multinode::pg_publish(&self.pool, signals, origin).await
-    }
-
-    async fn signal_listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
-        let listener = crate::multinode::pg_listen(&self.pool).await?;
-        Ok(Some(Box::new(listener)))
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
+        id: &runnel_core::BatchId,
+        items: &[crate::BatchItemTrigger],
+        now: DateTime<Utc>,
+    ) -> Result<crate::BatchItemsOutcome> {
+        let mut round = 1;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            match crate::batches::postgres::items_trigger(&mut tx, environment, id, items, now)
+                .await
+            {
+                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
+                    tracing::debug!(batch = %id, round, "idempotency key of a batch item taken concurrently");
+                    round += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+            }
+        }
     }
 }

@@ -23,26 +23,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{AttemptId, EnvironmentId, ProjectId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, RunStatus, WorkerId};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::detach::detached;
 use crate::group::{GroupWriter, TriggerGroups};
+use crate::prelude::*;
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
     self, attempt_from_row, ms, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
     NO_MAX_DURATION, RUN_COLUMNS,
 };
+use crate::sql::{self, Backend};
 use crate::statements;
 use crate::{
-    AttemptSettlement, Bootstrap, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
-    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, RevokeOutcome, Store,
-    TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
+    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, TriggerOutcome,
+    WorkerRecord, WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -89,6 +90,23 @@ async fn begin_write(writer: &SqlitePool) -> Result<sqlx::Transaction<'static, s
             Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
         }
         begun => Ok(begun?),
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteStore {
+    type D = sql::Sqlite;
+
+    async fn reader(&self) -> Result<PoolConnection<sqlx::Sqlite>> {
+        Ok(self.reader.acquire().await?)
+    }
+
+    async fn writer(&self) -> Result<PoolConnection<sqlx::Sqlite>> {
+        Ok(self.writer.acquire().await?)
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        begin_write(&self.writer).await
     }
 }
 
@@ -309,92 +327,6 @@ async fn lease_runs(
 /// The multi-statement writes, each run by its trait method on a task of its own
 /// (`detach.rs`).
 impl SqliteStore {
-    async fn write_project_bootstrap(
-        &self,
-        dev_key: &SecretKey,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Bootstrap>> {
-        let mut tx = begin_write(&self.writer).await?;
-        let existing: Option<String> = sqlx::query_scalar("SELECT id FROM projects LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        if existing.is_some() {
-            return Ok(None);
-        }
-        let project = Project {
-            id: ProjectId::generate(ms(now)),
-            created_at: now,
-        };
-        sqlx::query("INSERT INTO projects (id, created_at) VALUES (?, ?)")
-            .bind(project.id.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-        let mut environments = Vec::new();
-        for kind in EnvironmentKind::ALL {
-            let environment = Environment {
-                id: EnvironmentId::generate(ms(now)),
-                project_id: project.id.clone(),
-                kind,
-            };
-            sqlx::query(
-                "INSERT INTO environments (id, project_id, kind, created_at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(environment.id.as_str())
-            .bind(project.id.as_str())
-            .bind(kind.slug())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-            environments.push(environment);
-        }
-        let dev = environments
-            .iter()
-            .find(|e| e.kind == EnvironmentKind::Dev)
-            .expect("every kind was created");
-        statements::sqlite::api_key_insert(&mut *tx, dev_key, &dev.id, now).await?;
-        tx.commit().await?;
-        Ok(Some(Bootstrap {
-            project,
-            environments,
-        }))
-    }
-
-    async fn write_api_key_revoke(
-        &self,
-        prefix: &str,
-        now: DateTime<Utc>,
-    ) -> Result<RevokeOutcome> {
-        if prefix.is_empty() {
-            return Ok(RevokeOutcome::NotFound);
-        }
-        let mut tx = begin_write(&self.writer).await?;
-        // `instr(prefix, ?) = 1` is "starts with" without LIKE's wildcards.
-        let hashes: Vec<(String, String)> =
-            sqlx::query_as("SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL AND instr(prefix, ?) = 1")
-                .bind(prefix)
-                .fetch_all(&mut *tx)
-                .await?;
-        let outcome = match hashes.as_slice() {
-            [] => RevokeOutcome::NotFound,
-            [(hash, full_prefix)] => {
-                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ?")
-                    .bind(ms(now))
-                    .bind(hash)
-                    .execute(&mut *tx)
-                    .await?;
-                RevokeOutcome::Revoked {
-                    prefix: full_prefix.clone(),
-                }
-            }
-            many => RevokeOutcome::Ambiguous {
-                matches: many.len(),
-            },
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
     async fn write_worker_register(
         &self,
         registration: &WorkerRegistration,
@@ -781,7 +713,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl NodeStore for SqliteStore {
     async fn health(&self, now: DateTime<Utc>) -> Result<()> {
         statements::sqlite::ping(&self.reader).await?;
         let writer = self.writer.clone();
@@ -794,47 +726,29 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn project_bootstrap(
-        &self,
-        dev_key: &SecretKey,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Bootstrap>> {
-        let (store, dev_key) = (self.clone(), dev_key.clone());
-        detached(async move { store.write_project_bootstrap(&dev_key, now).await }).await
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
     }
+}
 
-    async fn project_get(&self) -> Result<Option<Project>> {
-        statements::sqlite::project_get(&self.reader).await
-    }
-
-    async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>> {
-        statements::sqlite::environment_get(&self.reader, kind).await
-    }
-
-    async fn api_key_insert(
-        &self,
-        key: &SecretKey,
-        environment: &EnvironmentId,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        statements::sqlite::api_key_insert(&self.writer, key, environment, now).await
-    }
-
-    async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>> {
-        statements::sqlite::api_key_authenticate(&self.reader, key_hash).await
-    }
-
-    async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>> {
-        statements::sqlite::api_key_list(&self.reader).await
-    }
-
-    async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome> {
-        let (store, prefix) = (self.clone(), prefix.to_owned());
-        detached(async move { store.write_api_key_revoke(&prefix, now).await }).await
-    }
-
+#[async_trait]
+impl RunStore for SqliteStore {
     async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
         self.triggers.trigger(run, now).await
+    }
+
+    async fn run_trigger_many(
+        &self,
+        runs: &[Run],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TriggerOutcome>> {
+        let (writer, runs) = (self.writer.clone(), runs.to_vec());
+        detached(async move {
+            let runs: Vec<&Run> = runs.iter().collect();
+            trigger_group(&writer, &runs, now).await
+        })
+        .await
     }
 
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
@@ -855,6 +769,99 @@ impl Store for SqliteStore {
         statements::sqlite::run_transition(&self.writer, id, from, to, now).await
     }
 
+    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
+        statements::sqlite::run_list(&self.reader, query).await
+    }
+
+    async fn run_descendants_live(
+        &self,
+        environment: &EnvironmentId,
+        parent: &RunId,
+    ) -> Result<Vec<RunId>> {
+        statements::sqlite::run_descendants_live(&self.reader, environment, parent).await
+    }
+
+    async fn run_reschedule(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        delay_until: DateTime<Utc>,
+        expire_at: Option<DateTime<Utc>>,
+        queue_ts: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        statements::sqlite::run_reschedule(
+            &self.writer,
+            environment,
+            id,
+            delay_until,
+            expire_at,
+            queue_ts,
+            now,
+        )
+        .await
+    }
+
+    async fn run_tags_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: &[String],
+        tags: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        statements::sqlite::run_tags_replace(&self.writer, environment, id, expected, tags, now)
+            .await
+    }
+
+    async fn run_metadata_replace(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        expected: Option<&Packet>,
+        metadata: &Packet,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        statements::sqlite::run_metadata_replace(
+            &self.writer,
+            environment,
+            id,
+            expected,
+            metadata,
+            now,
+        )
+        .await
+    }
+
+    async fn idempotency_key_reset(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        statements::sqlite::idempotency_key_reset(&self.writer, environment, task, key, now).await
+    }
+
+    async fn run_cancel(
+        &self,
+        environment: &EnvironmentId,
+        id: &RunId,
+        cents_per_ms: f64,
+        now: DateTime<Utc>,
+    ) -> Result<CancelOutcome> {
+        let (store, environment, id) = (self.clone(), environment.clone(), id.clone());
+        detached(async move {
+            store
+                .write_run_cancel(&environment, &id, cents_per_ms, now)
+                .await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SweepStore for SqliteStore {
     async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
         // The error is the upstream TaskRunError for an expired run.
         let ids: Vec<String> = sqlx::query_scalar(
@@ -922,62 +929,35 @@ impl Store for SqliteStore {
         statements::sqlite::run_next_due_at(&self.reader, with_leases).await
     }
 
+    async fn run_leases_due(
+        &self,
+        leases_expired_by: Option<DateTime<Utc>>,
+        timed_out_by: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Leased>> {
+        let runs = statements::sqlite::run_leases_due(
+            &self.reader,
+            leases_expired_by,
+            timed_out_by,
+            limit,
+        )
+        .await?;
+        let ids: Vec<AttemptId> = runs
+            .iter()
+            .filter_map(|r| r.current_attempt_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let attempts = attempts_in(&self.reader, &ids).await?;
+        Ok(rows::pair_leased(runs, attempts))
+    }
+}
+
+#[async_trait]
+impl AttemptStore for SqliteStore {
     async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
         statements::sqlite::attempt_list(&self.reader, run).await
-    }
-
-    async fn worker_register(
-        &self,
-        registration: &WorkerRegistration,
-        now: DateTime<Utc>,
-    ) -> Result<Registered> {
-        let (store, registration) = (self.clone(), registration.clone());
-        detached(async move { store.write_worker_register(&registration, now).await }).await
-    }
-
-    async fn task_served(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<bool> {
-        statements::sqlite::task_served(&self.reader, environment, task, version).await
-    }
-
-    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
-        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = ?",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some((environment_id, name, version, tasks, created_at)) = row else {
-            return Ok(None);
-        };
-        let served = rows::task_list(&tasks)?;
-        let rows = sqlx::query(
-            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
-             WHERE environment_id = ? AND version = ? ORDER BY task_identifier",
-        )
-        .bind(&environment_id)
-        .bind(&version)
-        .fetch_all(&self.reader)
-        .await?;
-        let mut configs = Vec::new();
-        for row in &rows {
-            let config = task_config_from_row(row)?;
-            if served.contains(&config.task_identifier) {
-                configs.push(config);
-            }
-        }
-        Ok(Some(WorkerRecord {
-            id: id.clone(),
-            environment_id: EnvironmentId::from_trusted(environment_id),
-            name,
-            version,
-            tasks: configs,
-            created_at: rows::time(created_at)?,
-        }))
     }
 
     async fn run_dequeue(
@@ -1065,139 +1045,122 @@ impl Store for SqliteStore {
         let (store, settlements) = (self.clone(), settlements.to_vec());
         detached(async move { store.write_attempt_settle(&settlements).await }).await
     }
+}
 
-    async fn run_leases_due(
+#[async_trait]
+impl WorkerStore for SqliteStore {
+    async fn worker_register(
         &self,
-        leases_expired_by: Option<DateTime<Utc>>,
-        timed_out_by: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Leased>> {
-        let runs = statements::sqlite::run_leases_due(
-            &self.reader,
-            leases_expired_by,
-            timed_out_by,
-            limit,
-        )
-        .await?;
-        let ids: Vec<AttemptId> = runs
-            .iter()
-            .filter_map(|r| r.current_attempt_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let attempts = attempts_in(&self.reader, &ids).await?;
-        Ok(rows::pair_leased(runs, attempts))
+        registration: &WorkerRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<Registered> {
+        let (store, registration) = (self.clone(), registration.clone());
+        detached(async move { store.write_worker_register(&registration, now).await }).await
     }
 
-    async fn run_cancel(
+    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some((environment_id, name, version, tasks, created_at)) = row else {
+            return Ok(None);
+        };
+        let served = rows::task_list(&tasks)?;
+        let rows = sqlx::query(
+            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
+             WHERE environment_id = ? AND version = ? ORDER BY task_identifier",
+        )
+        .bind(&environment_id)
+        .bind(&version)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut configs = Vec::new();
+        for row in &rows {
+            let config = task_config_from_row(row)?;
+            if served.contains(&config.task_identifier) {
+                configs.push(config);
+            }
+        }
+        Ok(Some(WorkerRecord {
+            id: id.clone(),
+            environment_id: EnvironmentId::from_trusted(environment_id),
+            name,
+            version,
+            tasks: configs,
+            created_at: rows::time(created_at)?,
+        }))
+    }
+
+    async fn task_served(
         &self,
         environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<bool> {
+        statements::sqlite::task_served(&self.reader, environment, task, version).await
+    }
+
+    async fn task_queue(
+        &self,
+        environment: &EnvironmentId,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>> {
+        statements::sqlite::task_queue(&self.reader, environment, task, version).await
+    }
+}
+
+#[async_trait]
+impl QueueStore for SqliteStore {
+    async fn queue_declare(
+        &self,
+        environment: &EnvironmentId,
+        declarations: &[QueueDeclaration],
         now: DateTime<Utc>,
-    ) -> Result<CancelOutcome> {
-        let (store, environment, id) = (self.clone(), environment.clone(), id.clone());
+    ) -> Result<()> {
+        let (store, environment, declarations) =
+            (self.clone(), environment.clone(), declarations.to_vec());
         detached(async move {
             store
-                .write_run_cancel(&environment, &id, cents_per_ms, now)
+                .write_queue_declare(&environment, &declarations, now)
                 .await
         })
         .await
     }
 
-    // [list]
-    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        statements::sqlite::run_list(&self.reader, query).await
-    }
-
-    // [actions]
-
-    async fn run_descendants_live(
+    async fn queue_list(
         &self,
         environment: &EnvironmentId,
-        parent: &RunId,
-    ) -> Result<Vec<RunId>> {
-        statements::sqlite::run_descendants_live(&self.reader, environment, parent).await
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<QueueRecord>, u64)> {
+        statements::sqlite::queue_list(&self.reader, environment, offset, limit).await
     }
 
-    async fn run_reschedule(
+    async fn queue_get(
         &self,
         environment: &EnvironmentId,
-        id: &RunId,
-        delay_until: DateTime<Utc>,
-        expire_at: Option<DateTime<Utc>>,
-        queue_ts: i64,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_reschedule(
-            &self.writer,
-            environment,
-            id,
-            delay_until,
-            expire_at,
-            queue_ts,
-            now,
-        )
-        .await
+        queue: &QueueRef,
+    ) -> Result<Option<QueueRecord>> {
+        statements::sqlite::queue_get(&self.reader, environment, queue).await
     }
 
-    async fn run_tags_replace(
+    async fn queue_update(
         &self,
         environment: &EnvironmentId,
-        id: &RunId,
-        expected: &[String],
-        tags: &[String],
+        queue: &QueueRef,
+        change: QueueChange,
         now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_tags_replace(&self.writer, environment, id, expected, tags, now)
-            .await
+    ) -> Result<Option<QueueRecord>> {
+        statements::sqlite::queue_update(&self.writer, environment, queue, change, now).await
     }
+}
 
-    async fn run_metadata_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: Option<&Packet>,
-        metadata: &Packet,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_metadata_replace(
-            &self.writer,
-            environment,
-            id,
-            expected,
-            metadata,
-            now,
-        )
-        .await
-    }
-
-    async fn idempotency_key_reset(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        statements::sqlite::idempotency_key_reset(&self.writer, environment, task, key, now).await
-    }
-
-    // [batches]
-
-    async fn run_trigger_many(
-        &self,
-        runs: &[Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let (writer, runs) = (self.writer.clone(), runs.to_vec());
-        detached(async move {
-            let runs: Vec<&Run> = runs.iter().collect();
-            trigger_group(&writer, &runs, now).await
-        })
-        .await
-    }
-
+#[async_trait]
+impl BatchStore for SqliteStore {
     async fn batch_create(
         &self,
         batch: &runnel_core::batch::BatchRecord,
@@ -1241,74 +1204,6 @@ impl Store for SqliteStore {
                 .await
         })
         .await
-    }
-
-    // [queues]
-
-    async fn queue_declare(
-        &self,
-        environment: &EnvironmentId,
-        declarations: &[QueueDeclaration],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let (store, environment, declarations) =
-            (self.clone(), environment.clone(), declarations.to_vec());
-        detached(async move {
-            store
-                .write_queue_declare(&environment, &declarations, now)
-                .await
-        })
-        .await
-    }
-
-    async fn queue_list(
-        &self,
-        environment: &EnvironmentId,
-        offset: u64,
-        limit: u32,
-    ) -> Result<(Vec<QueueRecord>, u64)> {
-        statements::sqlite::queue_list(&self.reader, environment, offset, limit).await
-    }
-
-    async fn queue_get(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-    ) -> Result<Option<QueueRecord>> {
-        statements::sqlite::queue_get(&self.reader, environment, queue).await
-    }
-
-    async fn queue_update(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-        change: QueueChange,
-        now: DateTime<Utc>,
-    ) -> Result<Option<QueueRecord>> {
-        statements::sqlite::queue_update(&self.writer, environment, queue, change, now).await
-    }
-
-    async fn task_queue(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<Option<String>> {
-        statements::sqlite::task_queue(&self.reader, environment, task, version).await
-    }
-
-    // [auth]
-
-    async fn api_key_hashes(
-        &self,
-        environment: &EnvironmentId,
-    ) -> Result<Option<(Environment, Vec<String>)>> {
-        statements::sqlite::api_key_hashes(&self.reader, environment).await
-    }
-
-    async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
     }
 }
 

@@ -23,17 +23,16 @@ macro_rules! statements {
     ($db:ty, dialect = $dialect:expr, collate_bytes = $collate:literal) => {
         use chrono::{DateTime, Utc};
         use runnel_core::batch::{BatchItemRecord, BatchRecord};
-        use runnel_core::key::{EnvironmentKind, SecretKey};
+
         use runnel_core::list::RunListQuery;
         use runnel_core::run::{Attempt, Packet, Run};
-        use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
+
         use runnel_core::{BatchId, EnvironmentId, RunId, RunStatus};
 
         use crate::batches::{batch_from_row, batch_item_from_row, BATCH_COLUMNS, BATCH_ITEM_COLUMNS};
         use crate::queues::{queue_from_row, ref_column, QUEUE_COLUMNS};
         use crate::rows::{
-            self, api_key_info_from_row, attempt_from_row, environment_from_row, ms, opt_time,
-            project_from_row, run_from_row, ATTEMPT_COLUMNS, RUN_COLUMNS,
+            self, attempt_from_row, ms, opt_time, run_from_row, ATTEMPT_COLUMNS, RUN_COLUMNS,
         };
         use crate::{Deadline, QueueChange, QueueRecord, QueueRef, Result};
 
@@ -57,101 +56,6 @@ macro_rules! statements {
             .execute(db)
             .await?;
             Ok(())
-        }
-
-        pub(crate) async fn project_get(
-            db: impl sqlx::Executor<'_, Database = $db>,
-        ) -> Result<Option<Project>> {
-            let row = sqlx::query("SELECT id, created_at FROM projects ORDER BY created_at LIMIT 1")
-                .fetch_optional(db)
-                .await?;
-            row.as_ref().map(project_from_row).transpose()
-        }
-
-        pub(crate) async fn environment_get(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            kind: EnvironmentKind,
-        ) -> Result<Option<Environment>> {
-            let row = sqlx::query("SELECT id, project_id, kind FROM environments WHERE kind = $1")
-                .bind(kind.slug())
-                .fetch_optional(db)
-                .await?;
-            row.as_ref().map(environment_from_row).transpose()
-        }
-
-        /// Stores a key (hashed) for `environment`, inside whatever transaction or pool
-        /// `db` is.
-        pub(crate) async fn api_key_insert(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            key: &SecretKey,
-            environment: &EnvironmentId,
-            now: DateTime<Utc>,
-        ) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(key.hash())
-            .bind(key.display_prefix())
-            .bind(environment.as_str())
-            .bind(ms(now))
-            .execute(db)
-            .await?;
-            Ok(())
-        }
-
-        pub(crate) async fn api_key_authenticate(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            key_hash: &str,
-        ) -> Result<Option<Environment>> {
-            let row = sqlx::query(
-                "SELECT e.id, e.project_id, e.kind FROM api_keys k \
-                 JOIN environments e ON e.id = k.environment_id \
-                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            )
-            .bind(key_hash)
-            .fetch_optional(db)
-            .await?;
-            row.as_ref().map(environment_from_row).transpose()
-        }
-
-        pub(crate) async fn api_key_list(
-            db: impl sqlx::Executor<'_, Database = $db>,
-        ) -> Result<Vec<ApiKeyInfo>> {
-            let rows = sqlx::query(concat!(
-                "SELECT k.prefix, e.kind, k.created_at, k.revoked_at FROM api_keys k \
-                 JOIN environments e ON e.id = k.environment_id \
-                 ORDER BY k.created_at, k.prefix",
-                $collate
-            ))
-            .fetch_all(db)
-            .await?;
-            rows.iter().map(api_key_info_from_row).collect()
-        }
-
-        /// The environment and the hashes of its live keys, oldest first.
-        pub(crate) async fn api_key_hashes(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            environment: &EnvironmentId,
-        ) -> Result<Option<(Environment, Vec<String>)>> {
-            let found = sqlx::query(concat!(
-                "SELECT e.id, e.project_id, e.kind, k.key_hash FROM environments e \
-                 LEFT JOIN api_keys k ON k.environment_id = e.id AND k.revoked_at IS NULL \
-                 WHERE e.id = $1 ORDER BY k.created_at, k.key_hash",
-                $collate
-            ))
-            .bind(environment.as_str())
-            .fetch_all(db)
-            .await?;
-            let Some(first) = found.first() else {
-                return Ok(None);
-            };
-            let hashes = found
-                .iter()
-                .map(|row| rows::Columns::opt_text(row, "key_hash"))
-                .filter_map(|hash| hash.transpose())
-                .collect::<sqlx::Result<Vec<_>>>()?;
-            Ok(Some((environment_from_row(first)?, hashes)))
         }
 
         pub(crate) async fn run_get(

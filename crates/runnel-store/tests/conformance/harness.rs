@@ -17,6 +17,7 @@ pub(crate) use runnel_core::tenancy::{ApiKeyInfo, Environment};
 pub(crate) use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 pub(crate) use runnel_core::BatchId;
 pub(crate) use runnel_core::{AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
+pub(crate) use runnel_store::prelude::*;
 pub(crate) use runnel_store::{
     AttemptSettlement, CancelOutcome, Claim, Deadline, Leased, PgStore, QueueChange,
     QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, RevokeOutcome, SqliteStore,

@@ -1,0 +1,395 @@
+//! One SQL text per statement, run on either database.
+//!
+//! Every statement of the store is written once, in the area module it belongs to
+//! (`keys.rs`, `runs.rs`, …), as a plain function generic over a [`Backend`]. What the
+//! two databases spell differently is asked of the backend's [`Dialect`]:
+//!
+//! - **Placeholders and value lists.** A statement collects its values in [`Params`],
+//!   which hands back the placeholder for each (`$n` on both: sqlx's SQLite driver binds
+//!   `$n` to the n-th value as PostgreSQL does) and, for a list, the whole membership
+//!   test: `IN ($3, $4, $5)` on SQLite, `= ANY($3)` with one array on PostgreSQL.
+//! - **Row locks.** [`Dialect::FOR_UPDATE`] and [`Dialect::SKIP_LOCKED`] are empty on
+//!   SQLite, whose one writer connection already serializes writers.
+//! - **Byte order.** [`Dialect::COLLATE_BYTES`] orders text by bytes, as Rust does; on
+//!   PostgreSQL the database's locale would order ids and names otherwise.
+//! - **How a write begins** ([`Backend::begin`]): `BEGIN IMMEDIATE` on the SQLite writer
+//!   connection, a pooled transaction on PostgreSQL; and where reads go
+//!   ([`Backend::reader`]).
+//!
+//! What truly differs in behaviour (the dequeue's selection, the idempotency race,
+//! NOTIFY, the bootstrap lock) stays in `sqlite.rs` and `postgres.rs`.
+//!
+//! Values are bound through [`Value`] rather than sqlx's generic `bind`, so the area
+//! code needs no per-database trait bounds: each dialect binds the few value kinds the
+//! schema has (text, integer, real, flag, and their `NULL`s; see `rows.rs`).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+
+use crate::rows::Columns;
+use crate::Result;
+
+/// A future the dialect returns, borrowing the connection and the statement.
+pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
+
+/// The database a dialect runs on.
+pub(crate) type Db<D> = <D as Dialect>::Db;
+
+/// A connection of that database (what a pooled connection and a transaction deref to).
+pub(crate) type Conn<D> = <Db<D> as sqlx::Database>::Connection;
+
+/// One value bound to a statement.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub(crate) enum Value<'a> {
+    Text(Option<Cow<'a, str>>),
+    Int(Option<i64>),
+    Real(f64),
+    Flag(bool),
+    /// A list bound as one array (PostgreSQL's `= ANY($n)`).
+    Texts(Vec<Cow<'a, str>>),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(text: &'a str) -> Self {
+        Value::Text(Some(Cow::Borrowed(text)))
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(text: &'a String) -> Self {
+        Value::Text(Some(Cow::Borrowed(text)))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(text: String) -> Self {
+        Value::Text(Some(Cow::Owned(text)))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        Value::Text(text.map(Cow::Borrowed))
+    }
+}
+
+impl From<Option<String>> for Value<'_> {
+    fn from(text: Option<String>) -> Self {
+        Value::Text(text.map(Cow::Owned))
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
+        Value::Int(Some(n))
+    }
+}
+
+impl From<Option<i64>> for Value<'_> {
+    fn from(n: Option<i64>) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl From<f64> for Value<'_> {
+    fn from(x: f64) -> Self {
+        Value::Real(x)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(flag: bool) -> Self {
+        Value::Flag(flag)
+    }
+}
+
+/// The values of one statement, in placeholder order, and the placeholders for them.
+///
+/// ```text
+/// let mut p = Params::<D>::new();
+/// let sql = format!("UPDATE runs SET tags = {} WHERE id {}", p.bind(tags), p.list(ids));
+/// p.execute(&mut *conn, &sql).await?;
+/// ```
+///
+/// A fixed text with `$1`, `$2`… written out can use [`Params::with`] instead.
+#[derive(Debug)]
+pub(crate) struct Params<'a, D> {
+    values: Vec<Value<'a>>,
+    dialect: PhantomData<D>,
+}
+
+impl<'a, D: Dialect> Default for Params<'a, D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// The areas still in sqlite.rs/postgres.rs move here one by one (issue 11).
+#[allow(dead_code)]
+impl<'a, D: Dialect> Params<'a, D> {
+    pub(crate) fn new() -> Self {
+        Params {
+            values: Vec::new(),
+            dialect: PhantomData,
+        }
+    }
+
+    /// Adds a value and returns its placeholder.
+    pub(crate) fn bind(&mut self, value: impl Into<Value<'a>>) -> String {
+        self.values.push(value.into());
+        format!("${}", self.values.len())
+    }
+
+    /// Adds a value for the next `$n` of a fixed text.
+    pub(crate) fn with(mut self, value: impl Into<Value<'a>>) -> Self {
+        self.values.push(value.into());
+        self
+    }
+
+    /// Adds the values of a list and returns the membership test that follows a column
+    /// (`IN (…)` or `= ANY(…)`). An empty list matches nothing.
+    pub(crate) fn list<I, S>(&mut self, items: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Cow<'a, str>>,
+    {
+        let items: Vec<Cow<'a, str>> = items.into_iter().map(Into::into).collect();
+        if D::ARRAYS {
+            self.values.push(Value::Texts(items));
+            format!("= ANY(${})", self.values.len())
+        } else {
+            let placeholders: Vec<String> = items
+                .into_iter()
+                .map(|item| self.bind(Value::Text(Some(item))))
+                .collect();
+            format!("IN ({})", placeholders.join(", "))
+        }
+    }
+
+    /// How many values are bound.
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub(crate) fn fetch_all<'c>(self, conn: &'c mut Conn<D>, sql: &'c str) -> Fut<'c, Vec<D::Row>>
+    where
+        'a: 'c,
+    {
+        D::fetch_all(conn, sql, self.values)
+    }
+
+    pub(crate) fn fetch_optional<'c>(
+        self,
+        conn: &'c mut Conn<D>,
+        sql: &'c str,
+    ) -> Fut<'c, Option<D::Row>>
+    where
+        'a: 'c,
+    {
+        D::fetch_optional(conn, sql, self.values)
+    }
+
+    pub(crate) async fn fetch_one(self, conn: &mut Conn<D>, sql: &str) -> sqlx::Result<D::Row> {
+        D::fetch_optional(conn, sql, self.values)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Runs the statement and returns how many rows it changed.
+    pub(crate) fn execute<'c>(self, conn: &'c mut Conn<D>, sql: &'c str) -> Fut<'c, u64>
+    where
+        'a: 'c,
+    {
+        D::execute(conn, sql, self.values)
+    }
+}
+
+/// What a database spells its own way, and how values reach it.
+#[allow(dead_code)]
+pub(crate) trait Dialect: Send + Sync + Sized + 'static {
+    type Db: sqlx::Database;
+    type Row: Columns + Send + Sync;
+
+    /// Whether a list binds as one array (`= ANY($n)`) rather than one value each.
+    const ARRAYS: bool;
+    /// Appended to a `SELECT` that locks the rows it reads until commit.
+    const FOR_UPDATE: &'static str;
+    /// Appended to a locking `SELECT` that passes over rows another writer holds.
+    const SKIP_LOCKED: &'static str;
+    /// Appended to an `ORDER BY` text column to order it by bytes.
+    const COLLATE_BYTES: &'static str;
+
+    fn fetch_all<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, Vec<Self::Row>>;
+
+    fn fetch_optional<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, Option<Self::Row>>;
+
+    fn execute<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, u64>;
+}
+
+/// SQLite's dialect.
+#[derive(Debug)]
+pub(crate) struct Sqlite;
+
+impl Dialect for Sqlite {
+    type Db = sqlx::Sqlite;
+    type Row = sqlx::sqlite::SqliteRow;
+
+    const ARRAYS: bool = false;
+    const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+    const COLLATE_BYTES: &'static str = "";
+
+    fn fetch_all<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, Vec<Self::Row>> {
+        Box::pin(async move { sqlite_query(sql, values).fetch_all(conn).await })
+    }
+
+    fn fetch_optional<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, Option<Self::Row>> {
+        Box::pin(async move { sqlite_query(sql, values).fetch_optional(conn).await })
+    }
+
+    fn execute<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, u64> {
+        Box::pin(async move {
+            Ok(sqlite_query(sql, values)
+                .execute(conn)
+                .await?
+                .rows_affected())
+        })
+    }
+}
+
+fn sqlite_query<'q>(
+    sql: &'q str,
+    values: Vec<Value<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for value in values {
+        query = match value {
+            Value::Text(Some(Cow::Borrowed(text))) => query.bind(text),
+            Value::Text(Some(Cow::Owned(text))) => query.bind(text),
+            Value::Text(None) => query.bind(None::<&str>),
+            Value::Int(n) => query.bind(n),
+            Value::Real(x) => query.bind(x),
+            Value::Flag(flag) => query.bind(flag),
+            // `Params::list` never makes an array for SQLite; were one to reach here,
+            // its text form would match nothing rather than everything.
+            Value::Texts(items) => query.bind(format!("{items:?}")),
+        };
+    }
+    query
+}
+
+/// PostgreSQL's dialect.
+#[derive(Debug)]
+pub(crate) struct Postgres;
+
+impl Dialect for Postgres {
+    type Db = sqlx::Postgres;
+    type Row = sqlx::postgres::PgRow;
+
+    const ARRAYS: bool = true;
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " SKIP LOCKED";
+    const COLLATE_BYTES: &'static str = " COLLATE \"C\"";
+
+    fn fetch_all<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, Vec<Self::Row>> {
+        Box::pin(async move { pg_query(sql, values).fetch_all(conn).await })
+    }
+
+    fn fetch_optional<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, Option<Self::Row>> {
+        Box::pin(async move { pg_query(sql, values).fetch_optional(conn).await })
+    }
+
+    fn execute<'c, 'a: 'c>(
+        conn: &'c mut Conn<Self>,
+        sql: &'c str,
+        values: Vec<Value<'a>>,
+    ) -> Fut<'c, u64> {
+        Box::pin(async move { Ok(pg_query(sql, values).execute(conn).await?.rows_affected()) })
+    }
+}
+
+fn pg_query<'q>(
+    sql: &'q str,
+    values: Vec<Value<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut query = sqlx::query(sql);
+    for value in values {
+        query = match value {
+            Value::Text(Some(Cow::Borrowed(text))) => query.bind(text),
+            Value::Text(Some(Cow::Owned(text))) => query.bind(text),
+            Value::Text(None) => query.bind(None::<&str>),
+            Value::Int(n) => query.bind(n),
+            Value::Real(x) => query.bind(x),
+            Value::Flag(flag) => query.bind(flag),
+            Value::Texts(items) => {
+                query.bind(items.into_iter().map(Cow::into_owned).collect::<Vec<_>>())
+            }
+        };
+    }
+    query
+}
+
+/// A store backend: its dialect, and where reads and writes go. Every area's statements
+/// are written once against this trait (`impl<B: Backend> RunStore for B` and so on).
+#[async_trait]
+pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
+    type D: Dialect;
+
+    /// A connection to read on (SQLite: the reader pool, never blocking the writer).
+    async fn reader(&self) -> Result<PoolConnection<Db<Self::D>>>;
+
+    /// A connection for a write of one statement, atomic on its own (SQLite: the one
+    /// writer connection).
+    async fn writer(&self) -> Result<PoolConnection<Db<Self::D>>>;
+
+    /// A write transaction (SQLite: `BEGIN IMMEDIATE` on the writer, recovering a
+    /// connection a failed COMMIT left wedged). Multi-statement writes run detached
+    /// (`detach.rs`), so no caller going away cuts one in half.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Db<Self::D>>>;
+
+    /// Holds back a second node bootstrapping the same empty database until this
+    /// transaction ends (PostgreSQL: a transaction-scoped advisory lock). SQLite's writer
+    /// already serializes it.
+    async fn serialize_bootstrap(&self, conn: &mut Conn<Self::D>) -> Result<()> {
+        let _ = conn;
+        Ok(())
+    }
+}
