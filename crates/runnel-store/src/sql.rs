@@ -392,4 +392,20 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         let _ = conn;
         Ok(())
     }
+
+    /// Tells every node sharing this database that `signals` happened on node `origin`
+    /// (PostgreSQL: NOTIFY). Nobody else shares a SQLite file's server.
+    async fn publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
+        let _ = (signals, origin);
+        Ok(())
+    }
+
+    /// A listener on a connection of its own for the signals every node publishes;
+    /// `None` where there is nobody else (SQLite).
+    async fn listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
+        Ok(None)
+    }
+
+    /// Closes the pools: waits for connections in use, then checkpoints and closes.
+    async fn close_pools(&self);
 }

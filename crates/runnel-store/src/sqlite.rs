@@ -108,6 +108,11 @@ impl Backend for SqliteStore {
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         begin_write(&self.writer).await
     }
+
+    async fn close_pools(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
 }
 
 /// Whether a failed `BEGIN` says the connection is still inside an earlier transaction.
@@ -709,26 +714,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl NodeStore for SqliteStore {
-    async fn health(&self, now: DateTime<Utc>) -> Result<()> {
-        statements::sqlite::ping(&self.reader).await?;
-        let writer = self.writer.clone();
-        detached(async move {
-            let mut tx = begin_write(&writer).await?;
-            statements::sqlite::health_record(&mut *tx, now).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
     }
 }
 
