@@ -38,9 +38,11 @@ pub mod multinode;
 pub mod postgres;
 pub mod queues;
 mod rows;
+mod runs;
 mod sql;
 pub mod sqlite;
 mod statements;
+mod sweeps;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use multinode::{Announcement, Signal, SignalListener};
