@@ -11,8 +11,10 @@
 //! What differs between the backends comes from the [`Dialect`]: ids compare under
 //! `COLLATE "C"` on PostgreSQL (byte order, like SQLite and Rust, and the collation its
 //! index is built with), value lists are `IN (…)` or `= ANY(…)`, and tags (JSON array
-//! text) are matched through [`Dialect::json_elements`] (`json_each` on SQLite,
-//! `jsonb_array_elements_text` on PostgreSQL).
+//! text) are matched by [`Dialect::json_array_has_any`] (`json_each` on SQLite, `jsonb ?|`
+//! on PostgreSQL).
+
+use std::borrow::Cow;
 
 use runnel_core::list::{Direction, RunListQuery};
 
@@ -75,11 +77,12 @@ pub(crate) fn run_list_sql<'a, D: Dialect>(
         filter.machines.iter().map(|m| m.as_str()).collect(),
     );
     if !filter.tags.is_empty() {
-        let list = p.list(filter.tags.iter().map(String::as_str));
-        conditions.push(format!(
-            "EXISTS (SELECT 1 FROM {} WHERE tag.value {list})",
-            D::json_elements("runs.tags", "tag")
-        ));
+        let tags = filter
+            .tags
+            .iter()
+            .map(|t| Cow::Borrowed(t.as_str()))
+            .collect();
+        conditions.push(D::json_array_has_any(p, "runs.tags", tags));
     }
     if let Some(is_test) = filter.is_test {
         conditions.push(format!("is_test = {}", p.bind(is_test)));
@@ -129,8 +132,7 @@ mod tests {
         assert!(
             pg.ends_with(
                 "environment_id = $1 AND (created_at, id COLLATE \"C\") > ($2, $3) AND status = $4 \
-                 AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(runs.tags::jsonb) AS tag(value) \
-                 WHERE tag.value = ANY($5)) \
+                 AND runs.tags::jsonb ?| $5::text[] \
                  ORDER BY created_at ASC, id COLLATE \"C\" ASC LIMIT $6"
             ),
             "{pg}"
@@ -141,7 +143,7 @@ mod tests {
         assert!(
             sqlite.ends_with(
                 "environment_id = $1 AND (created_at, id) > ($2, $3) AND status = $4 \
-                 AND EXISTS (SELECT 1 FROM json_each(runs.tags) AS tag WHERE tag.value IN ($5, $6)) \
+                 AND EXISTS (SELECT 1 FROM json_each(runs.tags) AS item WHERE item.value IN ($5, $6)) \
                  ORDER BY created_at ASC, id ASC LIMIT $7"
             ),
             "{sqlite}"
