@@ -39,9 +39,11 @@ mod node;
 pub mod postgres;
 pub mod queues;
 mod rows;
+mod runs;
 mod sql;
 pub mod sqlite;
 mod statements;
+mod sweeps;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use multinode::{Announcement, Signal, SignalListener};

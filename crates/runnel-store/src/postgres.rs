@@ -55,8 +55,8 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::idempotency::{self, Decision};
-use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::run::{Attempt, AttemptStatus, Run};
+use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, WorkerId};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
@@ -70,9 +70,8 @@ use crate::rows::{
 use crate::sql::{self, Backend};
 use crate::statements;
 use crate::{
-    AttemptSettlement, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
-    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, TriggerOutcome,
-    WorkerRecord, WorkerRegistration,
+    AttemptSettlement, Claim, Error, Leased, QueueChange, QueueDeclaration, QueueKind, QueueRecord,
+    QueueRef, Registered, Result, TriggerOutcome, WorkerRecord, WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -172,6 +171,15 @@ impl Backend for PgStore {
             .await?;
         Ok(())
     }
+
+    async fn trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+        self.triggers.trigger(run, now).await
+    }
+
+    async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>> {
+        let runs: Vec<&Run> = runs.iter().collect();
+        trigger_together(&self.pool, &runs, now).await
+    }
 }
 
 async fn insert_run(conn: &mut PgConnection, run: &Run) -> Result<(), sqlx::Error> {
@@ -180,12 +188,6 @@ async fn insert_run(conn: &mut PgConnection, run: &Run) -> Result<(), sqlx::Erro
         .await?;
     Ok(())
 }
-
-/// Whether a registered version serves the run's task (its locked version when set).
-const SERVED: &str =
-    "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
-     AND w.task_identifier = runs.task_identifier \
-     AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
 
 async fn attempts_in(
     db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,
@@ -445,280 +447,6 @@ async fn lease_runs(
     .execute(&mut *conn)
     .await?;
     Ok(leased)
-}
-
-#[async_trait]
-impl RunStore for PgStore {
-    async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        self.triggers.trigger(run, now).await
-    }
-
-    async fn run_trigger_many(
-        &self,
-        runs: &[Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let runs: Vec<&Run> = runs.iter().collect();
-        trigger_together(&self.pool, &runs, now).await
-    }
-
-    async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
-        statements::postgres::run_get(&self.pool, environment, id).await
-    }
-
-    async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
-        statements::postgres::run_children(&self.pool, parent).await
-    }
-
-    async fn run_transition(
-        &self,
-        id: &RunId,
-        from: RunStatus,
-        to: RunStatus,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_transition(&self.pool, id, from, to, now).await
-    }
-
-    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        statements::postgres::run_list(&self.pool, query).await
-    }
-
-    async fn run_descendants_live(
-        &self,
-        environment: &EnvironmentId,
-        parent: &RunId,
-    ) -> Result<Vec<RunId>> {
-        statements::postgres::run_descendants_live(&self.pool, environment, parent).await
-    }
-
-    async fn run_reschedule(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        delay_until: DateTime<Utc>,
-        expire_at: Option<DateTime<Utc>>,
-        queue_ts: i64,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_reschedule(
-            &self.pool,
-            environment,
-            id,
-            delay_until,
-            expire_at,
-            queue_ts,
-            now,
-        )
-        .await
-    }
-
-    async fn run_tags_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: &[String],
-        tags: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_tags_replace(&self.pool, environment, id, expected, tags, now)
-            .await
-    }
-
-    async fn run_metadata_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: Option<&Packet>,
-        metadata: &Packet,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_metadata_replace(
-            &self.pool,
-            environment,
-            id,
-            expected,
-            metadata,
-            now,
-        )
-        .await
-    }
-
-    async fn idempotency_key_reset(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        statements::postgres::idempotency_key_reset(&self.pool, environment, task, key, now).await
-    }
-
-    async fn run_cancel(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, current_attempt_id FROM runs WHERE id = $1 AND environment_id = $2 FOR UPDATE",
-        )
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, attempt)) = row else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let status = run_status(&status)?;
-        if status.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(status));
-        }
-        let started_at: Option<i64> = match &attempt {
-            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = $1")
-                .bind(attempt)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten(),
-            None => None,
-        };
-        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
-        sqlx::query(
-            "UPDATE runs SET status = 'CANCELED', completed_at = $1, updated_at = $1, error = $2, \
-             usage_duration_ms = usage_duration_ms + $3, cost_in_cents = cost_in_cents + $4, \
-             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
-             WHERE id = $5 AND status = $6",
-        )
-        .bind(ms(now))
-        .bind(rows::canceled_error().to_string())
-        .bind(duration_ms)
-        .bind(duration_ms as f64 * cents_per_ms)
-        .bind(id.as_str())
-        .bind(status.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(attempt) = &attempt {
-            sqlx::query(
-                "UPDATE attempts SET status = 'CANCELED', completed_at = $1, updated_at = $1, duration_ms = $2, \
-                 error = $3 WHERE id = $4 AND status IN ('PENDING', 'EXECUTING')",
-            )
-            .bind(ms(now))
-            .bind(duration_ms)
-            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
-            .bind(attempt)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(CancelOutcome::Canceled {
-            attempt: attempt.map(AttemptId::from_trusted),
-        })
-    }
-}
-
-#[async_trait]
-impl SweepStore for PgStore {
-    async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        // The error is the upstream TaskRunError for an expired run, spelled byte for byte
-        // as SQLite's json_object writes it (json_build_object would add spaces).
-        let ids: Vec<String> = sqlx::query_scalar(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') \
-               AND expire_at IS NOT NULL AND expire_at <= $1 \
-               ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'EXPIRED', expired_at = $1, completed_at = $1, updated_at = $1, \
-             error = '{\"type\":\"STRING_ERROR\",\"raw\":' \
-                     || COALESCE(to_json('Run expired because the TTL (' || ttl || ') was reached')::text, 'null') \
-                     || '}' \
-             WHERE id IN (SELECT id FROM due) AND status IN ('QUEUED', 'PENDING_VERSION') \
-             RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let delayed = format!(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'DELAYED' AND delay_until <= $1 \
-               ORDER BY delay_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = CASE WHEN {SERVED} THEN 'QUEUED' ELSE 'PENDING_VERSION' END, \
-             queue_ts = delay_until - priority_ms, updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'DELAYED' \
-             RETURNING id"
-        );
-        let served = format!(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'PENDING_VERSION' AND {SERVED} \
-               LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'QUEUED', updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'PENDING_VERSION' \
-             RETURNING id"
-        );
-        let mut ids: Vec<String> = Vec::new();
-        for sql in [delayed.as_str(), served.as_str()] {
-            let moved: Vec<String> = sqlx::query_scalar(sql)
-                .bind(ms(now))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
-            ids.extend(moved);
-        }
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let sql = "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= $1 \
-               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
-             next_attempt_at = NULL, updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'RETRYING_AFTER_FAILURE' \
-             RETURNING id";
-        let ids: Vec<String> = sqlx::query_scalar(sql)
-            .bind(ms(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>> {
-        statements::postgres::run_next_deadline(&self.pool, kind).await
-    }
-
-    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>> {
-        statements::postgres::run_next_due_at(&self.pool, with_leases).await
-    }
-
-    async fn run_leases_due(
-        &self,
-        leases_expired_by: Option<DateTime<Utc>>,
-        timed_out_by: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Leased>> {
-        let runs = statements::postgres::run_leases_due(
-            &self.pool,
-            leases_expired_by,
-            timed_out_by,
-            limit,
-        )
-        .await?;
-        let ids: Vec<AttemptId> = runs
-            .iter()
-            .filter_map(|r| r.current_attempt_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let attempts = attempts_in(&self.pool, &ids).await?;
-        Ok(rows::pair_leased(runs, attempts))
-    }
 }
 
 #[async_trait]

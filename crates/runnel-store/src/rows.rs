@@ -439,13 +439,3 @@ pub(crate) fn lease(
     run.updated_at = now;
     crate::Leased { run, attempt }
 }
-
-/// The final statuses as a quoted SQL list (`'CANCELED', …`), for `NOT IN`.
-pub(crate) fn final_statuses_sql() -> String {
-    RunStatus::ALL
-        .iter()
-        .filter(|s| s.is_final())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}

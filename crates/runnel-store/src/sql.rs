@@ -12,6 +12,8 @@
 //!   SQLite, whose one writer connection already serializes writers.
 //! - **Byte order.** [`Dialect::COLLATE_BYTES`] orders text by bytes, as Rust does; on
 //!   PostgreSQL the database's locale would order ids and names otherwise.
+//! - **JSON.** [`Dialect::json_quote`] (SQLite's `json_quote`, PostgreSQL's `to_json`) and
+//!   [`Dialect::json_array_has_any`] (`json_each` on SQLite, `jsonb ?|` on PostgreSQL).
 //! - **How a write begins** ([`Backend::begin`]): `BEGIN IMMEDIATE` on the SQLite writer
 //!   connection, a pooled transaction on PostgreSQL; and where reads go
 //!   ([`Backend::reader`]).
@@ -29,10 +31,13 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use runnel_core::run::{AttemptStatus, Run};
+use runnel_core::RunStatus;
 use sqlx::pool::PoolConnection;
 
 use crate::rows::Columns;
-use crate::Result;
+use crate::{Result, TriggerOutcome};
 
 /// A future the dialect returns, borrowing the connection and the statement.
 pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
@@ -107,6 +112,29 @@ impl From<bool> for Value<'_> {
     fn from(flag: bool) -> Self {
         Value::Flag(flag)
     }
+}
+
+/// A run status as an SQL literal (`'QUEUED'`). Statuses are written into the statement
+/// text, not bound, so the planner can match the partial indexes that name them.
+pub(crate) fn status(s: RunStatus) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// Run statuses as a parenthesized SQL list (`('DEQUEUED', 'EXECUTING')`), for `IN`.
+pub(crate) fn statuses(list: &[RunStatus]) -> String {
+    let literals: Vec<String> = list.iter().map(|s| status(*s)).collect();
+    format!("({})", literals.join(", "))
+}
+
+/// An attempt status as an SQL literal (`'PENDING'`).
+pub(crate) fn attempt_status(s: AttemptStatus) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// Attempt statuses as a parenthesized SQL list, for `IN`.
+pub(crate) fn attempt_statuses(list: &[AttemptStatus]) -> String {
+    let literals: Vec<String> = list.iter().map(|s| attempt_status(*s)).collect();
+    format!("({})", literals.join(", "))
 }
 
 /// The values of one statement, in placeholder order, and the placeholders for them.
@@ -242,6 +270,19 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         sql: &'c str,
         values: Vec<Value<'a>>,
     ) -> Fut<'c, u64>;
+
+    /// The JSON string literal of the SQL text `expr` (`"…"`, escaped the same way on both
+    /// databases). When `expr` is `NULL` it is `NULL` or `null`: wrap it in
+    /// `COALESCE(…, 'null')`.
+    fn json_quote(expr: &str) -> String;
+
+    /// The condition that the JSON array of strings held by the text column `column` (a
+    /// run's tags) has any of `items`, which it binds to `p`.
+    fn json_array_has_any<'a>(
+        p: &mut Params<'a, Self>,
+        column: &str,
+        items: Vec<Cow<'a, str>>,
+    ) -> String;
 }
 
 /// SQLite's dialect.
@@ -284,6 +325,19 @@ impl Dialect for Sqlite {
                 .await?
                 .rows_affected())
         })
+    }
+
+    fn json_quote(expr: &str) -> String {
+        format!("json_quote({expr})")
+    }
+
+    fn json_array_has_any<'a>(
+        p: &mut Params<'a, Self>,
+        column: &str,
+        items: Vec<Cow<'a, str>>,
+    ) -> String {
+        let list = p.list(items);
+        format!("EXISTS (SELECT 1 FROM json_each({column}) AS item WHERE item.value {list})")
     }
 }
 
@@ -343,6 +397,20 @@ impl Dialect for Postgres {
         values: Vec<Value<'a>>,
     ) -> Fut<'c, u64> {
         Box::pin(async move { Ok(pg_query(sql, values).execute(conn).await?.rows_affected()) })
+    }
+
+    fn json_quote(expr: &str) -> String {
+        format!("to_json({expr})::text")
+    }
+
+    fn json_array_has_any<'a>(
+        p: &mut Params<'a, Self>,
+        column: &str,
+        items: Vec<Cow<'a, str>>,
+    ) -> String {
+        // `?|` tests the parsed array at once, several times faster per row than
+        // expanding its elements.
+        format!("{column}::jsonb ?| {}::text[]", p.bind(Value::Texts(items)))
     }
 }
 
@@ -408,4 +476,14 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     /// Closes the pools: waits for connections in use, then checkpoints and closes.
     async fn close_pools(&self);
+
+    /// Inserts one run ([`crate::RunStore::run_trigger`]) through the backend's
+    /// group-commit writer (`group.rs`): the transaction a group shares, and how it
+    /// settles idempotency keys (PostgreSQL locks the key's holder and runs again when a
+    /// concurrent trigger takes the key first), are the backend's own.
+    async fn trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome>;
+
+    /// Inserts `runs` in one transaction ([`crate::RunStore::run_trigger_many`]), with the
+    /// backend's own idempotency handling as [`Backend::trigger`].
+    async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>>;
 }

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::run::{Attempt, AttemptStatus, Run};
+use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, WorkerId};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -35,15 +35,14 @@ use crate::group::{GroupWriter, TriggerGroups};
 use crate::prelude::*;
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
-    self, attempt_from_row, ms, run_from_row, run_status, task_config_from_row, ATTEMPT_COLUMNS,
+    self, attempt_from_row, ms, run_from_row, task_config_from_row, ATTEMPT_COLUMNS,
     NO_MAX_DURATION, RUN_COLUMNS,
 };
 use crate::sql::{self, Backend};
 use crate::statements;
 use crate::{
-    AttemptSettlement, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
-    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, TriggerOutcome,
-    WorkerRecord, WorkerRegistration,
+    AttemptSettlement, Claim, Error, Leased, QueueChange, QueueDeclaration, QueueKind, QueueRecord,
+    QueueRef, Registered, Result, TriggerOutcome, WorkerRecord, WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -112,6 +111,19 @@ impl Backend for SqliteStore {
     async fn close_pools(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    async fn trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+        self.triggers.trigger(run, now).await
+    }
+
+    async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>> {
+        let (writer, runs) = (self.writer.clone(), runs.to_vec());
+        detached(async move {
+            let runs: Vec<&Run> = runs.iter().collect();
+            trigger_group(&writer, &runs, now).await
+        })
+        .await
     }
 }
 
@@ -187,12 +199,6 @@ impl SqliteStore {
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
-
-/// Whether a registered version serves `task` (the locked version when there is one).
-const SERVED: &str =
-    "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
-     AND w.task_identifier = runs.task_identifier \
-     AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
 
 async fn runs_where_attempt_in(
     db: impl sqlx::Executor<'_, Database = sqlx::Sqlite>,
@@ -596,69 +602,6 @@ impl SqliteStore {
         Ok(applied)
     }
 
-    async fn write_run_cancel(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome> {
-        let mut tx = begin_write(&self.writer).await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, current_attempt_id FROM runs WHERE id = ? AND environment_id = ?",
-        )
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, attempt)) = row else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let status = run_status(&status)?;
-        if status.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(status));
-        }
-        let started_at: Option<i64> = match &attempt {
-            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = ?")
-                .bind(attempt.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten(),
-            None => None,
-        };
-        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
-        sqlx::query(
-            "UPDATE runs SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, error = ?2, \
-             usage_duration_ms = usage_duration_ms + ?3, cost_in_cents = cost_in_cents + ?4, \
-             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
-             WHERE id = ?5 AND status = ?6",
-        )
-        .bind(ms(now))
-        .bind(rows::canceled_error().to_string())
-        .bind(duration_ms)
-        .bind(duration_ms as f64 * cents_per_ms)
-        .bind(id.as_str())
-        .bind(status.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(attempt) = &attempt {
-            sqlx::query(
-                "UPDATE attempts SET status = 'CANCELED', completed_at = ?1, updated_at = ?1, duration_ms = ?2, \
-                 error = ?3 WHERE id = ?4 AND status IN ('PENDING', 'EXECUTING')",
-            )
-            .bind(ms(now))
-            .bind(duration_ms)
-            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
-            .bind(attempt.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(CancelOutcome::Canceled {
-            attempt: attempt.map(AttemptId::from_trusted),
-        })
-    }
-
     async fn write_batch_create(
         &self,
         batch: &runnel_core::batch::BatchRecord,
@@ -714,228 +657,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl RunStore for SqliteStore {
-    async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        self.triggers.trigger(run, now).await
-    }
-
-    async fn run_trigger_many(
-        &self,
-        runs: &[Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let (writer, runs) = (self.writer.clone(), runs.to_vec());
-        detached(async move {
-            let runs: Vec<&Run> = runs.iter().collect();
-            trigger_group(&writer, &runs, now).await
-        })
-        .await
-    }
-
-    async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
-        statements::sqlite::run_get(&self.reader, environment, id).await
-    }
-
-    async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
-        statements::sqlite::run_children(&self.reader, parent).await
-    }
-
-    async fn run_transition(
-        &self,
-        id: &RunId,
-        from: RunStatus,
-        to: RunStatus,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_transition(&self.writer, id, from, to, now).await
-    }
-
-    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        statements::sqlite::run_list(&self.reader, query).await
-    }
-
-    async fn run_descendants_live(
-        &self,
-        environment: &EnvironmentId,
-        parent: &RunId,
-    ) -> Result<Vec<RunId>> {
-        statements::sqlite::run_descendants_live(&self.reader, environment, parent).await
-    }
-
-    async fn run_reschedule(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        delay_until: DateTime<Utc>,
-        expire_at: Option<DateTime<Utc>>,
-        queue_ts: i64,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_reschedule(
-            &self.writer,
-            environment,
-            id,
-            delay_until,
-            expire_at,
-            queue_ts,
-            now,
-        )
-        .await
-    }
-
-    async fn run_tags_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: &[String],
-        tags: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_tags_replace(&self.writer, environment, id, expected, tags, now)
-            .await
-    }
-
-    async fn run_metadata_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: Option<&Packet>,
-        metadata: &Packet,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::sqlite::run_metadata_replace(
-            &self.writer,
-            environment,
-            id,
-            expected,
-            metadata,
-            now,
-        )
-        .await
-    }
-
-    async fn idempotency_key_reset(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        statements::sqlite::idempotency_key_reset(&self.writer, environment, task, key, now).await
-    }
-
-    async fn run_cancel(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome> {
-        let (store, environment, id) = (self.clone(), environment.clone(), id.clone());
-        detached(async move {
-            store
-                .write_run_cancel(&environment, &id, cents_per_ms, now)
-                .await
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl SweepStore for SqliteStore {
-    async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        // The error is the upstream TaskRunError for an expired run.
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'EXPIRED', expired_at = ?1, completed_at = ?1, updated_at = ?1, \
-             error = json_object('type', 'STRING_ERROR', 'raw', 'Run expired because the TTL (' || ttl || ') was reached') \
-             WHERE id IN (SELECT id FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') \
-                          AND expire_at IS NOT NULL AND expire_at <= ?1 ORDER BY expire_at LIMIT ?2) \
-             AND status IN ('QUEUED', 'PENDING_VERSION') \
-             RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let delayed = format!(
-            "UPDATE runs SET status = CASE WHEN {SERVED} THEN 'QUEUED' ELSE 'PENDING_VERSION' END, \
-             queue_ts = delay_until - priority_ms, updated_at = ?1 \
-             WHERE id IN (SELECT id FROM runs WHERE status = 'DELAYED' AND delay_until <= ?1 \
-                          ORDER BY delay_until LIMIT ?2) \
-             AND status = 'DELAYED' \
-             RETURNING id"
-        );
-        let served = format!(
-            "UPDATE runs SET status = 'QUEUED', updated_at = ?1 \
-             WHERE id IN (SELECT id FROM runs WHERE status = 'PENDING_VERSION' AND {SERVED} LIMIT ?2) \
-             AND status = 'PENDING_VERSION' \
-             RETURNING id"
-        );
-        let mut ids: Vec<String> = Vec::new();
-        for sql in [delayed.as_str(), served.as_str()] {
-            let moved: Vec<String> = sqlx::query_scalar(sql)
-                .bind(ms(now))
-                .bind(i64::from(limit))
-                .fetch_all(&self.writer)
-                .await?;
-            ids.extend(moved);
-        }
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let sql = "UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
-             next_attempt_at = NULL, updated_at = ?1 \
-             WHERE id IN (SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= ?1 \
-                          ORDER BY next_attempt_at LIMIT ?2) \
-             AND status = 'RETRYING_AFTER_FAILURE' \
-             RETURNING id";
-        let ids: Vec<String> = sqlx::query_scalar(sql)
-            .bind(ms(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.writer)
-            .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>> {
-        statements::sqlite::run_next_deadline(&self.reader, kind).await
-    }
-
-    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>> {
-        statements::sqlite::run_next_due_at(&self.reader, with_leases).await
-    }
-
-    async fn run_leases_due(
-        &self,
-        leases_expired_by: Option<DateTime<Utc>>,
-        timed_out_by: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Leased>> {
-        let runs = statements::sqlite::run_leases_due(
-            &self.reader,
-            leases_expired_by,
-            timed_out_by,
-            limit,
-        )
-        .await?;
-        let ids: Vec<AttemptId> = runs
-            .iter()
-            .filter_map(|r| r.current_attempt_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let attempts = attempts_in(&self.reader, &ids).await?;
-        Ok(rows::pair_leased(runs, attempts))
     }
 }
 
