@@ -1,6 +1,8 @@
-//! What the batch store operations take and return, and the one decision both backends
-//! share: which runs of a multi-row trigger are inserted and which return a run that
-//! already holds their idempotency key ([`plan_trigger_many`]).
+//! Batches and their items ([`BatchStore`]), and the multi-row trigger ([`trigger_many`])
+//! that batch items, [`crate::RunStore::run_trigger_many`] and the group commit of
+//! single triggers (`group.rs`) write with, each statement written once for both
+//! backends. The decision in it, which runs are inserted and which return a run that
+//! already holds their idempotency key, is [`plan_trigger_many`].
 //!
 //! A multi-row trigger runs in one transaction:
 //!
@@ -21,7 +23,9 @@
 //! in a row: the first is inserted (or returns the holder), the second returns the
 //! first. On PostgreSQL a concurrent writer can insert a key between the holder look-up
 //! and the insert; the unique index then refuses the whole statement, the transaction
-//! rolls back and the call starts over, as a single trigger does.
+//! rolls back and the call starts over, as a single trigger does: the caller's retry
+//! (`postgres.rs`; for batches [`Backend::retry_key_race`]). A batch's own key is decided
+//! the same way on `batches_by_idempotency_key`.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,5 +1,6 @@
-//! Queues as stored things, and the part of dequeue both backends share: which queued
-//! runs a dequeue may lease under the queues' pause flags and concurrency limits.
+//! Queues as stored things ([`QueueStore`], written once for both backends), and the
+//! part of dequeue both backends share: which queued runs a dequeue may lease under the
+//! queues' pause flags and concurrency limits.
 //!
 //! A run carries its queue's full name (`runs.queue`: `task/<taskId>` or a custom name).
 //! A row in `queues` exists for every queue a registration declared (each task's queue,
@@ -309,20 +310,17 @@ impl<B: Backend> QueueStore for B {
             return Ok(());
         }
         // Referenced queues are created when missing; a stated limit replaces the
-        // registered one (the last statement of a name wins, as in declaration order).
-        let referenced: Vec<&QueueDeclaration> = declarations
-            .iter()
-            .filter(|d| d.concurrency_limit.is_none())
-            .collect();
-        let mut stated: Vec<&QueueDeclaration> = Vec::new();
-        for d in declarations.iter().rev() {
-            if d.concurrency_limit.is_some() && !stated.iter().any(|s| s.name == d.name) {
-                stated.push(d);
+        // registered one. Of two statements of one name the later wins (and one upsert
+        // may not meet a row twice on PostgreSQL).
+        let (mut referenced, mut stated) = (Vec::new(), Vec::<QueueDeclaration>::new());
+        for d in declarations {
+            if d.concurrency_limit.is_some() {
+                stated.retain(|s| s.name != d.name);
+                stated.push(d.clone());
+            } else {
+                referenced.push(d.clone());
             }
         }
-        stated.reverse();
-        let referenced: Vec<QueueDeclaration> = referenced.into_iter().cloned().collect();
-        let stated: Vec<QueueDeclaration> = stated.into_iter().cloned().collect();
         let (store, environment) = (self.clone(), environment.clone());
         detached(async move {
             let mut tx = store.begin().await?;
@@ -392,8 +390,8 @@ impl<B: Backend> QueueStore for B {
         let mut p = Params::<B::D>::new();
         let now = p.bind(ms(now));
         let set = match change {
-            QueueChange::Pause => "paused = TRUE".to_owned(),
-            QueueChange::Resume => "paused = FALSE".to_owned(),
+            QueueChange::Pause => format!("paused = {}", p.bind(true)),
+            QueueChange::Resume => format!("paused = {}", p.bind(false)),
             QueueChange::Override(limit) => format!(
                 "concurrency_limit_override = {}, overridden_at = {now}",
                 p.bind(i64::from(limit))

@@ -184,8 +184,15 @@ impl<'a, D: Dialect> Params<'a, D> {
         I: IntoIterator,
         I::Item: Into<Value<'a>>,
     {
-        let placeholders: Vec<String> = values.into_iter().map(|v| self.bind(v)).collect();
-        format!("({})", placeholders.join(", "))
+        let mut row = String::from("(");
+        for value in values {
+            if row.len() > 1 {
+                row.push_str(", ");
+            }
+            row.push_str(&self.bind(value));
+        }
+        row.push(')');
+        row
     }
 
     /// Adds the values of a list and returns the membership test that follows a column
