@@ -49,14 +49,13 @@
 //!
 //! Every failure is a [`crate::Error`]; nothing is retried except the idempotency race.
 
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::idempotency::{self, Decision};
 use runnel_core::run::{Attempt, AttemptStatus, Run};
-use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, RunId, WorkerId};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
@@ -64,14 +63,14 @@ use crate::group::{GroupWriter, TriggerGroups};
 use crate::prelude::*;
 use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
-    self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
-    ATTEMPT_COLUMNS, NO_MAX_DURATION, RUN_COLUMNS,
+    self, attempt_from_row, ms, run_from_row, task_config_from_row, ATTEMPT_COLUMNS,
+    NO_MAX_DURATION, RUN_COLUMNS,
 };
 use crate::sql::{self, Backend};
 use crate::statements;
 use crate::{
-    AttemptSettlement, Claim, Error, Leased, QueueChange, QueueDeclaration, QueueKind, QueueRecord,
-    QueueRef, Registered, Result, TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, Claim, Error, Leased, Registered, Result, TriggerOutcome, WorkerRecord,
+    WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -86,18 +85,11 @@ pub const TRIGGER_ROUNDS: usize = 5;
 /// The unique index that guards idempotency keys (migrations/postgres/0001_init.sql).
 const IDEMPOTENCY_INDEX: &str = "runs_by_idempotency_key";
 
+/// The unique index that guards batch idempotency keys (migration 0005).
+const BATCH_IDEMPOTENCY_INDEX: &str = "batches_by_idempotency_key";
+
 /// Advisory lock key serializing `project_bootstrap` across nodes ("runnel" + 1).
 const BOOTSTRAP_LOCK_KEY: i64 = 0x7275_6e6e_656c_0001;
-
-static INSERT_RUN: LazyLock<String> = LazyLock::new(|| {
-    let placeholders: Vec<String> = (1..=rows::run_column_count())
-        .map(|n| format!("${n}"))
-        .collect();
-    format!(
-        "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({})",
-        placeholders.join(", ")
-    )
-});
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -180,13 +172,14 @@ impl Backend for PgStore {
         let runs: Vec<&Run> = runs.iter().collect();
         trigger_together(&self.pool, &runs, now).await
     }
-}
 
-async fn insert_run(conn: &mut PgConnection, run: &Run) -> Result<(), sqlx::Error> {
-    rows::bind_run(sqlx::query(&INSERT_RUN), run)
-        .execute(conn)
-        .await?;
-    Ok(())
+    async fn retry_key_race<'w, T: Send + 'w>(
+        &'w self,
+        what: &'w str,
+        write: &'w (dyn Fn() -> sql::KeyedWrite<'w, T> + Send + Sync),
+    ) -> Result<T> {
+        key_race_rounds(what, write).await
+    }
 }
 
 async fn attempts_in(
@@ -206,80 +199,62 @@ fn id_texts(ids: &[AttemptId]) -> Vec<&str> {
     ids.iter().map(AttemptId::as_str).collect()
 }
 
-/// Whether `e` is a concurrent trigger having taken the idempotency key first (and not,
+/// Whether `e` is a concurrent writer having taken an idempotency key first (and not,
 /// say, a duplicate run id).
 fn is_idempotency_race(e: &Error) -> bool {
     matches!(e, Error::Database(sqlx::Error::Database(db))
-        if db.is_unique_violation() && db.constraint() == Some(IDEMPOTENCY_INDEX))
+        if db.is_unique_violation()
+            && matches!(db.constraint(), Some(IDEMPOTENCY_INDEX | BATCH_IDEMPOTENCY_INDEX)))
 }
 
-/// One round of a keyed trigger, in its own transaction: lock the holder, decide,
-/// insert. Fails with the unique violation when a concurrent trigger inserted first.
-async fn trigger_keyed_once(
-    pool: &PgPool,
-    run: &Run,
-    key: &str,
-    now: DateTime<Utc>,
-) -> Result<TriggerOutcome> {
-    let mut tx = pool.begin().await?;
-    let holder: Option<(String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT id, status, idempotency_key_expires_at FROM runs \
-         WHERE environment_id = $1 AND task_identifier = $2 AND idempotency_key = $3 \
-         FOR UPDATE",
-    )
-    .bind(run.environment_id.as_str())
-    .bind(&run.task_identifier)
-    .bind(key)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some((holder_id, status, expires_at)) = holder {
-        match idempotency::decide(run_status(&status)?, opt_time(expires_at)?, now) {
-            Decision::ReturnExisting => {
-                tx.rollback().await?;
-                return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)));
-            }
-            Decision::ReleaseAndCreate => {
-                sqlx::query(
-                    "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                     updated_at = $1 WHERE id = $2",
-                )
-                .bind(ms(now))
-                .bind(&holder_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    insert_run(&mut tx, run).await?;
-    tx.commit().await?;
-    Ok(TriggerOutcome::Created(run.id.clone()))
-}
-
-/// One trigger in transactions of its own: an unkeyed run is one `INSERT`; a keyed one
-/// goes round again while concurrent triggers take its key first.
-async fn trigger_alone(pool: &PgPool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-    let Some(key) = &run.idempotency_key else {
-        let mut conn = pool.acquire().await?;
-        insert_run(&mut conn, run).await?;
-        return Ok(TriggerOutcome::Created(run.id.clone()));
-    };
+/// Runs `write`, one transaction, again while a concurrent writer takes one of its
+/// idempotency keys first (the unique violation of the diagram above; the transaction
+/// was rolled back when it dropped), at most [`TRIGGER_ROUNDS`] times. `what` names the
+/// write in logs.
+async fn key_race_rounds<T, F, W>(what: &str, write: F) -> Result<T>
+where
+    F: Fn() -> W,
+    W: Future<Output = Result<T>>,
+{
     let mut round = 1;
     loop {
-        match trigger_keyed_once(pool, run, key, now).await {
+        match write().await {
             Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                // The transaction was rolled back when it dropped; look again.
-                tracing::debug!(run = %run.id, round, "idempotency key taken by a concurrent trigger");
+                tracing::debug!(what, round, "idempotency key taken by a concurrent writer");
                 round += 1;
             }
             Err(e) => {
                 if is_idempotency_race(&e) {
-                    tracing::warn!(run = %run.id, rounds = round, "idempotency key still contended, giving up");
+                    tracing::warn!(
+                        what,
+                        rounds = round,
+                        "idempotency key still contended, giving up"
+                    );
                 }
                 return Err(e);
             }
             Ok(outcome) => return Ok(outcome),
         }
     }
+}
+
+/// One trigger in transactions of its own: an unkeyed run is one `INSERT`; a keyed one
+/// is a multi-row trigger of one run, going round again while concurrent triggers take
+/// its key first.
+async fn trigger_alone(pool: &PgPool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+    if run.idempotency_key.is_none() {
+        let mut conn = pool.acquire().await?;
+        crate::batches::insert_runs::<sql::Postgres>(&mut conn, &[run]).await?;
+        return Ok(TriggerOutcome::Created(run.id.clone()));
+    }
+    let write = || async {
+        let mut tx = pool.begin().await?;
+        let mut outcomes =
+            crate::batches::trigger_many::<sql::Postgres>(&mut tx, &[run], now).await?;
+        tx.commit().await?;
+        Ok(outcomes.pop().expect("one outcome per run"))
+    };
+    key_race_rounds(run.id.as_str(), write).await
 }
 
 /// Many triggers in one transaction (the batch endpoints, and a group of concurrent
@@ -289,24 +264,13 @@ async fn trigger_together(
     runs: &[&Run],
     now: DateTime<Utc>,
 ) -> Result<Vec<TriggerOutcome>> {
-    let mut round = 1;
-    loop {
+    let write = || async {
         let mut tx = pool.begin().await?;
-        match crate::batches::postgres::trigger_many(&mut tx, runs, now).await {
-            Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                tracing::debug!(
-                    round,
-                    "idempotency key of a multi-row trigger taken concurrently"
-                );
-                round += 1;
-            }
-            Err(e) => return Err(e),
-            Ok(outcomes) => {
-                tx.commit().await?;
-                return Ok(outcomes);
-            }
-        }
-    }
+        let outcomes = crate::batches::trigger_many::<sql::Postgres>(&mut tx, runs, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    };
+    key_race_rounds("a multi-row trigger", write).await
 }
 
 /// Writes the store's trigger groups (`group.rs`).
@@ -848,164 +812,5 @@ impl WorkerStore for PgStore {
         version: Option<&str>,
     ) -> Result<Option<String>> {
         statements::postgres::task_queue(&self.pool, environment, task, version).await
-    }
-}
-
-#[async_trait]
-impl QueueStore for PgStore {
-    async fn queue_declare(
-        &self,
-        environment: &EnvironmentId,
-        declarations: &[QueueDeclaration],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        if declarations.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = declarations
-            .iter()
-            .map(|_| QueueId::generate(ms(now)).to_string())
-            .collect();
-        let names: Vec<&str> = declarations.iter().map(|d| d.name.as_str()).collect();
-        let kinds: Vec<&str> = declarations
-            .iter()
-            .map(|d| QueueKind::of(&d.name).as_str())
-            .collect();
-        let limits: Vec<Option<i64>> = declarations
-            .iter()
-            .map(|d| d.concurrency_limit.flatten().map(i64::from))
-            .collect();
-        let states: Vec<bool> = declarations
-            .iter()
-            .map(|d| d.concurrency_limit.is_some())
-            .collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
-             SELECT d.id, $1, d.name, d.type, d.lim, FALSE, $2, $2 \
-             FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[]) AS d(id, name, type, lim) \
-             ON CONFLICT (environment_id, name) DO NOTHING",
-        )
-        .bind(environment.as_str())
-        .bind(ms(now))
-        .bind(&ids)
-        .bind(&names)
-        .bind(&kinds)
-        .bind(&limits)
-        .execute(&mut *tx)
-        .await?;
-        // Declarations that state a limit replace the registered one.
-        sqlx::query(
-            "UPDATE queues AS q SET concurrency_limit = d.lim, updated_at = $2 \
-             FROM unnest($3::text[], $4::bigint[], $5::boolean[]) AS d(name, lim, states) \
-             WHERE q.environment_id = $1 AND q.name = d.name AND d.states",
-        )
-        .bind(environment.as_str())
-        .bind(ms(now))
-        .bind(&names)
-        .bind(&limits)
-        .bind(&states)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn queue_list(
-        &self,
-        environment: &EnvironmentId,
-        offset: u64,
-        limit: u32,
-    ) -> Result<(Vec<QueueRecord>, u64)> {
-        statements::postgres::queue_list(&self.pool, environment, offset, limit).await
-    }
-
-    async fn queue_get(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-    ) -> Result<Option<QueueRecord>> {
-        statements::postgres::queue_get(&self.pool, environment, queue).await
-    }
-
-    async fn queue_update(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-        change: QueueChange,
-        now: DateTime<Utc>,
-    ) -> Result<Option<QueueRecord>> {
-        statements::postgres::queue_update(&self.pool, environment, queue, change, now).await
-    }
-}
-
-#[async_trait]
-impl BatchStore for PgStore {
-    async fn batch_create(
-        &self,
-        batch: &runnel_core::batch::BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchCreateOutcome> {
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::batch_create(&mut tx, batch, now).await {
-                Err(Error::Database(sqlx::Error::Database(db)))
-                    if db.is_unique_violation()
-                        && db.constraint()
-                            == Some(crate::batches::postgres::BATCH_IDEMPOTENCY_INDEX)
-                        && round < TRIGGER_ROUNDS =>
-                {
-                    // A concurrent create took the key first: look again for it.
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    return Ok(outcome);
-                }
-            }
-        }
-    }
-
-    async fn batch_get(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
-        statements::postgres::batch_get(&self.pool, environment, id).await
-    }
-
-    async fn batch_item_list(
-        &self,
-        id: &runnel_core::BatchId,
-    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
-        statements::postgres::batch_item_list(&self.pool, id).await
-    }
-
-    async fn batch_items_trigger(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-        items: &[crate::BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchItemsOutcome> {
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::items_trigger(&mut tx, environment, id, items, now)
-                .await
-            {
-                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                    tracing::debug!(batch = %id, round, "idempotency key of a batch item taken concurrently");
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    return Ok(outcome);
-                }
-            }
-        }
     }
 }

@@ -7,7 +7,9 @@
 //! - **Placeholders and value lists.** A statement collects its values in [`Params`],
 //!   which hands back the placeholder for each (`$n` on both: sqlx's SQLite driver binds
 //!   `$n` to the n-th value as PostgreSQL does) and, for a list, the whole membership
-//!   test: `IN ($3, $4, $5)` on SQLite, `= ANY($3)` with one array on PostgreSQL.
+//!   test: `IN ($3, $4, $5)` on SQLite, `= ANY($3)` with one array on PostgreSQL. A
+//!   statement of thousands of values, each taken once in order (a multi-row `INSERT`),
+//!   is built with [`Params::sequential`], whose placeholders are bare `?`s on SQLite.
 //! - **Row locks.** [`Dialect::FOR_UPDATE`] and [`Dialect::SKIP_LOCKED`] are empty on
 //!   SQLite, whose one writer connection already serializes writers.
 //! - **Byte order.** [`Dialect::COLLATE_BYTES`] orders text by bytes, as Rust does; on
@@ -149,6 +151,8 @@ pub(crate) fn attempt_statuses(list: &[AttemptStatus]) -> String {
 #[derive(Debug)]
 pub(crate) struct Params<'a, D> {
     values: Vec<Value<'a>>,
+    /// Placeholders are bare `?`s, bound by position ([`Params::sequential`]).
+    bare: bool,
     dialect: PhantomData<D>,
 }
 
@@ -164,20 +168,58 @@ impl<'a, D: Dialect> Params<'a, D> {
     pub(crate) fn new() -> Self {
         Params {
             values: Vec::new(),
+            bare: false,
             dialect: PhantomData,
+        }
+    }
+
+    /// For a statement whose text takes every value once, in the order they are bound
+    /// (a multi-row `INSERT … VALUES`, a long `IN` list): its placeholders are bare `?`s
+    /// where the dialect has [`Dialect::BARE_PLACEHOLDERS`]. SQLite finds a numbered
+    /// placeholder by a linear search and sqlx asks for every parameter's name when it
+    /// binds, so thousands of `$n`s take seconds (docs/BENCHMARKS.md); a bare `?` is
+    /// bound by position. Such a statement cannot use [`Params::with`] or a placeholder
+    /// twice.
+    pub(crate) fn sequential() -> Self {
+        Params {
+            bare: D::BARE_PLACEHOLDERS,
+            ..Self::new()
         }
     }
 
     /// Adds a value and returns its placeholder.
     pub(crate) fn bind(&mut self, value: impl Into<Value<'a>>) -> String {
         self.values.push(value.into());
-        format!("${}", self.values.len())
+        if self.bare {
+            "?".to_owned()
+        } else {
+            format!("${}", self.values.len())
+        }
     }
 
     /// Adds a value for the next `$n` of a fixed text.
     pub(crate) fn with(mut self, value: impl Into<Value<'a>>) -> Self {
+        debug_assert!(!self.bare, "a sequential statement has no fixed `$n`s");
         self.values.push(value.into());
         self
+    }
+
+    /// Adds the values of one row of an `INSERT … VALUES` list and returns its
+    /// `($1, $2, …)`.
+    pub(crate) fn row<I>(&mut self, values: I) -> String
+    where
+        I: IntoIterator,
+        I::Item: Into<Value<'a>>,
+    {
+        let mut row = String::from("(");
+        for value in values {
+            if row.len() > 1 {
+                row.push_str(", ");
+            }
+            row.push_str(&self.bind(value));
+        }
+        row.push(')');
+        row
     }
 
     /// Adds the values of a list and returns the membership test that follows a column
@@ -252,6 +294,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     const SKIP_LOCKED: &'static str;
     /// Appended to an `ORDER BY` text column to order it by bytes.
     const COLLATE_BYTES: &'static str;
+    /// Whether [`Params::sequential`] writes bare `?` placeholders.
+    const BARE_PLACEHOLDERS: bool;
+    /// Most values one statement may bind.
+    const MAX_BINDS: usize;
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -297,6 +343,9 @@ impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
     const COLLATE_BYTES: &'static str = "";
+    const BARE_PLACEHOLDERS: bool = true;
+    /// `SQLITE_MAX_VARIABLE_NUMBER`, 32766 since 3.32.
+    const MAX_BINDS: usize = 32_766;
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -374,6 +423,9 @@ impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " SKIP LOCKED";
     const COLLATE_BYTES: &'static str = " COLLATE \"C\"";
+    const BARE_PLACEHOLDERS: bool = false;
+    /// The protocol counts parameters in an `i16`.
+    const MAX_BINDS: usize = 65_535;
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -435,6 +487,9 @@ fn pg_query<'q>(
     query
 }
 
+/// A write transaction run by [`Backend::retry_key_race`], owning its borrows.
+pub(crate) type KeyedWrite<'w, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'w>>;
+
 /// A store backend: its dialect, and where reads and writes go. Every area's statements
 /// are written once against this trait (`impl<B: Backend> RunStore for B` and so on).
 #[async_trait]
@@ -486,4 +541,18 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// Inserts `runs` in one transaction ([`crate::RunStore::run_trigger_many`]), with the
     /// backend's own idempotency handling as [`Backend::trigger`].
     async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>>;
+
+    /// Runs `write`, one write transaction that inserts runs or a batch under their
+    /// idempotency keys, again while a concurrent writer takes one of its keys first
+    /// (PostgreSQL: the unique index refuses the insert after the holder look-up found
+    /// nothing to lock; see postgres.rs), a bounded number of rounds. `what` names the
+    /// write in logs. SQLite's one writer cannot lose that race: `write` runs once.
+    async fn retry_key_race<'w, T: Send + 'w>(
+        &'w self,
+        what: &'w str,
+        write: &'w (dyn Fn() -> KeyedWrite<'w, T> + Send + Sync),
+    ) -> Result<T> {
+        let _ = what;
+        write().await
+    }
 }

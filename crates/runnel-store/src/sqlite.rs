@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::run::{Attempt, AttemptStatus, Run};
-use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, RunId, WorkerId};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -41,8 +41,8 @@ use crate::rows::{
 use crate::sql::{self, Backend};
 use crate::statements;
 use crate::{
-    AttemptSettlement, Claim, Error, Leased, QueueChange, QueueDeclaration, QueueKind, QueueRecord,
-    QueueRef, Registered, Result, TriggerOutcome, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, Claim, Error, Leased, Registered, Result, TriggerOutcome, WorkerRecord,
+    WorkerRegistration,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -143,7 +143,7 @@ async fn trigger_group(
     now: DateTime<Utc>,
 ) -> Result<Vec<TriggerOutcome>> {
     let mut tx = begin_write(writer).await?;
-    let outcomes = crate::batches::sqlite::trigger_many(&mut tx, runs, now).await?;
+    let outcomes = crate::batches::trigger_many::<sql::Sqlite>(&mut tx, runs, now).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -601,63 +601,6 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(applied)
     }
-
-    async fn write_batch_create(
-        &self,
-        batch: &runnel_core::batch::BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchCreateOutcome> {
-        let mut tx = begin_write(&self.writer).await?;
-        let outcome = crate::batches::sqlite::batch_create(&mut tx, batch, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn write_batch_items_trigger(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-        items: &[crate::BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchItemsOutcome> {
-        let mut tx = begin_write(&self.writer).await?;
-        let outcome =
-            crate::batches::sqlite::items_trigger(&mut tx, environment, id, items, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn write_queue_declare(
-        &self,
-        environment: &EnvironmentId,
-        declarations: &[QueueDeclaration],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        if declarations.is_empty() {
-            return Ok(());
-        }
-        let mut tx = begin_write(&self.writer).await?;
-        for d in declarations {
-            sqlx::query(
-                "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6) \
-                 ON CONFLICT (environment_id, name) DO UPDATE SET \
-                 concurrency_limit = CASE WHEN ?7 THEN excluded.concurrency_limit ELSE queues.concurrency_limit END, \
-                 updated_at = CASE WHEN ?7 THEN excluded.updated_at ELSE queues.updated_at END",
-            )
-            .bind(QueueId::generate(ms(now)).as_str())
-            .bind(environment.as_str())
-            .bind(&d.name)
-            .bind(QueueKind::of(&d.name).as_str())
-            .bind(d.concurrency_limit.flatten().map(i64::from))
-            .bind(ms(now))
-            .bind(d.concurrency_limit.is_some())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -816,100 +759,6 @@ impl WorkerStore for SqliteStore {
         version: Option<&str>,
     ) -> Result<Option<String>> {
         statements::sqlite::task_queue(&self.reader, environment, task, version).await
-    }
-}
-
-#[async_trait]
-impl QueueStore for SqliteStore {
-    async fn queue_declare(
-        &self,
-        environment: &EnvironmentId,
-        declarations: &[QueueDeclaration],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let (store, environment, declarations) =
-            (self.clone(), environment.clone(), declarations.to_vec());
-        detached(async move {
-            store
-                .write_queue_declare(&environment, &declarations, now)
-                .await
-        })
-        .await
-    }
-
-    async fn queue_list(
-        &self,
-        environment: &EnvironmentId,
-        offset: u64,
-        limit: u32,
-    ) -> Result<(Vec<QueueRecord>, u64)> {
-        statements::sqlite::queue_list(&self.reader, environment, offset, limit).await
-    }
-
-    async fn queue_get(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-    ) -> Result<Option<QueueRecord>> {
-        statements::sqlite::queue_get(&self.reader, environment, queue).await
-    }
-
-    async fn queue_update(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-        change: QueueChange,
-        now: DateTime<Utc>,
-    ) -> Result<Option<QueueRecord>> {
-        statements::sqlite::queue_update(&self.writer, environment, queue, change, now).await
-    }
-}
-
-#[async_trait]
-impl BatchStore for SqliteStore {
-    async fn batch_create(
-        &self,
-        batch: &runnel_core::batch::BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchCreateOutcome> {
-        let (store, batch) = (self.clone(), batch.clone());
-        detached(async move { store.write_batch_create(&batch, now).await }).await
-    }
-
-    async fn batch_get(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
-        statements::sqlite::batch_get(&self.reader, environment, id).await
-    }
-
-    async fn batch_item_list(
-        &self,
-        id: &runnel_core::BatchId,
-    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
-        statements::sqlite::batch_item_list(&self.reader, id).await
-    }
-
-    async fn batch_items_trigger(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-        items: &[crate::BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchItemsOutcome> {
-        let (store, environment, id, items) = (
-            self.clone(),
-            environment.clone(),
-            id.clone(),
-            items.to_vec(),
-        );
-        detached(async move {
-            store
-                .write_batch_items_trigger(&environment, &id, &items, now)
-                .await
-        })
-        .await
     }
 }
 

@@ -21,25 +21,19 @@
 
 macro_rules! statements {
     ($db:ty, collate_bytes = $collate:literal) => {
-        use chrono::{DateTime, Utc};
-        use runnel_core::batch::{BatchItemRecord, BatchRecord};
-
         use runnel_core::run::Attempt;
 
-        use runnel_core::{BatchId, EnvironmentId, RunId};
+        use runnel_core::{EnvironmentId, RunId};
 
-        use crate::batches::{batch_from_row, batch_item_from_row, BATCH_COLUMNS, BATCH_ITEM_COLUMNS};
-        use crate::queues::{queue_from_row, ref_column, QUEUE_COLUMNS};
-        use crate::rows::{attempt_from_row, ms, ATTEMPT_COLUMNS};
-        use crate::{QueueChange, QueueRecord, QueueRef, Result};
-
-        type Pool = sqlx::Pool<$db>;
+        use crate::rows::{attempt_from_row, ATTEMPT_COLUMNS};
+        use crate::Result;
 
         pub(crate) async fn attempt_list(
             db: impl sqlx::Executor<'_, Database = $db>,
             run: &RunId,
         ) -> Result<Vec<Attempt>> {
-            let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY number");
+            let sql =
+                format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY number");
             let rows = sqlx::query(&sql).bind(run.as_str()).fetch_all(db).await?;
             rows.iter().map(attempt_from_row).collect()
         }
@@ -85,112 +79,6 @@ macro_rules! statements {
             .fetch_optional(db)
             .await?;
             Ok(queue)
-        }
-
-        pub(crate) async fn batch_get(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            environment: &EnvironmentId,
-            id: &BatchId,
-        ) -> Result<Option<BatchRecord>> {
-            let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND environment_id = $2");
-            let row = sqlx::query(&sql)
-                .bind(id.as_str())
-                .bind(environment.as_str())
-                .fetch_optional(db)
-                .await?;
-            row.as_ref().map(batch_from_row).transpose()
-        }
-
-        pub(crate) async fn batch_item_list(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            id: &BatchId,
-        ) -> Result<Vec<BatchItemRecord>> {
-            let sql = format!(
-                "SELECT {BATCH_ITEM_COLUMNS} FROM batch_items WHERE batch_id = $1 ORDER BY item_index"
-            );
-            let rows = sqlx::query(&sql).bind(id.as_str()).fetch_all(db).await?;
-            rows.iter().map(batch_item_from_row).collect()
-        }
-
-        /// One page of the environment's queues by name, and how many there are.
-        pub(crate) async fn queue_list(
-            pool: &Pool,
-            environment: &EnvironmentId,
-            offset: u64,
-            limit: u32,
-        ) -> Result<(Vec<QueueRecord>, u64)> {
-            let total: i64 = sqlx::query_scalar("SELECT count(*) FROM queues WHERE environment_id = $1")
-                .bind(environment.as_str())
-                .fetch_one(pool)
-                .await?;
-            let sql = format!(
-                "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 \
-                 ORDER BY q.name{} LIMIT $2 OFFSET $3",
-                $collate
-            );
-            let rows = sqlx::query(&sql)
-                .bind(environment.as_str())
-                .bind(i64::from(limit))
-                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-                .fetch_all(pool)
-                .await?;
-            let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
-            Ok((queues, u64::try_from(total).unwrap_or(0)))
-        }
-
-        pub(crate) async fn queue_get(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            environment: &EnvironmentId,
-            queue: &QueueRef,
-        ) -> Result<Option<QueueRecord>> {
-            let (column, value) = ref_column(queue);
-            let sql = format!(
-                "SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.environment_id = $1 AND {column} = $2"
-            );
-            let row = sqlx::query(&sql)
-                .bind(environment.as_str())
-                .bind(value)
-                .fetch_optional(db)
-                .await?;
-            row.as_ref().map(queue_from_row).transpose()
-        }
-
-        /// Pauses, resumes or overrides a queue; the queue as it is now, or `None` when
-        /// the environment has no such queue.
-        pub(crate) async fn queue_update(
-            pool: &Pool,
-            environment: &EnvironmentId,
-            queue: &QueueRef,
-            change: QueueChange,
-            now: DateTime<Utc>,
-        ) -> Result<Option<QueueRecord>> {
-            let set = match change {
-                QueueChange::Pause => "paused = TRUE",
-                QueueChange::Resume => "paused = FALSE",
-                QueueChange::Override(_) => "concurrency_limit_override = $4, overridden_at = $1",
-                QueueChange::ResetOverride => {
-                    "concurrency_limit_override = NULL, overridden_at = NULL"
-                }
-            };
-            let (column, value) = ref_column(queue);
-            let column = column.trim_start_matches("q.");
-            let sql = format!(
-                "UPDATE queues SET {set}, updated_at = $1 \
-                 WHERE environment_id = $2 AND {column} = $3 RETURNING id"
-            );
-            // $4 is bound only when the statement has it: PostgreSQL refuses a value
-            // for a parameter the text never mentions.
-            let mut query = sqlx::query_scalar::<_, String>(&sql)
-                .bind(ms(now))
-                .bind(environment.as_str())
-                .bind(value);
-            if let QueueChange::Override(limit) = change {
-                query = query.bind(i64::from(limit));
-            }
-            match query.fetch_optional(pool).await? {
-                Some(id) => queue_get(pool, environment, &QueueRef::Id(id)).await,
-                None => Ok(None),
-            }
         }
     };
 }
