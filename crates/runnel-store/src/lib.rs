@@ -29,6 +29,7 @@ use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{AttemptId, EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
+mod attempts;
 mod batches;
 mod detach;
 mod group;
@@ -41,6 +42,7 @@ mod rows;
 mod sql;
 pub mod sqlite;
 mod statements;
+mod workers;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use multinode::{Announcement, Signal, SignalListener};

@@ -25,14 +25,14 @@ macro_rules! statements {
         use runnel_core::batch::{BatchItemRecord, BatchRecord};
 
         use runnel_core::list::RunListQuery;
-        use runnel_core::run::{Attempt, Packet, Run};
+        use runnel_core::run::{Packet, Run};
 
         use runnel_core::{BatchId, EnvironmentId, RunId, RunStatus};
 
         use crate::batches::{batch_from_row, batch_item_from_row, BATCH_COLUMNS, BATCH_ITEM_COLUMNS};
         use crate::queues::{queue_from_row, ref_column, QUEUE_COLUMNS};
         use crate::rows::{
-            self, attempt_from_row, ms, opt_time, run_from_row, ATTEMPT_COLUMNS, RUN_COLUMNS,
+            self, ms, opt_time, run_from_row, RUN_COLUMNS,
         };
         use crate::{Deadline, QueueChange, QueueRecord, QueueRef, Result};
 
@@ -190,58 +190,6 @@ macro_rules! statements {
             };
             let next: Option<i64> = sqlx::query_scalar(sql).fetch_one(db).await?;
             opt_time(next)
-        }
-
-        pub(crate) async fn attempt_list(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            run: &RunId,
-        ) -> Result<Vec<Attempt>> {
-            let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY number");
-            let rows = sqlx::query(&sql).bind(run.as_str()).fetch_all(db).await?;
-            rows.iter().map(attempt_from_row).collect()
-        }
-
-        /// Whether a registered version (`version`, when given) serves `task`.
-        pub(crate) async fn task_served(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            environment: &EnvironmentId,
-            task: &str,
-            version: Option<&str>,
-        ) -> Result<bool> {
-            let served: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM worker_tasks WHERE environment_id = $1 \
-                 AND task_identifier = $2 AND (CAST($3 AS TEXT) IS NULL OR version = $3))",
-            )
-            .bind(environment.as_str())
-            .bind(task)
-            .bind(version)
-            .fetch_one(db)
-            .await?;
-            Ok(served)
-        }
-
-        /// The queue of `task` in `version`, or in the newest version that has it.
-        pub(crate) async fn task_queue(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            environment: &EnvironmentId,
-            task: &str,
-            version: Option<&str>,
-        ) -> Result<Option<String>> {
-            let queue: Option<String> = sqlx::query_scalar(concat!(
-                "SELECT t.queue FROM worker_tasks t JOIN worker_versions v \
-                 ON v.environment_id = t.environment_id AND v.version = t.version \
-                 WHERE t.environment_id = $1 AND t.task_identifier = $2 \
-                 AND (CAST($3 AS TEXT) IS NULL OR t.version = $3) \
-                 ORDER BY v.created_at DESC, v.version",
-                $collate,
-                " DESC LIMIT 1"
-            ))
-            .bind(environment.as_str())
-            .bind(task)
-            .bind(version)
-            .fetch_optional(db)
-            .await?;
-            Ok(queue)
         }
 
         pub(crate) async fn run_list(
