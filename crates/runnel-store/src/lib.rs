@@ -36,6 +36,7 @@ mod group;
 mod keys;
 mod list;
 pub mod multinode;
+mod node;
 pub mod postgres;
 pub mod queues;
 mod rows;

@@ -150,6 +150,19 @@ impl Backend for PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    async fn publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
+        crate::multinode::pg_publish(&self.pool, signals, origin).await
+    }
+
+    async fn listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
+        let listener = crate::multinode::pg_listen(&self.pool).await?;
+        Ok(Some(Box::new(listener)))
+    }
+
+    async fn close_pools(&self) {
+        self.pool.close().await;
+    }
+
     async fn serialize_bootstrap(&self, conn: &mut PgConnection) -> Result<()> {
         // Held until commit: a second node waits here, then sees the first's project.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -392,27 +405,6 @@ impl GroupWriter for PgTriggers {
 
     async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
         trigger_alone(&self.pool, run, now).await
-    }
-}
-
-#[async_trait]
-impl NodeStore for PgStore {
-    async fn health(&self, now: DateTime<Utc>) -> Result<()> {
-        statements::postgres::ping(&self.pool).await?;
-        statements::postgres::health_record(&self.pool, now).await
-    }
-
-    async fn signal_publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
-        crate::multinode::pg_publish(&self.pool, signals, origin).await
-    }
-
-    async fn signal_listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
-        let listener = crate::multinode::pg_listen(&self.pool).await?;
-        Ok(Some(Box::new(listener)))
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
     }
 }
 

@@ -481,6 +481,22 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Tells every node sharing this database that `signals` happened on node `origin`
+    /// (PostgreSQL: NOTIFY). Nobody else shares a SQLite file's server.
+    async fn publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
+        let _ = (signals, origin);
+        Ok(())
+    }
+
+    /// A listener on a connection of its own for the signals every node publishes;
+    /// `None` where there is nobody else (SQLite).
+    async fn listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
+        Ok(None)
+    }
+
+    /// Closes the pools: waits for connections in use, then checkpoints and closes.
+    async fn close_pools(&self);
+
     /// Whether every write queues for one connection (SQLite). A write that mostly finds
     /// nothing to do (the dequeue of idle workers, woken together) then looks on a reader
     /// first, so it does not queue for the writer in vain.

@@ -107,6 +107,11 @@ impl Backend for SqliteStore {
         begin_write(&self.writer).await
     }
 
+    async fn close_pools(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
     const ONE_WRITER: bool = true;
 
     /// The oldest queued runs, read as they are: the one writer keeps the gates, the
@@ -351,26 +356,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl NodeStore for SqliteStore {
-    async fn health(&self, now: DateTime<Utc>) -> Result<()> {
-        statements::sqlite::ping(&self.reader).await?;
-        let writer = self.writer.clone();
-        detached(async move {
-            let mut tx = begin_write(&writer).await?;
-            statements::sqlite::health_record(&mut *tx, now).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
     }
 }
 

@@ -38,26 +38,6 @@ macro_rules! statements {
 
         type Pool = sqlx::Pool<$db>;
 
-        pub(crate) async fn ping(db: impl sqlx::Executor<'_, Database = $db>) -> Result<()> {
-            sqlx::query("SELECT 1").execute(db).await?;
-            Ok(())
-        }
-
-        /// The health check's trivial write: one row, overwritten.
-        pub(crate) async fn health_record(
-            db: impl sqlx::Executor<'_, Database = $db>,
-            now: DateTime<Utc>,
-        ) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO health (id, checked_at) VALUES (1, $1) \
-                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-            )
-            .bind(ms(now))
-            .execute(db)
-            .await?;
-            Ok(())
-        }
-
         pub(crate) async fn run_get(
             db: impl sqlx::Executor<'_, Database = $db>,
             environment: &EnvironmentId,
