@@ -38,8 +38,10 @@ use runnel_core::run::{AttemptStatus, Run};
 use runnel_core::RunStatus;
 use sqlx::pool::PoolConnection;
 
+use crate::attempts::DequeueGate;
+use crate::queues::Gates;
 use crate::rows::Columns;
-use crate::{Result, TriggerOutcome};
+use crate::{Result, TriggerOutcome, WorkerRecord};
 
 /// A future the dialect returns, borrowing the connection and the statement.
 pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
@@ -60,6 +62,43 @@ pub(crate) enum Value<'a> {
     Flag(bool),
     /// A list bound as one array (PostgreSQL's `= ANY($n)`).
     Texts(Vec<Cow<'a, str>>),
+    /// A column of a [`Params::table`] bound as one array (PostgreSQL's `unnest`).
+    TextColumn(Vec<Option<Cow<'a, str>>>),
+    /// A column of a [`Params::table`] bound as one array (PostgreSQL's `unnest`).
+    IntColumn(Vec<Option<i64>>),
+}
+
+/// One column of a [`Params::table`]: its values, row by row.
+#[derive(Debug, Clone)]
+pub(crate) enum TableColumn<'a> {
+    Texts(Vec<Option<Cow<'a, str>>>),
+    Ints(Vec<Option<i64>>),
+}
+
+impl<'a> TableColumn<'a> {
+    fn len(&self) -> usize {
+        match self {
+            TableColumn::Texts(values) => values.len(),
+            TableColumn::Ints(values) => values.len(),
+        }
+    }
+
+    /// Its values one by one (SQLite's `VALUES` rows).
+    fn into_values(self) -> std::vec::IntoIter<Value<'a>> {
+        match self {
+            TableColumn::Texts(values) => values.into_iter().map(Value::Text).collect::<Vec<_>>(),
+            TableColumn::Ints(values) => values.into_iter().map(Value::Int).collect(),
+        }
+        .into_iter()
+    }
+
+    /// Its values as one array, with the array's SQL type (PostgreSQL's `unnest`).
+    fn into_array(self) -> (Value<'a>, &'static str) {
+        match self {
+            TableColumn::Texts(values) => (Value::TextColumn(values), "text[]"),
+            TableColumn::Ints(values) => (Value::IntColumn(values), "bigint[]"),
+        }
+    }
 }
 
 impl<'a> From<&'a str> for Value<'a> {
@@ -242,6 +281,37 @@ impl<'a, D: Dialect> Params<'a, D> {
         }
     }
 
+    /// Adds the values of a table (one [`TableColumn`] each, all of one length, at least one
+    /// row) and returns a query of its rows, for `WITH v(a, b) AS (…)`:
+    /// `VALUES ($1, $2), ($3, $4)` on SQLite; `SELECT * FROM unnest($1::text[],
+    /// $2::bigint[])` on PostgreSQL, one array per column, so the text (and the prepared
+    /// statement) is the same whatever the number of rows.
+    pub(crate) fn table(&mut self, columns: Vec<TableColumn<'a>>) -> String {
+        if D::ARRAYS {
+            let arrays: Vec<String> = columns
+                .into_iter()
+                .map(|column| {
+                    let (array, sql_type) = column.into_array();
+                    format!("{}::{sql_type}", self.bind(array))
+                })
+                .collect();
+            format!("SELECT * FROM unnest({})", arrays.join(", "))
+        } else {
+            let rows = columns.first().map_or(0, TableColumn::len);
+            let mut columns: Vec<_> = columns.into_iter().map(TableColumn::into_values).collect();
+            let rows: Vec<String> = (0..rows)
+                .map(|_| {
+                    let row: Vec<String> = columns
+                        .iter_mut()
+                        .filter_map(|values| values.next().map(|value| self.bind(value)))
+                        .collect();
+                    format!("({})", row.join(", "))
+                })
+                .collect();
+            format!("VALUES {}", rows.join(", "))
+        }
+    }
+
     /// How many values are bound.
     pub(crate) fn len(&self) -> usize {
         self.values.len()
@@ -298,6 +368,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     const BARE_PLACEHOLDERS: bool;
     /// Most values one statement may bind.
     const MAX_BINDS: usize;
+    /// A flag column's true value as the schema's partial indexes spell it (`paused = 1`
+    /// on SQLite, which stores flags as integers; `paused = TRUE` on PostgreSQL): a
+    /// partial index serves a statement only when its text matches the index's.
+    const TRUE: &'static str;
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -346,6 +420,7 @@ impl Dialect for Sqlite {
     const BARE_PLACEHOLDERS: bool = true;
     /// `SQLITE_MAX_VARIABLE_NUMBER`, 32766 since 3.32.
     const MAX_BINDS: usize = 32_766;
+    const TRUE: &'static str = "1";
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -406,6 +481,8 @@ fn sqlite_query<'q>(
             // `Params::list` never makes an array for SQLite; were one to reach here,
             // its text form would match nothing rather than everything.
             Value::Texts(items) => query.bind(format!("{items:?}")),
+            Value::TextColumn(items) => query.bind(format!("{items:?}")),
+            Value::IntColumn(items) => query.bind(format!("{items:?}")),
         };
     }
     query
@@ -426,6 +503,7 @@ impl Dialect for Postgres {
     const BARE_PLACEHOLDERS: bool = false;
     /// The protocol counts parameters in an `i16`.
     const MAX_BINDS: usize = 65_535;
+    const TRUE: &'static str = "TRUE";
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -482,6 +560,13 @@ fn pg_query<'q>(
             Value::Texts(items) => {
                 query.bind(items.into_iter().map(Cow::into_owned).collect::<Vec<_>>())
             }
+            Value::TextColumn(items) => query.bind(
+                items
+                    .into_iter()
+                    .map(|item| item.map(Cow::into_owned))
+                    .collect::<Vec<_>>(),
+            ),
+            Value::IntColumn(items) => query.bind(items),
         };
     }
     query
@@ -554,5 +639,36 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<T> {
         let _ = what;
         write().await
+    }
+
+    /// Whether every write queues for one connection (SQLite). A write that mostly finds
+    /// nothing to do (the dequeue of idle workers, woken together) then looks on a reader
+    /// first, so it does not queue for the writer in vain.
+    const ONE_WRITER: bool = false;
+
+    /// The oldest queued runs `worker` may take (its tasks; its version or unlocked),
+    /// at most `limit`, by `queue_ts, id`, with `gate` applied when the environment has
+    /// gated queues (`attempts::gate_sql`). What the selection may rely on differs:
+    /// SQLite's one writer already keeps concurrent dequeues apart; PostgreSQL locks the
+    /// runs it picks `FOR UPDATE SKIP LOCKED` and reads one index range per task.
+    async fn dequeue_candidates(
+        &self,
+        conn: &mut Conn<Self::D>,
+        worker: &WorkerRecord,
+        gate: Option<&DequeueGate<'_>>,
+        limit: u32,
+    ) -> Result<Vec<Run>>;
+
+    /// Before a dequeue over gated queues picks runs: makes the dequeues of one limited
+    /// queue take turns, and returns the limited queues left out of this dequeue
+    /// (`queues.rs`). SQLite's one writer already makes them take turns: none left out.
+    async fn dequeue_lock_queues(
+        &self,
+        conn: &mut Conn<Self::D>,
+        worker: &WorkerRecord,
+        gates: &Gates,
+    ) -> Result<Vec<String>> {
+        let _ = (conn, worker, gates);
+        Ok(Vec::new())
     }
 }

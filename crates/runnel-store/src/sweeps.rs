@@ -18,12 +18,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::run::Attempt;
 use runnel_core::{AttemptId, RunId, RunStatus};
 
-use crate::rows::{
-    attempt_from_row, ms, pair_leased, run_from_row, Columns, ATTEMPT_COLUMNS, RUN_COLUMNS,
-};
+use crate::attempts::attempts_in;
+use crate::rows::{ms, pair_leased, run_from_row, Columns, RUN_COLUMNS};
 use crate::sql::{status, statuses, Backend, Conn, Dialect, Params};
 use crate::{Deadline, Leased, Result, SweepStore};
 
@@ -225,15 +223,4 @@ async fn sweep<D: Dialect>(
     rows.iter()
         .map(|row| Ok(RunId::from_trusted(row.text("id")?)))
         .collect()
-}
-
-/// The attempts with these ids.
-async fn attempts_in<D: Dialect>(conn: &mut Conn<D>, ids: &[AttemptId]) -> Result<Vec<Attempt>> {
-    let mut p = Params::<D>::new();
-    let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id {}",
-        p.list(ids.iter().map(AttemptId::as_str))
-    );
-    let rows = p.fetch_all(conn, &sql).await?;
-    rows.iter().map(attempt_from_row).collect()
 }
