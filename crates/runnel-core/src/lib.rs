@@ -20,6 +20,7 @@ pub mod queue;
 pub mod replay;
 pub mod retry;
 pub mod run;
+pub mod state;
 pub mod status;
 pub mod tags;
 pub mod tenancy;
