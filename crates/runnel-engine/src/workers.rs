@@ -2,10 +2,11 @@
 //! complete, and cancel. (The rescuer, which settles attempts whose worker went
 //! silent, is a runtime service: `services::rescuer`.)
 //!
-//! `runnel_core::state` decides each transition (settle, cancel) as a `Change`; the engine
-//! turns it into the store's input and the store applies it as a conditional update. A worker's claim on an attempt is checked by
-//! the store at the moment it writes, so a completion that arrives after a cancel, a
-//! rescue or a timeout changes nothing and is answered `accepted: false`.
+//! `runnel_core::state` decides each transition (settle, cancel) as a `Change`; the
+//! engine turns it into the store's input and the store applies it as a conditional
+//! update. A worker's claim on an attempt is checked by the store at the moment it
+//! writes, so a completion that arrives after a cancel, a rescue or a timeout changes
+//! nothing and is answered `accepted: false`.
 //!
 //! Long polls wait on [`tokio::sync::Notify`]s the engine fires when runs become
 //! available (trigger, promotion, registration, release) or when held attempts end
