@@ -2,7 +2,8 @@
 //!
 //! This crate decides and never waits: it holds ids, the run status set and its public
 //! mappings, the run's state as data and its transitions (`state`), duration parsing, the
-//! trigger request and its validation, API keys and the idempotency rules. It performs no IO (no tokio, no database); callers pass `now` in.
+//! trigger request and its validation, API keys and the idempotency rules. It performs no
+//! IO (no tokio, no database); callers pass `now` in.
 
 pub mod batch;
 pub mod cost;
