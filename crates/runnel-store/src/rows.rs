@@ -379,15 +379,6 @@ pub(crate) fn pair_leased(runs: Vec<Run>, attempts: Vec<Attempt>) -> Vec<crate::
         .collect()
 }
 
-/// The stored error of a canceled run (contract §4.3).
-pub(crate) fn canceled_error() -> Value {
-    serde_json::json!({
-        "type": "INTERNAL_ERROR",
-        "code": "TASK_RUN_CANCELLED",
-        "message": "Run was canceled",
-    })
-}
-
 /// `maxDuration` at or above this means "no limit" (contract §4.5).
 pub(crate) const NO_MAX_DURATION: i64 = MAX_DURATION_MAX_SECS as i64;
 

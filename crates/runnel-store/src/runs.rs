@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::list::RunListQuery;
 use runnel_core::run::{AttemptStatus, Packet, Run};
+use runnel_core::state::{self, Charge};
 use runnel_core::{AttemptId, EnvironmentId, RunId, RunStatus};
 
 use crate::detach::detached;
 use crate::list::run_list_sql;
-use crate::rows::{canceled_error, ms, run_from_row, run_status, Columns, RUN_COLUMNS};
+use crate::rows::{ms, opt_time, run_from_row, run_status, Columns, RUN_COLUMNS};
 use crate::sql::{attempt_status, attempt_statuses, status, statuses, Backend, Dialect, Params};
 use crate::{CancelOutcome, Result, RunStore, TriggerOutcome};
 
@@ -275,7 +276,10 @@ impl<B: Backend> RunStore for B {
                     .flatten(),
                 None => None,
             };
-            let (duration_ms, cost_in_cents) = cancel_charge(started_at, ms(now), cents_per_ms);
+            let Charge {
+                duration_ms,
+                cost_in_cents,
+            } = state::charge(opt_time(started_at)?, now, cents_per_ms);
             let sql = format!(
                 "UPDATE runs SET status = {}, completed_at = $1, updated_at = $1, error = $2, \
                  usage_duration_ms = usage_duration_ms + $3, cost_in_cents = cost_in_cents + $4, \
@@ -285,7 +289,7 @@ impl<B: Backend> RunStore for B {
             );
             Params::<B::D>::new()
                 .with(ms(now))
-                .with(canceled_error().to_string())
+                .with(state::canceled_error().to_string())
                 .with(duration_ms)
                 .with(cost_in_cents)
                 .with(id.as_str())
@@ -313,25 +317,5 @@ impl<B: Backend> RunStore for B {
             })
         })
         .await
-    }
-}
-
-/// What a cancel charges for the attempt it ends: the compute time since the attempt
-/// started (none when it never started, never negative) and its cost at `cents_per_ms`.
-fn cancel_charge(started_at: Option<i64>, now_ms: i64, cents_per_ms: f64) -> (i64, f64) {
-    let duration_ms = started_at.map_or(0, |t| (now_ms - t).max(0));
-    (duration_ms, duration_ms as f64 * cents_per_ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cancel_charge;
-
-    #[test]
-    fn cancel_charges_the_time_since_the_attempt_started() {
-        assert_eq!(cancel_charge(Some(1_000), 1_500, 0.5), (500, 250.0));
-        assert_eq!(cancel_charge(None, 1_500, 0.5), (0, 0.0));
-        // A clock that went backwards charges nothing rather than a refund.
-        assert_eq!(cancel_charge(Some(2_000), 1_500, 0.5), (0, 0.0));
     }
 }
