@@ -1,4 +1,5 @@
-//! Runnel's memory: the [`Store`] trait and its backends. The only place SQL is written.
+//! Runnel's memory: the [`Store`] traits and their two backends. The only place SQL is
+//! written.
 //!
 //! Every state change is a conditional write ("set status to Y if it is still X"), so two
 //! actors racing on one run (an expirer and a worker, two server nodes) can never both
@@ -15,10 +16,28 @@
 //!
 //! The two schemas (`migrations/sqlite`, `migrations/postgres`) have the same tables,
 //! columns and indexes, and times are milliseconds since the epoch in both, so the
-//! row mapping (`rows`) is shared and a record reads back identically from either. So is
-//! the SQL of every operation that does not depend on how a backend keeps concurrent
-//! writers apart (`statements`: reads and single-statement conditional writes), and of
-//! the runs list (`list`); the backend files hold what locks, retries or sweeps.
+//! row mapping (`rows`) is shared and a record reads back identically from either.
+//!
+//! [`Store`] is the sum of one narrow trait per area, and each area is written once, as
+//! `impl<B: Backend> AreaStore for B` over the dialect seam of `sql.rs` (placeholders,
+//! lists, lock suffixes, byte collation, how a write begins):
+//!
+//! | trait | module | what |
+//! |---|---|---|
+//! | [`NodeStore`] | `node.rs` | health check, signals between nodes, closing |
+//! | [`KeyStore`] | `keys.rs` | project, environments, secret keys |
+//! | [`RunStore`] | `runs.rs`, `list.rs` | trigger, read, list, the management API's changes |
+//! | [`SweepStore`] | `sweeps.rs` | what the timed services look for and move |
+//! | [`AttemptStore`] | `attempts.rs` | dequeue, start, heartbeat, settlement |
+//! | [`WorkerStore`] | `workers.rs` | registration, versions, served tasks |
+//! | [`QueueStore`] | `queues.rs` | declarations, limits, pause |
+//! | [`BatchStore`] | `batches.rs` | batches, items, the multi-row trigger |
+//!
+//! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
+//! the group-commit writer's transactions and PostgreSQL's idempotency-key race, the
+//! dequeue's candidate selection and limited-queue locks, the bootstrap lock, NOTIFY.
+//! Status values appear in SQL only as literals rendered from the enums
+//! (`sql::status`), never hand-written.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -3,7 +3,11 @@
 //! One connection pool ([`PgStore::connect_with`]); every node runs the migrations on
 //! start, and sqlx's migrator holds a session advisory lock while it does, so nodes
 //! starting together apply each migration once. Where the SQLite backend gets atomicity
-//! for free from its single writer connection, this one takes row locks:
+//! for free from its single writer connection, this one takes row locks. The statements
+//! are written once, in the area modules (`sweeps.rs`, `attempts.rs`, `batches.rs`…),
+//! with this dialect's lock suffixes; this file keeps what only PostgreSQL does (the
+//! dequeue's per-task index ranges, limited-queue advisory locks, the bootstrap lock,
+//! the idempotency-key race loop, NOTIFY). Why each lock, in one place:
 //!
 //! - **Conditional updates** (`run_transition`, the expirer, the promoter) are single
 //!   `UPDATE … WHERE status = <from>` statements. Under READ COMMITTED a second writer
