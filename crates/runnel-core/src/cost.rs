@@ -57,17 +57,24 @@ impl Pricing {
         self.per_second_cents.get(&machine).copied().unwrap_or(0.0)
     }
 
-    /// The compute cost of `duration_ms` on `machine` in `environment`.
+    /// The price of one millisecond of compute on `machine` in `environment` (0 in dev):
+    /// what [`crate::state::charge`] multiplies an attempt's duration by.
+    pub fn cents_per_ms(&self, environment: EnvironmentKind, machine: MachinePreset) -> f64 {
+        if environment == EnvironmentKind::Dev {
+            return 0.0;
+        }
+        self.cents_per_second(machine) / 1000.0
+    }
+
+    /// The compute cost of `duration_ms` on `machine` in `environment`, as
+    /// [`crate::state::charge`] prices it.
     pub fn compute_cents(
         &self,
         environment: EnvironmentKind,
         machine: MachinePreset,
         duration_ms: i64,
     ) -> f64 {
-        if environment == EnvironmentKind::Dev || duration_ms <= 0 {
-            return 0.0;
-        }
-        self.cents_per_second(machine) * duration_ms as f64 / 1000.0
+        crate::state::cost_of(duration_ms, self.cents_per_ms(environment, machine))
     }
 
     /// The per-run fee in `environment`.

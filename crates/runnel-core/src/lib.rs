@@ -1,8 +1,9 @@
 //! Runnel's domain: the types every other crate speaks in.
 //!
 //! This crate decides and never waits: it holds ids, the run status set and its public
-//! mappings, duration parsing, the trigger request and its validation, API keys and the
-//! idempotency rules. It performs no IO (no tokio, no database); callers pass `now` in.
+//! mappings, the run's state as data and its transitions (`state`), duration parsing, the
+//! trigger request and its validation, API keys and the idempotency rules. It performs no
+//! IO (no tokio, no database); callers pass `now` in.
 
 pub mod batch;
 pub mod cost;
@@ -20,6 +21,7 @@ pub mod queue;
 pub mod replay;
 pub mod retry;
 pub mod run;
+pub mod state;
 pub mod status;
 pub mod tags;
 pub mod tenancy;

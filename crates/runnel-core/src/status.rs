@@ -5,7 +5,8 @@
 //! other caller (v3 SDKs, curl) gets the legacy set of the founding document. The SDK
 //! rejects a status outside its enum, so the mapping must never leak the other set.
 //!
-//! The transitions between statuses are drawn in `docs/state-machine.md`.
+//! The transitions between statuses are the table in [`crate::state::table`], drawn in
+//! `docs/state-machine.md`; a run's state with its data is [`crate::state::RunState`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -92,40 +93,11 @@ impl RunStatus {
         )
     }
 
-    /// Whether the state machine has an edge from `self` to `to` (docs/state-machine.md).
+    /// Whether the state machine has an edge from `self` to `to`: the transition table
+    /// (`state::table::EDGES`, drawn in docs/state-machine.md) decides.
     /// Nothing leaves a final status; no status moves to itself.
     pub fn can_move_to(self, to: RunStatus) -> bool {
-        use RunStatus::*;
-        if self.is_final() || self == to {
-            return false;
-        }
-        // Any live run can be canceled.
-        if to == Canceled {
-            return true;
-        }
-        match self {
-            Delayed => matches!(to, Queued | PendingVersion),
-            PendingVersion => matches!(to, Queued | Expired),
-            Queued => matches!(to, Dequeued | Expired | PendingVersion),
-            // A leased run the worker has not started yet can end the ways an executing
-            // one can (the worker refuses it, crashes or is stopped before starting).
-            Dequeued | Executing => matches!(
-                to,
-                Executing
-                    | CompletedSuccessfully
-                    | CompletedWithErrors
-                    | RetryingAfterFailure
-                    | WaitingToResume
-                    | Queued
-                    | Crashed
-                    | SystemFailure
-                    | TimedOut
-                    | Interrupted
-            ),
-            RetryingAfterFailure => matches!(to, Queued | Executing),
-            WaitingToResume => matches!(to, Executing | Queued),
-            _ => false,
-        }
+        crate::state::table::has_edge(self, to)
     }
 
     /// Final and unsuccessful in a way that frees the run's idempotency key (contract §4.4):

@@ -382,7 +382,9 @@ impl Settlement {
     }
 }
 
-/// Decides what a failed attempt does to its run (DESIGN §3, contract §4.2).
+/// Decides what a failed attempt does to its run (DESIGN §3, contract §4.2): the retry
+/// decision that the settle and rescue transitions (`crate::state::settle`,
+/// `crate::state::rescue`) build their change on.
 ///
 /// `spent` counts the run's failed attempts including this one; `max_attempts` is the
 /// effective limit (trigger option, else the task's policy).

@@ -97,14 +97,18 @@ impl Engine {
             let Some(run) = self.store.run_get(&environment.id, id).await? else {
                 continue;
             };
-            let cents_per_ms = self.config.pricing.compute_cents(
-                environment.kind,
-                run.machine.unwrap_or_default(),
-                1_000,
-            ) / 1000.0;
+            let Ok(change) = runnel_core::state::cancel(&run, self.clock.now()) else {
+                // Ended since the listing.
+                continue;
+            };
             let outcome = self
                 .store
-                .run_cancel(&environment.id, id, cents_per_ms, self.clock.now())
+                .run_cancel(
+                    &environment.id,
+                    id,
+                    self.cents_per_ms(environment, &run),
+                    change.at,
+                )
                 .await?;
             if let runnel_store::CancelOutcome::Canceled { attempt } = outcome {
                 tracing::debug!(run = %id, parent = %parent, "child run canceled with its parent");

@@ -177,9 +177,10 @@ impl Engine {
                     is_served
                 }
             };
-            if is_served {
+            // Promote (`runnel_core::state::promote`): queued once a version serves it.
+            if let Ok(change) = runnel_core::state::promote(run, is_served, now) {
                 self.store
-                    .run_transition(id, RunStatus::PendingVersion, RunStatus::Queued, now)
+                    .run_transition(id, change.from, change.to, change.at)
                     .await?;
             }
         }

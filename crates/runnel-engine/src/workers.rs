@@ -2,10 +2,11 @@
 //! complete, and cancel. (The rescuer, which settles attempts whose worker went
 //! silent, is a runtime service: `services::rescuer`.)
 //!
-//! The engine decides (with `runnel_core::worker::settle_failure`), the store applies
-//! each decision as a conditional update. A worker's claim on an attempt is checked by
-//! the store at the moment it writes, so a completion that arrives after a cancel, a
-//! rescue or a timeout changes nothing and is answered `accepted: false`.
+//! `runnel_core::state` decides each transition (settle, cancel) as a `Change`; the
+//! engine turns it into the store's input and the store applies it as a conditional
+//! update. A worker's claim on an attempt is checked by the store at the moment it
+//! writes, so a completion that arrives after a cancel, a rescue or a timeout changes
+//! nothing and is answered `accepted: false`.
 //!
 //! Long polls wait on [`tokio::sync::Notify`]s the engine fires when runs become
 //! available (trigger, promotion, registration, release) or when held attempts end
@@ -19,13 +20,14 @@ use chrono::{DateTime, Duration, Utc};
 use runnel_core::cost::Pricing;
 use runnel_core::nesting;
 use runnel_core::retry::RetryPolicy;
-use runnel_core::run::{AttemptStatus, Packet};
+use runnel_core::run::Run;
+use runnel_core::state::{self, Change, Terms};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
 use runnel_core::view::iso;
 use runnel_core::worker::{
     self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
-    RegisterRequest, RegisterResponse, Settlement, TaskFailure,
+    RegisterRequest, RegisterResponse, TaskFailure,
 };
 use runnel_core::{ApiVersion, AttemptId, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
 use runnel_store::{
@@ -395,23 +397,28 @@ impl Engine {
             else {
                 continue;
             };
-            if leased.run.worker_id.as_ref() != Some(&record.id)
-                || leased.run.environment_id != environment.id
-            {
+            if leased.run.environment_id != environment.id {
                 continue;
             }
             let policy = record
                 .task(&leased.run.task_identifier)
                 .and_then(|t| t.retry)
                 .unwrap_or_default();
-            let settlement = self.settlement(
-                environment,
-                leased,
+            // Refused (another worker holds it, or it is no longer held): not accepted.
+            let Ok(change) = state::settle(
+                &leased.run,
+                &leased.attempt,
+                &record.id,
                 &completion.outcome,
-                &policy,
-                Claim::Worker(record.id.clone()),
+                &self.terms(environment, &leased.run, &policy),
+                &mut rand::rng(),
                 now,
-            );
+            ) else {
+                continue;
+            };
+            let Some(settlement) = attempt_settlement(&leased.run, change) else {
+                continue;
+            };
             index.push(i);
             settlements.push(settlement);
         }
@@ -451,74 +458,26 @@ impl Engine {
         }
     }
 
-    /// What an attempt's end does to its run, priced and timed.
-    pub(crate) fn settlement(
+    /// The terms on which attempts of `run` in `environment` end: the task's retry
+    /// `policy` and the price of the run's machine there.
+    pub(crate) fn terms<'a>(
         &self,
         environment: &Environment,
-        leased: &Leased,
-        outcome: &AttemptOutcome,
-        policy: &RetryPolicy,
-        claim: Claim,
-        now: DateTime<Utc>,
-    ) -> AttemptSettlement {
-        let run = &leased.run;
-        let duration_ms = leased
-            .attempt
-            .started_at
-            .map_or(0, |started| (now - started).num_milliseconds().max(0));
-        let machine = run.machine.unwrap_or_default();
-        let cost = self
-            .config
-            .pricing
-            .compute_cents(environment.kind, machine, duration_ms);
-        let (settle, failure, output) = match outcome {
-            AttemptOutcome::Success { output } => (
-                Settlement::Succeeded,
-                None,
-                (!output.is_null()).then(|| Packet::json(output)),
-            ),
-            AttemptOutcome::Failure { error } => {
-                let max_attempts = run.max_attempts.unwrap_or(policy.max_attempts);
-                let settle = worker::settle_failure(
-                    error.kind,
-                    environment.kind,
-                    run.failed_attempts + 1,
-                    max_attempts,
-                    policy,
-                    &mut rand::rng(),
-                );
-                (settle, Some(error), None)
-            }
-        };
-        let attempt_status = match settle {
-            Settlement::Succeeded => AttemptStatus::Completed,
-            Settlement::Release => AttemptStatus::Canceled,
-            Settlement::Retry { .. } | Settlement::Fail(_) => AttemptStatus::Failed,
-        };
-        let next_attempt_at = match settle {
-            Settlement::Retry { delay_ms } => {
-                Some(now + Duration::milliseconds(i64::try_from(delay_ms).unwrap_or(i64::MAX)))
-            }
-            _ => None,
-        };
-        AttemptSettlement {
-            run_id: run.id.clone(),
-            attempt_id: leased.attempt.id.clone(),
-            claim,
-            attempt_status,
-            attempt_error: failure.map(TaskFailure::attempt_error),
-            run_status: settle.run_status(),
-            run_error: match settle {
-                Settlement::Fail(_) => failure.map(TaskFailure::run_error),
-                _ => None,
-            },
-            output,
-            next_attempt_at,
-            spends_attempt: settle.spends_attempt(),
-            duration_ms,
-            cost_in_cents: cost,
-            now,
+        run: &Run,
+        policy: &'a RetryPolicy,
+    ) -> Terms<'a> {
+        Terms {
+            environment: environment.kind,
+            policy,
+            cents_per_ms: self.cents_per_ms(environment, run),
         }
+    }
+
+    /// The price of one ms of compute of `run` in `environment`.
+    pub(crate) fn cents_per_ms(&self, environment: &Environment, run: &Run) -> f64 {
+        self.config
+            .pricing
+            .cents_per_ms(environment.kind, run.machine.unwrap_or_default())
     }
 
     /// Cancels a run of `environment`. `None` when it does not exist there; a run that
@@ -531,19 +490,18 @@ impl Engine {
         let Some(run) = self.store.run_get(&environment.id, id).await? else {
             return Ok(None);
         };
-        if run.status.is_final() {
+        let Ok(change) = state::cancel(&run, self.clock.now()) else {
+            // Already ended: left as it is.
             return Ok(Some(run.id));
-        }
-        let machine = run.machine.unwrap_or_default();
-        let cents_per_ms = self
-            .config
-            .pricing
-            .compute_cents(environment.kind, machine, 1_000)
-            / 1000.0;
-        let now = self.clock.now();
+        };
         match self
             .store
-            .run_cancel(&environment.id, id, cents_per_ms, now)
+            .run_cancel(
+                &environment.id,
+                id,
+                self.cents_per_ms(environment, &run),
+                change.at,
+            )
             .await?
         {
             CancelOutcome::Canceled { attempt } => {
@@ -568,6 +526,33 @@ impl Engine {
         }
         Ok(environments)
     }
+}
+
+/// The store's input for a change that ends a held attempt (settle, rescue); `None` for
+/// one that does not.
+pub(crate) fn attempt_settlement(run: &Run, change: Change) -> Option<AttemptSettlement> {
+    let end = change.attempt?;
+    let claim = match end.claim? {
+        state::Claim::Worker(worker) => Claim::Worker(worker),
+        state::Claim::LeaseExpired(at) => Claim::LeaseExpired(at),
+        state::Claim::TimedOut(at) => Claim::TimedOut(at),
+    };
+    let charge = end.charge.unwrap_or_default();
+    Some(AttemptSettlement {
+        run_id: run.id.clone(),
+        attempt_id: end.attempt,
+        claim,
+        attempt_status: end.status,
+        attempt_error: end.error,
+        run_status: change.to,
+        run_error: change.error,
+        output: change.output,
+        next_attempt_at: change.next_attempt_at,
+        spends_attempt: end.spends_attempt,
+        duration_ms: charge.duration_ms,
+        cost_in_cents: charge.cost_in_cents,
+        now: change.at,
+    })
 }
 
 fn check_batch<T>(ids: &[T]) -> Result<(), Error> {

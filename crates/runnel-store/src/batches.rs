@@ -1,6 +1,8 @@
-//! What the batch store operations take and return, and the one decision both backends
-//! share: which runs of a multi-row trigger are inserted and which return a run that
-//! already holds their idempotency key ([`plan_trigger_many`]).
+//! Batches and their items ([`BatchStore`]), and the multi-row trigger ([`trigger_many`])
+//! that batch items, [`crate::RunStore::run_trigger_many`] and the group commit of
+//! single triggers (`group.rs`) write with, each statement written once for both
+//! backends. The decision in it, which runs are inserted and which return a run that
+//! already holds their idempotency key, is [`plan_trigger_many`].
 //!
 //! A multi-row trigger runs in one transaction:
 //!
@@ -21,17 +23,23 @@
 //! in a row: the first is inserted (or returns the holder), the second returns the
 //! first. On PostgreSQL a concurrent writer can insert a key between the holder look-up
 //! and the insert; the unique index then refuses the whole statement, the transaction
-//! rolls back and the call starts over, as a single trigger does.
+//! rolls back and the call starts over, as a single trigger does: the caller's retry
+//! (`postgres.rs`; for batches [`Backend::retry_key_race`]). A batch's own key is decided
+//! the same way on `batches_by_idempotency_key`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::batch::BatchRecord;
+use runnel_core::batch::{BatchItemRecord, BatchRecord};
 use runnel_core::idempotency::{self, Decision};
 use runnel_core::run::Run;
-use runnel_core::{RunId, RunStatus};
+use runnel_core::{BatchId, EnvironmentId, RunId, RunStatus};
 
-use crate::TriggerOutcome;
+use crate::detach::detached;
+use crate::rows::{self, ms, run_status, Columns, RUN_COLUMNS};
+use crate::sql::{Backend, Conn, Dialect, KeyedWrite, Params};
+use crate::{BatchStore, Result, TriggerOutcome};
 
 /// One index of a batch to record, with the run its item triggers.
 #[derive(Debug, Clone, PartialEq)]
@@ -291,6 +299,9 @@ fn item_results<'a>(
     (outcomes, rows)
 }
 
+/// The columns of a batch-items row: the batch id and [`BATCH_ITEM_COLUMNS`].
+const BATCH_ITEM_INSERT_COLUMNS: usize = 5;
+
 /// The runs of the new items, in item order.
 fn fresh_runs<'a>(items: &'a [BatchItemTrigger], fresh: &[bool]) -> Vec<&'a Run> {
     items
@@ -301,345 +312,308 @@ fn fresh_runs<'a>(items: &'a [BatchItemTrigger], fresh: &[bool]) -> Vec<&'a Run>
         .collect()
 }
 
-/// `(?, ?, …), (?, …)` for `rows` rows of `columns` values, or numbered
-/// `($1, $2, …), ($n, …)` for PostgreSQL. SQLite gets bare `?`s on purpose: it keeps a
-/// numbered or named placeholder in a list it searches linearly, and sqlx asks for each
-/// parameter's name when binding, so a 30,000-value statement would take seconds.
-fn values_list(rows: usize, columns: usize, numbered: bool) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    let mut n = 0;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            n += 1;
-            if numbered {
-                sql.push('$');
-                sql.push_str(&n.to_string());
-            } else {
-                sql.push('?');
-            }
-        }
-        sql.push(')');
-    }
-    sql
-}
-
-const BATCH_ITEM_INSERT_COLUMNS: usize = 5;
-
-/// Creating a batch and adding its items: the same statements on both backends but for
-/// `lock`, appended to the reads that decide (the key's holder, the batch row):
-/// `FOR UPDATE` on PostgreSQL; nothing on SQLite, whose transaction already holds the one
-/// writer. `numbered` is how [`values_list`] writes placeholders. Expanded inside
-/// [`sqlite`] and [`postgres`], where it uses that module's `trigger_many` and
-/// `MAX_BINDS`.
-macro_rules! batch_statements {
-    ($conn:ty, lock = $lock:literal, numbered = $numbered:literal) => {
-        pub(crate) async fn batch_insert(conn: &mut $conn, batch: &BatchRecord) -> Result<()> {
-            sqlx::query(&format!(
-                "INSERT INTO batches ({BATCH_COLUMNS}) VALUES {}",
-                values_list(1, 14, $numbered)
-            ))
-            .bind(batch.id.as_str())
-            .bind(batch.environment_id.as_str())
-            .bind(batch.status.as_str())
-            .bind(i64::from(batch.run_count))
-            .bind(i64::from(batch.items_received))
-            .bind(batch.idempotency_key.as_deref())
-            .bind(batch.idempotency_key_user.as_deref())
-            .bind(batch.idempotency_key_expires_at.map(ms))
-            .bind(batch.parent_run_id.as_ref().map(RunId::as_str))
-            .bind(batch.resume_parent_on_completion)
-            .bind(ms(batch.created_at))
-            .bind(ms(batch.updated_at))
-            .bind(batch.sealed_at.map(ms))
-            .bind(batch.processing_completed_at.map(ms))
-            .execute(conn)
-            .await?;
-            Ok(())
-        }
-
-        /// The batch-create decision inside the caller's transaction.
-        pub(crate) async fn batch_create(
-            conn: &mut $conn,
-            batch: &BatchRecord,
-            now: DateTime<Utc>,
-        ) -> Result<BatchCreateOutcome> {
-            if let Some(key) = &batch.idempotency_key {
-                let holder = sqlx::query(&format!(
-                    "SELECT {} FROM batches WHERE environment_id = $1 AND idempotency_key = $2{}",
-                    BATCH_COLUMNS,
-                    $lock
-                ))
-                .bind(batch.environment_id.as_str())
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if let Some(holder) = holder.as_ref().map(batch_from_row).transpose()? {
-                    if batch_key_live(holder.idempotency_key_expires_at, now) {
-                        return Ok(BatchCreateOutcome::Cached(holder));
-                    }
-                    sqlx::query(
-                        "UPDATE batches SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                         updated_at = $1 WHERE id = $2",
-                    )
-                    .bind(ms(now))
-                    .bind(holder.id.as_str())
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
-            batch_insert(conn, batch).await?;
-            Ok(BatchCreateOutcome::Created(batch.clone()))
-        }
-
-        /// The batch-items trigger inside the caller's transaction.
-        pub(crate) async fn items_trigger(
-            conn: &mut $conn,
-            environment: &EnvironmentId,
-            id: &BatchId,
-            items: &[BatchItemTrigger],
-            now: DateTime<Utc>,
-        ) -> Result<BatchItemsOutcome> {
-            // Item calls of one batch take turns (the batch row lock, or SQLite's one
-            // writer): the indexes read below cannot change until this transaction ends.
-            let row = sqlx::query(&format!(
-                "SELECT {} FROM batches WHERE id = $1 AND environment_id = $2{}",
-                BATCH_COLUMNS,
-                $lock
-            ))
-            .bind(id.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some(batch) = row.as_ref().map(batch_from_row).transpose()? else {
-                return Ok(BatchItemsOutcome::NotFound);
+#[async_trait]
+impl<B: Backend> BatchStore for B {
+    async fn batch_create(
+        &self,
+        batch: &BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<BatchCreateOutcome> {
+        let (store, batch) = (self.clone(), batch.clone());
+        detached(async move {
+            let (store, batch) = (&store, &batch);
+            let write = || -> KeyedWrite<'_, BatchCreateOutcome> {
+                Box::pin(async move {
+                    let mut tx = store.begin().await?;
+                    let outcome = batch_create::<B::D>(&mut tx, batch, now).await?;
+                    tx.commit().await?;
+                    Ok(outcome)
+                })
             };
-            if batch.sealed() {
-                return Ok(BatchItemsOutcome::Sealed(batch));
-            }
-            let seen: HashSet<u32> =
-                sqlx::query_scalar::<_, i64>("SELECT item_index FROM batch_items WHERE batch_id = $1")
-                    .bind(id.as_str())
-                    .fetch_all(&mut *conn)
-                    .await?
-                    .into_iter()
-                    .filter_map(|i| u32::try_from(i).ok())
-                    .collect();
-            let fresh = new_items(items, &seen);
-            let runs = fresh_runs(items, &fresh);
-            let run_outcomes = trigger_many(conn, &runs, now).await?;
-            let (outcomes, rows) = item_results(items, &fresh, run_outcomes);
-            for chunk in rows.chunks(rows_per_statement(MAX_BINDS, BATCH_ITEM_INSERT_COLUMNS)) {
-                let sql = format!(
-                    "INSERT INTO batch_items (batch_id, {BATCH_ITEM_COLUMNS}) VALUES {}",
-                    values_list(chunk.len(), BATCH_ITEM_INSERT_COLUMNS, $numbered)
-                );
-                let mut query = sqlx::query(&sql);
-                for (index, task, run_id, error) in chunk {
-                    query = query
-                        .bind(id.as_str())
-                        .bind(*index)
-                        .bind(*task)
-                        .bind(run_id.as_deref())
-                        .bind(*error);
-                }
-                query.execute(&mut *conn).await?;
-            }
-            let batch = batch_after(batch, rows.len() as u32, now);
-            sqlx::query(
-                "UPDATE batches SET items_received = $1, status = $2, updated_at = $3, sealed_at = $4, \
-                 processing_completed_at = $5 WHERE id = $6",
-            )
-            .bind(i64::from(batch.items_received))
-            .bind(batch.status.as_str())
-            .bind(ms(batch.updated_at))
-            .bind(batch.sealed_at.map(ms))
-            .bind(batch.processing_completed_at.map(ms))
-            .bind(id.as_str())
-            .execute(&mut *conn)
+            store.retry_key_race(batch.id.as_str(), &write).await
+        })
+        .await
+    }
+
+    async fn batch_get(
+        &self,
+        environment: &EnvironmentId,
+        id: &BatchId,
+    ) -> Result<Option<BatchRecord>> {
+        let mut conn = self.reader().await?;
+        let sql =
+            format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND environment_id = $2");
+        let row = Params::<B::D>::new()
+            .with(id.as_str())
+            .with(environment.as_str())
+            .fetch_optional(&mut conn, &sql)
             .await?;
-            Ok(BatchItemsOutcome::Applied {
-                items: outcomes,
-                batch,
-            })
-        }
-    };
-}
-
-pub(crate) mod sqlite {
-    //! The SQLite side: the caller's transaction runs on the one writer connection, so
-    //! nothing else writes between the look-ups and the inserts.
-
-    use std::collections::{HashMap, HashSet};
-
-    use chrono::{DateTime, Utc};
-    use runnel_core::batch::BatchRecord;
-    use runnel_core::run::Run;
-    use runnel_core::{BatchId, EnvironmentId};
-    use sqlx::SqliteConnection;
-
-    use super::*;
-    use crate::rows::{self, ms, opt_time, run_status, RUN_COLUMNS};
-    use crate::{Result, TriggerOutcome};
-
-    /// SQLite's bind-parameter limit (`SQLITE_MAX_VARIABLE_NUMBER`, 32766 since 3.32).
-    const MAX_BINDS: usize = 32_766;
-
-    async fn holders(
-        conn: &mut SqliteConnection,
-        runs: &[&Run],
-    ) -> Result<HashMap<KeyScope, Holder>> {
-        let mut found = HashMap::new();
-        for ((environment, task), keys) in keys_by_task(runs) {
-            for chunk in keys.chunks(MAX_BINDS - 2) {
-                let sql = format!(
-                    "SELECT id, status, idempotency_key, idempotency_key_expires_at FROM runs \
-                     WHERE environment_id = ? AND task_identifier = ? AND idempotency_key IN ({})",
-                    vec!["?"; chunk.len()].join(", ")
-                );
-                let mut query = sqlx::query_as::<_, (String, String, String, Option<i64>)>(&sql)
-                    .bind(environment)
-                    .bind(task);
-                for key in chunk {
-                    query = query.bind(*key);
-                }
-                for (id, status, key, expires_at) in query.fetch_all(&mut *conn).await? {
-                    found.insert(
-                        (environment.to_owned(), task.to_owned(), key),
-                        (id, run_status(&status)?, opt_time(expires_at)?),
-                    );
-                }
-            }
-        }
-        Ok(found)
+        row.as_ref().map(batch_from_row).transpose()
     }
 
-    /// The multi-row trigger inside the caller's transaction.
-    pub(crate) async fn trigger_many(
-        conn: &mut SqliteConnection,
-        runs: &[&Run],
+    async fn batch_item_list(&self, id: &BatchId) -> Result<Vec<BatchItemRecord>> {
+        let mut conn = self.reader().await?;
+        let sql = format!(
+            "SELECT {BATCH_ITEM_COLUMNS} FROM batch_items WHERE batch_id = $1 ORDER BY item_index"
+        );
+        let rows = Params::<B::D>::new()
+            .with(id.as_str())
+            .fetch_all(&mut conn, &sql)
+            .await?;
+        rows.iter().map(batch_item_from_row).collect()
+    }
+
+    async fn batch_items_trigger(
+        &self,
+        environment: &EnvironmentId,
+        id: &BatchId,
+        items: &[BatchItemTrigger],
         now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let holders = holders(conn, runs).await?;
-        let plan = plan_trigger_many(runs, &holders, now);
-        for chunk in plan.release.chunks(MAX_BINDS - 1) {
-            let sql = format!(
-                "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                 updated_at = ? WHERE id IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(&sql).bind(ms(now));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            query.execute(&mut *conn).await?;
-        }
-        let columns = rows::run_column_count();
-        for chunk in plan.insert.chunks(rows_per_statement(MAX_BINDS, columns)) {
-            let sql = format!(
-                "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), columns, false)
-            );
-            let mut query = sqlx::query(&sql);
-            for &position in chunk {
-                query = rows::bind_run(query, runs[position]);
-            }
-            query.execute(&mut *conn).await?;
-        }
-        Ok(plan.outcomes)
+    ) -> Result<BatchItemsOutcome> {
+        let (store, environment, id, items) = (
+            self.clone(),
+            environment.clone(),
+            id.clone(),
+            items.to_vec(),
+        );
+        detached(async move {
+            let (store, environment, id, items) = (&store, &environment, &id, &items[..]);
+            let write = || -> KeyedWrite<'_, BatchItemsOutcome> {
+                Box::pin(async move {
+                    let mut tx = store.begin().await?;
+                    let outcome =
+                        items_trigger::<B::D>(&mut tx, environment, id, items, now).await?;
+                    tx.commit().await?;
+                    Ok(outcome)
+                })
+            };
+            store.retry_key_race(id.as_str(), &write).await
+        })
+        .await
     }
-
-    batch_statements!(SqliteConnection, lock = "", numbered = false);
 }
 
-pub(crate) mod postgres {
-    //! The PostgreSQL side: holders and the batch row are locked (`FOR UPDATE`) inside
-    //! the caller's transaction; a key inserted concurrently by another node surfaces
-    //! as a unique violation, on which the caller rolls back and runs the call again.
-
-    use std::collections::{HashMap, HashSet};
-
-    use chrono::{DateTime, Utc};
-    use runnel_core::batch::BatchRecord;
-    use runnel_core::run::Run;
-    use runnel_core::{BatchId, EnvironmentId};
-    use sqlx::PgConnection;
-
-    use super::*;
-    use crate::rows::{self, ms, opt_time, run_status, RUN_COLUMNS};
-    use crate::{Result, TriggerOutcome};
-
-    /// PostgreSQL's bind-parameter limit per statement (an `i16` count).
-    const MAX_BINDS: usize = 65_535;
-
-    /// The unique index that guards batch idempotency keys (migration 0005).
-    pub(crate) const BATCH_IDEMPOTENCY_INDEX: &str = "batches_by_idempotency_key";
-
-    async fn holders(conn: &mut PgConnection, runs: &[&Run]) -> Result<HashMap<KeyScope, Holder>> {
-        let mut found = HashMap::new();
-        let mut groups: Vec<_> = keys_by_task(runs).into_iter().collect();
-        // A fixed lock order between groups (and by id inside one) keeps two batches
-        // locking the same holders from deadlocking.
-        groups.sort_unstable();
-        for ((environment, task), keys) in groups {
-            let rows: Vec<(String, String, String, Option<i64>)> = sqlx::query_as(
+/// The holders of the keys of `runs`, locked until the caller's transaction ends.
+async fn holders<D: Dialect>(
+    conn: &mut Conn<D>,
+    runs: &[&Run],
+) -> Result<HashMap<KeyScope, Holder>> {
+    let mut found = HashMap::new();
+    let mut groups: Vec<_> = keys_by_task(runs).into_iter().collect();
+    // A fixed lock order between groups (and by id inside one) keeps two batches
+    // locking the same holders from deadlocking.
+    groups.sort_unstable();
+    for ((environment, task), keys) in groups {
+        for chunk in keys.chunks(D::MAX_BINDS - 2) {
+            let mut p = Params::<D>::sequential();
+            let sql = format!(
                 "SELECT id, status, idempotency_key, idempotency_key_expires_at FROM runs \
-                 WHERE environment_id = $1 AND task_identifier = $2 AND idempotency_key = ANY($3) \
-                 ORDER BY id COLLATE \"C\" FOR UPDATE",
-            )
-            .bind(environment)
-            .bind(task)
-            .bind(&keys)
-            .fetch_all(&mut *conn)
-            .await?;
-            for (id, status, key, expires_at) in rows {
+                 WHERE environment_id = {} AND task_identifier = {} AND idempotency_key {} \
+                 ORDER BY id{}{}",
+                p.bind(environment),
+                p.bind(task),
+                p.list(chunk.iter().copied()),
+                D::COLLATE_BYTES,
+                D::FOR_UPDATE
+            );
+            for row in p.fetch_all(conn, &sql).await? {
                 found.insert(
-                    (environment.to_owned(), task.to_owned(), key),
-                    (id, run_status(&status)?, opt_time(expires_at)?),
+                    (
+                        environment.to_owned(),
+                        task.to_owned(),
+                        row.text("idempotency_key")?,
+                    ),
+                    (
+                        row.text("id")?,
+                        run_status(&row.text("status")?)?,
+                        row.opt_time("idempotency_key_expires_at")?,
+                    ),
                 );
             }
         }
-        Ok(found)
     }
+    Ok(found)
+}
 
-    /// The multi-row trigger inside the caller's transaction.
-    pub(crate) async fn trigger_many(
-        conn: &mut PgConnection,
-        runs: &[&Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let holders = holders(conn, runs).await?;
-        let plan = plan_trigger_many(runs, &holders, now);
-        if !plan.release.is_empty() {
-            sqlx::query(
-                "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                 updated_at = $1 WHERE id = ANY($2)",
-            )
-            .bind(ms(now))
-            .bind(&plan.release)
-            .execute(&mut *conn)
+/// The multi-row trigger inside the caller's transaction (see the module doc). On
+/// PostgreSQL it fails with the unique violation of `runs_by_idempotency_key` when a
+/// concurrent writer inserted one of its keys first; the caller rolls back and runs it
+/// again.
+pub(crate) async fn trigger_many<D: Dialect>(
+    conn: &mut Conn<D>,
+    runs: &[&Run],
+    now: DateTime<Utc>,
+) -> Result<Vec<TriggerOutcome>> {
+    let holders = holders::<D>(conn, runs).await?;
+    let plan = plan_trigger_many(runs, &holders, now);
+    for chunk in plan.release.chunks(D::MAX_BINDS - 1) {
+        let mut p = Params::<D>::sequential();
+        let sql = format!(
+            "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
+             updated_at = {} WHERE id {}",
+            p.bind(ms(now)),
+            p.list(chunk.iter().map(String::as_str))
+        );
+        p.execute(conn, &sql).await?;
+    }
+    let inserted: Vec<&Run> = plan.insert.iter().map(|&position| runs[position]).collect();
+    insert_runs::<D>(conn, &inserted).await?;
+    Ok(plan.outcomes)
+}
+
+/// Inserts `runs`: one multi-row `INSERT` per chunk of rows that fits the dialect's
+/// bind-parameter limit.
+pub(crate) async fn insert_runs<D: Dialect>(conn: &mut Conn<D>, runs: &[&Run]) -> Result<()> {
+    for chunk in runs.chunks(rows_per_statement(D::MAX_BINDS, rows::run_column_count())) {
+        let mut p = Params::<D>::sequential();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|run| p.row(rows::run_values(run)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
+            values.join(", ")
+        );
+        p.execute(conn, &sql).await?;
+    }
+    Ok(())
+}
+
+/// Creating a batch, inside the caller's transaction. The holder of the key is locked
+/// (PostgreSQL; SQLite's transaction already holds the one writer); a batch inserted
+/// concurrently with the same key fails the insert on `batches_by_idempotency_key`.
+async fn batch_create<D: Dialect>(
+    conn: &mut Conn<D>,
+    batch: &BatchRecord,
+    now: DateTime<Utc>,
+) -> Result<BatchCreateOutcome> {
+    if let Some(key) = &batch.idempotency_key {
+        let sql = format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE environment_id = $1 AND idempotency_key = $2{}",
+            D::FOR_UPDATE
+        );
+        let holder = Params::<D>::new()
+            .with(batch.environment_id.as_str())
+            .with(key)
+            .fetch_optional(conn, &sql)
             .await?;
-        }
-        let columns = rows::run_column_count();
-        for chunk in plan.insert.chunks(rows_per_statement(MAX_BINDS, columns)) {
-            let sql = format!(
-                "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-                values_list(chunk.len(), columns, true)
-            );
-            let mut query = sqlx::query(&sql);
-            for &position in chunk {
-                query = rows::bind_run(query, runs[position]);
+        if let Some(holder) = holder.as_ref().map(batch_from_row).transpose()? {
+            if batch_key_live(holder.idempotency_key_expires_at, now) {
+                return Ok(BatchCreateOutcome::Cached(holder));
             }
-            query.execute(&mut *conn).await?;
+            Params::<D>::new()
+                .with(ms(now))
+                .with(holder.id.as_str())
+                .execute(
+                    conn,
+                    "UPDATE batches SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
+                     updated_at = $1 WHERE id = $2",
+                )
+                .await?;
         }
-        Ok(plan.outcomes)
     }
+    let mut p = Params::<D>::sequential();
+    let sql = format!(
+        "INSERT INTO batches ({BATCH_COLUMNS}) VALUES {}",
+        p.row([
+            batch.id.as_str().into(),
+            batch.environment_id.as_str().into(),
+            batch.status.as_str().into(),
+            i64::from(batch.run_count).into(),
+            i64::from(batch.items_received).into(),
+            batch.idempotency_key.as_deref().into(),
+            batch.idempotency_key_user.as_deref().into(),
+            batch.idempotency_key_expires_at.map(ms).into(),
+            batch.parent_run_id.as_ref().map(RunId::as_str).into(),
+            batch.resume_parent_on_completion.into(),
+            ms(batch.created_at).into(),
+            ms(batch.updated_at).into(),
+            batch.sealed_at.map(ms).into(),
+            batch.processing_completed_at.map(ms).into(),
+        ] as [crate::sql::Value<'_>; 14])
+    );
+    p.execute(conn, &sql).await?;
+    Ok(BatchCreateOutcome::Created(batch.clone()))
+}
 
-    batch_statements!(PgConnection, lock = " FOR UPDATE", numbered = true);
+/// The batch-items trigger inside the caller's transaction.
+async fn items_trigger<D: Dialect>(
+    conn: &mut Conn<D>,
+    environment: &EnvironmentId,
+    id: &BatchId,
+    items: &[BatchItemTrigger],
+    now: DateTime<Utc>,
+) -> Result<BatchItemsOutcome> {
+    // Item calls of one batch take turns (the batch row lock, or SQLite's one writer):
+    // the indexes read below cannot change until this transaction ends.
+    let sql = format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND environment_id = $2{}",
+        D::FOR_UPDATE
+    );
+    let row = Params::<D>::new()
+        .with(id.as_str())
+        .with(environment.as_str())
+        .fetch_optional(conn, &sql)
+        .await?;
+    let Some(batch) = row.as_ref().map(batch_from_row).transpose()? else {
+        return Ok(BatchItemsOutcome::NotFound);
+    };
+    if batch.sealed() {
+        return Ok(BatchItemsOutcome::Sealed(batch));
+    }
+    let seen: HashSet<u32> = Params::<D>::new()
+        .with(id.as_str())
+        .fetch_all(
+            conn,
+            "SELECT item_index FROM batch_items WHERE batch_id = $1",
+        )
+        .await?
+        .iter()
+        .map(|row| row.int("item_index"))
+        .collect::<sqlx::Result<Vec<i64>>>()?
+        .into_iter()
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect();
+    let fresh = new_items(items, &seen);
+    let runs = fresh_runs(items, &fresh);
+    let run_outcomes = trigger_many::<D>(conn, &runs, now).await?;
+    let (outcomes, rows) = item_results(items, &fresh, run_outcomes);
+    for chunk in rows.chunks(rows_per_statement(D::MAX_BINDS, BATCH_ITEM_INSERT_COLUMNS)) {
+        let mut p = Params::<D>::sequential();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(index, task, run_id, error)| {
+                p.row([
+                    id.as_str().into(),
+                    (*index).into(),
+                    (*task).into(),
+                    run_id.as_deref().into(),
+                    (*error).into(),
+                ] as [crate::sql::Value<'_>; BATCH_ITEM_INSERT_COLUMNS])
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO batch_items (batch_id, {BATCH_ITEM_COLUMNS}) VALUES {}",
+            values.join(", ")
+        );
+        p.execute(conn, &sql).await?;
+    }
+    let batch = batch_after(batch, rows.len() as u32, now);
+    Params::<D>::new()
+        .with(i64::from(batch.items_received))
+        .with(batch.status.as_str())
+        .with(ms(batch.updated_at))
+        .with(batch.sealed_at.map(ms))
+        .with(batch.processing_completed_at.map(ms))
+        .with(id.as_str())
+        .execute(
+            conn,
+            "UPDATE batches SET items_received = $1, status = $2, updated_at = $3, sealed_at = $4, \
+             processing_completed_at = $5 WHERE id = $6",
+        )
+        .await?;
+    Ok(BatchItemsOutcome::Applied {
+        items: outcomes,
+        batch,
+    })
 }

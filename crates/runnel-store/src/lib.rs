@@ -29,6 +29,7 @@ use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{AttemptId, EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
+mod attempts;
 mod batches;
 mod detach;
 mod group;
@@ -39,9 +40,11 @@ mod node;
 pub mod postgres;
 pub mod queues;
 mod rows;
+mod runs;
 mod sql;
 pub mod sqlite;
-mod statements;
+mod sweeps;
+mod workers;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use multinode::{Announcement, Signal, SignalListener};

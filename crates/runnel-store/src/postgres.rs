@@ -49,31 +49,22 @@
 //!
 //! Every failure is a [`crate::Error`]; nothing is retried except the idempotency race.
 
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::idempotency::{self, Decision};
-use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-use runnel_core::{AttemptId, EnvironmentId, QueueId, RunId, RunStatus, WorkerId};
+use runnel_core::run::Run;
+use runnel_core::RunStatus;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
+use crate::attempts::{gate_sql, DequeueGate};
 use crate::group::{GroupWriter, TriggerGroups};
-use crate::prelude::*;
-use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
-use crate::rows::{
-    self, attempt_from_row, ms, opt_time, run_from_row, run_status, task_config_from_row,
-    ATTEMPT_COLUMNS, NO_MAX_DURATION, RUN_COLUMNS,
-};
-use crate::sql::{self, Backend};
-use crate::statements;
-use crate::{
-    AttemptSettlement, CancelOutcome, Claim, Deadline, Error, Leased, QueueChange,
-    QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, Result, TriggerOutcome,
-    WorkerRecord, WorkerRegistration,
-};
+use crate::queues::Gates;
+use crate::rows::{run_from_row, RUN_COLUMNS};
+use crate::sql::{self, Backend, Params};
+use crate::{Error, Result, TriggerOutcome, WorkerRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -87,18 +78,11 @@ pub const TRIGGER_ROUNDS: usize = 5;
 /// The unique index that guards idempotency keys (migrations/postgres/0001_init.sql).
 const IDEMPOTENCY_INDEX: &str = "runs_by_idempotency_key";
 
+/// The unique index that guards batch idempotency keys (migration 0005).
+const BATCH_IDEMPOTENCY_INDEX: &str = "batches_by_idempotency_key";
+
 /// Advisory lock key serializing `project_bootstrap` across nodes ("runnel" + 1).
 const BOOTSTRAP_LOCK_KEY: i64 = 0x7275_6e6e_656c_0001;
-
-static INSERT_RUN: LazyLock<String> = LazyLock::new(|| {
-    let placeholders: Vec<String> = (1..=rows::run_column_count())
-        .map(|n| format!("${n}"))
-        .collect();
-    format!(
-        "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({})",
-        placeholders.join(", ")
-    )
-});
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -172,112 +156,166 @@ impl Backend for PgStore {
             .await?;
         Ok(())
     }
+
+    /// The oldest queued runs `worker` may take, at most `limit`, locked (`SKIP LOCKED`:
+    /// dequeues at once, on any node, take different runs instead of waiting on each
+    /// other's rows). One index range per task (LATERAL), merged: `task_identifier = ANY(…)
+    /// ORDER BY queue_ts` would make PostgreSQL 15 read through every queued run of the
+    /// environment, other tasks' backlogs included. Up to `limit` runs per task are locked,
+    /// the oldest `limit` taken.
+    async fn dequeue_candidates(
+        &self,
+        conn: &mut PgConnection,
+        worker: &WorkerRecord,
+        gate: Option<&DequeueGate<'_>>,
+        limit: u32,
+    ) -> Result<Vec<Run>> {
+        let mut p = Params::<sql::Postgres>::new();
+        let tasks = p.bind(sql::Value::Texts(
+            worker
+                .tasks
+                .iter()
+                .map(|t| t.task_identifier.as_str().into())
+                .collect(),
+        ));
+        let environment = p.bind(worker.environment_id.as_str());
+        let version = p.bind(&worker.version);
+        let limit = p.bind(i64::from(limit));
+        let gate = gate.map(|gate| gate_sql(&mut p, gate)).unwrap_or_default();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM unnest({tasks}::text[]) AS wanted(task) \
+             CROSS JOIN LATERAL ( \
+               SELECT * FROM runs WHERE environment_id = {environment} AND status = {} \
+               AND task_identifier = wanted.task \
+               AND (lock_to_version IS NULL OR lock_to_version = {version}) {gate}\
+               ORDER BY queue_ts, id COLLATE \"C\" LIMIT {limit} FOR UPDATE SKIP LOCKED) AS due \
+             ORDER BY queue_ts, id COLLATE \"C\" LIMIT {limit}",
+            sql::status(RunStatus::Queued),
+        );
+        let rows = p.fetch_all(conn, &sql).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn dequeue_lock_queues(
+        &self,
+        conn: &mut PgConnection,
+        worker: &WorkerRecord,
+        gates: &Gates,
+    ) -> Result<Vec<String>> {
+        // Each limited queue this worker may lease from is counted and leased
+        // under a transaction-scoped advisory lock (see `crate::queues`), taken in
+        // name order before any of its runs is picked: dequeues of one limited
+        // queue take turns, so none of them locks runs another then cannot count
+        // in, and the oldest runs go first. A limited queue that had no run for
+        // this worker when looked at is left out until the next dequeue.
+        let limited: Vec<String> = gates.limits.keys().cloned().collect();
+        if limited.is_empty() {
+            return Ok(Vec::new());
+        }
+        let task_ids: Vec<&str> = worker
+            .tasks
+            .iter()
+            .map(|t| t.task_identifier.as_str())
+            .collect();
+        let sql = format!(
+            "SELECT name FROM unnest($2::text[]) AS l(name) WHERE EXISTS ( \
+               SELECT 1 FROM runs WHERE environment_id = $1 AND status = {} \
+               AND queue = l.name AND task_identifier = ANY($3))",
+            sql::status(RunStatus::Queued)
+        );
+        let mut relevant: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(worker.environment_id.as_str())
+            .bind(&limited)
+            .bind(&task_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        relevant.sort();
+        for name in &relevant {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("{}/{name}", worker.environment_id))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(limited
+            .into_iter()
+            .filter(|name| !relevant.contains(name))
+            .collect())
+    }
+
+    async fn trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+        self.triggers.trigger(run, now).await
+    }
+
+    async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>> {
+        let runs: Vec<&Run> = runs.iter().collect();
+        trigger_together(&self.pool, &runs, now).await
+    }
+
+    async fn retry_key_race<'w, T: Send + 'w>(
+        &'w self,
+        what: &'w str,
+        write: &'w (dyn Fn() -> sql::KeyedWrite<'w, T> + Send + Sync),
+    ) -> Result<T> {
+        key_race_rounds(what, write).await
+    }
 }
 
-async fn insert_run(conn: &mut PgConnection, run: &Run) -> Result<(), sqlx::Error> {
-    rows::bind_run(sqlx::query(&INSERT_RUN), run)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Whether a registered version serves the run's task (its locked version when set).
-const SERVED: &str =
-    "EXISTS (SELECT 1 FROM worker_tasks w WHERE w.environment_id = runs.environment_id \
-     AND w.task_identifier = runs.task_identifier \
-     AND (runs.lock_to_version IS NULL OR w.version = runs.lock_to_version))";
-
-async fn attempts_in(
-    db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,
-    attempt_ids: &[AttemptId],
-) -> Result<Vec<Attempt>> {
-    let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ANY($1)");
-    let rows = sqlx::query(&sql)
-        .bind(id_texts(attempt_ids))
-        .fetch_all(db)
-        .await?;
-    rows.iter().map(attempt_from_row).collect()
-}
-
-/// Attempt ids as a `text[]` parameter.
-fn id_texts(ids: &[AttemptId]) -> Vec<&str> {
-    ids.iter().map(AttemptId::as_str).collect()
-}
-
-/// Whether `e` is a concurrent trigger having taken the idempotency key first (and not,
+/// Whether `e` is a concurrent writer having taken an idempotency key first (and not,
 /// say, a duplicate run id).
 fn is_idempotency_race(e: &Error) -> bool {
     matches!(e, Error::Database(sqlx::Error::Database(db))
-        if db.is_unique_violation() && db.constraint() == Some(IDEMPOTENCY_INDEX))
+        if db.is_unique_violation()
+            && matches!(db.constraint(), Some(IDEMPOTENCY_INDEX | BATCH_IDEMPOTENCY_INDEX)))
 }
 
-/// One round of a keyed trigger, in its own transaction: lock the holder, decide,
-/// insert. Fails with the unique violation when a concurrent trigger inserted first.
-async fn trigger_keyed_once(
-    pool: &PgPool,
-    run: &Run,
-    key: &str,
-    now: DateTime<Utc>,
-) -> Result<TriggerOutcome> {
-    let mut tx = pool.begin().await?;
-    let holder: Option<(String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT id, status, idempotency_key_expires_at FROM runs \
-         WHERE environment_id = $1 AND task_identifier = $2 AND idempotency_key = $3 \
-         FOR UPDATE",
-    )
-    .bind(run.environment_id.as_str())
-    .bind(&run.task_identifier)
-    .bind(key)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some((holder_id, status, expires_at)) = holder {
-        match idempotency::decide(run_status(&status)?, opt_time(expires_at)?, now) {
-            Decision::ReturnExisting => {
-                tx.rollback().await?;
-                return Ok(TriggerOutcome::Cached(RunId::from_trusted(holder_id)));
-            }
-            Decision::ReleaseAndCreate => {
-                sqlx::query(
-                    "UPDATE runs SET idempotency_key = NULL, idempotency_key_expires_at = NULL, \
-                     updated_at = $1 WHERE id = $2",
-                )
-                .bind(ms(now))
-                .bind(&holder_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    insert_run(&mut tx, run).await?;
-    tx.commit().await?;
-    Ok(TriggerOutcome::Created(run.id.clone()))
-}
-
-/// One trigger in transactions of its own: an unkeyed run is one `INSERT`; a keyed one
-/// goes round again while concurrent triggers take its key first.
-async fn trigger_alone(pool: &PgPool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-    let Some(key) = &run.idempotency_key else {
-        let mut conn = pool.acquire().await?;
-        insert_run(&mut conn, run).await?;
-        return Ok(TriggerOutcome::Created(run.id.clone()));
-    };
+/// Runs `write`, one transaction, again while a concurrent writer takes one of its
+/// idempotency keys first (the unique violation of the diagram above; the transaction
+/// was rolled back when it dropped), at most [`TRIGGER_ROUNDS`] times. `what` names the
+/// write in logs.
+async fn key_race_rounds<T, F, W>(what: &str, write: F) -> Result<T>
+where
+    F: Fn() -> W,
+    W: Future<Output = Result<T>>,
+{
     let mut round = 1;
     loop {
-        match trigger_keyed_once(pool, run, key, now).await {
+        match write().await {
             Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                // The transaction was rolled back when it dropped; look again.
-                tracing::debug!(run = %run.id, round, "idempotency key taken by a concurrent trigger");
+                tracing::debug!(what, round, "idempotency key taken by a concurrent writer");
                 round += 1;
             }
             Err(e) => {
                 if is_idempotency_race(&e) {
-                    tracing::warn!(run = %run.id, rounds = round, "idempotency key still contended, giving up");
+                    tracing::warn!(
+                        what,
+                        rounds = round,
+                        "idempotency key still contended, giving up"
+                    );
                 }
                 return Err(e);
             }
             Ok(outcome) => return Ok(outcome),
         }
     }
+}
+
+/// One trigger in transactions of its own: an unkeyed run is one `INSERT`; a keyed one
+/// is a multi-row trigger of one run, going round again while concurrent triggers take
+/// its key first.
+async fn trigger_alone(pool: &PgPool, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
+    if run.idempotency_key.is_none() {
+        let mut conn = pool.acquire().await?;
+        crate::batches::insert_runs::<sql::Postgres>(&mut conn, &[run]).await?;
+        return Ok(TriggerOutcome::Created(run.id.clone()));
+    }
+    let write = || async {
+        let mut tx = pool.begin().await?;
+        let mut outcomes =
+            crate::batches::trigger_many::<sql::Postgres>(&mut tx, &[run], now).await?;
+        tx.commit().await?;
+        Ok(outcomes.pop().expect("one outcome per run"))
+    };
+    key_race_rounds(run.id.as_str(), write).await
 }
 
 /// Many triggers in one transaction (the batch endpoints, and a group of concurrent
@@ -287,24 +325,13 @@ async fn trigger_together(
     runs: &[&Run],
     now: DateTime<Utc>,
 ) -> Result<Vec<TriggerOutcome>> {
-    let mut round = 1;
-    loop {
+    let write = || async {
         let mut tx = pool.begin().await?;
-        match crate::batches::postgres::trigger_many(&mut tx, runs, now).await {
-            Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                tracing::debug!(
-                    round,
-                    "idempotency key of a multi-row trigger taken concurrently"
-                );
-                round += 1;
-            }
-            Err(e) => return Err(e),
-            Ok(outcomes) => {
-                tx.commit().await?;
-                return Ok(outcomes);
-            }
-        }
-    }
+        let outcomes = crate::batches::trigger_many::<sql::Postgres>(&mut tx, runs, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    };
+    key_race_rounds("a multi-row trigger", write).await
 }
 
 /// Writes the store's trigger groups (`group.rs`).
@@ -321,963 +348,5 @@ impl GroupWriter for PgTriggers {
 
     async fn write_one(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
         trigger_alone(&self.pool, run, now).await
-    }
-}
-
-/// The oldest queued runs `worker` may take, at most `limit`, locked (`SKIP LOCKED`:
-/// dequeues at once, on any node, take different runs instead of waiting on each
-/// other's rows). One index range per task (LATERAL), merged: `task_identifier = ANY(…)
-/// ORDER BY queue_ts` would make PostgreSQL 15 read through every queued run of the
-/// environment, other tasks' backlogs included. Up to `limit` runs per task are locked,
-/// the oldest `limit` taken. With `gates` = (gated, excluded): runs of the `gated`
-/// queues are left out when their queue is paused or their (queue, key) pair is full,
-/// and runs of the `excluded` queues always.
-async fn dequeue_candidates(
-    conn: &mut PgConnection,
-    worker: &WorkerRecord,
-    task_ids: &[&str],
-    gates: Option<(&[String], &[String])>,
-    limit: u32,
-) -> Result<Vec<Run>> {
-    let gate = if gates.is_none() {
-        ""
-    } else {
-        "AND queue <> ALL($6::text[]) AND (queue <> ALL($5::text[]) OR NOT EXISTS (SELECT 1 FROM queues q \
-           WHERE q.environment_id = runs.environment_id AND q.name = runs.queue \
-           AND (q.paused OR COALESCE(q.concurrency_limit_override, q.concurrency_limit) <= \
-             (SELECT count(*) FROM runs h WHERE h.environment_id = runs.environment_id \
-              AND h.queue = runs.queue AND h.concurrency_key IS NOT DISTINCT FROM runs.concurrency_key \
-              AND h.status IN ('DEQUEUED', 'EXECUTING'))))) "
-    };
-    let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM unnest($2::text[]) AS wanted(task) \
-         CROSS JOIN LATERAL ( \
-           SELECT * FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
-           AND task_identifier = wanted.task AND (lock_to_version IS NULL OR lock_to_version = $3) {gate}\
-           ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
-         ORDER BY queue_ts, id COLLATE \"C\" LIMIT $4"
-    );
-    let mut query = sqlx::query(&sql)
-        .bind(worker.environment_id.as_str())
-        .bind(task_ids)
-        .bind(&worker.version)
-        .bind(i64::from(limit));
-    if let Some((gated, excluded)) = gates {
-        query = query.bind(gated).bind(excluded);
-    }
-    let rows = query.fetch_all(conn).await?;
-    rows.iter().map(run_from_row).collect()
-}
-
-/// Held (DEQUEUED or EXECUTING) runs of the `queues` per (queue, concurrency key).
-async fn held_counts(
-    conn: &mut PgConnection,
-    environment: &EnvironmentId,
-    queues: &[String],
-) -> Result<Held> {
-    if queues.is_empty() {
-        return Ok(Held::new());
-    }
-    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT queue, concurrency_key, count(*) FROM runs WHERE environment_id = $1 \
-         AND status IN ('DEQUEUED', 'EXECUTING') AND queue = ANY($2) GROUP BY queue, concurrency_key",
-    )
-    .bind(environment.as_str())
-    .bind(queues)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|(q, k, n)| ((q, k), n)).collect())
-}
-
-/// Leases `runs` (locked by the caller) to `worker`: two statements for the whole
-/// batch, whatever its size; the rows are locked already, so these only write.
-async fn lease_runs(
-    conn: &mut PgConnection,
-    worker: &WorkerRecord,
-    runs: Vec<Run>,
-    lease_until: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Vec<Leased>> {
-    let leased: Vec<Leased> = runs
-        .into_iter()
-        .map(|run| rows::lease(run, worker, lease_until, now))
-        .collect();
-    if leased.is_empty() {
-        return Ok(leased);
-    }
-    let column = |f: fn(&Leased) -> Option<i64>| leased.iter().map(f).collect::<Vec<_>>();
-    let run_ids: Vec<&str> = leased.iter().map(|l| l.run.id.as_str()).collect();
-    let attempt_ids: Vec<&str> = leased.iter().map(|l| l.attempt.id.as_str()).collect();
-    let machines: Vec<Option<&str>> = leased
-        .iter()
-        .map(|l| l.run.machine.map(|m| m.as_str()))
-        .collect();
-    sqlx::query(
-        "UPDATE runs AS r SET status = 'DEQUEUED', worker_id = $1, worker_version = $2, \
-         current_attempt_id = v.attempt_id, lease_expires_at = $3, expire_at = NULL, \
-         attempt_count = v.attempt_count, max_duration_secs = v.max_duration_secs, machine = v.machine, \
-         updated_at = $4 \
-         FROM unnest($5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
-           AS v(id, attempt_id, attempt_count, max_duration_secs, machine) \
-         WHERE r.id = v.id AND r.status = 'QUEUED'",
-    )
-    .bind(worker.id.as_str())
-    .bind(&worker.version)
-    .bind(ms(lease_until))
-    .bind(ms(now))
-    .bind(&run_ids)
-    .bind(&attempt_ids)
-    .bind(column(|l| Some(i64::from(l.run.attempt_count))))
-    .bind(column(|l| l.run.max_duration_secs.map(i64::from)))
-    .bind(&machines)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO attempts (id, run_id, number, status, created_at, updated_at, worker_id, duration_ms) \
-         SELECT a.id, a.run_id, a.number, 'PENDING', $1, $1, $2, 0 \
-         FROM unnest($3::text[], $4::text[], $5::bigint[]) AS a(id, run_id, number)",
-    )
-    .bind(ms(now))
-    .bind(worker.id.as_str())
-    .bind(&attempt_ids)
-    .bind(&run_ids)
-    .bind(column(|l| Some(i64::from(l.attempt.number))))
-    .execute(&mut *conn)
-    .await?;
-    Ok(leased)
-}
-
-#[async_trait]
-impl RunStore for PgStore {
-    async fn run_trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome> {
-        self.triggers.trigger(run, now).await
-    }
-
-    async fn run_trigger_many(
-        &self,
-        runs: &[Run],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<TriggerOutcome>> {
-        let runs: Vec<&Run> = runs.iter().collect();
-        trigger_together(&self.pool, &runs, now).await
-    }
-
-    async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>> {
-        statements::postgres::run_get(&self.pool, environment, id).await
-    }
-
-    async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
-        statements::postgres::run_children(&self.pool, parent).await
-    }
-
-    async fn run_transition(
-        &self,
-        id: &RunId,
-        from: RunStatus,
-        to: RunStatus,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_transition(&self.pool, id, from, to, now).await
-    }
-
-    async fn run_list(&self, query: &runnel_core::list::RunListQuery) -> Result<Vec<Run>> {
-        statements::postgres::run_list(&self.pool, query).await
-    }
-
-    async fn run_descendants_live(
-        &self,
-        environment: &EnvironmentId,
-        parent: &RunId,
-    ) -> Result<Vec<RunId>> {
-        statements::postgres::run_descendants_live(&self.pool, environment, parent).await
-    }
-
-    async fn run_reschedule(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        delay_until: DateTime<Utc>,
-        expire_at: Option<DateTime<Utc>>,
-        queue_ts: i64,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_reschedule(
-            &self.pool,
-            environment,
-            id,
-            delay_until,
-            expire_at,
-            queue_ts,
-            now,
-        )
-        .await
-    }
-
-    async fn run_tags_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: &[String],
-        tags: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_tags_replace(&self.pool, environment, id, expected, tags, now)
-            .await
-    }
-
-    async fn run_metadata_replace(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        expected: Option<&Packet>,
-        metadata: &Packet,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        statements::postgres::run_metadata_replace(
-            &self.pool,
-            environment,
-            id,
-            expected,
-            metadata,
-            now,
-        )
-        .await
-    }
-
-    async fn idempotency_key_reset(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        statements::postgres::idempotency_key_reset(&self.pool, environment, task, key, now).await
-    }
-
-    async fn run_cancel(
-        &self,
-        environment: &EnvironmentId,
-        id: &RunId,
-        cents_per_ms: f64,
-        now: DateTime<Utc>,
-    ) -> Result<CancelOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, current_attempt_id FROM runs WHERE id = $1 AND environment_id = $2 FOR UPDATE",
-        )
-        .bind(id.as_str())
-        .bind(environment.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, attempt)) = row else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let status = run_status(&status)?;
-        if status.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(status));
-        }
-        let started_at: Option<i64> = match &attempt {
-            Some(attempt) => sqlx::query_scalar("SELECT started_at FROM attempts WHERE id = $1")
-                .bind(attempt)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten(),
-            None => None,
-        };
-        let duration_ms = started_at.map_or(0, |t| (ms(now) - t).max(0));
-        sqlx::query(
-            "UPDATE runs SET status = 'CANCELED', completed_at = $1, updated_at = $1, error = $2, \
-             usage_duration_ms = usage_duration_ms + $3, cost_in_cents = cost_in_cents + $4, \
-             lease_expires_at = NULL, timeout_at = NULL, next_attempt_at = NULL, current_attempt_id = NULL \
-             WHERE id = $5 AND status = $6",
-        )
-        .bind(ms(now))
-        .bind(rows::canceled_error().to_string())
-        .bind(duration_ms)
-        .bind(duration_ms as f64 * cents_per_ms)
-        .bind(id.as_str())
-        .bind(status.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(attempt) = &attempt {
-            sqlx::query(
-                "UPDATE attempts SET status = 'CANCELED', completed_at = $1, updated_at = $1, duration_ms = $2, \
-                 error = $3 WHERE id = $4 AND status IN ('PENDING', 'EXECUTING')",
-            )
-            .bind(ms(now))
-            .bind(duration_ms)
-            .bind(serde_json::json!({"message": "Run was canceled"}).to_string())
-            .bind(attempt)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(CancelOutcome::Canceled {
-            attempt: attempt.map(AttemptId::from_trusted),
-        })
-    }
-}
-
-#[async_trait]
-impl SweepStore for PgStore {
-    async fn run_expire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        // The error is the upstream TaskRunError for an expired run, spelled byte for byte
-        // as SQLite's json_object writes it (json_build_object would add spaces).
-        let ids: Vec<String> = sqlx::query_scalar(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status IN ('QUEUED', 'PENDING_VERSION') \
-               AND expire_at IS NOT NULL AND expire_at <= $1 \
-               ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'EXPIRED', expired_at = $1, completed_at = $1, updated_at = $1, \
-             error = '{\"type\":\"STRING_ERROR\",\"raw\":' \
-                     || COALESCE(to_json('Run expired because the TTL (' || ttl || ') was reached')::text, 'null') \
-                     || '}' \
-             WHERE id IN (SELECT id FROM due) AND status IN ('QUEUED', 'PENDING_VERSION') \
-             RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_promote_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let delayed = format!(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'DELAYED' AND delay_until <= $1 \
-               ORDER BY delay_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = CASE WHEN {SERVED} THEN 'QUEUED' ELSE 'PENDING_VERSION' END, \
-             queue_ts = delay_until - priority_ms, updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'DELAYED' \
-             RETURNING id"
-        );
-        let served = format!(
-            "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'PENDING_VERSION' AND {SERVED} \
-               LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'QUEUED', updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'PENDING_VERSION' \
-             RETURNING id"
-        );
-        let mut ids: Vec<String> = Vec::new();
-        for sql in [delayed.as_str(), served.as_str()] {
-            let moved: Vec<String> = sqlx::query_scalar(sql)
-                .bind(ms(now))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
-            ids.extend(moved);
-        }
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_requeue_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<RunId>> {
-        let sql = "WITH due AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE status = 'RETRYING_AFTER_FAILURE' AND next_attempt_at <= $1 \
-               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE runs SET status = 'QUEUED', queue_ts = next_attempt_at - priority_ms, \
-             next_attempt_at = NULL, updated_at = $1 \
-             WHERE id IN (SELECT id FROM due) AND status = 'RETRYING_AFTER_FAILURE' \
-             RETURNING id";
-        let ids: Vec<String> = sqlx::query_scalar(sql)
-            .bind(ms(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids.into_iter().map(RunId::from_trusted).collect())
-    }
-
-    async fn run_next_deadline(&self, kind: Deadline) -> Result<Option<DateTime<Utc>>> {
-        statements::postgres::run_next_deadline(&self.pool, kind).await
-    }
-
-    async fn run_next_due_at(&self, with_leases: bool) -> Result<Option<DateTime<Utc>>> {
-        statements::postgres::run_next_due_at(&self.pool, with_leases).await
-    }
-
-    async fn run_leases_due(
-        &self,
-        leases_expired_by: Option<DateTime<Utc>>,
-        timed_out_by: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Leased>> {
-        let runs = statements::postgres::run_leases_due(
-            &self.pool,
-            leases_expired_by,
-            timed_out_by,
-            limit,
-        )
-        .await?;
-        let ids: Vec<AttemptId> = runs
-            .iter()
-            .filter_map(|r| r.current_attempt_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let attempts = attempts_in(&self.pool, &ids).await?;
-        Ok(rows::pair_leased(runs, attempts))
-    }
-}
-
-#[async_trait]
-impl AttemptStore for PgStore {
-    async fn attempt_list(&self, run: &RunId) -> Result<Vec<Attempt>> {
-        statements::postgres::attempt_list(&self.pool, run).await
-    }
-
-    async fn run_dequeue(
-        &self,
-        worker: &WorkerRecord,
-        limit: u32,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Leased>> {
-        if worker.tasks.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let task_ids: Vec<&str> = worker
-            .tasks
-            .iter()
-            .map(|t| t.task_identifier.as_str())
-            .collect();
-        let mut tx = self.pool.begin().await?;
-        let gates = Gates::from_rows(
-            sqlx::query_as(
-                "SELECT name, paused, COALESCE(concurrency_limit_override, concurrency_limit) FROM queues \
-                 WHERE environment_id = $1 AND (paused OR concurrency_limit IS NOT NULL \
-                 OR concurrency_limit_override IS NOT NULL)",
-            )
-            .bind(worker.environment_id.as_str())
-            .fetch_all(&mut *tx)
-            .await?,
-        );
-        let mut leased = Vec::new();
-        if gates.is_empty() {
-            let runs = dequeue_candidates(&mut tx, worker, &task_ids, None, limit).await?;
-            leased = lease_runs(&mut tx, worker, runs, lease_until, now).await?;
-        } else {
-            // Each limited queue this worker may lease from is counted and leased
-            // under a transaction-scoped advisory lock (see `crate::queues`), taken in
-            // name order before any of its runs is picked: dequeues of one limited
-            // queue take turns, so none of them locks runs another then cannot count
-            // in, and the oldest runs go first. A limited queue that had no run for
-            // this worker when looked at is left out until the next dequeue.
-            let limited: Vec<String> = gates.limits.keys().cloned().collect();
-            let mut relevant: Vec<String> = if limited.is_empty() {
-                Vec::new()
-            } else {
-                sqlx::query_scalar(
-                    "SELECT name FROM unnest($2::text[]) AS l(name) WHERE EXISTS ( \
-                       SELECT 1 FROM runs WHERE environment_id = $1 AND status = 'QUEUED' \
-                       AND queue = l.name AND task_identifier = ANY($3))",
-                )
-                .bind(worker.environment_id.as_str())
-                .bind(&limited)
-                .bind(&task_ids)
-                .fetch_all(&mut *tx)
-                .await?
-            };
-            relevant.sort();
-            for name in &relevant {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(format!("{}/{name}", worker.environment_id))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let excluded: Vec<String> = limited
-                .into_iter()
-                .filter(|name| !relevant.contains(name))
-                .collect();
-            let gated = gates.names();
-            for _ in 0..ADMIT_ROUNDS {
-                let want = limit as usize - leased.len();
-                let candidates = dequeue_candidates(
-                    &mut tx,
-                    worker,
-                    &task_ids,
-                    Some((&gated, &excluded)),
-                    u32::try_from(want).unwrap_or(limit),
-                )
-                .await?;
-                let counted = gates.limited_among(&candidates);
-                let mut held = held_counts(&mut tx, &worker.environment_id, &counted).await?;
-                let (runs, dropped) = admit(candidates, &gates, &excluded, &mut held, want);
-                leased.extend(lease_runs(&mut tx, worker, runs, lease_until, now).await?);
-                if !dropped || leased.len() >= limit as usize {
-                    break;
-                }
-            }
-        }
-        if leased.is_empty() {
-            return Ok(leased);
-        }
-        tx.commit().await?;
-        Ok(leased)
-    }
-
-    async fn attempt_start(
-        &self,
-        worker: &WorkerId,
-        attempt_ids: &[AttemptId],
-        lease_until: DateTime<Utc>,
-        timeout_grace_ms: i64,
-        run_fee_cents: f64,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<AttemptId>> {
-        if attempt_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        // Locks its runs in id order (see the module doc).
-        let started: Vec<String> = sqlx::query_scalar(
-            "WITH held AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE current_attempt_id = ANY($6) AND worker_id = $7 \
-               AND status = 'DEQUEUED' ORDER BY id COLLATE \"C\" FOR UPDATE) \
-             UPDATE runs SET status = 'EXECUTING', started_at = COALESCE(started_at, $1), \
-             base_cost_in_cents = CASE WHEN started_at IS NULL THEN $2 ELSE base_cost_in_cents END, \
-             lease_expires_at = $3, \
-             timeout_at = CASE WHEN max_duration_secs IS NULL OR max_duration_secs >= $4 THEN NULL \
-                          ELSE $1 + max_duration_secs * 1000 + $5 END, \
-             updated_at = $1 \
-             WHERE id IN (SELECT id FROM held) \
-             AND current_attempt_id = ANY($6) AND worker_id = $7 AND status = 'DEQUEUED' \
-             RETURNING current_attempt_id",
-        )
-        .bind(ms(now))
-        .bind(run_fee_cents)
-        .bind(ms(lease_until))
-        .bind(NO_MAX_DURATION)
-        .bind(timeout_grace_ms)
-        .bind(id_texts(attempt_ids))
-        .bind(worker.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE attempts SET status = 'EXECUTING', started_at = $1, updated_at = $1 \
-             WHERE id = ANY($2) AND status = 'PENDING'",
-        )
-        .bind(ms(now))
-        .bind(&started)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(started.into_iter().map(AttemptId::from_trusted).collect())
-    }
-
-    async fn attempt_heartbeat(
-        &self,
-        worker: &WorkerId,
-        attempt_ids: &[AttemptId],
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<AttemptId>> {
-        sqlx::query("UPDATE workers SET last_seen_at = $1 WHERE id = $2")
-            .bind(ms(now))
-            .bind(worker.as_str())
-            .execute(&self.pool)
-            .await?;
-        if attempt_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Locks its runs in id order (see the module doc).
-        let held: Vec<String> = sqlx::query_scalar(
-            "WITH held AS MATERIALIZED ( \
-               SELECT id FROM runs WHERE worker_id = $2 AND status IN ('DEQUEUED', 'EXECUTING') \
-               AND current_attempt_id = ANY($3) ORDER BY id COLLATE \"C\" FOR UPDATE) \
-             UPDATE runs SET lease_expires_at = $1 WHERE id IN (SELECT id FROM held) \
-             AND worker_id = $2 AND status IN ('DEQUEUED', 'EXECUTING') AND current_attempt_id = ANY($3) \
-             RETURNING current_attempt_id",
-        )
-        .bind(ms(lease_until))
-        .bind(worker.as_str())
-        .bind(id_texts(attempt_ids))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(held.into_iter().map(AttemptId::from_trusted).collect())
-    }
-
-    async fn attempts_held(&self, attempt_ids: &[AttemptId]) -> Result<Vec<Leased>> {
-        if attempt_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE current_attempt_id = ANY($1)");
-        let rows = sqlx::query(&sql)
-            .bind(id_texts(attempt_ids))
-            .fetch_all(&self.pool)
-            .await?;
-        let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
-        let attempts = attempts_in(&self.pool, attempt_ids).await?;
-        Ok(rows::pair_leased(runs, attempts))
-    }
-
-    async fn attempt_settle(&self, settlements: &[AttemptSettlement]) -> Result<Vec<bool>> {
-        let mut applied = vec![false; settlements.len()];
-        if settlements.is_empty() {
-            return Ok(applied);
-        }
-        // Locks the runs in id order, whatever order the batch came in (see the module doc).
-        let mut order: Vec<usize> = (0..settlements.len()).collect();
-        order.sort_by(|a, b| {
-            settlements[*a]
-                .run_id
-                .as_str()
-                .cmp(settlements[*b].run_id.as_str())
-        });
-        let mut tx = self.pool.begin().await?;
-        for i in order {
-            let s = &settlements[i];
-            let claim_sql = match &s.claim {
-                Claim::Worker(_) => "worker_id = $13",
-                Claim::LeaseExpired(_) => "lease_expires_at <= $13",
-                Claim::TimedOut(_) => "timeout_at <= $13",
-            };
-            let sql = format!(
-                "UPDATE runs SET status = $1, output = $2, output_type = $3, error = $4, \
-                 usage_duration_ms = usage_duration_ms + $5, cost_in_cents = cost_in_cents + $6, \
-                 failed_attempts = failed_attempts + $7, completed_at = $8, next_attempt_at = $9, \
-                 lease_expires_at = NULL, timeout_at = NULL, current_attempt_id = NULL, updated_at = $10 \
-                 WHERE id = $11 AND current_attempt_id = $12 AND status IN ('DEQUEUED', 'EXECUTING') AND {claim_sql}"
-            );
-            let query = sqlx::query(&sql)
-                .bind(s.run_status.as_str())
-                .bind(s.output.as_ref().and_then(|o| o.data.as_deref()))
-                .bind(s.output.as_ref().map(|o| o.data_type.as_str()))
-                .bind(s.run_error.as_ref().map(|e| e.to_string()))
-                .bind(s.duration_ms)
-                .bind(s.cost_in_cents)
-                .bind(i64::from(
-                    s.spends_attempt && s.attempt_status == AttemptStatus::Failed,
-                ))
-                .bind(s.run_status.is_final().then_some(ms(s.now)))
-                .bind(s.next_attempt_at.map(ms))
-                .bind(ms(s.now))
-                .bind(s.run_id.as_str())
-                .bind(s.attempt_id.as_str());
-            let query = match &s.claim {
-                Claim::Worker(worker) => query.bind(worker.to_string()),
-                Claim::LeaseExpired(at) | Claim::TimedOut(at) => query.bind(ms(*at)),
-            };
-            let done = query.execute(&mut *tx).await?.rows_affected() == 1;
-            if done {
-                sqlx::query(
-                    "UPDATE attempts SET status = $1, error = $2, completed_at = $3, updated_at = $3, duration_ms = $4 \
-                     WHERE id = $5",
-                )
-                .bind(s.attempt_status.as_str())
-                .bind(s.attempt_error.as_ref().map(|e| e.to_string()))
-                .bind(ms(s.now))
-                .bind(s.duration_ms)
-                .bind(s.attempt_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            applied[i] = done;
-        }
-        tx.commit().await?;
-        Ok(applied)
-    }
-}
-
-#[async_trait]
-impl WorkerStore for PgStore {
-    async fn worker_register(
-        &self,
-        registration: &WorkerRegistration,
-        now: DateTime<Utc>,
-    ) -> Result<Registered> {
-        let env = registration.environment_id.as_str();
-        let mut tx = self.pool.begin().await?;
-        // Registrations of one environment take turns, so two never pick one version.
-        sqlx::query("SELECT id FROM environments WHERE id = $1 FOR UPDATE")
-            .bind(env)
-            .execute(&mut *tx)
-            .await?;
-        let version = match &registration.version {
-            Some(version) => version.clone(),
-            None => {
-                let existing: Vec<String> = sqlx::query_scalar(
-                    "SELECT version FROM worker_versions WHERE environment_id = $1 AND version LIKE $2",
-                )
-                .bind(env)
-                .bind(rows::version_pattern(now))
-                .fetch_all(&mut *tx)
-                .await?;
-                rows::next_version(now, &existing)
-            }
-        };
-        sqlx::query(
-            "INSERT INTO worker_versions (environment_id, version, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(env)
-        .bind(&version)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        for task in &registration.tasks {
-            sqlx::query(
-                "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, retry, max_duration_secs, machine) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
-                 queue = excluded.queue, retry = excluded.retry, \
-                 max_duration_secs = excluded.max_duration_secs, machine = excluded.machine",
-            )
-            .bind(env)
-            .bind(&task.task_identifier)
-            .bind(&version)
-            .bind(&task.queue)
-            .bind(rows::retry_text(task))
-            .bind(task.max_duration_secs.map(i64::from))
-            .bind(task.machine.map(|m| m.as_str()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let task_ids: Vec<String> = registration
-            .tasks
-            .iter()
-            .map(|t| t.task_identifier.clone())
-            .collect();
-        sqlx::query(
-            "INSERT INTO workers (id, environment_id, name, version, tasks, created_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(registration.id.as_str())
-        .bind(env)
-        .bind(&registration.name)
-        .bind(&version)
-        .bind(serde_json::to_string(&task_ids).expect("strings serialize"))
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        let promoted: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'QUEUED', updated_at = $1 \
-             WHERE environment_id = $2 AND status = 'PENDING_VERSION' AND task_identifier = ANY($3) \
-             AND (lock_to_version IS NULL OR lock_to_version = $4) RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(env)
-        .bind(&task_ids)
-        .bind(&version)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Registered {
-            version,
-            promoted: promoted.into_iter().map(RunId::from_trusted).collect(),
-        })
-    }
-
-    async fn worker_get(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
-        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT environment_id, name, version, tasks, created_at FROM workers WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((environment_id, name, version, tasks, created_at)) = row else {
-            return Ok(None);
-        };
-        let served = rows::task_list(&tasks)?;
-        let rows = sqlx::query(
-            "SELECT task_identifier, queue, retry, max_duration_secs, machine FROM worker_tasks \
-             WHERE environment_id = $1 AND version = $2 AND task_identifier = ANY($3) \
-             ORDER BY task_identifier COLLATE \"C\"",
-        )
-        .bind(&environment_id)
-        .bind(&version)
-        .bind(&served)
-        .fetch_all(&self.pool)
-        .await?;
-        let tasks = rows
-            .iter()
-            .map(task_config_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(WorkerRecord {
-            id: id.clone(),
-            environment_id: EnvironmentId::from_trusted(environment_id),
-            name,
-            version,
-            tasks,
-            created_at: rows::time(created_at)?,
-        }))
-    }
-
-    async fn task_served(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<bool> {
-        statements::postgres::task_served(&self.pool, environment, task, version).await
-    }
-
-    async fn task_queue(
-        &self,
-        environment: &EnvironmentId,
-        task: &str,
-        version: Option<&str>,
-    ) -> Result<Option<String>> {
-        statements::postgres::task_queue(&self.pool, environment, task, version).await
-    }
-}
-
-#[async_trait]
-impl QueueStore for PgStore {
-    async fn queue_declare(
-        &self,
-        environment: &EnvironmentId,
-        declarations: &[QueueDeclaration],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        if declarations.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = declarations
-            .iter()
-            .map(|_| QueueId::generate(ms(now)).to_string())
-            .collect();
-        let names: Vec<&str> = declarations.iter().map(|d| d.name.as_str()).collect();
-        let kinds: Vec<&str> = declarations
-            .iter()
-            .map(|d| QueueKind::of(&d.name).as_str())
-            .collect();
-        let limits: Vec<Option<i64>> = declarations
-            .iter()
-            .map(|d| d.concurrency_limit.flatten().map(i64::from))
-            .collect();
-        let states: Vec<bool> = declarations
-            .iter()
-            .map(|d| d.concurrency_limit.is_some())
-            .collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, paused, created_at, updated_at) \
-             SELECT d.id, $1, d.name, d.type, d.lim, FALSE, $2, $2 \
-             FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[]) AS d(id, name, type, lim) \
-             ON CONFLICT (environment_id, name) DO NOTHING",
-        )
-        .bind(environment.as_str())
-        .bind(ms(now))
-        .bind(&ids)
-        .bind(&names)
-        .bind(&kinds)
-        .bind(&limits)
-        .execute(&mut *tx)
-        .await?;
-        // Declarations that state a limit replace the registered one.
-        sqlx::query(
-            "UPDATE queues AS q SET concurrency_limit = d.lim, updated_at = $2 \
-             FROM unnest($3::text[], $4::bigint[], $5::boolean[]) AS d(name, lim, states) \
-             WHERE q.environment_id = $1 AND q.name = d.name AND d.states",
-        )
-        .bind(environment.as_str())
-        .bind(ms(now))
-        .bind(&names)
-        .bind(&limits)
-        .bind(&states)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn queue_list(
-        &self,
-        environment: &EnvironmentId,
-        offset: u64,
-        limit: u32,
-    ) -> Result<(Vec<QueueRecord>, u64)> {
-        statements::postgres::queue_list(&self.pool, environment, offset, limit).await
-    }
-
-    async fn queue_get(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-    ) -> Result<Option<QueueRecord>> {
-        statements::postgres::queue_get(&self.pool, environment, queue).await
-    }
-
-    async fn queue_update(
-        &self,
-        environment: &EnvironmentId,
-        queue: &QueueRef,
-        change: QueueChange,
-        now: DateTime<Utc>,
-    ) -> Result<Option<QueueRecord>> {
-        statements::postgres::queue_update(&self.pool, environment, queue, change, now).await
-    }
-}
-
-#[async_trait]
-impl BatchStore for PgStore {
-    async fn batch_create(
-        &self,
-        batch: &runnel_core::batch::BatchRecord,
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchCreateOutcome> {
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::batch_create(&mut tx, batch, now).await {
-                Err(Error::Database(sqlx::Error::Database(db)))
-                    if db.is_unique_violation()
-                        && db.constraint()
-                            == Some(crate::batches::postgres::BATCH_IDEMPOTENCY_INDEX)
-                        && round < TRIGGER_ROUNDS =>
-                {
-                    // A concurrent create took the key first: look again for it.
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    return Ok(outcome);
-                }
-            }
-        }
-    }
-
-    async fn batch_get(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-    ) -> Result<Option<runnel_core::batch::BatchRecord>> {
-        statements::postgres::batch_get(&self.pool, environment, id).await
-    }
-
-    async fn batch_item_list(
-        &self,
-        id: &runnel_core::BatchId,
-    ) -> Result<Vec<runnel_core::batch::BatchItemRecord>> {
-        statements::postgres::batch_item_list(&self.pool, id).await
-    }
-
-    async fn batch_items_trigger(
-        &self,
-        environment: &EnvironmentId,
-        id: &runnel_core::BatchId,
-        items: &[crate::BatchItemTrigger],
-        now: DateTime<Utc>,
-    ) -> Result<crate::BatchItemsOutcome> {
-        let mut round = 1;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            match crate::batches::postgres::items_trigger(&mut tx, environment, id, items, now)
-                .await
-            {
-                Err(e) if is_idempotency_race(&e) && round < TRIGGER_ROUNDS => {
-                    tracing::debug!(batch = %id, round, "idempotency key of a batch item taken concurrently");
-                    round += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    return Ok(outcome);
-                }
-            }
-        }
     }
 }

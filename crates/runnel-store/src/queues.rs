@@ -1,5 +1,6 @@
-//! Queues as stored things, and the part of dequeue both backends share: which queued
-//! runs a dequeue may lease under the queues' pause flags and concurrency limits.
+//! Queues as stored things ([`QueueStore`], written once for both backends), and the
+//! part of dequeue both backends share: which queued runs a dequeue may lease under the
+//! queues' pause flags and concurrency limits.
 //!
 //! A run carries its queue's full name (`runs.queue`: `task/<taskId>` or a custom name).
 //! A row in `queues` exists for every queue a registration declared (each task's queue,
@@ -31,9 +32,16 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::run::Run;
-use runnel_core::{EnvironmentId, QueueId};
+use runnel_core::{EnvironmentId, QueueId, RunStatus};
+
+use crate::batches::rows_per_statement;
+use crate::detach::detached;
+use crate::rows::{ms, Columns};
+use crate::sql::{self, Backend, Conn, Dialect, Params};
+use crate::{QueueStore, Result};
 
 /// How many times one dequeue looks again after its admission dropped runs of full
 /// queues. Each round fills at least one (queue, key) pair, which the next one
@@ -242,15 +250,20 @@ pub fn declarations(
 
 /// The columns [`queue_from_row`] reads, over `queues q` (the counts use the partial
 /// indexes on `runs`).
-pub(crate) const QUEUE_COLUMNS: &str =
-    "q.id, q.environment_id, q.name, q.type, q.concurrency_limit, \
-     q.concurrency_limit_override, q.overridden_at, q.paused, q.created_at, q.updated_at, \
-     (SELECT count(*) FROM runs r WHERE r.environment_id = q.environment_id AND r.queue = q.name \
-      AND r.status IN ('DEQUEUED', 'EXECUTING')) AS running, \
-     (SELECT count(*) FROM runs r WHERE r.environment_id = q.environment_id AND r.queue = q.name \
-      AND r.status = 'QUEUED') AS queued";
+fn queue_columns() -> String {
+    format!(
+        "q.id, q.environment_id, q.name, q.type, q.concurrency_limit, \
+         q.concurrency_limit_override, q.overridden_at, q.paused, q.created_at, q.updated_at, \
+         (SELECT count(*) FROM runs r WHERE r.environment_id = q.environment_id AND r.queue = q.name \
+          AND r.status IN {}) AS running, \
+         (SELECT count(*) FROM runs r WHERE r.environment_id = q.environment_id AND r.queue = q.name \
+          AND r.status = {}) AS queued",
+        sql::statuses(&[RunStatus::Dequeued, RunStatus::Executing]),
+        sql::status(RunStatus::Queued)
+    )
+}
 
-pub(crate) fn queue_from_row(row: &impl crate::rows::Columns) -> crate::Result<QueueRecord> {
+fn queue_from_row(row: &impl crate::rows::Columns) -> crate::Result<QueueRecord> {
     let limit = |column: &str| -> crate::Result<Option<u32>> {
         Ok(row
             .opt_int(column)?
@@ -277,12 +290,187 @@ pub(crate) fn queue_from_row(row: &impl crate::rows::Columns) -> crate::Result<Q
     })
 }
 
-/// The condition and value that pick one queue by [`QueueRef`] (column of `queues q`).
-pub(crate) fn ref_column(queue: &QueueRef) -> (&'static str, &str) {
+/// The column and value that pick one queue by [`QueueRef`].
+fn ref_column(queue: &QueueRef) -> (&'static str, &str) {
     match queue {
-        QueueRef::Id(id) => ("q.id", id.as_str()),
-        QueueRef::Name(name) => ("q.name", name.as_str()),
+        QueueRef::Id(id) => ("id", id.as_str()),
+        QueueRef::Name(name) => ("name", name.as_str()),
     }
+}
+
+#[async_trait]
+impl<B: Backend> QueueStore for B {
+    async fn queue_declare(
+        &self,
+        environment: &EnvironmentId,
+        declarations: &[QueueDeclaration],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if declarations.is_empty() {
+            return Ok(());
+        }
+        // Referenced queues are created when missing; a stated limit replaces the
+        // registered one. Of two statements of one name the later wins (and one upsert
+        // may not meet a row twice on PostgreSQL).
+        let (mut referenced, mut stated) = (Vec::new(), Vec::<QueueDeclaration>::new());
+        for d in declarations {
+            if d.concurrency_limit.is_some() {
+                stated.retain(|s| s.name != d.name);
+                stated.push(d.clone());
+            } else {
+                referenced.push(d.clone());
+            }
+        }
+        let (store, environment) = (self.clone(), environment.clone());
+        detached(async move {
+            let mut tx = store.begin().await?;
+            insert_queues::<B::D>(&mut tx, &environment, &referenced, "DO NOTHING", now).await?;
+            insert_queues::<B::D>(
+                &mut tx,
+                &environment,
+                &stated,
+                "DO UPDATE SET concurrency_limit = excluded.concurrency_limit, \
+                 updated_at = excluded.updated_at",
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_list(
+        &self,
+        environment: &EnvironmentId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<QueueRecord>, u64)> {
+        let mut conn = self.reader().await?;
+        let total = Params::<B::D>::new()
+            .with(environment.as_str())
+            .fetch_one(
+                &mut conn,
+                "SELECT count(*) AS total FROM queues WHERE environment_id = $1",
+            )
+            .await?
+            .int("total")?;
+        let sql = format!(
+            "SELECT {} FROM queues q WHERE q.environment_id = $1 \
+             ORDER BY q.name{} LIMIT $2 OFFSET $3",
+            queue_columns(),
+            B::D::COLLATE_BYTES
+        );
+        let rows = Params::<B::D>::new()
+            .with(environment.as_str())
+            .with(i64::from(limit))
+            .with(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&mut conn, &sql)
+            .await?;
+        let queues = rows.iter().map(queue_from_row).collect::<Result<_>>()?;
+        Ok((queues, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn queue_get(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+    ) -> Result<Option<QueueRecord>> {
+        let mut conn = self.reader().await?;
+        queue_get::<B::D>(&mut conn, environment, queue).await
+    }
+
+    async fn queue_update(
+        &self,
+        environment: &EnvironmentId,
+        queue: &QueueRef,
+        change: QueueChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<QueueRecord>> {
+        let mut p = Params::<B::D>::new();
+        let now = p.bind(ms(now));
+        let set = match change {
+            QueueChange::Pause => format!("paused = {}", p.bind(true)),
+            QueueChange::Resume => format!("paused = {}", p.bind(false)),
+            QueueChange::Override(limit) => format!(
+                "concurrency_limit_override = {}, overridden_at = {now}",
+                p.bind(i64::from(limit))
+            ),
+            QueueChange::ResetOverride => {
+                "concurrency_limit_override = NULL, overridden_at = NULL".to_owned()
+            }
+        };
+        let (column, value) = ref_column(queue);
+        let sql = format!(
+            "UPDATE queues SET {set}, updated_at = {now} \
+             WHERE environment_id = {} AND {column} = {} RETURNING id",
+            p.bind(environment.as_str()),
+            p.bind(value)
+        );
+        // Read back on the connection that wrote.
+        let mut conn = self.writer().await?;
+        match p.fetch_optional(&mut conn, &sql).await? {
+            Some(row) => {
+                let id = QueueRef::Id(row.text("id")?);
+                queue_get::<B::D>(&mut conn, environment, &id).await
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// One queue of `environment`, with its counts.
+async fn queue_get<D: Dialect>(
+    conn: &mut Conn<D>,
+    environment: &EnvironmentId,
+    queue: &QueueRef,
+) -> Result<Option<QueueRecord>> {
+    let (column, value) = ref_column(queue);
+    let sql = format!(
+        "SELECT {} FROM queues q WHERE q.environment_id = $1 AND q.{column} = $2",
+        queue_columns()
+    );
+    let row = Params::<D>::new()
+        .with(environment.as_str())
+        .with(value)
+        .fetch_optional(conn, &sql)
+        .await?;
+    row.as_ref().map(queue_from_row).transpose()
+}
+
+/// Inserts the queues `declarations` name, `on_conflict` deciding what happens to those
+/// that exist: one multi-row `INSERT` per chunk that fits the bind-parameter limit.
+async fn insert_queues<D: Dialect>(
+    conn: &mut Conn<D>,
+    environment: &EnvironmentId,
+    declarations: &[QueueDeclaration],
+    on_conflict: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in declarations.chunks(rows_per_statement(D::MAX_BINDS, 7)) {
+        let mut p = Params::<D>::sequential();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|d| {
+                p.row([
+                    QueueId::generate(ms(now)).to_string().into(),
+                    environment.as_str().into(),
+                    d.name.as_str().into(),
+                    QueueKind::of(&d.name).as_str().into(),
+                    d.concurrency_limit.flatten().map(i64::from).into(),
+                    ms(now).into(),
+                    ms(now).into(),
+                ] as [sql::Value<'_>; 7])
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO queues (id, environment_id, name, type, concurrency_limit, created_at, \
+             updated_at) VALUES {} ON CONFLICT (environment_id, name) {on_conflict}",
+            values.join(", ")
+        );
+        p.execute(conn, &sql).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

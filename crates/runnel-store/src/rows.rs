@@ -3,9 +3,9 @@
 //! Both schemas have the same columns, and each column decodes to the same Rust type on
 //! either database: text as `String`, times and counts as `i64` (times in milliseconds
 //! since the Unix epoch), costs as `f64`, flags as `bool`, JSON (tags, errors) as text.
-//! So one binder ([`bind_run`]) and one set of decoders serve SQLite and PostgreSQL, and
-//! a field cannot round-trip on one backend and not on the other. What differs between
-//! the backends is SQL, never the mapping.
+//! So one list of values ([`run_values`]) and one set of decoders serve SQLite and
+//! PostgreSQL, and a field cannot round-trip on one backend and not on the other. What
+//! differs between the backends is SQL, never the mapping.
 //!
 //! Fails with [`Error::Corrupt`] when a stored value does not parse (an unknown status,
 //! a timestamp out of range, malformed JSON).
@@ -22,12 +22,11 @@ use runnel_core::{
     WorkerId,
 };
 use serde_json::Value;
-use sqlx::query::Query;
-use sqlx::{Database, Encode, Type};
 
+use crate::sql;
 use crate::{Error, Result};
 
-/// Every column of `runs`, in the order [`bind_run`] binds them.
+/// Every column of `runs`, in the order of [`run_values`].
 pub(crate) const RUN_COLUMNS: &str = "id, environment_id, task_identifier, status, payload, payload_type, output, output_type, \
     error, idempotency_key, idempotency_key_user, idempotency_key_scope, idempotency_key_expires_at, tags, metadata, \
     metadata_type, delay_until, ttl, expire_at, expired_at, max_attempts, max_duration_secs, machine, priority_ms, \
@@ -122,74 +121,64 @@ macro_rules! impl_columns {
 impl_columns!(sqlx::sqlite::SqliteRow);
 impl_columns!(sqlx::postgres::PgRow);
 
-/// Binds every field of `run` to `query`, in [`RUN_COLUMNS`] order.
-pub(crate) fn bind_run<'q, DB>(
-    query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
-    run: &'q Run,
-) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
-where
-    DB: Database,
-    &'q str: Encode<'q, DB> + Type<DB>,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    String: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    i64: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-    f64: Encode<'q, DB> + Type<DB>,
-    bool: Encode<'q, DB> + Type<DB>,
-{
+/// Every field of `run` as values to bind, in [`RUN_COLUMNS`] order.
+pub(crate) fn run_values(run: &Run) -> Vec<sql::Value<'_>> {
     let tags = serde_json::to_string(&run.tags).expect("a list of strings serializes");
-    query
-        .bind(run.id.as_str())
-        .bind(run.environment_id.as_str())
-        .bind(run.task_identifier.as_str())
-        .bind(run.status.as_str())
-        .bind(run.payload.data.as_deref())
-        .bind(run.payload.data_type.as_str())
-        .bind(run.output.as_ref().and_then(|o| o.data.as_deref()))
-        .bind(run.output.as_ref().map(|o| o.data_type.as_str()))
-        .bind(run.error.as_ref().map(Value::to_string))
-        .bind(run.idempotency_key.as_deref())
-        .bind(run.idempotency_key_user.as_deref())
-        .bind(run.idempotency_key_scope.as_deref())
-        .bind(run.idempotency_key_expires_at.map(ms))
-        .bind(tags)
-        .bind(run.metadata.as_ref().and_then(|m| m.data.as_deref()))
-        .bind(run.metadata.as_ref().map(|m| m.data_type.as_str()))
-        .bind(run.delay_until.map(ms))
-        .bind(run.ttl.as_deref())
-        .bind(run.expire_at.map(ms))
-        .bind(run.expired_at.map(ms))
-        .bind(run.max_attempts.map(i64::from))
-        .bind(run.max_duration_secs.map(i64::from))
-        .bind(run.machine.map(MachinePreset::as_str))
-        .bind(i64::from(run.priority_ms))
-        .bind(run.is_test)
-        .bind(run.queue.as_str())
-        .bind(run.concurrency_key.as_deref())
-        .bind(run.lock_to_version.as_deref())
-        .bind(run.worker_version.as_deref())
-        .bind(ms(run.created_at))
-        .bind(ms(run.updated_at))
-        .bind(run.started_at.map(ms))
-        .bind(run.completed_at.map(ms))
-        .bind(i64::from(run.attempt_count))
-        .bind(run.usage_duration_ms)
-        .bind(run.cost_in_cents)
-        .bind(run.base_cost_in_cents)
-        .bind(i64::from(run.depth))
-        .bind(run.parent_run_id.as_ref().map(RunId::as_str))
-        .bind(run.root_run_id.as_ref().map(RunId::as_str))
-        .bind(run.batch_id.as_ref().map(BatchId::as_str))
-        .bind(run.resume_parent_on_completion)
-        .bind(run.schedule_id.as_deref())
-        .bind(run.queue_ts)
-        .bind(run.worker_id.as_ref().map(WorkerId::as_str))
-        .bind(run.current_attempt_id.as_ref().map(AttemptId::as_str))
-        .bind(run.lease_expires_at.map(ms))
-        .bind(run.timeout_at.map(ms))
-        .bind(run.next_attempt_at.map(ms))
-        .bind(i64::from(run.failed_attempts))
+    vec![
+        run.id.as_str().into(),
+        run.environment_id.as_str().into(),
+        run.task_identifier.as_str().into(),
+        run.status.as_str().into(),
+        run.payload.data.as_deref().into(),
+        run.payload.data_type.as_str().into(),
+        run.output.as_ref().and_then(|o| o.data.as_deref()).into(),
+        run.output.as_ref().map(|o| o.data_type.as_str()).into(),
+        run.error.as_ref().map(Value::to_string).into(),
+        run.idempotency_key.as_deref().into(),
+        run.idempotency_key_user.as_deref().into(),
+        run.idempotency_key_scope.as_deref().into(),
+        run.idempotency_key_expires_at.map(ms).into(),
+        tags.into(),
+        run.metadata.as_ref().and_then(|m| m.data.as_deref()).into(),
+        run.metadata.as_ref().map(|m| m.data_type.as_str()).into(),
+        run.delay_until.map(ms).into(),
+        run.ttl.as_deref().into(),
+        run.expire_at.map(ms).into(),
+        run.expired_at.map(ms).into(),
+        run.max_attempts.map(i64::from).into(),
+        run.max_duration_secs.map(i64::from).into(),
+        run.machine.map(MachinePreset::as_str).into(),
+        i64::from(run.priority_ms).into(),
+        run.is_test.into(),
+        run.queue.as_str().into(),
+        run.concurrency_key.as_deref().into(),
+        run.lock_to_version.as_deref().into(),
+        run.worker_version.as_deref().into(),
+        ms(run.created_at).into(),
+        ms(run.updated_at).into(),
+        run.started_at.map(ms).into(),
+        run.completed_at.map(ms).into(),
+        i64::from(run.attempt_count).into(),
+        run.usage_duration_ms.into(),
+        run.cost_in_cents.into(),
+        run.base_cost_in_cents.into(),
+        i64::from(run.depth).into(),
+        run.parent_run_id.as_ref().map(RunId::as_str).into(),
+        run.root_run_id.as_ref().map(RunId::as_str).into(),
+        run.batch_id.as_ref().map(BatchId::as_str).into(),
+        run.resume_parent_on_completion.into(),
+        run.schedule_id.as_deref().into(),
+        run.queue_ts.into(),
+        run.worker_id.as_ref().map(WorkerId::as_str).into(),
+        run.current_attempt_id
+            .as_ref()
+            .map(AttemptId::as_str)
+            .into(),
+        run.lease_expires_at.map(ms).into(),
+        run.timeout_at.map(ms).into(),
+        run.next_attempt_at.map(ms).into(),
+        i64::from(run.failed_attempts).into(),
+    ]
 }
 
 /// A run from a row that selected [`RUN_COLUMNS`].
@@ -390,15 +379,6 @@ pub(crate) fn pair_leased(runs: Vec<Run>, attempts: Vec<Attempt>) -> Vec<crate::
         .collect()
 }
 
-/// The stored error of a canceled run (contract §4.3).
-pub(crate) fn canceled_error() -> Value {
-    serde_json::json!({
-        "type": "INTERNAL_ERROR",
-        "code": "TASK_RUN_CANCELLED",
-        "message": "Run was canceled",
-    })
-}
-
 /// `maxDuration` at or above this means "no limit" (contract §4.5).
 pub(crate) const NO_MAX_DURATION: i64 = MAX_DURATION_MAX_SECS as i64;
 
@@ -438,14 +418,4 @@ pub(crate) fn lease(
     run.machine = run.machine.or(task.and_then(|t| t.machine));
     run.updated_at = now;
     crate::Leased { run, attempt }
-}
-
-/// The final statuses as a quoted SQL list (`'CANCELED', …`), for `NOT IN`.
-pub(crate) fn final_statuses_sql() -> String {
-    RunStatus::ALL
-        .iter()
-        .filter(|s| s.is_final())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

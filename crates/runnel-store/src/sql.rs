@@ -7,11 +7,15 @@
 //! - **Placeholders and value lists.** A statement collects its values in [`Params`],
 //!   which hands back the placeholder for each (`$n` on both: sqlx's SQLite driver binds
 //!   `$n` to the n-th value as PostgreSQL does) and, for a list, the whole membership
-//!   test: `IN ($3, $4, $5)` on SQLite, `= ANY($3)` with one array on PostgreSQL.
+//!   test: `IN ($3, $4, $5)` on SQLite, `= ANY($3)` with one array on PostgreSQL. A
+//!   statement of thousands of values, each taken once in order (a multi-row `INSERT`),
+//!   is built with [`Params::sequential`], whose placeholders are bare `?`s on SQLite.
 //! - **Row locks.** [`Dialect::FOR_UPDATE`] and [`Dialect::SKIP_LOCKED`] are empty on
 //!   SQLite, whose one writer connection already serializes writers.
 //! - **Byte order.** [`Dialect::COLLATE_BYTES`] orders text by bytes, as Rust does; on
 //!   PostgreSQL the database's locale would order ids and names otherwise.
+//! - **JSON.** [`Dialect::json_quote`] (SQLite's `json_quote`, PostgreSQL's `to_json`) and
+//!   [`Dialect::json_array_has_any`] (`json_each` on SQLite, `jsonb ?|` on PostgreSQL).
 //! - **How a write begins** ([`Backend::begin`]): `BEGIN IMMEDIATE` on the SQLite writer
 //!   connection, a pooled transaction on PostgreSQL; and where reads go
 //!   ([`Backend::reader`]).
@@ -29,10 +33,15 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use runnel_core::run::{AttemptStatus, Run};
+use runnel_core::RunStatus;
 use sqlx::pool::PoolConnection;
 
+use crate::attempts::DequeueGate;
+use crate::queues::Gates;
 use crate::rows::Columns;
-use crate::Result;
+use crate::{Result, TriggerOutcome, WorkerRecord};
 
 /// A future the dialect returns, borrowing the connection and the statement.
 pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
@@ -53,6 +62,43 @@ pub(crate) enum Value<'a> {
     Flag(bool),
     /// A list bound as one array (PostgreSQL's `= ANY($n)`).
     Texts(Vec<Cow<'a, str>>),
+    /// A column of a [`Params::table`] bound as one array (PostgreSQL's `unnest`).
+    TextColumn(Vec<Option<Cow<'a, str>>>),
+    /// A column of a [`Params::table`] bound as one array (PostgreSQL's `unnest`).
+    IntColumn(Vec<Option<i64>>),
+}
+
+/// One column of a [`Params::table`]: its values, row by row.
+#[derive(Debug, Clone)]
+pub(crate) enum TableColumn<'a> {
+    Texts(Vec<Option<Cow<'a, str>>>),
+    Ints(Vec<Option<i64>>),
+}
+
+impl<'a> TableColumn<'a> {
+    fn len(&self) -> usize {
+        match self {
+            TableColumn::Texts(values) => values.len(),
+            TableColumn::Ints(values) => values.len(),
+        }
+    }
+
+    /// Its values one by one (SQLite's `VALUES` rows).
+    fn into_values(self) -> std::vec::IntoIter<Value<'a>> {
+        match self {
+            TableColumn::Texts(values) => values.into_iter().map(Value::Text).collect::<Vec<_>>(),
+            TableColumn::Ints(values) => values.into_iter().map(Value::Int).collect(),
+        }
+        .into_iter()
+    }
+
+    /// Its values as one array, with the array's SQL type (PostgreSQL's `unnest`).
+    fn into_array(self) -> (Value<'a>, &'static str) {
+        match self {
+            TableColumn::Texts(values) => (Value::TextColumn(values), "text[]"),
+            TableColumn::Ints(values) => (Value::IntColumn(values), "bigint[]"),
+        }
+    }
 }
 
 impl<'a> From<&'a str> for Value<'a> {
@@ -109,6 +155,29 @@ impl From<bool> for Value<'_> {
     }
 }
 
+/// A run status as an SQL literal (`'QUEUED'`). Statuses are written into the statement
+/// text, not bound, so the planner can match the partial indexes that name them.
+pub(crate) fn status(s: RunStatus) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// Run statuses as a parenthesized SQL list (`('DEQUEUED', 'EXECUTING')`), for `IN`.
+pub(crate) fn statuses(list: &[RunStatus]) -> String {
+    let literals: Vec<String> = list.iter().map(|s| status(*s)).collect();
+    format!("({})", literals.join(", "))
+}
+
+/// An attempt status as an SQL literal (`'PENDING'`).
+pub(crate) fn attempt_status(s: AttemptStatus) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// Attempt statuses as a parenthesized SQL list, for `IN`.
+pub(crate) fn attempt_statuses(list: &[AttemptStatus]) -> String {
+    let literals: Vec<String> = list.iter().map(|s| attempt_status(*s)).collect();
+    format!("({})", literals.join(", "))
+}
+
 /// The values of one statement, in placeholder order, and the placeholders for them.
 ///
 /// ```text
@@ -121,6 +190,8 @@ impl From<bool> for Value<'_> {
 #[derive(Debug)]
 pub(crate) struct Params<'a, D> {
     values: Vec<Value<'a>>,
+    /// Placeholders are bare `?`s, bound by position ([`Params::sequential`]).
+    bare: bool,
     dialect: PhantomData<D>,
 }
 
@@ -136,20 +207,58 @@ impl<'a, D: Dialect> Params<'a, D> {
     pub(crate) fn new() -> Self {
         Params {
             values: Vec::new(),
+            bare: false,
             dialect: PhantomData,
+        }
+    }
+
+    /// For a statement whose text takes every value once, in the order they are bound
+    /// (a multi-row `INSERT … VALUES`, a long `IN` list): its placeholders are bare `?`s
+    /// where the dialect has [`Dialect::BARE_PLACEHOLDERS`]. SQLite finds a numbered
+    /// placeholder by a linear search and sqlx asks for every parameter's name when it
+    /// binds, so thousands of `$n`s take seconds (docs/BENCHMARKS.md); a bare `?` is
+    /// bound by position. Such a statement cannot use [`Params::with`] or a placeholder
+    /// twice.
+    pub(crate) fn sequential() -> Self {
+        Params {
+            bare: D::BARE_PLACEHOLDERS,
+            ..Self::new()
         }
     }
 
     /// Adds a value and returns its placeholder.
     pub(crate) fn bind(&mut self, value: impl Into<Value<'a>>) -> String {
         self.values.push(value.into());
-        format!("${}", self.values.len())
+        if self.bare {
+            "?".to_owned()
+        } else {
+            format!("${}", self.values.len())
+        }
     }
 
     /// Adds a value for the next `$n` of a fixed text.
     pub(crate) fn with(mut self, value: impl Into<Value<'a>>) -> Self {
+        debug_assert!(!self.bare, "a sequential statement has no fixed `$n`s");
         self.values.push(value.into());
         self
+    }
+
+    /// Adds the values of one row of an `INSERT … VALUES` list and returns its
+    /// `($1, $2, …)`.
+    pub(crate) fn row<I>(&mut self, values: I) -> String
+    where
+        I: IntoIterator,
+        I::Item: Into<Value<'a>>,
+    {
+        let mut row = String::from("(");
+        for value in values {
+            if row.len() > 1 {
+                row.push_str(", ");
+            }
+            row.push_str(&self.bind(value));
+        }
+        row.push(')');
+        row
     }
 
     /// Adds the values of a list and returns the membership test that follows a column
@@ -169,6 +278,37 @@ impl<'a, D: Dialect> Params<'a, D> {
                 .map(|item| self.bind(Value::Text(Some(item))))
                 .collect();
             format!("IN ({})", placeholders.join(", "))
+        }
+    }
+
+    /// Adds the values of a table (one [`TableColumn`] each, all of one length, at least one
+    /// row) and returns a query of its rows, for `WITH v(a, b) AS (…)`:
+    /// `VALUES ($1, $2), ($3, $4)` on SQLite; `SELECT * FROM unnest($1::text[],
+    /// $2::bigint[])` on PostgreSQL, one array per column, so the text (and the prepared
+    /// statement) is the same whatever the number of rows.
+    pub(crate) fn table(&mut self, columns: Vec<TableColumn<'a>>) -> String {
+        if D::ARRAYS {
+            let arrays: Vec<String> = columns
+                .into_iter()
+                .map(|column| {
+                    let (array, sql_type) = column.into_array();
+                    format!("{}::{sql_type}", self.bind(array))
+                })
+                .collect();
+            format!("SELECT * FROM unnest({})", arrays.join(", "))
+        } else {
+            let rows = columns.first().map_or(0, TableColumn::len);
+            let mut columns: Vec<_> = columns.into_iter().map(TableColumn::into_values).collect();
+            let rows: Vec<String> = (0..rows)
+                .map(|_| {
+                    let row: Vec<String> = columns
+                        .iter_mut()
+                        .filter_map(|values| values.next().map(|value| self.bind(value)))
+                        .collect();
+                    format!("({})", row.join(", "))
+                })
+                .collect();
+            format!("VALUES {}", rows.join(", "))
         }
     }
 
@@ -224,6 +364,14 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     const SKIP_LOCKED: &'static str;
     /// Appended to an `ORDER BY` text column to order it by bytes.
     const COLLATE_BYTES: &'static str;
+    /// Whether [`Params::sequential`] writes bare `?` placeholders.
+    const BARE_PLACEHOLDERS: bool;
+    /// Most values one statement may bind.
+    const MAX_BINDS: usize;
+    /// A flag column's true value as the schema's partial indexes spell it (`paused = 1`
+    /// on SQLite, which stores flags as integers; `paused = TRUE` on PostgreSQL): a
+    /// partial index serves a statement only when its text matches the index's.
+    const TRUE: &'static str;
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -242,6 +390,19 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         sql: &'c str,
         values: Vec<Value<'a>>,
     ) -> Fut<'c, u64>;
+
+    /// The JSON string literal of the SQL text `expr` (`"…"`, escaped the same way on both
+    /// databases). When `expr` is `NULL` it is `NULL` or `null`: wrap it in
+    /// `COALESCE(…, 'null')`.
+    fn json_quote(expr: &str) -> String;
+
+    /// The condition that the JSON array of strings held by the text column `column` (a
+    /// run's tags) has any of `items`, which it binds to `p`.
+    fn json_array_has_any<'a>(
+        p: &mut Params<'a, Self>,
+        column: &str,
+        items: Vec<Cow<'a, str>>,
+    ) -> String;
 }
 
 /// SQLite's dialect.
@@ -256,6 +417,10 @@ impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
     const COLLATE_BYTES: &'static str = "";
+    const BARE_PLACEHOLDERS: bool = true;
+    /// `SQLITE_MAX_VARIABLE_NUMBER`, 32766 since 3.32.
+    const MAX_BINDS: usize = 32_766;
+    const TRUE: &'static str = "1";
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -285,6 +450,19 @@ impl Dialect for Sqlite {
                 .rows_affected())
         })
     }
+
+    fn json_quote(expr: &str) -> String {
+        format!("json_quote({expr})")
+    }
+
+    fn json_array_has_any<'a>(
+        p: &mut Params<'a, Self>,
+        column: &str,
+        items: Vec<Cow<'a, str>>,
+    ) -> String {
+        let list = p.list(items);
+        format!("EXISTS (SELECT 1 FROM json_each({column}) AS item WHERE item.value {list})")
+    }
 }
 
 fn sqlite_query<'q>(
@@ -303,6 +481,8 @@ fn sqlite_query<'q>(
             // `Params::list` never makes an array for SQLite; were one to reach here,
             // its text form would match nothing rather than everything.
             Value::Texts(items) => query.bind(format!("{items:?}")),
+            Value::TextColumn(items) => query.bind(format!("{items:?}")),
+            Value::IntColumn(items) => query.bind(format!("{items:?}")),
         };
     }
     query
@@ -320,6 +500,10 @@ impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " SKIP LOCKED";
     const COLLATE_BYTES: &'static str = " COLLATE \"C\"";
+    const BARE_PLACEHOLDERS: bool = false;
+    /// The protocol counts parameters in an `i16`.
+    const MAX_BINDS: usize = 65_535;
+    const TRUE: &'static str = "TRUE";
 
     fn fetch_all<'c, 'a: 'c>(
         conn: &'c mut Conn<Self>,
@@ -344,6 +528,20 @@ impl Dialect for Postgres {
     ) -> Fut<'c, u64> {
         Box::pin(async move { Ok(pg_query(sql, values).execute(conn).await?.rows_affected()) })
     }
+
+    fn json_quote(expr: &str) -> String {
+        format!("to_json({expr})::text")
+    }
+
+    fn json_array_has_any<'a>(
+        p: &mut Params<'a, Self>,
+        column: &str,
+        items: Vec<Cow<'a, str>>,
+    ) -> String {
+        // `?|` tests the parsed array at once, several times faster per row than
+        // expanding its elements.
+        format!("{column}::jsonb ?| {}::text[]", p.bind(Value::Texts(items)))
+    }
 }
 
 fn pg_query<'q>(
@@ -362,10 +560,20 @@ fn pg_query<'q>(
             Value::Texts(items) => {
                 query.bind(items.into_iter().map(Cow::into_owned).collect::<Vec<_>>())
             }
+            Value::TextColumn(items) => query.bind(
+                items
+                    .into_iter()
+                    .map(|item| item.map(Cow::into_owned))
+                    .collect::<Vec<_>>(),
+            ),
+            Value::IntColumn(items) => query.bind(items),
         };
     }
     query
 }
+
+/// A write transaction run by [`Backend::retry_key_race`], owning its borrows.
+pub(crate) type KeyedWrite<'w, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'w>>;
 
 /// A store backend: its dialect, and where reads and writes go. Every area's statements
 /// are written once against this trait (`impl<B: Backend> RunStore for B` and so on).
@@ -408,4 +616,59 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     /// Closes the pools: waits for connections in use, then checkpoints and closes.
     async fn close_pools(&self);
+
+    /// Inserts one run ([`crate::RunStore::run_trigger`]) through the backend's
+    /// group-commit writer (`group.rs`): the transaction a group shares, and how it
+    /// settles idempotency keys (PostgreSQL locks the key's holder and runs again when a
+    /// concurrent trigger takes the key first), are the backend's own.
+    async fn trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome>;
+
+    /// Inserts `runs` in one transaction ([`crate::RunStore::run_trigger_many`]), with the
+    /// backend's own idempotency handling as [`Backend::trigger`].
+    async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>>;
+
+    /// Runs `write`, one write transaction that inserts runs or a batch under their
+    /// idempotency keys, again while a concurrent writer takes one of its keys first
+    /// (PostgreSQL: the unique index refuses the insert after the holder look-up found
+    /// nothing to lock; see postgres.rs), a bounded number of rounds. `what` names the
+    /// write in logs. SQLite's one writer cannot lose that race: `write` runs once.
+    async fn retry_key_race<'w, T: Send + 'w>(
+        &'w self,
+        what: &'w str,
+        write: &'w (dyn Fn() -> KeyedWrite<'w, T> + Send + Sync),
+    ) -> Result<T> {
+        let _ = what;
+        write().await
+    }
+
+    /// Whether every write queues for one connection (SQLite). A write that mostly finds
+    /// nothing to do (the dequeue of idle workers, woken together) then looks on a reader
+    /// first, so it does not queue for the writer in vain.
+    const ONE_WRITER: bool = false;
+
+    /// The oldest queued runs `worker` may take (its tasks; its version or unlocked),
+    /// at most `limit`, by `queue_ts, id`, with `gate` applied when the environment has
+    /// gated queues (`attempts::gate_sql`). What the selection may rely on differs:
+    /// SQLite's one writer already keeps concurrent dequeues apart; PostgreSQL locks the
+    /// runs it picks `FOR UPDATE SKIP LOCKED` and reads one index range per task.
+    async fn dequeue_candidates(
+        &self,
+        conn: &mut Conn<Self::D>,
+        worker: &WorkerRecord,
+        gate: Option<&DequeueGate<'_>>,
+        limit: u32,
+    ) -> Result<Vec<Run>>;
+
+    /// Before a dequeue over gated queues picks runs: makes the dequeues of one limited
+    /// queue take turns, and returns the limited queues left out of this dequeue
+    /// (`queues.rs`). SQLite's one writer already makes them take turns: none left out.
+    async fn dequeue_lock_queues(
+        &self,
+        conn: &mut Conn<Self::D>,
+        worker: &WorkerRecord,
+        gates: &Gates,
+    ) -> Result<Vec<String>> {
+        let _ = (conn, worker, gates);
+        Ok(Vec::new())
+    }
 }

@@ -1,5 +1,6 @@
 //! The expirer: `Queued` or `PendingVersion` → `Expired` once the run's TTL deadline
-//! (`expire_at`) passes while it still waits to start.
+//! (`expire_at`) passes while it still waits to start: the transition
+//! `runnel_core::state::expire`, applied to every due run by `Store::run_expire_due`.
 
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 //! The promoter: `Delayed` → `Queued` once `delayUntil` is reached (or
 //! `PendingVersion` when no registered version serves the run yet), and the sweep that
 //! queues `PendingVersion` runs a registered version now serves (registration does this
-//! itself; the sweep catches a run that raced it).
+//! itself; the sweep catches a run that raced it). The transition is
+//! `runnel_core::state::promote`, applied to every due run by `Store::run_promote_due`.
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! The retry requeuer: `RetryingAfterFailure` → `Queued` once the backoff has elapsed
-//! (`next_attempt_at`), queued as of that instant less the run's priority.
+//! (`next_attempt_at`), queued as of that instant less the run's priority: the transition
+//! `runnel_core::state::requeue`, applied to every due run by `Store::run_requeue_due`.
 
 use std::sync::Arc;
 

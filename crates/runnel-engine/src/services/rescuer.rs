@@ -1,11 +1,12 @@
-//! The rescuer: settles held attempts nobody will report on.
+//! The rescuer: settles held attempts nobody will report on. What a rescue does is the
+//! transition `runnel_core::state::rescue`:
 //!
 //! - A lease that ran out (the worker stopped heartbeating): an `Executing` attempt
 //!   crashes (and its run retries or fails, as the task's retry policy says); a
 //!   `Dequeued` one, never started, is canceled and its run goes back to the queue
-//!   without spending an attempt. Claim: [`Claim::LeaseExpired`].
+//!   without spending an attempt. Claim: `LeaseExpired`.
 //! - An `Executing` attempt past its `maxDuration` deadline plus `timeout_grace` times
-//!   out. Claim: [`Claim::TimedOut`].
+//!   out. Claim: `TimedOut`.
 //!
 //! Lease ends are held back during the node's start-up grace (see [`crate::runtime`]);
 //! `maxDuration` deadlines are not.
@@ -31,13 +32,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use runnel_core::retry::RetryPolicy;
-use runnel_core::run::AttemptStatus;
-use runnel_core::worker::{AttemptOutcome, FailureKind, TaskFailure};
-use runnel_core::{RunStatus, WorkerId};
-use runnel_store::{Claim, Deadline, Leased, WorkerRecord};
+use runnel_core::state;
+use runnel_core::WorkerId;
+use runnel_store::{Deadline, Leased, WorkerRecord};
 use tokio::sync::Notify;
 
 use crate::runtime::{Batch, TimedService};
+use crate::workers::attempt_settlement;
 use crate::{Engine, Error};
 
 /// Held attempts settled per batch.
@@ -139,24 +140,19 @@ impl TimedService for Rescuer {
                         .and_then(|t| t.retry)
                 })
                 .unwrap_or_else(RetryPolicy::default);
-            let (claim, failure) = rescue_claim(leased, now);
-            let mut settlement = engine.settlement(
-                environment,
-                leased,
-                &AttemptOutcome::Failure { error: failure },
-                &policy,
-                claim,
+            // The rescue is a transition of its own (`runnel_core::state::rescue`): a
+            // timeout, a crash, or a never-started attempt back to the queue. Refused
+            // when neither deadline has passed any more (a racing heartbeat).
+            let Ok(change) = state::rescue(
+                &leased.run,
+                &leased.attempt,
+                &engine.terms(environment, &leased.run, &policy),
+                &mut rand::rng(),
                 now,
-            );
-            if leased.run.status == RunStatus::Dequeued {
-                // Never started: back to the queue in every environment.
-                settlement.run_status = RunStatus::Queued;
-                settlement.attempt_status = AttemptStatus::Canceled;
-                settlement.spends_attempt = false;
-                settlement.run_error = None;
-                settlement.next_attempt_at = None;
-            }
-            settlements.push(settlement);
+            ) else {
+                continue;
+            };
+            settlements.extend(attempt_settlement(&leased.run, change));
         }
         let applied = engine.store.attempt_settle(&settlements).await?;
         let mut moved = 0;
@@ -185,37 +181,5 @@ impl TimedService for Rescuer {
 
     fn woken_by(&self) -> Option<Arc<Notify>> {
         Some(self.engine.wakes.rescuer.clone())
-    }
-}
-
-/// The claim a rescue of `leased` relies on, and the failure it records.
-fn rescue_claim(leased: &Leased, now: DateTime<Utc>) -> (Claim, TaskFailure) {
-    let timed_out = leased.run.status == RunStatus::Executing
-        && leased.run.timeout_at.is_some_and(|t| t <= now);
-    if timed_out {
-        let secs = leased.run.max_duration_secs.unwrap_or_default();
-        (
-            Claim::TimedOut(now),
-            TaskFailure::new(
-                FailureKind::MaxDurationExceeded,
-                format!("Run exceeded maxDuration of {secs}s and its worker did not stop it"),
-            ),
-        )
-    } else if leased.run.status == RunStatus::Dequeued {
-        (
-            Claim::LeaseExpired(now),
-            TaskFailure::new(
-                FailureKind::Interrupted,
-                "Worker stopped heartbeating before starting the attempt",
-            ),
-        )
-    } else {
-        (
-            Claim::LeaseExpired(now),
-            TaskFailure::new(
-                FailureKind::Crashed,
-                "Worker stopped heartbeating (lease expired): the attempt crashed",
-            ),
-        )
     }
 }
