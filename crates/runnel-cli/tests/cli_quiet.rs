@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{backend::FreshDatabase, describe, eventually, runnel_command, Server};
+use common::{describe, eventually, runnel_command, Server};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -68,13 +68,9 @@ async fn dev_logs_nothing_per_run_or_attempt() {
 /// NOTICE about it ("already exists, skipping") must not reach the log.
 #[tokio::test]
 async fn a_second_postgres_start_logs_no_sqlx_notice() {
-    if std::env::var_os("RUNNEL_TEST_DATABASE_URL").is_none()
-        && std::env::var("RUNNEL_SKIP_POSTGRES_TESTS").as_deref() == Ok("1")
-    {
-        eprintln!("skipping: RUNNEL_SKIP_POSTGRES_TESTS=1");
+    let Some(database) = runnel_testkit::PgTestDatabase::create().await else {
         return;
-    }
-    let database = FreshDatabase::create().await;
+    };
     let dir = TempDir::new().unwrap();
     for start in ["first", "second"] {
         let server = Server::start_with(dir.path(), &["--database-url", &database.url]);
@@ -88,7 +84,7 @@ async fn a_second_postgres_start_logs_no_sqlx_notice() {
             );
         }
     }
-    database.drop_database().await;
+    drop(database);
 }
 
 /// `runnel bench` with stderr not a terminal: the table alone on stdout, a few phase

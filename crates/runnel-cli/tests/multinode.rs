@@ -12,28 +12,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::backend::FreshDatabase;
 use common::{eventually_explained, send_signal, Server, Worker};
 use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode};
+use runnel_testkit::PgTestDatabase;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 
 /// A fresh database, or `None` when PostgreSQL tests are skipped on purpose.
-async fn fresh_database() -> Option<FreshDatabase> {
-    let unset = std::env::var(common::backend::DATABASE_URL_VAR).map_or(true, |u| u.is_empty());
-    if unset && std::env::var("RUNNEL_SKIP_POSTGRES_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: RUNNEL_SKIP_POSTGRES_TESTS=1");
-        return None;
-    }
-    Some(FreshDatabase::create().await)
+async fn fresh_database() -> Option<PgTestDatabase> {
+    PgTestDatabase::create().await
 }
 
 /// `n` server nodes on `database`, each with its own data directory; the first one
 /// created the project. Returns the nodes, the dev key and the directories.
 fn start_nodes(
-    database: &FreshDatabase,
+    database: &PgTestDatabase,
     n: usize,
     extra: &[&str],
 ) -> (Vec<Server>, String, Vec<TempDir>) {
@@ -74,7 +69,7 @@ async fn a_run_triggered_on_one_node_wakes_a_dequeue_waiting_on_another() {
     let (nodes, key, _dirs) = start_nodes(&database, 2, &[]);
     dequeue_waiting_on_b_gets_a_run_of_a(&nodes[0], &nodes[1], &key).await;
     drop(nodes);
-    database.drop_database().await;
+    drop(database);
 }
 
 async fn dequeue_waiting_on_b_gets_a_run_of_a(node_a: &Server, node_b: &Server, key: &str) {
@@ -121,7 +116,7 @@ async fn a_cancel_on_one_node_ends_a_heartbeat_waiting_on_another() {
     let (nodes, key, _dirs) = start_nodes(&database, 2, &[]);
     heartbeat_waiting_on_b_learns_a_cancel_on_a(&nodes[0], &nodes[1], &key).await;
     drop(nodes);
-    database.drop_database().await;
+    drop(database);
 }
 
 async fn heartbeat_waiting_on_b_learns_a_cancel_on_a(node_a: &Server, node_b: &Server, key: &str) {
@@ -548,7 +543,7 @@ async fn three_nodes_lose_no_run_when_a_node_and_a_worker_are_killed() {
     drop(killed_node);
     drop(workers);
     drop(nodes);
-    database.drop_database().await;
+    drop(database);
 }
 
 /// Awaits futures concurrently, in order (no `futures` crate here).

@@ -6,72 +6,15 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::{keys_create_with, redact, send, Server, Worker};
-use rand::Rng;
 use reqwest::StatusCode;
+use runnel_testkit::PgTestDatabase;
 use serde_json::json;
-use sqlx::{Connection, PgConnection};
 use tempfile::TempDir;
-
-/// A database created for one test and dropped after it.
-struct FreshDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl FreshDatabase {
-    async fn create() -> Option<FreshDatabase> {
-        let admin_url = match std::env::var("RUNNEL_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ if std::env::var("RUNNEL_SKIP_POSTGRES_TESTS").as_deref() == Ok("1") => {
-                eprintln!("skipping: RUNNEL_SKIP_POSTGRES_TESTS=1");
-                return None;
-            }
-            _ => panic!(
-                "RUNNEL_TEST_DATABASE_URL is unset: point it at a PostgreSQL server the tests may \
-                 create databases on, or set RUNNEL_SKIP_POSTGRES_TESTS=1"
-            ),
-        };
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let name = format!("runnel_e2e_{secs}_{:08x}", rand::rng().random::<u32>());
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("connecting to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let base = admin_url.rsplit_once('/').expect("a url with a database").0;
-        let url = format!("{base}/{name}");
-        Some(FreshDatabase {
-            admin_url,
-            name,
-            url,
-        })
-    }
-
-    async fn drop_database(self) {
-        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn two_nodes_on_one_postgres_database_serve_the_same_runs() {
-    let Some(database) = FreshDatabase::create().await else {
+    let Some(database) = PgTestDatabase::create().await else {
         return;
     };
     let (dir_a, dir_b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
@@ -133,5 +76,5 @@ async fn two_nodes_on_one_postgres_database_serve_the_same_runs() {
 
     drop(node_a);
     drop(node_b);
-    database.drop_database().await;
+    drop(database);
 }

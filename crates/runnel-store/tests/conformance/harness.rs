@@ -2,9 +2,7 @@
 //! and the worker, lease and settlement steps most areas walk a run through.
 
 pub(crate) use std::any::Any;
-pub(crate) use std::str::FromStr;
 pub(crate) use std::sync::Arc;
-pub(crate) use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) use chrono::{DateTime, Duration, TimeZone, Utc};
 pub(crate) use runnel_core::batch::{
@@ -26,10 +24,9 @@ pub(crate) use runnel_store::{
 pub(crate) use runnel_store::{
     BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome,
 };
+pub(crate) use runnel_testkit::PgTestDatabase;
 pub(crate) use serde_json::{json, Value};
-pub(crate) use sqlx::postgres::{PgConnectOptions, PgConnection};
-pub(crate) use sqlx::{ConnectOptions, Connection};
-pub(crate) use tokio::sync::{Barrier, OnceCell};
+pub(crate) use tokio::sync::Barrier;
 pub(crate) use tokio::task::JoinSet;
 
 pub(crate) const MINUTE: i64 = 60;

@@ -9,7 +9,8 @@
 //! test). A new test is written once, in the module of its area, and added to the list
 //! inside the macro as `area::name`.
 //!
-//! PostgreSQL: every test creates its own database `runnel_test_<unix secs>_<random>` on
+//! PostgreSQL (the fixture is the shared harness's, `runnel_testkit::pg`): every test
+//! creates its own database `runnel_test_<unix secs>_<random>` on
 //! the server named by `RUNNEL_TEST_DATABASE_URL` (an admin url, e.g.
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and drops it `WITH (FORCE)` when the
 //! fixture drops, even when the test panics. Databases a killed run left behind are
@@ -43,7 +44,6 @@ mod sweeps;
 mod tenancy;
 mod workers;
 
-use crate::backends::PgTestDatabase;
 use crate::harness::*;
 
 /// Expands every conformance test into a `#[tokio::test]` against the store that

@@ -1,14 +1,14 @@
-//! Hostile JSON input against the real `runnel serve` (issue 9, items 1 and 6): deep
+//! Hostile JSON input against a server built as `runnel serve` builds it, in the test
+//! process (`runnel_testkit::TestApp`) (issue 9, items 1 and 6): deep
 //! metadata paths, values nested past the stored-value limit, bodies nested past the
 //! body limit, and public token lifetimes. Every refusal is a 4xx naming its limit, the
 //! server keeps answering, and whatever was accepted can be read (and replayed) again.
 //!
-//! Runs on both backends (the deep-path crash killed the process on each).
+//! Runs on both backends (the deep-path crash killed the process on each; in the test
+//! process it would take the test binary down with it).
 
-mod common;
-
-use common::{send, Reply, Server, TestApp};
 use reqwest::{Method, StatusCode};
+use runnel_testkit::{send, Reply, Server, TestApp};
 use serde_json::{json, Value};
 
 /// `runnel_core::nesting::MAX_VALUE_DEPTH`, as docs/api.md states it.

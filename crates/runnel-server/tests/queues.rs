@@ -1,13 +1,12 @@
-//! The queues API (`/api/v1/queues…`) and queue concurrency limits, over the real
-//! `runnel` binary: what registrations declare, pause/resume and override/reset as a
-//! client sees them, and real `runnel worker` processes held to a queue's limit.
-
-mod common;
+//! The queues API (`/api/v1/queues…`) over HTTP against a server built as `runnel serve`
+//! builds it, in the test process (`runnel_testkit::TestApp`): what registrations
+//! declare, pause/resume and override/reset as a client sees them. (Real `runnel worker`
+//! processes held to a queue's limit: crates/runnel-cli/tests/queue_limits.rs.)
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, keys_create, send, Server, TestApp, Worker, SERVICE_TIMEOUT};
 use reqwest::{Method, StatusCode};
+use runnel_testkit::{send, Server, TestApp};
 use serde_json::{json, Value};
 
 /// `body` with every queue id replaced by `"<queue id>"` (asserting its shape) and every
@@ -19,11 +18,11 @@ fn redact_queue(value: &Value) -> Value {
             .map(|(name, field)| {
                 let redacted = match name.as_str() {
                     "id" => {
-                        common::assert_friendly_id(field.as_str().expect("id"), "queue");
+                        runnel_testkit::assert_friendly_id(field.as_str().expect("id"), "queue");
                         json!("<queue id>")
                     }
                     "overriddenAt" if !field.is_null() => {
-                        common::timestamp(field);
+                        runnel_testkit::timestamp(field);
                         json!("<timestamp>")
                     }
                     _ => redact_queue(field),
@@ -65,11 +64,11 @@ fn item(
     })
 }
 
-async fn get(server: &Server, key: &str, path: &str) -> common::Reply {
+async fn get(server: &Server, key: &str, path: &str) -> runnel_testkit::Reply {
     send(server.request(Method::GET, path).bearer_auth(key)).await
 }
 
-async fn post(server: &Server, key: &str, path: &str, body: &Value) -> common::Reply {
+async fn post(server: &Server, key: &str, path: &str, body: &Value) -> runnel_testkit::Reply {
     send(
         server
             .request(Method::POST, path)
@@ -149,7 +148,7 @@ async fn registered_queues_are_listed_retrieved_paused_and_overridden() {
         );
 
     // Another environment sees none of them.
-    let prod = keys_create(&app.data_dir(), "prod");
+    let prod = app.keys_create("prod");
     let foreign = get(server, &prod, &format!("/api/v1/queues/{id}")).await;
     assert_eq!(foreign.status, StatusCode::NOT_FOUND);
     let empty = get(server, &prod, "/api/v1/queues").await;
@@ -311,77 +310,4 @@ async fn resuming_a_paused_queue_wakes_a_waiting_dequeue() {
         "woken by the resume, not by the poll's end: {:?}",
         started.elapsed()
     );
-}
-
-/// Start and end times (ns) of each run, from the lines the task command appended.
-fn intervals(log: &str) -> Vec<(u128, u128)> {
-    let mut starts = std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for line in log.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(what), Some(run), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let t: u128 = t.parse().expect("a time in ns");
-        match what {
-            "start" => {
-                starts.insert(run.to_owned(), t);
-            }
-            "end" => out.push((starts[run], t)),
-            _ => {}
-        }
-    }
-    out
-}
-
-#[tokio::test]
-async fn two_workers_never_run_more_than_the_queue_limit_at_once() {
-    const RUNS: usize = 12;
-    let app = TestApp::start();
-    let key = app.dev_key.as_str();
-    let log = app.dir.path().join("times.log");
-    let command = format!(
-        r#"slow=echo "start $RUNNEL_RUN_ID $(date +%s%N)" >> {log}; sleep 0.3; echo "end $RUNNEL_RUN_ID $(date +%s%N)" >> {log}; echo '{{}}'"#,
-        log = log.display()
-    );
-    let args = [
-        "--task",
-        command.as_str(),
-        "--concurrency",
-        "4",
-        "--queue-limit",
-        "task/slow=2",
-    ];
-    let mut workers = [
-        Worker::start(&app.server, key, &args),
-        Worker::start(&app.server, key, &args),
-    ];
-    for worker in &mut workers {
-        worker.registration();
-    }
-    let mut ids = Vec::new();
-    for _ in 0..RUNS {
-        ids.push(app.server.trigger_new(key, "slow", &json!({})).await);
-    }
-    for id in &ids {
-        eventually(
-            &format!("run {id} to complete"),
-            SERVICE_TIMEOUT * 3,
-            || async {
-                let run = app.server.run(key, id).await;
-                (run["status"] == "COMPLETED").then_some(())
-            },
-        )
-        .await;
-    }
-    let text = std::fs::read_to_string(&log).expect("the task log");
-    let runs = intervals(&text);
-    assert_eq!(runs.len(), RUNS, "{text}");
-    // The most intervals overlapping at any start.
-    let most = runs
-        .iter()
-        .map(|(start, _)| runs.iter().filter(|(s, e)| s <= start && start < e).count())
-        .max()
-        .unwrap();
-    assert_eq!(most, 2, "at most the limit, and the limit is used:\n{text}");
 }

@@ -1,12 +1,11 @@
-//! Actions on existing runs, end to end over HTTP against the real `runnel serve`:
+//! Actions on existing runs, end to end over HTTP against a server built as `runnel
+//! serve` builds it, in the test process (`runnel_testkit::TestApp`):
 //! replay, reschedule, tags, metadata, result and idempotency key reset (contract §2.1
 //! rows 14–19 and 21), including each route's own error bodies.
 
-mod common;
-
 use chrono::{Duration, Utc};
-use common::{redact, send, timestamp, Server, TestApp, CURRENT_API_VERSION};
 use reqwest::{Method, StatusCode};
+use runnel_testkit::{redact, send, timestamp, Server, TestApp, CURRENT_API_VERSION};
 use serde_json::{json, Value};
 
 /// `method path` with the key and, when given, a JSON body.
@@ -16,7 +15,7 @@ async fn call(
     method: Method,
     path: &str,
     body: Option<Value>,
-) -> common::Reply {
+) -> runnel_testkit::Reply {
     let mut request = server.request(method, path).bearer_auth(key);
     if let Some(body) = body {
         request = request.json(&body);
@@ -82,7 +81,7 @@ async fn replay_triggers_a_new_run_with_the_same_inputs_on_the_latest_version() 
     .await;
     missing.assert_error(StatusCode::NOT_FOUND, "Run not found");
     // Another environment's key sees no such run either.
-    let prod = common::keys_create(&app.data_dir(), "prod");
+    let prod = app.keys_create("prod");
     let foreign = call(
         server,
         &prod,

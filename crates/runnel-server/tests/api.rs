@@ -1,19 +1,18 @@
-//! The HTTP API end to end: the real `runnel serve` on port 0, spoken to over HTTP.
+//! The HTTP API end to end: a server built as `runnel serve` builds it, in the test
+//! process on port 0 (`runnel_testkit::TestApp`), spoken to over HTTP.
 //!
 //! Response bodies are compared whole, with run ids and timestamps redacted after their
-//! shape is checked ([`common::redact`]). What a test cannot see in a body (that a
+//! shape is checked ([`runnel_testkit::redact`]). What a test cannot see in a body (that a
 //! rejected request stored nothing) it proves through idempotency keys: a later valid
 //! trigger with the same key must create a run, not return a cached one.
 
-mod common;
-
 use chrono::{Duration, Utc};
-use common::{
-    assert_friendly_id, assert_no_nulls, eventually, keys_create, redact, send, timestamp, TestApp,
-    CURRENT_API_VERSION, SERVICE_TIMEOUT,
-};
 use reqwest::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
+use runnel_testkit::{
+    assert_friendly_id, assert_no_nulls, eventually, redact, send, timestamp, TestApp,
+    CURRENT_API_VERSION, SERVICE_TIMEOUT,
+};
 use serde_json::{json, Value};
 
 /// The `is*` booleans of a run that is waiting in a queue (QUEUED or DELAYED).
@@ -694,8 +693,8 @@ async fn a_request_without_a_valid_key_is_401() {
 async fn a_run_is_invisible_to_other_environments() {
     let app = TestApp::start();
     let dev = &app.dev_key;
-    let staging = keys_create(&app.data_dir(), "staging");
-    common::assert_secret_key(&staging, "stg");
+    let staging = app.keys_create("staging");
+    runnel_testkit::assert_secret_key(&staging, "stg");
 
     // Workers are per environment too: dev's worker does not serve staging's runs.
     app.server.register_worker(dev, &["t"]).await;
@@ -1147,7 +1146,7 @@ async fn parent_run_id_links_the_new_run_under_its_parent() {
     }
 
     // A parent that is not a run of this environment is refused, and nothing is created.
-    let prod = keys_create(&app.data_dir(), "prod");
+    let prod = app.keys_create("prod");
     let foreign = server.trigger_new(&prod, "t", &json!({})).await;
     for (parent, message) in [
         (
@@ -1204,43 +1203,4 @@ async fn parent_run_id_links_the_new_run_under_its_parent() {
         StatusCode::BAD_REQUEST,
         "parentRunId: no run run_0000000000000000000000aa in this environment",
     );
-}
-
-#[tokio::test]
-async fn options_not_supported_yet_are_accepted_and_logged_once_each() {
-    let app = TestApp::start();
-    let (server, key) = (&app.server, app.dev_key.as_str());
-    // Defaults and empty values are no use of the option: nothing is logged for them.
-    server
-        .trigger_new(
-            key,
-            "t",
-            &json!({"options": {"resumeParentOnCompletion": false, "region": "",
-                "debounce": {}, "concurrency": [], "bulkActionId": ""}}),
-        )
-        .await;
-    let used = json!({"options": {"resumeParentOnCompletion": true, "region": "eu",
-        "debounce": {"key": "k", "delay": "5s"}, "concurrency": ["openai"],
-        "bulkActionId": "bulk_1"}});
-    for _ in 0..3 {
-        server.trigger_new(key, "t", &used).await;
-    }
-    let options = [
-        "resumeParentOnCompletion",
-        "region",
-        "debounce",
-        "concurrency",
-        "bulkActionId",
-    ];
-    let logged = |name: &str| {
-        let line = format!("option {name} is accepted but not supported yet");
-        server.stderr().matches(&line).count()
-    };
-    eventually("every option logged", SERVICE_TIMEOUT, || async {
-        options.iter().all(|name| logged(name) > 0).then_some(())
-    })
-    .await;
-    for name in options {
-        assert_eq!(logged(name), 1, "{name}: {}", server.stderr());
-    }
 }

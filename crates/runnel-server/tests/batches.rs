@@ -1,14 +1,13 @@
-//! Batch trigger end to end over the real `runnel serve`: the SDK's two-phase batch
+//! Batch trigger end to end over HTTP against a server built as `runnel serve` builds
+//! it, in the test process (`runnel_testkit::TestApp`): the SDK's two-phase batch
 //! (`POST /api/v3/batches`, NDJSON items), the one-shot `POST /api/v1/tasks/batch` and
 //! batch retrieve (`GET /api/v1|v2/batches/{id}`).
 
-mod common;
-
 use std::time::Instant;
 
-use common::{assert_friendly_id, keys_create, redact, send, timestamp, Reply, TestApp};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
+use runnel_testkit::{assert_friendly_id, redact, send, timestamp, Reply, TestApp};
 use serde_json::{json, Value};
 
 const NDJSON: &str = "application/x-ndjson";
@@ -195,7 +194,7 @@ async fn two_phase_batch_dedups_indexes_seals_and_retrieves_in_index_order() {
     }
 
     // Another environment sees nothing.
-    let prod = keys_create(&app.data_dir(), "prod");
+    let prod = app.keys_create("prod");
     for version in ["v1", "v2"] {
         retrieve(&app, &prod, version, &id)
             .await
@@ -239,7 +238,7 @@ async fn batch_create_validates_and_honours_its_idempotency_key() {
             &json!({"id": id, "runCount": 2, "isCached": true, "idempotencyKey": "nightly"})
         )
     );
-    let prod = keys_create(&app.data_dir(), "prod");
+    let prod = app.keys_create("prod");
     let other_env = create(&app, &prod, &body).await;
     assert_eq!(other_env.body["isCached"], json!(false), "{other_env:?}");
     assert_ne!(batch_id(&other_env), id);
