@@ -93,12 +93,8 @@ impl RunStatus {
         )
     }
 
-    /// Whether the state machine has an edge from `self` to `to`: the transition table
-    /// (`state::table::EDGES`, drawn in docs/state-machine.md) decides.
-    /// Nothing leaves a final status; no status moves to itself.
-    pub fn can_move_to(self, to: RunStatus) -> bool {
-        crate::state::table::has_edge(self, to)
-    }
+    // `can_move_to` is defined next to the transition table it reads
+    // (`state/table.rs`), so this file does not depend on the state module.
 
     /// Final and unsuccessful in a way that frees the run's idempotency key (contract §4.4):
     /// a new trigger with the key creates a new run instead of returning this one.

@@ -23,13 +23,14 @@ use chrono::{DateTime, Utc};
 use runnel_core::run::{Attempt, AttemptStatus, Run};
 use runnel_core::{AttemptId, EnvironmentId, RunId, RunStatus, WorkerId};
 
+use crate::admission::{admit, DequeueGate, Gates, Held, ADMIT_ROUNDS};
+use crate::backend::Backend;
 use crate::detach::detached;
-use crate::queues::{admit, Gates, Held, ADMIT_ROUNDS};
 use crate::rows::{
     self, attempt_from_row, ms, run_from_row, Columns, ATTEMPT_COLUMNS, NO_MAX_DURATION,
     RUN_COLUMNS,
 };
-use crate::sql::{attempt_status, status, statuses, Backend, Conn, Dialect, Params, TableColumn};
+use crate::sql::{attempt_status, status, statuses, Conn, Dialect, Params, TableColumn};
 use crate::{AttemptSettlement, AttemptStore, Claim, Leased, Result, WorkerRecord};
 
 /// The statuses of a run a worker holds.
@@ -267,41 +268,6 @@ async fn queued_for<D: Dialect>(conn: &mut Conn<D>, worker: &WorkerRecord) -> Re
         p.list(worker.tasks.iter().map(|t| t.task_identifier.as_str())),
     );
     Ok(p.fetch_one(conn, &sql).await?.flag("queued")?)
-}
-
-/// What a dequeue over gated queues leaves out (see `queues.rs`).
-#[derive(Debug)]
-pub(crate) struct DequeueGate<'a> {
-    /// Every paused or limited queue of the environment: their runs are left out while
-    /// the queue is paused or their (queue, concurrency key) pair is full.
-    pub gated: &'a [String],
-    /// Limited queues left out of this dequeue altogether
-    /// ([`Backend::dequeue_lock_queues`]).
-    pub excluded: &'a [String],
-}
-
-/// The condition (`AND …`, over `runs`) that drops the runs `gate` leaves out. The query
-/// itself drops the runs of paused queues and of full (queue, key) pairs, so a full queue
-/// never hides the runs queued behind it.
-pub(crate) fn gate_sql<'a, D: Dialect>(p: &mut Params<'a, D>, gate: &DequeueGate<'a>) -> String {
-    let excluded = if gate.excluded.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "AND NOT (queue {}) ",
-            p.list(gate.excluded.iter().map(String::as_str))
-        )
-    };
-    format!(
-        "{excluded}AND (NOT (queue {}) OR NOT EXISTS (SELECT 1 FROM queues q \
-           WHERE q.environment_id = runs.environment_id AND q.name = runs.queue \
-           AND (q.paused OR COALESCE(q.concurrency_limit_override, q.concurrency_limit) <= \
-             (SELECT count(*) FROM runs h WHERE h.environment_id = runs.environment_id \
-              AND h.queue = runs.queue AND h.concurrency_key IS NOT DISTINCT FROM runs.concurrency_key \
-              AND h.status IN {})))) ",
-        p.list(gate.gated.iter().map(String::as_str)),
-        statuses(&HELD),
-    )
 }
 
 /// Picks, admits and leases up to `limit` runs for `worker` inside the transaction

@@ -36,9 +36,10 @@ use runnel_core::idempotency::{self, Decision};
 use runnel_core::run::Run;
 use runnel_core::{BatchId, EnvironmentId, RunId, RunStatus};
 
+use crate::backend::{Backend, KeyedWrite};
 use crate::detach::detached;
 use crate::rows::{self, ms, run_status, Columns, RUN_COLUMNS};
-use crate::sql::{Backend, Conn, Dialect, KeyedWrite, Params};
+use crate::sql::{rows_per_statement, Conn, Dialect, Params};
 use crate::{BatchStore, Result, TriggerOutcome};
 
 /// One index of a batch to record, with the run its item triggers.
@@ -170,12 +171,6 @@ pub(crate) fn plan_trigger_many(
         }
     }
     plan
-}
-
-/// Rows per `INSERT … VALUES` statement when each row binds `columns` parameters and a
-/// statement may bind at most `limit`.
-pub(crate) fn rows_per_statement(limit: usize, columns: usize) -> usize {
-    (limit / columns).max(1)
 }
 
 /// The batch after `new_items` more indexes arrived at `now`: sealed (and completed)

@@ -1,4 +1,4 @@
-//! Group commit for triggers: concurrent [`crate::Store::run_trigger`] calls written in one
+//! Group commit for triggers: concurrent [`crate::RunStore::run_trigger`] calls written in one
 //! transaction.
 //!
 //! A backend hands each trigger to [`TriggerGroups::trigger`]; one task takes every

@@ -7,9 +7,10 @@ use runnel_core::key::{EnvironmentKind, SecretKey};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{EnvironmentId, ProjectId};
 
+use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::{self, api_key_info_from_row, environment_from_row, ms, project_from_row};
-use crate::sql::{Backend, Conn, Dialect, Params};
+use crate::sql::{Conn, Dialect, Params};
 use crate::{Bootstrap, KeyStore, Result, RevokeOutcome};
 
 #[async_trait]

@@ -19,8 +19,9 @@
 //! row mapping (`rows`) is shared and a record reads back identically from either.
 //!
 //! [`Store`] is the sum of one narrow trait per area, and each area is written once, as
-//! `impl<B: Backend> AreaStore for B` over the dialect seam of `sql.rs` (placeholders,
-//! lists, lock suffixes, byte collation, how a write begins):
+//! `impl<B: Backend> AreaStore for B` (`backend.rs`: where reads and writes go, how a
+//! write begins) over the dialect seam of `sql.rs` (placeholders, lists, lock suffixes,
+//! byte collation):
 //!
 //! | trait | module | what |
 //! |---|---|---|
@@ -30,7 +31,7 @@
 //! | [`SweepStore`] | `sweeps.rs` | what the timed services look for and move |
 //! | [`AttemptStore`] | `attempts.rs` | dequeue, start, heartbeat, settlement |
 //! | [`WorkerStore`] | `workers.rs` | registration, versions, served tasks |
-//! | [`QueueStore`] | `queues.rs` | declarations, limits, pause |
+//! | [`QueueStore`] | `queues.rs` | declarations, limits, pause (a dequeue's admission under them: `admission.rs`) |
 //! | [`BatchStore`] | `batches.rs` | batches, items, the multi-row trigger |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
@@ -48,7 +49,9 @@ use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
 use runnel_core::{AttemptId, EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
+mod admission;
 mod attempts;
+mod backend;
 mod batches;
 mod detach;
 mod group;
@@ -170,7 +173,7 @@ pub struct Leased {
     pub attempt: Attempt,
 }
 
-/// A kind of deadline a runtime service waits for ([`Store::run_next_deadline`]).
+/// A kind of deadline a runtime service waits for ([`SweepStore::run_next_deadline`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
     /// A delayed run's `delayUntil` (the promoter).
@@ -352,7 +355,7 @@ pub trait RunStore: Send + Sync {
 
     /// Inserts `runs` with one multi-row insert in one transaction (chunked to the
     /// backend's bind-parameter limit), honouring each run's idempotency key as
-    /// [`Store::run_trigger`] does; two runs of the call with the same key behave as two
+    /// [`RunStore::run_trigger`] does; two runs of the call with the same key behave as two
     /// triggers in a row. One outcome per run, in order.
     async fn run_trigger_many(
         &self,
@@ -631,7 +634,7 @@ pub trait BatchStore: Send + Sync {
     ) -> Result<Vec<runnel_core::batch::BatchItemRecord>>;
 
     /// Records the items of a batch of `environment` whose index has not arrived yet and
-    /// triggers their runs as [`Store::run_trigger_many`] does, in one transaction that
+    /// triggers their runs as [`RunStore::run_trigger_many`] does, in one transaction that
     /// holds the batch row, so two calls with overlapping indexes record each index
     /// once. Seals the batch (status `COMPLETED`) when its last missing index arrives.
     async fn batch_items_trigger(

@@ -12,8 +12,8 @@
 //! asks again, never loses a run. SQLite has one process, so there is nothing to tell:
 //! publishing does nothing and there is no listener.
 //!
-//! [`Store::signal_publish`]: crate::Store::signal_publish
-//! [`Store::signal_listen`]: crate::Store::signal_listen
+//! [`Store::signal_publish`]: crate::NodeStore::signal_publish
+//! [`Store::signal_listen`]: crate::NodeStore::signal_listen
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPool};
@@ -51,7 +51,7 @@ pub struct Announcement {
     pub signal: Signal,
     /// The id the publishing node gave ([`Store::signal_publish`]'s `origin`).
     ///
-    /// [`Store::signal_publish`]: crate::Store::signal_publish
+    /// [`Store::signal_publish`]: crate::NodeStore::signal_publish
     pub origin: String,
 }
 

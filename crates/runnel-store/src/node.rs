@@ -4,9 +4,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::ms;
-use crate::sql::{Backend, Params};
+use crate::sql::Params;
 use crate::{NodeStore, Result, Signal, SignalListener};
 
 #[async_trait]

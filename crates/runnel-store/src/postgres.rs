@@ -63,11 +63,12 @@ use runnel_core::RunStatus;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use crate::attempts::{gate_sql, DequeueGate};
+use crate::admission::Gates;
+use crate::admission::{gate_sql, DequeueGate};
+use crate::backend::Backend;
 use crate::group::{GroupWriter, TriggerGroups};
-use crate::queues::Gates;
 use crate::rows::{run_from_row, RUN_COLUMNS};
-use crate::sql::{self, Backend, Params};
+use crate::sql::{self, Params};
 use crate::{Error, Result, TriggerOutcome, WorkerRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -258,7 +259,7 @@ impl Backend for PgStore {
     async fn retry_key_race<'w, T: Send + 'w>(
         &'w self,
         what: &'w str,
-        write: &'w (dyn Fn() -> sql::KeyedWrite<'w, T> + Send + Sync),
+        write: &'w (dyn Fn() -> crate::backend::KeyedWrite<'w, T> + Send + Sync),
     ) -> Result<T> {
         key_race_rounds(what, write).await
     }

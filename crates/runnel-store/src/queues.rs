@@ -1,52 +1,17 @@
-//! Queues as stored things ([`QueueStore`], written once for both backends), and the
-//! part of dequeue both backends share: which queued runs a dequeue may lease under the
-//! queues' pause flags and concurrency limits.
-//!
-//! A run carries its queue's full name (`runs.queue`: `task/<taskId>` or a custom name).
-//! A row in `queues` exists for every queue a registration declared (each task's queue,
-//! and the `queues` list of the registration); a queue without a row, or whose row has
-//! no limit and is not paused, is *open*: dequeue takes its runs on the fast path
-//! without reading anything else. A *gated* queue is paused or limited:
-//!
-//! ```text
-//!   dequeue ─► gated queues of the environment (partial index, usually none)
-//!      │ none ──────────────────────────────► fast path: oldest queue_ts first
-//!      ▼ some
-//!   PostgreSQL only, before picking: lock each limited queue that has runs for
-//!   this worker (advisory, transaction scoped, in name order), so dequeues of one
-//!   limited queue take turns and the count below cannot go stale; a limited queue
-//!   that had none is left out of this dequeue
-//!      ▼
-//!   candidates: oldest queued runs, where the query itself drops runs of paused
-//!   queues and of full (queue, concurrencyKey) pairs, so a full queue never hides
-//!   the runs queued behind it
-//!      ▼
-//!   count held (DEQUEUED + EXECUTING) runs per (queue, key) ─► [`admit`] keeps at
-//!   most limit − held runs of each pair, oldest first ─► lease them; when some were
-//!   dropped, look again (the full pairs are now excluded by the query)
-//! ```
-//!
-//! Each concurrency key gets its own copy of its queue's limit; runs without a key
-//! share one more copy. The effective limit is the API's override when there is one,
-//! else the registered limit; `None` is unlimited.
-
-use std::collections::HashMap;
+//! Queues as stored things ([`QueueStore`], written once for both backends): declared
+//! by registrations, listed, paused, resumed and limited through the API. How a dequeue
+//! honours their pause flags and limits is `admission.rs`.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::run::Run;
 use runnel_core::{EnvironmentId, QueueId, RunStatus};
 
-use crate::batches::rows_per_statement;
+use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::{ms, Columns};
-use crate::sql::{self, Backend, Conn, Dialect, Params};
+use crate::sql::rows_per_statement;
+use crate::sql::{self, Conn, Dialect, Params};
 use crate::{QueueStore, Result};
-
-/// How many times one dequeue looks again after its admission dropped runs of full
-/// queues. Each round fills at least one (queue, key) pair, which the next one
-/// excludes, so this only bounds pathological batches spread over many pairs.
-pub(crate) const ADMIT_ROUNDS: usize = 4;
 
 /// Whether a queue is a task's own queue or a named one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,94 +96,6 @@ pub enum QueueChange {
     Resume,
     Override(u32),
     ResetOverride,
-}
-
-/// The gated (paused or limited) queues of an environment, as dequeue reads them.
-#[derive(Debug, Default)]
-pub(crate) struct Gates {
-    pub paused: Vec<String>,
-    /// Unpaused queues with a limit, by name.
-    pub limits: HashMap<String, u32>,
-}
-
-impl Gates {
-    pub fn from_rows(rows: Vec<(String, bool, Option<i64>)>) -> Gates {
-        let mut gates = Gates::default();
-        for (name, paused, limit) in rows {
-            if paused {
-                gates.paused.push(name);
-            } else if let Some(limit) = limit {
-                gates
-                    .limits
-                    .insert(name, u32::try_from(limit.max(0)).unwrap_or(u32::MAX));
-            }
-        }
-        gates
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.paused.is_empty() && self.limits.is_empty()
-    }
-
-    /// Every gated queue's name.
-    pub fn names(&self) -> Vec<String> {
-        self.paused
-            .iter()
-            .chain(self.limits.keys())
-            .cloned()
-            .collect()
-    }
-
-    /// The limited queues among `runs`' queues, sorted.
-    pub fn limited_among(&self, runs: &[Run]) -> Vec<String> {
-        let mut names: Vec<String> = runs
-            .iter()
-            .filter(|r| self.limits.contains_key(r.queue.as_str()))
-            .map(|r| r.queue.to_string())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-    }
-}
-
-/// Held runs per (queue, concurrency key).
-pub(crate) type Held = HashMap<(String, Option<String>), i64>;
-
-/// Keeps, oldest first, at most `want` of `candidates` such that no limited
-/// (queue, key) pair ends up holding more than its queue's limit; `held` is updated
-/// with what was kept. Runs of queues in `excluded` are dropped. Returns the kept runs
-/// and whether any run was dropped for a full pair.
-pub(crate) fn admit(
-    candidates: Vec<Run>,
-    gates: &Gates,
-    excluded: &[String],
-    held: &mut Held,
-    want: usize,
-) -> (Vec<Run>, bool) {
-    let mut kept = Vec::new();
-    let mut dropped = false;
-    for run in candidates {
-        if kept.len() >= want {
-            break;
-        }
-        let queue = run.queue.as_str();
-        if gates.paused.iter().any(|q| q == queue) || excluded.iter().any(|q| q == queue) {
-            continue;
-        }
-        if let Some(&limit) = gates.limits.get(queue) {
-            let count = held
-                .entry((queue.to_owned(), run.concurrency_key.clone()))
-                .or_insert(0);
-            if *count >= i64::from(limit) {
-                dropped = true;
-                continue;
-            }
-            *count += 1;
-        }
-        kept.push(run);
-    }
-    (kept, dropped)
 }
 
 /// The declarations a registration makes: each task's queue (referenced) and the

@@ -10,6 +10,7 @@
 //! Fails with [`Error::Corrupt`] when a stored value does not parse (an unknown status,
 //! a timestamp out of range, malformed JSON).
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -21,9 +22,8 @@ use runnel_core::{
     AttemptId, BatchId, EnvironmentId, MachinePreset, ProjectId, QueueName, RunId, RunStatus,
     WorkerId,
 };
-use serde_json::Value;
+use serde_json::Value as Json;
 
-use crate::sql;
 use crate::{Error, Result};
 
 /// Every column of `runs`, in the order of [`run_values`].
@@ -85,7 +85,7 @@ pub(crate) trait Columns {
         Ok(self.opt_text(column)?.map(RunId::from_trusted))
     }
 
-    fn opt_json(&self, column: &str) -> Result<Option<Value>> {
+    fn opt_json(&self, column: &str) -> Result<Option<Json>> {
         self.opt_text(column)?
             .map(|text| serde_json::from_str(&text))
             .transpose()
@@ -122,7 +122,7 @@ impl_columns!(sqlx::sqlite::SqliteRow);
 impl_columns!(sqlx::postgres::PgRow);
 
 /// Every field of `run` as values to bind, in [`RUN_COLUMNS`] order.
-pub(crate) fn run_values(run: &Run) -> Vec<sql::Value<'_>> {
+pub(crate) fn run_values(run: &Run) -> Vec<Value<'_>> {
     let tags = serde_json::to_string(&run.tags).expect("a list of strings serializes");
     vec![
         run.id.as_str().into(),
@@ -133,7 +133,7 @@ pub(crate) fn run_values(run: &Run) -> Vec<sql::Value<'_>> {
         run.payload.data_type.as_str().into(),
         run.output.as_ref().and_then(|o| o.data.as_deref()).into(),
         run.output.as_ref().map(|o| o.data_type.as_str()).into(),
-        run.error.as_ref().map(Value::to_string).into(),
+        run.error.as_ref().map(Json::to_string).into(),
         run.idempotency_key.as_deref().into(),
         run.idempotency_key_user.as_deref().into(),
         run.idempotency_key_scope.as_deref().into(),
@@ -418,4 +418,73 @@ pub(crate) fn lease(
     run.machine = run.machine.or(task.and_then(|t| t.machine));
     run.updated_at = now;
     crate::Leased { run, attempt }
+}
+
+/// One value bound to a statement.
+#[derive(Debug, Clone)]
+pub(crate) enum Value<'a> {
+    Text(Option<Cow<'a, str>>),
+    Int(Option<i64>),
+    Real(f64),
+    Flag(bool),
+    /// A list bound as one array (PostgreSQL's `= ANY($n)`).
+    Texts(Vec<Cow<'a, str>>),
+    /// A column of a [`Params::table`](crate::sql::Params::table) bound as one array (PostgreSQL's `unnest`).
+    TextColumn(Vec<Option<Cow<'a, str>>>),
+    /// A column of a [`Params::table`](crate::sql::Params::table) bound as one array (PostgreSQL's `unnest`).
+    IntColumn(Vec<Option<i64>>),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(text: &'a str) -> Self {
+        Value::Text(Some(Cow::Borrowed(text)))
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(text: &'a String) -> Self {
+        Value::Text(Some(Cow::Borrowed(text)))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(text: String) -> Self {
+        Value::Text(Some(Cow::Owned(text)))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        Value::Text(text.map(Cow::Borrowed))
+    }
+}
+
+impl From<Option<String>> for Value<'_> {
+    fn from(text: Option<String>) -> Self {
+        Value::Text(text.map(Cow::Owned))
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
+        Value::Int(Some(n))
+    }
+}
+
+impl From<Option<i64>> for Value<'_> {
+    fn from(n: Option<i64>) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl From<f64> for Value<'_> {
+    fn from(x: f64) -> Self {
+        Value::Real(x)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(flag: bool) -> Self {
+        Value::Flag(flag)
+    }
 }

@@ -14,10 +14,11 @@ use runnel_core::run::{AttemptStatus, Packet, Run};
 use runnel_core::state::{self, Charge};
 use runnel_core::{AttemptId, EnvironmentId, RunId, RunStatus};
 
+use crate::backend::Backend;
 use crate::detach::detached;
 use crate::list::run_list_sql;
 use crate::rows::{ms, opt_time, run_from_row, run_status, Columns, RUN_COLUMNS};
-use crate::sql::{attempt_status, attempt_statuses, status, statuses, Backend, Dialect, Params};
+use crate::sql::{attempt_status, attempt_statuses, status, statuses, Dialect, Params};
 use crate::{CancelOutcome, Result, RunStore, TriggerOutcome};
 
 #[async_trait]

@@ -1,7 +1,7 @@
 //! One SQL text per statement, run on either database.
 //!
 //! Every statement of the store is written once, in the area module it belongs to
-//! (`keys.rs`, `runs.rs`, …), as a plain function generic over a [`Backend`]. What the
+//! (`keys.rs`, `runs.rs`, …), as a plain function generic over a `Backend` (`backend.rs`). What the
 //! two databases spell differently is asked of the backend's [`Dialect`]:
 //!
 //! - **Placeholders and value lists.** A statement collects its values in [`Params`],
@@ -16,9 +16,9 @@
 //!   PostgreSQL the database's locale would order ids and names otherwise.
 //! - **JSON.** [`Dialect::json_quote`] (SQLite's `json_quote`, PostgreSQL's `to_json`) and
 //!   [`Dialect::json_array_has_any`] (`json_each` on SQLite, `jsonb ?|` on PostgreSQL).
-//! - **How a write begins** ([`Backend::begin`]): `BEGIN IMMEDIATE` on the SQLite writer
+//! - **How a write begins** (`Backend::begin` (`backend.rs`)): `BEGIN IMMEDIATE` on the SQLite writer
 //!   connection, a pooled transaction on PostgreSQL; and where reads go
-//!   ([`Backend::reader`]).
+//!   (`Backend::reader`).
 //!
 //! What truly differs in behaviour (the dequeue's selection, the idempotency race,
 //! NOTIFY, the bootstrap lock) stays in `sqlite.rs` and `postgres.rs`.
@@ -32,16 +32,10 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use runnel_core::run::{AttemptStatus, Run};
+use runnel_core::run::AttemptStatus;
 use runnel_core::RunStatus;
-use sqlx::pool::PoolConnection;
 
-use crate::attempts::DequeueGate;
-use crate::queues::Gates;
-use crate::rows::Columns;
-use crate::{Result, TriggerOutcome, WorkerRecord};
+pub(crate) use crate::rows::{Columns, Value};
 
 /// A future the dialect returns, borrowing the connection and the statement.
 pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
@@ -52,20 +46,27 @@ pub(crate) type Db<D> = <D as Dialect>::Db;
 /// A connection of that database (what a pooled connection and a transaction deref to).
 pub(crate) type Conn<D> = <Db<D> as sqlx::Database>::Connection;
 
-/// One value bound to a statement.
-#[allow(dead_code)]
-#[derive(Debug, Clone)]
-pub(crate) enum Value<'a> {
-    Text(Option<Cow<'a, str>>),
-    Int(Option<i64>),
-    Real(f64),
-    Flag(bool),
-    /// A list bound as one array (PostgreSQL's `= ANY($n)`).
-    Texts(Vec<Cow<'a, str>>),
-    /// A column of a [`Params::table`] bound as one array (PostgreSQL's `unnest`).
-    TextColumn(Vec<Option<Cow<'a, str>>>),
-    /// A column of a [`Params::table`] bound as one array (PostgreSQL's `unnest`).
-    IntColumn(Vec<Option<i64>>),
+/// A run status as an SQL literal (`'QUEUED'`). Statuses are written into the statement
+/// text, not bound, so the planner can match the partial indexes that name them.
+pub(crate) fn status(s: RunStatus) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// Run statuses as a parenthesized SQL list (`('DEQUEUED', 'EXECUTING')`), for `IN`.
+pub(crate) fn statuses(list: &[RunStatus]) -> String {
+    let literals: Vec<String> = list.iter().map(|s| status(*s)).collect();
+    format!("({})", literals.join(", "))
+}
+
+/// An attempt status as an SQL literal (`'PENDING'`).
+pub(crate) fn attempt_status(s: AttemptStatus) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// Attempt statuses as a parenthesized SQL list, for `IN`.
+pub(crate) fn attempt_statuses(list: &[AttemptStatus]) -> String {
+    let literals: Vec<String> = list.iter().map(|s| attempt_status(*s)).collect();
+    format!("({})", literals.join(", "))
 }
 
 /// One column of a [`Params::table`]: its values, row by row.
@@ -101,83 +102,6 @@ impl<'a> TableColumn<'a> {
     }
 }
 
-impl<'a> From<&'a str> for Value<'a> {
-    fn from(text: &'a str) -> Self {
-        Value::Text(Some(Cow::Borrowed(text)))
-    }
-}
-
-impl<'a> From<&'a String> for Value<'a> {
-    fn from(text: &'a String) -> Self {
-        Value::Text(Some(Cow::Borrowed(text)))
-    }
-}
-
-impl From<String> for Value<'_> {
-    fn from(text: String) -> Self {
-        Value::Text(Some(Cow::Owned(text)))
-    }
-}
-
-impl<'a> From<Option<&'a str>> for Value<'a> {
-    fn from(text: Option<&'a str>) -> Self {
-        Value::Text(text.map(Cow::Borrowed))
-    }
-}
-
-impl From<Option<String>> for Value<'_> {
-    fn from(text: Option<String>) -> Self {
-        Value::Text(text.map(Cow::Owned))
-    }
-}
-
-impl From<i64> for Value<'_> {
-    fn from(n: i64) -> Self {
-        Value::Int(Some(n))
-    }
-}
-
-impl From<Option<i64>> for Value<'_> {
-    fn from(n: Option<i64>) -> Self {
-        Value::Int(n)
-    }
-}
-
-impl From<f64> for Value<'_> {
-    fn from(x: f64) -> Self {
-        Value::Real(x)
-    }
-}
-
-impl From<bool> for Value<'_> {
-    fn from(flag: bool) -> Self {
-        Value::Flag(flag)
-    }
-}
-
-/// A run status as an SQL literal (`'QUEUED'`). Statuses are written into the statement
-/// text, not bound, so the planner can match the partial indexes that name them.
-pub(crate) fn status(s: RunStatus) -> String {
-    format!("'{}'", s.as_str())
-}
-
-/// Run statuses as a parenthesized SQL list (`('DEQUEUED', 'EXECUTING')`), for `IN`.
-pub(crate) fn statuses(list: &[RunStatus]) -> String {
-    let literals: Vec<String> = list.iter().map(|s| status(*s)).collect();
-    format!("({})", literals.join(", "))
-}
-
-/// An attempt status as an SQL literal (`'PENDING'`).
-pub(crate) fn attempt_status(s: AttemptStatus) -> String {
-    format!("'{}'", s.as_str())
-}
-
-/// Attempt statuses as a parenthesized SQL list, for `IN`.
-pub(crate) fn attempt_statuses(list: &[AttemptStatus]) -> String {
-    let literals: Vec<String> = list.iter().map(|s| attempt_status(*s)).collect();
-    format!("({})", literals.join(", "))
-}
-
 /// The values of one statement, in placeholder order, and the placeholders for them.
 ///
 /// ```text
@@ -201,8 +125,6 @@ impl<'a, D: Dialect> Default for Params<'a, D> {
     }
 }
 
-// The areas still in sqlite.rs/postgres.rs move here one by one (issue 11).
-#[allow(dead_code)]
 impl<'a, D: Dialect> Params<'a, D> {
     pub(crate) fn new() -> Self {
         Params {
@@ -313,6 +235,7 @@ impl<'a, D: Dialect> Params<'a, D> {
     }
 
     /// How many values are bound.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.values.len()
     }
@@ -351,7 +274,6 @@ impl<'a, D: Dialect> Params<'a, D> {
 }
 
 /// What a database spells its own way, and how values reach it.
-#[allow(dead_code)]
 pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     type Db: sqlx::Database;
     type Row: Columns + Send + Sync;
@@ -572,103 +494,8 @@ fn pg_query<'q>(
     query
 }
 
-/// A write transaction run by [`Backend::retry_key_race`], owning its borrows.
-pub(crate) type KeyedWrite<'w, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'w>>;
-
-/// A store backend: its dialect, and where reads and writes go. Every area's statements
-/// are written once against this trait (`impl<B: Backend> RunStore for B` and so on).
-#[async_trait]
-pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
-    type D: Dialect;
-
-    /// A connection to read on (SQLite: the reader pool, never blocking the writer).
-    async fn reader(&self) -> Result<PoolConnection<Db<Self::D>>>;
-
-    /// A connection for a write of one statement, atomic on its own (SQLite: the one
-    /// writer connection).
-    async fn writer(&self) -> Result<PoolConnection<Db<Self::D>>>;
-
-    /// A write transaction (SQLite: `BEGIN IMMEDIATE` on the writer, recovering a
-    /// connection a failed COMMIT left wedged). Multi-statement writes run detached
-    /// (`detach.rs`), so no caller going away cuts one in half.
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, Db<Self::D>>>;
-
-    /// Holds back a second node bootstrapping the same empty database until this
-    /// transaction ends (PostgreSQL: a transaction-scoped advisory lock). SQLite's writer
-    /// already serializes it.
-    async fn serialize_bootstrap(&self, conn: &mut Conn<Self::D>) -> Result<()> {
-        let _ = conn;
-        Ok(())
-    }
-
-    /// Tells every node sharing this database that `signals` happened on node `origin`
-    /// (PostgreSQL: NOTIFY). Nobody else shares a SQLite file's server.
-    async fn publish(&self, signals: &[crate::Signal], origin: &str) -> Result<()> {
-        let _ = (signals, origin);
-        Ok(())
-    }
-
-    /// A listener on a connection of its own for the signals every node publishes;
-    /// `None` where there is nobody else (SQLite).
-    async fn listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
-        Ok(None)
-    }
-
-    /// Closes the pools: waits for connections in use, then checkpoints and closes.
-    async fn close_pools(&self);
-
-    /// Inserts one run ([`crate::RunStore::run_trigger`]) through the backend's
-    /// group-commit writer (`group.rs`): the transaction a group shares, and how it
-    /// settles idempotency keys (PostgreSQL locks the key's holder and runs again when a
-    /// concurrent trigger takes the key first), are the backend's own.
-    async fn trigger(&self, run: &Run, now: DateTime<Utc>) -> Result<TriggerOutcome>;
-
-    /// Inserts `runs` in one transaction ([`crate::RunStore::run_trigger_many`]), with the
-    /// backend's own idempotency handling as [`Backend::trigger`].
-    async fn trigger_many(&self, runs: &[Run], now: DateTime<Utc>) -> Result<Vec<TriggerOutcome>>;
-
-    /// Runs `write`, one write transaction that inserts runs or a batch under their
-    /// idempotency keys, again while a concurrent writer takes one of its keys first
-    /// (PostgreSQL: the unique index refuses the insert after the holder look-up found
-    /// nothing to lock; see postgres.rs), a bounded number of rounds. `what` names the
-    /// write in logs. SQLite's one writer cannot lose that race: `write` runs once.
-    async fn retry_key_race<'w, T: Send + 'w>(
-        &'w self,
-        what: &'w str,
-        write: &'w (dyn Fn() -> KeyedWrite<'w, T> + Send + Sync),
-    ) -> Result<T> {
-        let _ = what;
-        write().await
-    }
-
-    /// Whether every write queues for one connection (SQLite). A write that mostly finds
-    /// nothing to do (the dequeue of idle workers, woken together) then looks on a reader
-    /// first, so it does not queue for the writer in vain.
-    const ONE_WRITER: bool = false;
-
-    /// The oldest queued runs `worker` may take (its tasks; its version or unlocked),
-    /// at most `limit`, by `queue_ts, id`, with `gate` applied when the environment has
-    /// gated queues (`attempts::gate_sql`). What the selection may rely on differs:
-    /// SQLite's one writer already keeps concurrent dequeues apart; PostgreSQL locks the
-    /// runs it picks `FOR UPDATE SKIP LOCKED` and reads one index range per task.
-    async fn dequeue_candidates(
-        &self,
-        conn: &mut Conn<Self::D>,
-        worker: &WorkerRecord,
-        gate: Option<&DequeueGate<'_>>,
-        limit: u32,
-    ) -> Result<Vec<Run>>;
-
-    /// Before a dequeue over gated queues picks runs: makes the dequeues of one limited
-    /// queue take turns, and returns the limited queues left out of this dequeue
-    /// (`queues.rs`). SQLite's one writer already makes them take turns: none left out.
-    async fn dequeue_lock_queues(
-        &self,
-        conn: &mut Conn<Self::D>,
-        worker: &WorkerRecord,
-        gates: &Gates,
-    ) -> Result<Vec<String>> {
-        let _ = (conn, worker, gates);
-        Ok(Vec::new())
-    }
+/// Rows per `INSERT … VALUES` statement when each row binds `columns` parameters and a
+/// statement may bind at most `limit`.
+pub(crate) fn rows_per_statement(limit: usize, columns: usize) -> usize {
+    (limit / columns).max(1)
 }

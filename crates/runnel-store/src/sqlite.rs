@@ -30,11 +30,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::attempts::{gate_sql, DequeueGate};
+use crate::admission::{gate_sql, DequeueGate};
+use crate::backend::Backend;
 use crate::detach::detached;
 use crate::group::{GroupWriter, TriggerGroups};
 use crate::rows::{run_from_row, RUN_COLUMNS};
-use crate::sql::{self, Backend, Params};
+use crate::sql::{self, Params};
 use crate::{Error, Result, TriggerOutcome, WorkerRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

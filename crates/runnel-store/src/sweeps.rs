@@ -21,8 +21,9 @@ use chrono::{DateTime, Utc};
 use runnel_core::{AttemptId, RunId, RunStatus};
 
 use crate::attempts::attempts_in;
+use crate::backend::Backend;
 use crate::rows::{ms, pair_leased, run_from_row, Columns, RUN_COLUMNS};
-use crate::sql::{status, statuses, Backend, Conn, Dialect, Params};
+use crate::sql::{status, statuses, Conn, Dialect, Params};
 use crate::{Deadline, Leased, Result, SweepStore};
 
 /// Whether a registered version serves the run's task (its locked version when set).

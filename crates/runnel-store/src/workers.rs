@@ -5,9 +5,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::{EnvironmentId, RunId, RunStatus, WorkerId};
 
+use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::{self, ms, task_config_from_row, Columns};
-use crate::sql::{status, Backend, Dialect, Params};
+use crate::sql::{status, Dialect, Params};
 use crate::{Registered, Result, WorkerRecord, WorkerRegistration, WorkerStore};
 
 #[async_trait]

@@ -203,6 +203,15 @@ pub fn has_edge(from: RunStatus, to: RunStatus) -> bool {
     EDGES.iter().any(|e| e.from == from && e.to == to)
 }
 
+impl RunStatus {
+    /// Whether the state machine has an edge from `self` to `to`: the transition table
+    /// ([`EDGES`], drawn in docs/state-machine.md) decides. Nothing leaves a final
+    /// status; no status moves to itself.
+    pub fn can_move_to(self, to: RunStatus) -> bool {
+        has_edge(self, to)
+    }
+}
+
 /// A status's name in the drawing: its variant name.
 fn node(status: RunStatus) -> String {
     status
