@@ -24,9 +24,7 @@ use runnel_core::run::Run;
 use runnel_core::state::{self, Change, Terms};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
-use runnel_core::worker::{
-    self, AttemptOutcome, FailureKind, RegisterRequest, RegisterResponse, TaskFailure,
-};
+use runnel_core::worker::{self, AttemptOutcome, FailureKind, RegisterRequest, TaskFailure};
 use runnel_core::{AttemptId, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
 pub use runnel_store::Leased;
 use runnel_store::{
@@ -55,6 +53,16 @@ impl Default for EngineConfig {
             pricing: Pricing::default(),
         }
     }
+}
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub worker_id: WorkerId,
+    /// The version it serves: its own, or the one the server assigned (`YYYYMMDD.N`).
+    pub version: String,
+    /// A held attempt not heartbeaten for this long is rescued.
+    pub lease_timeout: StdDuration,
 }
 
 /// How one attempt ended, as its worker reports it.
@@ -148,7 +156,7 @@ impl Engine {
         &self,
         environment: &Environment,
         request: RegisterRequest,
-    ) -> Result<RegisterResponse, Error> {
+    ) -> Result<Registered, Error> {
         let invalid = |m: String| Error::Worker(WorkerError::Invalid(m));
         // Characters, not bytes, as the OpenAPI document's `maxLength` counts them.
         let name = request.name.trim();
@@ -242,12 +250,10 @@ impl Engine {
             queued = registered.promoted.len(),
             "worker registered"
         );
-        let lease_ms = u64::try_from(self.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-        Ok(RegisterResponse {
-            worker_id: registration.id.to_string(),
+        Ok(Registered {
+            worker_id: registration.id,
             version: registered.version,
-            lease_timeout_ms: lease_ms,
-            heartbeat_interval_ms: (lease_ms / 3).max(1),
+            lease_timeout: self.config.lease_timeout,
         })
     }
 

@@ -16,14 +16,14 @@ use runnel_engine::{Completed, Completion, Engine, EngineConfig, Leased};
 use serde_json::{json, Value};
 
 async fn register(engine: &Engine, environment: &Environment, tasks: Value) -> WorkerId {
-    let registered = engine
+    engine
         .worker_register(
             environment,
             serde_json::from_value(json!({"name": "test", "tasks": tasks})).unwrap(),
         )
         .await
-        .unwrap();
-    WorkerId::parse(&registered.worker_id).unwrap()
+        .unwrap()
+        .worker_id
 }
 
 async fn trigger(engine: &Engine, environment: &Environment, task: &str) -> RunId {

@@ -52,12 +52,11 @@ impl Harness {
 
     async fn register(&self) -> WorkerId {
         let body = json!({"name": "w", "tasks": [{"id": "t", "retry": POLICY}]});
-        let registered = self
-            .engine
+        self.engine
             .worker_register(&self.dev, serde_json::from_value(body).unwrap())
             .await
-            .unwrap();
-        WorkerId::parse(&registered.worker_id).unwrap()
+            .unwrap()
+            .worker_id
     }
 
     /// Leases the one queued run to `worker` and starts it; returns its attempt.

@@ -19,9 +19,9 @@ use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
-use runnel_core::worker::{AttemptOutcome, FailureKind, RegisterResponse, TaskFailure};
+use runnel_core::worker::{AttemptOutcome, FailureKind, TaskFailure};
 use runnel_core::{ApiVersion, AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
-use runnel_engine::{Completed, Completion, Leased, WorkerError};
+use runnel_engine::{Completed, Completion, Leased, Registered, WorkerError};
 use serde_json::{json, Value};
 
 fn ms(n: i64) -> Duration {
@@ -56,7 +56,7 @@ impl Harness {
         Duration::from_std(self.engine.config().lease_timeout).unwrap()
     }
 
-    async fn register_as(&self, environment: &Environment, body: Value) -> RegisterResponse {
+    async fn register_as(&self, environment: &Environment, body: Value) -> Registered {
         self.engine
             .worker_register(environment, serde_json::from_value(body).unwrap())
             .await
@@ -68,7 +68,7 @@ impl Harness {
         let registered = self
             .register_as(environment, json!({"name": "test", "tasks": tasks}))
             .await;
-        WorkerId::parse(&registered.worker_id).unwrap()
+        registered.worker_id
     }
 
     async fn trigger(&self, environment: &Environment, task: &str, body: Value) -> RunId {
@@ -201,7 +201,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
         .register_as(&h.dev, json!({"name": "test", "tasks": [{"id": "t"}]}))
         .await;
     assert_eq!(registered.version, "20260301.1");
-    let worker = &WorkerId::parse(&registered.worker_id).unwrap();
+    let worker = &registered.worker_id;
     let id = h
         .trigger(
             &h.dev,
@@ -897,7 +897,6 @@ async fn lock_to_version_waits_for_that_exact_version() {
         )
         .await
         .worker_id;
-    let v1 = WorkerId::parse(&v1).unwrap();
     let id = h
         .trigger(&h.dev, "t", json!({"options": {"lockToVersion": "v2"}}))
         .await;
@@ -921,8 +920,7 @@ async fn lock_to_version_waits_for_that_exact_version() {
         h.dequeue(&h.dev, &v1).await.is_empty(),
         "locked to another version"
     );
-    let v2_id = WorkerId::parse(&v2.worker_id).unwrap();
-    let leased = h.dequeue_one(&h.dev, &v2_id).await;
+    let leased = h.dequeue_one(&h.dev, &v2.worker_id).await;
     assert_eq!(leased.run.id, id);
     assert_eq!(leased.run.worker_version.as_deref(), Some("v2"));
 

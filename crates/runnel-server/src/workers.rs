@@ -23,7 +23,7 @@ use runnel_core::worker::{
     RegisterResponse, StartRequest, StartResponse,
 };
 use runnel_core::{ApiVersion, AttemptId, WorkerId};
-use runnel_engine::{Completed, Completion, Leased, WorkerError};
+use runnel_engine::{Completed, Completion, Leased, Registered, WorkerError};
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
@@ -40,9 +40,19 @@ pub async fn register(
     body: RawBody,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     let request: RegisterRequest = json_body(body, &[])?;
-    Ok(Json(
-        state.engine.worker_register(&environment, request).await?,
-    ))
+    let registered = state.engine.worker_register(&environment, request).await?;
+    Ok(Json(register_response(registered)))
+}
+
+/// A registration as the worker receives it: it heartbeats every third of the lease.
+fn register_response(registered: Registered) -> RegisterResponse {
+    let lease_ms = u64::try_from(registered.lease_timeout.as_millis()).unwrap_or(u64::MAX);
+    RegisterResponse {
+        worker_id: registered.worker_id.to_string(),
+        version: registered.version,
+        lease_timeout_ms: lease_ms,
+        heartbeat_interval_ms: (lease_ms / 3).max(1),
+    }
 }
 
 /// Leases queued runs to the worker; a long poll of up to `waitMs` when none is queued.
@@ -341,6 +351,24 @@ mod tests {
             dequeued_run(leased, &dev).max_duration_secs,
             Some(MAX_DURATION_MAX_SECS - 1)
         );
+    }
+
+    #[test]
+    fn a_registration_renders_with_a_heartbeat_every_third_of_the_lease() {
+        let worker_id = WorkerId::generate(0);
+        let registered = |ms| Registered {
+            worker_id: worker_id.clone(),
+            version: "20261129.1".to_owned(),
+            lease_timeout: std::time::Duration::from_millis(ms),
+        };
+        assert_eq!(
+            serde_json::to_value(register_response(registered(30_000))).unwrap(),
+            json!({
+                "workerId": worker_id.as_str(), "version": "20261129.1",
+                "leaseTimeoutMs": 30_000, "heartbeatIntervalMs": 10_000
+            })
+        );
+        assert_eq!(register_response(registered(2)).heartbeat_interval_ms, 1);
     }
 
     #[test]
