@@ -26,6 +26,25 @@ pub const MAX_DEQUEUE_BATCH: u32 = 100;
 /// completions are stalled keeps heartbeating every attempt it still holds.
 pub const MAX_BATCH: usize = 10_000;
 
+/// Checks a dequeue's `maxRuns` (1..=[`MAX_DEQUEUE_BATCH`]); the message names the field.
+pub fn check_max_runs(max_runs: u32) -> Result<(), String> {
+    if max_runs == 0 || max_runs > MAX_DEQUEUE_BATCH {
+        return Err(format!(
+            "maxRuns: must be between 1 and {MAX_DEQUEUE_BATCH}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks how many attempt ids (or completions) one request carries (at most
+/// [`MAX_BATCH`]).
+pub fn check_batch(len: usize) -> Result<(), String> {
+    if len > MAX_BATCH {
+        return Err(format!("at most {MAX_BATCH} attempts per request"));
+    }
+    Ok(())
+}
+
 /// A task a worker can run, as it declares it at registration.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

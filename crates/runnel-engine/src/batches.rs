@@ -72,7 +72,7 @@ pub struct BatchItemsAccepted {
 /// One run of a one-shot batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OneShotRun {
-    pub id: String,
+    pub id: RunId,
     pub task_identifier: String,
     pub is_cached: bool,
     pub idempotency_key: Option<String>,
@@ -160,7 +160,7 @@ impl Engine {
     pub async fn batch_items(
         &self,
         environment: &Environment,
-        id: &str,
+        id: &BatchId,
         body: &[u8],
     ) -> Result<BatchItemsAccepted, BatchError> {
         let mut upload = self.batch_items_open(environment, id).await?;
@@ -177,16 +177,15 @@ impl Engine {
     pub async fn batch_items_open(
         &self,
         environment: &Environment,
-        id: &str,
+        id: &BatchId,
     ) -> Result<BatchItemsUpload, BatchError> {
-        let batch_id = BatchId::parse(id).ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
         let batch = self
             .store
-            .batch_get(&environment.id, &batch_id)
+            .batch_get(&environment.id, id)
             .await?
-            .ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| BatchError::NotFound(id.to_string()))?;
         if batch.sealed() {
-            return Err(BatchError::Sealed(batch_id));
+            return Err(BatchError::Sealed(id.clone()));
         }
         let parent = self.batch_parent(environment, &batch).await?;
         Ok(BatchItemsUpload {
@@ -352,7 +351,7 @@ impl Engine {
                     .into_iter()
                     .filter_map(|item| {
                         Some(OneShotRun {
-                            id: item.run_id?.to_string(),
+                            id: item.run_id?,
                             task_identifier: item.task_identifier,
                             is_cached: true,
                             idempotency_key: None,
@@ -392,7 +391,7 @@ impl Engine {
                     _ => return None,
                 };
                 Some(OneShotRun {
-                    id: id.to_string(),
+                    id: id.clone(),
                     task_identifier: item.task_identifier.clone(),
                     is_cached,
                     idempotency_key: run
@@ -413,15 +412,12 @@ impl Engine {
     pub async fn batch_detail(
         &self,
         environment: &Environment,
-        id: &str,
+        id: &BatchId,
     ) -> Result<Option<BatchDetail>, BatchError> {
-        let Some(id) = BatchId::parse(id) else {
+        let Some(batch) = self.store.batch_get(&environment.id, id).await? else {
             return Ok(None);
         };
-        let Some(batch) = self.store.batch_get(&environment.id, &id).await? else {
-            return Ok(None);
-        };
-        let items = self.store.batch_item_list(&id).await?;
+        let items = self.store.batch_item_list(id).await?;
         Ok(Some(BatchDetail { batch, items }))
     }
 

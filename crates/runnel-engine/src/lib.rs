@@ -33,7 +33,7 @@ pub mod workers;
 pub use actions::ActionError;
 pub use batches::BatchError;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use workers::{EngineConfig, WorkerError};
+pub use workers::{Completed, Completion, EngineConfig, Leased, Registered, WorkerError};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -24,14 +24,11 @@ use runnel_core::run::Run;
 use runnel_core::state::{self, Change, Terms};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
-use runnel_core::view::iso;
-use runnel_core::worker::{
-    self, AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
-    RegisterRequest, RegisterResponse, TaskFailure,
-};
-use runnel_core::{ApiVersion, AttemptId, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
+use runnel_core::worker::{self, AttemptOutcome, FailureKind, RegisterRequest, TaskFailure};
+use runnel_core::{AttemptId, MachinePreset, QueueName, RunId, RunStatus, WorkerId};
+pub use runnel_store::Leased;
 use runnel_store::{
-    AttemptSettlement, CancelOutcome, Claim, Leased, TaskConfig, WorkerRecord, WorkerRegistration,
+    AttemptSettlement, CancelOutcome, Claim, TaskConfig, WorkerRecord, WorkerRegistration,
 };
 use tokio::sync::Notify;
 
@@ -56,6 +53,32 @@ impl Default for EngineConfig {
             pricing: Pricing::default(),
         }
     }
+}
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub worker_id: WorkerId,
+    /// The version it serves: its own, or the one the server assigned (`YYYYMMDD.N`).
+    pub version: String,
+    /// A held attempt not heartbeaten for this long is rescued.
+    pub lease_timeout: StdDuration,
+}
+
+/// How one attempt ended, as its worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub attempt_id: AttemptId,
+    pub outcome: AttemptOutcome,
+}
+
+/// What a reported [`Completion`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub attempt_id: AttemptId,
+    /// The run's status after the completion; `None` when it was not accepted (the worker
+    /// no longer held the attempt: canceled, rescued, already completed): nothing changed.
+    pub run_status: Option<RunStatus>,
 }
 
 /// Why a worker request was refused.
@@ -133,7 +156,7 @@ impl Engine {
         &self,
         environment: &Environment,
         request: RegisterRequest,
-    ) -> Result<RegisterResponse, Error> {
+    ) -> Result<Registered, Error> {
         let invalid = |m: String| Error::Worker(WorkerError::Invalid(m));
         // Characters, not bytes, as the OpenAPI document's `maxLength` counts them.
         let name = request.name.trim();
@@ -227,12 +250,10 @@ impl Engine {
             queued = registered.promoted.len(),
             "worker registered"
         );
-        let lease_ms = u64::try_from(self.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-        Ok(RegisterResponse {
-            worker_id: registration.id.to_string(),
+        Ok(Registered {
+            worker_id: registration.id,
             version: registered.version,
-            lease_timeout_ms: lease_ms,
-            heartbeat_interval_ms: (lease_ms / 3).max(1),
+            lease_timeout: self.config.lease_timeout,
         })
     }
 
@@ -240,19 +261,18 @@ impl Engine {
     async fn worker(
         &self,
         environment: &Environment,
-        id: &str,
+        id: &WorkerId,
     ) -> Result<Arc<WorkerRecord>, Error> {
         let unknown = || Error::Worker(WorkerError::UnknownWorker);
-        let id = WorkerId::parse(id).ok_or_else(unknown)?;
-        let cached = self.workers.lock().expect("worker cache").get(&id).cloned();
+        let cached = self.workers.lock().expect("worker cache").get(id).cloned();
         let record = match cached {
             Some(record) => record,
             None => {
-                let record = Arc::new(self.store.worker_get(&id).await?.ok_or_else(unknown)?);
+                let record = Arc::new(self.store.worker_get(id).await?.ok_or_else(unknown)?);
                 self.workers
                     .lock()
                     .expect("worker cache")
-                    .insert(id, record.clone());
+                    .insert(id.clone(), record.clone());
                 record
             }
         };
@@ -262,45 +282,36 @@ impl Engine {
         Ok(record)
     }
 
-    /// Leases up to `max_runs` runs to the worker, waiting up to `wait_ms` for some.
+    /// Leases up to `max_runs` runs to the worker, waiting up to `wait_ms` for some:
+    /// each run with the new attempt it holds.
     pub async fn worker_dequeue(
         &self,
         environment: &Environment,
-        worker_id: &str,
+        worker_id: &WorkerId,
         max_runs: u32,
         wait_ms: u64,
-    ) -> Result<Vec<DequeuedRun>, Error> {
-        if max_runs == 0 || max_runs > worker::MAX_DEQUEUE_BATCH {
-            return Err(Error::Worker(WorkerError::Invalid(format!(
-                "maxRuns: must be between 1 and {}",
-                worker::MAX_DEQUEUE_BATCH
-            ))));
-        }
+    ) -> Result<Vec<Leased>, Error> {
+        worker::check_max_runs(max_runs).map_err(|m| Error::Worker(WorkerError::Invalid(m)))?;
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
-        let leased = long_poll(&self.runs_available, &self.stopping, deadline, || async {
+        long_poll(&self.runs_available, &self.stopping, deadline, || async {
             let now = self.clock.now();
             Ok(self
                 .store
                 .run_dequeue(&record, max_runs, self.lease_until(now), now)
                 .await?)
         })
-        .await?;
-        Ok(leased
-            .into_iter()
-            .map(|l| dequeued_view(l, environment))
-            .collect())
+        .await
     }
 
     /// Starts the attempts; returns (started, to cancel).
     pub async fn worker_start(
         &self,
         environment: &Environment,
-        worker_id: &str,
-        attempt_ids: Vec<String>,
-    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        worker_id: &WorkerId,
+        attempt_ids: Vec<AttemptId>,
+    ) -> Result<(Vec<AttemptId>, Vec<AttemptId>), Error> {
         check_batch(&attempt_ids)?;
-        let attempt_ids = lookup_keys(attempt_ids);
         let record = self.worker(environment, worker_id).await?;
         let now = self.clock.now();
         let grace = i64::try_from(self.config.timeout_grace.as_millis()).unwrap_or(i64::MAX);
@@ -340,9 +351,9 @@ impl Engine {
         let cancel = attempt_ids
             .iter()
             .filter(|a| !started_set.contains(a))
-            .map(AttemptId::to_string)
+            .cloned()
             .collect();
-        Ok((started.iter().map(AttemptId::to_string).collect(), cancel))
+        Ok((started, cancel))
     }
 
     /// Extends the leases of the held attempts; returns those the worker must stop,
@@ -350,14 +361,14 @@ impl Engine {
     pub async fn worker_heartbeat(
         &self,
         environment: &Environment,
-        worker_id: &str,
-        attempt_ids: Vec<String>,
+        worker_id: &WorkerId,
+        attempt_ids: Vec<AttemptId>,
         wait_ms: u64,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<AttemptId>, Error> {
         check_batch(&attempt_ids)?;
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
-        let ids = &lookup_keys(attempt_ids);
+        let ids = &attempt_ids;
         long_poll(&self.attempts_changed, &self.stopping, deadline, || async {
             let now = self.clock.now();
             let held = self
@@ -368,7 +379,7 @@ impl Engine {
             Ok(ids
                 .iter()
                 .filter(|a| !held.contains(*a))
-                .map(AttemptId::to_string)
+                .cloned()
                 .collect::<Vec<_>>())
         })
         .await
@@ -378,23 +389,19 @@ impl Engine {
     pub async fn worker_complete(
         &self,
         environment: &Environment,
-        worker_id: &str,
-        completions: Vec<AttemptCompletion>,
-    ) -> Result<Vec<CompletionResult>, Error> {
+        worker_id: &WorkerId,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Completed>, Error> {
         check_batch(&completions)?;
-        let ids = lookup_keys(completions.iter().map(|c| c.attempt_id.clone()).collect());
-        let completions: Vec<AttemptCompletion> =
-            completions.into_iter().map(storable_outcome).collect();
+        let ids: Vec<AttemptId> = completions.iter().map(|c| c.attempt_id.clone()).collect();
+        let completions: Vec<Completion> = completions.into_iter().map(storable_outcome).collect();
         let record = self.worker(environment, worker_id).await?;
         let held = self.store.attempts_held(&ids).await?;
         let now = self.clock.now();
         let mut settlements = Vec::new();
         let mut index = Vec::new();
         for (i, completion) in completions.iter().enumerate() {
-            let Some(leased) = held
-                .iter()
-                .find(|l| l.attempt.id.as_str() == completion.attempt_id)
-            else {
+            let Some(leased) = held.iter().find(|l| l.attempt.id == completion.attempt_id) else {
                 continue;
             };
             if leased.run.environment_id != environment.id {
@@ -423,19 +430,16 @@ impl Engine {
             settlements.push(settlement);
         }
         let applied = self.store.attempt_settle(&settlements).await?;
-        let mut results: Vec<CompletionResult> = completions
-            .iter()
-            .map(|c| CompletionResult {
-                attempt_id: c.attempt_id.clone(),
-                accepted: false,
+        let mut results: Vec<Completed> = completions
+            .into_iter()
+            .map(|c| Completed {
+                attempt_id: c.attempt_id,
                 run_status: None,
             })
             .collect();
         for ((i, settlement), ok) in index.iter().zip(&settlements).zip(applied) {
             if ok {
-                results[*i].accepted = true;
-                results[*i].run_status =
-                    Some(settlement.run_status.public(ApiVersion::Legacy).to_owned());
+                results[*i].run_status = Some(settlement.run_status);
                 self.after_settle(settlement);
             }
         }
@@ -556,41 +560,7 @@ pub(crate) fn attempt_settlement(run: &Run, change: Change) -> Option<AttemptSet
 }
 
 fn check_batch<T>(ids: &[T]) -> Result<(), Error> {
-    if ids.len() > worker::MAX_BATCH {
-        return Err(Error::Worker(WorkerError::Invalid(format!(
-            "at most {} attempts per request",
-            worker::MAX_BATCH
-        ))));
-    }
-    Ok(())
-}
-
-/// The attempt ids a worker reports, as store keys. They are looked up, not parsed: an
-/// id that names no attempt is simply not held (the answer says to stop it), as for any
-/// attempt the worker lost.
-fn lookup_keys(ids: Vec<String>) -> Vec<AttemptId> {
-    ids.into_iter().map(AttemptId::from_trusted).collect()
-}
-
-fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
-    let Leased { run, attempt } = leased;
-    DequeuedRun {
-        run_id: run.id.to_string(),
-        attempt_id: attempt.id.to_string(),
-        attempt_number: attempt.number,
-        task_identifier: run.task_identifier,
-        payload: run.payload.to_value().unwrap_or(serde_json::Value::Null),
-        payload_type: run.payload.data_type,
-        max_duration_secs: run
-            .max_duration_secs
-            .filter(|secs| *secs < MAX_DURATION_MAX_SECS),
-        machine: run.machine.unwrap_or_default().as_str().to_owned(),
-        environment: environment.kind.slug().to_owned(),
-        version: run.worker_version.unwrap_or_default(),
-        is_test: run.is_test,
-        tags: run.tags,
-        lease_expires_at: run.lease_expires_at.map(iso).unwrap_or_default(),
-    }
+    worker::check_batch(ids.len()).map_err(|m| Error::Worker(WorkerError::Invalid(m)))
 }
 
 /// A success whose output could not be handed out again fails its attempt instead.
@@ -599,13 +569,13 @@ fn dequeued_view(leased: Leased, environment: &Environment) -> DequeuedRun {
 /// at most [`nesting::MAX_VALUE_DEPTH`] levels. One such output fails only its own
 /// attempt (as the task's failure, retried by its policy): refusing the whole report
 /// would drop the other attempts a worker reported with it.
-fn storable_outcome(completion: AttemptCompletion) -> AttemptCompletion {
+fn storable_outcome(completion: Completion) -> Completion {
     let AttemptOutcome::Success { output } = &completion.outcome else {
         return completion;
     };
     match nesting::check_value(output, nesting::MAX_VALUE_DEPTH) {
         Ok(()) => completion,
-        Err(too_deep) => AttemptCompletion {
+        Err(too_deep) => Completion {
             attempt_id: completion.attempt_id,
             outcome: AttemptOutcome::Failure {
                 error: TaskFailure::new(FailureKind::TaskFailed, format!("output: {too_deep}")),

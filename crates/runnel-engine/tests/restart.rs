@@ -10,12 +10,12 @@ use common::harness;
 
 use chrono::Duration;
 use runnel_core::tenancy::Environment;
-use runnel_core::worker::{AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun};
-use runnel_core::{RunId, RunStatus};
-use runnel_engine::{Engine, EngineConfig};
+use runnel_core::worker::AttemptOutcome;
+use runnel_core::{AttemptId, RunId, RunStatus, WorkerId};
+use runnel_engine::{Completed, Completion, Engine, EngineConfig, Leased};
 use serde_json::{json, Value};
 
-async fn register(engine: &Engine, environment: &Environment, tasks: Value) -> String {
+async fn register(engine: &Engine, environment: &Environment, tasks: Value) -> WorkerId {
     engine
         .worker_register(
             environment,
@@ -40,7 +40,7 @@ async fn trigger(engine: &Engine, environment: &Environment, task: &str) -> RunI
 }
 
 /// Dequeues and starts one run.
-async fn lease_and_start(engine: &Engine, environment: &Environment, worker: &str) -> DequeuedRun {
+async fn lease_and_start(engine: &Engine, environment: &Environment, worker: &WorkerId) -> Leased {
     let mut runs = engine
         .worker_dequeue(environment, worker, 1, 0)
         .await
@@ -48,21 +48,21 @@ async fn lease_and_start(engine: &Engine, environment: &Environment, worker: &st
     assert_eq!(runs.len(), 1, "one run to lease");
     let run = runs.remove(0);
     let (started, _) = engine
-        .worker_start(environment, worker, vec![run.attempt_id.clone()])
+        .worker_start(environment, worker, vec![run.attempt.id.clone()])
         .await
         .unwrap();
-    assert_eq!(started, vec![run.attempt_id.clone()]);
+    assert_eq!(started, vec![run.attempt.id.clone()]);
     run
 }
 
 async fn complete(
     engine: &Engine,
     environment: &Environment,
-    worker: &str,
-    attempt_id: &str,
-) -> CompletionResult {
-    let completion = AttemptCompletion {
-        attempt_id: attempt_id.to_owned(),
+    worker: &WorkerId,
+    attempt_id: &AttemptId,
+) -> Completed {
+    let completion = Completion {
+        attempt_id: attempt_id.clone(),
         outcome: AttemptOutcome::Success {
             output: json!("done"),
         },
@@ -118,18 +118,21 @@ async fn after_a_restart_live_workers_report_within_one_lease_timeout_before_any
     // Within the grace, the worker reports one attempt and heartbeats another.
     h.clock.advance(lease_timeout / 2);
     assert_eq!(
-        complete(&restarted, &h.dev, &worker, &finished.attempt_id).await,
-        CompletionResult {
-            attempt_id: finished.attempt_id.clone(),
-            accepted: true,
-            run_status: Some("COMPLETED".into()),
+        complete(&restarted, &h.dev, &worker, &finished.attempt.id).await,
+        Completed {
+            attempt_id: finished.attempt.id.clone(),
+            run_status: Some(RunStatus::CompletedSuccessfully),
         }
     );
     let to_stop = restarted
-        .worker_heartbeat(&h.dev, &worker, vec![renewed.attempt_id.clone()], 0)
+        .worker_heartbeat(&h.dev, &worker, vec![renewed.attempt.id.clone()], 0)
         .await
         .unwrap();
-    assert_eq!(to_stop, Vec::<String>::new(), "the lease is the worker's");
+    assert_eq!(
+        to_stop,
+        Vec::<AttemptId>::new(),
+        "the lease is the worker's"
+    );
     assert_eq!(restarted.rescue_due().await.unwrap(), 0);
 
     // The grace ends: only the silent attempt is rescued; the renewed lease holds.
@@ -170,11 +173,10 @@ async fn the_start_up_grace_does_not_hold_back_a_max_duration_timeout() {
     assert!(restarted.in_start_up_grace(restarted.now()));
     assert_eq!(restarted.rescue_due().await.unwrap(), 1);
     assert_eq!(status(&restarted, &h.dev, &id).await, RunStatus::TimedOut);
-    assert!(
-        !complete(&restarted, &h.dev, &worker, &leased.attempt_id)
-            .await
-            .accepted
-    );
+    assert!(complete(&restarted, &h.dev, &worker, &leased.attempt.id)
+        .await
+        .run_status
+        .is_none());
 }
 
 #[tokio::test]

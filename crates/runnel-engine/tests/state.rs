@@ -15,8 +15,9 @@ use runnel_core::run::{AttemptStatus, Run};
 use runnel_core::state::{self, Change, RunState, Terms};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
-use runnel_core::worker::{AttemptCompletion, AttemptOutcome, FailureKind};
-use runnel_core::{AttemptId, RunId, RunStatus};
+use runnel_core::worker::{AttemptOutcome, FailureKind};
+use runnel_core::{AttemptId, RunId, RunStatus, WorkerId};
+use runnel_engine::Completion;
 use serde_json::{json, Value};
 
 const POLICY: RetryPolicy = RetryPolicy {
@@ -49,7 +50,7 @@ impl Harness {
         run
     }
 
-    async fn register(&self) -> String {
+    async fn register(&self) -> WorkerId {
         let body = json!({"name": "w", "tasks": [{"id": "t", "retry": POLICY}]});
         self.engine
             .worker_register(&self.dev, serde_json::from_value(body).unwrap())
@@ -59,18 +60,18 @@ impl Harness {
     }
 
     /// Leases the one queued run to `worker` and starts it; returns its attempt.
-    async fn lease(&self, worker: &str) -> AttemptId {
+    async fn lease(&self, worker: &WorkerId) -> AttemptId {
         let runs = self
             .engine
             .worker_dequeue(&self.dev, worker, 1, 0)
             .await
             .unwrap();
-        let attempt = runs[0].attempt_id.clone();
+        let attempt = runs[0].attempt.id.clone();
         self.engine
             .worker_start(&self.dev, worker, vec![attempt.clone()])
             .await
             .unwrap();
-        AttemptId::from_trusted(attempt)
+        attempt
     }
 
     fn terms<'a>(&self, environment: &Environment, policy: &'a RetryPolicy) -> Terms<'a> {
@@ -176,14 +177,14 @@ async fn settle_requeue_rescue_and_cancel_apply_as_core_decides() {
         .worker_complete(
             &h.dev,
             &worker,
-            vec![AttemptCompletion {
-                attempt_id: attempt.to_string(),
+            vec![Completion {
+                attempt_id: attempt.clone(),
                 outcome,
             }],
         )
         .await
         .unwrap();
-    assert!(results[0].accepted);
+    assert!(results[0].run_status.is_some(), "accepted");
     let after = h.run(&id).await;
     assert_applied(&settled, &after);
     assert_eq!(after.usage_duration_ms, 2_000);

@@ -10,6 +10,7 @@ mod common;
 
 use common::{harness, start, Harness};
 
+use std::borrow::Borrow;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
@@ -18,13 +19,9 @@ use runnel_core::key::EnvironmentKind;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
-use runnel_core::view::iso;
-use runnel_core::worker::{
-    AttemptCompletion, AttemptOutcome, CompletionResult, DequeuedRun, FailureKind,
-    RegisterResponse, TaskFailure,
-};
-use runnel_core::{AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
-use runnel_engine::WorkerError;
+use runnel_core::worker::{AttemptOutcome, FailureKind, TaskFailure};
+use runnel_core::{ApiVersion, AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_engine::{Completed, Completion, Leased, Registered, WorkerError};
 use serde_json::{json, Value};
 
 fn ms(n: i64) -> Duration {
@@ -59,7 +56,7 @@ impl Harness {
         Duration::from_std(self.engine.config().lease_timeout).unwrap()
     }
 
-    async fn register_as(&self, environment: &Environment, body: Value) -> RegisterResponse {
+    async fn register_as(&self, environment: &Environment, body: Value) -> Registered {
         self.engine
             .worker_register(environment, serde_json::from_value(body).unwrap())
             .await
@@ -67,10 +64,11 @@ impl Harness {
     }
 
     /// Registers a worker (version assigned) serving `tasks`; returns its id.
-    async fn register(&self, environment: &Environment, tasks: Value) -> String {
-        self.register_as(environment, json!({"name": "test", "tasks": tasks}))
-            .await
-            .worker_id
+    async fn register(&self, environment: &Environment, tasks: Value) -> WorkerId {
+        let registered = self
+            .register_as(environment, json!({"name": "test", "tasks": tasks}))
+            .await;
+        registered.worker_id
     }
 
     async fn trigger(&self, environment: &Environment, task: &str, body: Value) -> RunId {
@@ -83,14 +81,14 @@ impl Harness {
     }
 
     /// Everything the worker can lease now (no waiting).
-    async fn dequeue(&self, environment: &Environment, worker: &str) -> Vec<DequeuedRun> {
+    async fn dequeue(&self, environment: &Environment, worker: &WorkerId) -> Vec<Leased> {
         self.engine
             .worker_dequeue(environment, worker, 10, 0)
             .await
             .unwrap()
     }
 
-    async fn dequeue_one(&self, environment: &Environment, worker: &str) -> DequeuedRun {
+    async fn dequeue_one(&self, environment: &Environment, worker: &WorkerId) -> Leased {
         let mut runs = self
             .engine
             .worker_dequeue(environment, worker, 1, 0)
@@ -100,30 +98,30 @@ impl Harness {
         runs.remove(0)
     }
 
-    async fn start(&self, environment: &Environment, worker: &str, attempt: &str) {
+    async fn start(&self, environment: &Environment, worker: &WorkerId, attempt: &AttemptId) {
         let (started, cancel) = self
             .engine
-            .worker_start(environment, worker, vec![attempt.to_owned()])
+            .worker_start(environment, worker, vec![attempt.clone()])
             .await
             .unwrap();
-        assert_eq!((started, cancel), (vec![attempt.to_owned()], vec![]));
+        assert_eq!((started, cancel), (vec![attempt.clone()], vec![]));
     }
 
     /// Leases one run and starts its attempt.
-    async fn lease(&self, environment: &Environment, worker: &str) -> DequeuedRun {
+    async fn lease(&self, environment: &Environment, worker: &WorkerId) -> Leased {
         let run = self.dequeue_one(environment, worker).await;
-        self.start(environment, worker, &run.attempt_id).await;
+        self.start(environment, worker, &run.attempt.id).await;
         run
     }
 
     /// Heartbeats `attempts` (no waiting); returns, sorted, those the worker must stop.
-    async fn heartbeat<S: AsRef<str>>(
+    async fn heartbeat<A: Borrow<AttemptId>>(
         &self,
         environment: &Environment,
-        worker: &str,
-        attempts: &[S],
-    ) -> Vec<String> {
-        let ids = attempts.iter().map(|a| a.as_ref().to_owned()).collect();
+        worker: &WorkerId,
+        attempts: &[A],
+    ) -> Vec<AttemptId> {
+        let ids = attempts.iter().map(|a| a.borrow().clone()).collect();
         let mut cancel = self
             .engine
             .worker_heartbeat(environment, worker, ids, 0)
@@ -136,17 +134,17 @@ impl Harness {
     async fn complete(
         &self,
         environment: &Environment,
-        worker: &str,
-        attempt: &str,
+        worker: &WorkerId,
+        attempt: &AttemptId,
         outcome: AttemptOutcome,
-    ) -> CompletionResult {
+    ) -> Completed {
         let mut results = self
             .engine
             .worker_complete(
                 environment,
                 worker,
-                vec![AttemptCompletion {
-                    attempt_id: attempt.to_owned(),
+                vec![Completion {
+                    attempt_id: attempt.clone(),
                     outcome,
                 }],
             )
@@ -179,18 +177,16 @@ impl Harness {
     }
 }
 
-fn accepted(attempt: &str, status: &str) -> CompletionResult {
-    CompletionResult {
-        attempt_id: attempt.to_owned(),
-        accepted: true,
-        run_status: Some(status.to_owned()),
+fn accepted(attempt: &AttemptId, status: RunStatus) -> Completed {
+    Completed {
+        attempt_id: attempt.clone(),
+        run_status: Some(status),
     }
 }
 
-fn refused(attempt: &str) -> CompletionResult {
-    CompletionResult {
-        attempt_id: attempt.to_owned(),
-        accepted: false,
+fn refused(attempt: &AttemptId) -> Completed {
+    Completed {
+        attempt_id: attempt.clone(),
         run_status: None,
     }
 }
@@ -205,7 +201,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
         .register_as(&h.dev, json!({"name": "test", "tasks": [{"id": "t"}]}))
         .await;
     assert_eq!(registered.version, "20260301.1");
-    let worker = registered.worker_id.as_str();
+    let worker = &registered.worker_id;
     let id = h
         .trigger(
             &h.dev,
@@ -218,29 +214,32 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
     h.advance(ms(250));
     let dequeued_at = h.now();
     let dequeued = h.dequeue_one(&h.dev, worker).await;
+    let Leased {
+        run: leased,
+        attempt,
+    } = &dequeued;
+    assert_eq!(leased.id, id);
+    assert_eq!(leased.environment_id, h.dev.id);
+    assert_eq!(attempt.run_id, id);
+    assert_eq!(attempt.number, 1);
+    assert_eq!(attempt.status, AttemptStatus::Pending);
+    assert_eq!(leased.task_identifier, "t");
+    assert_eq!(leased.payload, Packet::json(&json!({"n": 1})));
+    assert_eq!(leased.payload.data_type, "application/json");
+    assert_eq!(leased.max_duration_secs, None);
+    assert_eq!(leased.machine.unwrap_or_default(), MachinePreset::Small1x);
+    assert_eq!(leased.worker_version.as_deref(), Some("20260301.1"));
+    assert!(!leased.is_test);
+    assert_eq!(leased.tags, vec!["a".to_owned()]);
     assert_eq!(
-        dequeued,
-        DequeuedRun {
-            run_id: id.to_string(),
-            attempt_id: dequeued.attempt_id.clone(),
-            attempt_number: 1,
-            task_identifier: "t".to_owned(),
-            payload: json!({"n": 1}),
-            payload_type: "application/json".to_owned(),
-            max_duration_secs: None,
-            machine: "small-1x".to_owned(),
-            environment: "dev".to_owned(),
-            version: "20260301.1".to_owned(),
-            is_test: false,
-            tags: vec!["a".to_owned()],
-            lease_expires_at: iso(dequeued_at + h.lease_timeout()),
-        }
+        leased.lease_expires_at,
+        Some(dequeued_at + h.lease_timeout())
     );
     assert_eq!(h.status(&h.dev, &id).await, RunStatus::Dequeued);
 
     h.advance(ms(1_000));
     let started_at = h.now();
-    h.start(&h.dev, worker, &dequeued.attempt_id).await;
+    h.start(&h.dev, worker, &dequeued.attempt.id).await;
     assert_eq!(h.status(&h.dev, &id).await, RunStatus::Executing);
 
     h.advance(ms(2_500));
@@ -249,11 +248,14 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
         .complete(
             &h.dev,
             worker,
-            &dequeued.attempt_id,
+            &dequeued.attempt.id,
             success(json!({"ok": true})),
         )
         .await;
-    assert_eq!(result, accepted(&dequeued.attempt_id, "COMPLETED"));
+    assert_eq!(
+        result,
+        accepted(&dequeued.attempt.id, RunStatus::CompletedSuccessfully)
+    );
 
     let run = h.run(&h.dev, &id).await;
     assert_eq!(run.status, RunStatus::CompletedSuccessfully);
@@ -271,7 +273,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
     assert_eq!(
         h.attempts(&h.dev, &id).await,
         vec![Attempt {
-            id: AttemptId::from_trusted(dequeued.attempt_id.clone()),
+            id: dequeued.attempt.id.clone(),
             run_id: id.clone(),
             number: 1,
             status: AttemptStatus::Completed,
@@ -280,17 +282,17 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
             started_at: Some(started_at),
             completed_at: Some(completed_at),
             error: None,
-            worker_id: Some(WorkerId::from_trusted(worker.to_owned())),
+            worker_id: Some(worker.clone()),
             duration_ms: 2_500,
         }]
     );
 
     let again = h
-        .complete(&h.dev, worker, &dequeued.attempt_id, success(json!(2)))
+        .complete(&h.dev, worker, &dequeued.attempt.id, success(json!(2)))
         .await;
     assert_eq!(
         again,
-        refused(&dequeued.attempt_id),
+        refused(&dequeued.attempt.id),
         "an attempt completes once"
     );
     assert_eq!(h.run(&h.dev, &id).await, run);
@@ -304,13 +306,16 @@ async fn a_prod_run_pays_for_its_compute_time_and_the_run_fee() {
         .await;
     let id = h.trigger(&h.prod, "t", json!({})).await;
     let dequeued = h.lease(&h.prod, &worker).await;
-    assert_eq!(dequeued.machine, "large-1x");
-    assert_eq!(dequeued.environment, "prod");
+    assert_eq!(dequeued.run.machine, Some(MachinePreset::Large1x));
+    assert_eq!(dequeued.run.environment_id, h.prod.id);
     h.advance(ms(2_500));
     let result = h
-        .complete(&h.prod, &worker, &dequeued.attempt_id, success(Value::Null))
+        .complete(&h.prod, &worker, &dequeued.attempt.id, success(Value::Null))
         .await;
-    assert_eq!(result, accepted(&dequeued.attempt_id, "COMPLETED"));
+    assert_eq!(
+        result,
+        accepted(&dequeued.attempt.id, RunStatus::CompletedSuccessfully)
+    );
 
     let pricing = Pricing::default();
     let run = h.run(&h.prod, &id).await;
@@ -336,18 +341,21 @@ async fn a_task_failing_twice_then_succeeding_retries_after_exact_backoffs() {
     let mut attempt_ids = Vec::new();
     for (number, message, backoff_ms) in [(1, "first", 1_000), (2, "second", 2_000)] {
         let leased = h.lease(&h.dev, &worker).await;
-        assert_eq!(leased.attempt_number, number);
-        attempt_ids.push(leased.attempt_id.clone());
+        assert_eq!(leased.attempt.number, number);
+        attempt_ids.push(leased.attempt.id.clone());
         h.advance(ms(100));
         let result = h
             .complete(
                 &h.dev,
                 &worker,
-                &leased.attempt_id,
+                &leased.attempt.id,
                 failure(FailureKind::TaskFailed, message),
             )
             .await;
-        assert_eq!(result, accepted(&leased.attempt_id, "REATTEMPTING"));
+        assert_eq!(
+            result,
+            accepted(&leased.attempt.id, RunStatus::RetryingAfterFailure)
+        );
 
         let run = h.run(&h.dev, &id).await;
         assert_eq!(run.status, RunStatus::RetryingAfterFailure);
@@ -368,12 +376,15 @@ async fn a_task_failing_twice_then_succeeding_retries_after_exact_backoffs() {
     }
 
     let last = h.lease(&h.dev, &worker).await;
-    assert_eq!(last.attempt_number, 3);
-    attempt_ids.push(last.attempt_id.clone());
+    assert_eq!(last.attempt.number, 3);
+    attempt_ids.push(last.attempt.id.clone());
     let result = h
-        .complete(&h.dev, &worker, &last.attempt_id, success(json!("done")))
+        .complete(&h.dev, &worker, &last.attempt.id, success(json!("done")))
         .await;
-    assert_eq!(result, accepted(&last.attempt_id, "COMPLETED"));
+    assert_eq!(
+        result,
+        accepted(&last.attempt.id, RunStatus::CompletedSuccessfully)
+    );
 
     let run = h.run(&h.dev, &id).await;
     assert_eq!(run.status, RunStatus::CompletedSuccessfully);
@@ -382,9 +393,9 @@ async fn a_task_failing_twice_then_succeeding_retries_after_exact_backoffs() {
     assert_eq!(run.failed_attempts, 2);
     assert_eq!(run.usage_duration_ms, 200);
     let attempts = h.attempts(&h.dev, &id).await;
-    let ends: Vec<(String, u32, AttemptStatus, Option<Value>)> = attempts
+    let ends: Vec<(AttemptId, u32, AttemptStatus, Option<Value>)> = attempts
         .into_iter()
-        .map(|a| (a.id.to_string(), a.number, a.status, a.error))
+        .map(|a| (a.id, a.number, a.status, a.error))
         .collect();
     assert_eq!(
         ends,
@@ -411,23 +422,23 @@ async fn a_task_failing_twice_then_succeeding_retries_after_exact_backoffs() {
 async fn fail_until_final(
     h: &Harness,
     environment: &Environment,
-    worker: &str,
+    worker: &WorkerId,
     id: &RunId,
     kind: FailureKind,
-) -> (Run, Vec<CompletionResult>) {
+) -> (Run, Vec<Completed>) {
     let mut results = Vec::new();
     for n in 1..=10 {
         let leased = h.lease(environment, worker).await;
-        assert_eq!(leased.run_id, id.to_string());
+        assert_eq!(leased.run.id, *id);
         let result = h
             .complete(
                 environment,
                 worker,
-                &leased.attempt_id,
+                &leased.attempt.id,
                 failure(kind, &format!("failure {n}")),
             )
             .await;
-        assert!(result.accepted, "{result:?}");
+        assert!(result.run_status.is_some(), "accepted: {result:?}");
         results.push(result);
         let run = h.run(environment, id).await;
         if run.status.is_final() {
@@ -449,7 +460,7 @@ async fn exhausted_retries_end_the_run_with_the_last_error() {
 
     let statuses: Vec<_> = results
         .iter()
-        .map(|r| r.run_status.as_deref().unwrap())
+        .map(|r| r.run_status.unwrap().public(ApiVersion::Legacy))
         .collect();
     assert_eq!(statuses, ["REATTEMPTING", "FAILED"]);
     assert_eq!(run.status, RunStatus::CompletedWithErrors);
@@ -504,7 +515,7 @@ async fn a_crash_is_retried_then_ends_the_run_crashed() {
     let (run, results) = fail_until_final(&h, &h.dev, &worker, &id, FailureKind::Crashed).await;
     let statuses: Vec<_> = results
         .iter()
-        .map(|r| r.run_status.as_deref().unwrap())
+        .map(|r| r.run_status.unwrap().public(ApiVersion::Legacy))
         .collect();
     assert_eq!(statuses, ["REATTEMPTING", "CRASHED"]);
     assert_eq!(run.status, RunStatus::Crashed);
@@ -544,7 +555,11 @@ async fn failures_that_are_never_retried() {
         let id = h.trigger(&h.dev, "t", json!({})).await;
         let (run, results) = fail_until_final(&h, &h.dev, &worker, &id, kind).await;
         assert_eq!(results.len(), 1, "{kind:?} is not retried");
-        assert_eq!(results[0].run_status.as_deref(), Some(public), "{kind:?}");
+        assert_eq!(
+            results[0].run_status.map(|s| s.public(ApiVersion::Legacy)),
+            Some(public),
+            "{kind:?}"
+        );
         assert_eq!(run.status, status, "{kind:?}");
         assert_eq!(
             run.error,
@@ -571,11 +586,11 @@ async fn an_interrupted_prod_attempt_requeues_the_run_without_spending_an_attemp
         .complete(
             &h.prod,
             &worker,
-            &first.attempt_id,
+            &first.attempt.id,
             failure(FailureKind::Interrupted, "SIGTERM"),
         )
         .await;
-    assert_eq!(result, accepted(&first.attempt_id, "QUEUED"));
+    assert_eq!(result, accepted(&first.attempt.id, RunStatus::Queued));
     let run = h.run(&h.prod, &id).await;
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.failed_attempts, 0);
@@ -588,16 +603,19 @@ async fn an_interrupted_prod_attempt_requeues_the_run_without_spending_an_attemp
     // Queued again at once, as attempt 2; its failure is the first that counts, so the
     // policy's second attempt is still there.
     let second = h.lease(&h.prod, &worker).await;
-    assert_eq!(second.attempt_number, 2);
+    assert_eq!(second.attempt.number, 2);
     let result = h
         .complete(
             &h.prod,
             &worker,
-            &second.attempt_id,
+            &second.attempt.id,
             failure(FailureKind::TaskFailed, "x"),
         )
         .await;
-    assert_eq!(result, accepted(&second.attempt_id, "REATTEMPTING"));
+    assert_eq!(
+        result,
+        accepted(&second.attempt.id, RunStatus::RetryingAfterFailure)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -631,15 +649,15 @@ async fn a_canceled_executing_run_stops_its_attempt_and_refuses_the_late_complet
     assert_eq!(attempts[0].status, AttemptStatus::Canceled);
 
     assert_eq!(
-        h.heartbeat(&h.prod, &worker, &[&leased.attempt_id]).await,
-        vec![leased.attempt_id.clone()],
+        h.heartbeat(&h.prod, &worker, &[&leased.attempt.id]).await,
+        vec![leased.attempt.id.clone()],
         "the heartbeat tells the worker to stop"
     );
     h.advance(ms(500));
     let late = h
-        .complete(&h.prod, &worker, &leased.attempt_id, success(json!(1)))
+        .complete(&h.prod, &worker, &leased.attempt.id, success(json!(1)))
         .await;
-    assert_eq!(late, refused(&leased.attempt_id));
+    assert_eq!(late, refused(&leased.attempt.id));
     assert_eq!(h.run(&h.prod, &id).await, run, "the cancel stands");
     assert_eq!(h.attempts(&h.prod, &id).await, attempts);
 
@@ -661,12 +679,12 @@ async fn a_canceled_leased_run_is_not_started() {
     h.engine.cancel(&h.dev, &id).await.unwrap();
     let (started, cancel) = h
         .engine
-        .worker_start(&h.dev, &worker, vec![dequeued.attempt_id.clone()])
+        .worker_start(&h.dev, &worker, vec![dequeued.attempt.id.clone()])
         .await
         .unwrap();
     assert_eq!(
         (started, cancel),
-        (vec![], vec![dequeued.attempt_id.clone()])
+        (vec![], vec![dequeued.attempt.id.clone()])
     );
     let run = h.run(&h.dev, &id).await;
     assert_eq!(run.status, RunStatus::Canceled);
@@ -685,9 +703,9 @@ async fn the_rescuer_crashes_a_silent_executing_attempt_and_requeues_an_unstarte
     h.advance(ms(1));
     let dequeued_id = h.trigger(&h.dev, "t", json!({})).await;
     let executing = h.lease(&h.dev, &worker).await;
-    assert_eq!(executing.run_id, executing_id.to_string());
+    assert_eq!(executing.run.id, executing_id);
     let dequeued = h.dequeue_one(&h.dev, &worker).await;
-    assert_eq!(dequeued.run_id, dequeued_id.to_string());
+    assert_eq!(dequeued.run.id, dequeued_id);
 
     h.advance(h.lease_timeout() - ms(1));
     assert_eq!(
@@ -728,21 +746,21 @@ async fn the_rescuer_crashes_a_silent_executing_attempt_and_requeues_an_unstarte
     );
 
     // The worker hears that both are gone; its late report changes nothing.
-    let mut both = vec![executing.attempt_id.clone(), dequeued.attempt_id.clone()];
+    let mut both = vec![executing.attempt.id.clone(), dequeued.attempt.id.clone()];
     both.sort();
     assert_eq!(
         h.heartbeat(
             &h.dev,
             &worker,
-            &[&executing.attempt_id, &dequeued.attempt_id]
+            &[&executing.attempt.id, &dequeued.attempt.id]
         )
         .await,
         both
     );
     let late = h
-        .complete(&h.dev, &worker, &executing.attempt_id, success(json!(1)))
+        .complete(&h.dev, &worker, &executing.attempt.id, success(json!(1)))
         .await;
-    assert_eq!(late, refused(&executing.attempt_id));
+    assert_eq!(late, refused(&executing.attempt.id));
     assert_eq!(h.run(&h.dev, &executing_id).await, crashed);
     assert_eq!(h.engine.rescue_due().await.unwrap(), 0, "rescued once");
 
@@ -752,16 +770,16 @@ async fn the_rescuer_crashes_a_silent_executing_attempt_and_requeues_an_unstarte
     assert_eq!(
         again
             .iter()
-            .map(|r| (r.run_id.clone(), r.attempt_number))
+            .map(|r| (r.run.id.clone(), r.attempt.number))
             .collect::<Vec<_>>(),
-        vec![(dequeued_id.to_string(), 2)]
+        vec![(dequeued_id.clone(), 2)]
     );
     h.advance(ms(1_000));
     assert_eq!(h.engine.run_due_transitions().await.unwrap(), 1);
     let retry = h.dequeue_one(&h.dev, &worker).await;
     assert_eq!(
-        (retry.run_id, retry.attempt_number),
-        (executing_id.to_string(), 2)
+        (retry.run.id, retry.attempt.number),
+        (executing_id.clone(), 2)
     );
 }
 
@@ -775,8 +793,8 @@ async fn heartbeats_keep_an_attempt_from_the_rescuer() {
     for _ in 0..3 {
         h.advance(step);
         assert_eq!(
-            h.heartbeat(&h.dev, &worker, &[&leased.attempt_id]).await,
-            Vec::<String>::new()
+            h.heartbeat(&h.dev, &worker, &[&leased.attempt.id]).await,
+            Vec::<AttemptId>::new()
         );
         assert_eq!(h.engine.rescue_due().await.unwrap(), 0);
     }
@@ -798,15 +816,15 @@ async fn the_max_duration_backstop_times_out_an_attempt_its_worker_never_stops()
         .await;
     let id = h.trigger(&h.dev, "t", json!({})).await;
     let leased = h.lease(&h.dev, &worker).await;
-    assert_eq!(leased.max_duration_secs, Some(10));
+    assert_eq!(leased.run.max_duration_secs, Some(10));
 
     // The worker keeps heartbeating, so only the deadline (10 s + grace) can end it.
     let grace = Duration::from_std(h.engine.config().timeout_grace).unwrap();
     let deadline = h.now() + Duration::seconds(10) + grace;
     h.advance(deadline - h.now() - ms(1));
     assert_eq!(
-        h.heartbeat(&h.dev, &worker, &[&leased.attempt_id]).await,
-        Vec::<String>::new()
+        h.heartbeat(&h.dev, &worker, &[&leased.attempt.id]).await,
+        Vec::<AttemptId>::new()
     );
     assert_eq!(h.engine.rescue_due().await.unwrap(), 0);
     h.advance(ms(1));
@@ -828,13 +846,13 @@ async fn the_max_duration_backstop_times_out_an_attempt_its_worker_never_stops()
         (deadline - start()).num_milliseconds()
     );
     assert_eq!(
-        h.heartbeat(&h.dev, &worker, &[&leased.attempt_id]).await,
-        vec![leased.attempt_id.clone()]
+        h.heartbeat(&h.dev, &worker, &[&leased.attempt.id]).await,
+        vec![leased.attempt.id.clone()]
     );
     let late = h
-        .complete(&h.dev, &worker, &leased.attempt_id, success(json!(1)))
+        .complete(&h.dev, &worker, &leased.attempt.id, success(json!(1)))
         .await;
-    assert_eq!(late, refused(&leased.attempt_id));
+    assert_eq!(late, refused(&leased.attempt.id));
     assert_eq!(h.run(&h.dev, &id).await, run);
 }
 
@@ -865,8 +883,8 @@ async fn a_run_waits_for_a_version_serving_its_task_and_registration_queues_it()
     assert_eq!(h.status(&h.dev, &id).await, RunStatus::Queued);
     assert_eq!(h.status(&h.dev, &delayed).await, RunStatus::Queued);
     let runs = h.dequeue(&h.dev, &worker).await;
-    let ids: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
-    assert_eq!(ids, vec![id.to_string(), delayed.to_string()]);
+    let ids: Vec<_> = runs.iter().map(|r| r.run.id.clone()).collect();
+    assert_eq!(ids, vec![id, delayed]);
 }
 
 #[tokio::test]
@@ -903,8 +921,8 @@ async fn lock_to_version_waits_for_that_exact_version() {
         "locked to another version"
     );
     let leased = h.dequeue_one(&h.dev, &v2.worker_id).await;
-    assert_eq!(leased.run_id, id.to_string());
-    assert_eq!(leased.version, "v2");
+    assert_eq!(leased.run.id, id);
+    assert_eq!(leased.run.worker_version.as_deref(), Some("v2"));
 
     // Locked to a version that exists: queued at once.
     let direct = h
@@ -944,7 +962,7 @@ async fn a_dequeue_long_poll_answers_as_soon_as_a_run_is_triggered() {
         .unwrap()
         .unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].run_id, id.to_string());
+    assert_eq!(runs[0].run.id, id);
     assert!(began.elapsed() < StdDuration::from_millis(LONG_WAIT_MS / 2));
 }
 
@@ -957,7 +975,7 @@ async fn a_heartbeat_long_poll_answers_as_soon_as_a_held_run_is_canceled() {
     let began = Instant::now();
     let mut poll = tokio::spawn({
         let (engine, dev, worker) = (h.engine.clone(), h.dev.clone(), worker.clone());
-        let attempts = vec![leased.attempt_id.clone()];
+        let attempts = vec![leased.attempt.id.clone()];
         async move {
             engine
                 .worker_heartbeat(&dev, &worker, attempts, LONG_WAIT_MS)
@@ -975,7 +993,7 @@ async fn a_heartbeat_long_poll_answers_as_soon_as_a_held_run_is_canceled() {
         .expect("the cancel wakes the poll")
         .unwrap()
         .unwrap();
-    assert_eq!(cancel, vec![leased.attempt_id.clone()]);
+    assert_eq!(cancel, vec![leased.attempt.id.clone()]);
     assert!(began.elapsed() < StdDuration::from_millis(LONG_WAIT_MS / 2));
 }
 
@@ -997,8 +1015,8 @@ async fn a_worker_of_another_environment_is_unknown() {
     h.register(&h.prod, json!([{"id": "t"}])).await;
     let id = h.trigger(&h.prod, "t", json!({})).await;
     let e = &h.engine;
-    let ids = || vec!["attempt_0000000000000000000000".to_owned()];
-    let check = |env: Environment, worker: String| async move {
+    let ids = || vec![AttemptId::parse("attempt_0000000000000000000000").unwrap()];
+    let check = |env: Environment, worker: WorkerId| async move {
         assert!(
             is_unknown_worker(e.worker_dequeue(&env, &worker, 1, 0).await),
             "dequeue {worker}"
@@ -1011,7 +1029,7 @@ async fn a_worker_of_another_environment_is_unknown() {
             is_unknown_worker(e.worker_heartbeat(&env, &worker, ids(), 0).await),
             "heartbeat"
         );
-        let completion = AttemptCompletion {
+        let completion = Completion {
             attempt_id: ids()[0].clone(),
             outcome: success(Value::Null),
         };
@@ -1024,8 +1042,13 @@ async fn a_worker_of_another_environment_is_unknown() {
     check(h.prod.clone(), worker.clone()).await;
     assert!(h.dequeue(&h.dev, &worker).await.is_empty());
     check(h.prod.clone(), worker.clone()).await;
-    check(h.dev.clone(), "worker_0000000000000000000000".to_owned()).await;
-    check(h.dev.clone(), "not-a-worker-id".to_owned()).await;
+    check(
+        h.dev.clone(),
+        WorkerId::parse("worker_0000000000000000000000").unwrap(),
+    )
+    .await;
+    // An id that is not a worker id does not reach the engine: the server answers it as
+    // an unknown worker (runnel-server's tests).
     assert_eq!(h.status(&h.prod, &id).await, RunStatus::Queued);
 }
 
@@ -1036,7 +1059,7 @@ async fn only_the_worker_holding_an_attempt_may_start_extend_or_complete_it() {
     let other = h.register(&h.dev, json!([{"id": "t"}])).await;
     let id = h.trigger(&h.dev, "t", json!({})).await;
     let dequeued = h.dequeue_one(&h.dev, &holder).await;
-    let attempt = dequeued.attempt_id.clone();
+    let attempt = dequeued.attempt.id.clone();
 
     let (started, cancel) = h
         .engine
@@ -1070,15 +1093,11 @@ async fn only_the_worker_holding_an_attempt_may_start_extend_or_complete_it() {
         .complete(&h.dev, &other, &attempt, success(json!("stolen")))
         .await;
     assert_eq!(result, refused(&attempt));
+    let nobody = AttemptId::parse("attempt_0000000000000000000000").unwrap();
     let unknown = h
-        .complete(
-            &h.dev,
-            &holder,
-            "attempt_0000000000000000000000",
-            success(json!(1)),
-        )
+        .complete(&h.dev, &holder, &nobody, success(json!(1)))
         .await;
-    assert_eq!(unknown, refused("attempt_0000000000000000000000"));
+    assert_eq!(unknown, refused(&nobody));
     assert_eq!(
         h.run(&h.dev, &id).await,
         before,
@@ -1088,7 +1107,7 @@ async fn only_the_worker_holding_an_attempt_may_start_extend_or_complete_it() {
     let result = h
         .complete(&h.dev, &holder, &attempt, success(json!("mine")))
         .await;
-    assert_eq!(result, accepted(&attempt, "COMPLETED"));
+    assert_eq!(result, accepted(&attempt, RunStatus::CompletedSuccessfully));
     assert_eq!(
         h.run(&h.dev, &id).await.output,
         Some(Packet::json(&json!("mine")))

@@ -18,6 +18,7 @@ use axum::Json;
 use http_body_util::BodyExt;
 use runnel_core::batch::{BatchRecord, CreateBatchRequest, ItemLines, OneShotBatchRequest};
 use runnel_core::view::iso;
+use runnel_core::BatchId;
 use runnel_engine::batches::BatchDetail;
 use runnel_engine::BatchError;
 use serde::Serialize;
@@ -133,6 +134,8 @@ pub async fn items(
         return Err(too_large());
     }
     let _upload = state.batch_uploads.start(&environment.id)?;
+    // An id that is no batch id names no batch: answered as an unknown one.
+    let batch_id = BatchId::parse(&batch_id).ok_or(BatchError::NotFound(batch_id))?;
     let mut upload = state
         .engine
         .batch_items_open(&environment, &batch_id)
@@ -228,7 +231,7 @@ pub async fn one_shot(
                 .runs
                 .into_iter()
                 .map(|run| OneShotRunResponse {
-                    id: run.id,
+                    id: run.id.to_string(),
                     task_identifier: run.task_identifier,
                     is_cached: run.is_cached,
                     idempotency_key: run.idempotency_key,
@@ -308,9 +311,11 @@ async fn detail(
     environment: &runnel_core::tenancy::Environment,
     batch_id: &str,
 ) -> Result<BatchDetail, ApiError> {
+    // An id that is no batch id names no batch.
+    let batch_id = BatchId::parse(batch_id).ok_or(ApiError::NotFound)?;
     state
         .engine
-        .batch_detail(environment, batch_id)
+        .batch_detail(environment, &batch_id)
         .await?
         .ok_or(ApiError::NotFound)
 }

@@ -304,6 +304,20 @@ async fn batch_items_refuses_bad_requests_before_storing_anything() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "Batch batch_nope not found",
         );
+    // Ids that are no batch ids answer as unknown ones do.
+    for unknown in ["not-a-batch", "batch_NOPE", "run_abc", "batch_"] {
+        items_as(&app, &app.dev_key, unknown, NDJSON, good.clone())
+            .await
+            .assert_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("Batch {unknown} not found"),
+            );
+        for version in ["v1", "v2"] {
+            retrieve(&app, &app.dev_key, version, unknown)
+                .await
+                .assert_error(StatusCode::NOT_FOUND, "Not found");
+        }
+    }
     let get = send(
         app.server
             .request(Method::GET, &format!("/api/v3/batches/{id}/items"))
