@@ -460,15 +460,17 @@ pub(crate) async fn trigger_many<D: Dialect>(
 /// bind-parameter limit.
 pub(crate) async fn insert_runs<D: Dialect>(conn: &mut Conn<D>, runs: &[&Run]) -> Result<()> {
     for chunk in runs.chunks(rows_per_statement(D::MAX_BINDS, rows::run_column_count())) {
+        let columns = rows::run_column_count();
         let mut p = Params::<D>::sequential();
-        let values: Vec<String> = chunk
-            .iter()
-            .map(|run| p.row(rows::run_values(run)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES {}",
-            values.join(", ")
-        );
+        p.reserve(chunk.len() * columns);
+        let mut sql = format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES ");
+        sql.reserve(chunk.len() * columns * 4);
+        for (i, run) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            p.push_row(&mut sql, rows::run_values(run));
+        }
         p.execute(conn, &sql).await?;
     }
     Ok(())

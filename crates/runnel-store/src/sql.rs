@@ -28,6 +28,7 @@
 //! schema has (text, integer, real, flag, and their `NULL`s; see `rows.rs`).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -151,11 +152,24 @@ impl<'a, D: Dialect> Params<'a, D> {
     /// Adds a value and returns its placeholder.
     pub(crate) fn bind(&mut self, value: impl Into<Value<'a>>) -> String {
         self.values.push(value.into());
+        let mut placeholder = String::with_capacity(4);
+        self.push_placeholder(&mut placeholder);
+        placeholder
+    }
+
+    /// Appends to `out` the placeholder of the value added last.
+    fn push_placeholder(&self, out: &mut String) {
         if self.bare {
-            "?".to_owned()
+            out.push('?');
         } else {
-            format!("${}", self.values.len())
+            // Writing to a String cannot fail.
+            let _ = write!(out, "${}", self.values.len());
         }
+    }
+
+    /// Makes room for `n` more values.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.values.reserve(n);
     }
 
     /// Adds a value for the next `$n` of a fixed text.
@@ -172,15 +186,27 @@ impl<'a, D: Dialect> Params<'a, D> {
         I: IntoIterator,
         I::Item: Into<Value<'a>>,
     {
-        let mut row = String::from("(");
-        for value in values {
-            if row.len() > 1 {
-                row.push_str(", ");
-            }
-            row.push_str(&self.bind(value));
-        }
-        row.push(')');
+        let mut row = String::new();
+        self.push_row(&mut row, values);
         row
+    }
+
+    /// Like [`Params::row`], appending the `(…)` to `out`: a statement of thousands of
+    /// values builds its text in one string.
+    pub(crate) fn push_row<I>(&mut self, out: &mut String, values: I)
+    where
+        I: IntoIterator,
+        I::Item: Into<Value<'a>>,
+    {
+        out.push('(');
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.values.push(value.into());
+            self.push_placeholder(out);
+        }
+        out.push(')');
     }
 
     /// Adds the values of a list and returns the membership test that follows a column
