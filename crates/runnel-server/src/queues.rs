@@ -4,7 +4,6 @@
 //! `task/<taskId>`), a custom queue by its name (`/` arrives encoded as `%2F`).
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use runnel_core::queue::{self, QueueName};
@@ -80,12 +79,10 @@ impl From<QueueRecord> for QueueItem {
     }
 }
 
+/// A missing queue: upstream's body, through the one error mapping (so it also says
+/// `x-should-retry: false`, and the SDK does not retry it).
 fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": "queue-not-found"})),
-    )
-        .into_response()
+    ApiError::Missing("queue-not-found".to_owned()).into_response()
 }
 
 /// How the path names the queue.

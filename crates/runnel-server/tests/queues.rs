@@ -140,6 +140,8 @@ async fn registered_queues_are_listed_retrieved_paused_and_overridden() {
         (missing.status, missing.body),
         (StatusCode::NOT_FOUND, json!({"error": "queue-not-found"}))
     );
+    // A final refusal: the SDK retries a 4xx unless told not to.
+    assert_eq!(missing.headers["x-should-retry"], "false");
     get(server, key, "/api/v1/queues/hello?type=bogus")
         .await
         .assert_error(
