@@ -426,11 +426,13 @@ fn sqlite_query<'q>(
             Value::Int(n) => query.bind(n),
             Value::Real(x) => query.bind(x),
             Value::Flag(flag) => query.bind(flag),
-            // `Params::list` never makes an array for SQLite; were one to reach here,
-            // its text form would match nothing rather than everything.
-            Value::Texts(items) => query.bind(format!("{items:?}")),
-            Value::TextColumn(items) => query.bind(format!("{items:?}")),
-            Value::IntColumn(items) => query.bind(format!("{items:?}")),
+            // `Params` makes arrays only for a dialect with `ARRAYS` (not SQLite). Were
+            // one to reach here, a debug build says so, and a release build binds NULL,
+            // which matches nothing.
+            Value::Texts(_) | Value::TextColumn(_) | Value::IntColumn(_) => {
+                debug_assert!(false, "an array value bound to a SQLite statement");
+                query.bind(None::<&str>)
+            }
         };
     }
     query
