@@ -30,7 +30,7 @@ pub mod view;
 pub mod worker;
 
 pub use id::{AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, WorkerId};
-pub use key::{EnvironmentKind, SecretKey};
+pub use key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 pub use machine::MachinePreset;
 pub use queue::QueueName;
 pub use status::{ApiVersion, RunStatus};

@@ -26,6 +26,7 @@ pub mod multinode;
 pub mod queues;
 pub mod runtime;
 pub mod services;
+pub mod devboot;
 mod trigger;
 mod unsupported;
 pub mod workers;
