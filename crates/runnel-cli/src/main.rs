@@ -859,8 +859,8 @@ async fn announce_trigger_dev(server: &RunningServer, url: &str, store: &StoreAr
         format!("\"$(runnel keys create --pat{})\"", store.command_line())
     };
     println!(
-        "TypeScript tasks: in your trigger.dev project, run `npx trigger.dev dev` after \
-         (TRIGGER_PROJECT_REF stands in for `project` in trigger.config.ts):"
+        "TypeScript tasks: export these, then run `npx trigger.dev dev` in your trigger.dev \
+         project (TRIGGER_PROJECT_REF overrides `project` in trigger.config.ts):"
     );
     println!(
         "  export TRIGGER_API_URL={url} TRIGGER_ACCESS_TOKEN={token} TRIGGER_PROJECT_REF={}",

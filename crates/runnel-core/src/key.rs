@@ -258,7 +258,10 @@ mod tests {
         let token = PersonalAccessToken::generate();
         assert!(token.expose().starts_with("tr_pat_"));
         assert_eq!(token.expose().len(), 7 + 40);
-        assert_eq!(PersonalAccessToken::parse(token.expose()), Some(token.clone()));
+        assert_eq!(
+            PersonalAccessToken::parse(token.expose()),
+            Some(token.clone())
+        );
         assert_eq!(token.display_prefix().len(), 7 + 6);
         assert!(token.expose().starts_with(&token.display_prefix()));
         assert_eq!(token.hash().len(), 64);
@@ -304,7 +307,9 @@ mod tests {
         let token = PersonalAccessToken::parse(&format!("tr_pat_{}", "a".repeat(40))).unwrap();
         let environment = EnvironmentId::parse("env_0123456789abcdefghijklmn").unwrap();
         assert_eq!(
-            token.derive_key(EnvironmentKind::Dev, &environment).expose(),
+            token
+                .derive_key(EnvironmentKind::Dev, &environment)
+                .expose(),
             "tr_dev_PG8ODXUXmaWSRTWECdyVNvJZ"
         );
         assert_eq!(base62_tail([0; 32], 4), "0000");

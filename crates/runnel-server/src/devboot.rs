@@ -410,14 +410,20 @@ mod tests {
     #[test]
     fn base_url_is_the_host_the_client_reached() {
         for (pairs, want) in [
-            (vec![("host", "127.0.0.1:3030")], Some("http://127.0.0.1:3030")),
+            (
+                vec![("host", "127.0.0.1:3030")],
+                Some("http://127.0.0.1:3030"),
+            ),
             (vec![("host", "[::1]:8080")], Some("http://[::1]:8080")),
             (
                 vec![("host", "runnel.example"), ("x-forwarded-proto", "https")],
                 Some("https://runnel.example"),
             ),
             (
-                vec![("host", "runnel.example"), ("x-forwarded-proto", "HTTPS, http")],
+                vec![
+                    ("host", "runnel.example"),
+                    ("x-forwarded-proto", "HTTPS, http"),
+                ],
                 Some("https://runnel.example"),
             ),
             (

@@ -28,7 +28,12 @@ async fn get(app: &TestApp, path: &str, token: Option<&str>) -> Reply {
 
 /// `GET /api/v1/projects/{ref}/{env}` with a personal access token.
 async fn project_env(app: &TestApp, project: &str, env: &str, token: &str) -> Reply {
-    get(app, &format!("/api/v1/projects/{project}/{env}"), Some(token)).await
+    get(
+        app,
+        &format!("/api/v1/projects/{project}/{env}"),
+        Some(token),
+    )
+    .await
 }
 
 /// The secret key `token` trades for in `env` (asserting the whole answer).
@@ -167,7 +172,11 @@ async fn a_token_trades_for_one_stable_key_per_environment() {
     let token = app.pat_create();
     let dev = api_key(&app, &token, "dev").await;
     assert_secret_key(&dev, "dev");
-    assert_eq!(api_key(&app, &token, "dev").await, dev, "same token, same key");
+    assert_eq!(
+        api_key(&app, &token, "dev").await,
+        dev,
+        "same token, same key"
+    );
     let other = app.pat_create();
     assert_ne!(api_key(&app, &other, "dev").await, dev);
     assert_secret_key(&api_key(&app, &token, "staging").await, "stg");
@@ -194,7 +203,8 @@ async fn concurrent_first_requests_get_the_same_key() {
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let (api, path, token) = (api.clone(), path.clone(), token.clone());
-        requests.spawn(async move { send(api.request(Method::GET, &path).bearer_auth(&token)).await });
+        requests
+            .spawn(async move { send(api.request(Method::GET, &path).bearer_auth(&token)).await });
     }
     let replies = requests.join_all().await;
     let keys: Vec<&Value> = replies
@@ -206,7 +216,10 @@ async fn concurrent_first_requests_get_the_same_key() {
         .collect();
     assert!(keys.iter().all(|key| *key == keys[0]), "{keys:?}");
     let key = keys[0].as_str().unwrap();
-    let reply = app.server.retrieve(key, "run_0000000000000000000000000a").await;
+    let reply = app
+        .server
+        .retrieve(key, "run_0000000000000000000000000a")
+        .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "a live key: {reply:?}");
 }
 
@@ -227,7 +240,10 @@ async fn a_revoked_derived_key_is_refused_not_revived() {
             &key[..13]
         ),
     );
-    let reply = app.server.retrieve(&key, "run_0000000000000000000000000a").await;
+    let reply = app
+        .server
+        .retrieve(&key, "run_0000000000000000000000000a")
+        .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
     // Another environment's key of the same token is untouched.
     assert_secret_key(&api_key(&app, &token, "prod").await, "prod");
@@ -273,7 +289,10 @@ async fn urls_follow_the_host_and_forwarded_proto() {
             .header("x-forwarded-proto", "https"),
     )
     .await;
-    assert_eq!(reply.body["apiUrl"], "https://runnel.example:8443", "{reply:?}");
+    assert_eq!(
+        reply.body["apiUrl"], "https://runnel.example:8443",
+        "{reply:?}"
+    );
     let key = reply.body["apiKey"].as_str().unwrap().to_owned();
     let reply = send(
         app.server
@@ -282,7 +301,10 @@ async fn urls_follow_the_host_and_forwarded_proto() {
             .header("host", "runnel.example:8080"),
     )
     .await;
-    assert_eq!(reply.body["engineUrl"], "http://runnel.example:8080", "{reply:?}");
+    assert_eq!(
+        reply.body["engineUrl"], "http://runnel.example:8080",
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
@@ -399,7 +421,10 @@ async fn branches_are_not_supported() {
     let project = app.project_id();
     let reply = send(
         app.server
-            .request(Method::POST, &format!("/api/v1/projects/{project}/branches"))
+            .request(
+                Method::POST,
+                &format!("/api/v1/projects/{project}/branches"),
+            )
             .bearer_auth(&token)
             .json(&json!({"branch": "feature", "env": "development"})),
     )

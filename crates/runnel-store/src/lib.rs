@@ -46,7 +46,7 @@ use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 use runnel_core::retry::RetryPolicy;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
 use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo, Project};
-use runnel_core::{AttemptId, EnvironmentId, ProjectId, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_core::{AttemptId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
 mod admission;

@@ -136,7 +136,10 @@ impl TestApp {
         let engine = self.server.engine.clone();
         self.server.block_on(async move {
             let project = engine.project().await.expect("reading the project");
-            project.expect("the project was bootstrapped").id.to_string()
+            project
+                .expect("the project was bootstrapped")
+                .id
+                .to_string()
         })
     }
 

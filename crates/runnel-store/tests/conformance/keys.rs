@@ -281,7 +281,10 @@ async fn insert_tokens(store: &dyn Store) -> (PersonalAccessToken, PersonalAcces
         PersonalAccessToken::generate(),
         PersonalAccessToken::generate(),
     );
-    store.pat_insert(&first, &project.id, at(HOUR)).await.unwrap();
+    store
+        .pat_insert(&first, &project.id, at(HOUR))
+        .await
+        .unwrap();
     store
         .pat_insert(&second, &project.id, at(2 * HOUR))
         .await
@@ -296,7 +299,11 @@ pub(crate) async fn pat_authenticate_finds_the_project_of_a_live_token(store: Ar
 
     for token in [&first, &second] {
         assert_eq!(
-            store.pat_authenticate(&token.hash()).await.unwrap().as_ref(),
+            store
+                .pat_authenticate(&token.hash())
+                .await
+                .unwrap()
+                .as_ref(),
             Some(&project),
             "{token:?}"
         );
@@ -310,7 +317,10 @@ pub(crate) async fn pat_authenticate_finds_the_project_of_a_live_token(store: Ar
     );
     // Looked up by hash only, and a token is no secret key (nor the other way round).
     assert_eq!(store.pat_authenticate(first.expose()).await.unwrap(), None);
-    assert_eq!(store.api_key_authenticate(&first.hash()).await.unwrap(), None);
+    assert_eq!(
+        store.api_key_authenticate(&first.hash()).await.unwrap(),
+        None
+    );
     assert_eq!(
         store
             .pat_authenticate(&tenancy.dev_key.hash())
