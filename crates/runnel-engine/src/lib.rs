@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 pub mod actions;
 pub mod batches;
 pub mod clock;
+pub mod events;
 pub mod list;
 pub mod multinode;
 pub mod queues;

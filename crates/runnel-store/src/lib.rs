@@ -33,6 +33,7 @@
 //! | [`WorkerStore`] | `workers.rs` | registration, versions, served tasks |
 //! | [`QueueStore`] | `queues.rs` | declarations, limits, pause (a dequeue's admission under them: `admission.rs`) |
 //! | [`BatchStore`] | `batches.rs` | batches, items, the multi-row trigger |
+//! | [`EventStore`] | `events.rs` | a run's log lines and spans (OTLP ingest) |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
 //! the group-commit writer's transactions and PostgreSQL's idempotency-key race, the
@@ -54,6 +55,7 @@ mod attempts;
 mod backend;
 mod batches;
 mod detach;
+pub mod events;
 mod group;
 mod keys;
 mod list;
@@ -68,6 +70,9 @@ pub mod sqlite;
 mod sweeps;
 mod workers;
 
+pub use events::{
+    EventCursor, EventKind, EventStore, NewRunEvent, RunEvent, RunEventQuery, RUN_EVENTS_MAX_PER_RUN,
+};
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
 pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
@@ -247,6 +252,7 @@ pub trait Store:
     + WorkerStore
     + QueueStore
     + BatchStore
+    + EventStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -262,6 +268,7 @@ impl<T> Store for T where
         + WorkerStore
         + QueueStore
         + BatchStore
+        + EventStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -271,7 +278,7 @@ impl<T> Store for T where
 /// The store's traits, for calling them on an `Arc<dyn Store>`.
 pub mod prelude {
     pub use crate::{
-        AttemptStore, BatchStore, KeyStore, NodeStore, QueueStore, RunStore, Store, SweepStore,
+        AttemptStore, BatchStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store, SweepStore,
         WorkerStore,
     };
 }
