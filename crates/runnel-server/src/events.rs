@@ -373,10 +373,11 @@ fn root_data(run: &Run, end: &RunEnd) -> SpanData {
         message: run.task_identifier.clone(),
         task_slug: Some(run.task_identifier.clone()),
         events: Vec::new(),
-        start_time: run
-            .created_at
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        duration: (finished - run.created_at).num_microseconds().unwrap_or(0).max(0) as f64
+        start_time: run.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        duration: (finished - run.created_at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0) as f64
             / 1000.0,
         is_error: run.status.is_final()
             && !matches!(

@@ -519,7 +519,10 @@ mod tests {
         );
         assert_eq!(unattributed, 2);
         assert_eq!(events[0].duration_ns, 1_500_000_000);
-        assert_eq!(events[1].parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            events[1].parent_span_id.as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert_eq!(events[0].parent_span_id, None);
     }
 

@@ -9,7 +9,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 use reqwest::{Method, StatusCode};
 use runnel_core::RunId;
-use runnel_store::prelude::*;
 use runnel_store::RunEventQuery;
 use runnel_testkit::{send, Reply, Server, TestApp};
 use serde_json::{json, Value};
@@ -60,7 +59,14 @@ fn context(run: &str) -> Vec<Value> {
     ]
 }
 
-fn span(id: &str, parent: &str, name: &str, start_ms: u64, end_ms: u64, attrs: Vec<Value>) -> Value {
+fn span(
+    id: &str,
+    parent: &str,
+    name: &str,
+    start_ms: u64,
+    end_ms: u64,
+    attrs: Vec<Value>,
+) -> Value {
     json!({
         "traceId": TRACE, "spanId": id, "parentSpanId": parent, "name": name, "kind": 1,
         "startTimeUnixNano": (T0 + start_ms * MS).to_string(),
@@ -113,7 +119,9 @@ async fn get(server: &Server, key: &str, path: &str) -> Reply {
 
 /// A run of task `hello` (no worker needed: it only has to exist).
 async fn run_of(server: &Server, key: &str) -> String {
-    server.trigger_new(key, "hello", &json!({"payload": {}})).await
+    server
+        .trigger_new(key, "hello", &json!({"payload": {}}))
+        .await
 }
 
 /// `value` with every `cursor` replaced by `"<cursor>"`.
@@ -170,8 +178,22 @@ async fn export_attempt(server: &Server, run: &str) {
         (
             "traces",
             traces(vec![
-                span(WAIT_SPAN, RUN_FN_SPAN, "wait.for()", 30, 1030, attempt(vec![])),
-                span(RUN_FN_SPAN, ATTEMPT_SPAN, "run()", 10, 1100, attempt(vec![])),
+                span(
+                    WAIT_SPAN,
+                    RUN_FN_SPAN,
+                    "wait.for()",
+                    30,
+                    1030,
+                    attempt(vec![]),
+                ),
+                span(
+                    RUN_FN_SPAN,
+                    ATTEMPT_SPAN,
+                    "run()",
+                    10,
+                    1100,
+                    attempt(vec![]),
+                ),
                 span(
                     ATTEMPT_SPAN,
                     RUN_SPAN,
@@ -270,9 +292,16 @@ async fn json_exports_of_a_run_read_back_as_its_events_and_trace() {
     }
     assert_eq!(
         shape(root),
-        json!(["hello", [["Attempt 1", [["run()", [
-            ["Hello, world!", []], ["wait.for()", []], ["careful", []],
-        ]]]]]])
+        json!([
+            "hello",
+            [[
+                "Attempt 1",
+                [[
+                    "run()",
+                    [["Hello, world!", []], ["wait.for()", []], ["careful", []],]
+                ]]
+            ]]
+        ])
     );
     let attempt = &root["children"][0];
     assert_eq!(
@@ -344,7 +373,12 @@ async fn events_page_by_cursor_and_filter_by_kind() {
     assert_eq!(page.body["attemptFailures"], json!([]));
     assert_eq!(page.body["pagination"], json!({}));
 
-    for bad in ["page[size]=0", "page[size]=x", "page[after]=nope", "filter[kind]=metric"] {
+    for bad in [
+        "page[size]=0",
+        "page[size]=x",
+        "page[after]=nope",
+        "filter[kind]=metric",
+    ] {
         let reply = get(server, key, &format!("/api/v1/runs/{run}/events?{bad}")).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {reply:?}");
         assert_eq!(reply.body["error"], "Query Error", "{bad}: {reply:?}");
@@ -372,11 +406,11 @@ async fn a_protobuf_export_is_stored_and_answered_in_protobuf() {
         .await
         .expect("posting protobuf");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/x-protobuf"
+    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+    assert!(
+        response.bytes().await.unwrap().is_empty(),
+        "an empty export response"
     );
-    assert!(response.bytes().await.unwrap().is_empty(), "an empty export response");
 
     let reply = get(server, key, &format!("/api/v1/runs/{run}/events")).await;
     let event = &reply.body["events"][0];
@@ -400,7 +434,7 @@ async fn a_protobuf_export_is_stored_and_answered_in_protobuf() {
 #[tokio::test]
 async fn exports_of_unknown_runs_are_dropped_and_bad_bodies_refused() {
     let app = TestApp::start();
-    let (server, key) = (&app.server, app.dev_key.as_str());
+    let server = &app.server;
     let missing = RunId::generate(0).to_string();
     let reply = export(
         server,
@@ -444,7 +478,10 @@ async fn exports_of_unknown_runs_are_dropped_and_bad_bodies_refused() {
         .await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{signal}: {reply:?}");
         assert!(
-            reply.body["error"].as_str().unwrap().contains("invalid OTLP JSON body"),
+            reply.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("invalid OTLP JSON body"),
             "{signal}: {reply:?}"
         );
     }

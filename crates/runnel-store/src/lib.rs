@@ -70,10 +70,11 @@ pub mod sqlite;
 mod sweeps;
 mod workers;
 
-pub use events::{
-    EventCursor, EventKind, EventStore, NewRunEvent, RunEvent, RunEventQuery, RUN_EVENTS_MAX_PER_RUN,
-};
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
+pub use events::{
+    EventCursor, EventKind, EventStore, NewRunEvent, RunEvent, RunEventQuery,
+    RUN_EVENTS_MAX_PER_RUN,
+};
 pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
 pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
@@ -278,8 +279,8 @@ impl<T> Store for T where
 /// The store's traits, for calling them on an `Arc<dyn Store>`.
 pub mod prelude {
     pub use crate::{
-        AttemptStore, BatchStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store, SweepStore,
-        WorkerStore,
+        AttemptStore, BatchStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store,
+        SweepStore, WorkerStore,
     };
 }
 

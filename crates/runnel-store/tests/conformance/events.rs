@@ -17,9 +17,18 @@ fn event(run: &RunId, kind: EventKind, span_id: &str, name: &str, start_s: i64) 
         span_id: span_id.to_owned(),
         parent_span_id: (kind != EventKind::Log).then(|| "b7ad6b7169203331".to_owned()),
         name: name.to_owned(),
-        level: if kind == EventKind::Log { "INFO" } else { "TRACE" }.to_owned(),
+        level: if kind == EventKind::Log {
+            "INFO"
+        } else {
+            "TRACE"
+        }
+        .to_owned(),
         start_ns: at(start_s).timestamp_nanos_opt().unwrap() + 123,
-        duration_ns: if kind == EventKind::Span { 2 * SECOND_NS } else { 0 },
+        duration_ns: if kind == EventKind::Span {
+            2 * SECOND_NS
+        } else {
+            0
+        },
         status_code: 0,
         attributes: json!({"$metadata.ctx.run.id": run.as_str(), "user": {"n": 1}}),
         events: (kind != EventKind::Log).then(|| json!([{"name": "e", "timeUnixNano": 5}])),
@@ -67,7 +76,13 @@ pub(crate) async fn run_event_insert_stores_events_of_existing_runs_in_their_env
         log(&dev_run.id, "dev line", 1),
         log(&missing, "nobody's line", 1),
         log(&prod_run.id, "prod line", 1),
-        event(&dev_run.id, EventKind::Span, "a1a1a1a1a1a1a1a1", "dev span", 0),
+        event(
+            &dev_run.id,
+            EventKind::Span,
+            "a1a1a1a1a1a1a1a1",
+            "dev span",
+            0,
+        ),
     ];
     let written = store
         .run_event_insert(&events, at(10))
@@ -92,7 +107,9 @@ pub(crate) async fn run_event_insert_stores_events_of_existing_runs_in_their_env
     assert!(list(&*store, &tenancy.prod, &dev_run.id, &all())
         .await
         .is_empty());
-    assert!(list(&*store, &tenancy.dev, &missing, &all()).await.is_empty());
+    assert!(list(&*store, &tenancy.dev, &missing, &all())
+        .await
+        .is_empty());
 }
 
 pub(crate) async fn run_event_insert_replaces_a_partial_span_with_the_ended_one(
@@ -104,12 +121,24 @@ pub(crate) async fn run_event_insert_replaces_a_partial_span_with_the_ended_one(
     let span = "c3c3c3c3c3c3c3c3";
     let partial = event(&run.id, EventKind::PartialSpan, span, "running", 1);
     let ended = event(&run.id, EventKind::Span, span, "ended", 1);
-    store.run_event_insert(&[partial.clone()], at(1)).await.unwrap();
+    store
+        .run_event_insert(&[partial.clone()], at(1))
+        .await
+        .unwrap();
     // A second copy replaces the first; the ended span replaces the copies.
-    store.run_event_insert(&[partial.clone()], at(2)).await.unwrap();
-    store.run_event_insert(&[ended.clone()], at(3)).await.unwrap();
+    store
+        .run_event_insert(&[partial.clone()], at(2))
+        .await
+        .unwrap();
+    store
+        .run_event_insert(&[ended.clone()], at(3))
+        .await
+        .unwrap();
     // A copy arriving late, and the span again, change nothing.
-    store.run_event_insert(&[partial.clone()], at(4)).await.unwrap();
+    store
+        .run_event_insert(&[partial.clone()], at(4))
+        .await
+        .unwrap();
     let mut again = ended.clone();
     again.name = "ended again".to_owned();
     store.run_event_insert(&[again], at(5)).await.unwrap();
@@ -237,7 +266,13 @@ pub(crate) async fn run_event_insert_stops_at_the_cap_per_run(store: Arc<dyn Sto
     let span = "f6f6f6f6f6f6f6f6";
     store
         .run_event_insert(
-            &[event(&chatty.id, EventKind::PartialSpan, span, "running", 0)],
+            &[event(
+                &chatty.id,
+                EventKind::PartialSpan,
+                span,
+                "running",
+                0,
+            )],
             at(1),
         )
         .await
