@@ -122,21 +122,21 @@ pub(crate) async fn run_event_insert_replaces_a_partial_span_with_the_ended_one(
     let partial = event(&run.id, EventKind::PartialSpan, span, "running", 1);
     let ended = event(&run.id, EventKind::Span, span, "ended", 1);
     store
-        .run_event_insert(&[partial.clone()], at(1))
+        .run_event_insert(std::slice::from_ref(&partial), at(1))
         .await
         .unwrap();
     // A second copy replaces the first; the ended span replaces the copies.
     store
-        .run_event_insert(&[partial.clone()], at(2))
+        .run_event_insert(std::slice::from_ref(&partial), at(2))
         .await
         .unwrap();
     store
-        .run_event_insert(&[ended.clone()], at(3))
+        .run_event_insert(std::slice::from_ref(&ended), at(3))
         .await
         .unwrap();
     // A copy arriving late, and the span again, change nothing.
     store
-        .run_event_insert(&[partial.clone()], at(4))
+        .run_event_insert(std::slice::from_ref(&partial), at(4))
         .await
         .unwrap();
     let mut again = ended.clone();
