@@ -27,12 +27,7 @@ async fn options_not_supported_yet_are_accepted_and_logged_once_each() {
     for _ in 0..3 {
         server.trigger_new(key, "t", &used).await;
     }
-    let options = [
-        "region",
-        "debounce",
-        "concurrency",
-        "bulkActionId",
-    ];
+    let options = ["region", "debounce", "concurrency", "bulkActionId"];
     let logged = |name: &str| {
         let line = format!("option {name} is accepted but not supported yet");
         server.stderr().matches(&line).count()

@@ -175,7 +175,11 @@ async fn a_token_that_times_out_resumes_the_run_with_the_timeout_error() {
         output_type: Some("application/json".into()),
         is_error: false,
     };
-    assert!(h.engine.token_complete(&h.dev, &token.id, &late).await.unwrap());
+    assert!(h
+        .engine
+        .token_complete(&h.dev, &token.id, &late)
+        .await
+        .unwrap());
     assert_eq!(h.waitpoint(&token.id).await.output, token.output);
 }
 
@@ -209,7 +213,10 @@ async fn trigger_and_wait_blocks_the_parent_until_the_child_ends_with_its_output
         )
         .await
         .unwrap();
-    assert_eq!(completed[0].run_status, Some(RunStatus::CompletedSuccessfully));
+    assert_eq!(
+        completed[0].run_status,
+        Some(RunStatus::CompletedSuccessfully)
+    );
 
     assert_eq!(h.status(&parent).await, RunStatus::Executing);
     let (status, waited) = h.latest(&parent).await;

@@ -111,7 +111,13 @@ pub fn headers_valid_for(
     now: DateTime<Utc>,
     ttl_secs: i64,
 ) -> HeaderMap {
-    let token = mint(environment, key_hash, scopes, now, now.timestamp() + ttl_secs);
+    let token = mint(
+        environment,
+        key_hash,
+        scopes,
+        now,
+        now.timestamp() + ttl_secs,
+    );
     let claims = json!({"sub": environment.as_str(), "pub": true, "scopes": scopes});
     let mut headers = HeaderMap::new();
     // Both values are ASCII: base64url and JSON of ids and scope strings (non-ASCII

@@ -107,10 +107,9 @@ fn instant(value: &Value) -> Option<DateTime<Utc>> {
 /// A body that may come with any content type (or none): JSON regardless, empty as `{}`.
 fn loose_body<T: serde::de::DeserializeOwned>(body: RawBody) -> Result<T, ApiError> {
     match &body {
-        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => json_body(
-            Ok(axum::body::Bytes::from_static(b"{}")),
-            &[],
-        ),
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+            json_body(Ok(axum::body::Bytes::from_static(b"{}")), &[])
+        }
         _ => json_body(body, &[]),
     }
 }
@@ -469,7 +468,10 @@ pub async fn list(
     };
     let base = base_url(&headers);
     Ok(Json(TokenPage {
-        data: rows.iter().map(|t| TokenItem::new(t, &base, false)).collect(),
+        data: rows
+            .iter()
+            .map(|t| TokenItem::new(t, &base, false))
+            .collect(),
         pagination,
     }))
 }
@@ -567,9 +569,11 @@ pub async fn wait_duration(
 ) -> Result<Json<impl Serialize>, ApiError> {
     let run = extract::run_id(&run_id, || ApiError::Missing("Run not found".to_owned()))?;
     let request: WaitDurationRequest = loose_body(body)?;
-    let until = request.date.as_ref().and_then(instant).ok_or_else(|| {
-        ApiError::BadRequest("date: must be an ISO 8601 date".to_owned())
-    })?;
+    let until = request
+        .date
+        .as_ref()
+        .and_then(instant)
+        .ok_or_else(|| ApiError::BadRequest("date: must be an ISO 8601 date".to_owned()))?;
     let now = state.engine.now();
     let key = wait_key(request.idempotency_key, request.idempotency_key_ttl, now)?;
     let waitpoint = state
@@ -669,7 +673,10 @@ mod tests {
             [TokenStatus::Waiting, TokenStatus::TimedOut]
         );
         assert_eq!(query.tags, ["a", "b"]);
-        assert_eq!(query.created_from, Some("2026-12-03T09:00:00Z".parse().unwrap()));
+        assert_eq!(
+            query.created_from,
+            Some("2026-12-03T09:00:00Z".parse().unwrap())
+        );
         assert_eq!(query.limit, 7);
         let issues = list_query(
             &pairs(&[

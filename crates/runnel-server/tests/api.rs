@@ -1121,7 +1121,11 @@ async fn resume_parent_on_completion_needs_an_executing_parent() {
     );
     // Nothing was created, and the parent still only waits in its queue.
     let list = send(server.request(Method::GET, "/api/v1/runs").bearer_auth(key)).await;
-    assert_eq!(list.body["data"].as_array().map(Vec::len), Some(1), "{list:?}");
+    assert_eq!(
+        list.body["data"].as_array().map(Vec::len),
+        Some(1),
+        "{list:?}"
+    );
     assert_eq!(server.run(key, &parent).await["status"], "QUEUED");
 
     // An executing parent waits for the child and resumes when it ends.
@@ -1135,14 +1139,21 @@ async fn resume_parent_on_completion_needs_an_executing_parent() {
         .await;
     let status = |run: String| async move {
         server
-            .retrieve_as(key, &run, runnel_core::status::ApiVersion::CURRENT_HEADER_VALUE)
+            .retrieve_as(
+                key,
+                &run,
+                runnel_core::status::ApiVersion::CURRENT_HEADER_VALUE,
+            )
             .await
             .body["status"]
             .clone()
     };
     assert_eq!(status(parent.clone()).await, "WAITING");
     let worker = server.register_worker(key, &["c"]).await;
-    assert_eq!(server.run_one(key, &worker, json!({"ok": true})).await, child);
+    assert_eq!(
+        server.run_one(key, &worker, json!({"ok": true})).await,
+        child
+    );
     assert_eq!(status(parent.clone()).await, "EXECUTING");
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use reqwest::{Method, StatusCode};
 use runnel_core::status::ApiVersion;
-use runnel_testkit::{assert_friendly_id, assert_no_nulls, send, timestamp, Reply, Server, TestApp};
+use runnel_testkit::{
+    assert_friendly_id, assert_no_nulls, send, timestamp, Reply, Server, TestApp,
+};
 use serde_json::{json, Value};
 
 const TOKENS: &str = "/api/v1/waitpoints/tokens";
@@ -150,14 +152,23 @@ async fn a_token_is_created_read_completed_once_and_answers_in_the_sdk_shapes() 
 
     // The same key finds the same token.
     let again = create(server, key, &json!({"idempotencyKey": "k1"})).await;
-    assert_eq!((token_id(&again), &again.body["isCached"]), (id.clone(), &json!(true)));
+    assert_eq!(
+        (token_id(&again), &again.body["isCached"]),
+        (id.clone(), &json!(true))
+    );
 
     let path = format!("{TOKENS}/{id}/complete");
     let done = post(server, key, &path, &json!({"data": {"approved": true}})).await;
-    assert_eq!((done.status, &done.body), (StatusCode::OK, &json!({"success": true})));
+    assert_eq!(
+        (done.status, &done.body),
+        (StatusCode::OK, &json!({"success": true}))
+    );
     // Completing again answers the same and keeps the first data.
     let twice = post(server, key, &path, &json!({"data": "other"})).await;
-    assert_eq!((twice.status, &twice.body), (StatusCode::OK, &json!({"success": true})));
+    assert_eq!(
+        (twice.status, &twice.body),
+        (StatusCode::OK, &json!({"success": true}))
+    );
     let read = get(server, key, &format!("{TOKENS}/{id}")).await;
     assert_eq!(
         redact(server, &read.body),
@@ -184,8 +195,20 @@ async fn a_string_and_no_data_complete_a_token_as_the_sdk_parses_them() {
     let (server, key) = (&app.server, app.dev_key.as_str());
     let text = token_id(&create(server, key, &json!({})).await);
     let empty = token_id(&create(server, key, &json!({})).await);
-    post(server, key, &format!("{TOKENS}/{text}/complete"), &json!({"data": "yes"})).await;
-    post(server, key, &format!("{TOKENS}/{empty}/complete"), &json!({})).await;
+    post(
+        server,
+        key,
+        &format!("{TOKENS}/{text}/complete"),
+        &json!({"data": "yes"}),
+    )
+    .await;
+    post(
+        server,
+        key,
+        &format!("{TOKENS}/{empty}/complete"),
+        &json!({}),
+    )
+    .await;
     let read = get(server, key, &format!("{TOKENS}/{text}")).await;
     assert_eq!(
         (&read.body["output"], &read.body["outputType"]),
@@ -227,16 +250,28 @@ async fn token_refusals() {
     assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE, "{too_big:?}");
 
     // Another environment's token, an unknown one and no id at all look the same.
-    for (caller, token) in [(other_key.as_str(), id.as_str()), (key, UNKNOWN), (key, "nope")] {
+    for (caller, token) in [
+        (other_key.as_str(), id.as_str()),
+        (key, UNKNOWN),
+        (key, "nope"),
+    ] {
         get(server, caller, &format!("{TOKENS}/{token}"))
             .await
             .assert_error(StatusCode::NOT_FOUND, "Waitpoint not found");
-        post(server, caller, &format!("{TOKENS}/{token}/complete"), &json!({"data": 1}))
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "Waitpoint not found");
+        post(
+            server,
+            caller,
+            &format!("{TOKENS}/{token}/complete"),
+            &json!({"data": 1}),
+        )
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "Waitpoint not found");
     }
     let read = get(server, key, &format!("{TOKENS}/{id}")).await;
-    assert_eq!(read.body["status"], "WAITING", "the other environment completed nothing");
+    assert_eq!(
+        read.body["status"], "WAITING",
+        "the other environment completed nothing"
+    );
 
     let anonymous = send(server.request(Method::GET, TOKENS)).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
@@ -247,15 +282,26 @@ async fn the_callback_url_completes_a_token_without_credentials() {
     let app = TestApp::start();
     let (server, key) = (&app.server, app.dev_key.as_str());
     let created = create(server, key, &json!({})).await;
-    let (id, url) = (token_id(&created), created.body["url"].as_str().unwrap().to_owned());
+    let (id, url) = (
+        token_id(&created),
+        created.body["url"].as_str().unwrap().to_owned(),
+    );
     let path = url.strip_prefix(&server.url).expect("the server's own URL");
 
     let wrong = path.replace("/callback/", "/callback/x");
     send(server.request(Method::POST, &wrong).json(&json!({"a": 1})))
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "Invalid URL, hash doesn't match");
-    let done = send(server.request(Method::POST, path).json(&json!({"status": "ok"}))).await;
-    assert_eq!((done.status, &done.body), (StatusCode::OK, &json!({"success": true})));
+    let done = send(
+        server
+            .request(Method::POST, path)
+            .json(&json!({"status": "ok"})),
+    )
+    .await;
+    assert_eq!(
+        (done.status, &done.body),
+        (StatusCode::OK, &json!({"success": true}))
+    );
     let read = get(server, key, &format!("{TOKENS}/{id}")).await;
     assert_eq!(read.body["output"], "{\"status\":\"ok\"}");
 
@@ -281,18 +327,39 @@ async fn the_public_token_handed_out_completes_its_waitpoint_and_no_other() {
     let (server, key) = (&app.server, app.dev_key.as_str());
     let created = create(server, key, &json!({})).await;
     let id = token_id(&created);
-    let jwt = created.headers["x-trigger-jwt"].to_str().unwrap().to_owned();
+    let jwt = created.headers["x-trigger-jwt"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let other = token_id(&create(server, key, &json!({})).await);
 
-    let refused = post(server, &jwt, &format!("{TOKENS}/{other}/complete"), &json!({})).await;
+    let refused = post(
+        server,
+        &jwt,
+        &format!("{TOKENS}/{other}/complete"),
+        &json!({}),
+    )
+    .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
     // The token completes, and only completes: reading needs the secret key.
-    let done = post(server, &jwt, &format!("{TOKENS}/{id}/complete"), &json!({"data": 7})).await;
-    assert_eq!((done.status, &done.body), (StatusCode::OK, &json!({"success": true})));
+    let done = post(
+        server,
+        &jwt,
+        &format!("{TOKENS}/{id}/complete"),
+        &json!({"data": 7}),
+    )
+    .await;
+    assert_eq!(
+        (done.status, &done.body),
+        (StatusCode::OK, &json!({"success": true}))
+    );
     let read = get(server, &jwt, &format!("{TOKENS}/{id}")).await;
     assert_eq!(read.status, StatusCode::UNAUTHORIZED, "{read:?}");
     let read = get(server, key, &format!("{TOKENS}/{id}")).await;
-    assert_eq!((&read.body["status"], &read.body["output"]), (&json!("COMPLETED"), &json!("7")));
+    assert_eq!(
+        (&read.body["status"], &read.body["output"]),
+        (&json!("COMPLETED"), &json!("7"))
+    );
 }
 
 #[tokio::test]
@@ -306,7 +373,13 @@ async fn tokens_list_newest_first_filtered_and_paged() {
         // Ids order by creation time in milliseconds.
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    post(server, key, &format!("{TOKENS}/{}/complete", ids[1]), &json!({})).await;
+    post(
+        server,
+        key,
+        &format!("{TOKENS}/{}/complete", ids[1]),
+        &json!({}),
+    )
+    .await;
     let listed = |reply: &Reply| -> Vec<String> {
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
         reply.body["data"]
@@ -326,18 +399,34 @@ async fn tokens_list_newest_first_filtered_and_paged() {
         json!({"id": ids[1], "url": "<callback url>", "status": "COMPLETED",
             "completedAt": "<timestamp>", "tags": ["later"], "createdAt": "<timestamp>"})
     );
-    let second = get(server, key, &format!("{TOKENS}?page[size]=2&page[after]={}", ids[1])).await;
+    let second = get(
+        server,
+        key,
+        &format!("{TOKENS}?page[size]=2&page[after]={}", ids[1]),
+    )
+    .await;
     assert_eq!(listed(&second), [ids[0].clone()]);
     assert_eq!(second.body["pagination"], json!({"previous": ids[0]}));
-    let back = get(server, key, &format!("{TOKENS}?page[size]=2&page[before]={}", ids[0])).await;
+    let back = get(
+        server,
+        key,
+        &format!("{TOKENS}?page[size]=2&page[before]={}", ids[0]),
+    )
+    .await;
     assert_eq!(listed(&back), [ids[2].clone(), ids[1].clone()]);
     assert_eq!(back.body["pagination"], json!({"next": ids[1]}));
 
     let cases = [
         ("filter[status]=COMPLETED", vec![ids[1].clone()]),
-        ("filter[status]=WAITING,TIMED_OUT", vec![ids[2].clone(), ids[0].clone()]),
+        (
+            "filter[status]=WAITING,TIMED_OUT",
+            vec![ids[2].clone(), ids[0].clone()],
+        ),
         ("filter[tags]=first", vec![ids[0].clone()]),
-        ("filter[createdAt][period]=1h", ids.iter().rev().cloned().collect()),
+        (
+            "filter[createdAt][period]=1h",
+            ids.iter().rev().cloned().collect(),
+        ),
         ("filter[createdAt][to]=2000-01-01", vec![]),
     ];
     for (query, expected) in cases {
@@ -345,9 +434,17 @@ async fn tokens_list_newest_first_filtered_and_paged() {
         assert_eq!(listed(&reply), expected, "{query}");
     }
     let other_key = app.keys_create("prod");
-    assert_eq!(listed(&get(server, &other_key, TOKENS).await), Vec::<String>::new());
+    assert_eq!(
+        listed(&get(server, &other_key, TOKENS).await),
+        Vec::<String>::new()
+    );
 
-    let bad = get(server, key, &format!("{TOKENS}?page[size]=0&filter[status]=DONE")).await;
+    let bad = get(
+        server,
+        key,
+        &format!("{TOKENS}?page[size]=0&filter[status]=DONE"),
+    )
+    .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
     assert_eq!(bad.body["error"], "Query Error");
     let paths: Vec<&Value> = bad.body["details"]
@@ -380,11 +477,19 @@ async fn wait_duration_blocks_an_executing_run_until_its_date() {
     assert_friendly_id(&waitpoint, "waitpoint");
     assert_eq!(
         timestamp(&reply.body["waitUntil"]).timestamp(),
-        chrono::DateTime::parse_from_rfc3339(&date).unwrap().timestamp()
+        chrono::DateTime::parse_from_rfc3339(&date)
+            .unwrap()
+            .timestamp()
     );
     assert_eq!(status(server, key, &run).await, "WAITING");
     // The same key is the same wait.
-    let again = post(server, key, &path, &json!({"date": Utc::now().to_rfc3339(), "idempotencyKey": "w1"})).await;
+    let again = post(
+        server,
+        key,
+        &path,
+        &json!({"date": Utc::now().to_rfc3339(), "idempotencyKey": "w1"}),
+    )
+    .await;
     assert_eq!(again.body["waitpoint"]["id"], json!(waitpoint));
     assert_eq!(again.body["waitUntil"], reply.body["waitUntil"]);
 
@@ -407,9 +512,20 @@ async fn wait_duration_blocks_an_executing_run_until_its_date() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "Run not found");
     let queued = server.trigger_new(key, "t", &json!({})).await;
-    let reply = post(server, key, &format!("/engine/v1/runs/{queued}/wait/duration"), &json!({"date": past})).await;
+    let reply = post(
+        server,
+        key,
+        &format!("/engine/v1/runs/{queued}/wait/duration"),
+        &json!({"date": past}),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
-    let anonymous = send(server.request(Method::POST, &path).json(&json!({"date": past}))).await;
+    let anonymous = send(
+        server
+            .request(Method::POST, &path)
+            .json(&json!({"date": past})),
+    )
+    .await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -421,10 +537,19 @@ async fn waiting_for_a_token_blocks_the_run_until_it_is_completed() {
     let token = token_id(&create(server, key, &json!({"timeout": "1h"})).await);
     let path = format!("/engine/v1/runs/{run}/waitpoints/tokens/{token}/wait");
     let waited = send(server.request(Method::POST, &path).bearer_auth(key)).await;
-    assert_eq!((waited.status, &waited.body), (StatusCode::OK, &json!({"success": true})));
+    assert_eq!(
+        (waited.status, &waited.body),
+        (StatusCode::OK, &json!({"success": true}))
+    );
     assert_eq!(status(server, key, &run).await, "WAITING");
 
-    post(server, key, &format!("{TOKENS}/{token}/complete"), &json!({"data": {"ok": 1}})).await;
+    post(
+        server,
+        key,
+        &format!("{TOKENS}/{token}/complete"),
+        &json!({"data": {"ok": 1}}),
+    )
+    .await;
     eventually_status(server, key, &run, "EXECUTING").await;
 
     // Another environment's token, or no token, is not found; a run that is not
@@ -443,7 +568,10 @@ async fn waiting_for_a_token_blocks_the_run_until_it_is_completed() {
     let refused = send(server.request(Method::POST, &path).bearer_auth(key)).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
     assert!(
-        refused.body["error"].as_str().unwrap().contains("only an executing run can wait"),
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only an executing run can wait"),
         "{refused:?}"
     );
 }

@@ -156,6 +156,7 @@ pub(crate) async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store:
                 error: None,
                 worker_id: Some(worker.id.clone()),
                 duration_ms: 0,
+                waited_ms: 0,
             }
         );
         let mut want = run.clone();
