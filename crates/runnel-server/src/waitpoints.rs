@@ -320,6 +320,12 @@ fn list_query(
             .collect()
     };
     let mut issues = Vec::new();
+    // Text the database cannot hold is no key or tag any token has.
+    for key in ["filter[idempotencyKey]", "filter[tags]"] {
+        if get(key).is_some_and(|v| v.contains('\0')) {
+            issues.push(QueryIssue::new("custom", key, "must not contain NUL"));
+        }
+    }
     let mut query = TokenListQuery {
         limit: PAGE_SIZE_DEFAULT,
         ..TokenListQuery::default()
@@ -680,6 +686,7 @@ mod tests {
         assert_eq!(query.limit, 7);
         let issues = list_query(
             &pairs(&[
+                ("filter[tags]", "a\0"),
                 ("filter[status]", "DONE"),
                 ("page[size]", "101"),
                 ("page[after]", "run_1"),
@@ -688,7 +695,15 @@ mod tests {
         )
         .unwrap_err();
         let paths: Vec<&str> = issues.iter().map(|i| i.path[0].as_str()).collect();
-        assert_eq!(paths, ["filter[status]", "page[size]", "page[after]"]);
+        assert_eq!(
+            paths,
+            [
+                "filter[tags]",
+                "filter[status]",
+                "page[size]",
+                "page[after]"
+            ]
+        );
     }
 
     #[test]

@@ -454,6 +454,14 @@ async fn tokens_list_newest_first_filtered_and_paged() {
         .map(|d| &d["path"][0])
         .collect();
     assert_eq!(paths, [&json!("filter[status]"), &json!("page[size]")]);
+    // Text no database column can hold is refused, not a 500.
+    let nul = get(
+        server,
+        key,
+        &format!("{TOKENS}?filter[idempotencyKey]=a%00"),
+    )
+    .await;
+    assert_eq!(nul.status, StatusCode::BAD_REQUEST, "{nul:?}");
 }
 
 #[tokio::test]
