@@ -69,7 +69,8 @@ impl PartialEq for TaskContext {
             && self.machine == other.machine
             && self.is_test == other.is_test
             && self.tags == other.tags
-            && self.client.as_ref().map(Client::api_url) == other.client.as_ref().map(Client::api_url)
+            && self.client.as_ref().map(Client::api_url)
+                == other.client.as_ref().map(Client::api_url)
     }
 }
 

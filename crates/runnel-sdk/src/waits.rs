@@ -208,7 +208,8 @@ impl TaskContext {
             .await?;
         let completed = self
             .until_completed(client, |w| {
-                w.pointer("/completedByTaskRun/friendlyId").and_then(Value::as_str)
+                w.pointer("/completedByTaskRun/friendlyId")
+                    .and_then(Value::as_str)
                     == Some(child.id.as_str())
             })
             .await?;
@@ -366,10 +367,7 @@ impl TaskContext {
         client: &Client,
         found: impl Fn(&[Value]) -> Option<T>,
     ) -> Result<T, Error> {
-        let path = format!(
-            "/engine/v1/runs/{}/snapshots/latest",
-            segment(&self.run_id)
-        );
+        let path = format!("/engine/v1/runs/{}/snapshots/latest", segment(&self.run_id));
         loop {
             let latest: Value = client
                 .call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
@@ -382,7 +380,10 @@ impl TaskContext {
             if let Some(found) = found(waitpoints) {
                 return Ok(found);
             }
-            match execution.pointer("/snapshot/executionStatus").and_then(Value::as_str) {
+            match execution
+                .pointer("/snapshot/executionStatus")
+                .and_then(Value::as_str)
+            {
                 Some("FINISHED") => {
                     let status = execution
                         .pointer("/run/status")

@@ -63,7 +63,11 @@ fn tasks() -> Tasks {
             Ok::<_, String>(started.elapsed().as_millis() as u64)
         })
         .task_with_context("approval", |token: String, ctx: TaskContext| async move {
-            match ctx.wait_for_token(&token).await.map_err(|e| e.to_string())? {
+            match ctx
+                .wait_for_token(&token)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 TokenResult::Completed(data) => Ok::<_, String>(json!({ "data": data })),
                 TokenResult::TimedOut => Ok(json!("timed out")),
             }
@@ -101,6 +105,10 @@ fn client(app: &TestApp) -> Client {
     Client::new(app.server.url.clone(), app.dev_key.clone())
 }
 
+fn client_with(app: &TestApp, key: &str) -> Client {
+    Client::new(app.server.url.clone(), key)
+}
+
 async fn finished(client: &Client, run: &str) -> RunInfo {
     client
         .wait_for_completion(run, Duration::from_millis(50), SERVICE_TIMEOUT)
@@ -110,14 +118,15 @@ async fn finished(client: &Client, run: &str) -> RunInfo {
 
 /// Polls until the run's status, as the v4 SDK reads it (`x-trigger-api-version`), is
 /// `status`.
-async fn until_status(app: &TestApp, run: &str, status: &str) -> Value {
-    eventually(&format!("{run} to be {status}"), SERVICE_TIMEOUT, || async {
-        let reply = app
-            .server
-            .retrieve_as(&app.dev_key, run, CURRENT_API_VERSION)
-            .await;
-        (reply.body["status"] == status).then_some(reply.body)
-    })
+async fn until_status(app: &TestApp, key: &str, run: &str, status: &str) -> Value {
+    eventually(
+        &format!("{run} to be {status}"),
+        SERVICE_TIMEOUT,
+        || async {
+            let reply = app.server.retrieve_as(key, run, CURRENT_API_VERSION).await;
+            (reply.body["status"] == status).then_some(reply.body)
+        },
+    )
     .await
 }
 
@@ -131,7 +140,7 @@ async fn trigger_and_wait_hands_the_parent_its_childs_output() {
         .trigger("parent", &21, TriggerOptions::default())
         .await
         .unwrap();
-    until_status(&app, &parent.id, "WAITING").await;
+    until_status(&app, &app.dev_key, &parent.id, "WAITING").await;
     let done = finished(&client, &parent.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.raw);
     let child_id = done.output.as_ref().unwrap()["child"]
@@ -183,20 +192,25 @@ async fn batch_trigger_and_wait_answers_in_item_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_leaves_the_run_waiting_then_resumes_it() {
     let app = TestApp::start();
-    let client = client(&app);
+    // Any environment's worker can wait, not only dev's.
+    let key = app.keys_create("prod");
+    let client = client_with(&app, &key);
     let worker = TestWorker::start(client.clone()).await;
 
     let run = client
         .trigger("sleeper", &Value::Null, TriggerOptions::default())
         .await
         .unwrap();
-    until_status(&app, &run.id, "WAITING").await;
+    until_status(&app, &key, &run.id, "WAITING").await;
     // Without the API version header, a waiting run reads as the v3 SDK knew it.
-    assert_eq!(app.server.run(&app.dev_key, &run.id).await["status"], "FROZEN");
+    assert_eq!(app.server.run(&key, &run.id).await["status"], "FROZEN");
     let done = finished(&client, &run.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.raw);
     let waited: u64 = done.output_as().unwrap();
-    assert!(waited >= SLEEP.as_millis() as u64 - 10, "waited {waited} ms");
+    assert!(
+        waited >= SLEEP.as_millis() as u64 - 10,
+        "waited {waited} ms"
+    );
     assert!(done.duration_ms < SLEEP.as_millis() as u64);
 
     worker.stop().await;
@@ -216,7 +230,7 @@ async fn wait_for_token_resumes_with_its_data_or_its_timeout() {
         .trigger("approval", &token.id, TriggerOptions::default())
         .await
         .unwrap();
-    until_status(&app, &run.id, "WAITING").await;
+    until_status(&app, &app.dev_key, &run.id, "WAITING").await;
     client
         .complete_token(&token.id, &json!({ "approved": true }))
         .await
