@@ -361,7 +361,8 @@ impl TaskContext {
     }
 
     /// Polls the run's latest snapshot every [`WAIT_POLL_INTERVAL`] until `found` picks
-    /// something out of its completed waitpoints; fails when the run has ended.
+    /// something out of its completed waitpoints; fails when the run has ended. Transient
+    /// errors (server unreachable, 5xx) are retried at the same pace.
     async fn until_listed<T>(
         &self,
         client: &Client,
@@ -369,9 +370,20 @@ impl TaskContext {
     ) -> Result<T, Error> {
         let path = format!("/engine/v1/runs/{}/snapshots/latest", segment(&self.run_id));
         loop {
-            let latest: Value = client
+            let latest: Value = match client
                 .call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
-                .await?;
+                .await
+            {
+                Ok(latest) => latest,
+                // A server away for a while (a restart) does not end the wait: the run
+                // is still blocked there, and a cancel stops this task anyway.
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(%error, run = %self.run_id, "reading the waiting run failed");
+                    tokio::time::sleep(WAIT_POLL_INTERVAL).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let execution = &latest["execution"];
             let waitpoints = execution["completedWaitpoints"]
                 .as_array()
