@@ -5,6 +5,12 @@
 //! - stdin: the run's payload as JSON (`null` when it has none), then end of input;
 //! - environment: the worker's, plus `RUNNEL_RUN_ID`, `RUNNEL_TASK`, `RUNNEL_ATTEMPT` (1 for
 //!   the first attempt), `RUNNEL_ATTEMPT_ID`, `RUNNEL_ENVIRONMENT` and `RUNNEL_VERSION`;
+//!   under the worker runtime also `RUNNEL_API_URL` and `RUNNEL_SECRET_KEY`: the server
+//!   and the worker's own key, which is its environment's secret key, so the command can
+//!   call the API, e.g. trigger a child of its own run (`options.parentRunId` =
+//!   `$RUNNEL_RUN_ID`). The same two are set as `TRIGGER_API_URL` and
+//!   `TRIGGER_SECRET_KEY`, which Trigger.dev's SDK reads (`tasks.trigger` from a Node
+//!   command). Anything the command runs can read the key: serve only trusted commands;
 //! - stdout is the output: JSON as is, other text as a JSON string (one trailing newline
 //!   trimmed), nothing (or only whitespace) as `null`; at most [`STDOUT_LIMIT_DEFAULT`];
 //! - stderr is the log: every line goes to the worker's log with the run id, and the last
@@ -48,7 +54,9 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use runnel_core::retry::RetryPolicy;
-use runnel_sdk::{AttemptOutcome, DequeuedRun, Executor, FailureKind, StopSignal, TaskDefinition};
+use runnel_sdk::{
+    AttemptOutcome, Client, DequeuedRun, Executor, FailureKind, StopSignal, TaskDefinition,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
@@ -181,7 +189,7 @@ impl ExecExecutor {
         self.tasks.iter().find(|task| task.name == name)
     }
 
-    fn command(&self, task: &ExecTask, run: &DequeuedRun) -> Command {
+    fn command(&self, task: &ExecTask, run: &DequeuedRun, client: Option<&Client>) -> Command {
         let mut command = match &self.task_guard {
             Some(program) => {
                 let mut command = Command::new(program);
@@ -200,7 +208,21 @@ impl ExecExecutor {
             .env("RUNNEL_ATTEMPT", run.attempt_number.to_string())
             .env("RUNNEL_ATTEMPT_ID", &run.attempt_id)
             .env("RUNNEL_ENVIRONMENT", &run.environment)
-            .env("RUNNEL_VERSION", &run.version)
+            .env("RUNNEL_VERSION", &run.version);
+        if let Some(client) = client {
+            // The worker's own key: the task may call the server on its run's behalf
+            // (trigger a child with `parentRunId=$RUNNEL_RUN_ID`), as Trigger.dev's
+            // SDK does with the `TRIGGER_` names.
+            for (url, key) in [
+                ("RUNNEL_API_URL", "RUNNEL_SECRET_KEY"),
+                ("TRIGGER_API_URL", "TRIGGER_SECRET_KEY"),
+            ] {
+                command
+                    .env(url, client.api_url())
+                    .env(key, client.secret_key());
+            }
+        }
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -228,7 +250,28 @@ impl Executor for ExecExecutor {
             .collect()
     }
 
-    async fn execute(&self, run: DequeuedRun, mut stop: StopSignal) -> AttemptOutcome {
+    async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome {
+        self.attempt(run, stop, None).await
+    }
+
+    async fn execute_with(
+        &self,
+        run: DequeuedRun,
+        stop: StopSignal,
+        client: &Client,
+    ) -> AttemptOutcome {
+        self.attempt(run, stop, Some(client)).await
+    }
+}
+
+impl ExecExecutor {
+    /// One attempt; with `client`, the command also gets the server's URL and key.
+    async fn attempt(
+        &self,
+        run: DequeuedRun,
+        mut stop: StopSignal,
+        client: Option<&Client>,
+    ) -> AttemptOutcome {
         let Some(task) = self.task(&run.task_identifier) else {
             return AttemptOutcome::failure(
                 FailureKind::SystemFailure,
@@ -250,7 +293,7 @@ impl Executor for ExecExecutor {
 
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = Running(&self.running);
-        let mut child = match self.command(task, &run).spawn() {
+        let mut child = match self.command(task, &run, client).spawn() {
             Ok(child) => child,
             Err(error) => {
                 return AttemptOutcome::failure(
@@ -750,6 +793,28 @@ mod tests {
         // The worker's own environment is inherited.
         let path = std::env::var("PATH").unwrap();
         assert_eq!(run(r#"printf %s "$PATH""#).await, success(json!(path)));
+    }
+
+    #[tokio::test]
+    async fn under_a_worker_the_command_gets_the_server_and_its_key() {
+        let command = r#"printf '%s %s %s %s' "$RUNNEL_API_URL" "$RUNNEL_SECRET_KEY" \
+                           "$TRIGGER_API_URL" "$TRIGGER_SECRET_KEY""#;
+        let client = Client::new("http://runnel.test:3030/", "tr_dev_worker");
+        let (_handle, stop) = StopSignal::channel();
+        let outcome = executor(command)
+            .execute_with(dequeued(TASK, Value::Null), stop, &client)
+            .await;
+        assert_eq!(
+            outcome,
+            success(json!(
+                "http://runnel.test:3030 tr_dev_worker http://runnel.test:3030 tr_dev_worker"
+            ))
+        );
+        // Without a worker's client (an executor driven directly) they are not set.
+        let bare = r#"printf %s "${RUNNEL_SECRET_KEY-unset}""#;
+        if std::env::var_os("RUNNEL_SECRET_KEY").is_none() {
+            assert_eq!(run(bare).await, success(json!("unset")));
+        }
     }
 
     #[tokio::test]

@@ -334,6 +334,33 @@ async fn a_run_completes_with_the_output_its_command_printed() {
     assert_eq!(run["finishedAt"], run["attempts"][0]["completedAt"]);
 }
 
+/// The command gets the server and the worker's key: with them and its run id it
+/// triggers a child of its own run, which the server links to it.
+#[tokio::test]
+async fn a_task_command_triggers_a_child_of_its_own_run() {
+    let app = TestApp::start();
+    let key = &app.dev_key;
+    let spawn = r#"curl -sf -X POST "$RUNNEL_API_URL/api/v1/tasks/child/trigger" -H "Authorization: Bearer $RUNNEL_SECRET_KEY" -H 'Content-Type: application/json' -d "{\"payload\": 7, \"options\": {\"parentRunId\": \"$RUNNEL_RUN_ID\"}}""#;
+    let worker = Worker::start(
+        &app.server,
+        key,
+        &["--task", &task("spawn", spawn), "--task", "child=cat"],
+    );
+    let parent = app
+        .server
+        .trigger_new(key, "spawn", &json!({ "payload": null }))
+        .await;
+
+    let run = final_run(&app.server, key, &parent, "COMPLETED", &[&worker]).await;
+    let child = run["output"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{run:#}"));
+    let child = final_run(&app.server, key, child, "COMPLETED", &[&worker]).await;
+    assert_eq!(child["output"], 7);
+    assert_eq!(child["depth"], 1, "{child:#}");
+    assert_eq!(child["relatedRuns"]["parent"]["id"], parent.as_str());
+}
+
 #[tokio::test]
 async fn a_failing_task_is_retried_until_it_succeeds() {
     let app = TestApp::start();

@@ -66,6 +66,11 @@ pub enum Error {
         status: RunStatus,
         waited: Duration,
     },
+    /// A wait of a [`crate::TaskContext`] could not be made or ended without its result:
+    /// the context has no client (it was not made by a [`crate::Worker`]), or the run
+    /// ended (was canceled) before its waitpoint completed.
+    #[error("cannot wait: {0}")]
+    Wait(String),
 }
 
 impl Error {
@@ -87,7 +92,10 @@ impl Error {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Error::Decode { .. } | Error::Payload(_) | Error::WaitTimedOut { .. } => false,
+            Error::Decode { .. }
+            | Error::Payload(_)
+            | Error::WaitTimedOut { .. }
+            | Error::Wait(_) => false,
         }
     }
 }
@@ -144,6 +152,12 @@ impl Client {
     /// The server's base URL, without a trailing slash.
     pub fn api_url(&self) -> &str {
         &self.api_url
+    }
+
+    /// The secret key this client sends: what a task process is handed so that it can
+    /// call the server on its run's behalf (exec mode's `RUNNEL_SECRET_KEY`).
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
     }
 
     /// Triggers a run of `task` with `payload`; answers with the run id.
@@ -271,14 +285,33 @@ impl Client {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, Error> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.api_url))
-            .bearer_auth(&self.secret_key)
-            .timeout(timeout);
+        let mut request = self.request(method.clone(), path, timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.send(request, method, path).await
+    }
+
+    /// A request to `path` with this client's key and `timeout`.
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url))
+            .bearer_auth(&self.secret_key)
+            .timeout(timeout)
+    }
+
+    /// Sends `request` (a `method` to `path`) and decodes a 2xx JSON answer as `T`.
+    pub(crate) async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: Method,
+        path: &str,
+    ) -> Result<T, Error> {
         let response = request.send().await.map_err(Error::Transport)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(Error::Transport)?;

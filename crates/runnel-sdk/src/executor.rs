@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use runnel_core::worker::{AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition};
 use tokio::sync::watch;
 
+use crate::client::Client;
+
 /// Why the runtime wants an attempt to stop before it ends by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -112,6 +114,19 @@ pub trait Executor: Send + Sync + 'static {
     /// executor must end the attempt promptly (killing anything it started) and return;
     /// the runtime then reports the stop reason rather than the returned outcome.
     async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome;
+
+    /// [`Executor::execute`] with the worker's client, which the attempt may use to call
+    /// the server on its run's behalf (trigger a child and wait for it, wait for a time
+    /// or a token): the runtime calls this one. The default forgets the client.
+    async fn execute_with(
+        &self,
+        run: DequeuedRun,
+        stop: StopSignal,
+        client: &Client,
+    ) -> AttemptOutcome {
+        let _ = client;
+        self.execute(run, stop).await
+    }
 }
 
 #[cfg(test)]

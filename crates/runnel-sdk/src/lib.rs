@@ -6,6 +6,24 @@
 //! is an [`Executor`]: typed async functions ([`Tasks`]) or, in the `runnel worker`
 //! binary, a shell command per run.
 //!
+//! A task registered with [`Tasks::task_with_context`] can wait through its
+//! [`TaskContext`] ([`waits`]): `trigger_and_wait` a child run, `batch_trigger_and_wait`
+//! several, `wait_for` / `wait_until` a time, `wait_for_token` a token made with
+//! [`Client::create_token`]. The run waits on the server meanwhile (`WAITING`, no compute
+//! time) while the task's future awaits, polling the run's latest snapshot every
+//! [`waits::WAIT_POLL_INTERVAL`].
+//!
+//! ```no_run
+//! use runnel_sdk::{TaskContext, Tasks, TriggerOptions};
+//! use std::time::Duration;
+//!
+//! let tasks = Tasks::new().task_with_context("parent", |n: i64, ctx: TaskContext| async move {
+//!     let child = ctx.trigger_and_wait("double", &n, TriggerOptions::default()).await?;
+//!     ctx.wait_for(Duration::from_secs(10)).await?;
+//!     child.output_as::<i64>()
+//! });
+//! ```
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -50,6 +68,7 @@ pub mod events;
 pub mod executor;
 pub mod list;
 pub mod tasks;
+pub mod waits;
 pub mod worker;
 
 pub use client::{Client, Error, RunInfo, RunStatus, TriggerOptions, Triggered};
@@ -62,4 +81,5 @@ pub use runnel_core::worker::{
     AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition, TaskFailure,
 };
 pub use tasks::{Task, TaskContext, Tasks};
+pub use waits::{BatchItem, ChildResult, Token, TokenResult};
 pub use worker::{RegisteredWorker, Worker, WorkerOptions, WorkerSummary};

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::client::Client;
 use crate::executor::{Executor, StopSignal};
 
 /// After aborting a stopped task, how long to wait for its future to be dropped (so what
@@ -36,8 +37,10 @@ use crate::executor::{Executor, StopSignal};
 /// yielding cannot be aborted; it is then left behind.
 const ABORT_WAIT: Duration = Duration::from_secs(1);
 
-/// What a task knows about the attempt it runs in.
-#[derive(Debug, Clone, PartialEq)]
+/// What a task knows about the attempt it runs in, and its way to wait: trigger a child
+/// and wait for its result, wait for a time or a token (see [`crate::waits`]). The waits
+/// need the worker's client, which a context made by a [`crate::Worker`] has.
+#[derive(Debug, Clone)]
 pub struct TaskContext {
     pub run_id: String,
     pub attempt_id: String,
@@ -50,11 +53,32 @@ pub struct TaskContext {
     pub machine: String,
     pub is_test: bool,
     pub tags: Vec<String>,
+    /// The worker's client: what the waits call the server with.
+    pub(crate) client: Option<Client>,
+}
+
+/// Every field but the client (compared by its server only).
+impl PartialEq for TaskContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.run_id == other.run_id
+            && self.attempt_id == other.attempt_id
+            && self.attempt_number == other.attempt_number
+            && self.task_identifier == other.task_identifier
+            && self.version == other.version
+            && self.environment == other.environment
+            && self.machine == other.machine
+            && self.is_test == other.is_test
+            && self.tags == other.tags
+            && self.client.as_ref().map(Client::api_url)
+                == other.client.as_ref().map(Client::api_url)
+    }
 }
 
 impl TaskContext {
-    fn of(run: &DequeuedRun) -> TaskContext {
+    /// The context of `run`'s attempt; `client` is what its waits call the server with.
+    pub fn new(run: &DequeuedRun, client: Option<Client>) -> TaskContext {
         TaskContext {
+            client,
             run_id: run.run_id.clone(),
             attempt_id: run.attempt_id.clone(),
             attempt_number: run.attempt_number,
@@ -287,7 +311,28 @@ impl Executor for Tasks {
             .collect()
     }
 
-    async fn execute(&self, run: DequeuedRun, mut stop: StopSignal) -> AttemptOutcome {
+    async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome {
+        self.attempt(run, stop, None).await
+    }
+
+    async fn execute_with(
+        &self,
+        run: DequeuedRun,
+        stop: StopSignal,
+        client: &Client,
+    ) -> AttemptOutcome {
+        self.attempt(run, stop, Some(client.clone())).await
+    }
+}
+
+impl Tasks {
+    /// One attempt; its context carries `client` for the task's waits.
+    async fn attempt(
+        &self,
+        run: DequeuedRun,
+        mut stop: StopSignal,
+        client: Option<Client>,
+    ) -> AttemptOutcome {
         let Some(entry) = self.entries.get(&run.task_identifier) else {
             return AttemptOutcome::failure(
                 FailureKind::SystemFailure,
@@ -297,7 +342,7 @@ impl Executor for Tasks {
                 ),
             );
         };
-        let context = TaskContext::of(&run);
+        let context = TaskContext::new(&run, client);
         let mut running = tokio::spawn((entry.handler)(run.payload, context));
         let joined = tokio::select! {
             joined = &mut running => joined,

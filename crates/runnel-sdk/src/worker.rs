@@ -854,8 +854,9 @@ impl Attempt {
             .max_duration_secs
             .map(|secs| Duration::from_secs(u64::from(secs)));
         let signal = self.signal.clone();
+        let client = self.shared.client.clone();
         let mut execution = AbortOnDrop(tokio::spawn(
-            async move { executor.execute(run, signal).await }.in_current_span(),
+            async move { executor.execute_with(run, signal, &client).await }.in_current_span(),
         ));
         let mut watcher = self.signal.clone();
         let ended = tokio::select! {

@@ -574,8 +574,30 @@ pub async fn latest(
     Path(run): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     dev_only(&environment)?;
-    let run = run_id(&run)?;
-    let latest = state.engine.dev_latest(&environment, &run).await?;
+    latest_execution(&state, &environment, &run).await
+}
+
+/// `GET /engine/v1/runs/{run}/snapshots/latest`: the same answer as [`latest`], for
+/// any environment's key. A Runnel worker's task that waits (a child, a batch, a time,
+/// a token) polls it to learn that its run resumed and what its waitpoints completed
+/// with.
+pub async fn run_latest(
+    State(state): State<AppState>,
+    Authenticated(environment): Authenticated,
+    Path(run): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    latest_execution(&state, &environment, &run).await
+}
+
+/// `{execution: {version, snapshot, run, completedWaitpoints, batch?}}` of run `run`'s
+/// latest snapshot.
+async fn latest_execution(
+    state: &AppState,
+    environment: &Environment,
+    run: &str,
+) -> Result<Json<Value>, ApiError> {
+    let run = run_id(run)?;
+    let latest = state.engine.dev_latest(environment, &run).await?;
     let completed: Vec<Value> = latest.completed.iter().map(completed_waitpoint).collect();
     let mut execution = json!({
         "version": "1",

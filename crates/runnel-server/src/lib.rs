@@ -160,6 +160,11 @@ pub fn router(state: AppState) -> Router {
             "/engine/v1/dev/runs/{run_id}/snapshots/latest",
             get(dev::latest),
         )
+        // Any environment's key: a Runnel worker's waiting task polls it.
+        .route(
+            "/engine/v1/runs/{run_id}/snapshots/latest",
+            get(dev::run_latest),
+        )
         .route(
             "/engine/v1/dev/runs/{run_id}/logs/debug",
             post(dev::debug_log),
