@@ -118,6 +118,16 @@ friendly_id!(
     QueueId,
     "queue"
 );
+friendly_id!(
+    /// Something a run can wait for (a child run, a time, a token): `waitpoint_…`.
+    WaitpointId,
+    "waitpoint"
+);
+friendly_id!(
+    /// One entry of a run's execution history (the dev CLI protocol's unit): `snapshot_…`.
+    SnapshotId,
+    "snapshot"
+);
 
 #[cfg(test)]
 mod tests {

@@ -27,9 +27,12 @@ pub mod tags;
 pub mod tenancy;
 pub mod trigger;
 pub mod view;
+pub mod waitpoint;
 pub mod worker;
 
-pub use id::{AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, WorkerId};
+pub use id::{
+    AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, SnapshotId, WaitpointId, WorkerId,
+};
 pub use key::{EnvironmentKind, SecretKey};
 pub use machine::MachinePreset;
 pub use queue::QueueName;

@@ -205,8 +205,10 @@ pub struct Attempt {
     pub error: Option<Value>,
     /// The worker that held the attempt.
     pub worker_id: Option<WorkerId>,
-    /// Compute time of the attempt (start to end), in ms.
+    /// Compute time of the attempt (start to end, waits excluded), in ms.
     pub duration_ms: i64,
+    /// Time the attempt spent blocked on waitpoints so far, in ms: not compute time.
+    pub waited_ms: i64,
 }
 
 #[cfg(test)]

@@ -132,9 +132,6 @@ impl TriggerOptions {
     /// request sets them to something other than their default (`false`, empty).
     pub fn unsupported_in_use(&self) -> Vec<&'static str> {
         let mut used = Vec::new();
-        if self.resume_parent_on_completion == Some(true) {
-            used.push("resumeParentOnCompletion");
-        }
         if self.region.as_deref().is_some_and(|r| !r.is_empty()) {
             used.push("region");
         }

@@ -431,6 +431,17 @@ pub fn settle_failure(
     }
 }
 
+/// The status a run ends in when an attempt failing with `kind` is not retried.
+pub fn final_status(kind: FailureKind) -> RunStatus {
+    match kind {
+        FailureKind::TaskFailed => RunStatus::CompletedWithErrors,
+        FailureKind::Crashed => RunStatus::Crashed,
+        FailureKind::MaxDurationExceeded => RunStatus::TimedOut,
+        FailureKind::SystemFailure => RunStatus::SystemFailure,
+        FailureKind::Interrupted => RunStatus::Interrupted,
+    }
+}
+
 /// A valid version: `YYYYMMDD.N` or any 1..=64 characters of `[A-Za-z0-9._-]`.
 pub fn is_valid_version(version: &str) -> bool {
     !version.is_empty()

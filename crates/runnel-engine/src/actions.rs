@@ -113,6 +113,7 @@ impl Engine {
             if let runnel_store::CancelOutcome::Canceled { attempt } = outcome {
                 tracing::debug!(run = %id, parent = %parent, "child run canceled with its parent");
                 attempts_ended |= attempt.is_some();
+                self.dev_run_ended(id).await?;
             }
         }
         if attempts_ended {

@@ -122,9 +122,6 @@ impl Engine {
         header_key: Option<String>,
     ) -> Result<BatchCreated, BatchError> {
         let now = self.clock.now();
-        if request.resume_parent_on_completion == Some(true) {
-            crate::unsupported::warn_once(&["resumeParentOnCompletion"], "batch");
-        }
         let batch = request.into_record(
             BatchId::generate(now.timestamp_millis()),
             environment.id.clone(),
@@ -143,6 +140,19 @@ impl Engine {
         Ok(match self.store.batch_create(&batch, now).await? {
             BatchCreateOutcome::Created(batch) => {
                 tracing::debug!(batch = %batch.id, runs = batch.run_count, env = %environment.kind, "batch created");
+                // `batchTriggerAndWait`: the parent waits for every item from now on.
+                if let (Some(parent), true) =
+                    (&batch.parent_run_id, batch.resume_parent_on_completion)
+                {
+                    self.block_on_batch(environment, parent, &batch.id, batch.run_count)
+                        .await
+                        .map_err(|e| match e {
+                            crate::Error::Store(e) => BatchError::Store(e),
+                            other => BatchError::Request(BatchRequestError::Invalid(format!(
+                                "parentRunId: {other}"
+                            ))),
+                        })?;
+                }
                 BatchCreated {
                     batch,
                     is_cached: false,
@@ -256,6 +266,22 @@ impl Engine {
         };
         self.after_batch_insert(environment, &items, &outcomes, now)
             .await?;
+        if upload.batch.resume_parent_on_completion && upload.batch.parent_run_id.is_some() {
+            for (item, outcome) in items.iter().zip(&outcomes) {
+                let run = match (&item.run, outcome) {
+                    (_, BatchItemOutcome::Triggered(TriggerOutcome::Created(id)))
+                    | (_, BatchItemOutcome::Triggered(TriggerOutcome::Cached(id))) => Ok(id),
+                    (Err(error), BatchItemOutcome::Failed) => Err(error.as_str()),
+                    _ => continue,
+                };
+                self.batch_item_arrived(&batch_id, item.index, run)
+                    .await
+                    .map_err(|e| match e {
+                        crate::Error::Store(e) => BatchError::Store(e),
+                        other => BatchError::Request(BatchRequestError::Invalid(other.to_string())),
+                    })?;
+            }
+        }
         let deduplicated = outcomes
             .iter()
             .filter(|o| matches!(o, BatchItemOutcome::Duplicate))

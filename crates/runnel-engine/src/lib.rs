@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 pub mod actions;
 pub mod batches;
 pub mod clock;
+pub mod dev;
 pub mod list;
 pub mod multinode;
 pub mod queues;
@@ -28,6 +29,7 @@ pub mod runtime;
 pub mod services;
 mod trigger;
 mod unsupported;
+pub mod waits;
 pub mod workers;
 
 pub use actions::ActionError;
@@ -42,6 +44,10 @@ pub enum Error {
     Trigger(#[from] TriggerError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Wait(#[from] waits::WaitError),
+    #[error(transparent)]
+    Dev(#[from] dev::DevError),
     #[error(transparent)]
     Store(#[from] runnel_store::Error),
 }
@@ -140,6 +146,11 @@ impl Engine {
             "trigger",
         )?;
         self.place(environment, std::iter::once(&mut run)).await?;
+        // `triggerAndWait`: the parent waits for the child before the child exists.
+        let waitpoint = match (&run.parent_run_id, run.resume_parent_on_completion) {
+            (Some(parent), true) => Some(self.block_on_child(environment, parent, &run.id).await?),
+            _ => None,
+        };
         Ok(match self.store.run_trigger(&run, now).await? {
             TriggerOutcome::Created(id) => {
                 self.after_insert(environment, std::iter::once((&run, &id)), now)
@@ -150,10 +161,15 @@ impl Engine {
                     is_cached: false,
                 }
             }
-            TriggerOutcome::Cached(id) => Triggered {
-                id,
-                is_cached: true,
-            },
+            TriggerOutcome::Cached(id) => {
+                if let Some(waitpoint) = &waitpoint {
+                    self.wait_for_cached(waitpoint, &id).await?;
+                }
+                Triggered {
+                    id,
+                    is_cached: true,
+                }
+            }
         })
     }
 

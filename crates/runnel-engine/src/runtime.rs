@@ -8,6 +8,7 @@
 //! | [`Promoter`] | `Delayed` → `Queued` (or `PendingVersion`); `PendingVersion` → `Queued` once served | `delayUntil` |
 //! | [`Expirer`] | `Queued`/`PendingVersion` → `Expired` | the TTL deadline |
 //! | [`Requeuer`] | `RetryingAfterFailure` → `Queued` | `next_attempt_at` |
+//! | [`Waiter`] | completes due `DATETIME` waitpoints and timed-out tokens, resumes the runs they (and any other completion) unblocked | a waitpoint's time or timeout |
 //! | [`Rescuer`] | held attempts whose lease ran out crash (never started: back to the queue); past `maxDuration` time out | lease end, `maxDuration` deadline |
 //!
 //! A service answers two questions: when it next has work ([`TimedService::next_due`],
@@ -75,7 +76,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Notify};
 
-use crate::services::{Expirer, Promoter, Requeuer, Rescuer};
+use crate::services::{Expirer, Promoter, Requeuer, Rescuer, Waiter};
 use crate::{Clock, Engine, Error};
 
 /// Longest sleep between passes when no deadline is known.
@@ -120,6 +121,7 @@ pub(crate) struct Wakes {
     pub(crate) expirer: Arc<Notify>,
     pub(crate) requeuer: Arc<Notify>,
     pub(crate) rescuer: Arc<Notify>,
+    pub(crate) waiter: Arc<Notify>,
 }
 
 impl Wakes {
@@ -240,6 +242,7 @@ impl Engine {
             drive(Promoter::new(self.clone()), clock.clone(), shutdown.clone()),
             drive(Expirer::new(self.clone()), clock.clone(), shutdown.clone()),
             drive(Requeuer::new(self.clone()), clock.clone(), shutdown.clone()),
+            drive(Waiter::new(self.clone()), clock.clone(), shutdown.clone()),
             drive(Rescuer::new(self), clock, shutdown),
         );
     }

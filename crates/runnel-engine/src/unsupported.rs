@@ -6,8 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The options, by wire name, and whether each was already logged.
-static OPTIONS: [(&str, AtomicBool); 5] = [
-    ("resumeParentOnCompletion", AtomicBool::new(false)),
+static OPTIONS: [(&str, AtomicBool); 4] = [
     ("debounce", AtomicBool::new(false)),
     ("region", AtomicBool::new(false)),
     ("concurrency", AtomicBool::new(false)),

@@ -258,7 +258,7 @@ impl Engine {
     }
 
     /// The worker `id` of `environment` (cached: a registration never changes).
-    async fn worker(
+    pub(crate) async fn worker(
         &self,
         environment: &Environment,
         id: &WorkerId,
@@ -430,6 +430,7 @@ impl Engine {
             settlements.push(settlement);
         }
         let applied = self.store.attempt_settle(&settlements).await?;
+        let applied_copy = applied.clone();
         let mut results: Vec<Completed> = completions
             .into_iter()
             .map(|c| Completed {
@@ -441,6 +442,15 @@ impl Engine {
             if ok {
                 results[*i].run_status = Some(settlement.run_status);
                 self.after_settle(settlement);
+            }
+        }
+        // A child a parent waits for: its end completes the parent's waitpoint.
+        for (settlement, ok) in settlements.iter().zip(applied_copy) {
+            let waited_for = held
+                .iter()
+                .any(|l| l.run.id == settlement.run_id && l.run.resume_parent_on_completion);
+            if ok && waited_for && settlement.run_status.is_final() {
+                self.run_ended(&settlement.run_id).await?;
             }
         }
         Ok(results)
@@ -474,6 +484,7 @@ impl Engine {
             environment: environment.kind,
             policy,
             cents_per_ms: self.cents_per_ms(environment, run),
+            retry: state::RetryHint::Policy,
         }
     }
 
@@ -515,6 +526,10 @@ impl Engine {
                     // Its queue has a free slot again.
                     self.runs_became_available();
                 }
+                // A dev CLI running it sees FINISHED and stops its process; a parent
+                // waiting for it resumes with the cancel as the child's error.
+                self.dev_run_ended(id).await?;
+                self.run_ended(id).await?;
                 self.cancel_descendants(environment, id).await?;
                 Ok(Some(run.id))
             }

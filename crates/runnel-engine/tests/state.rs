@@ -79,6 +79,7 @@ impl Harness {
             environment: environment.kind,
             policy,
             cents_per_ms: 0.0,
+            retry: runnel_core::state::RetryHint::Policy,
         }
     }
 }

@@ -284,6 +284,7 @@ async fn a_run_completes_with_its_output_times_and_no_cost_in_dev() {
             error: None,
             worker_id: Some(worker.clone()),
             duration_ms: 2_500,
+            waited_ms: 0,
         }]
     );
 

@@ -47,6 +47,10 @@ pub enum ApiError {
     TooManyRequests(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// The request names a state that changed meanwhile (a stale snapshot): 409, which
+    /// the dev CLI retries.
+    #[error("{0}")]
+    Conflict(String),
     /// The request may pass if tried again shortly (a lost race, every time).
     #[error("{0}")]
     Unavailable(String),
@@ -73,6 +77,28 @@ impl From<runnel_engine::Error> for ApiError {
             }
             runnel_engine::Error::Worker(e @ runnel_engine::WorkerError::Invalid(_)) => {
                 ApiError::BadRequest(e.to_string())
+            }
+            runnel_engine::Error::Wait(e) => {
+                use runnel_engine::waits::WaitError;
+                let message = e.to_string();
+                match e {
+                    WaitError::RunNotFound(_) => ApiError::Missing("Run not found".into()),
+                    WaitError::WaitpointNotFound(_) => {
+                        ApiError::Missing("Waitpoint not found".into())
+                    }
+                    WaitError::NotExecuting { .. } | WaitError::Invalid(_) => {
+                        ApiError::BadRequest(message)
+                    }
+                }
+            }
+            runnel_engine::Error::Dev(e) => {
+                use runnel_engine::dev::DevError;
+                let message = e.to_string();
+                match e {
+                    DevError::RunNotFound => ApiError::Missing("Run not found".into()),
+                    DevError::SnapshotChanged(_) => ApiError::Conflict(message),
+                    DevError::Invalid(_) => ApiError::BadRequest(message),
+                }
             }
         }
     }
@@ -164,6 +190,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -280,6 +280,7 @@ mod tests {
             error: None,
             worker_id: Some(worker.clone()),
             duration_ms: 0,
+            waited_ms: 0,
         };
         run.status = RunStatus::Dequeued;
         run.worker_id = Some(worker);

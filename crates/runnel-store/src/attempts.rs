@@ -36,6 +36,15 @@ use crate::{AttemptSettlement, AttemptStore, Claim, Leased, Result, WorkerRecord
 /// The statuses of a run a worker holds.
 const HELD: [RunStatus; 2] = [RunStatus::Dequeued, RunStatus::Executing];
 
+/// The statuses of a run whose attempt a worker holds: the held ones, and waiting on
+/// waitpoints (the attempt's process stays alive and heartbeats). A waiting run holds no
+/// slot of its queue's limit.
+const HOLDING: [RunStatus; 3] = [
+    RunStatus::Dequeued,
+    RunStatus::Executing,
+    RunStatus::WaitingToResume,
+];
+
 /// How many runs one lease statement writes: 5 values each, well within both databases'
 /// bind-parameter limits. A dequeue batch (at most `MAX_DEQUEUE_BATCH`) is one chunk.
 const LEASE_CHUNK: usize = 1000;
@@ -171,7 +180,7 @@ impl<B: Backend> AttemptStore for B {
         let mut p = Params::<B::D>::new();
         let (lease, holder) = (p.bind(ms(lease_until)), p.bind(worker.as_str()));
         let ids = p.list(attempt_ids.iter().map(AttemptId::as_str));
-        let held = statuses(&HELD);
+        let held = statuses(&HOLDING);
         // Locks its runs in id order (see the module doc).
         let sql = format!(
             "WITH held AS MATERIALIZED ( \
@@ -456,7 +465,7 @@ async fn settle<D: Dialect>(conn: &mut Conn<D>, s: &AttemptSettlement) -> Result
         p.bind(ms(s.now)),
         p.bind(s.run_id.as_str()),
         p.bind(s.attempt_id.as_str()),
-        statuses(&HELD),
+        statuses(&HOLDING),
     );
     let done = p.execute(conn, &sql).await? == 1;
     if done {

@@ -33,6 +33,7 @@
 //! | [`WorkerStore`] | `workers.rs` | registration, versions, served tasks |
 //! | [`QueueStore`] | `queues.rs` | declarations, limits, pause (a dequeue's admission under them: `admission.rs`) |
 //! | [`BatchStore`] | `batches.rs` | batches, items, the multi-row trigger |
+//! | [`WaitStore`] | `waits.rs` | waitpoints, what blocks a run, execution snapshots |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
 //! the group-commit writer's transactions and PostgreSQL's idempotency-key race, the
@@ -66,6 +67,7 @@ mod runs;
 mod sql;
 pub mod sqlite;
 mod sweeps;
+mod waits;
 mod workers;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
@@ -73,6 +75,7 @@ pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
 pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
 pub use sqlite::SqliteStore;
+pub use waits::{BlockOutcome, WaitStore, WaitpointCreated};
 
 /// A storage failure. Callers map it to a 500 and log it; it never reaches a client.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +250,7 @@ pub trait Store:
     + WorkerStore
     + QueueStore
     + BatchStore
+    + WaitStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -262,6 +266,7 @@ impl<T> Store for T where
         + WorkerStore
         + QueueStore
         + BatchStore
+        + WaitStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -272,7 +277,7 @@ impl<T> Store for T where
 pub mod prelude {
     pub use crate::{
         AttemptStore, BatchStore, KeyStore, NodeStore, QueueStore, RunStore, Store, SweepStore,
-        WorkerStore,
+        WaitStore, WorkerStore,
     };
 }
 
@@ -365,6 +370,9 @@ pub trait RunStore: Send + Sync {
 
     /// A run of `environment`; `None` when missing or in another environment.
     async fn run_get(&self, environment: &EnvironmentId, id: &RunId) -> Result<Option<Run>>;
+
+    /// A run of any environment (for the engine's own bookkeeping, never a caller's read).
+    async fn run_get_any(&self, id: &RunId) -> Result<Option<Run>>;
 
     /// The runs triggered by `parent`, oldest first.
     async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>>;

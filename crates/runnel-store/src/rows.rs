@@ -304,6 +304,7 @@ pub(crate) fn attempt_from_row(row: &impl Columns) -> Result<Attempt> {
             .map_err(|e| Error::Corrupt(format!("attempt error: {e}")))?,
         worker_id: row.opt_text("worker_id")?.map(WorkerId::from_trusted),
         duration_ms: row.int("duration_ms")?,
+        waited_ms: row.int("waited_ms")?,
     })
 }
 
@@ -313,7 +314,7 @@ fn environment_kind(kind: &str) -> Result<EnvironmentKind> {
 
 /// Every column of `attempts`.
 pub(crate) const ATTEMPT_COLUMNS: &str =
-    "id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms";
+    "id, run_id, number, status, created_at, updated_at, started_at, completed_at, error, worker_id, duration_ms, waited_ms";
 
 /// A task setting from a row with `task_identifier, queue, retry, max_duration_secs, machine`.
 pub(crate) fn task_config_from_row(row: &impl Columns) -> Result<crate::TaskConfig> {
@@ -404,6 +405,7 @@ pub(crate) fn lease(
         error: None,
         worker_id: Some(worker.id.clone()),
         duration_ms: 0,
+        waited_ms: 0,
     };
     run.status = RunStatus::Dequeued;
     run.worker_id = Some(worker.id.clone());

@@ -46,6 +46,16 @@ impl<B: Backend> RunStore for B {
         row.as_ref().map(run_from_row).transpose()
     }
 
+    async fn run_get_any(&self, id: &RunId) -> Result<Option<Run>> {
+        let mut conn = self.reader().await?;
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row = Params::<B::D>::new()
+            .with(id.as_str())
+            .fetch_optional(&mut conn, &sql)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
     /// The direct children of `parent`, oldest first (ties by id).
     async fn run_children(&self, parent: &RunId) -> Result<Vec<Run>> {
         let mut conn = self.reader().await?;

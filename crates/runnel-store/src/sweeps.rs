@@ -36,7 +36,13 @@ const SERVED: &str =
 const WAITING: [RunStatus; 2] = [RunStatus::Queued, RunStatus::PendingVersion];
 
 /// The statuses of a run an attempt holds.
-const HELD: [RunStatus; 2] = [RunStatus::Dequeued, RunStatus::Executing];
+/// Runs whose attempt a worker holds (and whose lease the rescuer watches): waiting on
+/// waitpoints too, since the attempt's process stays alive and heartbeats.
+const HELD: [RunStatus; 3] = [
+    RunStatus::Dequeued,
+    RunStatus::Executing,
+    RunStatus::WaitingToResume,
+];
 
 #[async_trait]
 impl<B: Backend> SweepStore for B {

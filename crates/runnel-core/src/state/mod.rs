@@ -65,7 +65,7 @@ pub use table::{Edge, Transition, EDGES};
 pub(crate) use transitions::cost_of;
 pub use transitions::{
     cancel, canceled_error, charge, expire, expired_error, promote, requeue, rescue, settle,
-    AttemptEnd, Change, Charge, Claim, Refused, Terms,
+    AttemptEnd, Change, Charge, Claim, Refused, RetryHint, Terms,
 };
 
 /// A run's state: its status with the data that status has.
@@ -101,9 +101,15 @@ pub enum RunState {
     RetryingAfterFailure {
         next_attempt_at: DateTime<Utc>,
     },
-    /// Suspended on a wait or a child run. Carries no data yet: see the module doc's
-    /// "Room for `WAITING`".
-    WaitingToResume,
+    /// `worker`'s `attempt` is blocked by waitpoints (a child run, a time, a token):
+    /// its process stays alive (the dev model: nothing is checkpointed) and keeps
+    /// heartbeating, so the lease still runs; compute time stops until every blocking
+    /// waitpoint is completed and the run resumes executing.
+    WaitingToResume {
+        attempt: AttemptId,
+        worker: WorkerId,
+        lease_expires_at: DateTime<Utc>,
+    },
     CompletedSuccessfully {
         completed_at: DateTime<Utc>,
     },
@@ -140,7 +146,7 @@ impl RunState {
             RunState::Dequeued { .. } => RunStatus::Dequeued,
             RunState::Executing { .. } => RunStatus::Executing,
             RunState::RetryingAfterFailure { .. } => RunStatus::RetryingAfterFailure,
-            RunState::WaitingToResume => RunStatus::WaitingToResume,
+            RunState::WaitingToResume { .. } => RunStatus::WaitingToResume,
             RunState::CompletedSuccessfully { .. } => RunStatus::CompletedSuccessfully,
             RunState::CompletedWithErrors { .. } => RunStatus::CompletedWithErrors,
             RunState::Canceled { .. } => RunStatus::Canceled,
@@ -159,6 +165,9 @@ impl RunState {
                 attempt, worker, ..
             }
             | RunState::Executing {
+                attempt, worker, ..
+            }
+            | RunState::WaitingToResume {
                 attempt, worker, ..
             } => Some((attempt, worker)),
             _ => None,
@@ -241,7 +250,14 @@ impl Run {
                     .next_attempt_at
                     .ok_or_else(|| missing("next_attempt_at"))?,
             },
-            RunStatus::WaitingToResume => RunState::WaitingToResume,
+            RunStatus::WaitingToResume => {
+                let (attempt, worker, lease_expires_at) = held()?;
+                RunState::WaitingToResume {
+                    attempt,
+                    worker,
+                    lease_expires_at,
+                }
+            }
             RunStatus::CompletedSuccessfully => RunState::CompletedSuccessfully {
                 completed_at: completed_at()?,
             },
@@ -287,7 +303,10 @@ mod tests {
             );
             assert_eq!(
                 state.held().is_some(),
-                matches!(status, RunStatus::Dequeued | RunStatus::Executing),
+                matches!(
+                    status,
+                    RunStatus::Dequeued | RunStatus::Executing | RunStatus::WaitingToResume
+                ),
                 "{status}"
             );
         }

@@ -83,13 +83,7 @@ impl Transition {
     /// accepts them) and kept for what is to come, but no code path moves a run along
     /// them.
     pub fn is_reserved(self) -> bool {
-        matches!(
-            self,
-            Transition::Wait
-                | Transition::Resume
-                | Transition::RetryImmediately
-                | Transition::Unserve
-        )
+        matches!(self, Transition::RetryImmediately | Transition::Unserve)
     }
 
     /// The edges of this transition.
@@ -185,6 +179,17 @@ pub const EDGES: &[Edge] = &[
     edge(Executing, Rescue, Crashed),
     edge(Executing, Rescue, TimedOut),
     edge(Executing, Wait, WaitingToResume),
+    // A process that dies during a wait reports (or is rescued) as an executing one does.
+    edge(WaitingToResume, Settle, CompletedSuccessfully),
+    edge(WaitingToResume, Settle, CompletedWithErrors),
+    edge(WaitingToResume, Settle, RetryingAfterFailure),
+    edge(WaitingToResume, Settle, Queued),
+    edge(WaitingToResume, Settle, Crashed),
+    edge(WaitingToResume, Settle, SystemFailure),
+    edge(WaitingToResume, Settle, TimedOut),
+    edge(WaitingToResume, Settle, Interrupted),
+    edge(WaitingToResume, Rescue, RetryingAfterFailure),
+    edge(WaitingToResume, Rescue, Crashed),
     edge(RetryingAfterFailure, Requeue, Queued),
     edge(RetryingAfterFailure, RetryImmediately, Executing),
     edge(WaitingToResume, Resume, Executing),
@@ -296,7 +301,19 @@ mod tests {
                     | Interrupted
             ),
             RetryingAfterFailure => matches!(to, Queued | Executing),
-            WaitingToResume => matches!(to, Executing | Queued),
+            // Since waits were built: a waiting run's attempt can end too.
+            WaitingToResume => matches!(
+                to,
+                Executing
+                    | Queued
+                    | CompletedSuccessfully
+                    | CompletedWithErrors
+                    | RetryingAfterFailure
+                    | Crashed
+                    | SystemFailure
+                    | TimedOut
+                    | Interrupted
+            ),
             _ => false,
         }
     }

@@ -157,6 +157,23 @@ pub struct Terms<'a> {
     pub policy: &'a RetryPolicy,
     /// The price of the run's machine here (0 in dev).
     pub cents_per_ms: f64,
+    /// What the worker said of a retry, when its runtime decides it (the Trigger.dev
+    /// task process computes the delay itself).
+    pub retry: RetryHint,
+}
+
+/// A worker's own word on retrying a failed attempt. The server still decides whether
+/// attempts remain; the worker can only shorten the road.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryHint {
+    /// The task's retry policy decides (Runnel's own workers).
+    #[default]
+    Policy,
+    /// The worker's runtime ruled a retry out (an `AbortTaskRunError`, a 4xx, retries
+    /// disabled in dev): the run fails now.
+    Never,
+    /// Retry after this many ms, if attempts remain.
+    After { delay_ms: u64 },
 }
 
 /// An attempt's end as decided: the settlement, the failure it records and the output.
@@ -180,18 +197,30 @@ fn decide<'f>(
             failure: None,
             output: (!output.is_null()).then(|| Packet::json(output)),
         },
-        AttemptOutcome::Failure { error } => Ending {
-            settlement: worker::settle_failure(
+        AttemptOutcome::Failure { error } => {
+            let settlement = worker::settle_failure(
                 error.kind,
                 terms.environment,
                 run.failed_attempts + 1,
                 run.max_attempts.unwrap_or(terms.policy.max_attempts),
                 terms.policy,
                 rng,
-            ),
-            failure: Some(error),
-            output: None,
-        },
+            );
+            let settlement = match (settlement, terms.retry) {
+                (Settlement::Retry { .. }, RetryHint::Never) => {
+                    Settlement::Fail(worker::final_status(error.kind))
+                }
+                (Settlement::Retry { .. }, RetryHint::After { delay_ms }) => {
+                    Settlement::Retry { delay_ms }
+                }
+                (settlement, _) => settlement,
+            };
+            Ending {
+                settlement,
+                failure: Some(error),
+                output: None,
+            }
+        }
     }
 }
 
@@ -231,7 +260,13 @@ fn end_attempt(
         },
         error: failure.map(TaskFailure::attempt_error),
         spends_attempt: settlement.spends_attempt(),
-        charge: Some(charge(attempt.started_at, now, cents_per_ms)),
+        charge: Some(charge(
+            attempt
+                .started_at
+                .map(|at| at + Duration::milliseconds(attempt.waited_ms)),
+            now,
+            cents_per_ms,
+        )),
         claim: Some(claim),
     });
     change
@@ -301,6 +336,9 @@ pub fn rescue(
             lease_expires_at, ..
         } if *lease_expires_at <= now => Rescued::NeverStarted,
         RunState::Executing {
+            lease_expires_at, ..
+        }
+        | RunState::WaitingToResume {
             lease_expires_at, ..
         } if *lease_expires_at <= now => Rescued::Crashed,
         _ => {
@@ -495,7 +533,10 @@ pub(crate) mod tests {
         run.priority_ms = 500;
         run.delay_until = Some(t(5));
         run.expire_at = Some(t(600));
-        if matches!(status, RunStatus::Dequeued | RunStatus::Executing) {
+        if matches!(
+            status,
+            RunStatus::Dequeued | RunStatus::Executing | RunStatus::WaitingToResume
+        ) {
             run.current_attempt_id = Some(attempt().id);
             run.worker_id = Some(worker());
             run.lease_expires_at = Some(t(30));
@@ -530,6 +571,7 @@ pub(crate) mod tests {
             error: None,
             worker_id: Some(worker()),
             duration_ms: 0,
+            waited_ms: 0,
         }
     }
 
@@ -546,6 +588,7 @@ pub(crate) mod tests {
             environment,
             policy: &POLICY,
             cents_per_ms: 0.001,
+            retry: RetryHint::Policy,
         }
     }
 

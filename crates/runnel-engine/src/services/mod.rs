@@ -9,8 +9,10 @@ pub mod expirer;
 pub mod promoter;
 pub mod requeuer;
 pub mod rescuer;
+pub mod waiter;
 
 pub use expirer::Expirer;
 pub use promoter::Promoter;
 pub use requeuer::Requeuer;
 pub use rescuer::Rescuer;
+pub use waiter::Waiter;
