@@ -99,6 +99,35 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What the CLI repeats every second or so while the server offers no socket.io endpoint
+/// or presence stream: each such entry (a line, or a block up to its closing `}`) is left
+/// out of the output a failing test prints.
+const CLI_NOISE: &[&str] = &[
+    "Presence connection",
+    "Attempting reconnection",
+    "[DevSupervisor] Connection error",
+    "[DevSupervisor] Socket connections",
+    "[DevSupervisor] dequeueRuns. No latest worker",
+];
+
+/// The last `n` lines of the CLI's output without its periodic noise.
+fn cli_tail(output: &str, n: usize) -> String {
+    let mut kept = Vec::new();
+    let mut skipping_block = false;
+    for line in output.lines() {
+        if skipping_block {
+            skipping_block = line != "}";
+            continue;
+        }
+        if CLI_NOISE.iter().any(|noise| line.starts_with(noise)) {
+            skipping_block = line.ends_with('{');
+            continue;
+        }
+        kept.push(line);
+    }
+    tail(&kept.join("\n"), n)
+}
+
 /// A copy of the fixture project laid out as in the repository (the project next to the
 /// lockfile and `node_modules` it is installed by), so the CLI writes its `.trigger/`
 /// into the copy, and a home directory of its own for the CLI's config.
@@ -223,23 +252,29 @@ impl DevCli {
     }
 
     /// Waits for the CLI's "Local worker ready" line (the project is bundled, indexed and
-    /// registered); panics with its output if it exits or takes too long.
+    /// registered); panics if it exits, fails to build or register, or takes too long
+    /// (the [`Session`] it belongs to prints its output then).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + CLI_READY_TIMEOUT;
         loop {
-            if self.output().contains("Local worker ready") {
+            let output = self.output();
+            if output.contains("Local worker ready") {
                 return;
             }
+            // The CLI keeps running (and rebuilding on changes) after a failed build or
+            // registration: nothing will come of waiting.
+            assert!(
+                !output.contains("Build failed"),
+                "trigger.dev dev could not build or register the project (its output is below)"
+            );
             if let Some(status) = self.child.try_wait().expect("waiting for the CLI") {
                 panic!(
-                    "trigger.dev dev exited ({status}) before its worker was ready\n{}",
-                    tail(&self.output(), LOG_TAIL_LINES)
+                    "trigger.dev dev exited ({status}) before its worker was ready (its output is below)"
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "trigger.dev dev had no worker ready within {CLI_READY_TIMEOUT:?}\n{}",
-                tail(&self.output(), LOG_TAIL_LINES)
+                "trigger.dev dev had no worker ready within {CLI_READY_TIMEOUT:?} (its output is below)"
             );
             thread::sleep(POLL);
         }
@@ -410,9 +445,9 @@ impl Drop for Session {
             None => self.earlier_server_logs.clone(),
         };
         eprintln!(
-            "--- trigger.dev dev, last {LOG_TAIL_LINES} lines (all of it in {}) ---\n{}\n--- runnel serve, last {LOG_TAIL_LINES} lines ---\n{}",
+            "--- trigger.dev dev, last {LOG_TAIL_LINES} lines but the reconnection noise (all of it in {}) ---\n{}\n--- runnel serve, last {LOG_TAIL_LINES} lines ---\n{}",
             kept.display(),
-            tail(&output, LOG_TAIL_LINES),
+            cli_tail(&output, LOG_TAIL_LINES),
             tail(&server_log, LOG_TAIL_LINES),
         );
     }
