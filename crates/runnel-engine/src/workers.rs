@@ -12,7 +12,7 @@
 //! available (trigger, promotion, registration, release) or when held attempts end
 //! (cancel, rescue): no polling interval on these paths.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -157,6 +157,18 @@ impl Engine {
         environment: &Environment,
         request: RegisterRequest,
     ) -> Result<Registered, Error> {
+        self.worker_register_with_sources(environment, request, &HashMap::new())
+            .await
+    }
+
+    /// [`Engine::worker_register`], with each task's source file (`sources`, by task id:
+    /// a Trigger.dev manifest's `filePath`).
+    pub async fn worker_register_with_sources(
+        &self,
+        environment: &Environment,
+        request: RegisterRequest,
+        sources: &HashMap<String, String>,
+    ) -> Result<Registered, Error> {
         let invalid = |m: String| Error::Worker(WorkerError::Invalid(m));
         // Characters, not bytes, as the OpenAPI document's `maxLength` counts them.
         let name = request.name.trim();
@@ -225,6 +237,7 @@ impl Engine {
                 // Clamped like a trigger's `maxDuration` (contract §5: 5..2147483647 s).
                 max_duration_secs: task.max_duration.map(|secs| secs.max(5)),
                 machine,
+                file_path: sources.get(&task.id).cloned(),
             });
         }
         let declarations = self.queue_declarations(&tasks, &request.queues)?;

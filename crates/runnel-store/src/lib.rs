@@ -129,6 +129,9 @@ pub struct TaskConfig {
     pub retry: Option<RetryPolicy>,
     pub max_duration_secs: Option<u32>,
     pub machine: Option<MachinePreset>,
+    /// The task's source file in its project, when the worker says (a Trigger.dev
+    /// manifest's `filePath`, shown to the task as `ctx.task.filePath`).
+    pub file_path: Option<String>,
 }
 
 /// A worker as it registers.

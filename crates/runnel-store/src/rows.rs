@@ -334,6 +334,7 @@ pub(crate) fn task_config_from_row(row: &impl Columns) -> Result<crate::TaskConf
         retry,
         max_duration_secs: row.opt_int("max_duration_secs")?.map(|n| n as u32),
         machine,
+        file_path: row.opt_text("file_path")?,
     })
 }
 

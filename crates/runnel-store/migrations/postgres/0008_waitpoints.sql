@@ -64,3 +64,6 @@ CREATE UNIQUE INDEX run_snapshots_by_run ON run_snapshots (run_id, seq);
 -- Compute time stops while an attempt waits.
 ALTER TABLE attempts ADD COLUMN waited_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE attempts ADD COLUMN waiting_since BIGINT;
+
+-- A task's source file, as a Trigger.dev manifest gives it.
+ALTER TABLE worker_tasks ADD COLUMN file_path TEXT;

@@ -108,6 +108,7 @@ pub(crate) async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store:
     let settings = TaskConfig {
         max_duration_secs: Some(300),
         machine: Some(MachinePreset::Large1x),
+        file_path: None,
         ..task("my-task")
     };
     let (worker, _) = register(&*store, &tenancy.dev, Some("v1"), vec![settings], at(0)).await;
@@ -156,6 +157,7 @@ pub(crate) async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store:
                 error: None,
                 worker_id: Some(worker.id.clone()),
                 duration_ms: 0,
+                waited_ms: 0,
             }
         );
         let mut want = run.clone();

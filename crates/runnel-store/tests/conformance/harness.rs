@@ -326,6 +326,7 @@ pub(crate) fn task(id: &str) -> TaskConfig {
         retry: None,
         max_duration_secs: None,
         machine: None,
+        file_path: None,
     }
 }
 
