@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 pub mod auth;
 pub mod connections;
+mod dev;
 pub mod error;
 mod extract;
 pub mod openapi;
@@ -120,6 +121,33 @@ pub fn router(state: AppState) -> Router {
         // [auth]
         .route("/api/v1/auth/jwt/claims", post(tokens::claims))
         .route("/api/v1/auth/jwt", post(tokens::create))
+        // [dev] The trigger.dev CLI's run protocol.
+        .route(
+            "/api/v1/projects/{project_ref}/background-workers",
+            post(dev::register),
+        )
+        .route("/engine/v1/dev/dequeue", post(dev::dequeue))
+        .route(
+            "/engine/v1/dev/runs/{run_id}/snapshots/{snapshot_id}/attempts/start",
+            post(dev::start),
+        )
+        .route(
+            "/engine/v1/dev/runs/{run_id}/snapshots/{snapshot_id}/attempts/complete",
+            post(dev::complete),
+        )
+        .route(
+            "/engine/v1/dev/runs/{run_id}/snapshots/{snapshot_id}/heartbeat",
+            post(dev::heartbeat),
+        )
+        .route(
+            "/engine/v1/dev/runs/{run_id}/snapshots/latest",
+            get(dev::latest),
+        )
+        .route(
+            "/engine/v1/dev/runs/{run_id}/logs/debug",
+            post(dev::debug_log),
+        )
+        .route("/engine/v1/dev/disconnect", post(dev::disconnect))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
