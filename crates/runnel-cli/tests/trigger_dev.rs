@@ -33,13 +33,16 @@
 mod common;
 
 use std::fs::{self, File};
+use std::future::Future;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{backend, describe, process_is_gone, runnel, runnel_command, Server};
+use common::{backend, describe, process_is_gone, runnel, runnel_command, Api, Server};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use reqwest::{Method, StatusCode};
@@ -313,42 +316,49 @@ impl Drop for DevCli {
     }
 }
 
-/// The server and the CLI of one test. When the test fails, dropping it prints the end of
-/// both logs and keeps the CLI's whole output in `target/tmp/`.
+/// The server and the CLI of one test, shared by the scenarios. When the test fails,
+/// dropping it prints the end of both logs and keeps the CLI's whole output in
+/// `target/tmp/`.
 struct Session {
-    server: Option<Server>,
-    cli: DevCli,
+    /// The server's API; the same across a restart (same address).
+    api: Api,
+    /// `None` only while it restarts.
+    server: Mutex<Option<Server>>,
+    cli: Mutex<DevCli>,
     /// The secret key of the dev environment, as the CLI got it.
     key: String,
     data_dir: PathBuf,
     address: String,
     /// Server logs of the starts before a restart.
-    earlier_server_logs: String,
+    earlier_server_logs: Mutex<String>,
 }
 
 impl Session {
-    fn server(&self) -> &Server {
-        self.server.as_ref().expect("a running server")
+    /// The server's log since its first start.
+    fn server_log(&self) -> String {
+        let mut log = self.earlier_server_logs.lock().unwrap().clone();
+        if let Some(server) = self.server.lock().unwrap().as_ref() {
+            log.push_str(&server.stderr());
+        }
+        log
     }
 
     /// `GET /api/v3/runs/{id}` with the v4 API version; the run must exist.
     async fn retrieve(&self, run_id: &str) -> Value {
-        let reply = self
-            .server()
-            .retrieve_as(&self.key, run_id, API_VERSION)
-            .await;
+        let reply = self.api.retrieve_as(&self.key, run_id, API_VERSION).await;
         assert_eq!(reply.status, StatusCode::OK, "retrieve {run_id}: {reply:?}");
         reply.body
     }
 
     async fn trigger(&self, task: &str, payload: Value) -> String {
-        self.server()
+        self.api
             .trigger_new(&self.key, task, &json!({ "payload": payload }))
             .await
     }
 
     /// Polls `run_id` until `done` holds for its body; returns that body and every status
-    /// seen on the way. Panics with the last body after [`RUN_TIMEOUT`].
+    /// seen on the way. Panics with the last body if the run ends without `done` holding,
+    /// or after [`RUN_TIMEOUT`].
     async fn poll(
         &self,
         run_id: &str,
@@ -366,6 +376,11 @@ impl Session {
             if done(&body) {
                 return (body, seen);
             }
+            // A final run changes no more: say so now rather than at the deadline.
+            assert!(
+                body["isCompleted"] != true,
+                "{what}: run {run_id} ended {status} instead; statuses seen {seen:?}; last body {body:#}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "{what}: run {run_id} not there within {RUN_TIMEOUT:?}; statuses seen {seen:?}; last body {body:#}"
@@ -391,7 +406,7 @@ impl Session {
     async fn logs_containing(&self, run_id: &str, texts: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let url = self.server().url.clone();
+            let url = self.api.url.clone();
             let key = self.key.clone();
             let id = run_id.to_owned();
             let output = tokio::task::spawn_blocking(move || {
@@ -418,12 +433,16 @@ impl Session {
 
     /// Stops the server (SIGTERM, as a restart does) and starts it again at the same
     /// address on the same data.
-    fn restart_server(&mut self) {
-        let server = self.server.take().expect("a running server");
-        self.earlier_server_logs.push_str(&server.stderr());
+    fn restart_server(&self) {
+        let mut slot = self.server.lock().unwrap();
+        let server = slot.take().expect("a running server");
+        self.earlier_server_logs
+            .lock()
+            .unwrap()
+            .push_str(&server.stderr());
         let status = server.terminate();
         assert!(status.success(), "runnel serve exited with {status}");
-        self.server = Some(Server::start_with(
+        *slot = Some(Server::start_with(
             &self.data_dir,
             &["--listen", &self.address],
         ));
@@ -435,15 +454,13 @@ impl Drop for Session {
         if !thread::panicking() {
             return;
         }
-        self.cli.stop();
-        let output = self.cli.output();
+        let mut cli = self.cli.lock().unwrap_or_else(|e| e.into_inner());
+        cli.stop();
+        let output = cli.output();
         let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("trigger_dev-{:?}-cli.log", backend::backend()));
         let _ = fs::write(&kept, &output);
-        let server_log = match &self.server {
-            Some(server) => format!("{}{}", self.earlier_server_logs, server.stderr()),
-            None => self.earlier_server_logs.clone(),
-        };
+        let server_log = self.server_log();
         eprintln!(
             "--- trigger.dev dev, last {LOG_TAIL_LINES} lines but the reconnection noise (all of it in {}) ---\n{}\n--- runnel serve, last {LOG_TAIL_LINES} lines ---\n{}",
             kept.display(),
@@ -488,39 +505,127 @@ async fn trigger_dev_runs_the_fixture_project() {
     assert_eq!(reply.body["apiUrl"], json!(server.url), "{reply:?}");
 
     let workspace = Workspace::new();
-    let cli = DevCli::start(&workspace, &server.url, &pat, &project_ref);
-    let mut session = Session {
-        server: Some(server),
-        cli,
+    let mut cli = DevCli::start(&workspace, &server.url, &pat, &project_ref);
+    let api = Api::new(server.url.clone());
+    let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli.wait_ready()));
+    let session = Arc::new(Session {
+        api,
+        server: Mutex::new(Some(server)),
+        cli: Mutex::new(cli),
         key,
         data_dir: data.path().to_owned(),
         address,
-        earlier_server_logs: String::new(),
-    };
-    session.cli.wait_ready();
+        earlier_server_logs: Mutex::new(String::new()),
+    });
+    if let Err(panic) = ready {
+        // Dropped while panicking: the session prints both logs.
+        let _session = session;
+        std::panic::resume_unwind(panic);
+    }
     eprintln!("trigger.dev dev ready after {:?}", started.elapsed());
 
+    // Every scenario runs to its own end, so one failure does not hide the others.
     let marker = format!("m{}", std::process::id());
-    let s = &session;
-    tokio::join!(
-        output_on_retrieve(s),
-        retries(s),
-        trigger_and_wait(s),
-        batch_trigger_and_wait(s),
-        wait_for(s, &marker),
-        token_completed_through_the_api(s),
-        token_completed_through_its_callback(s),
-        token_timing_out(s),
-        cancelling_a_waiting_parent(s),
-    );
+    let mut results = run_scenarios(
+        &session,
+        vec![
+            (
+                "a task's output on retrieve",
+                Box::pin(output_on_retrieve(session.clone())),
+            ),
+            (
+                "retries per the task's settings",
+                Box::pin(retries(session.clone())),
+            ),
+            (
+                "triggerAndWait returns the child's output",
+                Box::pin(trigger_and_wait(session.clone())),
+            ),
+            (
+                "batchTriggerAndWait with a failing item",
+                Box::pin(batch_trigger_and_wait(session.clone())),
+            ),
+            (
+                "wait.for 10 s: WAITING, durationMs, logs, metadata",
+                Box::pin(wait_for(session.clone(), marker.clone())),
+            ),
+            (
+                "a token completed through the API",
+                Box::pin(token_completed_through_the_api(session.clone())),
+            ),
+            (
+                "a token completed through its callback URL",
+                Box::pin(token_completed_through_its_callback(session.clone())),
+            ),
+            (
+                "a token timing out",
+                Box::pin(token_timing_out(session.clone())),
+            ),
+            (
+                "cancelling a waiting parent cancels its child",
+                Box::pin(cancelling_a_waiting_parent(session.clone())),
+            ),
+        ],
+    )
+    .await;
     eprintln!("concurrent scenarios done after {:?}", started.elapsed());
-
-    restart_while_waiting(&mut session, &marker).await;
+    results.extend(
+        run_scenarios(
+            &session,
+            vec![(
+                "a server restart while runs wait loses nothing",
+                Box::pin(restart_while_waiting(session.clone(), marker)),
+            )],
+        )
+        .await,
+    );
     eprintln!("whole test took {:?}", started.elapsed());
+
+    let failed: Vec<&String> = results.iter().filter(|r| r.starts_with("FAIL")).collect();
+    eprintln!("{}", results.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failed.len(),
+        results.len(),
+        results.join("\n")
+    );
+}
+
+type Scenario = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `scenarios` concurrently, each on a task of its own; returns a line per scenario,
+/// `ok   <name>` or `FAIL <name>: <panic message>`.
+async fn run_scenarios(_session: &Arc<Session>, scenarios: Vec<(&str, Scenario)>) -> Vec<String> {
+    let handles: Vec<_> = scenarios
+        .into_iter()
+        .map(|(name, scenario)| (name.to_owned(), tokio::spawn(scenario)))
+        .collect();
+    let mut results = Vec::new();
+    for (name, handle) in handles {
+        results.push(match handle.await {
+            Ok(()) => format!("ok   {name}"),
+            Err(error) => {
+                let message = match error.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default(),
+                    Err(error) => error.to_string(),
+                };
+                // The first lines say what failed; the bodies follow in the log above.
+                let short: Vec<&str> = message.lines().take(12).collect();
+                format!("FAIL {name}: {}", short.join("\n     "))
+            }
+        });
+    }
+    results
 }
 
 /// A task's return value is its run's output.
-async fn output_on_retrieve(s: &Session) {
+async fn output_on_retrieve(s: Arc<Session>) {
+    let s = &*s;
     let id = s.trigger("fixture-hello", json!({"name": "runnel"})).await;
     let (run, _) = s.finished(&id, "fixture-hello").await;
     assert_eq!(run["status"], "COMPLETED", "{run:#}");
@@ -534,7 +639,8 @@ async fn output_on_retrieve(s: &Session) {
 
 /// A task that fails twice with `maxAttempts: 3` completes on its third attempt; one that
 /// always fails with `maxAttempts: 2` fails after its second.
-async fn retries(s: &Session) {
+async fn retries(s: Arc<Session>) {
+    let s = &*s;
     let flaky = s.trigger("fixture-flaky", json!({})).await;
     let always = s.trigger("fixture-always-fails", json!({})).await;
     let (run, _) = s.finished(&flaky, "fixture-flaky").await;
@@ -553,7 +659,8 @@ async fn retries(s: &Session) {
 }
 
 /// `triggerAndWait` returns the child's output to the parent.
-async fn trigger_and_wait(s: &Session) {
+async fn trigger_and_wait(s: Arc<Session>) {
+    let s = &*s;
     let id = s.trigger("fixture-parent", json!({"n": 21})).await;
     let (run, _) = s.finished(&id, "fixture-parent").await;
     assert_eq!(run["status"], "COMPLETED", "{run:#}");
@@ -578,7 +685,8 @@ async fn trigger_and_wait(s: &Session) {
 
 /// `batchTriggerAndWait` over three items, the second of which fails without retrying,
 /// gives the parent each item's result in order.
-async fn batch_trigger_and_wait(s: &Session) {
+async fn batch_trigger_and_wait(s: Arc<Session>) {
+    let s = &*s;
     let id = s.trigger("fixture-batch-parent", json!({})).await;
     let (run, _) = s.finished(&id, "fixture-batch-parent").await;
     assert_eq!(run["status"], "COMPLETED", "{run:#}");
@@ -602,7 +710,8 @@ async fn batch_trigger_and_wait(s: &Session) {
 /// `wait.for` 10 s: the run is `WAITING` (with the metadata set before the wait) while it
 /// waits, its `durationMs` leaves the wait out, and its logger lines are in
 /// `runnel runs logs`.
-async fn wait_for(s: &Session, marker: &str) {
+async fn wait_for(s: Arc<Session>, marker: String) {
+    let (s, marker) = (&*s, marker.as_str());
     let id = s
         .trigger("fixture-wait", json!({"seconds": 10, "marker": marker}))
         .await;
@@ -662,10 +771,7 @@ async fn token_run(s: &Session, payload: Value) -> (String, String, String) {
         .poll(
             &id,
             "fixture-token to wait with its token in metadata",
-            |body| {
-                body["status"] == "WAITING" && body["metadata"]["tokenUrl"].is_string()
-                    || body["isCompleted"] == true
-            },
+            |body| body["status"] == "WAITING" && body["metadata"]["tokenUrl"].is_string(),
         )
         .await;
     assert_eq!(run["status"], "WAITING", "{run:#}");
@@ -683,10 +789,11 @@ async fn token_run(s: &Session, payload: Value) -> (String, String, String) {
 
 /// A token completed with `POST /api/v1/waitpoints/tokens/{id}/complete` resumes its run
 /// with the data.
-async fn token_completed_through_the_api(s: &Session) {
+async fn token_completed_through_the_api(s: Arc<Session>) {
+    let s = &*s;
     let (id, token, _) = token_run(s, json!({})).await;
     let reply = common::send(
-        s.server()
+        s.api
             .request(
                 Method::POST,
                 &format!("/api/v1/waitpoints/tokens/{token}/complete"),
@@ -708,9 +815,10 @@ async fn token_completed_through_the_api(s: &Session) {
 
 /// A token completed by POSTing to its callback URL (no key: the URL is the secret)
 /// resumes its run with the posted body.
-async fn token_completed_through_its_callback(s: &Session) {
+async fn token_completed_through_its_callback(s: Arc<Session>) {
+    let s = &*s;
     let (id, token, url) = token_run(s, json!({})).await;
-    assert!(url.starts_with(&s.server().url), "callback URL {url}");
+    assert!(url.starts_with(&s.api.url), "callback URL {url}");
     let reply = common::send(
         reqwest::Client::builder()
             .no_proxy()
@@ -733,7 +841,8 @@ async fn token_completed_through_its_callback(s: &Session) {
 }
 
 /// A token nobody completes times out: the wait returns a timeout error to the task.
-async fn token_timing_out(s: &Session) {
+async fn token_timing_out(s: Arc<Session>) {
+    let s = &*s;
     let id = s.trigger("fixture-token", json!({"timeout": "3s"})).await;
     let (run, _) = s.finished(&id, "fixture-token timing out").await;
     assert_eq!(run["status"], "COMPLETED", "{run:#}");
@@ -746,7 +855,8 @@ async fn token_timing_out(s: &Session) {
 }
 
 /// Cancelling a parent that waits on a waiting child cancels both.
-async fn cancelling_a_waiting_parent(s: &Session) {
+async fn cancelling_a_waiting_parent(s: Arc<Session>) {
+    let s = &*s;
     let id = s.trigger("fixture-cancel-parent", json!({})).await;
     let (parent, _) = s
         .poll(&id, "fixture-cancel-parent to wait on its child", |body| {
@@ -760,7 +870,7 @@ async fn cancelling_a_waiting_parent(s: &Session) {
         .as_str()
         .expect("the child's id")
         .to_owned();
-    let reply = s.server().cancel(&s.key, &id).await;
+    let reply = s.api.cancel(&s.key, &id).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     let (parent, _) = s.finished(&id, "the canceled parent").await;
     assert_eq!(parent["status"], "CANCELED", "{parent:#}");
@@ -770,7 +880,7 @@ async fn cancelling_a_waiting_parent(s: &Session) {
 
 /// Runs waiting on a duration and on a token when the server restarts resume and
 /// complete, and the CLI takes new runs from the restarted server.
-async fn restart_while_waiting(session: &mut Session, marker: &str) {
+async fn restart_while_waiting(session: Arc<Session>, marker: String) {
     let restart_marker = format!("{marker}-restart");
     let waiter = session
         .trigger(
@@ -778,16 +888,20 @@ async fn restart_while_waiting(session: &mut Session, marker: &str) {
             json!({"seconds": 12, "marker": restart_marker}),
         )
         .await;
-    let (tokened, token, _) = token_run(session, json!({})).await;
+    let (tokened, token, _) = token_run(&session, json!({})).await;
     session
         .waiting(&waiter, "fixture-wait before the restart")
         .await;
 
-    session.restart_server();
+    // Blocking (SIGTERM, waiting for the exit and the new address): off the runtime.
+    let restarting = session.clone();
+    if let Err(error) = tokio::task::spawn_blocking(move || restarting.restart_server()).await {
+        std::panic::resume_unwind(error.into_panic());
+    }
 
     let s = &*session;
     let reply = common::send(
-        s.server()
+        s.api
             .request(
                 Method::POST,
                 &format!("/api/v1/waitpoints/tokens/{token}/complete"),
