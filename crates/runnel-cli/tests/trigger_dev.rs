@@ -379,7 +379,8 @@ impl Session {
             // A final run changes no more: say so now rather than at the deadline.
             assert!(
                 body["isCompleted"] != true,
-                "{what}: run {run_id} ended {status} instead; statuses seen {seen:?}; last body {body:#}"
+                "{what}: run {run_id} ended {} instead; statuses seen {seen:?}; last body {body:#}",
+                body["status"]
             );
             assert!(
                 Instant::now() < deadline,
