@@ -1,6 +1,6 @@
 //! `runnel`: the one binary. `serve` runs the server, `worker` executes runs with shell
 //! commands, `dev` is both in one process, `trigger` and `runs` talk to a server, `keys`
-//! manages secret keys.
+//! manages secret keys and personal access tokens.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use runnel_core::cost::{MachinePrice, Pricing};
-use runnel_core::key::{EnvironmentKind, SecretKey};
+use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
 use runnel_sdk::client::TriggerOptions;
 use runnel_sdk::worker::WorkerOptions;
@@ -57,7 +57,7 @@ enum Command {
     /// Read, list, cancel and replay runs.
     #[command(subcommand)]
     Runs(RunsCommand),
-    /// Create, list and revoke secret API keys.
+    /// Create, list and revoke secret API keys and personal access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
@@ -149,6 +149,10 @@ struct ServeArgs {
     batch_uploads_per_environment: u32,
     #[command(flatten)]
     connections: ConnectionArgs,
+    /// Answer the legacy, browser-free `npx trigger.dev login` with a new personal access
+    /// token for anyone who asks: only where everyone who can reach the server may use it.
+    #[arg(long, env = "RUNNEL_TRIGGER_LOGIN_AUTO_APPROVE")]
+    trigger_login_auto_approve: bool,
 }
 
 /// How long connections may take and how many may be open (see
@@ -439,20 +443,27 @@ enum RunsCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a secret key and print it (alone) on stdout.
+    /// Create a secret key (or, with --pat, a personal access token) and print it (alone)
+    /// on stdout.
     Create {
         /// Environment of the key: dev, staging or prod.
+        #[arg(long, required_unless_present = "pat", conflicts_with = "pat")]
+        env: Option<EnvironmentKind>,
+        /// Create a personal access token (`tr_pat_…`) instead: what `npx trigger.dev dev`
+        /// logs in with (TRIGGER_ACCESS_TOKEN); it reaches every environment.
         #[arg(long)]
-        env: EnvironmentKind,
+        pat: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// List keys: prefix, environment, creation and revocation time. Never the secret.
+    /// List keys and personal access tokens (ENV `pat`): prefix, environment, creation and
+    /// revocation time. Never the secret.
     List {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Revoke the key whose prefix (as `keys list` shows it) starts with PREFIX.
+    /// Revoke the key or personal access token whose prefix (as `keys list` shows it)
+    /// starts with PREFIX.
     Revoke {
         prefix: String,
         #[command(flatten)]
@@ -569,6 +580,8 @@ async fn open_existing_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
 /// A server running in this process.
 struct RunningServer {
     addr: SocketAddr,
+    /// This start created the project.
+    first_start: bool,
     store: Arc<dyn Store>,
     engine: Engine,
     shutdown: watch::Sender<bool>,
@@ -585,7 +598,9 @@ impl RunningServer {
         let store = open_store(&args.store).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let dev_key = SecretKey::generate(EnvironmentKind::Dev);
-        if let Some(bootstrap) = store.project_bootstrap(&dev_key, clock.now()).await? {
+        let bootstrap = store.project_bootstrap(&dev_key, clock.now()).await?;
+        let first_start = bootstrap.is_some();
+        if let Some(bootstrap) = bootstrap {
             let kinds: Vec<_> = bootstrap
                 .environments
                 .iter()
@@ -626,6 +641,7 @@ impl RunningServer {
                 batch_uploads: runnel_server::batches::BatchUploads::new(
                     args.batch_uploads_per_environment as usize,
                 ),
+                dev: runnel_server::devboot::DevState::new(args.trigger_login_auto_approve),
             },
             limits,
             async move {
@@ -634,6 +650,7 @@ impl RunningServer {
         ));
         Ok(RunningServer {
             addr,
+            first_start,
             store,
             engine,
             shutdown,
@@ -786,7 +803,9 @@ async fn dev(args: DevArgs) -> Result<()> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let client = Client::new(format!("http://{addr}"), key.expose());
+    let url = format!("http://{addr}");
+    announce_trigger_dev(&server, &url, &args.serve.store).await?;
+    let client = Client::new(url, key.expose());
     let outcome = match exec_worker(&args.exec, client) {
         Ok((worker, executor)) => {
             let _announce =
@@ -813,6 +832,40 @@ async fn dev(args: DevArgs) -> Result<()> {
     }
     server.stop(signals.reached(StopRequest::Now)).await?;
     outcome?;
+    Ok(())
+}
+
+/// After the address: how to point `npx trigger.dev dev` at this server (TypeScript
+/// tasks). The first start creates a personal access token and prints it, like the dev
+/// key (shown once); later starts put the command that prints a new one in its place.
+async fn announce_trigger_dev(server: &RunningServer, url: &str, store: &StoreArgs) -> Result<()> {
+    let project = server
+        .store
+        .project_get()
+        .await?
+        .context("the project is missing")?;
+    let token = if server.first_start {
+        let token = PersonalAccessToken::generate();
+        server
+            .store
+            .pat_insert(&token, &project.id, SystemClock.now())
+            .await?;
+        println!(
+            "Personal access token for `npx trigger.dev dev` (shown once, keep it): {}",
+            token.expose()
+        );
+        token.expose().to_owned()
+    } else {
+        format!("\"$(runnel keys create --pat{})\"", store.command_line())
+    };
+    println!(
+        "TypeScript tasks: export these, then run `npx trigger.dev dev` in your trigger.dev \
+         project (TRIGGER_PROJECT_REF overrides `project` in trigger.config.ts):"
+    );
+    println!(
+        "  export TRIGGER_API_URL={url} TRIGGER_ACCESS_TOKEN={token} TRIGGER_PROJECT_REF={}",
+        project.id
+    );
     Ok(())
 }
 
@@ -932,29 +985,54 @@ impl StopSignals {
 async fn keys(command: KeysCommand) -> Result<()> {
     let now = SystemClock.now();
     match command {
-        KeysCommand::Create { env, store } => {
+        KeysCommand::Create { env, pat, store } => {
             let store = open_existing_store(&store).await?;
-            let environment = store
-                .environment_get(env)
-                .await?
-                .context("no project yet: start `runnel serve` once to create it")?;
-            let key = SecretKey::generate(env);
-            store.api_key_insert(&key, &environment.id, now).await?;
+            let secret = if pat {
+                let project = store
+                    .project_get()
+                    .await?
+                    .context("no project yet: start `runnel serve` once to create it")?;
+                let token = PersonalAccessToken::generate();
+                store.pat_insert(&token, &project.id, now).await?;
+                token.expose().to_owned()
+            } else {
+                let env = env.context("--env or --pat is required")?;
+                let environment = store
+                    .environment_get(env)
+                    .await?
+                    .context("no project yet: start `runnel serve` once to create it")?;
+                let key = SecretKey::generate(env);
+                store.api_key_insert(&key, &environment.id, now).await?;
+                key.expose().to_owned()
+            };
             store.close().await;
-            println!("{}", key.expose());
+            println!("{secret}");
         }
         KeysCommand::List { store } => {
             let store = open_existing_store(&store).await?;
             let keys = store.api_key_list().await?;
+            let tokens = store.pat_list().await?;
             store.close().await;
+            // Keys, then tokens, each oldest first; merged by creation time (stable, so
+            // a key and a token created at the same instant keep that order).
+            let mut rows: Vec<_> = keys
+                .into_iter()
+                .map(|k| (k.created_at, k.prefix, k.environment.slug(), k.revoked_at))
+                .chain(
+                    tokens
+                        .into_iter()
+                        .map(|t| (t.created_at, t.prefix, "pat", t.revoked_at)),
+                )
+                .collect();
+            rows.sort_by_key(|row| row.0);
             println!("{:<16} {:<8} {:<25} REVOKED", "PREFIX", "ENV", "CREATED");
-            for key in keys {
+            for (created_at, prefix, env, revoked_at) in rows {
                 println!(
                     "{:<16} {:<8} {:<25} {}",
-                    key.prefix,
-                    key.environment.slug(),
-                    runnel_core::view::iso(key.created_at),
-                    key.revoked_at
+                    prefix,
+                    env,
+                    runnel_core::view::iso(created_at),
+                    revoked_at
                         .map(runnel_core::view::iso)
                         .unwrap_or_else(|| "-".to_owned())
                 );

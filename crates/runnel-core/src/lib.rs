@@ -33,7 +33,7 @@ pub mod worker;
 pub use id::{
     AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, SnapshotId, WaitpointId, WorkerId,
 };
-pub use key::{EnvironmentKind, SecretKey};
+pub use key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 pub use machine::MachinePreset;
 pub use queue::QueueName;
 pub use status::{ApiVersion, RunStatus};

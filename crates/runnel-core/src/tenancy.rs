@@ -27,3 +27,11 @@ pub struct ApiKeyInfo {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
+
+/// What `runnel keys list` shows of a personal access token: never the secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonalAccessTokenInfo {
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}

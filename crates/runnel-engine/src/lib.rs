@@ -22,6 +22,7 @@ pub mod actions;
 pub mod batches;
 pub mod clock;
 pub mod dev;
+pub mod devboot;
 pub mod list;
 pub mod multinode;
 pub mod queues;

@@ -10,14 +10,19 @@
 //!
 //! The result is kept in the request's extensions, so a request that the rate limiter
 //! already identified is not looked up again by its handler.
+//!
+//! The `trigger.dev` CLI's bootstrap routes ([`crate::devboot`]) take a personal access
+//! token (`tr_pat_…`) instead, which names the project rather than an environment
+//! ([`PersonalCaller`]); a secret key there, or a token on any other route, is 401 with a
+//! message saying which credential the route takes.
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use runnel_core::key::SecretKey;
-use runnel_core::tenancy::Environment;
+use runnel_core::key::{PersonalAccessToken, SecretKey, PERSONAL_ACCESS_TOKEN_PREFIX};
+use runnel_core::tenancy::{Environment, Project};
 use runnel_core::EnvironmentId;
 
 use crate::error::ApiError;
@@ -30,6 +35,12 @@ const PUBLIC_KEY: &str = "Public API keys are not allowed for this request";
 const PUBLIC_TOKEN: &str = "Public JWT API keys are not allowed for this request";
 const NO_SUBJECT: &str = "Invalid Public Access Token, missing subject.";
 const NO_ENVIRONMENT: &str = "Invalid Public Access Token, environment not found.";
+const PERSONAL_TOKEN_HERE: &str = "Personal access tokens (tr_pat_…) are not allowed for this \
+    request: use a secret key of the environment (GET /api/v1/projects/{ref}/{env} hands one out)";
+const PERSONAL_TOKEN_ONLY: &str = "This request takes a personal access token \
+    (Authorization: Bearer tr_pat_…; `runnel keys create --pat` prints one), not a secret key \
+    or another credential";
+const INVALID_PERSONAL_TOKEN: &str = "Invalid personal access token (unknown or revoked)";
 
 /// The environment the request's secret key belongs to.
 #[derive(Debug, Clone)]
@@ -66,12 +77,12 @@ impl Caller {
     }
 }
 
-/// Classifies and checks the bearer token in `headers`.
-pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+/// The bearer token in `headers`: 401 when the header is missing or not `Bearer …`.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let header = headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::Unauthorized(NO_AUTHORIZATION))?;
-    let token = header
+    header
         .to_str()
         .ok()
         .and_then(|h| {
@@ -79,9 +90,17 @@ pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, A
                 .or_else(|| h.strip_prefix("bearer "))
         })
         .map(str::trim)
-        .ok_or(ApiError::Unauthorized(INVALID_KEY))?;
+        .ok_or(ApiError::Unauthorized(INVALID_KEY))
+}
+
+/// Classifies and checks the bearer token in `headers`.
+pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+    let token = bearer(headers)?;
     if token.starts_with("pk_") {
         return Err(ApiError::Unauthorized(PUBLIC_KEY));
+    }
+    if token.starts_with(PERSONAL_ACCESS_TOKEN_PREFIX) {
+        return Err(ApiError::Unauthorized(PERSONAL_TOKEN_HERE));
     }
     if !token.starts_with("tr_") && jwt::is_public_token(token) {
         return verify_public_token(state, token)
@@ -190,5 +209,33 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let key = AuthenticatedKey::from_request_parts(parts, state).await?;
         Ok(Authenticated(key.environment))
+    }
+}
+
+/// A user of the `trigger.dev` CLI, by the personal access token it presented: the
+/// project it reaches, and the token itself (the secret keys it trades for are derived
+/// from it, [`PersonalAccessToken::derive_key`]).
+#[derive(Debug, Clone)]
+pub struct PersonalCaller {
+    pub project: Project,
+    pub token: PersonalAccessToken,
+}
+
+impl<S> FromRequestParts<S> for PersonalCaller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = PersonalAccessToken::parse(bearer(&parts.headers)?)
+            .ok_or(ApiError::Unauthorized(PERSONAL_TOKEN_ONLY))?;
+        let project = AppState::from_ref(state)
+            .engine
+            .pat_authenticate(&token)
+            .await?
+            .ok_or(ApiError::Unauthorized(INVALID_PERSONAL_TOKEN))?;
+        Ok(PersonalCaller { project, token })
     }
 }

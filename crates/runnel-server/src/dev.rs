@@ -42,20 +42,6 @@ fn dev_only(environment: &Environment) -> Result<(), ApiError> {
     }
 }
 
-/// The server's base URL as the client reached it.
-pub(crate) fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1:3030");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    format!("{scheme}://{host}")
-}
-
 fn run_id(raw: &str) -> Result<RunId, ApiError> {
     RunId::parse(raw).ok_or_else(|| ApiError::Missing("Run not found".into()))
 }
@@ -334,7 +320,7 @@ pub async fn start(
         .engine
         .dev_start(&environment, &run, &snapshot)
         .await?;
-    let base = base_url(&headers);
+    let base = crate::devboot::base_url(&headers)?;
     let execution = execution(&state, &environment, &started);
     let env_vars = json!({
         "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT": format!("{base}/otel"),

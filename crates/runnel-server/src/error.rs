@@ -26,6 +26,10 @@ pub enum ApiError {
     /// A public access token whose scopes do not cover the request (contract §1.4).
     #[error("Unauthorized")]
     Forbidden,
+    /// A credential that is valid but may not do this, in the route's words (a non-dev
+    /// key on a dev-only route, a derived key that was revoked): 403 `{"error": …}`.
+    #[error("{0}")]
+    Refused(String),
     /// A missing resource, or one of another environment: the two look the same.
     #[error("Not found")]
     NotFound,
@@ -182,7 +186,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Refused(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

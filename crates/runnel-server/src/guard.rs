@@ -21,10 +21,13 @@ use crate::error::forbid_retry;
 use crate::rate_limit::Decision;
 use crate::state::AppState;
 
-/// `/api` paths that need no credentials at all.
+/// `/api` paths that need no credentials at all (the legacy `trigger login`'s two calls
+/// are refused by their handlers unless the server auto-approves logins).
 fn is_public(path: &str) -> bool {
     path == "/api/openapi.json"
         || path == "/api/v1/timezones"
+        || path == "/api/v1/authorization-code"
+        || path == "/api/v1/token"
         || (path.starts_with("/api/v1/waitpoints/tokens/") && path.contains("/callback/"))
 }
 
@@ -123,7 +126,9 @@ mod tests {
         assert!(is_public(
             "/api/v1/waitpoints/tokens/waitpoint_1/callback/abc"
         ));
+        assert!(is_public("/api/v1/token"));
         assert!(!is_public("/api/v3/runs/run_1"));
+        assert!(!is_public("/api/v2/whoami"));
         assert!(is_exempt("/api/v1/workers/worker_1/dequeue"));
         assert!(is_exempt("/api/v1/auth/jwt/claims"));
         assert!(!is_exempt("/api/v1/auth/jwt"));

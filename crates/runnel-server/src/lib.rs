@@ -6,6 +6,7 @@
 //! secret key that scopes it to one environment ([`auth`]); the few that also take a
 //! public access token check its scopes ([`auth::authorize`], over [`jwt`]). A guard in front of all routes answers
 //! a missing `Authorization` header and applies the opt-in rate limit ([`guard`], [`rate_limit`]).
+//! The `trigger.dev dev` CLI's bootstrap ([`devboot`]) starts from a personal access token.
 
 use std::future::Future;
 
@@ -37,6 +38,9 @@ pub mod batches;
 
 // [queues]
 mod queues;
+
+// [devboot]
+pub mod devboot;
 
 // [auth]
 mod guard;
@@ -148,6 +152,8 @@ pub fn router(state: AppState) -> Router {
             post(dev::debug_log),
         )
         .route("/engine/v1/dev/disconnect", post(dev::disconnect))
+        // [devboot]
+        .merge(devboot::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

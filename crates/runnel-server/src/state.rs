@@ -2,6 +2,7 @@
 
 use runnel_engine::Engine;
 
+use crate::devboot::DevState;
 use crate::rate_limit::RateLimiter;
 use crate::uploads::BatchUploads;
 
@@ -16,4 +17,6 @@ pub struct AppState {
     pub rate_limiter: Option<RateLimiter>,
     /// Batch item uploads in progress, per environment, under their ceiling.
     pub batch_uploads: BatchUploads,
+    /// The `trigger.dev dev` bootstrap's memory: CLI presence, login auto-approval.
+    pub dev: DevState,
 }

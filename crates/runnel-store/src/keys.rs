@@ -1,17 +1,22 @@
-//! The project, its environments and their secret keys ([`KeyStore`]), written once for
-//! both backends.
+//! The project, its environments and their secret keys, and the personal access tokens
+//! of the `trigger.dev` CLI ([`KeyStore`]), written once for both backends.
+//!
+//! Keys and tokens are stored the same way: the SHA-256 digest (the primary key, what a
+//! presented credential is looked up by) and a display prefix; revocation sets
+//! `revoked_at` and never deletes, so a revoked credential stays revoked (also a derived
+//! key that [`KeyStore::api_key_ensure`] is asked to store again).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
+use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
+use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo, Project};
 use runnel_core::{EnvironmentId, ProjectId};
 
 use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::{self, api_key_info_from_row, environment_from_row, ms, project_from_row};
 use crate::sql::{Conn, Dialect, Params};
-use crate::{Bootstrap, KeyStore, Result, RevokeOutcome};
+use crate::{Bootstrap, KeyStanding, KeyStore, Result, RevokeOutcome};
 
 #[async_trait]
 impl<B: Backend> KeyStore for B {
@@ -142,28 +147,37 @@ impl<B: Backend> KeyStore for B {
         let (store, prefix) = (self.clone(), prefix.to_owned());
         detached(async move {
             let mut tx = store.begin().await?;
-            // "Starts with" without LIKE's wildcards. The row lock makes a concurrent
-            // revoke of the same key wait, then find it revoked.
-            let sql = format!(
-                "SELECT key_hash, prefix FROM api_keys \
-                 WHERE revoked_at IS NULL AND substr(prefix, 1, length($1)) = $1{}",
-                B::D::FOR_UPDATE
-            );
-            let found = Params::<B::D>::new()
-                .with(prefix.as_str())
-                .fetch_all(&mut tx, &sql)
-                .await?;
+            // "Starts with" without LIKE's wildcards, in both tables (their prefixes
+            // differ: `tr_pat_` against `tr_<env>_`). The row locks make a concurrent
+            // revoke of the same credential wait, then find it revoked.
+            let mut found = Vec::new();
+            for table in [Revocable::ApiKey, Revocable::Token] {
+                let sql = format!(
+                    "SELECT {hash} AS credential_hash, prefix FROM {table} \
+                     WHERE revoked_at IS NULL AND substr(prefix, 1, length($1)) = $1{lock}",
+                    hash = table.hash_column(),
+                    table = table.table(),
+                    lock = B::D::FOR_UPDATE
+                );
+                let rows = Params::<B::D>::new()
+                    .with(prefix.as_str())
+                    .fetch_all(&mut tx, &sql)
+                    .await?;
+                found.extend(rows.into_iter().map(|row| (table, row)));
+            }
             let outcome = match found.as_slice() {
                 [] => RevokeOutcome::NotFound,
-                [row] => {
+                [(table, row)] => {
                     use rows::Columns;
+                    let sql = format!(
+                        "UPDATE {} SET revoked_at = $1 WHERE {} = $2",
+                        table.table(),
+                        table.hash_column()
+                    );
                     Params::<B::D>::new()
                         .with(ms(now))
-                        .with(row.text("key_hash")?)
-                        .execute(
-                            &mut tx,
-                            "UPDATE api_keys SET revoked_at = $1 WHERE key_hash = $2",
-                        )
+                        .with(row.text("credential_hash")?)
+                        .execute(&mut tx, &sql)
                         .await?;
                     RevokeOutcome::Revoked {
                         prefix: row.text("prefix")?,
@@ -177,6 +191,95 @@ impl<B: Backend> KeyStore for B {
             Ok(outcome)
         })
         .await
+    }
+
+    async fn api_key_ensure(
+        &self,
+        key: &SecretKey,
+        environment: &EnvironmentId,
+        now: DateTime<Utc>,
+    ) -> Result<KeyStanding> {
+        use rows::Columns;
+        let mut conn = self.writer().await?;
+        // A concurrent insert of the same hash (another request, another node) makes
+        // this one wait for it and then do nothing; either way the row is there after.
+        Params::<B::D>::new()
+            .with(key.hash())
+            .with(key.display_prefix())
+            .with(environment.as_str())
+            .with(ms(now))
+            .execute(
+                &mut conn,
+                "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key_hash) DO NOTHING",
+            )
+            .await?;
+        let row = Params::<B::D>::new()
+            .with(key.hash())
+            .fetch_one(
+                &mut conn,
+                "SELECT revoked_at FROM api_keys WHERE key_hash = $1",
+            )
+            .await?;
+        Ok(match row.opt_int("revoked_at")? {
+            None => KeyStanding::Live,
+            Some(_) => KeyStanding::Revoked,
+        })
+    }
+
+    async fn pat_insert(
+        &self,
+        token: &PersonalAccessToken,
+        project: &ProjectId,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut conn = self.writer().await?;
+        Params::<B::D>::new()
+            .with(token.hash())
+            .with(token.display_prefix())
+            .with(project.as_str())
+            .with(ms(now))
+            .execute(
+                &mut conn,
+                "INSERT INTO personal_access_tokens (token_hash, prefix, project_id, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pat_authenticate(&self, token_hash: &str) -> Result<Option<Project>> {
+        let mut conn = self.reader().await?;
+        let row = Params::<B::D>::new()
+            .with(token_hash)
+            .fetch_optional(
+                &mut conn,
+                "SELECT p.id, p.created_at FROM personal_access_tokens t \
+                 JOIN projects p ON p.id = t.project_id \
+                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+            )
+            .await?;
+        row.as_ref().map(project_from_row).transpose()
+    }
+
+    async fn pat_list(&self) -> Result<Vec<PersonalAccessTokenInfo>> {
+        use rows::Columns;
+        let mut conn = self.reader().await?;
+        let sql = format!(
+            "SELECT prefix, created_at, revoked_at FROM personal_access_tokens \
+             ORDER BY created_at, prefix{}",
+            B::D::COLLATE_BYTES
+        );
+        let rows = Params::<B::D>::new().fetch_all(&mut conn, &sql).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PersonalAccessTokenInfo {
+                    prefix: row.text("prefix")?,
+                    created_at: row.time("created_at")?,
+                    revoked_at: row.opt_time("revoked_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn api_key_hashes(
@@ -204,6 +307,29 @@ impl<B: Backend> KeyStore for B {
             .filter_map(Result::transpose)
             .collect::<sqlx::Result<Vec<_>>>()?;
         Ok(Some((environment_from_row(first)?, hashes)))
+    }
+}
+
+/// The two tables whose rows `runnel keys revoke` revokes by prefix.
+#[derive(Debug, Clone, Copy)]
+enum Revocable {
+    ApiKey,
+    Token,
+}
+
+impl Revocable {
+    fn table(self) -> &'static str {
+        match self {
+            Revocable::ApiKey => "api_keys",
+            Revocable::Token => "personal_access_tokens",
+        }
+    }
+
+    fn hash_column(self) -> &'static str {
+        match self {
+            Revocable::ApiKey => "key_hash",
+            Revocable::Token => "token_hash",
+        }
     }
 }
 

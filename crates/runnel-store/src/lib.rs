@@ -26,7 +26,7 @@
 //! | trait | module | what |
 //! |---|---|---|
 //! | [`NodeStore`] | `node.rs` | health check, signals between nodes, closing |
-//! | [`KeyStore`] | `keys.rs` | project, environments, secret keys |
+//! | [`KeyStore`] | `keys.rs` | project, environments, secret keys, personal access tokens |
 //! | [`RunStore`] | `runs.rs`, `list.rs` | trigger, read, list, the management API's changes |
 //! | [`SweepStore`] | `sweeps.rs` | what the timed services look for and move |
 //! | [`AttemptStore`] | `attempts.rs` | dequeue, start, heartbeat, settlement |
@@ -43,11 +43,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::key::{EnvironmentKind, SecretKey};
+use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 use runnel_core::retry::RetryPolicy;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-use runnel_core::tenancy::{ApiKeyInfo, Environment, Project};
-use runnel_core::{AttemptId, EnvironmentId, MachinePreset, RunId, RunStatus, WorkerId};
+use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo, Project};
+use runnel_core::{AttemptId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus, WorkerId};
 use serde_json::Value;
 
 mod admission;
@@ -99,6 +99,15 @@ pub enum TriggerOutcome {
     Created(RunId),
     /// Another run already holds the idempotency key; nothing was inserted.
     Cached(RunId),
+}
+
+/// Where a key [`KeyStore::api_key_ensure`] was asked for stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStanding {
+    /// Stored and not revoked (stored by this call or an earlier one).
+    Live,
+    /// Stored once and revoked since; it stays revoked.
+    Revoked,
 }
 
 /// What `api_key_revoke` did.
@@ -311,7 +320,8 @@ pub trait NodeStore: Send + Sync {
     async fn close(&self);
 }
 
-/// The project, its environments and their secret keys.
+/// The project, its environments and their secret keys, and the personal access tokens
+/// of the `trigger.dev` CLI.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// On an empty database: creates the project, its environments and `dev_key` in one
@@ -341,8 +351,35 @@ pub trait KeyStore: Send + Sync {
     /// All keys, oldest first.
     async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>>;
 
-    /// Revokes the one live key whose display prefix starts with `prefix`.
+    /// Revokes the one live secret key or personal access token whose display prefix
+    /// starts with `prefix` (both kinds are searched; a prefix matching one of each is
+    /// ambiguous).
     async fn api_key_revoke(&self, prefix: &str, now: DateTime<Utc>) -> Result<RevokeOutcome>;
+
+    /// Stores `key` (hashed) for `environment` unless a key with its hash is already
+    /// stored, and says where it stands. Idempotent, and safe when several callers (on
+    /// several nodes) ensure one key at once: for a key derived again and again from the
+    /// same personal access token. A revoked key is not revived.
+    async fn api_key_ensure(
+        &self,
+        key: &SecretKey,
+        environment: &EnvironmentId,
+        now: DateTime<Utc>,
+    ) -> Result<KeyStanding>;
+
+    /// Stores a new personal access token (hashed) for `project`.
+    async fn pat_insert(
+        &self,
+        token: &PersonalAccessToken,
+        project: &ProjectId,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// The project of a live (not revoked) personal access token with this hash.
+    async fn pat_authenticate(&self, token_hash: &str) -> Result<Option<Project>>;
+
+    /// All personal access tokens, oldest first.
+    async fn pat_list(&self) -> Result<Vec<PersonalAccessTokenInfo>>;
 
     /// Environment `id` and the hashes of its live (not revoked) keys, oldest first: the
     /// secrets a public access token of that environment may be signed with. `None` when

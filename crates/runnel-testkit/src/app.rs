@@ -113,6 +113,54 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Creates a personal access token as `runnel keys create --pat` does; returns it.
+    pub fn pat_create(&self) -> String {
+        let engine = self.server.engine.clone();
+        self.server.block_on(async move {
+            let project = engine
+                .project()
+                .await
+                .expect("reading the project")
+                .expect("the project was bootstrapped");
+            let token = engine
+                .pat_create(&project)
+                .await
+                .expect("creating the token");
+            token.expose().to_owned()
+        })
+    }
+
+    /// The project's id (`proj_…`), the ref the `trigger.dev` CLI names it by.
+    pub fn project_id(&self) -> String {
+        let engine = self.server.engine.clone();
+        self.server.block_on(async move {
+            let project = engine.project().await.expect("reading the project");
+            project
+                .expect("the project was bootstrapped")
+                .id
+                .to_string()
+        })
+    }
+
+    /// Revokes the one key or token whose prefix starts with `prefix`, as
+    /// `runnel keys revoke PREFIX` does.
+    pub fn revoke(&self, prefix: &str) {
+        let store = Arc::clone(&self.server.store);
+        let prefix = prefix.to_owned();
+        let outcome = self.server.block_on(async move {
+            store
+                .api_key_revoke(&prefix, SystemClock.now())
+                .await
+                .expect("revoking")
+        });
+        assert!(
+            matches!(outcome, runnel_store::RevokeOutcome::Revoked { .. }),
+            "{outcome:?}"
+        );
+    }
+}
+
 /// Where a server's store is.
 #[derive(Debug, Clone)]
 enum Place {
@@ -231,6 +279,7 @@ impl Server {
                 engine: engine.clone(),
                 rate_limiter: None,
                 batch_uploads: BatchUploads::new(BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT),
+                dev: runnel_server::devboot::DevState::default(),
             },
             limits,
             async move {

@@ -8,16 +8,16 @@ pub(crate) use chrono::{DateTime, Duration, TimeZone, Utc};
 pub(crate) use runnel_core::batch::{
     BatchItemRecord, BatchRecord, BatchStatus, CreateBatchRequest,
 };
-pub(crate) use runnel_core::key::{EnvironmentKind, SecretKey};
+pub(crate) use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 pub(crate) use runnel_core::retry::RetryPolicy;
 pub(crate) use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
-pub(crate) use runnel_core::tenancy::{ApiKeyInfo, Environment};
+pub(crate) use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo};
 pub(crate) use runnel_core::trigger::{IdempotencyHeaders, TriggerRequest};
 pub(crate) use runnel_core::BatchId;
 pub(crate) use runnel_core::{AttemptId, MachinePreset, RunId, RunStatus, WorkerId};
 pub(crate) use runnel_store::prelude::*;
 pub(crate) use runnel_store::{
-    AttemptSettlement, CancelOutcome, Claim, Deadline, Leased, PgStore, QueueChange,
+    AttemptSettlement, CancelOutcome, Claim, Deadline, KeyStanding, Leased, PgStore, QueueChange,
     QueueDeclaration, QueueKind, QueueRecord, QueueRef, Registered, RevokeOutcome, SqliteStore,
     Store, TaskConfig, TriggerOutcome, WorkerRecord, WorkerRegistration,
 };

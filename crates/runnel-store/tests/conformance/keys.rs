@@ -1,4 +1,5 @@
-//! API keys: authentication, listing, revocation, and the key hashes of an environment.
+//! API keys: authentication, listing, revocation, and the key hashes of an environment;
+//! personal access tokens, and the keys derived from them (`api_key_ensure`).
 
 use crate::harness::*;
 
@@ -270,6 +271,237 @@ pub(crate) async fn api_key_revoke_revokes_once_under_concurrent_revokes(store: 
         store.api_key_list().await.unwrap(),
         want,
         "the winner's time is kept"
+    );
+}
+
+/// Two personal access tokens, created one and two hours in.
+async fn insert_tokens(store: &dyn Store) -> (PersonalAccessToken, PersonalAccessToken) {
+    let project = store.project_get().await.unwrap().expect("bootstrapped");
+    let (first, second) = (
+        PersonalAccessToken::generate(),
+        PersonalAccessToken::generate(),
+    );
+    store
+        .pat_insert(&first, &project.id, at(HOUR))
+        .await
+        .unwrap();
+    store
+        .pat_insert(&second, &project.id, at(2 * HOUR))
+        .await
+        .unwrap();
+    (first, second)
+}
+
+pub(crate) async fn pat_authenticate_finds_the_project_of_a_live_token(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    let project = store.project_get().await.unwrap().unwrap();
+    let (first, second) = insert_tokens(&*store).await;
+
+    for token in [&first, &second] {
+        assert_eq!(
+            store
+                .pat_authenticate(&token.hash())
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&project),
+            "{token:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .pat_authenticate(&PersonalAccessToken::generate().hash())
+            .await
+            .unwrap(),
+        None
+    );
+    // Looked up by hash only, and a token is no secret key (nor the other way round).
+    assert_eq!(store.pat_authenticate(first.expose()).await.unwrap(), None);
+    assert_eq!(
+        store.api_key_authenticate(&first.hash()).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .pat_authenticate(&tenancy.dev_key.hash())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub(crate) async fn pat_list_shows_prefixes_never_secrets(store: Arc<dyn Store>) {
+    let tenancy = bootstrap(&*store).await;
+    assert_eq!(store.pat_list().await.unwrap(), vec![]);
+    let (first, second) = insert_tokens(&*store).await;
+
+    let list = store.pat_list().await.unwrap();
+    assert_eq!(
+        list,
+        vec![
+            PersonalAccessTokenInfo {
+                prefix: first.display_prefix(),
+                created_at: at(HOUR),
+                revoked_at: None,
+            },
+            PersonalAccessTokenInfo {
+                prefix: second.display_prefix(),
+                created_at: at(2 * HOUR),
+                revoked_at: None,
+            },
+        ]
+    );
+    let shown = format!("{list:?}");
+    for token in [&first, &second] {
+        assert!(!shown.contains(token.expose()), "leaks a secret: {shown}");
+        assert!(!shown.contains(&token.hash()), "leaks a hash: {shown}");
+    }
+    // Tokens are not secret keys: the key list is unchanged.
+    assert_eq!(
+        store.api_key_list().await.unwrap(),
+        vec![ApiKeyInfo {
+            prefix: tenancy.dev_key.display_prefix(),
+            environment: EnvironmentKind::Dev,
+            created_at: at(0),
+            revoked_at: None,
+        }]
+    );
+}
+
+pub(crate) async fn pat_revoke_by_prefix_stops_authentication_and_leaves_keys_alone(
+    store: Arc<dyn Store>,
+) {
+    let tenancy = bootstrap(&*store).await;
+    let keys = insert_keys(&*store, &tenancy).await;
+    let (first, second) = insert_tokens(&*store).await;
+
+    // `tr_` starts every key and token: ambiguous, nothing revoked.
+    assert_eq!(
+        store.api_key_revoke("tr_", at(3 * HOUR)).await.unwrap(),
+        RevokeOutcome::Ambiguous { matches: 6 }
+    );
+    assert_eq!(
+        store.api_key_revoke("tr_pat_", at(3 * HOUR)).await.unwrap(),
+        RevokeOutcome::Ambiguous { matches: 2 }
+    );
+    assert_eq!(
+        store
+            .api_key_revoke(&first.display_prefix(), at(3 * HOUR))
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked {
+            prefix: first.display_prefix()
+        }
+    );
+    assert_eq!(store.pat_authenticate(&first.hash()).await.unwrap(), None);
+    assert!(store
+        .pat_authenticate(&second.hash())
+        .await
+        .unwrap()
+        .is_some());
+    // Once one is revoked, `tr_pat_` names the other alone.
+    assert_eq!(
+        store.api_key_revoke("tr_pat_", at(4 * HOUR)).await.unwrap(),
+        RevokeOutcome::Revoked {
+            prefix: second.display_prefix()
+        }
+    );
+    assert_eq!(
+        store.api_key_revoke("tr_pat_", at(5 * HOUR)).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
+    let listed_tokens = store.pat_list().await.unwrap();
+    assert_eq!(
+        listed_tokens
+            .iter()
+            .map(|t| t.revoked_at)
+            .collect::<Vec<_>>(),
+        vec![Some(at(3 * HOUR)), Some(at(4 * HOUR))]
+    );
+    // The secret keys are untouched.
+    assert_eq!(store.api_key_list().await.unwrap(), listed(&keys));
+}
+
+pub(crate) async fn api_key_ensure_stores_once_and_keeps_a_revoked_key_revoked(
+    store: Arc<dyn Store>,
+) {
+    let tenancy = bootstrap(&*store).await;
+    let token = PersonalAccessToken::generate();
+    let key = token.derive_key(EnvironmentKind::Staging, &tenancy.staging.id);
+
+    for minute in [1, 2] {
+        assert_eq!(
+            store
+                .api_key_ensure(&key, &tenancy.staging.id, at(minute * MINUTE))
+                .await
+                .unwrap(),
+            KeyStanding::Live
+        );
+    }
+    assert_eq!(
+        store.api_key_authenticate(&key.hash()).await.unwrap(),
+        Some(tenancy.staging.clone())
+    );
+    let derived = ApiKeyInfo {
+        prefix: key.display_prefix(),
+        environment: EnvironmentKind::Staging,
+        created_at: at(MINUTE),
+        revoked_at: None,
+    };
+    let list = store.api_key_list().await.unwrap();
+    assert_eq!(list.len(), 2, "stored once: {list:?}");
+    assert_eq!(list[1], derived, "the first ensure's time is kept");
+
+    store
+        .api_key_revoke(&key.display_prefix(), at(HOUR))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .api_key_ensure(&key, &tenancy.staging.id, at(2 * HOUR))
+            .await
+            .unwrap(),
+        KeyStanding::Revoked
+    );
+    assert_eq!(store.api_key_authenticate(&key.hash()).await.unwrap(), None);
+    assert_eq!(
+        store.api_key_list().await.unwrap()[1],
+        ApiKeyInfo {
+            revoked_at: Some(at(HOUR)),
+            ..derived
+        }
+    );
+}
+
+/// Racing ensures of one key (the same token asking on several nodes at once): every
+/// one answers `Live`, one row is stored.
+pub(crate) async fn api_key_ensure_stores_once_under_concurrent_ensures(store: Arc<dyn Store>) {
+    const ENSURES: usize = 8;
+    let tenancy = bootstrap(&*store).await;
+    let key = PersonalAccessToken::generate().derive_key(EnvironmentKind::Dev, &tenancy.dev.id);
+
+    let start = Arc::new(Barrier::new(ENSURES));
+    let mut ensures = JoinSet::new();
+    for i in 0..ENSURES {
+        let (store, start, key) = (Arc::clone(&store), Arc::clone(&start), key.clone());
+        let environment = tenancy.dev.id.clone();
+        ensures.spawn(async move {
+            start.wait().await;
+            store
+                .api_key_ensure(&key, &environment, at(MINUTE + i as i64))
+                .await
+                .expect("ensure")
+        });
+    }
+    let outcomes = ensures.join_all().await;
+    assert_eq!(outcomes, vec![KeyStanding::Live; ENSURES]);
+    let list = store.api_key_list().await.unwrap();
+    assert_eq!(
+        list.iter()
+            .filter(|k| k.prefix == key.display_prefix())
+            .count(),
+        1,
+        "{list:?}"
     );
 }
 
