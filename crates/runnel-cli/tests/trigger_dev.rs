@@ -10,6 +10,7 @@
 //! statuses) and `runnel runs logs`:
 //!
 //! - a task's output;
+//! - its `logger` lines in `runnel runs logs` and its `metadata.set` values on retrieve;
 //! - retries per the task's `retry` settings (fails twice then succeeds; always fails and
 //!   stops after `maxAttempts`);
 //! - `triggerAndWait` returning the child's output;
@@ -537,6 +538,10 @@ async fn trigger_dev_runs_the_fixture_project() {
                 Box::pin(output_on_retrieve(session.clone())),
             ),
             (
+                "logger lines in runs logs, metadata.set on retrieve",
+                Box::pin(logs_and_metadata(session.clone())),
+            ),
+            (
                 "retries per the task's settings",
                 Box::pin(retries(session.clone())),
             ),
@@ -638,6 +643,17 @@ async fn output_on_retrieve(s: Arc<Session>) {
         "{run:#}"
     );
     assert_eq!(run["attemptCount"], 1, "{run:#}");
+}
+
+/// What a task logs (`logger.info`) is in `runnel runs logs`, and what it sets
+/// (`metadata.set`) is on retrieve.
+async fn logs_and_metadata(s: Arc<Session>) {
+    let s = &*s;
+    let id = s.trigger("fixture-hello", json!({"name": "logs"})).await;
+    let (run, _) = s.finished(&id, "fixture-hello").await;
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    assert_eq!(run["metadata"], json!({"greeted": "logs"}), "{run:#}");
+    s.logs_containing(&id, &["greeting logs"]).await;
 }
 
 /// A task that fails twice with `maxAttempts: 3` completes on its third attempt; one that

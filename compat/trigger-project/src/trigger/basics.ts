@@ -1,9 +1,11 @@
-import { task } from "@trigger.dev/sdk";
+import { logger, metadata, task } from "@trigger.dev/sdk";
 
-/** The simplest task: its return value is the run's output. */
+/** The simplest task: its return value is the run's output; it logs and sets metadata. */
 export const hello = task({
   id: "fixture-hello",
   run: async (payload: { name: string }) => {
+    logger.info(`greeting ${payload.name}`, { name: payload.name });
+    metadata.set("greeted", payload.name);
     return { greeting: `hello ${payload.name}` };
   },
 });
