@@ -23,7 +23,8 @@
 //! - restarting the server while runs wait (on a duration and on a token) loses nothing:
 //!   they resume and complete, and the CLI goes on taking new runs.
 //!
-//! The scenarios run concurrently in one dev session; the restart comes last. The CLI's
+//! The scenarios run concurrently in one dev session, each to its own end (the test lists
+//! which passed); the restart comes last. The CLI's
 //! whole output (`--log-level debug`, which says why it drops a run) goes to a file; a
 //! failing test prints its end and the server's log, and leaves the whole file in
 //! `target/tmp/`.
@@ -49,6 +50,7 @@ use nix::unistd::Pid;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use tokio::sync::oneshot;
 
 /// The v4 SDK's API version: retrieve answers with `WAITING`, `COMPLETED`, `FAILED`, ….
 const API_VERSION: &str = "2025-07-16";
@@ -577,13 +579,40 @@ async fn trigger_dev_runs_the_fixture_project() {
     )
     .await;
     eprintln!("concurrent scenarios done after {:?}", started.elapsed());
+    // The server restarts (SIGTERM, then a new process on the same data and address) once
+    // runs wait on a duration and on a token, or once that scenario has failed.
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (restarted_tx, restarted_rx) = oneshot::channel();
+    let waiting = tokio::spawn(waiting_across_a_restart(
+        session.clone(),
+        marker,
+        ready_tx,
+        restarted_rx,
+    ));
+    let _ = ready_rx.await;
+    let restarting = session.clone();
+    tokio::task::spawn_blocking(move || restarting.restart_server())
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+    let _ = restarted_tx.send(());
+    eprintln!("server restarted after {:?}", started.elapsed());
     results.extend(
         run_scenarios(
             &session,
-            vec![(
-                "a server restart while runs wait loses nothing",
-                Box::pin(restart_while_waiting(session.clone(), marker)),
-            )],
+            vec![
+                (
+                    "runs waiting across a server restart resume",
+                    Box::pin(async move {
+                        if let Err(error) = waiting.await {
+                            std::panic::resume_unwind(error.into_panic());
+                        }
+                    }),
+                ),
+                (
+                    "the CLI takes a new run after the restart",
+                    Box::pin(a_new_run_after_the_restart(session.clone())),
+                ),
+            ],
         )
         .await,
     );
@@ -898,27 +927,27 @@ async fn cancelling_a_waiting_parent(s: Arc<Session>) {
 }
 
 /// Runs waiting on a duration and on a token when the server restarts resume and
-/// complete, and the CLI takes new runs from the restarted server.
-async fn restart_while_waiting(session: Arc<Session>, marker: String) {
+/// complete. Says `ready` once both wait (or drops it on failing first), then waits for
+/// `restarted`.
+async fn waiting_across_a_restart(
+    session: Arc<Session>,
+    marker: String,
+    ready: oneshot::Sender<()>,
+    restarted: oneshot::Receiver<()>,
+) {
+    let s = &*session;
     let restart_marker = format!("{marker}-restart");
-    let waiter = session
+    let waiter = s
         .trigger(
             "fixture-wait",
             json!({"seconds": 12, "marker": restart_marker}),
         )
         .await;
-    let (tokened, token, _) = token_run(&session, json!({})).await;
-    session
-        .waiting(&waiter, "fixture-wait before the restart")
-        .await;
+    let (tokened, token, _) = token_run(s, json!({})).await;
+    s.waiting(&waiter, "fixture-wait before the restart").await;
+    let _ = ready.send(());
+    restarted.await.expect("the server restarted");
 
-    // Blocking (SIGTERM, waiting for the exit and the new address): off the runtime.
-    let restarting = session.clone();
-    if let Err(error) = tokio::task::spawn_blocking(move || restarting.restart_server()).await {
-        std::panic::resume_unwind(error.into_panic());
-    }
-
-    let s = &*session;
     let reply = common::send(
         s.api
             .request(
@@ -930,8 +959,6 @@ async fn restart_while_waiting(session: Arc<Session>, marker: String) {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    let hello = s.trigger("fixture-hello", json!({"name": "again"})).await;
-
     let (run, _) = s
         .finished(&tokened, "the token run after the restart")
         .await;
@@ -950,8 +977,6 @@ async fn restart_while_waiting(session: Arc<Session>, marker: String) {
         "{run:#}"
     );
     assert_eq!(run["metadata"]["phase"], "done", "{run:#}");
-    let (run, _) = s.finished(&hello, "a new run after the restart").await;
-    assert_eq!(run["output"], json!({"greeting": "hello again"}), "{run:#}");
     // The line logged before the restart is still there.
     s.logs_containing(
         &waiter,
@@ -961,4 +986,13 @@ async fn restart_while_waiting(session: Arc<Session>, marker: String) {
         ],
     )
     .await;
+}
+
+/// The CLI, connected across the restart, takes a new run from the restarted server.
+async fn a_new_run_after_the_restart(s: Arc<Session>) {
+    let s = &*s;
+    let id = s.trigger("fixture-hello", json!({"name": "again"})).await;
+    let (run, _) = s.finished(&id, "a new run after the restart").await;
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    assert_eq!(run["output"], json!({"greeting": "hello again"}), "{run:#}");
 }
