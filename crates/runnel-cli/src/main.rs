@@ -439,6 +439,17 @@ enum RunsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print a run's log lines (what its task logged), oldest first: time, level,
+    /// message and fields.
+    Logs {
+        /// `run_…`
+        id: String,
+        /// Keep printing new lines until the run ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -926,6 +937,10 @@ async fn runs(command: RunsCommand) -> Result<()> {
         RunsCommand::Replay { id, api } => {
             let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
             runs::replay(&client, &id).await?;
+        }
+        RunsCommand::Logs { id, follow, api } => {
+            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            runs::logs(&client, &id, follow).await?;
         }
     }
     Ok(())

@@ -1,8 +1,11 @@
-//! `runnel runs ls | cancel | replay`: the runs of the key's environment from a
+//! `runnel runs ls | cancel | replay | logs`: the runs of the key's environment from a
 //! terminal, over the management API.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
 use anyhow::{bail, Result};
-use runnel_sdk::{Client, RunInfo, RunListOptions, StatusCode};
+use runnel_sdk::{Client, RunEvent, RunEventsOptions, RunInfo, RunListOptions, StatusCode};
 
 /// Prints one page of runs as a table, then how to get the next page.
 pub async fn ls(client: &Client, options: &RunListOptions) -> Result<()> {
@@ -110,9 +113,108 @@ pub async fn replay(client: &Client, id: &str) -> Result<()> {
     }
 }
 
+/// How often `runs logs --follow` looks for new lines and at the run's status.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// Log lines read per request.
+const LOGS_PAGE: u32 = 1000;
+
+/// Prints a run's log lines, oldest first; with `follow`, keeps printing new ones until
+/// the run is final, then prints the rest and returns.
+///
+/// Following reads the lines after the last one printed. A line can reach the server
+/// after a later one (the task process exports each on its own request), so once the
+/// run has ended (and the task process's last export had a poll's time to land) the
+/// whole log is read once more and the lines not printed yet are printed.
+pub async fn logs(client: &Client, id: &str, follow: bool) -> Result<()> {
+    let mut printed = HashSet::new();
+    let mut after = None;
+    let mut ended = false;
+    loop {
+        after = print_new_lines(client, id, after, &mut printed).await?;
+        if !follow {
+            return Ok(());
+        }
+        if ended {
+            print_new_lines(client, id, None, &mut printed).await?;
+            return Ok(());
+        }
+        ended = client.retrieve(id).await?.status.is_final();
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
+/// Prints the run's log lines after `after` that are not in `printed` yet; returns the
+/// cursor of the last line read.
+async fn print_new_lines(
+    client: &Client,
+    id: &str,
+    mut after: Option<String>,
+    printed: &mut HashSet<String>,
+) -> Result<Option<String>> {
+    loop {
+        let options = RunEventsOptions {
+            logs_only: true,
+            limit: Some(LOGS_PAGE),
+            after: after.clone(),
+        };
+        let page = match client.run_events(id, &options).await {
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                bail!("no run {id} in this key's environment: {e}")
+            }
+            other => other?,
+        };
+        for event in &page.events {
+            if printed.insert(event.cursor.clone()) {
+                println!("{}", log_line(event));
+            }
+        }
+        if let Some(last) = page.events.last() {
+            after = Some(last.cursor.clone());
+        }
+        if page.next.is_none() {
+            return Ok(after);
+        }
+    }
+}
+
+/// `2026-01-02 03:04:05.020 INFO  message key=value …` (times in UTC).
+fn log_line(event: &RunEvent) -> String {
+    let time = chrono::DateTime::parse_from_rfc3339(&event.start_time)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string()
+        })
+        .unwrap_or_else(|_| event.start_time.clone());
+    let mut line = format!("{time} {:<5} {}", event.level, event.message);
+    for (key, value) in &event.properties {
+        let value = match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        line.push_str(&format!(" {key}={value}"));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use super::duration;
+    use super::{duration, log_line};
+    use runnel_sdk::RunEvent;
+
+    #[test]
+    fn a_log_line_reads_time_level_message_and_fields() {
+        let event: RunEvent = serde_json::from_value(serde_json::json!({
+            "cursor": "1_1", "kind": "LOG", "message": "Hello, world!", "level": "INFO",
+            "startTime": "2026-01-02T03:04:05.020123Z", "duration": 0.0,
+            "properties": {"count": 3, "who": "me"},
+        }))
+        .unwrap();
+        assert_eq!(
+            log_line(&event),
+            "2026-01-02 03:04:05.020 INFO  Hello, world! count=3 who=me"
+        );
+    }
 
     #[test]
     fn durations_read_well() {

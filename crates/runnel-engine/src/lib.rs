@@ -23,6 +23,7 @@ pub mod batches;
 pub mod clock;
 pub mod dev;
 pub mod devboot;
+pub mod events;
 pub mod list;
 pub mod multinode;
 pub mod queues;

@@ -46,12 +46,14 @@
 //! ```
 
 pub mod client;
+pub mod events;
 pub mod executor;
 pub mod list;
 pub mod tasks;
 pub mod worker;
 
 pub use client::{Client, Error, RunInfo, RunStatus, TriggerOptions, Triggered};
+pub use events::{RunEvent, RunEventPage, RunEventsOptions};
 pub use executor::{Executor, StopHandle, StopReason, StopSignal};
 pub use list::{RunListOptions, RunPage};
 pub use reqwest::StatusCode;

@@ -41,6 +41,9 @@ mod queues;
 
 // [devboot]
 pub mod devboot;
+// [events]
+mod events;
+mod otel;
 
 // [auth]
 mod guard;
@@ -122,6 +125,13 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/queues/{queue_param}/concurrency/reset",
             post(queues::concurrency_reset),
         )
+        // [events]
+        .route("/api/v1/runs/{run_id}/events", get(events::list))
+        .route("/api/v1/runs/{run_id}/trace", get(events::trace))
+        // No Authorization header comes with these (the guard covers only `/api`).
+        .route("/otel/v1/traces", post(otel::traces))
+        .route("/otel/v1/logs", post(otel::logs))
+        .route("/otel/v1/metrics", post(otel::metrics))
         // [auth]
         .route("/api/v1/auth/jwt/claims", post(tokens::claims))
         .route("/api/v1/auth/jwt", post(tokens::create))

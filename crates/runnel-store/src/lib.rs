@@ -34,6 +34,7 @@
 //! | [`QueueStore`] | `queues.rs` | declarations, limits, pause (a dequeue's admission under them: `admission.rs`) |
 //! | [`BatchStore`] | `batches.rs` | batches, items, the multi-row trigger |
 //! | [`WaitStore`] | `waits.rs` | waitpoints, what blocks a run, execution snapshots |
+//! | [`EventStore`] | `events.rs` | a run's log lines and spans (OTLP ingest) |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
 //! the group-commit writer's transactions and PostgreSQL's idempotency-key race, the
@@ -55,6 +56,7 @@ mod attempts;
 mod backend;
 mod batches;
 mod detach;
+pub mod events;
 mod group;
 mod keys;
 mod list;
@@ -71,6 +73,10 @@ mod waits;
 mod workers;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
+pub use events::{
+    EventCursor, EventKind, EventStore, NewRunEvent, RunEvent, RunEventQuery,
+    RUN_EVENTS_MAX_PER_RUN,
+};
 pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
 pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
@@ -263,6 +269,7 @@ pub trait Store:
     + QueueStore
     + BatchStore
     + WaitStore
+    + EventStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -279,6 +286,7 @@ impl<T> Store for T where
         + QueueStore
         + BatchStore
         + WaitStore
+        + EventStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -288,8 +296,8 @@ impl<T> Store for T where
 /// The store's traits, for calling them on an `Arc<dyn Store>`.
 pub mod prelude {
     pub use crate::{
-        AttemptStore, BatchStore, KeyStore, NodeStore, QueueStore, RunStore, Store, SweepStore,
-        WaitStore, WorkerStore,
+        AttemptStore, BatchStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store,
+        SweepStore, WaitStore, WorkerStore,
     };
 }
 

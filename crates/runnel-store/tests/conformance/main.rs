@@ -32,6 +32,7 @@ mod attempts;
 mod backends;
 mod batches;
 mod dequeue;
+mod events;
 mod harness;
 mod idempotency;
 mod keys;
@@ -155,6 +156,11 @@ macro_rules! conformance_tests {
             // [auth]
             keys::api_key_hashes_lists_the_live_keys_of_an_environment,
             keys::api_key_hashes_drops_revoked_keys_and_knows_no_other_environment,
+            // [events]
+            events::run_event_insert_stores_events_of_existing_runs_in_their_environment,
+            events::run_event_insert_replaces_a_partial_span_with_the_ended_one,
+            events::run_event_list_pages_in_time_order_by_kind,
+            events::run_event_insert_stops_at_the_cap_per_run,
             // [multinode]
             multinode::signals_reach_every_listener_of_the_database,
             multinode::run_leases_due_concurrent_rescuers_settle_each_lease_once,
