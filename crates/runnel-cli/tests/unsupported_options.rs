@@ -17,23 +17,17 @@ async fn options_not_supported_yet_are_accepted_and_logged_once_each() {
         .trigger_new(
             key,
             "t",
-            &json!({"options": {"resumeParentOnCompletion": false, "region": "",
+            &json!({"options": {"region": "",
                 "debounce": {}, "concurrency": [], "bulkActionId": ""}}),
         )
         .await;
-    let used = json!({"options": {"resumeParentOnCompletion": true, "region": "eu",
+    let used = json!({"options": {"region": "eu",
         "debounce": {"key": "k", "delay": "5s"}, "concurrency": ["openai"],
         "bulkActionId": "bulk_1"}});
     for _ in 0..3 {
         server.trigger_new(key, "t", &used).await;
     }
-    let options = [
-        "resumeParentOnCompletion",
-        "region",
-        "debounce",
-        "concurrency",
-        "bulkActionId",
-    ];
+    let options = ["region", "debounce", "concurrency", "bulkActionId"];
     let logged = |name: &str| {
         let line = format!("option {name} is accepted but not supported yet");
         server.stderr().matches(&line).count()

@@ -222,7 +222,7 @@ fn comma_list(value: &str) -> Vec<String> {
 }
 
 /// A `createdAt` bound: unix milliseconds (what the SDK sends) or an ISO 8601 date.
-fn parse_date(text: &str) -> Option<DateTime<Utc>> {
+pub fn parse_date(text: &str) -> Option<DateTime<Utc>> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return DateTime::from_timestamp_millis(text.parse().ok()?);

@@ -22,7 +22,8 @@ use chrono::{DateTime, Utc};
 use runnel_core::run::Packet;
 use runnel_core::tenancy::Environment;
 use runnel_core::waitpoint::{
-    ExecutionStatus, NewSnapshot, Snapshot, Waitpoint, WaitpointKind, WaitpointOutput,
+    ExecutionStatus, NewSnapshot, Snapshot, TokenListQuery, Waitpoint, WaitpointKind,
+    WaitpointOutput,
 };
 use runnel_core::{BatchId, RunId, RunStatus, WaitpointId};
 use runnel_store::{BlockOutcome, WaitpointCreated};
@@ -387,6 +388,16 @@ impl Engine {
                     .as_deref()
                     .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()))
         }))
+    }
+
+    /// Tokens of `environment` matching `query`, in the store's order for it (newest
+    /// first; oldest first for a `before` page).
+    pub async fn token_list(
+        &self,
+        environment: &Environment,
+        query: &TokenListQuery,
+    ) -> Result<Vec<Waitpoint>, Error> {
+        Ok(self.store.token_list(&environment.id, query).await?)
     }
 
     /// Completes a token found by its callback URL.

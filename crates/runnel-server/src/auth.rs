@@ -59,6 +59,16 @@ impl AuthenticatedKey {
     pub fn token_headers(&self, scopes: &[String], now: DateTime<Utc>) -> HeaderMap {
         jwt::headers(&self.environment.id, &self.key_hash, scopes, now)
     }
+
+    /// [`Self::token_headers`] with a token valid `ttl_secs`.
+    pub fn token_headers_valid_for(
+        &self,
+        scopes: &[String],
+        now: DateTime<Utc>,
+        ttl_secs: i64,
+    ) -> HeaderMap {
+        jwt::headers_valid_for(&self.environment.id, &self.key_hash, scopes, now, ttl_secs)
+    }
 }
 
 /// Whoever a route that also accepts public access tokens is talking to.

@@ -122,3 +122,14 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerApiVersion {
         Ok(CallerApiVersion(ApiVersion::from_header(value)))
     }
 }
+
+/// The URL this server is reached at, as the request names it: its `Host` header, over
+/// `https` when `X-Forwarded-Proto` says so (a proxy in front), else `http`. Used for
+/// URLs handed back to the caller (a waitpoint token's callback URL).
+pub(crate) fn base_url(headers: &axum::http::HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or("localhost");
+    let https = header("x-forwarded-proto")
+        .is_some_and(|p| p.split(',').next().is_some_and(|p| p.trim() == "https"));
+    format!("{}://{host}", if https { "https" } else { "http" })
+}

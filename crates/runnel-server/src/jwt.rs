@@ -100,12 +100,23 @@ pub fn headers(
     scopes: &[String],
     now: DateTime<Utc>,
 ) -> HeaderMap {
+    headers_valid_for(environment, key_hash, scopes, now, TOKEN_TTL_SECS_DEFAULT)
+}
+
+/// [`headers`] with a token valid `ttl_secs` (a waitpoint token's: a day).
+pub fn headers_valid_for(
+    environment: &EnvironmentId,
+    key_hash: &str,
+    scopes: &[String],
+    now: DateTime<Utc>,
+    ttl_secs: i64,
+) -> HeaderMap {
     let token = mint(
         environment,
         key_hash,
         scopes,
         now,
-        now.timestamp() + TOKEN_TTL_SECS_DEFAULT,
+        now.timestamp() + ttl_secs,
     );
     let claims = json!({"sub": environment.as_str(), "pub": true, "scopes": scopes});
     let mut headers = HeaderMap::new();

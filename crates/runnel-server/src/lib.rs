@@ -52,6 +52,9 @@ pub mod rate_limit;
 mod tokens;
 mod uploads;
 
+// [waitpoints]
+mod waitpoints;
+
 pub use error::ApiError;
 pub use state::{AppState, MAX_BODY_BYTES};
 
@@ -164,6 +167,30 @@ pub fn router(state: AppState) -> Router {
         .route("/engine/v1/dev/disconnect", post(dev::disconnect))
         // [devboot]
         .merge(devboot::routes())
+        // [waitpoints]
+        .route(
+            "/api/v1/waitpoints/tokens",
+            post(waitpoints::create)
+                .layer(DefaultBodyLimit::max(waitpoints::MAX_CREATE_BODY_BYTES))
+                .get(waitpoints::list),
+        )
+        .route("/api/v1/waitpoints/tokens/{id}", get(waitpoints::retrieve))
+        .route(
+            "/api/v1/waitpoints/tokens/{id}/complete",
+            post(waitpoints::complete),
+        )
+        .route(
+            "/api/v1/waitpoints/tokens/{id}/callback/{secret}",
+            post(waitpoints::callback),
+        )
+        .route(
+            "/engine/v1/runs/{run_id}/wait/duration",
+            post(waitpoints::wait_duration),
+        )
+        .route(
+            "/engine/v1/runs/{run_id}/waitpoints/tokens/{waitpoint_id}/wait",
+            post(waitpoints::wait_token),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1091,14 +1091,82 @@ fn related(run: &Value) -> (Value, Value, Vec<Value>) {
     )
 }
 
+/// Leases queued run `run` of `task` to a new worker and starts it: `EXECUTING`.
+async fn execute(server: &runnel_testkit::Server, key: &str, task: &str, run: &str) {
+    let worker = server.register_worker(key, &[task]).await;
+    let (leased, attempt) = server.dequeue_one(key, &worker).await;
+    assert_eq!(leased, run);
+    let started = server
+        .worker_call(key, &worker, "start", &json!({"attemptIds": [attempt]}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{started:?}");
+}
+
+#[tokio::test]
+async fn resume_parent_on_completion_needs_an_executing_parent() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    server.register_worker(key, &["t"]).await;
+    let parent = server.trigger_new(key, "t", &json!({})).await;
+    let refused = server
+        .trigger(
+            key,
+            "t",
+            &json!({"options": {"parentRunId": parent, "resumeParentOnCompletion": true}}),
+        )
+        .await;
+    refused.assert_error(
+        StatusCode::BAD_REQUEST,
+        &format!("Run {parent} is QUEUED; only an executing run can wait"),
+    );
+    // Nothing was created, and the parent still only waits in its queue.
+    let list = send(server.request(Method::GET, "/api/v1/runs").bearer_auth(key)).await;
+    assert_eq!(
+        list.body["data"].as_array().map(Vec::len),
+        Some(1),
+        "{list:?}"
+    );
+    assert_eq!(server.run(key, &parent).await["status"], "QUEUED");
+
+    // An executing parent waits for the child and resumes when it ends.
+    execute(server, key, "t", &parent).await;
+    let child = server
+        .trigger_new(
+            key,
+            "c",
+            &json!({"options": {"parentRunId": parent, "resumeParentOnCompletion": true}}),
+        )
+        .await;
+    let status = |run: String| async move {
+        server
+            .retrieve_as(
+                key,
+                &run,
+                runnel_core::status::ApiVersion::CURRENT_HEADER_VALUE,
+            )
+            .await
+            .body["status"]
+            .clone()
+    };
+    assert_eq!(status(parent.clone()).await, "WAITING");
+    let worker = server.register_worker(key, &["c"]).await;
+    assert_eq!(
+        server.run_one(key, &worker, json!({"ok": true})).await,
+        child
+    );
+    assert_eq!(status(parent.clone()).await, "EXECUTING");
+}
+
 #[tokio::test]
 async fn parent_run_id_links_the_new_run_under_its_parent() {
     let app = TestApp::start();
     let (server, key) = (&app.server, app.dev_key.as_str());
     let root = server.trigger_new(key, "t", &json!({"payload": 1})).await;
     let child = server
-        .trigger_new(key, "t", &json!({"options": {"parentRunId": root}}))
+        .trigger_new(key, "c", &json!({"options": {"parentRunId": root}}))
         .await;
+    // `resumeParentOnCompletion` makes the parent wait, so it must be executing.
+    execute(server, key, "c", &child).await;
     let grandchild = server
         .trigger_new(
             key,

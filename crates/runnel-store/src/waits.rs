@@ -514,14 +514,13 @@ impl<B: Backend> WaitStore for B {
         index: u32,
     ) -> Result<Option<WaitpointId>> {
         let mut conn = self.reader().await?;
-        let sql = format!(
-            "SELECT id FROM waitpoints WHERE batch_id = $1 AND batch_index = $2 AND kind = $3"
-        );
+        let sql =
+            "SELECT id FROM waitpoints WHERE batch_id = $1 AND batch_index = $2 AND kind = $3";
         let row = Params::<B::D>::new()
             .with(batch.as_str())
             .with(i64::from(index))
             .with(WaitpointKind::Run.as_str())
-            .fetch_optional(&mut conn, &sql)
+            .fetch_optional(&mut conn, sql)
             .await?;
         row.map(|row| Ok(WaitpointId::from_trusted(row.text("id")?)))
             .transpose()

@@ -43,6 +43,7 @@ mod queues;
 mod runs;
 mod sweeps;
 mod tenancy;
+mod waits;
 mod workers;
 
 use crate::harness::*;
@@ -164,6 +165,13 @@ macro_rules! conformance_tests {
             // [multinode]
             multinode::signals_reach_every_listener_of_the_database,
             multinode::run_leases_due_concurrent_rescuers_settle_each_lease_once,
+            // [waits]
+            waits::waitpoint_create_round_trips_and_honours_idempotency_keys,
+            waits::waitpoint_complete_completes_once,
+            waits::run_block_waits_until_every_blocker_is_completed,
+            waits::waitpoints_due_next_due_and_stranded,
+            waits::token_list_filters_and_pages_newest_first,
+            waits::snapshots_append_in_sequence,
         ]);
     };
     (@expand $backend:ident, $make_store:ident, [$($area:ident :: $test:ident),* $(,)?]) => {
