@@ -481,7 +481,7 @@ async fn thousand_item_batch_in_one_request() {
 }
 
 /// A batch triggered from inside a run (`parentRunId`, `resumeParentOnCompletion`): its
-/// runs hang under the parent and say `batchTriggerAndWait`.
+/// runs hang under the parent, which waits for them, and say `batchTriggerAndWait`.
 #[tokio::test]
 async fn batch_runs_hang_under_the_parent_run() {
     let app = TestApp::start();
@@ -489,6 +489,15 @@ async fn batch_runs_hang_under_the_parent_run() {
         .server
         .trigger_new(&app.dev_key, "parent", &json!({}))
         .await;
+    // Only an executing run can wait for a batch.
+    let worker = app.server.register_worker(&app.dev_key, &["parent"]).await;
+    let (leased, attempt) = app.server.dequeue_one(&app.dev_key, &worker).await;
+    assert_eq!(leased, parent);
+    let started = app
+        .server
+        .worker_call(&app.dev_key, &worker, "start", &json!({"attemptIds": [attempt]}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{started:?}");
     let reply = create(
         &app,
         &app.dev_key,
@@ -523,4 +532,5 @@ async fn batch_runs_hang_under_the_parent_run() {
         parent_body["relatedRuns"]["children"][0]["id"], runs[0],
         "{parent_body}"
     );
+    assert_eq!(parent_body["status"], "FROZEN", "{parent_body}");
 }
