@@ -495,7 +495,12 @@ async fn batch_runs_hang_under_the_parent_run() {
     assert_eq!(leased, parent);
     let started = app
         .server
-        .worker_call(&app.dev_key, &worker, "start", &json!({"attemptIds": [attempt]}))
+        .worker_call(
+            &app.dev_key,
+            &worker,
+            "start",
+            &json!({"attemptIds": [attempt]}),
+        )
         .await;
     assert_eq!(started.status, StatusCode::OK, "{started:?}");
     let reply = create(
