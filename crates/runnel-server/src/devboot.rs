@@ -28,9 +28,7 @@
 //! whoever asks, so only with [`DevState::new`]'s `login_auto_approve` (the operator's
 //! explicit `--trigger-login-auto-approve`).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -39,13 +37,11 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use futures_util::stream::{self, Stream, StreamExt};
 use rand::distr::{Alphanumeric, SampleString};
 use runnel_core::key::EnvironmentKind;
 use runnel_core::tenancy::Environment;
 use runnel_core::view::iso;
-use runnel_core::EnvironmentId;
 use runnel_engine::devboot::DerivedKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -103,41 +99,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/token", post(token))
 }
 
-/// What the dev bootstrap keeps between requests, in memory on this node: when each
-/// environment's CLI was last present, and whether `trigger login` is auto-approved.
-#[derive(Debug, Clone, Default)]
-pub struct DevState {
-    presence: Arc<Mutex<HashMap<EnvironmentId, DateTime<Utc>>>>,
-    login_auto_approve: bool,
-}
-
-impl DevState {
-    /// `login_auto_approve`: answer the legacy `trigger login` with a new personal
-    /// access token for anyone (the operator's explicit opt-in).
-    pub fn new(login_auto_approve: bool) -> DevState {
-        DevState {
-            login_auto_approve,
-            ..DevState::default()
-        }
-    }
-
-    /// When a `trigger.dev dev` CLI of `environment` was last seen on this node's
-    /// presence stream (it is sent an event every [`PRESENCE_TICK`] while connected);
-    /// `None` if never since this node started.
-    pub fn dev_presence_seen(&self, environment: &EnvironmentId) -> Option<DateTime<Utc>> {
-        self.presence
-            .lock()
-            .expect("presence map poisoned")
-            .get(environment)
-            .copied()
-    }
-
-    fn presence_record(&self, environment: &EnvironmentId, now: DateTime<Utc>) {
-        let mut presence = self.presence.lock().expect("presence map poisoned");
-        let seen = presence.entry(environment.clone()).or_insert(now);
-        *seen = (*seen).max(now);
-    }
-}
+pub use crate::state::DevState;
 
 /// This server's base URL as the client reached it: `http://<Host>`, or `https://…` when
 /// `X-Forwarded-Proto` (its first value) says `https`. Every URL the bootstrap hands the
@@ -438,23 +400,6 @@ mod tests {
             let got = base_url(&headers(&pairs)).ok();
             assert_eq!(got.as_deref(), want, "{pairs:?}");
         }
-    }
-
-    #[test]
-    fn presence_keeps_the_latest_time_per_environment() {
-        let dev = DevState::default();
-        let (a, b) = (EnvironmentId::generate(1), EnvironmentId::generate(2));
-        let t = |s| DateTime::from_timestamp(s, 0).unwrap();
-        assert_eq!(dev.dev_presence_seen(&a), None);
-        dev.presence_record(&a, t(10));
-        dev.presence_record(&a, t(14));
-        // A slower node's clock, or two streams of one environment, never move it back.
-        dev.presence_record(&a, t(12));
-        assert_eq!(dev.dev_presence_seen(&a), Some(t(14)));
-        assert_eq!(dev.dev_presence_seen(&b), None);
-        // Clones share the map (every handler holds one).
-        dev.clone().presence_record(&b, t(20));
-        assert_eq!(dev.dev_presence_seen(&b), Some(t(20)));
     }
 
     /// `start` at once, `time` every 4 s, the end at 30 s: on a paused clock, so the

@@ -26,28 +26,22 @@
 //! function here; their edges are in the table all the same. An attempt's compute time
 //! and its price are computed in one place, [`charge`].
 //!
-//! # Room for `WAITING`: waitpoints and execution snapshots
+//! # `WAITING`: waitpoints and execution snapshots
 //!
-//! Not built yet; this is where it goes (the dev CLI protocol's §4, "Waits, resume,
-//! retries"):
+//! Built as the dev CLI protocol's §4 describes ("Waits, resume, retries"), with the
+//! waitpoints and snapshots themselves in [`crate::waitpoint`]:
 //!
-//! - **Waitpoints.** [`RunState::WaitingToResume`] carries no data today. It will carry the
-//!   attempt that suspended and the run's blocking waitpoints, each `PENDING` or
-//!   `COMPLETED`, of type `RUN` (a child run ends), `DATETIME` (a time), `MANUAL` (a
-//!   token) or `BATCH`. The reserved transitions [`Transition::Wait`] (`Dequeued` /
-//!   `Executing` → `WaitingToResume`, blocking on waitpoints) and [`Transition::Resume`]
-//!   (`WaitingToResume` → `Executing` or `Queued`, once **all** blocking waitpoints are
-//!   completed, carrying the completed ones with their `index`) get a function each here,
-//!   like [`settle`]; blocking on waitpoints already completed resumes at once.
-//! - **Execution snapshots.** A run will keep an ordered list of snapshots, the last one
-//!   "latest", each with an `executionStatus` (`RUN_CREATED`, `QUEUED`,
-//!   `PENDING_EXECUTING`, `EXECUTING`, `EXECUTING_WITH_WAITPOINTS`, `SUSPENDED`,
-//!   `PENDING_CANCEL`, `FINISHED`, …). A snapshot is a function of the state: every
-//!   [`Change`] appends one (a resume appends an `EXECUTING` snapshot listing its
-//!   `completedWaitpoints`; a cancel of a held attempt appends `PENDING_CANCEL` before
-//!   `FINISHED`). So the snapshot id belongs in the held-attempt variants
-//!   ([`RunState::Dequeued`], [`RunState::Executing`], the future waiting one), and a
-//!   change applied against a stale snapshot is refused, as a stale claim is today.
+//! - **Waitpoints.** [`RunState::WaitingToResume`] carries the attempt that waits, its
+//!   worker and its lease: the worker's process stays alive through the wait and keeps
+//!   heartbeating (nothing is checkpointed), so a waiting attempt can also end or be
+//!   rescued. Blocking ([`Transition::Wait`]) and resuming ([`Transition::Resume`], once
+//!   **all** blocking waitpoints are completed) are single conditional statements in the
+//!   store (`WaitStore::run_block`, `WaitStore::run_resume`), driven by the engine's
+//!   `waits.rs`; they have no pure function here yet.
+//! - **Execution snapshots.** A run served by the dev CLI, and any run that waits, keeps
+//!   an ordered list of snapshots whose last is "latest"; starting an attempt must name
+//!   it. Snapshots are appended by the engine beside the change they record (not yet
+//!   inside every [`Change`]), and Runnel's own workers' hot path appends none.
 //! - **Immediate retries.** [`Transition::RetryImmediately`] (`RetryingAfterFailure` →
 //!   `Executing`, upstream's `RETRY_IMMEDIATELY`) is reserved for a short backoff that
 //!   keeps the worker's process; [`settle`] would decide it next to the queued retry.
