@@ -62,11 +62,7 @@ impl Engine {
         ids: &[WaitpointId],
     ) -> Result<(), Error> {
         let now = self.clock.now();
-        let attempt = self
-            .store
-            .snapshot_latest(run)
-            .await?
-            .and_then(|s| s.attempt_number);
+        let attempt = self.snapshot_attempt(run).await?;
         let snapshot = NewSnapshot::new(
             run,
             ExecutionStatus::ExecutingWithWaitpoints,
@@ -94,15 +90,21 @@ impl Engine {
         Ok(())
     }
 
+    /// The attempt number `run`'s latest snapshot belongs to: the one a new snapshot
+    /// of the same attempt carries.
+    async fn snapshot_attempt(&self, run: &RunId) -> Result<Option<u32>, Error> {
+        Ok(self
+            .store
+            .snapshot_latest(run)
+            .await?
+            .and_then(|s| s.attempt_number))
+    }
+
     /// Resumes `run` if it waits and none of its blockers is pending: the new `EXECUTING`
     /// snapshot, listing the waitpoints it resumed past.
     pub(crate) async fn resume(&self, run: &RunId) -> Result<Option<Snapshot>, Error> {
         let now = self.clock.now();
-        let attempt = self
-            .store
-            .snapshot_latest(run)
-            .await?
-            .and_then(|s| s.attempt_number);
+        let attempt = self.snapshot_attempt(run).await?;
         let snapshot = NewSnapshot::new(
             run,
             ExecutionStatus::Executing,

@@ -24,23 +24,15 @@ use runnel_core::waitpoint::{Snapshot, Waitpoint, WaitpointKind};
 use runnel_core::worker::{
     FailureKind, QueueDefinition, RegisterRequest, TaskDefinition, TaskFailure,
 };
-use runnel_core::{EnvironmentKind, MachinePreset, RunId, RunStatus, SnapshotId, WorkerId};
+use runnel_core::{MachinePreset, RunId, RunStatus, SnapshotId, WorkerId};
 use runnel_engine::dev::{AttemptStatusAfter, DevCompletion, DevStarted};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Authenticated;
+use crate::devboot::require_dev;
 use crate::error::ApiError;
 use crate::extract::{json_body, RawBody};
 use crate::state::AppState;
-
-/// The dev environment's key, or 403.
-fn dev_only(environment: &Environment) -> Result<(), ApiError> {
-    if environment.kind == EnvironmentKind::Dev {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
-}
 
 fn run_id(raw: &str) -> Result<RunId, ApiError> {
     RunId::parse(raw).ok_or_else(|| ApiError::Missing("Run not found".into()))
@@ -260,7 +252,7 @@ pub async fn dequeue(
     Authenticated(environment): Authenticated,
     body: RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     let body: Value = json_body(body, &[])?;
     let worker = body
         .get("currentWorker")
@@ -314,7 +306,7 @@ pub async fn start(
     Path((run, snapshot)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     let (run, snapshot) = (run_id(&run)?, snapshot_id(&snapshot)?);
     let started = state
         .engine
@@ -478,7 +470,7 @@ pub async fn complete(
     Path((run, snapshot)): Path<(String, String)>,
     body: RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     let (run, snapshot) = (run_id(&run)?, snapshot_id(&snapshot)?);
     let body: Value = json_body(body, &["completion"])?;
     let completion = body
@@ -561,7 +553,7 @@ pub async fn heartbeat(
     Authenticated(environment): Authenticated,
     Path((run, _snapshot)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     let run = run_id(&run)?;
     let held = state.engine.dev_heartbeat(&environment, &run).await?;
     Ok(Json(json!({ "ok": held })))
@@ -573,7 +565,7 @@ pub async fn latest(
     Authenticated(environment): Authenticated,
     Path(run): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     latest_execution(&state, &environment, &run).await
 }
 
@@ -618,7 +610,7 @@ pub async fn debug_log(
     Path(run): Path<String>,
     body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     if let Ok(body) = json_body::<Map<String, Value>>(body, &[]) {
         let message = body.get("message").and_then(Value::as_str).unwrap_or("");
         tracing::debug!(run = %run, message, "dev CLI");
@@ -633,7 +625,7 @@ pub async fn disconnect(
     Authenticated(environment): Authenticated,
     body: RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    dev_only(&environment)?;
+    require_dev(&environment)?;
     let body: Value = json_body(body, &[])?;
     let ids: Vec<RunId> = body
         .get("runFriendlyIds")

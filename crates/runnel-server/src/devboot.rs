@@ -139,7 +139,7 @@ impl<S: Send + Sync> FromRequestParts<S> for BaseUrl {
 }
 
 /// Refuses a key of an environment other than dev on a `/engine/v1/dev/*` route.
-fn require_dev(environment: &Environment) -> Result<(), ApiError> {
+pub(crate) fn require_dev(environment: &Environment) -> Result<(), ApiError> {
     if environment.kind == EnvironmentKind::Dev {
         return Ok(());
     }
