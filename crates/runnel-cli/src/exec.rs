@@ -599,6 +599,7 @@ mod tests {
 
     fn dequeued(task: &str, payload: Value) -> DequeuedRun {
         DequeuedRun {
+            payload_presigned_url: None,
             run_id: "run_abc".into(),
             attempt_id: "attempt_xyz".into(),
             attempt_number: 2,

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod replay;
 pub mod retry;
 pub mod run;
+pub mod secrets;
 pub mod state;
 pub mod status;
 pub mod tags;

@@ -176,6 +176,11 @@ pub struct DequeuedRun {
     /// The payload as JSON (`null` when the run has none).
     pub payload: Value,
     pub payload_type: String,
+    /// When the payload is in object storage (`payloadType` `application/store`,
+    /// `payload` its storage path): a URL that downloads it (GET, valid 300 s), with the
+    /// payload's own content type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_presigned_url: Option<String>,
     /// Seconds of compute this attempt may use, if limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration_secs: Option<u32>,
@@ -340,6 +345,11 @@ pub struct AttemptCompletion {
     pub attempt_id: String,
     #[serde(flatten)]
     pub outcome: AttemptOutcome,
+    /// A success's output type when it is not JSON: `application/store` says `output` is
+    /// the storage path of an output the worker uploaded itself (`PUT
+    /// /api/v2/packets/{path}`, then the presigned URL). Absent means JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -91,6 +91,11 @@ impl Engine {
         Self::with_config(store, clock, EngineConfig::default())
     }
 
+    /// The keys secrets at rest are sealed under.
+    pub fn master_keys(&self) -> &runnel_core::secrets::MasterKeys {
+        &self.config.master_keys
+    }
+
     pub fn with_config(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
         let started_at = clock.now();
         Engine {

@@ -12,6 +12,7 @@
 //! available (trigger, promotion, registration, release) or when held attempts end
 //! (cancel, rescue): no polling interval on these paths.
 
+use runnel_core::secrets::MasterKeys;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -43,6 +44,9 @@ pub struct EngineConfig {
     /// timeout before it times the attempt out itself.
     pub timeout_grace: StdDuration,
     pub pricing: Pricing,
+    /// The keys secrets at rest are sealed under ([`runnel_core::secrets`]); the default
+    /// is a random key that lives as long as the process.
+    pub master_keys: MasterKeys,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             lease_timeout: StdDuration::from_secs(30),
             timeout_grace: StdDuration::from_secs(5),
             pricing: Pricing::default(),
+            master_keys: MasterKeys::ephemeral(),
         }
     }
 }

@@ -396,6 +396,7 @@ mod tests {
 
     fn run(task: &str, payload: Value) -> DequeuedRun {
         DequeuedRun {
+            payload_presigned_url: None,
             run_id: "run_1".into(),
             attempt_id: "attempt_1".into(),
             attempt_number: 2,

@@ -833,6 +833,7 @@ impl Attempt {
             completion: AttemptCompletion {
                 attempt_id: attempt_id.clone(),
                 outcome,
+                output_type: None,
             },
             permit: self.permit,
         };

@@ -296,6 +296,7 @@ async fn start_fake(heartbeat_interval_ms: u64) -> (Arc<Fake>, String) {
 
 fn run(n: u32, task: &str, payload: Value) -> DequeuedRun {
     DequeuedRun {
+        payload_presigned_url: None,
         run_id: format!("run_{n}"),
         attempt_id: format!("attempt_{n}"),
         attempt_number: 1,

@@ -262,6 +262,7 @@ async fn wait_for_token_resumes_with_its_data_or_its_timeout() {
 async fn a_context_without_a_client_cannot_wait() {
     let run = runnel_sdk::DequeuedRun {
         run_id: "run_1".into(),
+        payload_presigned_url: None,
         attempt_id: "attempt_1".into(),
         attempt_number: 1,
         task_identifier: "t".into(),

@@ -225,6 +225,7 @@ fn dequeued_run(leased: Leased, environment: &Environment) -> DequeuedRun {
         task_identifier: run.task_identifier,
         payload: run.payload.to_value().unwrap_or(serde_json::Value::Null),
         payload_type: run.payload.data_type,
+        payload_presigned_url: None,
         max_duration_secs: run
             .max_duration_secs
             .filter(|secs| *secs < MAX_DURATION_MAX_SECS),
@@ -398,6 +399,7 @@ mod tests {
         let reported = |id: &str| AttemptCompletion {
             attempt_id: id.to_owned(),
             outcome: runnel_core::worker::AttemptOutcome::Success { output: json!(1) },
+            output_type: None,
         };
         let results = completion_results(
             vec![reported(a.as_str()), reported("nope"), reported(b.as_str())],
