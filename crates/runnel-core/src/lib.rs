@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod cost;
 pub mod duration;
+pub mod envvars;
 pub mod id;
 pub mod idempotency;
 pub mod key;

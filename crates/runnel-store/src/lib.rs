@@ -35,6 +35,7 @@
 //! | [`BatchStore`] | `batches.rs` | batches, items, the multi-row trigger |
 //! | [`WaitStore`] | `waits.rs` | waitpoints, what blocks a run, execution snapshots |
 //! | [`EventStore`] | `events.rs` | a run's log lines and spans (OTLP ingest) |
+//! | [`EnvVarStore`] | `envvars.rs` | environment variables, values sealed |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
 //! the group-commit writer's transactions and PostgreSQL's idempotency-key race, the
@@ -56,6 +57,7 @@ mod attempts;
 mod backend;
 mod batches;
 mod detach;
+pub mod envvars;
 pub mod events;
 mod group;
 mod keys;
@@ -73,6 +75,7 @@ mod waits;
 mod workers;
 
 pub use batches::{BatchCreateOutcome, BatchItemOutcome, BatchItemTrigger, BatchItemsOutcome};
+pub use envvars::{EnvVarImport, EnvVarRecord, EnvVarStore, EnvVarWrite};
 pub use events::{
     EventCursor, EventKind, EventStore, NewRunEvent, RunEvent, RunEventQuery,
     RUN_EVENTS_MAX_PER_RUN,
@@ -270,6 +273,7 @@ pub trait Store:
     + BatchStore
     + WaitStore
     + EventStore
+    + EnvVarStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -287,6 +291,7 @@ impl<T> Store for T where
         + BatchStore
         + WaitStore
         + EventStore
+        + EnvVarStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -296,7 +301,7 @@ impl<T> Store for T where
 /// The store's traits, for calling them on an `Arc<dyn Store>`.
 pub mod prelude {
     pub use crate::{
-        AttemptStore, BatchStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store,
+        AttemptStore, BatchStore, EnvVarStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store,
         SweepStore, WaitStore, WorkerStore,
     };
 }

@@ -32,6 +32,7 @@ mod attempts;
 mod backends;
 mod batches;
 mod dequeue;
+mod envvars;
 mod events;
 mod harness;
 mod idempotency;
@@ -172,6 +173,11 @@ macro_rules! conformance_tests {
             waits::waitpoints_due_next_due_and_stranded,
             waits::token_list_filters_and_pages_newest_first,
             waits::snapshots_append_in_sequence,
+            // [envvars]
+            envvars::env_var_upsert_update_delete_round_trip_per_environment,
+            envvars::env_var_import_without_override_writes_nothing_on_a_conflict,
+            envvars::env_var_import_concurrent_imports_of_one_name_write_once,
+            envvars::env_var_reseal_moves_values_to_the_new_key,
         ]);
     };
     (@expand $backend:ident, $make_store:ident, [$($area:ident :: $test:ident),* $(,)?]) => {
