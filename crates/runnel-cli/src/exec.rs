@@ -3,14 +3,18 @@
 //!
 //! What the command sees (`sh -c COMMAND`):
 //! - stdin: the run's payload as JSON (`null` when it has none), then end of input;
-//! - environment: the worker's, plus `RUNNEL_RUN_ID`, `RUNNEL_TASK`, `RUNNEL_ATTEMPT` (1 for
+//! - environment: the worker's, then the variables of the run's environment (`runnel
+//!   envvars set`, the env var API; read by the worker runtime, at most
+//!   `runnel_sdk::ENV_VARS_CACHE_TTL` old), then `RUNNEL_RUN_ID`, `RUNNEL_TASK`, `RUNNEL_ATTEMPT` (1 for
 //!   the first attempt), `RUNNEL_ATTEMPT_ID`, `RUNNEL_ENVIRONMENT` and `RUNNEL_VERSION`;
 //!   under the worker runtime also `RUNNEL_API_URL` and `RUNNEL_SECRET_KEY`: the server
 //!   and the worker's own key, which is its environment's secret key, so the command can
 //!   call the API, e.g. trigger a child of its own run (`options.parentRunId` =
 //!   `$RUNNEL_RUN_ID`). The same two are set as `TRIGGER_API_URL` and
 //!   `TRIGGER_SECRET_KEY`, which Trigger.dev's SDK reads (`tasks.trigger` from a Node
-//!   command). Anything the command runs can read the key: serve only trusted commands;
+//!   command). Anything the command runs can read the key: serve only trusted commands.
+//!   Each later layer wins over the one before on a name they share, so a stored
+//!   variable never overrides what the platform sets (`RUNNEL_*`, the two `TRIGGER_*`);
 //! - stdout is the output: JSON as is, other text as a JSON string (one trailing newline
 //!   trimmed), nothing (or only whitespace) as `null`; at most [`STDOUT_LIMIT_DEFAULT`];
 //! - stderr is the log: every line goes to the worker's log with the run id, and the last
@@ -42,7 +46,7 @@
 //! exactly as the shell did, so the table above holds unchanged. Without one (unit tests,
 //! other systems) the shell leads the group, and a SIGKILLed worker leaves it running.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -55,7 +59,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use runnel_core::retry::RetryPolicy;
 use runnel_sdk::{
-    AttemptOutcome, Client, DequeuedRun, Executor, FailureKind, StopSignal, TaskDefinition,
+    AttemptOutcome, Client, DequeuedRun, EnvVars, Executor, FailureKind, StopSignal,
+    TaskDefinition,
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -189,17 +194,27 @@ impl ExecExecutor {
         self.tasks.iter().find(|task| task.name == name)
     }
 
-    fn command(&self, task: &ExecTask, run: &DequeuedRun, client: Option<&Client>) -> Command {
+    fn command(
+        &self,
+        task: &ExecTask,
+        run: &DequeuedRun,
+        client: Option<&Client>,
+        env_vars: &BTreeMap<String, String>,
+    ) -> Command {
         let mut command = match &self.task_guard {
             Some(program) => {
                 let mut command = Command::new(program);
-                command
-                    .args([crate::guard::SUBCOMMAND, "--", &self.shell])
-                    .env(crate::guard::PARENT_ENV, std::process::id().to_string());
+                command.args([crate::guard::SUBCOMMAND, "--", &self.shell]);
                 command
             }
             None => Command::new(&self.shell),
         };
+        // The environment's variables first: every variable set below (the guard's, the
+        // platform's `RUNNEL_*` and `TRIGGER_*`) wins over one of the same name.
+        command.envs(env_vars);
+        if self.task_guard.is_some() {
+            command.env(crate::guard::PARENT_ENV, std::process::id().to_string());
+        }
         command
             .arg("-c")
             .arg(&task.command)
@@ -251,7 +266,7 @@ impl Executor for ExecExecutor {
     }
 
     async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome {
-        self.attempt(run, stop, None).await
+        self.attempt(run, stop, None, &BTreeMap::new()).await
     }
 
     async fn execute_with(
@@ -260,17 +275,30 @@ impl Executor for ExecExecutor {
         stop: StopSignal,
         client: &Client,
     ) -> AttemptOutcome {
-        self.attempt(run, stop, Some(client)).await
+        self.attempt(run, stop, Some(client), &BTreeMap::new())
+            .await
+    }
+
+    async fn execute_with_env(
+        &self,
+        run: DequeuedRun,
+        stop: StopSignal,
+        client: &Client,
+        env_vars: EnvVars,
+    ) -> AttemptOutcome {
+        self.attempt(run, stop, Some(client), &env_vars).await
     }
 }
 
 impl ExecExecutor {
-    /// One attempt; with `client`, the command also gets the server's URL and key.
+    /// One attempt; with `client`, the command also gets the server's URL and key, and
+    /// `env_vars` (its environment's variables) below the platform's own.
     async fn attempt(
         &self,
         run: DequeuedRun,
         mut stop: StopSignal,
         client: Option<&Client>,
+        env_vars: &BTreeMap<String, String>,
     ) -> AttemptOutcome {
         let Some(task) = self.task(&run.task_identifier) else {
             return AttemptOutcome::failure(
@@ -293,7 +321,7 @@ impl ExecExecutor {
 
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = Running(&self.running);
-        let mut child = match self.command(task, &run, client).spawn() {
+        let mut child = match self.command(task, &run, client, env_vars).spawn() {
             Ok(child) => child,
             Err(error) => {
                 return AttemptOutcome::failure(
@@ -816,6 +844,25 @@ mod tests {
         if std::env::var_os("RUNNEL_SECRET_KEY").is_none() {
             assert_eq!(run(bare).await, success(json!("unset")));
         }
+    }
+
+    #[tokio::test]
+    async fn the_environment_variables_come_below_the_platform_ones() {
+        let client = Client::new("http://runnel.test:3030/", "tr_dev_worker");
+        let vars: EnvVars = std::sync::Arc::new(BTreeMap::from(
+            [
+                ("GREETING", "hello there"),
+                ("RUNNEL_RUN_ID", "spoofed"),
+                ("TRIGGER_SECRET_KEY", "spoofed"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        ));
+        let (_handle, stop) = StopSignal::channel();
+        let command = r#"printf '%s|%s|%s' "$GREETING" "$RUNNEL_RUN_ID" "$TRIGGER_SECRET_KEY""#;
+        let outcome = executor(command)
+            .execute_with_env(dequeued(TASK, Value::Null), stop, &client, vars)
+            .await;
+        assert_eq!(outcome, success(json!("hello there|run_abc|tr_dev_worker")));
     }
 
     #[tokio::test]

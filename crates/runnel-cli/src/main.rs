@@ -21,6 +21,7 @@ use runnel_store::{PgStore, RevokeOutcome, SqliteStore, Store};
 use tokio::sync::watch;
 
 mod bench;
+mod envvars;
 mod exec;
 mod guard;
 mod runs;
@@ -60,6 +61,10 @@ enum Command {
     /// Create, list and revoke secret API keys and personal access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List, set and remove the environment variables of the key's environment (what
+    /// its tasks see).
+    #[command(subcommand)]
+    Envvars(EnvvarsCommand),
     /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
     Bench(bench::BenchArgs),
     /// Internal: runs one exec attempt's command so that it dies with its worker.
@@ -453,6 +458,39 @@ enum RunsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum EnvvarsCommand {
+    /// List the variables: name, whether secret, value (secret values redacted).
+    Ls {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set a variable (`NAME=VALUE`), or every variable of a dotenv file (--from-file).
+    Set {
+        /// `NAME=VALUE`; the name is letters, digits and underscores.
+        #[arg(value_name = "NAME=VALUE", value_parser = envvars::parse_assignment, required_unless_present = "from_file", conflicts_with = "from_file")]
+        assignment: Option<(String, String)>,
+        /// A dotenv file whose variables are set all at once (all or nothing).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// With --from-file: replace variables already set (else a name already set
+        /// refuses the whole file).
+        #[arg(long = "override", requires = "from_file")]
+        override_existing: bool,
+        /// Mark the variable secret: its value is never shown again (tasks still get it).
+        #[arg(long)]
+        secret: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a variable.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a secret key (or, with --pat, a personal access token) and print it (alone)
     /// on stdout.
@@ -509,6 +547,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Trigger(args) => trigger(args).await,
         Command::Runs(command) => runs(command).await,
+        Command::Envvars(command) => envvars_command(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::TaskGuard(args) => guard::run(&args.command),
@@ -902,6 +941,30 @@ async fn trigger(args: TriggerArgs) -> Result<()> {
         wait: args.wait.then_some(args.timeout),
     };
     trigger::run(&client, request).await
+}
+
+async fn envvars_command(command: EnvvarsCommand) -> Result<()> {
+    let client = |api: &ApiArgs| Client::new(api.api_url.trim_end_matches('/'), api.key.clone());
+    match command {
+        EnvvarsCommand::Ls { api } => envvars::ls(&client(&api)).await,
+        EnvvarsCommand::Set {
+            assignment,
+            from_file,
+            override_existing,
+            secret,
+            api,
+        } => {
+            envvars::set(
+                &client(&api),
+                assignment,
+                from_file.as_deref(),
+                secret,
+                override_existing,
+            )
+            .await
+        }
+        EnvvarsCommand::Rm { name, api } => envvars::rm(&client(&api), &name).await,
+    }
 }
 
 async fn runs(command: RunsCommand) -> Result<()> {

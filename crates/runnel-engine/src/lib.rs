@@ -23,6 +23,7 @@ pub mod batches;
 pub mod clock;
 pub mod dev;
 pub mod devboot;
+pub mod envvars;
 pub mod events;
 pub mod list;
 pub mod multinode;
@@ -50,6 +51,8 @@ pub enum Error {
     Wait(#[from] waits::WaitError),
     #[error(transparent)]
     Dev(#[from] dev::DevError),
+    #[error(transparent)]
+    EnvVars(#[from] envvars::EnvVarsError),
     #[error(transparent)]
     Store(#[from] runnel_store::Error),
 }

@@ -5,6 +5,7 @@ use runnel_core::worker::{AttemptOutcome, DequeuedRun, FailureKind, TaskDefiniti
 use tokio::sync::watch;
 
 use crate::client::Client;
+use crate::envvars::EnvVars;
 
 /// Why the runtime wants an attempt to stop before it ends by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,19 @@ pub trait Executor: Send + Sync + 'static {
     ) -> AttemptOutcome {
         let _ = client;
         self.execute(run, stop).await
+    }
+
+    /// [`Executor::execute_with`] with the variables of the run's environment (read
+    /// by the runtime, in clear): the runtime calls this one. The default forgets them.
+    async fn execute_with_env(
+        &self,
+        run: DequeuedRun,
+        stop: StopSignal,
+        client: &Client,
+        env_vars: EnvVars,
+    ) -> AttemptOutcome {
+        let _ = env_vars;
+        self.execute_with(run, stop, client).await
     }
 }
 

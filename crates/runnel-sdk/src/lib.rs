@@ -64,6 +64,7 @@
 //! ```
 
 pub mod client;
+pub mod envvars;
 pub mod events;
 pub mod executor;
 pub mod list;
@@ -72,6 +73,7 @@ pub mod waits;
 pub mod worker;
 
 pub use client::{Client, Error, RunInfo, RunStatus, TriggerOptions, Triggered};
+pub use envvars::{EnvVar, EnvVars, Whoami, ENV_VARS_CACHE_TTL};
 pub use events::{RunEvent, RunEventPage, RunEventsOptions};
 pub use executor::{Executor, StopHandle, StopReason, StopSignal};
 pub use list::{RunListOptions, RunPage};

@@ -15,7 +15,7 @@
 //! ```
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::client::Client;
+use crate::envvars::EnvVars;
 use crate::executor::{Executor, StopSignal};
 
 /// After aborting a stopped task, how long to wait for its future to be dropped (so what
@@ -55,6 +56,8 @@ pub struct TaskContext {
     pub tags: Vec<String>,
     /// The worker's client: what the waits call the server with.
     pub(crate) client: Option<Client>,
+    /// The variables of the run's environment ([`TaskContext::env_var`]).
+    pub(crate) env_vars: EnvVars,
 }
 
 /// Every field but the client (compared by its server only).
@@ -69,6 +72,7 @@ impl PartialEq for TaskContext {
             && self.machine == other.machine
             && self.is_test == other.is_test
             && self.tags == other.tags
+            && self.env_vars == other.env_vars
             && self.client.as_ref().map(Client::api_url)
                 == other.client.as_ref().map(Client::api_url)
     }
@@ -88,7 +92,27 @@ impl TaskContext {
             machine: run.machine.clone(),
             is_test: run.is_test,
             tags: run.tags.clone(),
+            env_vars: EnvVars::default(),
         }
+    }
+
+    /// This context with the variables of the run's environment.
+    pub fn with_env_vars(mut self, env_vars: EnvVars) -> TaskContext {
+        self.env_vars = env_vars;
+        self
+    }
+
+    /// The value of the environment variable `name` set for the run's environment
+    /// (`runnel envvars set`, the env var API), as it was when the attempt started.
+    /// Only the environment's own variables: the worker's process environment is
+    /// `std::env::var`'s.
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.env_vars.get(name).map(String::as_str)
+    }
+
+    /// Every variable of the run's environment, by name.
+    pub fn env_vars(&self) -> &BTreeMap<String, String> {
+        &self.env_vars
     }
 }
 
@@ -312,7 +336,7 @@ impl Executor for Tasks {
     }
 
     async fn execute(&self, run: DequeuedRun, stop: StopSignal) -> AttemptOutcome {
-        self.attempt(run, stop, None).await
+        self.attempt(run, stop, None, EnvVars::default()).await
     }
 
     async fn execute_with(
@@ -321,7 +345,18 @@ impl Executor for Tasks {
         stop: StopSignal,
         client: &Client,
     ) -> AttemptOutcome {
-        self.attempt(run, stop, Some(client.clone())).await
+        self.attempt(run, stop, Some(client.clone()), EnvVars::default())
+            .await
+    }
+
+    async fn execute_with_env(
+        &self,
+        run: DequeuedRun,
+        stop: StopSignal,
+        client: &Client,
+        env_vars: EnvVars,
+    ) -> AttemptOutcome {
+        self.attempt(run, stop, Some(client.clone()), env_vars).await
     }
 }
 
@@ -332,6 +367,7 @@ impl Tasks {
         run: DequeuedRun,
         mut stop: StopSignal,
         client: Option<Client>,
+        env_vars: EnvVars,
     ) -> AttemptOutcome {
         let Some(entry) = self.entries.get(&run.task_identifier) else {
             return AttemptOutcome::failure(
@@ -342,7 +378,7 @@ impl Tasks {
                 ),
             );
         };
-        let context = TaskContext::new(&run, client);
+        let context = TaskContext::new(&run, client).with_env_vars(env_vars);
         let mut running = tokio::spawn((entry.handler)(run.payload, context));
         let joined = tokio::select! {
             joined = &mut running => joined,

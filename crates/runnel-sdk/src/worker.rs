@@ -71,6 +71,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::client::{Client, Error};
+use crate::envvars::EnvVarsCache;
 use crate::executor::{Executor, StopHandle, StopReason, StopSignal};
 use crate::tasks::panic_message;
 
@@ -359,6 +360,7 @@ impl<E: Executor + ?Sized> RegisteredWorker<E> {
             counts: Counts::default(),
             retry_cap: retry_cap(Duration::from_millis(lease_timeout_ms)),
             give_up_at: watch::channel(None).0,
+            env_vars: EnvVarsCache::new(),
         });
         let heartbeat_interval = Duration::from_millis(heartbeat_interval_ms)
             .clamp(HEARTBEAT_INTERVAL_MIN, Duration::from_millis(MAX_WAIT_MS));
@@ -586,6 +588,8 @@ struct Shared {
     /// `None` while running: calls are retried until the server answers. Once shutdown
     /// begins, the end of its grace: unanswered calls are given up then.
     give_up_at: watch::Sender<Option<Instant>>,
+    /// The environment's variables, read again every few seconds (`envvars.rs`).
+    env_vars: EnvVarsCache,
 }
 
 impl Shared {
@@ -854,10 +858,24 @@ impl Attempt {
         let limit = run
             .max_duration_secs
             .map(|secs| Duration::from_secs(u64::from(secs)));
+        let env_vars = match self.shared.env_vars.get(&self.shared.client).await {
+            Ok(env_vars) => env_vars,
+            Err(error) => {
+                return Some(AttemptOutcome::failure(
+                    FailureKind::TaskFailed,
+                    format!("could not read the environment's variables: {error}"),
+                ))
+            }
+        };
         let signal = self.signal.clone();
         let client = self.shared.client.clone();
         let mut execution = AbortOnDrop(tokio::spawn(
-            async move { executor.execute_with(run, signal, &client).await }.in_current_span(),
+            async move {
+                executor
+                    .execute_with_env(run, signal, &client, env_vars)
+                    .await
+            }
+            .in_current_span(),
         ));
         let mut watcher = self.signal.clone();
         let ended = tokio::select! {

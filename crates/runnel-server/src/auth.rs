@@ -249,3 +249,30 @@ where
         Ok(PersonalCaller { project, token })
     }
 }
+
+/// The caller of the environment-variable routes (contract §2 rows 29–34), which take
+/// either credential: a secret key (its environment must be the one the path names) or
+/// a personal access token (the path's environment of its project).
+#[derive(Debug, Clone)]
+pub enum KeyOrPersonal {
+    Key(Environment),
+    Personal(PersonalCaller),
+}
+
+impl<S> FromRequestParts<S> for KeyOrPersonal
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if bearer(&parts.headers)?.starts_with(PERSONAL_ACCESS_TOKEN_PREFIX) {
+            return PersonalCaller::from_request_parts(parts, state)
+                .await
+                .map(KeyOrPersonal::Personal);
+        }
+        let Authenticated(environment) = Authenticated::from_request_parts(parts, state).await?;
+        Ok(KeyOrPersonal::Key(environment))
+    }
+}

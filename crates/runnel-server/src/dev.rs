@@ -314,11 +314,19 @@ pub async fn start(
         .await?;
     let base = crate::devboot::base_url(&headers)?;
     let execution = execution(&state, &environment, &started);
-    let env_vars = json!({
-        "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT": format!("{base}/otel"),
-        "TRIGGER_API_URL": base,
-        "TRIGGER_MACHINE_PRESET": started.run.machine.unwrap_or_default().as_str(),
-    });
+    // The environment's variables, then the platform's own, which win on a conflict.
+    let mut env_vars = state.engine.env_vars_resolved(&environment).await?;
+    env_vars.extend([
+        (
+            "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            format!("{base}/otel"),
+        ),
+        ("TRIGGER_API_URL".to_owned(), base.clone()),
+        (
+            "TRIGGER_MACHINE_PRESET".to_owned(),
+            started.run.machine.unwrap_or_default().as_str().to_owned(),
+        ),
+    ]);
     Ok(Json(json!({
         "run": run_metadata(&started.run, Some(started.attempt.number)),
         "snapshot": snapshot_json(&started.snapshot),

@@ -7,7 +7,7 @@
 //!                             GET  /api/v1/platform-notifications {notification: null}
 //!                             GET  /api/v1/projects/{ref}/dev     {apiKey, name, apiUrl, projectId}
 //!      ── Bearer apiKey ────► GET  /engine/v1/dev/config          {environmentId, intervals, engineUrl}
-//!                             GET  /api/v1/projects/{ref}/envvars {variables: {}}
+//!                             GET  /api/v1/projects/{ref}/envvars {variables: {…}} (envvars.rs)
 //!                             GET  /engine/v1/dev/presence        SSE: start, time every 4 s, 30 s
 //! ```
 //!
@@ -91,7 +91,6 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/projects/{project_ref}/{env}",
             get(project_environment),
         )
-        .route("/api/v1/projects/{project_ref}/envvars", get(envvars))
         .route("/api/v1/projects/{project_ref}/branches", post(branches))
         .route("/engine/v1/dev/config", get(dev_config))
         .route("/engine/v1/dev/presence", get(dev_presence))
@@ -220,18 +219,6 @@ async fn project_environment(
              create a new token with `runnel keys create --pat`"
         ))),
     }
-}
-
-/// `GET /api/v1/projects/{ref}/envvars`: the environment's variables for the CLI's index
-/// worker. Always none for now: environment variables are a later issue.
-async fn envvars(
-    Authenticated(environment): Authenticated,
-    Path(project_ref): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    if project_ref != environment.project_id.as_str() {
-        return Err(ApiError::Missing(PROJECT_NOT_FOUND.to_owned()));
-    }
-    Ok(Json(json!({"variables": {}})))
 }
 
 /// `POST /api/v1/projects/{ref}/branches` (`trigger dev --branch`): not supported.

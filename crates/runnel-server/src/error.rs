@@ -63,6 +63,13 @@ pub enum ApiError {
     /// (`{code, message, path}`).
     #[error("Invalid request body")]
     Issues(Vec<Value>),
+    /// Environment variables refused one by one (contract §2 rows 30 and 34): 400
+    /// `{"error": …, "variableErrors": [{key, error}]}`.
+    #[error("{error}")]
+    Variables {
+        error: String,
+        variable_errors: Vec<(String, String)>,
+    },
     /// A query string that failed validation: 400 `{"error":"Query Error","details":[…]}`.
     #[error("Query Error")]
     Query(Vec<runnel_core::list::QueryIssue>),
@@ -76,6 +83,7 @@ impl From<runnel_engine::Error> for ApiError {
         match e {
             runnel_engine::Error::Trigger(e) => e.into(),
             e @ runnel_engine::Error::Store(_) => ApiError::Internal(e),
+            runnel_engine::Error::EnvVars(e) => e.into(),
             runnel_engine::Error::Worker(runnel_engine::WorkerError::UnknownWorker) => {
                 ApiError::NotFound
             }
@@ -182,9 +190,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::Query(_) | ApiError::Issues(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadRequest(_)
+            | ApiError::Query(_)
+            | ApiError::Issues(_)
+            | ApiError::Variables { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Refused(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
@@ -217,6 +226,15 @@ impl IntoResponse for ApiError {
             }),
             ApiError::Query(details) => json!({ "error": message, "details": details }),
             ApiError::Issues(issues) => json!({ "error": message, "issues": issues }),
+            ApiError::Variables {
+                variable_errors, ..
+            } => {
+                let errors: Vec<Value> = variable_errors
+                    .iter()
+                    .map(|(key, error)| json!({"key": key, "error": error}))
+                    .collect();
+                json!({ "error": message, "variableErrors": errors })
+            }
             _ => json!({ "error": message }),
         };
         json_error(status, body)

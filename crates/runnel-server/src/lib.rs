@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 pub mod auth;
 pub mod connections;
 mod dev;
+mod envvars;
 pub mod error;
 mod extract;
 pub mod openapi;
@@ -172,6 +173,8 @@ pub fn router(state: AppState) -> Router {
         .route("/engine/v1/dev/disconnect", post(dev::disconnect))
         // [devboot]
         .merge(devboot::routes())
+        // [envvars]
+        .merge(envvars::routes())
         // [waitpoints]
         .route(
             "/api/v1/waitpoints/tokens",

@@ -308,7 +308,7 @@ async fn urls_follow_the_host_and_forwarded_proto() {
 }
 
 #[tokio::test]
-async fn envvars_are_empty_for_now() {
+async fn envvars_of_a_fresh_environment_are_empty() {
     let app = TestApp::start();
     let project = app.project_id();
     let reply = get(
