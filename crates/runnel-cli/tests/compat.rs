@@ -49,6 +49,8 @@ fn run_compat_file(file: &str) {
             "8",
             "--task",
             "compat-echo=cat",
+            "--task",
+            r#"compat-env=printf %s "$COMPAT_GREETING""#,
         ],
     );
     worker.registration();
@@ -128,4 +130,9 @@ fn sdk_runs_list() {
 #[test]
 fn sdk_queues() {
     run_compat_file("queues.test.mjs");
+}
+
+#[test]
+fn sdk_envvars() {
+    run_compat_file("envvars.test.mjs");
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{eventually, TestApp, SERVICE_TIMEOUT};
 use runnel_sdk::{
-    Client, RetryPolicy, RunInfo, RunStatus, Task, Tasks, TriggerOptions, Worker, WorkerOptions,
-    WorkerSummary,
+    Client, RetryPolicy, RunInfo, RunStatus, Task, TaskContext, Tasks, TriggerOptions, Worker,
+    WorkerOptions, WorkerSummary,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -215,6 +215,43 @@ async fn a_typed_task_completes_with_its_output() {
     let summary = worker.stop().await;
     assert_eq!((summary.succeeded, summary.failed), (1, 0));
     assert_eq!(summary.version, Some(version));
+}
+
+/// A task reads its environment's variables from its context, in clear (a secret too),
+/// as they were set through the API.
+#[tokio::test]
+async fn a_task_reads_its_environment_variables_from_its_context() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let me = client.whoami().await.expect("whoami");
+    assert_eq!(me.environment.slug, "dev");
+    client
+        .env_var_set(&me.project_ref, "dev", "GREETING", "Bonjour", true)
+        .await
+        .expect("setting a variable");
+    let tasks = Tasks::new().task_with_context(
+        "env",
+        |_: serde_json::Value, ctx: TaskContext| async move {
+            Ok::<_, String>(json!({
+                "greeting": ctx.env_var("GREETING"),
+                "missing": ctx.env_var("NOT_SET"),
+                "names": ctx.env_vars().keys().collect::<Vec<_>>(),
+            }))
+        },
+    );
+    let worker = TestWorker::start(&app, tasks, options()).await;
+    let triggered = client
+        .trigger("env", &json!({}), TriggerOptions::default())
+        .await
+        .expect("trigger");
+    let run = wait_for_final(&client, &triggered.id).await;
+    assert_eq!(
+        run.raw["output"],
+        json!({"greeting": "Bonjour", "missing": null, "names": ["GREETING"]}),
+        "{:#}",
+        run.raw
+    );
+    worker.stop().await;
 }
 
 #[tokio::test]
