@@ -59,8 +59,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use runnel_core::retry::RetryPolicy;
 use runnel_sdk::{
-    AttemptOutcome, Client, DequeuedRun, EnvVars, Executor, FailureKind, StopSignal,
-    TaskDefinition,
+    AttemptOutcome, Client, DequeuedRun, EnvVars, Executor, FailureKind, StopSignal, TaskDefinition,
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};

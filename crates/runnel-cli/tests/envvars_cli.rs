@@ -43,7 +43,11 @@ fn envvars_set_ls_rm_round_trip_in_the_keys_environment() {
         succeeds(envvars(server, key, &["set", "GREETING=hello=world"])),
         "set GREETING in dev\n"
     );
-    succeeds(envvars(server, key, &["set", "API_TOKEN=s3cret", "--secret"]));
+    succeeds(envvars(
+        server,
+        key,
+        &["set", "API_TOKEN=s3cret", "--secret"],
+    ));
     assert_eq!(
         succeeds(envvars(server, key, &["ls"])),
         "NAME       SECRET  VALUE\n\
@@ -59,7 +63,11 @@ fn envvars_set_ls_rm_round_trip_in_the_keys_environment() {
     assert!(stderr.contains("already set"), "{stderr}");
     assert!(!succeeds(envvars(server, key, &["ls"])).contains("NEW_ONE"));
     assert_eq!(
-        succeeds(envvars(server, key, &["set", "--from-file", file, "--override"])),
+        succeeds(envvars(
+            server,
+            key,
+            &["set", "--from-file", file, "--override"]
+        )),
         "set 2 variables in dev\n"
     );
     let listed = succeeds(envvars(server, key, &["ls"]));
@@ -102,7 +110,10 @@ async fn an_exec_task_sees_its_environment_variables() {
     let mut worker = Worker::start(
         server,
         key,
-        &["--task", r#"show=printf '%s %s' "$GREETING" "$RUNNEL_TASK""#],
+        &[
+            "--task",
+            r#"show=printf '%s %s' "$GREETING" "$RUNNEL_TASK""#,
+        ],
     );
     worker.registration();
     assert_eq!(show(server, key).await, json!("hello show"));

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use runnel_core::envvars::{
     check_value, is_platform_owned, seal_context, EnvVarError, EnvVarName, REDACTED,
 };
+use runnel_core::key::EnvironmentKind;
 use runnel_core::secrets::OpenError;
 use runnel_core::tenancy::Environment;
-use runnel_core::key::EnvironmentKind;
 use runnel_store::{EnvVarImport, EnvVarRecord, EnvVarWrite};
 
 use crate::Engine;
@@ -71,7 +71,10 @@ impl Engine {
             })
     }
 
-    fn view(record: EnvVarRecord, open: impl FnOnce(&EnvVarRecord) -> Result<String, EnvVarsError>) -> Result<EnvVarView, EnvVarsError> {
+    fn view(
+        record: EnvVarRecord,
+        open: impl FnOnce(&EnvVarRecord) -> Result<String, EnvVarsError>,
+    ) -> Result<EnvVarView, EnvVarsError> {
         let value = if record.is_secret {
             REDACTED.to_owned()
         } else {
@@ -187,7 +190,12 @@ impl Engine {
         }
         match self
             .store
-            .env_var_import(&environment.id, &writes, override_existing, self.clock.now())
+            .env_var_import(
+                &environment.id,
+                &writes,
+                override_existing,
+                self.clock.now(),
+            )
             .await?
         {
             EnvVarImport::Written => Ok(()),
@@ -220,18 +228,21 @@ impl Engine {
         let current = self.master_keys().current().id().to_owned();
         let mut resealed = 0;
         for record in self.store.env_var_list_all().await? {
-            if runnel_core::secrets::sealed_key_id(&record.value_sealed) == Some(current.as_str())
-            {
+            if runnel_core::secrets::sealed_key_id(&record.value_sealed) == Some(current.as_str()) {
                 continue;
             }
             let clear = self.open_var(&record)?;
-            let sealed = self.master_keys().seal(
-                &clear,
-                &seal_context(&record.environment_id, &record.name),
-            );
+            let sealed = self
+                .master_keys()
+                .seal(&clear, &seal_context(&record.environment_id, &record.name));
             if self
                 .store
-                .env_var_reseal(&record.environment_id, &record.name, &record.value_sealed, &sealed)
+                .env_var_reseal(
+                    &record.environment_id,
+                    &record.name,
+                    &record.value_sealed,
+                    &sealed,
+                )
                 .await?
             {
                 resealed += 1;

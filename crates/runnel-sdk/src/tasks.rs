@@ -356,7 +356,8 @@ impl Executor for Tasks {
         client: &Client,
         env_vars: EnvVars,
     ) -> AttemptOutcome {
-        self.attempt(run, stop, Some(client.clone()), env_vars).await
+        self.attempt(run, stop, Some(client.clone()), env_vars)
+            .await
     }
 }
 

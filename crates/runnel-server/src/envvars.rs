@@ -373,7 +373,9 @@ async fn import_multipart(
         let flag = |text: &str| match text.trim() {
             "true" => Ok(true),
             "false" => Ok(false),
-            other => Err(bad(format!("{name}: expected true or false, got {other:?}"))),
+            other => Err(bad(format!(
+                "{name}: expected true or false, got {other:?}"
+            ))),
         };
         match name.as_str() {
             "variables" => {

@@ -15,7 +15,13 @@ const NOT_FOUND: &str = "Environment variable not found";
 const CONFLICT: &str = "Some of the variables are already set for these environments. Set \
     override to true to override them.";
 
-async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Reply {
     let mut request = app.server.request(method, path).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
@@ -59,8 +65,15 @@ async fn resolved(app: &TestApp, key: &str) -> Value {
 async fn a_variable_round_trips_and_a_secret_reads_back_redacted() {
     let app = TestApp::start();
     let (key, base) = (app.dev_key.as_str(), envvars(&app.project_id(), "dev"));
-    ok(call(&app, Method::POST, &base, key, Some(json!({"name": "PLAIN", "value": "one"}))).await)
-        .await;
+    ok(call(
+        &app,
+        Method::POST,
+        &base,
+        key,
+        Some(json!({"name": "PLAIN", "value": "one"})),
+    )
+    .await)
+    .await;
     ok(call(
         &app,
         Method::POST,
@@ -89,17 +102,38 @@ async fn a_variable_round_trips_and_a_secret_reads_back_redacted() {
     );
 
     // PUT and POST on the name update; POST on the collection always overrides.
-    ok(call(&app, Method::PUT, &format!("{base}/PLAIN"), key, Some(json!({"value": "two"}))).await)
-        .await;
+    ok(call(
+        &app,
+        Method::PUT,
+        &format!("{base}/PLAIN"),
+        key,
+        Some(json!({"value": "two"})),
+    )
+    .await)
+    .await;
     let reply = call(&app, Method::GET, &format!("{base}/PLAIN"), key, None).await;
     assert_eq!(
         reply.body,
         json!({"name": "PLAIN", "value": "two", "isSecret": false})
     );
-    ok(call(&app, Method::POST, &format!("{base}/PLAIN"), key, Some(json!({"value": "three"}))).await)
-        .await;
-    ok(call(&app, Method::POST, &base, key, Some(json!({"name": "API_TOKEN", "value": "new"}))).await)
-        .await;
+    ok(call(
+        &app,
+        Method::POST,
+        &format!("{base}/PLAIN"),
+        key,
+        Some(json!({"value": "three"})),
+    )
+    .await)
+    .await;
+    ok(call(
+        &app,
+        Method::POST,
+        &base,
+        key,
+        Some(json!({"name": "API_TOKEN", "value": "new"})),
+    )
+    .await)
+    .await;
     assert_eq!(
         resolved(&app, key).await,
         json!({"variables": {"API_TOKEN": "new", "PLAIN": "three"}})
@@ -148,21 +182,35 @@ async fn only_the_environment_key_or_a_project_token_reaches_the_variables() {
     // Another environment's key cannot read or write dev's variables.
     for (method, path, body) in [
         (Method::GET, envvars(&project, "dev"), None),
-        (Method::GET, format!("{}/DEV_ONLY", envvars(&project, "dev")), None),
+        (
+            Method::GET,
+            format!("{}/DEV_ONLY", envvars(&project, "dev")),
+            None,
+        ),
         (
             Method::POST,
             envvars(&project, "dev"),
             Some(json!({"name": "X", "value": "x"})),
         ),
-        (Method::DELETE, format!("{}/DEV_ONLY", envvars(&project, "dev")), None),
+        (
+            Method::DELETE,
+            format!("{}/DEV_ONLY", envvars(&project, "dev")),
+            None,
+        ),
     ] {
         call(&app, method, &path, &prod, body)
             .await
             .assert_error(StatusCode::BAD_REQUEST, INVALID_SLUG);
     }
-    call(&app, Method::GET, &envvars("proj_other", "prod"), &prod, None)
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, INVALID_PROJECT_REF);
+    call(
+        &app,
+        Method::GET,
+        &envvars("proj_other", "prod"),
+        &prod,
+        None,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, INVALID_PROJECT_REF);
     assert_eq!(list(&app, &prod, "prod").await, json!([]));
     assert_eq!(resolved(&app, &prod).await, json!({"variables": {}}));
     // `stg` is `staging`.
@@ -191,15 +239,27 @@ async fn only_the_environment_key_or_a_project_token_reaches_the_variables() {
         resolved(&app, dev).await,
         json!({"variables": {"DEV_ONLY": "d"}})
     );
-    call(&app, Method::GET, &envvars("proj_other", "dev"), &token, None)
-        .await
-        .assert_error(StatusCode::NOT_FOUND, "Project not found");
-    call(&app, Method::GET, &envvars(&project, "preview"), &token, None)
-        .await
-        .assert_error(
-            StatusCode::NOT_FOUND,
-            "Runnel has no preview environment (its environments are dev, staging and prod)",
-        );
+    call(
+        &app,
+        Method::GET,
+        &envvars("proj_other", "dev"),
+        &token,
+        None,
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "Project not found");
+    call(
+        &app,
+        Method::GET,
+        &envvars(&project, "preview"),
+        &token,
+        None,
+    )
+    .await
+    .assert_error(
+        StatusCode::NOT_FOUND,
+        "Runnel has no preview environment (its environments are dev, staging and prod)",
+    );
     call(&app, Method::GET, &envvars(&project, "qa"), &token, None)
         .await
         .assert_error(
@@ -223,7 +283,10 @@ async fn only_the_environment_key_or_a_project_token_reaches_the_variables() {
     // whoami names what a key belongs to.
     let reply = call(&app, Method::GET, "/api/v1/auth/whoami", &staging, None).await;
     let environment_id = reply.body["environment"]["id"].clone();
-    assert!(environment_id.as_str().unwrap().starts_with("env_"), "{reply:?}");
+    assert!(
+        environment_id.as_str().unwrap().starts_with("env_"),
+        "{reply:?}"
+    );
     assert_eq!(
         reply.body,
         json!({"projectRef": project, "environment": {"id": environment_id, "slug": "staging"}})
@@ -275,8 +338,10 @@ async fn an_import_is_all_or_nothing() {
         Method::POST,
         &import,
         key,
-        Some(json!({"variables": {"A": "9", "C": "3"}, "override": true, "isSecret": true,
-                    "parentVariables": {}, "source": {"type": "user", "userId": "u1"}})),
+        Some(
+            json!({"variables": {"A": "9", "C": "3"}, "override": true, "isSecret": true,
+                    "parentVariables": {}, "source": {"type": "user", "userId": "u1"}}),
+        ),
     )
     .await)
     .await;
@@ -346,11 +411,25 @@ async fn an_import_is_all_or_nothing() {
     ];
     for (body, want) in bad_bodies {
         let reply = call(&app, Method::POST, &import, key, Some(body.clone())).await;
-        assert_eq!((reply.status, reply.body), (StatusCode::BAD_REQUEST, want), "{body}");
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::BAD_REQUEST, want),
+            "{body}"
+        );
     }
-    let reply = call(&app, Method::POST, &import, key, Some(json!({"override": true}))).await;
+    let reply = call(
+        &app,
+        Method::POST,
+        &import,
+        key,
+        Some(json!({"override": true})),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
-    assert_eq!(reply.body["issues"][0]["message"], "missing field `variables`");
+    assert_eq!(
+        reply.body["issues"][0]["message"],
+        "missing field `variables`"
+    );
     assert!(resolved(&app, key).await["variables"].get("OK").is_none());
 }
 
@@ -438,9 +517,7 @@ async fn a_value_is_never_stored_in_clear() {
     let rows = app.server.block_on({
         let store = store.clone();
         let id = environment.id.clone();
-        async move {
-            store.env_var_list(&id).await.unwrap()
-        }
+        async move { store.env_var_list(&id).await.unwrap() }
     });
     assert_eq!(rows.len(), 2);
     for row in &rows {
@@ -456,9 +533,7 @@ async fn a_value_is_never_stored_in_clear() {
             let bytes = std::fs::read(&path).unwrap();
             files += 1;
             assert!(
-                !bytes
-                    .windows(marker.len())
-                    .any(|w| w == marker.as_bytes()),
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
                 "{} holds the value in clear",
                 path.display()
             );

@@ -301,8 +301,8 @@ impl<T> Store for T where
 /// The store's traits, for calling them on an `Arc<dyn Store>`.
 pub mod prelude {
     pub use crate::{
-        AttemptStore, BatchStore, EnvVarStore, EventStore, KeyStore, NodeStore, QueueStore, RunStore, Store,
-        SweepStore, WaitStore, WorkerStore,
+        AttemptStore, BatchStore, EnvVarStore, EventStore, KeyStore, NodeStore, QueueStore,
+        RunStore, Store, SweepStore, WaitStore, WorkerStore,
     };
 }
 

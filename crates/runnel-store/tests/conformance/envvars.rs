@@ -32,9 +32,7 @@ fn record(
     }
 }
 
-pub(crate) async fn env_var_upsert_update_delete_round_trip_per_environment(
-    store: Arc<dyn Store>,
-) {
+pub(crate) async fn env_var_upsert_update_delete_round_trip_per_environment(store: Arc<dyn Store>) {
     let t = bootstrap(&*store).await;
     store
         .env_var_upsert(&t.dev.id, &write("B", "v1:k:b", false), at(1))
@@ -228,9 +226,7 @@ pub(crate) async fn env_var_reseal_moves_values_to_the_new_key(store: Arc<dyn St
     let t = bootstrap(&*store).await;
     let old = MasterKey::generate();
     let new = MasterKey::generate();
-    let context = |env: &Environment, name: &str| {
-        runnel_core::envvars::seal_context(&env.id, name)
-    };
+    let context = |env: &Environment, name: &str| runnel_core::envvars::seal_context(&env.id, name);
     let sealed_a = old.seal("alpha", &context(&t.dev, "A"));
     let sealed_b = old.seal("beta", &context(&t.prod, "B"));
     store
@@ -279,8 +275,5 @@ pub(crate) async fn env_var_reseal_moves_values_to_the_new_key(store: Arc<dyn St
         .env_var_reseal(&t.dev.id, "A", &sealed_a, "v1:x:stale")
         .await
         .unwrap());
-    assert_eq!(
-        store.env_var_get(&t.dev.id, "A").await.unwrap().unwrap(),
-        a
-    );
+    assert_eq!(store.env_var_get(&t.dev.id, "A").await.unwrap().unwrap(), a);
 }
