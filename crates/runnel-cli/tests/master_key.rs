@@ -97,7 +97,12 @@ async fn an_sdk_signed_token_verifies_after_a_restart_and_through_a_rotation() {
     );
     let refused = refused_start(
         &dir,
-        &["--encryption-key", &stranger, "--previous-encryption-keys", "zz"],
+        &[
+            "--encryption-key",
+            &stranger,
+            "--previous-encryption-keys",
+            "zz",
+        ],
     );
     assert!(refused.contains("--previous-encryption-keys"), "{refused}");
 
@@ -105,10 +110,17 @@ async fn an_sdk_signed_token_verifies_after_a_restart_and_through_a_rotation() {
     let new_key = "22".repeat(32);
     let server = Server::start_with(
         dir.path(),
-        &["--encryption-key", &new_key, "--previous-encryption-keys", &old_key],
+        &[
+            "--encryption-key",
+            &new_key,
+            "--previous-encryption-keys",
+            &old_key,
+        ],
     );
     assert!(
-        server.stderr().contains("re-sealed values under the current master key"),
+        server
+            .stderr()
+            .contains("re-sealed values under the current master key"),
         "{}",
         server.stderr()
     );
@@ -124,12 +136,26 @@ async fn an_sdk_signed_token_verifies_after_a_restart_and_through_a_rotation() {
     // `keys create` seals under the key it is given, and refuses another.
     let output = runnel(
         dir.path(),
-        &["keys", "create", "--env", "dev", "--encryption-key", &stranger],
+        &[
+            "keys",
+            "create",
+            "--env",
+            "dev",
+            "--encryption-key",
+            &stranger,
+        ],
     );
     assert!(!output.status.success(), "{}", describe(&output));
     let output = runnel(
         dir.path(),
-        &["keys", "create", "--env", "dev", "--encryption-key", &new_key],
+        &[
+            "keys",
+            "create",
+            "--env",
+            "dev",
+            "--encryption-key",
+            &new_key,
+        ],
     );
     assert!(output.status.success(), "{}", describe(&output));
 }

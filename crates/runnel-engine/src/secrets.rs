@@ -143,7 +143,10 @@ impl Engine {
         token_hash: &str,
         used_for: &str,
     ) -> Result<(), crate::Error> {
-        Ok(self.store.public_token_use_for(token_hash, used_for).await?)
+        Ok(self
+            .store
+            .public_token_use_for(token_hash, used_for)
+            .await?)
     }
 
     /// The start-up check, then, with previous keys given, the rotation (module docs).
@@ -188,7 +191,11 @@ mod tests {
     fn values_under_a_key_the_server_lacks_are_refused() {
         let old = MasterKey::generate();
         let keys = MasterKeys::new(MasterKey::generate(), vec![old.clone()]);
-        assert!(check(&[count(Some(keys.current().id())), count(Some(old.id()))], &keys).is_ok());
+        assert!(check(
+            &[count(Some(keys.current().id())), count(Some(old.id()))],
+            &keys
+        )
+        .is_ok());
         assert!(check(&[], &keys).is_ok());
         let stranger = MasterKey::generate();
         let refused = check(&[count(Some(stranger.id()))], &keys)

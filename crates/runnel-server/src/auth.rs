@@ -27,8 +27,8 @@ use runnel_core::EnvironmentId;
 
 use crate::error::ApiError;
 use crate::jwt::{self, PublicToken};
-use runnel_engine::secrets::PublicTokenUse;
 use crate::state::AppState;
+use runnel_engine::secrets::PublicTokenUse;
 
 pub const NO_AUTHORIZATION: &str = "No authorization header provided";
 const INVALID_KEY: &str = "Invalid API Key";

@@ -110,8 +110,15 @@ async fn a_one_time_trigger_token_triggers_once() {
     let app = TestApp::start();
     let server = &app.server;
     // `createTriggerPublicToken("t")`: `otu: true` by default.
-    let token = sdk_token(&app, &app.dev_key, json!({"otu": true, "scopes": ["trigger:tasks:t"]})).await;
-    let reply = server.trigger(&token, "t", &json!({"payload": {"n": 1}})).await;
+    let token = sdk_token(
+        &app,
+        &app.dev_key,
+        json!({"otu": true, "scopes": ["trigger:tasks:t"]}),
+    )
+    .await;
+    let reply = server
+        .trigger(&token, "t", &json!({"payload": {"n": 1}}))
+        .await;
     let run = reply.assert_new_run();
     // The response's own token reads the new run.
     let read = reply.headers["x-trigger-jwt"].to_str().unwrap().to_owned();
@@ -120,12 +127,23 @@ async fn a_one_time_trigger_token_triggers_once() {
         server.run(&app.dev_key, &run).await["payload"],
         json!({"n": 1})
     );
-    assert_unauthorized(&server.trigger(&token, "t", &json!({})).await, ONE_TIME_USED);
+    assert_unauthorized(
+        &server.trigger(&token, "t", &json!({})).await,
+        ONE_TIME_USED,
+    );
 
     // `multipleUse: true` (`otu: false`): works again and again; another task: 403.
-    let many = sdk_token(&app, &app.dev_key, json!({"otu": false, "scopes": ["trigger:tasks:t"]})).await;
+    let many = sdk_token(
+        &app,
+        &app.dev_key,
+        json!({"otu": false, "scopes": ["trigger:tasks:t"]}),
+    )
+    .await;
     for _ in 0..2 {
-        server.trigger(&many, "t", &json!({})).await.assert_new_run();
+        server
+            .trigger(&many, "t", &json!({}))
+            .await
+            .assert_new_run();
     }
     let reply = server.trigger(&many, "other", &json!({})).await;
     assert_eq!(
@@ -134,7 +152,10 @@ async fn a_one_time_trigger_token_triggers_once() {
     );
     // `trigger:tasks` covers every task.
     let all = sdk_token(&app, &app.dev_key, json!({"scopes": ["trigger:tasks"]})).await;
-    server.trigger(&all, "other", &json!({})).await.assert_new_run();
+    server
+        .trigger(&all, "other", &json!({}))
+        .await
+        .assert_new_run();
 }
 
 async fn batch_create(app: &TestApp, key: &str, body: Value) -> Reply {
@@ -183,7 +204,12 @@ async fn a_one_time_batch_token_creates_one_batch_and_streams_its_items() {
         json!({"otu": true, "scopes": ["batchTrigger:tasks:t", "read:runs"]}),
     )
     .await;
-    let reply = batch_create(&app, &other, json!({"runCount": 1, "taskIdentifiers": ["u"]})).await;
+    let reply = batch_create(
+        &app,
+        &other,
+        json!({"runCount": 1, "taskIdentifiers": ["u"]}),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
 
     let body = json!({"runCount": 1, "taskIdentifiers": ["t"]});
@@ -202,10 +228,18 @@ async fn a_one_time_batch_token_creates_one_batch_and_streams_its_items() {
     // Items of another batch: 401.
     let reply = batch_create(&app, &app.dev_key, json!({"runCount": 1})).await;
     let second = reply.body["id"].as_str().unwrap().to_owned();
-    assert_unauthorized(&batch_items(&app, &token, &second, "t").await, ONE_TIME_USED);
+    assert_unauthorized(
+        &batch_items(&app, &token, &second, "t").await,
+        ONE_TIME_USED,
+    );
 
     // The one-shot batch: every item's task must be allowed.
-    let many = sdk_token(&app, &app.dev_key, json!({"scopes": ["batchTrigger:tasks:t"]})).await;
+    let many = sdk_token(
+        &app,
+        &app.dev_key,
+        json!({"scopes": ["batchTrigger:tasks:t"]}),
+    )
+    .await;
     let reply = one_shot(&app, &many, json!([{"task": "t"}, {"task": "t"}])).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     let reply = one_shot(&app, &many, json!([{"task": "t"}, {"task": "u"}])).await;
@@ -225,7 +259,9 @@ async fn stored_bytes(app: &TestApp) -> Vec<u8> {
                     .unwrap();
             pool.close().await;
             assert!(!rows.is_empty());
-            rows.into_iter().flat_map(|(row,)| row.into_bytes()).collect()
+            rows.into_iter()
+                .flat_map(|(row,)| row.into_bytes())
+                .collect()
         }
         None => {
             let mut bytes = Vec::new();
@@ -250,13 +286,14 @@ async fn no_key_is_stored_in_plain_text() {
         assert!(!found, "{key} is stored in plain text");
         // The body alone (what follows `tr_<env>_`) is not there either.
         let body = &key.as_bytes()[key.len() - 24..];
-        assert!(!bytes.windows(24).any(|w| w == body), "{key}'s body is stored");
+        assert!(
+            !bytes.windows(24).any(|w| w == body),
+            "{key}'s body is stored"
+        );
     }
     // The rows do hold them sealed.
-    let sealed = String::from_utf8_lossy(&bytes).contains(&format!(
-        "v1:{}:",
-        app.master_keys.current().id()
-    ));
+    let sealed = String::from_utf8_lossy(&bytes)
+        .contains(&format!("v1:{}:", app.master_keys.current().id()));
     assert!(sealed, "no sealed value is stored");
 }
 

@@ -18,8 +18,8 @@ use runnel_core::{EnvironmentId, ProjectId};
 use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::{self, api_key_info_from_row, environment_from_row, ms, project_from_row};
-use crate::sql::{Conn, Dialect, Params};
 use crate::secrets::api_key_context;
+use crate::sql::{Conn, Dialect, Params};
 use crate::{Bootstrap, FoundKey, KeyStanding, KeyStore, LiveKey, Result, RevokeOutcome};
 
 #[async_trait]

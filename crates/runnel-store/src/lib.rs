@@ -47,8 +47,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 use runnel_core::retry::RetryPolicy;
-use runnel_core::secrets::MasterKeys;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
+use runnel_core::secrets::MasterKeys;
 use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo, Project};
 use runnel_core::{AttemptId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus, WorkerId};
 use serde_json::Value;
@@ -82,10 +82,10 @@ pub use events::{
 };
 pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
+pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
 pub use secrets::{
     PublicTokenUse, Resealed, SealedColumn, SealedCount, SecretStore, SEALED_COLUMNS,
 };
-pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
 pub use sqlite::SqliteStore;
 pub use waits::{BlockOutcome, WaitStore, WaitpointCreated};
 

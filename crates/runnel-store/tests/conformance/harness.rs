@@ -57,7 +57,7 @@ pub(crate) struct Tenancy {
 pub(crate) async fn bootstrap(store: &dyn Store) -> Tenancy {
     let dev_key = SecretKey::generate(EnvironmentKind::Dev);
     let bootstrap = store
-        .project_bootstrap(&dev_key,crate::harness::master_keys(), at(0))
+        .project_bootstrap(&dev_key, crate::harness::master_keys(), at(0))
         .await
         .expect("bootstrap")
         .expect("an empty database bootstraps");

@@ -20,15 +20,30 @@ async fn insert_keys(store: &dyn Store, tenancy: &Tenancy) -> Keys {
         prod: SecretKey::generate(EnvironmentKind::Prod),
     };
     store
-        .api_key_insert(&keys.dev_second, &tenancy.dev.id, crate::harness::master_keys(), at(MINUTE))
+        .api_key_insert(
+            &keys.dev_second,
+            &tenancy.dev.id,
+            crate::harness::master_keys(),
+            at(MINUTE),
+        )
         .await
         .unwrap();
     store
-        .api_key_insert(&keys.staging, &tenancy.staging.id, crate::harness::master_keys(), at(2 * MINUTE))
+        .api_key_insert(
+            &keys.staging,
+            &tenancy.staging.id,
+            crate::harness::master_keys(),
+            at(2 * MINUTE),
+        )
         .await
         .unwrap();
     store
-        .api_key_insert(&keys.prod, &tenancy.prod.id, crate::harness::master_keys(), at(3 * MINUTE))
+        .api_key_insert(
+            &keys.prod,
+            &tenancy.prod.id,
+            crate::harness::master_keys(),
+            at(3 * MINUTE),
+        )
         .await
         .unwrap();
     keys
@@ -432,7 +447,12 @@ pub(crate) async fn api_key_ensure_stores_once_and_keeps_a_revoked_key_revoked(
     for minute in [1, 2] {
         assert_eq!(
             store
-                .api_key_ensure(&key, &tenancy.staging.id, crate::harness::master_keys(), at(minute * MINUTE))
+                .api_key_ensure(
+                    &key,
+                    &tenancy.staging.id,
+                    crate::harness::master_keys(),
+                    at(minute * MINUTE)
+                )
                 .await
                 .unwrap(),
             KeyStanding::Live
@@ -458,7 +478,12 @@ pub(crate) async fn api_key_ensure_stores_once_and_keeps_a_revoked_key_revoked(
         .unwrap();
     assert_eq!(
         store
-            .api_key_ensure(&key, &tenancy.staging.id, crate::harness::master_keys(), at(2 * HOUR))
+            .api_key_ensure(
+                &key,
+                &tenancy.staging.id,
+                crate::harness::master_keys(),
+                at(2 * HOUR)
+            )
             .await
             .unwrap(),
         KeyStanding::Revoked
@@ -488,7 +513,12 @@ pub(crate) async fn api_key_ensure_stores_once_under_concurrent_ensures(store: A
         ensures.spawn(async move {
             start.wait().await;
             store
-                .api_key_ensure(&key, &environment, crate::harness::master_keys(), at(MINUTE + i as i64))
+                .api_key_ensure(
+                    &key,
+                    &environment,
+                    crate::harness::master_keys(),
+                    at(MINUTE + i as i64),
+                )
                 .await
                 .expect("ensure")
         });
@@ -617,12 +647,23 @@ pub(crate) async fn sealed_reseal_moves_values_to_the_current_key_once(store: Ar
     let old = MasterKeys::new(MasterKey::generate(), vec![]);
     let tenancy = {
         let dev_key = SecretKey::generate(EnvironmentKind::Dev);
-        let boot = store.project_bootstrap(&dev_key, &old, at(0)).await.unwrap().unwrap();
+        let boot = store
+            .project_bootstrap(&dev_key, &old, at(0))
+            .await
+            .unwrap()
+            .unwrap();
         (boot.environments, dev_key)
     };
-    let staging = tenancy.0.iter().find(|e| e.kind == EnvironmentKind::Staging).unwrap();
+    let staging = tenancy
+        .0
+        .iter()
+        .find(|e| e.kind == EnvironmentKind::Staging)
+        .unwrap();
     let key = SecretKey::generate(EnvironmentKind::Staging);
-    store.api_key_insert(&key, &staging.id, &old, at(MINUTE)).await.unwrap();
+    store
+        .api_key_insert(&key, &staging.id, &old, at(MINUTE))
+        .await
+        .unwrap();
 
     let rotated = MasterKeys::new(MasterKey::generate(), vec![old.current().clone()]);
     let done = store.sealed_reseal(&rotated).await.unwrap();
@@ -652,7 +693,9 @@ pub(crate) async fn sealed_reseal_moves_values_to_the_current_key_once(store: Ar
     let (_, live) = store.api_keys_live(&staging.id).await.unwrap().unwrap();
     let context = runnel_store::secrets::api_key_context(&key.hash());
     assert_eq!(
-        new_only.open(live[0].sealed.as_deref().unwrap(), &context).unwrap(),
+        new_only
+            .open(live[0].sealed.as_deref().unwrap(), &context)
+            .unwrap(),
         key.expose()
     );
 }
@@ -672,11 +715,17 @@ pub(crate) async fn public_token_use_lets_one_use_through(store: Arc<dyn Store>)
     });
     let outcomes = futures_join_all(uses).await;
     assert_eq!(
-        outcomes.iter().filter(|o| **o == PublicTokenUse::First).count(),
+        outcomes
+            .iter()
+            .filter(|o| **o == PublicTokenUse::First)
+            .count(),
         1,
         "{outcomes:?}"
     );
-    store.public_token_use_for("token-a", "batch:b1").await.unwrap();
+    store
+        .public_token_use_for("token-a", "batch:b1")
+        .await
+        .unwrap();
     assert_eq!(
         store
             .public_token_use("token-a", &tenancy.dev.id, at(HOUR), at(MINUTE))

@@ -218,7 +218,7 @@ async fn postgres_nodes_starting_together_migrate_and_bootstrap_once() {
                 .expect("every node connects and migrates");
             let key = SecretKey::generate(EnvironmentKind::Dev);
             let bootstrap = store
-                .project_bootstrap(&key,crate::harness::master_keys(), at(0))
+                .project_bootstrap(&key, crate::harness::master_keys(), at(0))
                 .await
                 .expect("bootstrap");
             (store, bootstrap)
