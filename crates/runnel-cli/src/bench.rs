@@ -119,7 +119,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "--data-dir".to_owned(),
             dir.path().join("data").display().to_string(),
         ],
-        Some(scratch) => vec!["--database-url".to_owned(), scratch.url.clone()],
+        // The data directory still holds the server's master key.
+        Some(scratch) => vec![
+            "--database-url".to_owned(),
+            scratch.url.clone(),
+            "--data-dir".to_owned(),
+            dir.path().join("data").display().to_string(),
+        ],
     };
     let outcome = bench_server(&settings, &store_flags, &dir.path().join("server.log")).await;
     if let Some(scratch) = scratch {

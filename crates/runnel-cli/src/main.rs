@@ -24,6 +24,7 @@ mod bench;
 mod envvars;
 mod exec;
 mod guard;
+mod master_key;
 mod runs;
 mod trigger;
 
@@ -142,6 +143,8 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    master_key: master_key::MasterKeyArgs,
     #[command(flatten)]
     engine: EngineArgs,
     /// Per-environment API rate limit as MAX/REFILL/INTERVAL, e.g. `750/250/10s` (a
@@ -504,6 +507,9 @@ enum KeysCommand {
         pat: bool,
         #[command(flatten)]
         store: StoreArgs,
+        /// The key is stored sealed under the server's master key: the same one.
+        #[command(flatten)]
+        master_key: master_key::MasterKeyArgs,
     },
     /// List keys and personal access tokens (ENV `pat`): prefix, environment, creation and
     /// revocation time. Never the secret.
@@ -643,12 +649,21 @@ struct RunningServer {
 impl RunningServer {
     /// Opens the store (creating the project on first start), binds and serves.
     async fn start(args: &ServeArgs) -> Result<Self> {
-        let config = args.engine.config()?;
+        let mut config = args.engine.config()?;
+        config.master_keys = args.master_key.load(&args.store.data_dir, true)?;
         let limits = args.connections.limits()?;
         let store = open_store(&args.store).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let engine = Engine::with_config(store.clone(), clock.clone(), config);
+        // Refuses values sealed under a key this server lacks; re-seals a rotation's.
+        if let Err(error) = engine.master_keys_prepare().await {
+            store.close().await;
+            return Err(anyhow::Error::new(error).context("checking the master key"));
+        }
         let dev_key = SecretKey::generate(EnvironmentKind::Dev);
-        let bootstrap = store.project_bootstrap(&dev_key, clock.now()).await?;
+        let bootstrap = store
+            .project_bootstrap(&dev_key, engine.master_keys(), clock.now())
+            .await?;
         let first_start = bootstrap.is_some();
         if let Some(bootstrap) = bootstrap {
             let kinds: Vec<_> = bootstrap
@@ -669,7 +684,6 @@ impl RunningServer {
                 args.store.command_line()
             );
         }
-        let engine = Engine::with_config(store.clone(), clock, config);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -847,7 +861,12 @@ async fn dev(args: DevArgs) -> Result<()> {
     let key = SecretKey::generate(EnvironmentKind::Dev);
     server
         .store
-        .api_key_insert(&key, &environment.id, SystemClock.now())
+        .api_key_insert(
+            &key,
+            &environment.id,
+            server.engine.master_keys(),
+            SystemClock.now(),
+        )
         .await?;
     let mut addr = server.addr;
     if addr.ip().is_unspecified() {
@@ -1063,8 +1082,18 @@ impl StopSignals {
 async fn keys(command: KeysCommand) -> Result<()> {
     let now = SystemClock.now();
     match command {
-        KeysCommand::Create { env, pat, store } => {
-            let store = open_existing_store(&store).await?;
+        KeysCommand::Create {
+            env,
+            pat,
+            store: store_args,
+            master_key,
+        } => {
+            let store = open_existing_store(&store_args).await?;
+            // The server's master key: refused when the database holds values sealed
+            // under another (the server would then refuse to start on what this seals).
+            let keys = master_key.load(&store_args.data_dir, false)?;
+            let counts = store.sealed_key_ids().await?;
+            runnel_engine::secrets::check(&counts, &keys).context("checking the master key")?;
             let secret = if pat {
                 let project = store
                     .project_get()
@@ -1080,7 +1109,9 @@ async fn keys(command: KeysCommand) -> Result<()> {
                     .await?
                     .context("no project yet: start `runnel serve` once to create it")?;
                 let key = SecretKey::generate(env);
-                store.api_key_insert(&key, &environment.id, now).await?;
+                store
+                    .api_key_insert(&key, &environment.id, &keys, now)
+                    .await?;
                 key.expose().to_owned()
             };
             store.close().await;

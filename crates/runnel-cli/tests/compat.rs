@@ -30,6 +30,12 @@ fn compat_dir() -> PathBuf {
 /// Runs `compat/tests/<file>` against a fresh server and worker; panics with the node
 /// output and both processes' logs unless every test in it passes.
 fn run_compat_file(file: &str) {
+    run_compat_file_with(file, false);
+}
+
+/// [`run_compat_file`]; with `revocable`, the file also gets a second prod key, the
+/// binary and the store flags, to revoke that key (`RUNNEL_COMPAT_*`, auth.test.mjs).
+fn run_compat_file_with(file: &str, revocable: bool) {
     let dir = compat_dir();
     assert!(
         dir.join("node_modules/@trigger.dev/sdk/package.json")
@@ -55,7 +61,21 @@ fn run_compat_file(file: &str) {
     );
     worker.registration();
 
-    let child = Command::new("node")
+    let mut node = Command::new("node");
+    if revocable {
+        let mut store_args = vec!["--data-dir".to_owned(), data.path().display().to_string()];
+        store_args.extend(common::backend::store_args(data.path()));
+        node.env(
+            "RUNNEL_COMPAT_REVOCABLE_KEY",
+            keys_create(data.path(), "prod"),
+        )
+        .env("RUNNEL_COMPAT_BIN", env!("CARGO_BIN_EXE_runnel"))
+        .env(
+            "RUNNEL_COMPAT_STORE_ARGS",
+            serde_json::to_string(&store_args).unwrap(),
+        );
+    }
+    let child = node
         .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
         .arg(format!("tests/{file}"))
         .current_dir(&dir)
@@ -105,6 +125,11 @@ fn run_compat_file(file: &str) {
 #[test]
 fn sdk_trigger_and_retrieve() {
     run_compat_file("trigger.test.mjs");
+}
+
+#[test]
+fn sdk_public_tokens_signed_by_the_sdk() {
+    run_compat_file_with("auth.test.mjs", true);
 }
 
 #[test]

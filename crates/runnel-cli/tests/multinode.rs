@@ -25,6 +25,9 @@ async fn fresh_database() -> Option<PgTestDatabase> {
     PgTestDatabase::create().await
 }
 
+/// The master key every node of these tests is given.
+const MASTER_KEY: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+
 /// `n` server nodes on `database`, each with its own data directory; the first one
 /// created the project. Returns the nodes, the dev key and the directories.
 fn start_nodes(
@@ -33,7 +36,13 @@ fn start_nodes(
     extra: &[&str],
 ) -> (Vec<Server>, String, Vec<TempDir>) {
     let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
-    let mut args = vec!["--database-url", database.url.as_str()];
+    // Nodes sharing a database share the master key.
+    let mut args = vec![
+        "--database-url",
+        database.url.as_str(),
+        "--encryption-key",
+        MASTER_KEY,
+    ];
     args.extend_from_slice(extra);
     let nodes: Vec<Server> = dirs
         .iter()

@@ -18,9 +18,17 @@ async fn two_nodes_on_one_postgres_database_serve_the_same_runs() {
         return;
     };
     let (dir_a, dir_b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let node_a = Server::start_with(dir_a.path(), &["--database-url", &database.url]);
+    // Nodes sharing a database share the master key.
+    let master_key = "ab".repeat(32);
+    let store_args = [
+        "--database-url",
+        &database.url,
+        "--encryption-key",
+        &master_key,
+    ];
+    let node_a = Server::start_with(dir_a.path(), &store_args);
     let dev_key = node_a.dev_key().to_owned();
-    let node_b = Server::start_with(dir_b.path(), &["--database-url", &database.url]);
+    let node_b = Server::start_with(dir_b.path(), &store_args);
     assert!(
         node_b.bootstrap.is_none(),
         "the second node finds the project and prints no key"
@@ -48,7 +56,7 @@ async fn two_nodes_on_one_postgres_database_serve_the_same_runs() {
     assert_eq!(body["idempotencyKey"], "pg-1");
 
     // Keys created against the database work on every node; environments stay apart.
-    let staging = keys_create_with(&["--database-url", &database.url], "staging");
+    let staging = keys_create_with(&store_args, "staging");
     let other_env = node_a.retrieve(&staging, &id).await;
     other_env.assert_error(StatusCode::NOT_FOUND, "Not found");
 

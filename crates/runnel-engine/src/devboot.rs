@@ -66,7 +66,7 @@ impl Engine {
         let key = token.derive_key(kind, &environment.id);
         let standing = self
             .store
-            .api_key_ensure(&key, &environment.id, self.clock.now())
+            .api_key_ensure(&key, &environment.id, self.master_keys(), self.clock.now())
             .await?;
         let derived = match standing {
             KeyStanding::Live => DerivedKey::Live(key),

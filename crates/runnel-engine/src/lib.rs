@@ -29,6 +29,7 @@ pub mod list;
 pub mod multinode;
 pub mod queues;
 pub mod runtime;
+pub mod secrets;
 pub mod services;
 mod trigger;
 mod unsupported;
@@ -192,19 +193,45 @@ impl Engine {
         Ok(self.store.run_get(&environment.id, id).await?)
     }
 
-    /// The environment whose live secret key hashes to `key_hash`; `None` for a key that
-    /// is unknown or revoked.
-    pub async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>, Error> {
-        Ok(self.store.api_key_authenticate(key_hash).await?)
+    /// The environment of `key` when it is live; `None` for a key that is unknown or
+    /// revoked. A key stored before keys were sealed is sealed now, at its first use
+    /// ([`secrets`]), so the tokens the SDK signs with it verify from then on.
+    pub async fn api_key_authenticate(
+        &self,
+        key: &runnel_core::key::SecretKey,
+    ) -> Result<Option<Environment>, Error> {
+        let Some(found) = self.store.api_key_find(&key.hash()).await? else {
+            return Ok(None);
+        };
+        if !found.sealed
+            && self
+                .store
+                .api_key_seal_missing(key, self.master_keys())
+                .await?
+        {
+            tracing::info!(
+                key = %key.display_prefix(),
+                "sealed a secret key stored before keys were sealed (at its first use since)"
+            );
+        }
+        Ok(Some(found.environment))
     }
 
-    /// An environment and the hashes of its live secret keys, which sign its public
-    /// access tokens; `None` when it does not exist.
-    pub async fn api_key_hashes(
+    /// An environment and its live secret keys (hash, and the key itself when it is
+    /// stored sealed and opens here), which sign its public access tokens; `None` when
+    /// the environment does not exist.
+    pub async fn api_key_secrets(
         &self,
         environment: &EnvironmentId,
-    ) -> Result<Option<(Environment, Vec<String>)>, Error> {
-        Ok(self.store.api_key_hashes(environment).await?)
+    ) -> Result<Option<(Environment, Vec<secrets::KeySecret>)>, Error> {
+        let Some((environment, live)) = self.store.api_keys_live(environment).await? else {
+            return Ok(None);
+        };
+        let keys = live
+            .into_iter()
+            .map(|key| secrets::KeySecret::open(key, self.master_keys()))
+            .collect();
+        Ok(Some((environment, keys)))
     }
 
     /// A run of `environment` with what its response shows (attempts, related runs);

@@ -28,6 +28,7 @@ use runnel_core::EnvironmentId;
 use crate::error::ApiError;
 use crate::jwt::{self, PublicToken};
 use crate::state::AppState;
+use runnel_engine::secrets::PublicTokenUse;
 
 pub const NO_AUTHORIZATION: &str = "No authorization header provided";
 const INVALID_KEY: &str = "Invalid API Key";
@@ -41,6 +42,8 @@ const PERSONAL_TOKEN_ONLY: &str = "This request takes a personal access token \
     (Authorization: Bearer tr_pat_…; `runnel keys create --pat` prints one), not a secret key \
     or another credential";
 const INVALID_PERSONAL_TOKEN: &str = "Invalid personal access token (unknown or revoked)";
+const ONE_TIME_USED: &str = "This one-time use Public Access Token has already been used: \
+    create a new one for each request (or one with `multipleUse: true`)";
 
 /// The environment the request's secret key belongs to.
 #[derive(Debug, Clone)]
@@ -85,7 +88,24 @@ impl Caller {
             Caller::PublicToken(token) => &token.environment,
         }
     }
+
+    /// The headers that hand the caller a fresh token granting `scopes` (contract
+    /// §2.3), signed with the hash of the key behind the caller (the secret key itself,
+    /// or the key that signed its token).
+    pub fn token_headers(&self, scopes: &[String], now: DateTime<Utc>) -> HeaderMap {
+        let key_hash = match self {
+            Caller::SecretKey(key) => &key.key_hash,
+            Caller::PublicToken(token) => &token.key_hash,
+        };
+        jwt::headers(&self.environment().id, key_hash, scopes, now)
+    }
 }
+
+/// A [`Caller`] whose one-time token, if it holds one, this request has not spent yet:
+/// for the route that may be a token's second request ([`spend`] with `belongs_to`).
+/// Every other route that takes a token takes [`Caller`], which spends it.
+#[derive(Debug, Clone)]
+pub struct UnspentCaller(pub Caller);
 
 /// The bearer token in `headers`: 401 when the header is missing or not `Bearer …`.
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -118,34 +138,99 @@ pub async fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, A
             .map(Caller::PublicToken);
     }
     let key = SecretKey::parse(token).ok_or(ApiError::Unauthorized(INVALID_KEY))?;
-    let key_hash = key.hash();
     let environment = state
         .engine
-        .api_key_authenticate(&key_hash)
+        .api_key_authenticate(&key)
         .await?
         .ok_or(ApiError::Unauthorized(INVALID_KEY))?;
     Ok(Caller::SecretKey(AuthenticatedKey {
         environment,
-        key_hash,
+        key_hash: key.hash(),
     }))
 }
 
-/// Verifies a public access token against the live keys of its `sub` environment.
+/// Verifies a public access token against the live keys of its `sub` environment: each
+/// key's hash (the tokens the server mints) and the key itself (the ones the SDK signs).
 async fn verify_public_token(state: &AppState, token: &str) -> Result<PublicToken, ApiError> {
     let sub = jwt::subject(token).ok_or(ApiError::Unauthorized(NO_SUBJECT))?;
     let environment_id =
         EnvironmentId::parse(&sub).ok_or(ApiError::Unauthorized(NO_ENVIRONMENT))?;
-    let (environment, hashes) = state
+    let (environment, keys) = state
         .engine
-        .api_key_hashes(&environment_id)
+        .api_key_secrets(&environment_id)
         .await?
         .ok_or(ApiError::Unauthorized(NO_ENVIRONMENT))?;
-    let claims = jwt::verify_with(token, &hashes, state.engine.now())
+    let mut secrets = Vec::with_capacity(keys.len() * 2);
+    let mut signers = Vec::with_capacity(keys.len() * 2);
+    for key in &keys {
+        secrets.push(key.hash.clone());
+        signers.push(&key.hash);
+        if let Some(raw) = &key.raw {
+            secrets.push(raw.clone());
+            signers.push(&key.hash);
+        }
+    }
+    let (claims, signer) = jwt::verify_with(token, &secrets, state.engine.now())
         .map_err(|e| ApiError::Unauthorized(e.message()))?;
+    let one_time = (claims.otu == Some(true)).then(|| jwt::OneTime {
+        token_hash: jwt::token_hash(token),
+        expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or(DateTime::<Utc>::MAX_UTC),
+    });
     Ok(PublicToken {
         environment,
         scopes: claims.scopes,
+        key_hash: signers[signer].clone(),
+        one_time,
     })
+}
+
+/// Spends the caller's one-time token, if it holds one: its first use passes, and so
+/// does a later one when `belongs_to` names what the first use created (`batch:<id>`,
+/// for the items of the batch a one-time token created); any other is 401.
+pub async fn spend(
+    state: &AppState,
+    caller: &Caller,
+    belongs_to: Option<&str>,
+) -> Result<(), ApiError> {
+    let Caller::PublicToken(token) = caller else {
+        return Ok(());
+    };
+    let Some(one_time) = &token.one_time else {
+        return Ok(());
+    };
+    match state
+        .engine
+        .public_token_use(
+            &one_time.token_hash,
+            &token.environment.id,
+            one_time.expires_at,
+        )
+        .await?
+    {
+        PublicTokenUse::First => Ok(()),
+        PublicTokenUse::Again { used_for }
+            if belongs_to.is_some() && used_for.as_deref() == belongs_to =>
+        {
+            Ok(())
+        }
+        PublicTokenUse::Again { .. } => Err(ApiError::Unauthorized(ONE_TIME_USED)),
+    }
+}
+
+/// Records that the caller's one-time token (if it holds one) created `what`
+/// (`batch:<id>`), so [`spend`] lets the requests that belong to it through.
+pub async fn spent_on(state: &AppState, caller: &Caller, what: &str) -> Result<(), ApiError> {
+    if let Caller::PublicToken(PublicToken {
+        one_time: Some(one_time),
+        ..
+    }) = caller
+    {
+        state
+            .engine
+            .public_token_use_for(&one_time.token_hash, what)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether `caller` may perform `action` on a resource described by `resources`
@@ -169,6 +254,41 @@ pub fn authorize(
     }
 }
 
+/// Whether `caller` may trigger each of `tasks` in a batch: a secret key may; a token
+/// needs, per task, `batchTrigger:tasks:<task>` or `trigger:tasks:<task>`, their whole
+/// type (`batchTrigger:tasks`, `trigger:tasks`) or a super scope. `None` (a batch that
+/// does not list its tasks up front) needs a scope covering every task. Otherwise 403.
+pub fn authorize_batch<'a>(
+    caller: &Caller,
+    tasks: Option<impl IntoIterator<Item = &'a str>>,
+) -> Result<(), ApiError> {
+    let Caller::PublicToken(token) = caller else {
+        return Ok(());
+    };
+    let allows = |task: Option<&str>| {
+        ["batchTrigger", "trigger"].iter().any(|action| match task {
+            Some(task) => jwt::scopes_allow(&token.scopes, action, &[("tasks", task)]),
+            None => {
+                let general = format!("{action}:tasks");
+                let all = format!("{action}:all");
+                token
+                    .scopes
+                    .iter()
+                    .any(|s| *s == general || *s == all || s == "admin")
+            }
+        })
+    };
+    let allowed = match tasks {
+        Some(tasks) => tasks.into_iter().all(|task| allows(Some(task))),
+        None => allows(None),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
 /// [`identify`], once per request.
 async fn caller<S>(parts: &mut Parts, state: &S) -> Result<Caller, ApiError>
 where
@@ -182,6 +302,7 @@ where
     Ok(caller)
 }
 
+/// Spends a one-time token (once per request: the first extraction does).
 impl<S> FromRequestParts<S> for Caller
 where
     AppState: FromRef<S>,
@@ -190,7 +311,26 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        caller(parts, state).await
+        #[derive(Clone)]
+        struct Spent;
+        let caller = caller(parts, state).await?;
+        if parts.extensions.get::<Spent>().is_none() {
+            spend(&AppState::from_ref(state), &caller, None).await?;
+            parts.extensions.insert(Spent);
+        }
+        Ok(caller)
+    }
+}
+
+impl<S> FromRequestParts<S> for UnspentCaller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        caller(parts, state).await.map(UnspentCaller)
     }
 }
 

@@ -23,7 +23,7 @@ use runnel_engine::batches::BatchDetail;
 use runnel_engine::BatchError;
 use serde::Serialize;
 
-use crate::auth::{Authenticated, AuthenticatedKey};
+use crate::auth::{self, Authenticated, Caller, UnspentCaller};
 use crate::extract::{json_body, within, RawBody};
 pub use crate::uploads::{BatchUploads, BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT};
 
@@ -61,19 +61,30 @@ struct CreateBatchResponse {
 /// `POST /api/v3/batches`: phase 1 of the SDK's batch trigger.
 pub async fn create(
     State(state): State<AppState>,
-    key: AuthenticatedKey,
+    caller: Caller,
     headers: HeaderMap,
     body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = within(body, runnel_core::batch::MAX_CREATE_BODY_BYTES)?;
     let request: CreateBatchRequest = json_body(body, &["idempotencyKeyOptions"])?;
+    // A token: every task it names (each item is checked again as it arrives).
+    auth::authorize_batch(
+        &caller,
+        request
+            .task_identifiers
+            .as_ref()
+            .filter(|tasks| !tasks.is_empty())
+            .map(|tasks| tasks.iter().map(String::as_str)),
+    )?;
     let created = state
         .engine
-        .batch_create(&key.environment, request, idempotency_header(&headers))
+        .batch_create(caller.environment(), request, idempotency_header(&headers))
         .await?;
+    // A one-time token streams the items of the batch it created.
+    auth::spent_on(&state, &caller, &format!("batch:{}", created.batch.id)).await?;
     // A token that reads the batch and the runs it will hold (contract §2.3).
     let scopes = [format!("read:batch:{}", created.batch.id)];
-    let token = key.token_headers(&scopes, state.engine.now());
+    let token = caller.token_headers(&scopes, state.engine.now());
     Ok((
         StatusCode::ACCEPTED,
         token,
@@ -105,11 +116,14 @@ struct StreamBatchItemsResponse {
 /// of about [`ITEMS_CHUNK_MAX_BYTES`]) per store call.
 pub async fn items(
     State(state): State<AppState>,
-    Authenticated(environment): Authenticated,
+    UnspentCaller(caller): UnspentCaller,
     Path(batch_id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // A one-time token: its one use, or the batch its one use created.
+    auth::spend(&state, &caller, Some(&format!("batch:{batch_id}"))).await?;
+    let environment = caller.environment().clone();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -156,6 +170,7 @@ pub async fn items(
             return Err(too_large());
         }
         lines.push(&data, &mut chunk).map_err(BatchError::Request)?;
+        auth::authorize_batch(&caller, Some(chunk.iter().map(|line| line.task.as_str())))?;
         chunk_bytes += data.len();
         if chunk.len() >= ITEMS_CHUNK_MAX_ITEMS
             || (chunk_bytes >= ITEMS_CHUNK_MAX_BYTES && !chunk.is_empty())
@@ -169,6 +184,7 @@ pub async fn items(
         }
     }
     lines.finish(&mut chunk).map_err(BatchError::Request)?;
+    auth::authorize_batch(&caller, Some(chunk.iter().map(|line| line.task.as_str())))?;
     state
         .engine
         .batch_items_write(&environment, &mut upload, chunk)
@@ -212,11 +228,16 @@ struct OneShotResponse {
 /// `POST /api/v1/tasks/batch`: every run of a batch in one request.
 pub async fn one_shot(
     State(state): State<AppState>,
-    Authenticated(environment): Authenticated,
+    caller: Caller,
     headers: HeaderMap,
     body: RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let request: OneShotBatchRequest = json_body(within(body, MAX_ONE_SHOT_BODY_BYTES)?, &[])?;
+    auth::authorize_batch(
+        &caller,
+        Some(request.items.iter().map(|item| item.task.as_str())),
+    )?;
+    let environment = caller.environment().clone();
     let batch = state
         .engine
         .batch_trigger_one_shot(&environment, request, idempotency_header(&headers))

@@ -8,18 +8,29 @@
 //! Claims: `iss: "https://id.trigger.dev"`, `aud: "https://api.trigger.dev"`,
 //! `sub: <environment id>`, `pub: true`, `scopes: [...]`, `iat`, `exp` (unix seconds).
 //!
-//! Signing secret. Upstream signs with the environment's secret key itself; Runnel keeps
-//! only the SHA-256 hash of each key, so a token is signed with **the hash of the key that
-//! authenticated the request** (hex, as stored) and verified by trying the hashes of the
-//! live keys of the token's `sub` environment ([`Engine::api_key_hashes`]). Consequences:
-//! revoking a key invalidates every token minted with it at once; and a token the SDK
-//! signs locally with the raw key (`auth.createPublicToken`) does not verify here; clients
-//! get server-minted ones from the trigger response headers or `POST /api/v1/auth/jwt`.
+//! Signing secret. A token is signed with one of the environment's live secret keys,
+//! in either of two forms, and verified by trying both forms of every live key of the
+//! token's `sub` environment ([`Engine::api_key_secrets`]):
+//!
+//! - **the raw secret key**, as the SDK signs the tokens it makes itself
+//!   (`auth.createPublicToken`, `createTriggerPublicToken`,
+//!   `createBatchTriggerPublicToken`, after `POST /api/v1/auth/jwt/claims`). The server
+//!   keeps each key sealed under its master key to read it back for this; a key stored
+//!   before sealing existed verifies such tokens once it has authenticated one request.
+//! - **the hex SHA-256 of the key** (as stored), what the server signs the tokens it
+//!   mints with (trigger response headers, `POST /api/v1/auth/jwt`).
+//!
+//! Either way revoking a key invalidates every token signed with it at once.
+//!
+//! One-time tokens (`otu: true`, the SDK's default for trigger tokens) work for one
+//! request: [`crate::auth`] records the use ([`runnel_store::SecretStore::public_token_use`])
+//! and refuses the next. `realtime` (options of the realtime subscriptions, which Runnel
+//! does not serve) is read and has nothing to act on.
 //!
 //! Scopes read `<action>:<resource type>[:<id>]`; a scope without an id covers the whole
 //! type, and `admin` / `<action>:all` cover every resource of the action ([`scopes_allow`]).
 //!
-//! [`Engine::api_key_hashes`]: runnel_engine::Engine::api_key_hashes
+//! [`Engine::api_key_secrets`]: runnel_engine::Engine::api_key_secrets
 
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
@@ -56,6 +67,12 @@ pub struct Claims {
     #[serde(default)]
     pub iat: i64,
     pub exp: i64,
+    /// One-time use (the SDK's trigger tokens, unless `multipleUse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otu: Option<bool>,
+    /// Options of realtime subscriptions (`skipColumns`); no route here reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime: Option<Value>,
 }
 
 /// A verified public access token: the environment it was minted for and its scopes.
@@ -63,6 +80,25 @@ pub struct Claims {
 pub struct PublicToken {
     pub environment: Environment,
     pub scopes: Vec<String>,
+    /// The hash of the key that signed it: what tokens minted for its holder (the
+    /// trigger response's) are signed with.
+    pub key_hash: String,
+    /// Set for a one-time token.
+    pub one_time: Option<OneTime>,
+}
+
+/// What identifies a one-time token's use.
+#[derive(Debug, Clone)]
+pub struct OneTime {
+    /// Hex SHA-256 of the token text.
+    pub token_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The hex SHA-256 of a token's text (how a one-time token's use is recorded).
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Signs a token for `environment` with `key_hash` as the HMAC secret.
@@ -81,6 +117,8 @@ pub fn mint(
         scopes: scopes.to_vec(),
         iat: now.timestamp(),
         exp: expires_at,
+        otu: None,
+        realtime: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -166,23 +204,24 @@ impl TokenError {
     }
 }
 
-/// Checks `token` against each of `key_hashes`: the signature must match one of them,
-/// issuer, audience and `pub` must be ours, and `exp` must be after `now`.
+/// Checks `token` against each of `secrets`: the signature must match one of them,
+/// issuer, audience and `pub` must be ours, and `exp` must be after `now`. Returns the
+/// claims and the index of the secret that signed it.
 pub fn verify_with(
     token: &str,
-    key_hashes: &[String],
+    secrets: &[String],
     now: DateTime<Utc>,
-) -> Result<Claims, TokenError> {
+) -> Result<(Claims, usize), TokenError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_issuer(&[ISSUER]);
     validation.set_audience(&[AUDIENCE]);
     validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
     // Expiry is checked below against the server's clock, without leeway.
     validation.validate_exp = false;
-    for hash in key_hashes {
+    for (index, secret) in secrets.iter().enumerate() {
         match jsonwebtoken::decode::<Claims>(
             token,
-            &DecodingKey::from_secret(hash.as_bytes()),
+            &DecodingKey::from_secret(secret.as_bytes()),
             &validation,
         ) {
             Ok(data) => {
@@ -193,7 +232,7 @@ pub fn verify_with(
                 if claims.exp <= now.timestamp() {
                     return Err(TokenError::Expired);
                 }
-                return Ok(claims);
+                return Ok((claims, index));
             }
             Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
             Err(_) => return Err(TokenError::Invalid),
@@ -253,8 +292,9 @@ mod tests {
             now().timestamp() + 60,
         );
         assert!(is_public_token(&token));
-        let claims =
+        let (claims, index) =
             verify_with(&token, &["other".to_owned(), "hash-a".to_owned()], now()).unwrap();
+        assert_eq!(index, 1);
         assert_eq!(
             claims,
             Claims {
@@ -265,6 +305,8 @@ mod tests {
                 scopes: scopes(&["read:runs:run_1"]),
                 iat: now().timestamp(),
                 exp: now().timestamp() + 60,
+                otu: None,
+                realtime: None,
             }
         );
     }
@@ -323,7 +365,7 @@ mod tests {
         );
 
         // Right key, wrong audience.
-        let mut claims = verify_with(&token, &keys, now()).unwrap();
+        let (mut claims, _) = verify_with(&token, &keys, now()).unwrap();
         claims.aud = "https://elsewhere".to_owned();
         let other = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -339,10 +381,37 @@ mod tests {
     }
 
     #[test]
+    fn an_sdk_style_token_signed_with_the_raw_key_reads_its_claims() {
+        // What the SDK's `generateJWT` signs: the claims endpoint's `{sub, pub}`, then
+        // scopes, `otu` and `realtime`, with issuer, audience, iat and exp.
+        let env = environment();
+        let payload = json!({
+            "sub": env.as_str(), "pub": true, "otu": true,
+            "scopes": ["trigger:tasks:email"], "realtime": {"skipColumns": ["payload"]},
+            "iss": ISSUER, "aud": AUDIENCE, "iat": now().timestamp(), "exp": now().timestamp() + 900,
+        });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &payload,
+            &EncodingKey::from_secret(b"tr_dev_rawkey"),
+        )
+        .unwrap();
+        let secrets = ["hash-of-key".to_owned(), "tr_dev_rawkey".to_owned()];
+        let (claims, index) = verify_with(&token, &secrets, now()).unwrap();
+        assert_eq!(index, 1);
+        assert_eq!(claims.otu, Some(true));
+        assert_eq!(claims.scopes, scopes(&["trigger:tasks:email"]));
+        assert_eq!(
+            verify_with(&token, &secrets[..1], now()),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
     fn only_jwts_saying_pub_true_are_public_tokens() {
         assert!(!is_public_token("tr_dev_abcdefghijklmnopqrstuvwx"));
         assert!(!is_public_token("a.b.c"));
-        let mut claims = verify_with(
+        let (mut claims, _) = verify_with(
             &mint(&environment(), "k", &[], now(), now().timestamp() + 60),
             &["k".to_owned()],
             now(),

@@ -13,7 +13,7 @@ use runnel_core::view::RetrieveRunResponse;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::{self, Authenticated, AuthenticatedKey, Caller};
+use crate::auth::{self, Authenticated, Caller};
 use crate::error::ApiError;
 use crate::extract::{self, json_body, CallerApiVersion, RawBody};
 use crate::state::AppState;
@@ -54,14 +54,16 @@ pub(crate) struct TriggerResponse {
         ("idempotency-key-ttl" = Option<String>, Header, pattern = "^[\\x20-\\x7e]*$", description = "Used when `options.idempotencyKeyTTL` is absent"),
     ),
     request_body = runnel_core::trigger::TriggerRequest,
-    responses((status = 200, description = "The run; `x-trigger-jwt` holds a public access token (one hour) that reads it", body = TriggerResponse, headers(("x-trigger-jwt" = String, description = "A public access token reading the run"), ("x-trigger-jwt-claims" = String, description = "The token's claims as JSON: `{sub, pub, scopes}`"))), (status = 400, description = "Empty, malformed or out-of-bounds body or header; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, or a public access token", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 404, description = "No route: an empty task identifier", body = crate::schemas::ErrorBody), (status = 413, description = "The body is over 3 MiB, or `options.metadata` is over 262144 bytes serialized", body = crate::schemas::ErrorBody), (status = 422, description = "More than 10 tags, or a payload in object storage (`application/store`, not supported yet)", body = crate::schemas::ErrorBody)))]
+    responses((status = 200, description = "The run; `x-trigger-jwt` holds a public access token (one hour) that reads it", body = TriggerResponse, headers(("x-trigger-jwt" = String, description = "A public access token reading the run"), ("x-trigger-jwt-claims" = String, description = "The token's claims as JSON: `{sub, pub, scopes}`"))), (status = 400, description = "Empty, malformed or out-of-bounds body or header; the message names the field", body = crate::schemas::ErrorBody), (status = 401, description = "No `Authorization` header (problem+json), a bad key, a bad or expired public access token, or a one-time token used before", content((crate::schemas::ErrorBody = "application/json"), (crate::schemas::ProblemBody = "application/problem+json"))), (status = 403, description = "A public access token without `trigger:tasks:{taskIdentifier}` (or `trigger:tasks`)", body = crate::schemas::ErrorBody), (status = 404, description = "No route: an empty task identifier", body = crate::schemas::ErrorBody), (status = 413, description = "The body is over 3 MiB, or `options.metadata` is over 262144 bytes serialized", body = crate::schemas::ErrorBody), (status = 422, description = "More than 10 tags, or a payload in object storage (`application/store`, not supported yet)", body = crate::schemas::ErrorBody)))]
 pub async fn trigger(
     State(state): State<AppState>,
-    key: AuthenticatedKey,
+    caller: Caller,
     Path(task): Path<String>,
     headers: HeaderMap,
     body: RawBody,
 ) -> Result<(HeaderMap, Json<impl Serialize>), ApiError> {
+    // A public access token needs `trigger:tasks:<task>` (or the whole type).
+    auth::authorize(&caller, "trigger", &[("tasks", task.as_str())])?;
     let request: TriggerRequest = json_body(
         body,
         &["options", "options.queue", "options.idempotencyKeyOptions"],
@@ -84,14 +86,14 @@ pub async fn trigger(
     };
     let triggered = state
         .engine
-        .trigger(&key.environment, &task, request, &idempotency)
+        .trigger(caller.environment(), &task, request, &idempotency)
         .await?;
     let id = triggered.id.to_string();
     let scopes = [
         format!("read:runs:{id}"),
         format!("write:inputStreams:{id}"),
     ];
-    let token = key.token_headers(&scopes, state.engine.now());
+    let token = caller.token_headers(&scopes, state.engine.now());
     Ok((
         token,
         Json(TriggerResponse {

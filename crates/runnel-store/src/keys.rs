@@ -4,28 +4,34 @@
 //! Keys and tokens are stored the same way: the SHA-256 digest (the primary key, what a
 //! presented credential is looked up by) and a display prefix; revocation sets
 //! `revoked_at` and never deletes, so a revoked credential stays revoked (also a derived
-//! key that [`KeyStore::api_key_ensure`] is asked to store again).
+//! key that [`KeyStore::api_key_ensure`] is asked to store again). A secret key is also
+//! stored sealed under the master key (`key_sealed`, context `api_key:<hash>`): the
+//! server opens it to verify the public access tokens the SDK signs with the raw key.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
+use runnel_core::secrets::MasterKeys;
 use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo, Project};
 use runnel_core::{EnvironmentId, ProjectId};
 
 use crate::backend::Backend;
 use crate::detach::detached;
 use crate::rows::{self, api_key_info_from_row, environment_from_row, ms, project_from_row};
+use crate::secrets::api_key_context;
 use crate::sql::{Conn, Dialect, Params};
-use crate::{Bootstrap, KeyStanding, KeyStore, Result, RevokeOutcome};
+use crate::{Bootstrap, FoundKey, KeyStanding, KeyStore, LiveKey, Result, RevokeOutcome};
 
 #[async_trait]
 impl<B: Backend> KeyStore for B {
     async fn project_bootstrap(
         &self,
         dev_key: &SecretKey,
+        keys: &MasterKeys,
         now: DateTime<Utc>,
     ) -> Result<Option<Bootstrap>> {
         let (store, dev_key) = (self.clone(), dev_key.clone());
+        let sealed = seal_key(&dev_key, keys);
         detached(async move {
             let mut tx = store.begin().await?;
             store.serialize_bootstrap(&mut tx).await?;
@@ -71,7 +77,7 @@ impl<B: Backend> KeyStore for B {
                 .iter()
                 .find(|e| e.kind == EnvironmentKind::Dev)
                 .expect("every kind was created");
-            insert_key::<B::D>(&mut tx, &dev_key, &dev.id, now).await?;
+            insert_key::<B::D>(&mut tx, &dev_key, &sealed, &dev.id, now).await?;
             tx.commit().await?;
             Ok(Some(Bootstrap {
                 project,
@@ -108,24 +114,48 @@ impl<B: Backend> KeyStore for B {
         &self,
         key: &SecretKey,
         environment: &EnvironmentId,
+        keys: &MasterKeys,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let sealed = seal_key(key, keys);
         let mut conn = self.writer().await?;
-        insert_key::<B::D>(&mut conn, key, environment, now).await
+        insert_key::<B::D>(&mut conn, key, &sealed, environment, now).await
     }
 
-    async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>> {
+    async fn api_key_find(&self, key_hash: &str) -> Result<Option<FoundKey>> {
+        use rows::Columns;
         let mut conn = self.reader().await?;
         let row = Params::<B::D>::new()
             .with(key_hash)
             .fetch_optional(
                 &mut conn,
-                "SELECT e.id, e.project_id, e.kind FROM api_keys k \
+                "SELECT e.id, e.project_id, e.kind, k.key_sealed FROM api_keys k \
                  JOIN environments e ON e.id = k.environment_id \
                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
             )
             .await?;
-        row.as_ref().map(environment_from_row).transpose()
+        row.as_ref()
+            .map(|row| {
+                Ok(FoundKey {
+                    environment: environment_from_row(row)?,
+                    sealed: row.opt_text("key_sealed")?.is_some(),
+                })
+            })
+            .transpose()
+    }
+
+    async fn api_key_seal_missing(&self, key: &SecretKey, keys: &MasterKeys) -> Result<bool> {
+        let sealed = seal_key(key, keys);
+        let mut conn = self.writer().await?;
+        let updated = Params::<B::D>::new()
+            .with(sealed.as_str())
+            .with(key.hash())
+            .execute(
+                &mut conn,
+                "UPDATE api_keys SET key_sealed = $1 WHERE key_hash = $2 AND key_sealed IS NULL",
+            )
+            .await?;
+        Ok(updated == 1)
     }
 
     async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>> {
@@ -197,21 +227,26 @@ impl<B: Backend> KeyStore for B {
         &self,
         key: &SecretKey,
         environment: &EnvironmentId,
+        keys: &MasterKeys,
         now: DateTime<Utc>,
     ) -> Result<KeyStanding> {
         use rows::Columns;
+        let sealed = seal_key(key, keys);
         let mut conn = self.writer().await?;
         // A concurrent insert of the same hash (another request, another node) makes
-        // this one wait for it and then do nothing; either way the row is there after.
+        // this one wait for it and then only fill in the sealed key if that row (stored
+        // before sealing existed) lacks it; either way the row is there after.
         Params::<B::D>::new()
             .with(key.hash())
             .with(key.display_prefix())
             .with(environment.as_str())
             .with(ms(now))
+            .with(sealed.as_str())
             .execute(
                 &mut conn,
-                "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (key_hash) DO NOTHING",
+                "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at, key_sealed) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO UPDATE \
+                 SET key_sealed = excluded.key_sealed WHERE api_keys.key_sealed IS NULL",
             )
             .await?;
         let row = Params::<B::D>::new()
@@ -282,14 +317,14 @@ impl<B: Backend> KeyStore for B {
             .collect()
     }
 
-    async fn api_key_hashes(
+    async fn api_keys_live(
         &self,
         environment: &EnvironmentId,
-    ) -> Result<Option<(Environment, Vec<String>)>> {
+    ) -> Result<Option<(Environment, Vec<LiveKey>)>> {
         use rows::Columns;
         let mut conn = self.reader().await?;
         let sql = format!(
-            "SELECT e.id, e.project_id, e.kind, k.key_hash FROM environments e \
+            "SELECT e.id, e.project_id, e.kind, k.key_hash, k.key_sealed FROM environments e \
              LEFT JOIN api_keys k ON k.environment_id = e.id AND k.revoked_at IS NULL \
              WHERE e.id = $1 ORDER BY k.created_at, k.key_hash{}",
             B::D::COLLATE_BYTES
@@ -301,12 +336,16 @@ impl<B: Backend> KeyStore for B {
         let Some(first) = found.first() else {
             return Ok(None);
         };
-        let hashes = found
-            .iter()
-            .map(|row| row.opt_text("key_hash"))
-            .filter_map(Result::transpose)
-            .collect::<sqlx::Result<Vec<_>>>()?;
-        Ok(Some((environment_from_row(first)?, hashes)))
+        let mut live = Vec::new();
+        for row in &found {
+            if let Some(hash) = row.opt_text("key_hash")? {
+                live.push(LiveKey {
+                    hash,
+                    sealed: row.opt_text("key_sealed")?,
+                });
+            }
+        }
+        Ok(Some((environment_from_row(first)?, live)))
     }
 }
 
@@ -333,10 +372,17 @@ impl Revocable {
     }
 }
 
-/// Stores a key (hashed) for `environment`, inside whatever transaction `conn` is in.
+/// `key` sealed under the current master key, bound to its row (`api_key:<hash>`).
+fn seal_key(key: &SecretKey, keys: &MasterKeys) -> String {
+    keys.seal(key.expose(), &api_key_context(&key.hash()))
+}
+
+/// Stores a key (hashed, and sealed: `sealed`) for `environment`, inside whatever
+/// transaction `conn` is in.
 async fn insert_key<D: Dialect>(
     conn: &mut Conn<D>,
     key: &SecretKey,
+    sealed: &str,
     environment: &EnvironmentId,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -345,10 +391,11 @@ async fn insert_key<D: Dialect>(
         .with(key.display_prefix())
         .with(environment.as_str())
         .with(ms(now))
+        .with(sealed)
         .execute(
             conn,
-            "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO api_keys (key_hash, prefix, environment_id, created_at, key_sealed) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .await?;
     Ok(())

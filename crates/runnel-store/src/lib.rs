@@ -36,6 +36,7 @@
 //! | [`WaitStore`] | `waits.rs` | waitpoints, what blocks a run, execution snapshots |
 //! | [`EventStore`] | `events.rs` | a run's log lines and spans (OTLP ingest) |
 //! | [`EnvVarStore`] | `envvars.rs` | environment variables, values sealed |
+//! | [`SecretStore`] | `secrets.rs` | values sealed under the master key (key ids, rotation), one-time tokens' uses |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
 //! the group-commit writer's transactions and PostgreSQL's idempotency-key race, the
@@ -48,6 +49,7 @@ use chrono::{DateTime, Utc};
 use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 use runnel_core::retry::RetryPolicy;
 use runnel_core::run::{Attempt, AttemptStatus, Packet, Run};
+use runnel_core::secrets::MasterKeys;
 use runnel_core::tenancy::{ApiKeyInfo, Environment, PersonalAccessTokenInfo, Project};
 use runnel_core::{AttemptId, EnvironmentId, MachinePreset, ProjectId, RunId, RunStatus, WorkerId};
 use serde_json::Value;
@@ -68,6 +70,7 @@ pub mod postgres;
 pub mod queues;
 mod rows;
 mod runs;
+pub mod secrets;
 mod sql;
 pub mod sqlite;
 mod sweeps;
@@ -83,6 +86,9 @@ pub use events::{
 pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
 pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
+pub use secrets::{
+    PublicTokenUse, Resealed, SealedColumn, SealedCount, SecretStore, SEALED_COLUMNS,
+};
 pub use sqlite::SqliteStore;
 pub use waits::{BlockOutcome, WaitStore, WaitpointCreated};
 
@@ -117,6 +123,24 @@ pub enum KeyStanding {
     Live,
     /// Stored once and revoked since; it stays revoked.
     Revoked,
+}
+
+/// A live key found by its hash ([`KeyStore::api_key_find`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundKey {
+    pub environment: Environment,
+    /// Its row holds the key sealed under a master key.
+    pub sealed: bool,
+}
+
+/// A live key of an environment ([`KeyStore::api_keys_live`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveKey {
+    /// Hex SHA-256 of the key.
+    pub hash: String,
+    /// The key sealed under a master key (context `api_key:<hash>`); `None` for a key
+    /// stored before sealing existed that has not authenticated since.
+    pub sealed: Option<String>,
 }
 
 /// What `api_key_revoke` did.
@@ -274,6 +298,7 @@ pub trait Store:
     + WaitStore
     + EventStore
     + EnvVarStore
+    + SecretStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -292,6 +317,7 @@ impl<T> Store for T where
         + WaitStore
         + EventStore
         + EnvVarStore
+        + SecretStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -302,7 +328,7 @@ impl<T> Store for T where
 pub mod prelude {
     pub use crate::{
         AttemptStore, BatchStore, EnvVarStore, EventStore, KeyStore, NodeStore, QueueStore,
-        RunStore, Store, SweepStore, WaitStore, WorkerStore,
+        RunStore, SecretStore, Store, SweepStore, WaitStore, WorkerStore,
     };
 }
 
@@ -340,9 +366,13 @@ pub trait KeyStore: Send + Sync {
     /// On an empty database: creates the project, its environments and `dev_key` in one
     /// transaction and returns them. When a project exists, changes nothing and returns
     /// `None` (so the key is never stored).
+    ///
+    /// Every key this store inserts is also stored sealed under `keys`' current master
+    /// key (context `api_key:<hash>`, [`secrets::api_key_context`]).
     async fn project_bootstrap(
         &self,
         dev_key: &SecretKey,
+        keys: &MasterKeys,
         now: DateTime<Utc>,
     ) -> Result<Option<Bootstrap>>;
 
@@ -350,16 +380,29 @@ pub trait KeyStore: Send + Sync {
 
     async fn environment_get(&self, kind: EnvironmentKind) -> Result<Option<Environment>>;
 
-    /// Stores a new key (hashed) for `environment`.
+    /// Stores a new key (hashed, and sealed under `keys`) for `environment`.
     async fn api_key_insert(
         &self,
         key: &SecretKey,
         environment: &EnvironmentId,
+        keys: &MasterKeys,
         now: DateTime<Utc>,
     ) -> Result<()>;
 
+    /// A live (not revoked) key with this hash: its environment, and whether it is
+    /// stored sealed (a key stored before sealing existed is not, until
+    /// [`KeyStore::api_key_seal_missing`]).
+    async fn api_key_find(&self, key_hash: &str) -> Result<Option<FoundKey>>;
+
     /// The environment of a live (not revoked) key with this hash.
-    async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>>;
+    async fn api_key_authenticate(&self, key_hash: &str) -> Result<Option<Environment>> {
+        Ok(self.api_key_find(key_hash).await?.map(|k| k.environment))
+    }
+
+    /// Stores `key` sealed under `keys` when its row has no sealed value yet (a key
+    /// stored before sealing existed); says whether it did. A conditional update: a
+    /// concurrent seal of the same key leaves the first one.
+    async fn api_key_seal_missing(&self, key: &SecretKey, keys: &MasterKeys) -> Result<bool>;
 
     /// All keys, oldest first.
     async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>>;
@@ -373,10 +416,12 @@ pub trait KeyStore: Send + Sync {
     /// stored, and says where it stands. Idempotent, and safe when several callers (on
     /// several nodes) ensure one key at once: for a key derived again and again from the
     /// same personal access token. A revoked key is not revived.
+    /// A row stored before sealing existed gets its sealed value here.
     async fn api_key_ensure(
         &self,
         key: &SecretKey,
         environment: &EnvironmentId,
+        keys: &MasterKeys,
         now: DateTime<Utc>,
     ) -> Result<KeyStanding>;
 
@@ -394,13 +439,14 @@ pub trait KeyStore: Send + Sync {
     /// All personal access tokens, oldest first.
     async fn pat_list(&self) -> Result<Vec<PersonalAccessTokenInfo>>;
 
-    /// Environment `id` and the hashes of its live (not revoked) keys, oldest first: the
-    /// secrets a public access token of that environment may be signed with. `None` when
-    /// there is no such environment; an environment whose keys are all revoked has none.
-    async fn api_key_hashes(
+    /// Environment `id` and its live (not revoked) keys, oldest first: hash and sealed
+    /// key, the secrets a public access token of that environment may be signed with.
+    /// `None` when there is no such environment; an environment whose keys are all
+    /// revoked has none.
+    async fn api_keys_live(
         &self,
         environment: &EnvironmentId,
-    ) -> Result<Option<(Environment, Vec<String>)>>;
+    ) -> Result<Option<(Environment, Vec<LiveKey>)>>;
 }
 
 /// Runs: triggering, reading, listing, and the changes the management API makes.

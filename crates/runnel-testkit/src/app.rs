@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_core::key::{EnvironmentKind, SecretKey};
+use runnel_core::secrets::MasterKeys;
 use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
 use runnel_server::batches::{BatchUploads, BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT};
 use runnel_server::connections::{ConnectionLimits, FileLimit};
@@ -54,6 +55,9 @@ pub struct TestApp {
     pub server: Server,
     /// The dev key the bootstrap created.
     pub dev_key: String,
+    /// The master key the server seals secrets under (a new one per app; a server
+    /// restarted on the same store needs it again).
+    pub master_keys: MasterKeys,
     // Dropped after `server` (fields drop in order), so the server never loses its files
     // or its database while it runs.
     /// The data directory (the SQLite file is there; empty on PostgreSQL).
@@ -74,10 +78,12 @@ impl TestApp {
             Some(database) => Place::Postgres(database.url.clone()),
             None => Place::Sqlite(dir.path().join(DATABASE_FILE)),
         };
-        let (server, dev_key) = Server::start(place);
+        let master_keys = MasterKeys::ephemeral();
+        let (server, dev_key) = Server::start(place, master_keys.clone());
         TestApp {
             server,
             dev_key,
+            master_keys,
             dir,
             database,
         }
@@ -97,6 +103,7 @@ impl TestApp {
     pub fn keys_create(&self, env: &str) -> String {
         let kind: EnvironmentKind = env.parse().unwrap_or_else(|e| panic!("{e}"));
         let store = Arc::clone(&self.server.store);
+        let keys = self.master_keys.clone();
         self.server.block_on(async move {
             let environment = store
                 .environment_get(kind)
@@ -105,7 +112,7 @@ impl TestApp {
                 .expect("the project was bootstrapped");
             let key = SecretKey::generate(kind);
             store
-                .api_key_insert(&key, &environment.id, SystemClock.now())
+                .api_key_insert(&key, &environment.id, &keys, SystemClock.now())
                 .await
                 .expect("inserting the key");
             key.expose().to_owned()
@@ -200,7 +207,7 @@ impl Deref for Server {
 impl Server {
     /// Opens the store, bootstraps the project with a new dev key, binds `127.0.0.1:0`
     /// and serves; returns the server and the dev key.
-    fn start(place: Place) -> (Server, String) {
+    fn start(place: Place, master_keys: MasterKeys) -> (Server, String) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(SERVER_THREADS)
             .thread_name("runnel-test-server")
@@ -210,7 +217,7 @@ impl Server {
         // On a thread of its own: the caller may be inside a runtime, where blocking on
         // another one is refused.
         let (runtime, started) = std::thread::spawn(move || {
-            let started = runtime.block_on(Server::serve(place));
+            let started = runtime.block_on(Server::serve(place, master_keys));
             (runtime, started)
         })
         .join()
@@ -242,7 +249,7 @@ impl Server {
     }
 
     /// What `runnel serve` does up to printing its address, on the server's runtime.
-    async fn serve(place: Place) -> Started {
+    async fn serve(place: Place, master_keys: MasterKeys) -> Started {
         let limits = limits();
         let store: Arc<dyn Store> = match place {
             Place::Sqlite(path) => Arc::new(
@@ -257,13 +264,24 @@ impl Server {
             ),
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let engine = Engine::with_config(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            EngineConfig {
+                master_keys,
+                ..EngineConfig::default()
+            },
+        );
+        engine
+            .master_keys_prepare()
+            .await
+            .expect("checking the master key");
         let dev_key = SecretKey::generate(EnvironmentKind::Dev);
         store
-            .project_bootstrap(&dev_key, clock.now())
+            .project_bootstrap(&dev_key, engine.master_keys(), clock.now())
             .await
             .expect("bootstrapping the project")
             .expect("a fresh store creates the project");
-        let engine = Engine::with_config(Arc::clone(&store), clock, EngineConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0");

@@ -36,7 +36,11 @@ pub async fn harness() -> Harness {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
     store
-        .project_bootstrap(&SecretKey::generate(EnvironmentKind::Dev), start())
+        .project_bootstrap(
+            &SecretKey::generate(EnvironmentKind::Dev),
+            &runnel_core::secrets::MasterKeys::ephemeral(),
+            start(),
+        )
         .await
         .unwrap()
         .unwrap();

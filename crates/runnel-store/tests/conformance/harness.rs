@@ -34,6 +34,13 @@ pub(crate) const HOUR: i64 = 3600;
 /// Enough for any batch a test creates.
 pub(crate) const NO_LIMIT: u32 = 1000;
 
+/// The master key every key of the suite is sealed under.
+pub(crate) fn master_keys() -> &'static runnel_core::secrets::MasterKeys {
+    static KEYS: std::sync::LazyLock<runnel_core::secrets::MasterKeys> =
+        std::sync::LazyLock::new(runnel_core::secrets::MasterKeys::ephemeral);
+    &KEYS
+}
+
 /// The suite's fixed clock: 2026-01-02T03:04:05Z plus `secs`.
 pub(crate) fn at(secs: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + Duration::seconds(secs)
@@ -50,7 +57,7 @@ pub(crate) struct Tenancy {
 pub(crate) async fn bootstrap(store: &dyn Store) -> Tenancy {
     let dev_key = SecretKey::generate(EnvironmentKind::Dev);
     let bootstrap = store
-        .project_bootstrap(&dev_key, at(0))
+        .project_bootstrap(&dev_key, crate::harness::master_keys(), at(0))
         .await
         .expect("bootstrap")
         .expect("an empty database bootstraps");

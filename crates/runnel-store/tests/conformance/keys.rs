@@ -20,15 +20,30 @@ async fn insert_keys(store: &dyn Store, tenancy: &Tenancy) -> Keys {
         prod: SecretKey::generate(EnvironmentKind::Prod),
     };
     store
-        .api_key_insert(&keys.dev_second, &tenancy.dev.id, at(MINUTE))
+        .api_key_insert(
+            &keys.dev_second,
+            &tenancy.dev.id,
+            crate::harness::master_keys(),
+            at(MINUTE),
+        )
         .await
         .unwrap();
     store
-        .api_key_insert(&keys.staging, &tenancy.staging.id, at(2 * MINUTE))
+        .api_key_insert(
+            &keys.staging,
+            &tenancy.staging.id,
+            crate::harness::master_keys(),
+            at(2 * MINUTE),
+        )
         .await
         .unwrap();
     store
-        .api_key_insert(&keys.prod, &tenancy.prod.id, at(3 * MINUTE))
+        .api_key_insert(
+            &keys.prod,
+            &tenancy.prod.id,
+            crate::harness::master_keys(),
+            at(3 * MINUTE),
+        )
         .await
         .unwrap();
     keys
@@ -432,7 +447,12 @@ pub(crate) async fn api_key_ensure_stores_once_and_keeps_a_revoked_key_revoked(
     for minute in [1, 2] {
         assert_eq!(
             store
-                .api_key_ensure(&key, &tenancy.staging.id, at(minute * MINUTE))
+                .api_key_ensure(
+                    &key,
+                    &tenancy.staging.id,
+                    crate::harness::master_keys(),
+                    at(minute * MINUTE)
+                )
                 .await
                 .unwrap(),
             KeyStanding::Live
@@ -458,7 +478,12 @@ pub(crate) async fn api_key_ensure_stores_once_and_keeps_a_revoked_key_revoked(
         .unwrap();
     assert_eq!(
         store
-            .api_key_ensure(&key, &tenancy.staging.id, at(2 * HOUR))
+            .api_key_ensure(
+                &key,
+                &tenancy.staging.id,
+                crate::harness::master_keys(),
+                at(2 * HOUR)
+            )
             .await
             .unwrap(),
         KeyStanding::Revoked
@@ -488,7 +513,12 @@ pub(crate) async fn api_key_ensure_stores_once_under_concurrent_ensures(store: A
         ensures.spawn(async move {
             start.wait().await;
             store
-                .api_key_ensure(&key, &environment, at(MINUTE + i as i64))
+                .api_key_ensure(
+                    &key,
+                    &environment,
+                    crate::harness::master_keys(),
+                    at(MINUTE + i as i64),
+                )
                 .await
                 .expect("ensure")
         });
@@ -517,7 +547,7 @@ pub(crate) async fn api_key_hashes_lists_the_live_keys_of_an_environment(store: 
         (&tenancy.prod, vec![keys.prod.hash()]),
     ] {
         assert_eq!(
-            store.api_key_hashes(&environment.id).await.unwrap(),
+            live_hashes(&*store, &environment.id).await,
             Some((environment.clone(), want)),
             "{environment:?}"
         );
@@ -539,14 +569,236 @@ pub(crate) async fn api_key_hashes_drops_revoked_keys_and_knows_no_other_environ
         .await
         .unwrap();
     assert_eq!(
-        store.api_key_hashes(&tenancy.dev.id).await.unwrap(),
+        live_hashes(&*store, &tenancy.dev.id).await,
         Some((tenancy.dev.clone(), vec![keys.dev_second.hash()]))
     );
     // An environment whose keys are all revoked still exists, with nothing to verify by.
     assert_eq!(
-        store.api_key_hashes(&tenancy.prod.id).await.unwrap(),
+        live_hashes(&*store, &tenancy.prod.id).await,
         Some((tenancy.prod.clone(), vec![]))
     );
     let unknown = runnel_core::EnvironmentId::generate(0);
-    assert_eq!(store.api_key_hashes(&unknown).await.unwrap(), None);
+    assert_eq!(live_hashes(&*store, &unknown).await, None);
+}
+
+/// The hashes of environment `id`'s live keys ([`KeyStore::api_keys_live`]).
+async fn live_hashes(
+    store: &dyn Store,
+    id: &runnel_core::EnvironmentId,
+) -> Option<(Environment, Vec<String>)> {
+    store
+        .api_keys_live(id)
+        .await
+        .unwrap()
+        .map(|(environment, keys)| (environment, keys.into_iter().map(|k| k.hash).collect()))
+}
+
+// [secrets]
+
+pub(crate) async fn keys_are_stored_sealed_under_the_master_key_bound_to_their_row(
+    store: Arc<dyn Store>,
+) {
+    let tenancy = bootstrap(&*store).await;
+    let keys = insert_keys(&*store, &tenancy).await;
+    let derived = PersonalAccessToken::generate().derive_key(EnvironmentKind::Dev, &tenancy.dev.id);
+    store
+        .api_key_ensure(&derived, &tenancy.dev.id, master_keys(), at(HOUR))
+        .await
+        .unwrap();
+    let (_, live) = store.api_keys_live(&tenancy.dev.id).await.unwrap().unwrap();
+    let want = [&keys.dev, &keys.dev_second, &derived];
+    assert_eq!(live.len(), want.len());
+    for (key, stored) in want.iter().zip(&live) {
+        let sealed = stored.sealed.as_deref().expect("stored sealed");
+        assert!(!sealed.contains(key.expose()), "{sealed}");
+        let context = runnel_store::secrets::api_key_context(&key.hash());
+        assert_eq!(master_keys().open(sealed, &context).unwrap(), key.expose());
+        // Bound to its row: another key's context does not open it.
+        let other = runnel_store::secrets::api_key_context(&keys.prod.hash());
+        assert!(master_keys().open(sealed, &other).is_err());
+    }
+    let found = store.api_key_find(&keys.dev.hash()).await.unwrap().unwrap();
+    assert_eq!(
+        found,
+        runnel_store::FoundKey {
+            environment: tenancy.dev.clone(),
+            sealed: true
+        }
+    );
+    // Already sealed: the conditional update leaves it.
+    assert!(!store
+        .api_key_seal_missing(&keys.dev, master_keys())
+        .await
+        .unwrap());
+    let counts = store.sealed_key_ids().await.unwrap();
+    assert_eq!(
+        counts,
+        vec![runnel_store::SealedCount {
+            table: "api_keys",
+            column: "key_sealed",
+            key_id: Some(master_keys().current().id().to_owned()),
+            count: 5,
+        }]
+    );
+}
+
+pub(crate) async fn sealed_reseal_moves_values_to_the_current_key_once(store: Arc<dyn Store>) {
+    use runnel_core::secrets::{MasterKey, MasterKeys};
+    let old = MasterKeys::new(MasterKey::generate(), vec![]);
+    let tenancy = {
+        let dev_key = SecretKey::generate(EnvironmentKind::Dev);
+        let boot = store
+            .project_bootstrap(&dev_key, &old, at(0))
+            .await
+            .unwrap()
+            .unwrap();
+        (boot.environments, dev_key)
+    };
+    let staging = tenancy
+        .0
+        .iter()
+        .find(|e| e.kind == EnvironmentKind::Staging)
+        .unwrap();
+    let key = SecretKey::generate(EnvironmentKind::Staging);
+    store
+        .api_key_insert(&key, &staging.id, &old, at(MINUTE))
+        .await
+        .unwrap();
+
+    // An environment variable, sealed as the engine seals it.
+    let var_context = runnel_core::envvars::seal_context(&staging.id, "API_TOKEN");
+    store
+        .env_var_upsert(
+            &staging.id,
+            &runnel_store::EnvVarWrite {
+                name: "API_TOKEN".to_owned(),
+                value_sealed: old.seal("s3cr3t", &var_context),
+                is_secret: true,
+            },
+            at(MINUTE),
+        )
+        .await
+        .unwrap();
+
+    let rotated = MasterKeys::new(MasterKey::generate(), vec![old.current().clone()]);
+    let done = store.sealed_reseal(&rotated).await.unwrap();
+    assert_eq!(
+        done,
+        vec![
+            runnel_store::Resealed {
+                table: "api_keys",
+                column: "key_sealed",
+                resealed: 2,
+                raced: 0,
+                unopened: 0,
+            },
+            runnel_store::Resealed {
+                table: "env_vars",
+                column: "value_sealed",
+                resealed: 1,
+                raced: 0,
+                unopened: 0,
+            }
+        ]
+    );
+    let again = store.sealed_reseal(&rotated).await.unwrap();
+    assert!(again.iter().all(|r| r.resealed == 0), "{again:?}");
+    assert_eq!(
+        store.sealed_key_ids().await.unwrap(),
+        vec![
+            runnel_store::SealedCount {
+                table: "api_keys",
+                column: "key_sealed",
+                key_id: Some(rotated.current().id().to_owned()),
+                count: 2,
+            },
+            runnel_store::SealedCount {
+                table: "env_vars",
+                column: "value_sealed",
+                key_id: Some(rotated.current().id().to_owned()),
+                count: 1,
+            }
+        ]
+    );
+    let var = store
+        .env_var_get(&staging.id, "API_TOKEN")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        MasterKeys::new(rotated.current().clone(), vec![])
+            .open(&var.value_sealed, &var_context)
+            .unwrap(),
+        "s3cr3t"
+    );
+    // Only the new key is needed now.
+    let new_only = MasterKeys::new(rotated.current().clone(), vec![]);
+    let (_, live) = store.api_keys_live(&staging.id).await.unwrap().unwrap();
+    let context = runnel_store::secrets::api_key_context(&key.hash());
+    assert_eq!(
+        new_only
+            .open(live[0].sealed.as_deref().unwrap(), &context)
+            .unwrap(),
+        key.expose()
+    );
+}
+
+pub(crate) async fn public_token_use_lets_one_use_through(store: Arc<dyn Store>) {
+    use runnel_store::PublicTokenUse;
+    let tenancy = bootstrap(&*store).await;
+    let uses = (0..4).map(|_| {
+        let store = store.clone();
+        let env = tenancy.dev.id.clone();
+        async move {
+            store
+                .public_token_use("token-a", &env, at(HOUR), at(0))
+                .await
+                .unwrap()
+        }
+    });
+    let outcomes = futures_join_all(uses).await;
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == PublicTokenUse::First)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    store
+        .public_token_use_for("token-a", "batch:b1")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .public_token_use("token-a", &tenancy.dev.id, at(HOUR), at(MINUTE))
+            .await
+            .unwrap(),
+        PublicTokenUse::Again {
+            used_for: Some("batch:b1".to_owned())
+        }
+    );
+    // Another token is its own.
+    assert_eq!(
+        store
+            .public_token_use("token-b", &tenancy.dev.id, at(HOUR), at(MINUTE))
+            .await
+            .unwrap(),
+        PublicTokenUse::First
+    );
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for (i, future) in futures.enumerate() {
+        set.spawn(async move { (i, future.await) });
+    }
+    let mut out: Vec<_> = set.join_all().await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, o)| o).collect()
 }

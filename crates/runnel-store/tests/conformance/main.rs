@@ -158,6 +158,10 @@ macro_rules! conformance_tests {
             // [auth]
             keys::api_key_hashes_lists_the_live_keys_of_an_environment,
             keys::api_key_hashes_drops_revoked_keys_and_knows_no_other_environment,
+            // [secrets]
+            keys::keys_are_stored_sealed_under_the_master_key_bound_to_their_row,
+            keys::sealed_reseal_moves_values_to_the_current_key_once,
+            keys::public_token_use_lets_one_use_through,
             // [events]
             events::run_event_insert_stores_events_of_existing_runs_in_their_environment,
             events::run_event_insert_replaces_a_partial_span_with_the_ended_one,
@@ -220,7 +224,7 @@ async fn postgres_nodes_starting_together_migrate_and_bootstrap_once() {
                 .expect("every node connects and migrates");
             let key = SecretKey::generate(EnvironmentKind::Dev);
             let bootstrap = store
-                .project_bootstrap(&key, at(0))
+                .project_bootstrap(&key, crate::harness::master_keys(), at(0))
                 .await
                 .expect("bootstrap");
             (store, bootstrap)

@@ -92,7 +92,7 @@ pub(crate) async fn project_bootstrap_creates_project_environments_and_dev_key(
 
     let dev_key = SecretKey::generate(EnvironmentKind::Dev);
     let bootstrap = store
-        .project_bootstrap(&dev_key, at(0))
+        .project_bootstrap(&dev_key, crate::harness::master_keys(), at(0))
         .await
         .unwrap()
         .expect("first bootstrap");
@@ -149,7 +149,7 @@ pub(crate) async fn project_bootstrap_runs_once_and_drops_the_second_key(store: 
     let second_key = SecretKey::generate(EnvironmentKind::Dev);
     assert_eq!(
         store
-            .project_bootstrap(&second_key, at(MINUTE))
+            .project_bootstrap(&second_key, crate::harness::master_keys(), at(MINUTE))
             .await
             .unwrap(),
         None
@@ -191,7 +191,7 @@ pub(crate) async fn project_bootstrap_creates_one_project_under_concurrent_boots
             let key = SecretKey::generate(EnvironmentKind::Dev);
             start.wait().await;
             let bootstrap = store
-                .project_bootstrap(&key, at(0))
+                .project_bootstrap(&key, crate::harness::master_keys(), at(0))
                 .await
                 .expect("bootstrap");
             (key, bootstrap)
