@@ -30,6 +30,12 @@ fn compat_dir() -> PathBuf {
 /// Runs `compat/tests/<file>` against a fresh server and worker; panics with the node
 /// output and both processes' logs unless every test in it passes.
 fn run_compat_file(file: &str) {
+    run_compat_file_with(file, &[], &[]);
+}
+
+/// [`run_compat_file`] against a server started with more `serve` arguments and
+/// environment variables (`--blob-url s3://…` with its `AWS_*` variables).
+pub fn run_compat_file_with(file: &str, serve_args: &[&str], serve_env: &[(&str, &str)]) {
     let dir = compat_dir();
     assert!(
         dir.join("node_modules/@trigger.dev/sdk/package.json")
@@ -37,7 +43,7 @@ fn run_compat_file(file: &str) {
         "the compatibility suite needs the SDK installed: run `npm ci --prefix compat` first"
     );
     let data = TempDir::new().expect("a temporary data directory");
-    let server = Server::start(data.path());
+    let server = Server::start_with_env(data.path(), serve_args, serve_env);
     let key = keys_create(data.path(), "prod");
     let mut worker = Worker::start(
         &server,
@@ -128,4 +134,9 @@ fn sdk_runs_list() {
 #[test]
 fn sdk_queues() {
     run_compat_file("queues.test.mjs");
+}
+
+#[test]
+fn sdk_large_payloads_and_outputs() {
+    run_compat_file("packets.test.mjs");
 }
