@@ -229,6 +229,15 @@ pub async fn blob_get(
     let mut response = Body::from_stream(read.body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(read.size));
+    // The type is the uploader's: never let a browser sniff or run it on this origin.
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_str(&read.content_type)
