@@ -22,7 +22,6 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use runnel_core::run::{Packet, Run};
 use runnel_core::tenancy::Environment;
 use runnel_engine::blobs::{PutError, UrlRefused};
@@ -276,8 +275,10 @@ pub async fn blob_put(
         return Err(too_large());
     }
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let stream = body.into_data_stream().map(|chunk| chunk);
-    match blobs.put_stream(&key, content_type, stream).await {
+    match blobs
+        .put_stream(&key, content_type, body.into_data_stream())
+        .await
+    {
         Ok(_) => Ok(StatusCode::OK.into_response()),
         Err(PutError::TooLarge(_)) => Err(too_large()),
         Err(PutError::Body(message)) => Err(ApiError::BadRequest(format!("body: {message}"))),
