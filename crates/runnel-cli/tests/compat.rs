@@ -30,12 +30,19 @@ fn compat_dir() -> PathBuf {
 /// Runs `compat/tests/<file>` against a fresh server and worker; panics with the node
 /// output and both processes' logs unless every test in it passes.
 fn run_compat_file(file: &str) {
-    run_compat_file_with(file, false);
+    run_compat_file_with(file, false, &[], &[]);
 }
 
-/// [`run_compat_file`]; with `revocable`, the file also gets a second prod key, the
-/// binary and the store flags, to revoke that key (`RUNNEL_COMPAT_*`, auth.test.mjs).
-fn run_compat_file_with(file: &str, revocable: bool) {
+/// [`run_compat_file`] with more: with `revocable`, the file also gets a second prod key,
+/// the binary and the store flags, to revoke that key (`RUNNEL_COMPAT_*`, auth.test.mjs);
+/// `serve_args` and `serve_env` start the server with more `serve` arguments and
+/// environment variables (`--blob-url s3://…` with its `AWS_*` variables).
+pub fn run_compat_file_with(
+    file: &str,
+    revocable: bool,
+    serve_args: &[&str],
+    serve_env: &[(&str, &str)],
+) {
     let dir = compat_dir();
     assert!(
         dir.join("node_modules/@trigger.dev/sdk/package.json")
@@ -43,7 +50,7 @@ fn run_compat_file_with(file: &str, revocable: bool) {
         "the compatibility suite needs the SDK installed: run `npm ci --prefix compat` first"
     );
     let data = TempDir::new().expect("a temporary data directory");
-    let server = Server::start(data.path());
+    let server = Server::start_with_env(data.path(), serve_args, serve_env);
     let key = keys_create(data.path(), "prod");
     let mut worker = Worker::start(
         &server,
@@ -129,7 +136,7 @@ fn sdk_trigger_and_retrieve() {
 
 #[test]
 fn sdk_public_tokens_signed_by_the_sdk() {
-    run_compat_file_with("auth.test.mjs", true);
+    run_compat_file_with("auth.test.mjs", true, &[], &[]);
 }
 
 #[test]
@@ -160,4 +167,9 @@ fn sdk_queues() {
 #[test]
 fn sdk_envvars() {
     run_compat_file("envvars.test.mjs");
+}
+
+#[test]
+fn sdk_large_payloads_and_outputs() {
+    run_compat_file("packets.test.mjs");
 }

@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod nesting;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod packets;
 pub mod queue;
 pub mod replay;
 pub mod retry;

@@ -23,3 +23,4 @@ pub use http::{
     redact, send, timestamp, Api, Reply, CURRENT_API_VERSION, POLL_INTERVAL, SERVICE_TIMEOUT,
 };
 pub use pg::{backend, Backend, PgTestDatabase};
+pub use runnel_engine::{BlobConfig, BlobLocation};

@@ -202,6 +202,16 @@ impl Server {
         )
     }
 
+    /// Like [`Server::start_with`], with variables set in the server's environment
+    /// (`AWS_*` for an S3 blob store).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = runnel_command();
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Server::spawn_command(command, "serve", data_dir, extra)
+    }
+
     fn spawn(subcommand: &str, data_dir: &Path, extra: &[&str]) -> Server {
         Server::spawn_command(runnel_command(), subcommand, data_dir, extra)
     }
