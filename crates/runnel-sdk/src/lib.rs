@@ -67,6 +67,7 @@ pub mod client;
 pub mod events;
 pub mod executor;
 pub mod list;
+pub mod packets;
 pub mod tasks;
 pub mod waits;
 pub mod worker;
