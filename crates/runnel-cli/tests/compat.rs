@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::{keys_create, Server, Worker};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use runnel_testkit::S3Server;
 use tempfile::TempDir;
 
 /// The version the worker registers, so tests can lock runs to it.
@@ -30,6 +31,13 @@ fn compat_dir() -> PathBuf {
 /// Runs `compat/tests/<file>` against a fresh server and worker; panics with the node
 /// output and both processes' logs unless every test in it passes.
 fn run_compat_file(file: &str) {
+    run_compat_file_on(file, None);
+}
+
+/// Like [`run_compat_file`], with the server's object storage on `s3` (`--blob-url
+/// s3://…` and the `AWS_*` variables) when given; the node side then also gets
+/// `RUNNEL_COMPAT_S3_ENDPOINT`, so a file can check where its URLs point.
+fn run_compat_file_on(file: &str, s3: Option<&S3Server>) {
     let dir = compat_dir();
     assert!(
         dir.join("node_modules/@trigger.dev/sdk/package.json")
@@ -37,7 +45,14 @@ fn run_compat_file(file: &str) {
         "the compatibility suite needs the SDK installed: run `npm ci --prefix compat` first"
     );
     let data = TempDir::new().expect("a temporary data directory");
-    let server = Server::start(data.path());
+    let server = match s3 {
+        Some(s3) => Server::start_with_env(
+            data.path(),
+            &["--blob-url", &s3.blob_url("compat")],
+            &s3.env(),
+        ),
+        None => Server::start(data.path()),
+    };
     let key = keys_create(data.path(), "prod");
     let mut worker = Worker::start(
         &server,
@@ -53,7 +68,11 @@ fn run_compat_file(file: &str) {
     );
     worker.registration();
 
-    let child = Command::new("node")
+    let mut node = Command::new("node");
+    if let Some(s3) = s3 {
+        node.env("RUNNEL_COMPAT_S3_ENDPOINT", &s3.endpoint);
+    }
+    let child = node
         .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
         .arg(format!("tests/{file}"))
         .current_dir(&dir)
@@ -128,4 +147,15 @@ fn sdk_runs_list() {
 #[test]
 fn sdk_queues() {
     run_compat_file("queues.test.mjs");
+}
+
+#[test]
+fn sdk_large_payloads_and_outputs_on_s3() {
+    let s3 = S3Server::start();
+    run_compat_file_on("packets_s3.test.mjs", Some(&s3));
+    let keys = s3.object_keys();
+    assert!(
+        keys.iter().any(|key| key.starts_with("compat/")),
+        "nothing landed in the bucket: {keys:?}"
+    );
 }

@@ -184,6 +184,14 @@ impl Server {
         Server::spawn("serve", data_dir, extra)
     }
 
+    /// Like [`Server::start_with`], with environment variables added to the process
+    /// (the `AWS_*` variables of an S3-backed `--blob-url`).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
+        let mut command = runnel_command();
+        command.envs(env.iter().map(|(name, value)| (*name, value.as_str())));
+        Server::spawn_command(command, "serve", data_dir, extra)
+    }
+
     /// Starts `runnel dev --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>` (server and
     /// exec worker in one process; `extra` carries its `--task NAME=COMMAND`s) and waits
     /// until it prints its address.
@@ -439,6 +447,18 @@ impl TestApp {
     pub fn start_with(extra: &[&str]) -> TestApp {
         let dir = TempDir::new().expect("creating a temporary data directory");
         let server = Server::start_with(dir.path(), extra);
+        let dev_key = server.dev_key().to_owned();
+        TestApp {
+            server,
+            dev_key,
+            dir,
+        }
+    }
+
+    /// Like [`TestApp::start_with`], with environment variables added to the server.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, String)]) -> TestApp {
+        let dir = TempDir::new().expect("creating a temporary data directory");
+        let server = Server::start_with_env(dir.path(), extra, env);
         let dev_key = server.dev_key().to_owned();
         TestApp {
             server,
