@@ -260,3 +260,33 @@ async fn workers_take_and_return_2_mib_through_s3() {
         .unwrap();
     assert!(largest > BIG, "the largest object has {largest} bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_presigned_urls_stop_working_once_expired() {
+    // URLs valid for 2 s (`--blob-url-ttl`); S3 counts whole seconds from X-Amz-Date.
+    let setup = Setup::s3(&["--blob-url-ttl", "2"]);
+    let s3 = setup.s3.as_ref().unwrap();
+    let app = &setup.app;
+    // Nobody serves the task: the run stays queued with its payload offloaded.
+    let payload = big_payload(3);
+    let reply = app
+        .server
+        .trigger(&app.dev_key, "nobody-serves-this", &json!({"payload": payload}))
+        .await;
+    let run_id = reply.assert_new_run();
+    let raw = setup.client(&app.dev_key).retrieve(&run_id).await.unwrap().raw;
+    let url = raw["payloadPresignedUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no payloadPresignedUrl: {raw:#}"))
+        .to_owned();
+    assert!(url.starts_with(&s3.endpoint), "{url}");
+    assert!(url.contains("X-Amz-Expires=2"), "{url}");
+    assert_eq!(fetch_json(&url).await, payload);
+    let tampered = fetch(&change_signature_byte(&url)).await;
+    assert_eq!(tampered.status(), 403);
+
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let expired = fetch(&url).await;
+    assert_eq!(expired.status(), 403);
+    assert!(expired.text().await.unwrap().contains("expired"));
+}
