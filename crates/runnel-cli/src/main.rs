@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use runnel_core::cost::{MachinePrice, Pricing};
 use runnel_core::key::{EnvironmentKind, PersonalAccessToken, SecretKey};
-use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
+use runnel_engine::{BlobConfig, BlobLocation, Blobs, Clock, Engine, EngineConfig, SystemClock};
 use runnel_sdk::client::TriggerOptions;
 use runnel_sdk::worker::WorkerOptions;
 use runnel_sdk::{Client, Worker};
@@ -139,6 +139,8 @@ struct ServeArgs {
     store: StoreArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    blobs: BlobArgs,
     /// Per-environment API rate limit as MAX/REFILL/INTERVAL, e.g. `750/250/10s` (a
     /// bucket of 750 requests refilled by 250 every 10 s; limits are per node). Off when unset.
     #[arg(long, env = "RUNNEL_RATE_LIMIT", value_name = "MAX/REFILL/INTERVAL")]
@@ -244,6 +246,40 @@ impl EngineArgs {
             lease_timeout: Duration::from_secs(self.lease_timeout),
             pricing,
             ..EngineConfig::default()
+        })
+    }
+}
+
+/// Where large payloads and outputs are stored (see `runnel_engine::blobs`).
+#[derive(Debug, Clone, Args)]
+struct BlobArgs {
+    /// Object storage for payloads and outputs over --blob-offload-threshold:
+    /// `s3://bucket/prefix` (credentials, region and endpoint from the standard AWS_*
+    /// variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL,
+    /// AWS_ALLOW_HTTP) or a local directory. Default: `<data-dir>/blobs`. Several nodes
+    /// need a store they all reach: S3, or one directory they share.
+    #[arg(long, env = "RUNNEL_BLOB_URL", value_name = "URL")]
+    blob_url: Option<String>,
+    /// Inline payloads and outputs of at least this many bytes are moved to object
+    /// storage; retrieve then answers presigned URLs.
+    #[arg(long, env = "RUNNEL_BLOB_OFFLOAD_THRESHOLD", value_name = "BYTES", default_value_t = runnel_engine::blobs::OFFLOAD_THRESHOLD_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+    blob_offload_threshold: u64,
+    /// Largest object accepted through a local store's presigned upload URL (413 beyond).
+    #[arg(long, env = "RUNNEL_BLOB_MAX_BYTES", value_name = "BYTES", default_value_t = runnel_engine::blobs::MAX_BYTES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+    blob_max_bytes: u64,
+    /// Seconds a presigned URL stays valid.
+    #[arg(long, env = "RUNNEL_BLOB_URL_TTL", value_name = "SECS", default_value_t = runnel_engine::blobs::URL_TTL_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    blob_url_ttl: u64,
+}
+
+impl BlobArgs {
+    fn config(&self, store: &StoreArgs) -> Result<BlobConfig> {
+        let location = BlobLocation::parse(self.blob_url.as_deref(), store.data_dir.join("blobs"))?;
+        Ok(BlobConfig {
+            location,
+            offload_threshold: usize::try_from(self.blob_offload_threshold).unwrap_or(usize::MAX),
+            url_ttl: Duration::from_secs(self.blob_url_ttl),
+            max_bytes: self.blob_max_bytes,
         })
     }
 }
@@ -604,7 +640,8 @@ struct RunningServer {
 impl RunningServer {
     /// Opens the store (creating the project on first start), binds and serves.
     async fn start(args: &ServeArgs) -> Result<Self> {
-        let config = args.engine.config()?;
+        let mut config = args.engine.config()?;
+        config.blobs = Blobs::new(args.blobs.config(&args.store)?, &config.master_keys)?;
         let limits = args.connections.limits()?;
         let store = open_store(&args.store).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -127,6 +127,12 @@ fn flags_outside_their_range_are_refused_naming_the_range() {
             "non-negative number of cents",
         ),
         (&["serve", "--lease-timeout", "0"], "1..=3600"),
+        (&["serve", "--blob-url-ttl", "0"], "1..=604800"),
+        (
+            &["serve", "--blob-offload-threshold", "0"],
+            "1..=1099511627776",
+        ),
+        (&["serve", "--blob-max-bytes", "0"], "1..=1099511627776"),
         (&["bench", "--runs", "1"], "2..=10000000"),
     ];
     for (args, range) in cases {
@@ -184,4 +190,34 @@ async fn a_priority_beyond_what_is_stored_is_refused_naming_the_limit() {
         )
         .await;
     assert!(edge.starts_with("run_"), "{edge}");
+}
+
+/// A blob store URL the server cannot use stops `serve` at start, naming it, before it
+/// listens.
+#[test]
+fn an_unusable_blob_url_is_refused_at_start() {
+    let dir = tempfile::TempDir::new().unwrap();
+    for (url, expected) in [
+        (
+            "gs://bucket/x",
+            "--blob-url gs://bucket/x: unsupported scheme",
+        ),
+        ("s3://", "--blob-url s3://: no bucket"),
+    ] {
+        let output = runnel_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--blob-url", url])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the runnel binary");
+        assert!(!output.status.success(), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{url}: {}", describe(&output));
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("listening"),
+            "{}",
+            describe(&output)
+        );
+    }
 }

@@ -31,13 +31,22 @@ fn compat_dir() -> PathBuf {
 /// Runs `compat/tests/<file>` against a fresh server and worker; panics with the node
 /// output and both processes' logs unless every test in it passes.
 fn run_compat_file(file: &str) {
-    run_compat_file_on(file, None);
+    run_compat_file_with(file, &[], &[]);
 }
 
-/// Like [`run_compat_file`], with the server's object storage on `s3` (`--blob-url
-/// s3://…` and the `AWS_*` variables) when given; the node side then also gets
-/// `RUNNEL_COMPAT_S3_ENDPOINT`, so a file can check where its URLs point.
-fn run_compat_file_on(file: &str, s3: Option<&S3Server>) {
+/// [`run_compat_file`] against a server started with more `serve` arguments and
+/// environment variables (`--blob-url s3://…` with its `AWS_*` variables).
+pub fn run_compat_file_with(file: &str, serve_args: &[&str], serve_env: &[(&str, &str)]) {
+    run_compat_file_full(file, serve_args, serve_env, &[]);
+}
+
+/// [`run_compat_file_with`], with variables for the node side too.
+fn run_compat_file_full(
+    file: &str,
+    serve_args: &[&str],
+    serve_env: &[(&str, &str)],
+    node_env: &[(&str, &str)],
+) {
     let dir = compat_dir();
     assert!(
         dir.join("node_modules/@trigger.dev/sdk/package.json")
@@ -45,14 +54,7 @@ fn run_compat_file_on(file: &str, s3: Option<&S3Server>) {
         "the compatibility suite needs the SDK installed: run `npm ci --prefix compat` first"
     );
     let data = TempDir::new().expect("a temporary data directory");
-    let server = match s3 {
-        Some(s3) => Server::start_with_env(
-            data.path(),
-            &["--blob-url", &s3.blob_url("compat")],
-            &s3.env(),
-        ),
-        None => Server::start(data.path()),
-    };
+    let server = Server::start_with_env(data.path(), serve_args, serve_env);
     let key = keys_create(data.path(), "prod");
     let mut worker = Worker::start(
         &server,
@@ -69,9 +71,7 @@ fn run_compat_file_on(file: &str, s3: Option<&S3Server>) {
     worker.registration();
 
     let mut node = Command::new("node");
-    if let Some(s3) = s3 {
-        node.env("RUNNEL_COMPAT_S3_ENDPOINT", &s3.endpoint);
-    }
+    node.envs(node_env.iter().copied());
     let child = node
         .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
         .arg(format!("tests/{file}"))
@@ -150,12 +150,40 @@ fn sdk_queues() {
 }
 
 #[test]
+fn sdk_large_payloads_and_outputs() {
+    run_compat_file("packets.test.mjs");
+}
+
+/// The packets file again with the server's object storage on a real S3-compatible server
+/// (loopback, signatures checked): the SDK's own uploads go to S3-presigned URLs.
+#[test]
 fn sdk_large_payloads_and_outputs_on_s3() {
     let s3 = S3Server::start();
-    run_compat_file_on("packets_s3.test.mjs", Some(&s3));
+    let blob_url = s3.blob_url("compat");
+    run_compat_file_with("packets.test.mjs", &["--blob-url", &blob_url], &s3.env());
     let keys = s3.object_keys();
     assert!(
         keys.iter().any(|key| key.starts_with("compat/")),
         "nothing landed in the bucket: {keys:?}"
+    );
+}
+
+/// Through a worker, on S3: a 2 MiB payload the SDK uploaded reaches the exec worker
+/// (`cat`), whose 2 MiB output runs.retrieve reads through its S3-presigned URL.
+#[test]
+fn sdk_worker_payloads_and_outputs_on_s3() {
+    let s3 = S3Server::start();
+    let blob_url = s3.blob_url("compat");
+    run_compat_file_full(
+        "packets_s3.test.mjs",
+        &["--blob-url", &blob_url],
+        &s3.env(),
+        &[("RUNNEL_COMPAT_S3_ENDPOINT", &s3.endpoint)],
+    );
+    let keys = s3.object_keys();
+    assert!(
+        keys.iter()
+            .any(|key| key.starts_with("compat/") && key.contains("output-")),
+        "no output landed in the bucket: {keys:?}"
     );
 }

@@ -271,10 +271,19 @@ async fn s3_presigned_urls_stop_working_once_expired() {
     let payload = big_payload(3);
     let reply = app
         .server
-        .trigger(&app.dev_key, "nobody-serves-this", &json!({"payload": payload}))
+        .trigger(
+            &app.dev_key,
+            "nobody-serves-this",
+            &json!({"payload": payload}),
+        )
         .await;
     let run_id = reply.assert_new_run();
-    let raw = setup.client(&app.dev_key).retrieve(&run_id).await.unwrap().raw;
+    let raw = setup
+        .client(&app.dev_key)
+        .retrieve(&run_id)
+        .await
+        .unwrap()
+        .raw;
     let url = raw["payloadPresignedUrl"]
         .as_str()
         .unwrap_or_else(|| panic!("no payloadPresignedUrl: {raw:#}"))

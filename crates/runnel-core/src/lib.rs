@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod nesting;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod packets;
 pub mod queue;
 pub mod replay;
 pub mod retry;

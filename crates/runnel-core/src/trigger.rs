@@ -55,7 +55,8 @@ pub struct TriggerRequest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerOptions {
-    /// The payload's content type; `application/store` is not supported yet (422).
+    /// The payload's content type; `application/store` says `payload` is the storage path
+    /// of an object uploaded beforehand (`PUT /api/v2/packets/…`).
     #[cfg_attr(
         feature = "openapi",
         schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000]*$")
@@ -194,6 +195,9 @@ pub enum TriggerError {
     /// Valid input this server cannot honour yet (422).
     #[error("{0}")]
     Unsupported(String),
+    /// `payloadType` `application/store` naming a path where nothing is stored (422).
+    #[error("payload: no object is stored at {0} (upload it first: PUT /api/v2/packets/{0})")]
+    NotStored(String),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> TriggerError {
@@ -429,9 +433,21 @@ fn payload_packet(
         });
     }
     if data_type == Packet::STORE {
-        return Err(TriggerError::Unsupported(
-            "payloads offloaded to object storage (payloadType application/store) are not supported yet".to_owned(),
-        ));
+        // The payload is the storage path of an object uploaded beforehand (`PUT
+        // /api/v2/packets/…`); the engine checks that it exists.
+        return match payload {
+            Some(Value::String(path)) => {
+                crate::packets::path_check(&path).map_err(|m| invalid("payload", m))?;
+                Ok(Packet {
+                    data: Some(path),
+                    data_type,
+                })
+            }
+            _ => Err(invalid(
+                "payload",
+                "must be a storage path (a string) when payloadType is application/store",
+            )),
+        };
     }
     match payload {
         None => Ok(Packet {
@@ -960,10 +976,20 @@ mod tests {
             )),
             "payload"
         );
-        assert!(matches!(
-            validate(json!({"payload": "p/x", "options": {"payloadType": "application/store"}})),
-            Err(TriggerError::Unsupported(_))
-        ));
+        let stored = validate(
+            json!({"payload": "p/x.json", "options": {"payloadType": "application/store"}}),
+        )
+        .unwrap();
+        assert_eq!(stored.payload.data.as_deref(), Some("p/x.json"));
+        assert_eq!(stored.payload.data_type, Packet::STORE);
+        for bad in [json!("../x"), json!("a//b"), json!({"a": 1}), json!(null)] {
+            assert_eq!(
+                field_of(validate(
+                    json!({"payload": bad, "options": {"payloadType": "application/store"}})
+                )),
+                "payload"
+            );
+        }
     }
 
     #[test]

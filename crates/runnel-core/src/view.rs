@@ -169,6 +169,14 @@ pub struct RetrieveRunResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub output: Option<Value>,
+    /// A GET URL of the payload when it is in object storage (then `payload` is absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub payload_presigned_url: Option<String>,
+    /// A GET URL of the output when it is in object storage (then `output` is absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub output_presigned_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub error: Option<Value>,
@@ -197,6 +205,8 @@ impl RetrieveRunResponse {
             common: CommonRunFields::new(run, version),
             payload: run.payload.to_value(),
             output: run.output.as_ref().and_then(|o| o.to_value()),
+            payload_presigned_url: None,
+            output_presigned_url: None,
             error: run.error.as_ref().map(public_error),
             schedule: None,
             related_runs: RelatedRuns {

@@ -45,6 +45,9 @@ pub enum BatchError {
     Sealed(BatchId),
     #[error(transparent)]
     Store(#[from] runnel_store::Error),
+    /// Object storage failed while offloading an item's payload (500).
+    #[error(transparent)]
+    Blob(#[from] crate::BlobError),
 }
 
 /// The answer to a batch create.
@@ -242,6 +245,7 @@ impl Engine {
                     request,
                     now,
                 )
+                .await?
                 .map_err(|e| e.to_string());
             items.push(BatchItemTrigger {
                 index,
@@ -361,6 +365,7 @@ impl Engine {
                     request,
                     now,
                 )
+                .await?
                 .map_err(|error| BatchError::Item { index, error })?;
             items.push(BatchItemTrigger {
                 index: index as u32,
@@ -474,7 +479,9 @@ impl Engine {
     /// ([`Engine::build_run`]): under the batch's parent, else under the item's own
     /// `parentRunId`, looked up beforehand in `item_parents`.
     #[allow(clippy::too_many_arguments)]
-    fn batch_run(
+    /// Its payload is settled as a single trigger's ([`Engine::payload_settle`]); the
+    /// outer error is object storage failing.
+    async fn batch_run(
         &self,
         environment: &Environment,
         batch: &BatchId,
@@ -483,12 +490,12 @@ impl Engine {
         task: &str,
         request: TriggerRequest,
         now: DateTime<Utc>,
-    ) -> Result<Run, TriggerError> {
+    ) -> Result<Result<Run, TriggerError>, crate::BlobError> {
         let link = match parent {
             Some(parent) => ParentLink::Batch(parent),
             None => ParentLink::Named(item_parents),
         };
-        let mut run = self.build_run(
+        let mut run = match self.build_run(
             environment,
             task,
             request,
@@ -496,9 +503,15 @@ impl Engine {
             link,
             now,
             "batch item",
-        )?;
+        ) {
+            Ok(run) => run,
+            Err(refused) => return Ok(Err(refused)),
+        };
         run.batch_id = Some(batch.clone());
-        Ok(run)
+        if let Err(refused) = self.payload_settle(environment, &mut run).await? {
+            return Ok(Err(refused));
+        }
+        Ok(Ok(run))
     }
 
     /// [`Engine::place`] for the items that passed.

@@ -307,7 +307,10 @@ impl Engine {
             return Ok(finished(run, snapshot));
         };
         if change.to == RunStatus::CompletedSuccessfully {
-            change.output = output.filter(|p| p.data.is_some());
+            change.output = match output.filter(|p| p.data.is_some()) {
+                Some(packet) => Some(self.dev_output_settle(environment, packet, &leased).await?),
+                None => None,
+            };
         }
         if change.error.is_some() {
             change.error = error;
@@ -469,5 +472,37 @@ impl Engine {
             }
         }
         Ok(cancelled)
+    }
+}
+
+impl Engine {
+    /// A dev attempt's output as stored: one the task process uploaded itself
+    /// (`application/store`) must exist; an inline one at or over the offload threshold
+    /// is offloaded to `<runId>/output-<attemptId>.json`.
+    async fn dev_output_settle(
+        &self,
+        environment: &Environment,
+        packet: Packet,
+        leased: &Leased,
+    ) -> Result<Packet, Error> {
+        if packet.data_type == Packet::STORE {
+            let path = packet.data.as_deref().unwrap_or_default();
+            runnel_core::packets::path_check(path).map_err(|m| {
+                DevError::Invalid(format!("completion.output: the storage path {m}"))
+            })?;
+            if !self.blobs().exists(environment, path).await? {
+                return Err(DevError::Invalid(format!(
+                    "completion.output: no object is stored at {path}"
+                ))
+                .into());
+            }
+            return Ok(packet);
+        }
+        let (run, attempt) = (&leased.run.id, &leased.attempt.id);
+        Ok(self
+            .output_offload(environment, packet, || {
+                runnel_core::packets::output_path(run, attempt)
+            })
+            .await?)
     }
 }

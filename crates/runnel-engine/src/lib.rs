@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 pub mod actions;
 pub mod batches;
+pub mod blobs;
 pub mod clock;
 pub mod dev;
 pub mod devboot;
@@ -36,6 +37,7 @@ pub mod workers;
 
 pub use actions::ActionError;
 pub use batches::BatchError;
+pub use blobs::{BlobConfig, BlobError, BlobLocation, BlobMethod, Blobs};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use workers::{Completed, Completion, EngineConfig, Leased, Registered, WorkerError};
 
@@ -52,6 +54,9 @@ pub enum Error {
     Dev(#[from] dev::DevError),
     #[error(transparent)]
     Store(#[from] runnel_store::Error),
+    /// Object storage failed (500).
+    #[error(transparent)]
+    Blob(#[from] blobs::BlobError),
 }
 
 /// The answer to a trigger.
@@ -152,6 +157,7 @@ impl Engine {
             now,
             "trigger",
         )?;
+        self.payload_settle(environment, &mut run).await??;
         self.place(environment, std::iter::once(&mut run)).await?;
         // `triggerAndWait`: the parent waits for the child before the child exists.
         let waitpoint = match (&run.parent_run_id, run.resume_parent_on_completion) {

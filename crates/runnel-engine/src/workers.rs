@@ -21,7 +21,7 @@ use chrono::{DateTime, Duration, Utc};
 use runnel_core::cost::Pricing;
 use runnel_core::nesting;
 use runnel_core::retry::RetryPolicy;
-use runnel_core::run::Run;
+use runnel_core::run::{Packet, Run};
 use runnel_core::state::{self, Change, Terms};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
@@ -47,15 +47,20 @@ pub struct EngineConfig {
     /// The keys secrets at rest are sealed under ([`runnel_core::secrets`]); the default
     /// is a random key that lives as long as the process.
     pub master_keys: MasterKeys,
+    /// Object storage for large payloads and outputs ([`crate::blobs`]); the default
+    /// keeps them in memory.
+    pub blobs: crate::Blobs,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let master_keys = MasterKeys::ephemeral();
         EngineConfig {
             lease_timeout: StdDuration::from_secs(30),
             timeout_grace: StdDuration::from_secs(5),
             pricing: Pricing::default(),
-            master_keys: MasterKeys::ephemeral(),
+            blobs: crate::Blobs::in_memory(&master_keys),
+            master_keys,
         }
     }
 }
@@ -75,6 +80,9 @@ pub struct Registered {
 pub struct Completion {
     pub attempt_id: AttemptId,
     pub outcome: AttemptOutcome,
+    /// `Some("application/store")`: a success's `output` is the storage path (a string)
+    /// of an output the worker uploaded itself. `None` is JSON.
+    pub output_type: Option<String>,
 }
 
 /// What a reported [`Completion`] did.
@@ -412,7 +420,14 @@ impl Engine {
     ) -> Result<Vec<Completed>, Error> {
         check_batch(&completions)?;
         let ids: Vec<AttemptId> = completions.iter().map(|c| c.attempt_id.clone()).collect();
-        let completions: Vec<Completion> = completions.into_iter().map(storable_outcome).collect();
+        let mut checked = Vec::with_capacity(completions.len());
+        for completion in completions {
+            checked.push(
+                self.stored_output_checked(environment, storable_outcome(completion))
+                    .await?,
+            );
+        }
+        let completions = checked;
         let record = self.worker(environment, worker_id).await?;
         let held = self.store.attempts_held(&ids).await?;
         let now = self.clock.now();
@@ -430,7 +445,7 @@ impl Engine {
                 .and_then(|t| t.retry)
                 .unwrap_or_default();
             // Refused (another worker holds it, or it is no longer held): not accepted.
-            let Ok(change) = state::settle(
+            let Ok(mut change) = state::settle(
                 &leased.run,
                 &leased.attempt,
                 &record.id,
@@ -441,6 +456,12 @@ impl Engine {
             ) else {
                 continue;
             };
+            if let Some(output) = change.output.take() {
+                change.output = Some(
+                    self.output_settle(environment, output, completion, &leased.run.id)
+                        .await?,
+                );
+            }
             let Some(settlement) = attempt_settlement(&leased.run, change) else {
                 continue;
             };
@@ -613,6 +634,76 @@ fn storable_outcome(completion: Completion) -> Completion {
             outcome: AttemptOutcome::Failure {
                 error: TaskFailure::new(FailureKind::TaskFailed, format!("output: {too_deep}")),
             },
+            output_type: None,
         },
+    }
+}
+
+impl Engine {
+    /// A success whose output the worker stored itself (`outputType`
+    /// `application/store`) must name an object that exists; otherwise its attempt fails
+    /// (as [`storable_outcome`] does), naming the path.
+    async fn stored_output_checked(
+        &self,
+        environment: &Environment,
+        completion: Completion,
+    ) -> Result<Completion, Error> {
+        if completion.output_type.as_deref() != Some(Packet::STORE) {
+            return Ok(completion);
+        }
+        let AttemptOutcome::Success { output } = &completion.outcome else {
+            return Ok(completion);
+        };
+        let refused = match output.as_str() {
+            None => Some(
+                "output: must be a storage path (a string) when outputType is application/store"
+                    .to_owned(),
+            ),
+            Some(path) => match runnel_core::packets::path_check(path) {
+                Err(m) => Some(format!("output: the storage path {m}")),
+                Ok(()) if !self.blobs().exists(environment, path).await? => {
+                    Some(format!("output: no object is stored at {path}"))
+                }
+                Ok(()) => None,
+            },
+        };
+        Ok(match refused {
+            None => completion,
+            Some(message) => Completion {
+                attempt_id: completion.attempt_id,
+                outcome: AttemptOutcome::Failure {
+                    error: TaskFailure::new(FailureKind::TaskFailed, message),
+                },
+                output_type: None,
+            },
+        })
+    }
+
+    /// The output a success stores: the worker's own storage path as is, else the JSON
+    /// output, offloaded to `<runId>/output-<attemptId>.json` when at or over the
+    /// threshold.
+    async fn output_settle(
+        &self,
+        environment: &Environment,
+        output: Packet,
+        completion: &Completion,
+        run: &RunId,
+    ) -> Result<Packet, Error> {
+        if completion.output_type.as_deref() == Some(Packet::STORE) {
+            if let AttemptOutcome::Success {
+                output: serde_json::Value::String(path),
+            } = &completion.outcome
+            {
+                return Ok(Packet {
+                    data: Some(path.clone()),
+                    data_type: Packet::STORE.to_owned(),
+                });
+            }
+        }
+        Ok(self
+            .output_offload(environment, output, || {
+                runnel_core::packets::output_path(run, &completion.attempt_id)
+            })
+            .await?)
     }
 }

@@ -66,6 +66,7 @@ async fn complete(
         outcome: AttemptOutcome::Success {
             output: json!("done"),
         },
+        output_type: None,
     };
     engine
         .worker_complete(environment, worker, vec![completion])

@@ -181,6 +181,7 @@ async fn settle_requeue_rescue_and_cancel_apply_as_core_decides() {
             vec![Completion {
                 attempt_id: attempt.clone(),
                 outcome,
+                output_type: None,
             }],
         )
         .await

@@ -209,6 +209,7 @@ async fn trigger_and_wait_blocks_the_parent_until_the_child_ends_with_its_output
                 outcome: AttemptOutcome::Success {
                     output: json!({"answer": 42}),
                 },
+                output_type: None,
             }],
         )
         .await

@@ -146,6 +146,7 @@ impl Harness {
                 vec![Completion {
                     attempt_id: attempt.clone(),
                     outcome,
+                    output_type: None,
                 }],
             )
             .await
@@ -1033,6 +1034,7 @@ async fn a_worker_of_another_environment_is_unknown() {
         let completion = Completion {
             attempt_id: ids()[0].clone(),
             outcome: success(Value::Null),
+            output_type: None,
         };
         assert!(
             is_unknown_worker(e.worker_complete(&env, &worker, vec![completion]).await),

@@ -69,6 +69,7 @@ pub(crate) async fn reschedule(
     Authenticated(environment): Authenticated,
     CallerApiVersion(version): CallerApiVersion,
     Path(raw): Path<String>,
+    headers: axum::http::HeaderMap,
     body: RawBody,
 ) -> Result<Json<RetrieveRunResponse>, ApiError> {
     let id = extract::run_id(&raw, || ApiError::Missing(RUN_NOT_FOUND.to_owned()))?;
@@ -93,7 +94,10 @@ pub(crate) async fn reschedule(
         .reschedule(&environment, &id, &delay)
         .await
         .map_err(|e| ApiError::action(e, RUN_NOT_FOUND))?;
-    Ok(Json(RetrieveRunResponse::new(&detail, version)))
+    let mut response = RetrieveRunResponse::new(&detail, version);
+    crate::packets::presign_stored(&state, &environment, &detail.run, &mut response, &headers)
+        .await?;
+    Ok(Json(response))
 }
 
 /// `POST /api/v1/runs/{runId}/tags` `{tags: string | string[]}`.
@@ -202,6 +206,10 @@ pub(crate) struct ExecutionResult {
     output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_type: Option<String>,
+    /// A GET URL of the output when it is in object storage (`output` is then its
+    /// storage path and `outputType` `application/store`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_presigned_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<Value>,
     usage: Usage,
@@ -221,6 +229,7 @@ pub(crate) async fn result(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(raw): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<ExecutionResult>, ApiError> {
     let id = extract::run_id(&raw, || ApiError::Missing(NOT_FINISHED.to_owned()))?;
     let run = state
@@ -243,11 +252,18 @@ pub(crate) async fn result(
         });
         (None, None, Some(error))
     };
+    let output_presigned_url = match ok {
+        true => {
+            crate::packets::packet_url(&state, &environment, run.output.as_ref(), &headers).await?
+        }
+        false => None,
+    };
     Ok(Json(ExecutionResult {
         ok,
         id: run.id.to_string(),
         output,
         output_type,
+        output_presigned_url,
         error,
         usage: Usage {
             duration_ms: run.usage_duration_ms,

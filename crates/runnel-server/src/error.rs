@@ -76,6 +76,7 @@ impl From<runnel_engine::Error> for ApiError {
         match e {
             runnel_engine::Error::Trigger(e) => e.into(),
             e @ runnel_engine::Error::Store(_) => ApiError::Internal(e),
+            runnel_engine::Error::Blob(e) => e.into(),
             runnel_engine::Error::Worker(runnel_engine::WorkerError::UnknownWorker) => {
                 ApiError::NotFound
             }
@@ -113,10 +114,19 @@ impl From<TriggerError> for ApiError {
         let message = e.to_string();
         match e {
             TriggerError::Invalid { .. } => ApiError::BadRequest(message),
-            TriggerError::TooManyTags(_) | TriggerError::Unsupported(_) => {
-                ApiError::Unprocessable(message)
-            }
+            TriggerError::TooManyTags(_)
+            | TriggerError::Unsupported(_)
+            | TriggerError::NotStored(_) => ApiError::Unprocessable(message),
             TriggerError::MetadataTooLarge => ApiError::PayloadTooLarge(message),
+        }
+    }
+}
+
+impl From<runnel_engine::BlobError> for ApiError {
+    fn from(e: runnel_engine::BlobError) -> Self {
+        match e {
+            runnel_engine::BlobError::InvalidPath(_) => ApiError::BadRequest(e.to_string()),
+            e => ApiError::Internal(runnel_engine::Error::Blob(e)),
         }
     }
 }
@@ -141,12 +151,13 @@ impl From<BatchError> for ApiError {
             // The status of the item's own refusal, with the message naming the item.
             BatchError::Item { error, .. } => match error {
                 TriggerError::Invalid { .. } => ApiError::BadRequest(message),
-                TriggerError::TooManyTags(_) | TriggerError::Unsupported(_) => {
-                    ApiError::Unprocessable(message)
-                }
+                TriggerError::TooManyTags(_)
+                | TriggerError::Unsupported(_)
+                | TriggerError::NotStored(_) => ApiError::Unprocessable(message),
                 TriggerError::MetadataTooLarge => ApiError::PayloadTooLarge(message),
             },
             BatchError::Store(e) => ApiError::Internal(e.into()),
+            BatchError::Blob(e) => e.into(),
         }
     }
 }

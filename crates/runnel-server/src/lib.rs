@@ -44,6 +44,7 @@ pub mod devboot;
 // [events]
 mod events;
 mod otel;
+mod packets;
 
 // [auth]
 mod guard;
@@ -195,6 +196,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/engine/v1/runs/{run_id}/waitpoints/tokens/{waitpoint_id}/wait",
             post(waitpoints::wait_token),
+        )
+        .route("/api/v2/packets/{*path}", put(packets::upload_v2))
+        .route(
+            "/api/v1/packets/{*path}",
+            put(packets::upload_v1).get(packets::download),
+        )
+        .route(
+            "/api/v1/runs/{run_id}/packets/{field}",
+            get(packets::run_packet),
+        )
+        .route(
+            "/blobs/{*key}",
+            get(packets::blob_get).put(packets::blob_put),
         )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

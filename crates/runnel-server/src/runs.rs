@@ -108,6 +108,7 @@ pub async fn retrieve(
     caller: Caller,
     CallerApiVersion(version): CallerApiVersion,
     Path(run_id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<RetrieveRunResponse>, ApiError> {
     let id = extract::run_id(&run_id, || ApiError::NotFound)?;
     let detail = state
@@ -125,7 +126,10 @@ pub async fn retrieve(
         resources.push(("batch", batch.as_str()));
     }
     auth::authorize(&caller, "read", &resources)?;
-    Ok(Json(RetrieveRunResponse::new(&detail, version)))
+    let mut response = RetrieveRunResponse::new(&detail, version);
+    crate::packets::presign_stored(&state, caller.environment(), run, &mut response, &headers)
+        .await?;
+    Ok(Json(response))
 }
 
 #[derive(Debug, Serialize)]

@@ -14,13 +14,14 @@ use std::collections::HashSet;
 
 use axum::extract::{Path, State};
 use axum::Json;
+use runnel_core::run::Packet;
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::MAX_DURATION_MAX_SECS;
 use runnel_core::view::iso;
 use runnel_core::worker::{
-    self, AttemptCompletion, CompleteRequest, CompleteResponse, CompletionResult, DequeueRequest,
-    DequeueResponse, DequeuedRun, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
-    RegisterResponse, StartRequest, StartResponse,
+    self, AttemptCompletion, AttemptOutcome, CompleteRequest, CompleteResponse, CompletionResult,
+    DequeueRequest, DequeueResponse, DequeuedRun, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse, StartRequest, StartResponse,
 };
 use runnel_core::{ApiVersion, AttemptId, WorkerId};
 use runnel_engine::{Completed, Completion, Leased, Registered, WorkerError};
@@ -64,6 +65,7 @@ pub async fn dequeue(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
     Path(worker_id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: RawBody,
 ) -> Result<Json<DequeueResponse>, ApiError> {
     let request: DequeueRequest = json_body(body, &[])?;
@@ -73,10 +75,16 @@ pub async fn dequeue(
         .engine
         .worker_dequeue(&environment, &worker_id, request.max_runs, request.wait_ms)
         .await?;
-    let runs = leased
-        .into_iter()
-        .map(|l| dequeued_run(l, &environment))
-        .collect();
+    let mut runs = Vec::with_capacity(leased.len());
+    for leased in leased {
+        // A payload in object storage travels as its storage path, with a GET URL.
+        let url =
+            crate::packets::packet_url(&state, &environment, Some(&leased.run.payload), &headers)
+                .await?;
+        let mut run = dequeued_run(leased, &environment);
+        run.payload_presigned_url = url;
+        runs.push(run);
+    }
     Ok(Json(DequeueResponse { runs }))
 }
 
@@ -151,6 +159,22 @@ pub async fn complete(
 ) -> Result<Json<CompleteResponse>, ApiError> {
     let request: CompleteRequest = json_body(body, &[])?;
     worker::check_batch(request.completions.len()).map_err(ApiError::BadRequest)?;
+    for (i, c) in request.completions.iter().enumerate() {
+        match (c.output_type.as_deref(), &c.outcome) {
+            (None | Some(Packet::JSON), _) => {}
+            (Some(Packet::STORE), AttemptOutcome::Success { output }) if !output.is_string() => {
+                return Err(ApiError::BadRequest(format!(
+                    "completions[{i}].output: must be a storage path (a string) when outputType is application/store"
+                )))
+            }
+            (Some(Packet::STORE), _) => {}
+            (Some(_), _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "completions[{i}].outputType: must be application/json or application/store"
+                )))
+            }
+        }
+    }
     let worker_id = parse_worker_id(&worker_id)?;
     let completions = request
         .completions
@@ -159,6 +183,7 @@ pub async fn complete(
             Some(Completion {
                 attempt_id: AttemptId::parse(&c.attempt_id)?,
                 outcome: c.outcome.clone(),
+                output_type: c.output_type.clone(),
             })
         })
         .collect();

@@ -492,3 +492,108 @@ async fn cancelling_a_waiting_parent_finishes_it_and_cancels_its_child() {
     assert_eq!(server.run(key, &child).await["status"], "CANCELED");
     assert_eq!(server.run(key, &parent).await["status"], "CANCELED");
 }
+
+/// The dev CLI and large packets (issue 13): a stored payload reaches the task process as
+/// its storage path (it imports it through `GET /api/v1/runs/{id}/packets/payload`); an
+/// output the process uploaded itself is kept as `application/store` once it exists; a
+/// large inline output is offloaded with its content type.
+#[tokio::test]
+async fn dev_attempts_take_stored_payloads_and_hand_back_stored_outputs() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, app.dev_key.as_str());
+    let (worker, _) = register(server, key).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let download = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (content_type, response.text().await.unwrap())
+        }
+    };
+
+    let payload = json!({"blob": "b".repeat(600 * 1024)});
+    let run = server
+        .trigger_new(key, "child", &json!({"payload": payload}))
+        .await;
+    let (snapshot, started) = take(server, key, &worker, &run).await;
+    let execution = &started["execution"]["run"];
+    assert_eq!(execution["payload"], format!("{run}/payload.json"));
+    assert_eq!(execution["payloadType"], "application/store");
+    let packet = get(server, key, &format!("/api/v1/runs/{run}/packets/payload")).await;
+    let (content_type, text) = download(packet.body["presignedUrl"].as_str().unwrap().into()).await;
+    assert_eq!(content_type, "application/json");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), payload);
+
+    // An output path where nothing is stored is refused, naming it.
+    let missing = complete(
+        server,
+        key,
+        &run,
+        &snapshot,
+        json!({"ok": true, "id": run, "output": "nothing/here.json", "outputType": "application/store"}),
+    )
+    .await;
+    missing.assert_error(
+        StatusCode::BAD_REQUEST,
+        "completion.output: no object is stored at nothing/here.json",
+    );
+    // The process uploads its output, then completes with the path.
+    let path = format!("{run}/output-mine.json");
+    let presigned = send(
+        server
+            .request(Method::PUT, &format!("/api/v2/packets/{path}"))
+            .bearer_auth(key),
+    )
+    .await;
+    let put = client
+        .put(presigned.body["presignedUrl"].as_str().unwrap())
+        .header("content-type", "application/super+json")
+        .body(r#"{"json":{"done":1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let done = complete(
+        server,
+        key,
+        &run,
+        &snapshot,
+        json!({"ok": true, "id": run, "output": path, "outputType": "application/store"}),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{done:?}");
+    let body = server.run(key, &run).await;
+    assert_eq!(body["status"], "COMPLETED");
+    let (content_type, text) = download(body["outputPresignedUrl"].as_str().unwrap().into()).await;
+    assert_eq!(
+        (content_type.as_str(), text.as_str()),
+        ("application/super+json", r#"{"json":{"done":1}}"#)
+    );
+
+    // A large inline output is offloaded, keeping its type.
+    let run = server
+        .trigger_new(key, "child", &json!({"payload": 1}))
+        .await;
+    let (snapshot, _) = take(server, key, &worker, &run).await;
+    let big = json!({"json": {"o": "o".repeat(600 * 1024)}}).to_string();
+    let done = complete(
+        server,
+        key,
+        &run,
+        &snapshot,
+        json!({"ok": true, "id": run, "output": big, "outputType": "application/super+json"}),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{done:?}");
+    let body = server.run(key, &run).await;
+    assert!(body.get("output").is_none());
+    let (content_type, text) = download(body["outputPresignedUrl"].as_str().unwrap().into()).await;
+    assert_eq!(
+        (content_type.as_str(), text),
+        ("application/super+json", big)
+    );
+}

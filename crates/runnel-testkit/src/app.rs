@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_core::key::{EnvironmentKind, SecretKey};
-use runnel_engine::{Clock, Engine, EngineConfig, SystemClock};
+use runnel_engine::{BlobConfig, BlobLocation, Blobs, Clock, Engine, EngineConfig, SystemClock};
 use runnel_server::batches::{BatchUploads, BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT};
 use runnel_server::connections::{ConnectionLimits, FileLimit};
 use runnel_server::AppState;
@@ -65,7 +65,17 @@ impl TestApp {
     /// Starts a server on a fresh store: SQLite in a temporary directory, or a fresh
     /// PostgreSQL database when `RUNNEL_TEST_BACKEND=postgres`.
     pub fn start() -> TestApp {
+        TestApp::start_with_blobs(|dir| BlobConfig {
+            location: BlobLocation::Local(dir),
+            ..BlobConfig::default()
+        })
+    }
+
+    /// [`TestApp::start`] with the object storage `blobs` builds from the default local
+    /// blob directory (`<data dir>/blobs`): a short URL lifetime, a small size cap, S3.
+    pub fn start_with_blobs(blobs: impl FnOnce(PathBuf) -> BlobConfig) -> TestApp {
         let dir = TempDir::new().expect("creating a temporary data directory");
+        let blobs = blobs(dir.path().join("blobs"));
         let database = match backend() {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgTestDatabase::create_required_blocking()),
@@ -74,7 +84,7 @@ impl TestApp {
             Some(database) => Place::Postgres(database.url.clone()),
             None => Place::Sqlite(dir.path().join(DATABASE_FILE)),
         };
-        let (server, dev_key) = Server::start(place);
+        let (server, dev_key) = Server::start(place, blobs);
         TestApp {
             server,
             dev_key,
@@ -200,7 +210,7 @@ impl Deref for Server {
 impl Server {
     /// Opens the store, bootstraps the project with a new dev key, binds `127.0.0.1:0`
     /// and serves; returns the server and the dev key.
-    fn start(place: Place) -> (Server, String) {
+    fn start(place: Place, blobs: BlobConfig) -> (Server, String) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(SERVER_THREADS)
             .thread_name("runnel-test-server")
@@ -210,7 +220,7 @@ impl Server {
         // On a thread of its own: the caller may be inside a runtime, where blocking on
         // another one is refused.
         let (runtime, started) = std::thread::spawn(move || {
-            let started = runtime.block_on(Server::serve(place));
+            let started = runtime.block_on(Server::serve(place, blobs));
             (runtime, started)
         })
         .join()
@@ -242,7 +252,7 @@ impl Server {
     }
 
     /// What `runnel serve` does up to printing its address, on the server's runtime.
-    async fn serve(place: Place) -> Started {
+    async fn serve(place: Place, blobs: BlobConfig) -> Started {
         let limits = limits();
         let store: Arc<dyn Store> = match place {
             Place::Sqlite(path) => Arc::new(
@@ -263,7 +273,9 @@ impl Server {
             .await
             .expect("bootstrapping the project")
             .expect("a fresh store creates the project");
-        let engine = Engine::with_config(Arc::clone(&store), clock, EngineConfig::default());
+        let mut config = EngineConfig::default();
+        config.blobs = Blobs::new(blobs, &config.master_keys).expect("building the blob store");
+        let engine = Engine::with_config(Arc::clone(&store), clock, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0");

@@ -27,4 +27,5 @@ pub use http::{
     redact, send, timestamp, Api, Reply, CURRENT_API_VERSION, POLL_INTERVAL, SERVICE_TIMEOUT,
 };
 pub use pg::{backend, Backend, PgTestDatabase};
+pub use runnel_engine::{BlobConfig, BlobLocation};
 pub use s3::S3Server;

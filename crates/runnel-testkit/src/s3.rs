@@ -116,14 +116,14 @@ impl S3Server {
 
     /// The environment that points an S3 client (`object_store`'s builder `from_env`, and
     /// so `runnel serve --blob-url s3://…`) at this server with its credentials.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
         vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ALLOW_HTTP", "true".to_owned()),
-            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
-            ("AWS_REGION", self.region.clone()),
-            ("AWS_DEFAULT_REGION", self.region.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.as_str()),
+            ("AWS_REGION", self.region.as_str()),
+            ("AWS_DEFAULT_REGION", self.region.as_str()),
         ]
     }
 

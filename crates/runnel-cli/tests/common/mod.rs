@@ -184,14 +184,6 @@ impl Server {
         Server::spawn("serve", data_dir, extra)
     }
 
-    /// Like [`Server::start_with`], with environment variables added to the process
-    /// (the `AWS_*` variables of an S3-backed `--blob-url`).
-    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
-        let mut command = runnel_command();
-        command.envs(env.iter().map(|(name, value)| (*name, value.as_str())));
-        Server::spawn_command(command, "serve", data_dir, extra)
-    }
-
     /// Starts `runnel dev --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>` (server and
     /// exec worker in one process; `extra` carries its `--task NAME=COMMAND`s) and waits
     /// until it prints its address.
@@ -208,6 +200,16 @@ impl Server {
             data_dir,
             extra,
         )
+    }
+
+    /// Like [`Server::start_with`], with variables set in the server's environment
+    /// (`AWS_*` for an S3 blob store).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = runnel_command();
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Server::spawn_command(command, "serve", data_dir, extra)
     }
 
     fn spawn(subcommand: &str, data_dir: &Path, extra: &[&str]) -> Server {
@@ -456,7 +458,7 @@ impl TestApp {
     }
 
     /// Like [`TestApp::start_with`], with environment variables added to the server.
-    pub fn start_with_env(extra: &[&str], env: &[(&str, String)]) -> TestApp {
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestApp {
         let dir = TempDir::new().expect("creating a temporary data directory");
         let server = Server::start_with_env(dir.path(), extra, env);
         let dev_key = server.dev_key().to_owned();
