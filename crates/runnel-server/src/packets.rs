@@ -22,7 +22,6 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use runnel_core::run::{Packet, Run};
 use runnel_core::tenancy::Environment;
 use runnel_engine::blobs::{PutError, UrlRefused};
@@ -229,6 +228,15 @@ pub async fn blob_get(
     let mut response = Body::from_stream(read.body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(read.size));
+    // The type is the uploader's: never let a browser sniff or run it on this origin.
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_str(&read.content_type)
@@ -267,8 +275,10 @@ pub async fn blob_put(
         return Err(too_large());
     }
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let stream = body.into_data_stream().map(|chunk| chunk);
-    match blobs.put_stream(&key, content_type, stream).await {
+    match blobs
+        .put_stream(&key, content_type, body.into_data_stream())
+        .await
+    {
         Ok(_) => Ok(StatusCode::OK.into_response()),
         Err(PutError::TooLarge(_)) => Err(too_large()),
         Err(PutError::Body(message)) => Err(ApiError::BadRequest(format!("body: {message}"))),

@@ -105,6 +105,8 @@ async fn an_uploaded_payload_triggers_a_run_and_retrieve_answers_a_url_to_it() {
     let body = server.run(key, &run).await;
     assert!(body.get("payload").is_none(), "{}", body["payload"]);
     let url = body["payloadPresignedUrl"].as_str().expect("a payload URL");
+    let response = client().get(url).send().await.unwrap();
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     let (status, content_type, bytes) = download(url).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(content_type, "application/super+json");
@@ -128,6 +130,38 @@ async fn an_uploaded_payload_triggers_a_run_and_retrieve_answers_a_url_to_it() {
     )
     .await;
     assert_eq!(output.status, StatusCode::NOT_FOUND, "{output:?}");
+    // A public access token may ask for its own run's packet, not another run's.
+    let token = server
+        .trigger(key, "big-task", &json!({"payload": 1}))
+        .await;
+    let jwt = token.headers["x-trigger-jwt"].to_str().unwrap().to_owned();
+    let own_token = server
+        .trigger(
+            key,
+            "big-task",
+            &json!({"payload": path, "options": {"payloadType": "application/store"}}),
+        )
+        .await;
+    let own = own_token.run_id();
+    let own_jwt = own_token.headers["x-trigger-jwt"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let by_token = send(
+        server
+            .request(Method::GET, &format!("/api/v1/runs/{own}/packets/payload"))
+            .bearer_auth(&own_jwt),
+    )
+    .await;
+    assert_eq!(by_token.status, StatusCode::OK, "{by_token:?}");
+    let refused = send(
+        server
+            .request(Method::GET, &format!("/api/v1/runs/{own}/packets/payload"))
+            .bearer_auth(&jwt),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+
     // The legacy path route presigns a GET of the same object.
     let legacy = send(
         server
