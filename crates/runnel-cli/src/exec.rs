@@ -17,6 +17,11 @@
 //!   variable never overrides what the platform sets (`RUNNEL_*`, the two `TRIGGER_*`);
 //! - stdout is the output: JSON as is, other text as a JSON string (one trailing newline
 //!   trimmed), nothing (or only whitespace) as `null`; at most [`STDOUT_LIMIT_DEFAULT`];
+//! - a payload in object storage (`application/store`) is downloaded by the worker
+//!   runtime first, so stdin always carries the payload's JSON itself; an output whose
+//!   JSON is 512 KiB or more (`runnel_sdk::packets::OFFLOAD_THRESHOLD_BYTES`) is uploaded
+//!   to object storage by the runtime and reported by its storage path (see
+//!   docs/worker-protocol.md, Large payloads and outputs);
 //! - stderr is the log: every line goes to the worker's log with the run id, and the last
 //!   [`STDERR_TAIL_LINES`] lines explain a failure.
 //!

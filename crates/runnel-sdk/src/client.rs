@@ -71,6 +71,10 @@ pub enum Error {
     /// ended (was canceled) before its waitpoint completed.
     #[error("cannot wait: {0}")]
     Wait(String),
+    /// A packet in object storage (a large payload or output) could not be read: its
+    /// content type is not supported or its bytes do not parse as that type.
+    #[error("packet {path}: {message}")]
+    Packet { path: String, message: String },
 }
 
 impl Error {
@@ -95,7 +99,8 @@ impl Error {
             Error::Decode { .. }
             | Error::Payload(_)
             | Error::WaitTimedOut { .. }
-            | Error::Wait(_) => false,
+            | Error::Wait(_)
+            | Error::Packet { .. } => false,
         }
     }
 }
@@ -160,30 +165,64 @@ impl Client {
         &self.secret_key
     }
 
+    /// The `reqwest` client, for requests that carry their own authorization (presigned
+    /// URLs): they must not send the secret key.
+    pub(crate) fn http_client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Triggers a run of `task` with `payload`; answers with the run id.
+    ///
+    /// A payload whose JSON is [`crate::packets::OFFLOAD_THRESHOLD_BYTES`] or more is
+    /// first uploaded to object storage (`PUT /api/v2/packets/trigger/{task}/…`) and the
+    /// run triggered with its storage path and `payloadType: application/store`, as the
+    /// TypeScript SDK does; the task still receives the payload itself.
     pub async fn trigger<P: Serialize + ?Sized>(
         &self,
         task: &str,
         payload: &P,
         options: TriggerOptions,
     ) -> Result<Triggered, Error> {
-        let payload = serde_json::to_value(payload).map_err(Error::Payload)?;
+        let mut payload = serde_json::to_value(payload).map_err(Error::Payload)?;
+        let mut payload_type = None;
+        if let Some(bytes) = crate::packets::oversized_json(&payload) {
+            let path = format!(
+                "trigger/{task}/{}-{:016x}/payload.json",
+                chrono::Utc::now().timestamp_millis(),
+                rand::random::<u64>()
+            );
+            payload = Value::String(self.packet_upload(&path, bytes).await?);
+            payload_type = Some(crate::packets::STORE_TYPE);
+        }
         let body = TriggerBody {
             payload: &payload,
             options: &options,
+            payload_type,
         };
         let path = format!("/api/v1/tasks/{}/trigger", segment(task));
         self.call(Method::POST, &path, Some(&body), REQUEST_TIMEOUT)
             .await
     }
 
-    /// Reads a run (`GET /api/v3/runs/{runId}`).
+    /// Reads a run (`GET /api/v3/runs/{runId}`). An output kept in object storage (the
+    /// answer has `outputPresignedUrl` instead of `output`) is downloaded into
+    /// [`RunInfo::output`], as the TypeScript SDK's `runs.retrieve` does.
     pub async fn retrieve(&self, run_id: &str) -> Result<RunInfo, Error> {
         let path = format!("/api/v3/runs/{}", segment(run_id));
         let raw: Value = self
             .call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
             .await?;
-        RunInfo::from_json(raw)
+        let mut run = RunInfo::from_json(raw)?;
+        if run.output.is_none() {
+            if let Some(url) = run.raw.get("outputPresignedUrl").and_then(Value::as_str) {
+                let url = url.to_owned();
+                run.output = Some(
+                    self.packet_value(&format!("{run_id}/output"), Some(&url))
+                        .await?,
+                );
+            }
+        }
+        Ok(run)
     }
 
     /// Cancels a run. Canceling a run that already ended is not an error.
@@ -423,10 +462,28 @@ pub(crate) fn segment(text: &str) -> String {
     encoded
 }
 
-#[derive(Serialize)]
 struct TriggerBody<'a> {
     payload: &'a Value,
     options: &'a TriggerOptions,
+    /// `options.payloadType`: set only for an offloaded payload (`application/store`).
+    payload_type: Option<&'static str>,
+}
+
+impl Serialize for TriggerBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap};
+        let mut options = serde_json::to_value(self.options).map_err(S::Error::custom)?;
+        if let (Some(payload_type), Value::Object(fields)) = (self.payload_type, &mut options) {
+            fields.insert(
+                "payloadType".to_owned(),
+                Value::String(payload_type.to_owned()),
+            );
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("payload", self.payload)?;
+        map.serialize_entry("options", &options)?;
+        map.end()
+    }
 }
 
 /// Options of a trigger (`options` of the trigger body). Everything is optional; what is
@@ -707,6 +764,35 @@ mod tests {
             serde_json::to_value(options).unwrap(),
             json!({"queue": {"name": "emails"}, "tags": ["a"], "maxAttempts": 2,
                    "idempotencyKey": "k", "idempotencyKeyTTL": "1h", "lockToVersion": "v1"})
+        );
+    }
+
+    #[test]
+    fn an_offloaded_payload_is_sent_with_its_payload_type_among_the_options() {
+        let options = TriggerOptions {
+            tags: vec!["a".into()],
+            ..TriggerOptions::default()
+        };
+        let path = json!("packets/trigger/t/1-2/payload.json");
+        let body = TriggerBody {
+            payload: &path,
+            options: &options,
+            payload_type: Some(crate::packets::STORE_TYPE),
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"payload": "packets/trigger/t/1-2/payload.json",
+                   "options": {"tags": ["a"], "payloadType": "application/store"}})
+        );
+        let inline = json!({"x": 1});
+        let body = TriggerBody {
+            payload: &inline,
+            options: &TriggerOptions::default(),
+            payload_type: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"payload": {"x": 1}, "options": {}})
         );
     }
 

@@ -68,6 +68,7 @@ pub mod envvars;
 pub mod events;
 pub mod executor;
 pub mod list;
+pub mod packets;
 pub mod tasks;
 pub mod waits;
 pub mod worker;

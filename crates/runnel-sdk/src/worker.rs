@@ -32,6 +32,10 @@
 //!   the server has answered its completion: a worker whose reports are stuck takes no
 //!   new work beyond its concurrency.
 //!
+//! - An attempt's payload in object storage is downloaded before its task starts, and a
+//!   success's output of [`crate::packets::OFFLOAD_THRESHOLD_BYTES`] or more is uploaded before it is
+//!   reported ([`crate::packets`]); both run inside the attempt, under its stop race.
+//!
 //! Failures: errors talking to the server are retried with a capped, jittered backoff;
 //! only a refused registration ends [`Worker::run`] with an error. Completions, starts
 //! and heartbeats are retried until the server answers, however long it is away: a
@@ -65,6 +69,7 @@ use runnel_core::worker::{
     HeartbeatRequest, QueueDefinition, RegisterRequest, RegisterResponse, StartRequest,
     TaskFailure, MAX_BATCH, MAX_DEQUEUE_BATCH, MAX_WAIT_MS,
 };
+use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -73,6 +78,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::client::{Client, Error};
 use crate::envvars::EnvVarsCache;
 use crate::executor::{Executor, StopHandle, StopReason, StopSignal};
+use crate::packets::{oversized_json, STORE_TYPE};
 use crate::tasks::panic_message;
 
 /// Attempts run at once when [`WorkerOptions`] does not say.
@@ -793,10 +799,13 @@ impl Attempt {
         let attempt_id = run.attempt_id.clone();
         let max_duration = run.max_duration_secs;
         debug!(attempt = run.attempt_number, "attempt started");
-        let outcome = if self.known.contains(&run.task_identifier) {
-            self.execute(executor, run).await
+        let (outcome, output_type) = if self.known.contains(&run.task_identifier) {
+            match self.execute(executor, run).await {
+                Some((outcome, output_type)) => (Some(outcome), output_type),
+                None => (None, None),
+            }
         } else {
-            Some(AttemptOutcome::Failure {
+            let outcome = Some(AttemptOutcome::Failure {
                 error: TaskFailure::new(
                     FailureKind::SystemFailure,
                     format!(
@@ -804,12 +813,13 @@ impl Attempt {
                         run.task_identifier
                     ),
                 ),
-            })
+            });
+            (outcome, None)
         };
         // The stop reason, not what the executor returned after it, decides the report.
-        let outcome = match self.handle.reason() {
-            Some(reason) => reason.report(max_duration),
-            None => outcome,
+        let (outcome, output_type) = match self.handle.reason() {
+            Some(reason) => (reason.report(max_duration), None),
+            None => (outcome, output_type),
         };
         let counts = &self.shared.counts;
         let Some(outcome) = outcome else {
@@ -837,7 +847,7 @@ impl Attempt {
             completion: AttemptCompletion {
                 attempt_id: attempt_id.clone(),
                 outcome,
-                output_type: None,
+                output_type,
             },
             permit: self.permit,
         };
@@ -849,21 +859,27 @@ impl Attempt {
     }
 
     /// Runs the executor, racing it against `maxDuration` and stop requests. `None` when
-    /// it had to be abandoned after a stop (the stop reason is then reported).
+    /// it had to be abandoned after a stop (the stop reason is then reported). A payload
+    /// in object storage is downloaded first and a large output uploaded after (see
+    /// [`crate::packets`]), within the same race; the second value is the completion's
+    /// `outputType` (`application/store` for an uploaded output).
     async fn execute<E: Executor + ?Sized>(
         &self,
         executor: Arc<E>,
         run: DequeuedRun,
-    ) -> Option<AttemptOutcome> {
+    ) -> Option<(AttemptOutcome, Option<String>)> {
         let limit = run
             .max_duration_secs
             .map(|secs| Duration::from_secs(u64::from(secs)));
         let env_vars = match self.shared.env_vars.get(&self.shared.client).await {
             Ok(env_vars) => env_vars,
             Err(error) => {
-                return Some(AttemptOutcome::failure(
-                    FailureKind::TaskFailed,
-                    format!("could not read the environment's variables: {error}"),
+                return Some((
+                    AttemptOutcome::failure(
+                        FailureKind::TaskFailed,
+                        format!("could not read the environment's variables: {error}"),
+                    ),
+                    None,
                 ))
             }
         };
@@ -871,9 +887,15 @@ impl Attempt {
         let client = self.shared.client.clone();
         let mut execution = AbortOnDrop(tokio::spawn(
             async move {
-                executor
+                let (run_id, attempt_id) = (run.run_id.clone(), run.attempt_id.clone());
+                let run = match load_payload(&client, run).await {
+                    Ok(run) => run,
+                    Err(failure) => return (failure, None),
+                };
+                let outcome = executor
                     .execute_with_env(run, signal, &client, env_vars)
-                    .await
+                    .await;
+                store_output(&client, &run_id, &attempt_id, outcome).await
             }
             .in_current_span(),
         ));
@@ -900,19 +922,99 @@ impl Attempt {
             },
         };
         match ended {
-            Ok(outcome) => Some(outcome),
-            Err(error) if error.is_panic() => Some(AttemptOutcome::failure(
-                FailureKind::Crashed,
-                format!(
-                    "the executor panicked: {}",
-                    panic_message(error.into_panic())
+            Ok(ended) => Some(ended),
+            Err(error) if error.is_panic() => Some((
+                AttemptOutcome::failure(
+                    FailureKind::Crashed,
+                    format!(
+                        "the executor panicked: {}",
+                        panic_message(error.into_panic())
+                    ),
                 ),
+                None,
             )),
-            Err(_) => Some(AttemptOutcome::failure(
-                FailureKind::Crashed,
-                "the executor was cancelled",
+            Err(_) => Some((
+                AttemptOutcome::failure(FailureKind::Crashed, "the executor was cancelled"),
+                None,
             )),
         }
+    }
+}
+
+/// The run with its payload in hand: a payload in object storage (`application/store`,
+/// the payload its storage path) is downloaded, from `payloadPresignedUrl` or else
+/// through `GET /api/v1/packets/{path}`, and decoded by its content type; the task then
+/// sees it as `application/json`. A failed download fails the attempt (`TaskFailed`, so
+/// it is retried) before the task starts.
+async fn load_payload(
+    client: &Client,
+    mut run: DequeuedRun,
+) -> Result<DequeuedRun, AttemptOutcome> {
+    if run.payload_type != STORE_TYPE {
+        return Ok(run);
+    }
+    let Some(path) = run.payload.as_str().map(str::to_owned) else {
+        return Err(AttemptOutcome::failure(
+            FailureKind::SystemFailure,
+            "the payload type is application/store but the payload is not a storage path",
+        ));
+    };
+    match client
+        .packet_value(&path, run.payload_presigned_url.as_deref())
+        .await
+    {
+        Ok(payload) => {
+            debug!(packet = %path, "payload downloaded from object storage");
+            run.payload = payload;
+            run.payload_type = "application/json".to_owned();
+            run.payload_presigned_url = None;
+            Ok(run)
+        }
+        Err(error) => Err(AttemptOutcome::failure(
+            FailureKind::TaskFailed,
+            format!("could not download the payload from object storage: {error}"),
+        )),
+    }
+}
+
+/// A success whose output's JSON is [`crate::packets::OFFLOAD_THRESHOLD_BYTES`] or more is uploaded to
+/// `{runId}/output-{attemptId}.json` and reported by its storage path with the output
+/// type `application/store`. If the upload fails the attempt fails (`TaskFailed`,
+/// retried): sending the output inline instead would put a large value where the server
+/// keeps only small ones.
+async fn store_output(
+    client: &Client,
+    run_id: &str,
+    attempt_id: &str,
+    outcome: AttemptOutcome,
+) -> (AttemptOutcome, Option<String>) {
+    let AttemptOutcome::Success { output } = &outcome else {
+        return (outcome, None);
+    };
+    let Some(bytes) = oversized_json(output) else {
+        return (outcome, None);
+    };
+    let size = bytes.len();
+    let path = format!("{run_id}/output-{attempt_id}.json");
+    match client.packet_upload(&path, bytes).await {
+        Ok(storage_path) => {
+            debug!(packet = %storage_path, size, "output uploaded to object storage");
+            (
+                AttemptOutcome::Success {
+                    output: Value::String(storage_path),
+                },
+                Some(STORE_TYPE.to_owned()),
+            )
+        }
+        Err(error) => (
+            AttemptOutcome::failure(
+                FailureKind::TaskFailed,
+                format!(
+                    "the output ({size} bytes) could not be uploaded to object storage: {error}"
+                ),
+            ),
+            None,
+        ),
     }
 }
 

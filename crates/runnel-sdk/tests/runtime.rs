@@ -6,7 +6,7 @@
 //! The fake keeps everything in one locked state and wakes long polls (and the tests'
 //! waits) through one `Notify`; tests wait on those signals, never on fixed sleeps.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use runnel_core::worker::{
     AttemptCompletion, CompleteRequest, CompleteResponse, CompletionResult, DequeueRequest,
@@ -53,12 +53,18 @@ struct FakeState {
     heartbeats: Vec<HeartbeatRequest>,
     /// Answer dequeues at once with nothing, as a stopping server does.
     stopping: bool,
+    /// Object storage: path -> (content type, bytes), served at `/blob/{path}`.
+    packets: HashMap<String, (String, Vec<u8>)>,
+    /// Refuse presigned uploads (503).
+    refuse_uploads: bool,
 }
 
 struct Fake {
     state: Mutex<FakeState>,
     changed: Notify,
     heartbeat_interval_ms: u64,
+    /// The fake's own base URL, for the presigned URLs it hands out.
+    url: String,
 }
 
 type Reply<T> = Result<Json<T>, (StatusCode, Json<Value>)>;
@@ -274,12 +280,90 @@ async fn complete(
     Ok(Json(CompleteResponse { results }))
 }
 
+/// `PUT /api/v2/packets/{path}`: where to upload, and the storage path to report.
+async fn packet_upload_url(
+    State(fake): State<Arc<Fake>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Reply<Value> {
+    authorized(&headers)?;
+    Ok(Json(json!({
+        "presignedUrl": format!("{}/blob/{path}?sig=ok", fake.url),
+        "storagePath": format!("stored/{path}"),
+    })))
+}
+
+/// `GET /api/v1/packets/{path}`: where to download from.
+async fn packet_download_url(
+    State(fake): State<Arc<Fake>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Reply<Value> {
+    authorized(&headers)?;
+    Ok(Json(
+        json!({"presignedUrl": format!("{}/blob/{path}?sig=ok", fake.url)}),
+    ))
+}
+
+/// A presigned URL carries its own authorization: a secret key sent along is refused,
+/// as S3 refuses a request signed twice.
+fn presigned_only(headers: &HeaderMap) -> Result<(), (StatusCode, Json<Value>)> {
+    match headers.get("authorization") {
+        Some(_) => Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "a presigned URL takes no Authorization header"})),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn blob_put(
+    State(fake): State<Arc<Fake>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, (StatusCode, Json<Value>)> {
+    presigned_only(&headers)?;
+    if fake.read(|state| state.refuse_uploads) {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "slow down"})),
+        ));
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let path = format!("stored/{path}");
+    fake.update(|state| state.packets.insert(path, (content_type, body.to_vec())));
+    Ok(StatusCode::OK)
+}
+
+async fn blob_get(
+    State(fake): State<Arc<Fake>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<([(&'static str, String); 1], Vec<u8>), (StatusCode, Json<Value>)> {
+    presigned_only(&headers)?;
+    match fake.read(|state| state.packets.get(&path).cloned()) {
+        Some((content_type, bytes)) => Ok(([("content-type", content_type)], bytes)),
+        None => Err((
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such packet"})),
+        )),
+    }
+}
+
 /// Starts the fake on a free port; answers it and its base URL.
 async fn start_fake(heartbeat_interval_ms: u64) -> (Arc<Fake>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
     let fake = Arc::new(Fake {
         state: Mutex::new(FakeState::default()),
         changed: Notify::new(),
         heartbeat_interval_ms,
+        url: url.clone(),
     });
     let app = Router::new()
         .route("/api/v1/workers/register", post(register))
@@ -287,9 +371,10 @@ async fn start_fake(heartbeat_interval_ms: u64) -> (Arc<Fake>, String) {
         .route("/api/v1/workers/{worker_id}/start", post(start))
         .route("/api/v1/workers/{worker_id}/heartbeat", post(heartbeat))
         .route("/api/v1/workers/{worker_id}/complete", post(complete))
+        .route("/api/v2/packets/{*path}", put(packet_upload_url))
+        .route("/api/v1/packets/{*path}", get(packet_download_url))
+        .route("/blob/{*path}", put(blob_put).get(blob_get))
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (fake, url)
 }
@@ -925,4 +1010,116 @@ async fn an_early_empty_dequeue_is_not_repeated_at_once() {
         started.elapsed()
     );
     worker.stop().await;
+}
+
+/// A run whose payload is in object storage at `path` (`application/store`).
+fn stored_run(n: u32, task: &str, path: &str, presigned_url: Option<String>) -> DequeuedRun {
+    DequeuedRun {
+        payload_type: "application/store".into(),
+        payload_presigned_url: presigned_url,
+        ..run(n, task, json!(path))
+    }
+}
+
+#[tokio::test]
+async fn stored_payloads_are_downloaded_and_large_outputs_uploaded() {
+    let (fake, url) = start_fake(1_000).await;
+    let big = "x".repeat(runnel_sdk::packets::OFFLOAD_THRESHOLD_BYTES);
+    fake.update(|state| {
+        // superjson (the TypeScript SDK's default), reached through GET /api/v1/packets
+        state.packets.insert(
+            "run_1/payload.json".into(),
+            (
+                "application/super+json".into(),
+                br#"{"json":"Ada","meta":{}}"#.to_vec(),
+            ),
+        );
+        // plain JSON, reached through the dequeued run's presigned URL
+        state.packets.insert(
+            "run_2/payload.json".into(),
+            (
+                "application/json".into(),
+                format!("{{\"text\":\"{big}\"}}").into_bytes(),
+            ),
+        );
+    });
+    let tasks = Tasks::new()
+        .task("hello", |name: String| async move {
+            Ok::<_, String>(format!("Hello, {name}!"))
+        })
+        .task("shout", |payload: Value| async move {
+            Ok::<_, String>(json!({"loud": payload["text"].as_str().unwrap().to_uppercase()}))
+        });
+    let worker = Running::spawn(&url, options(2), tasks);
+    fake.push(stored_run(1, "hello", "run_1/payload.json", None));
+    fake.push(stored_run(
+        2,
+        "shout",
+        "run_2/payload.json",
+        Some(format!("{url}/blob/run_2/payload.json")),
+    ));
+    let mut completions = fake.expect_completions(2).await;
+    completions.sort_by(|a, b| a.attempt_id.cmp(&b.attempt_id));
+    worker.stop().await;
+
+    // small output: inline, as JSON
+    assert_eq!(completions[0].outcome, success(json!("Hello, Ada!")));
+    assert_eq!(completions[0].output_type, None);
+    // large output: uploaded (with its content type), reported by its storage path
+    assert_eq!(
+        completions[1].outcome,
+        success(json!("stored/run_2/output-attempt_2.json"))
+    );
+    assert_eq!(
+        completions[1].output_type.as_deref(),
+        Some("application/store")
+    );
+    let (content_type, bytes) = fake
+        .read(|state| {
+            state
+                .packets
+                .get("stored/run_2/output-attempt_2.json")
+                .cloned()
+        })
+        .expect("the output was uploaded");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&bytes).unwrap(),
+        json!({"loud": big.to_uppercase()})
+    );
+}
+
+#[tokio::test]
+async fn a_failed_download_or_upload_fails_the_attempt_to_be_retried() {
+    let (fake, url) = start_fake(1_000).await;
+    fake.update(|state| state.refuse_uploads = true);
+    let big = "y".repeat(runnel_sdk::packets::OFFLOAD_THRESHOLD_BYTES);
+    let tasks = Tasks::new()
+        .task("hello", |name: String| async move {
+            Ok::<_, String>(format!("Hello, {name}!"))
+        })
+        .task("big", move |_: Value| {
+            let big = big.clone();
+            async move { Ok::<_, String>(big) }
+        });
+    let worker = Running::spawn(&url, options(2), tasks);
+    fake.push(stored_run(1, "hello", "run_1/missing.json", None));
+    fake.push(run(2, "big", Value::Null));
+    let mut completions = fake.expect_completions(2).await;
+    completions.sort_by(|a, b| a.attempt_id.cmp(&b.attempt_id));
+    worker.stop().await;
+
+    let (kind, message) = failure_of(&completions[0]);
+    assert_eq!(kind, FailureKind::TaskFailed);
+    assert!(
+        message.contains("could not download the payload") && message.contains("404"),
+        "{message}"
+    );
+    let (kind, message) = failure_of(&completions[1]);
+    assert_eq!(kind, FailureKind::TaskFailed);
+    assert!(
+        message.contains("could not be uploaded") && message.contains("503"),
+        "{message}"
+    );
+    assert_eq!(completions[1].output_type, None);
 }

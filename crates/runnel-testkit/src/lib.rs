@@ -12,10 +12,14 @@
 //!   builds it, for the HTTP suites of runnel-server. The end-to-end suite of the binary
 //!   (crates/runnel-cli/tests) spawns `runnel` instead and reaches it through the same
 //!   [`Api`].
+//! - [`s3`]: [`S3Server::start`], a real S3-compatible server on loopback that checks
+//!   request signatures (header and presigned SigV4, with expiry), for the object-storage
+//!   tests.
 
 pub mod app;
 pub mod http;
 pub mod pg;
+pub mod s3;
 
 pub use app::{Server, TestApp};
 pub use http::{
@@ -24,3 +28,4 @@ pub use http::{
 };
 pub use pg::{backend, Backend, PgTestDatabase};
 pub use runnel_engine::{BlobConfig, BlobLocation};
+pub use s3::S3Server;

@@ -457,6 +457,18 @@ impl TestApp {
         }
     }
 
+    /// Like [`TestApp::start_with`], with environment variables added to the server.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestApp {
+        let dir = TempDir::new().expect("creating a temporary data directory");
+        let server = Server::start_with_env(dir.path(), extra, env);
+        let dev_key = server.dev_key().to_owned();
+        TestApp {
+            server,
+            dev_key,
+            dir,
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }
