@@ -103,11 +103,30 @@ impl StoreArgs {
     fn command_line(&self) -> String {
         match &self.database_url {
             Some(url) => format!(" --database-url {}", shell_quote(&redact_password(url))),
-            None if self.data_dir == std::path::Path::new(DATA_DIR_DEFAULT) => String::new(),
-            None => format!(
-                " --data-dir {}",
-                shell_quote(&self.data_dir.display().to_string())
-            ),
+            None => self.data_dir_flag(),
+        }
+    }
+
+    /// ` --data-dir DIR` unless it is the default directory.
+    fn data_dir_flag(&self) -> String {
+        if self.data_dir == std::path::Path::new(DATA_DIR_DEFAULT) {
+            return String::new();
+        }
+        format!(
+            " --data-dir {}",
+            shell_quote(&self.data_dir.display().to_string())
+        )
+    }
+
+    /// [`Self::command_line`] for a command that also needs the master key: with a
+    /// database URL and the key in the data directory's `master.key`, the data directory
+    /// too.
+    fn command_line_with_key(&self, key: &master_key::MasterKeyArgs) -> String {
+        match &self.database_url {
+            Some(_) if !key.is_given() => {
+                format!("{}{}", self.command_line(), self.data_dir_flag())
+            }
+            _ => self.command_line(),
         }
     }
 }
@@ -718,7 +737,7 @@ impl RunningServer {
             println!(
                 "Lost the dev secret key? `runnel keys create --env dev{}` prints a new one \
                  (`runnel keys list` shows the keys, `runnel keys revoke PREFIX` revokes one).",
-                args.store.command_line()
+                args.store.command_line_with_key(&args.master_key)
             );
         }
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -34,6 +34,12 @@ pub struct MasterKeyArgs {
 }
 
 impl MasterKeyArgs {
+    /// Whether the key is given (flag or environment) rather than read from the data
+    /// directory's `master.key`.
+    pub fn is_given(&self) -> bool {
+        self.encryption_key.is_some()
+    }
+
     /// The keys: `--encryption-key`, else `data_dir`'s `master.key` (created when
     /// `create` and missing), and the previous keys.
     pub fn load(&self, data_dir: &Path, create: bool) -> Result<MasterKeys> {

@@ -220,34 +220,4 @@ impl Engine {
         }
         Ok(resolved)
     }
-
-    /// Re-seals under the current master key every value sealed under another one, and
-    /// says how many it re-sealed (for a master-key rotation). A value written
-    /// meanwhile is left as that write sealed it.
-    pub async fn env_vars_reseal(&self) -> Result<usize, EnvVarsError> {
-        let current = self.master_keys().current().id().to_owned();
-        let mut resealed = 0;
-        for record in self.store.env_var_list_all().await? {
-            if runnel_core::secrets::sealed_key_id(&record.value_sealed) == Some(current.as_str()) {
-                continue;
-            }
-            let clear = self.open_var(&record)?;
-            let sealed = self
-                .master_keys()
-                .seal(&clear, &seal_context(&record.environment_id, &record.name));
-            if self
-                .store
-                .env_var_reseal(
-                    &record.environment_id,
-                    &record.name,
-                    &record.value_sealed,
-                    &sealed,
-                )
-                .await?
-            {
-                resealed += 1;
-            }
-        }
-        Ok(resealed)
-    }
 }

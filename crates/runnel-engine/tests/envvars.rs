@@ -104,22 +104,37 @@ async fn a_rotation_reseals_every_value_under_the_new_key() {
         .await
         .unwrap();
     let store = h.engine.store();
-    assert_eq!(
-        store.env_var_sealed_key_ids().await.unwrap(),
-        vec![old.id().to_owned()]
-    );
+    // The key ids env var values are sealed under, as the start-up check reads them.
+    let env_var_key_ids = || async {
+        store
+            .sealed_key_ids()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|count| count.table == "env_vars")
+            .map(|count| count.key_id.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(env_var_key_ids().await, vec![old.id().to_owned()]);
 
-    let rotating = with_keys(MasterKeys::new(new.clone(), vec![old.clone()]));
-    assert_eq!(rotating.env_vars_reseal().await.unwrap(), 2);
+    // What a start with the new key and the old one as previous does.
+    let rotating = MasterKeys::new(new.clone(), vec![old.clone()]);
+    let env_vars_resealed = |done: Vec<runnel_store::Resealed>| {
+        done.into_iter()
+            .find(|r| r.table == "env_vars")
+            .unwrap()
+            .resealed
+    };
     assert_eq!(
-        rotating.env_vars_reseal().await.unwrap(),
+        env_vars_resealed(store.sealed_reseal(&rotating).await.unwrap()),
+        2
+    );
+    assert_eq!(
+        env_vars_resealed(store.sealed_reseal(&rotating).await.unwrap()),
         0,
         "nothing left to re-seal"
     );
-    assert_eq!(
-        store.env_var_sealed_key_ids().await.unwrap(),
-        vec![new.id().to_owned()]
-    );
+    assert_eq!(env_var_key_ids().await, vec![new.id().to_owned()]);
 
     let after = with_keys(MasterKeys::new(new, vec![]));
     assert_eq!(after.env_vars_resolved(&h.dev).await.unwrap()["A"], "alpha");

@@ -6,11 +6,8 @@
 //! variable once secret stays secret (an upsert ORs the flag), so a later write that
 //! forgets `isSecret` cannot make its value readable.
 
-use std::collections::BTreeSet;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::secrets::sealed_key_id;
 use runnel_core::EnvironmentId;
 
 use crate::backend::Backend;
@@ -89,22 +86,6 @@ pub trait EnvVarStore: Send + Sync {
         override_existing: bool,
         now: DateTime<Utc>,
     ) -> Result<EnvVarImport>;
-
-    /// Every variable of every environment: what a master-key rotation re-seals.
-    async fn env_var_list_all(&self) -> Result<Vec<EnvVarRecord>>;
-
-    /// Replaces a variable's sealed value with `new_sealed` if it still is `old_sealed`
-    /// (a concurrent write wins); `updated_at` is left alone, the value being the same.
-    async fn env_var_reseal(
-        &self,
-        environment: &EnvironmentId,
-        name: &str,
-        old_sealed: &str,
-        new_sealed: &str,
-    ) -> Result<bool>;
-
-    /// The distinct ids of the master keys stored values are sealed under.
-    async fn env_var_sealed_key_ids(&self) -> Result<Vec<String>>;
 }
 
 const COLUMNS: &str = "environment_id, name, value_sealed, is_secret, created_at, updated_at";
@@ -263,52 +244,5 @@ impl<B: Backend> EnvVarStore for B {
             }
         })
         .await
-    }
-
-    async fn env_var_list_all(&self) -> Result<Vec<EnvVarRecord>> {
-        let mut conn = self.reader().await?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM env_vars ORDER BY environment_id{c}, name{c}",
-            c = B::D::COLLATE_BYTES
-        );
-        let rows = Params::<B::D>::new().fetch_all(&mut conn, &sql).await?;
-        rows.iter().map(record_from_row).collect()
-    }
-
-    async fn env_var_reseal(
-        &self,
-        environment: &EnvironmentId,
-        name: &str,
-        old_sealed: &str,
-        new_sealed: &str,
-    ) -> Result<bool> {
-        let mut conn = self.writer().await?;
-        let changed = Params::<B::D>::new()
-            .with(new_sealed)
-            .with(environment.as_str())
-            .with(name)
-            .with(old_sealed)
-            .execute(
-                &mut conn,
-                "UPDATE env_vars SET value_sealed = $1 \
-                 WHERE environment_id = $2 AND name = $3 AND value_sealed = $4",
-            )
-            .await?;
-        Ok(changed > 0)
-    }
-
-    async fn env_var_sealed_key_ids(&self) -> Result<Vec<String>> {
-        let mut conn = self.reader().await?;
-        let rows = Params::<B::D>::new()
-            .fetch_all(&mut conn, "SELECT DISTINCT value_sealed FROM env_vars")
-            .await?;
-        let mut ids = BTreeSet::new();
-        for row in &rows {
-            let sealed = row.text("value_sealed")?;
-            let id = sealed_key_id(&sealed)
-                .ok_or_else(|| Error::Corrupt("an env var value is not sealed".to_owned()))?;
-            ids.insert(id.to_owned());
-        }
-        Ok(ids.into_iter().collect())
     }
 }

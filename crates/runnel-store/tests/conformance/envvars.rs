@@ -1,7 +1,6 @@
 //! Environment variables: per-environment rows of sealed values, upserts that keep a
 //! secret secret, all-or-nothing imports, and what a master-key rotation needs.
 
-use runnel_core::secrets::{MasterKey, MasterKeys};
 use runnel_store::{EnvVarImport, EnvVarRecord, EnvVarWrite};
 
 use crate::harness::*;
@@ -218,62 +217,4 @@ pub(crate) async fn env_var_import_concurrent_imports_of_one_name_write_once(
         .collect();
     assert_eq!(names.len(), 2, "the winner's two variables only: {names:?}");
     assert!(names.contains(&"SHARED".to_owned()));
-}
-
-/// A rotation's needs: the key ids in use, every variable, and a re-seal that loses to
-/// a concurrent write.
-pub(crate) async fn env_var_reseal_moves_values_to_the_new_key(store: Arc<dyn Store>) {
-    let t = bootstrap(&*store).await;
-    let old = MasterKey::generate();
-    let new = MasterKey::generate();
-    let context = |env: &Environment, name: &str| runnel_core::envvars::seal_context(&env.id, name);
-    let sealed_a = old.seal("alpha", &context(&t.dev, "A"));
-    let sealed_b = old.seal("beta", &context(&t.prod, "B"));
-    store
-        .env_var_upsert(&t.dev.id, &write("A", &sealed_a, false), at(1))
-        .await
-        .unwrap();
-    store
-        .env_var_upsert(&t.prod.id, &write("B", &sealed_b, true), at(1))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.env_var_sealed_key_ids().await.unwrap(),
-        vec![old.id().to_owned()]
-    );
-
-    let keys = MasterKeys::new(new.clone(), vec![old.clone()]);
-    let all = store.env_var_list_all().await.unwrap();
-    assert_eq!(all.len(), 2);
-    for var in &all {
-        let env = [&t.dev, &t.prod]
-            .into_iter()
-            .find(|e| e.id == var.environment_id)
-            .unwrap();
-        let ctx = context(env, &var.name);
-        let clear = keys.open(&var.value_sealed, &ctx).unwrap();
-        let resealed = keys.seal(&clear, &ctx);
-        assert!(store
-            .env_var_reseal(&var.environment_id, &var.name, &var.value_sealed, &resealed)
-            .await
-            .unwrap());
-    }
-    assert_eq!(
-        store.env_var_sealed_key_ids().await.unwrap(),
-        vec![new.id().to_owned()]
-    );
-    let a = store.env_var_get(&t.dev.id, "A").await.unwrap().unwrap();
-    assert_eq!(
-        MasterKeys::new(new.clone(), vec![])
-            .open(&a.value_sealed, &context(&t.dev, "A"))
-            .unwrap(),
-        "alpha"
-    );
-    assert_eq!(a.updated_at, at(1), "a re-seal is not a change of value");
-    // A value changed since it was read is not overwritten by its re-seal.
-    assert!(!store
-        .env_var_reseal(&t.dev.id, "A", &sealed_a, "v1:x:stale")
-        .await
-        .unwrap());
-    assert_eq!(store.env_var_get(&t.dev.id, "A").await.unwrap().unwrap(), a);
 }

@@ -181,7 +181,6 @@ macro_rules! conformance_tests {
             envvars::env_var_upsert_update_delete_round_trip_per_environment,
             envvars::env_var_import_without_override_writes_nothing_on_a_conflict,
             envvars::env_var_import_concurrent_imports_of_one_name_write_once,
-            envvars::env_var_reseal_moves_values_to_the_new_key,
         ]);
     };
     (@expand $backend:ident, $make_store:ident, [$($area:ident :: $test:ident),* $(,)?]) => {
