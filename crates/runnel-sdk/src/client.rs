@@ -173,7 +173,7 @@ impl Client {
 
     /// Triggers a run of `task` with `payload`; answers with the run id.
     ///
-    /// A payload whose JSON is [`crate::packets::OFFLOAD_THRESHOLD_BYTES`] or more is
+    /// A payload whose JSON is [`OFFLOAD_THRESHOLD_BYTES`] or more is
     /// first uploaded to object storage (`PUT /api/v2/packets/trigger/{task}/…`) and the
     /// run triggered with its storage path and `payloadType: application/store`, as the
     /// TypeScript SDK does; the task still receives the payload itself.
@@ -185,14 +185,14 @@ impl Client {
     ) -> Result<Triggered, Error> {
         let mut payload = serde_json::to_value(payload).map_err(Error::Payload)?;
         let mut payload_type = None;
-        if let Some(bytes) = crate::packets::oversized_json(&payload) {
+        if let Some(bytes) = oversized_json(&payload) {
             let path = format!(
                 "trigger/{task}/{}-{:016x}/payload.json",
                 chrono::Utc::now().timestamp_millis(),
                 rand::random::<u64>()
             );
             payload = Value::String(self.packet_upload(&path, bytes).await?);
-            payload_type = Some(crate::packets::STORE_TYPE);
+            payload_type = Some(STORE_TYPE);
         }
         let body = TriggerBody {
             payload: &payload,
@@ -740,6 +740,18 @@ impl RunInfo {
     }
 }
 
+/// A payload or output whose JSON serialization is this many bytes or more (512 KiB) is
+/// offloaded to object storage instead of travelling inline (the `packets` module).
+pub const OFFLOAD_THRESHOLD_BYTES: usize = 512 * 1024;
+/// The payload/output type of a packet in object storage; the value is its storage path.
+pub const STORE_TYPE: &str = "application/store";
+
+/// The JSON of `value` when it must be offloaded (at least [`OFFLOAD_THRESHOLD_BYTES`]).
+pub(crate) fn oversized_json(value: &Value) -> Option<Vec<u8>> {
+    let bytes = serde_json::to_vec(value).ok()?;
+    (bytes.len() >= OFFLOAD_THRESHOLD_BYTES).then_some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,7 +789,7 @@ mod tests {
         let body = TriggerBody {
             payload: &path,
             options: &options,
-            payload_type: Some(crate::packets::STORE_TYPE),
+            payload_type: Some(STORE_TYPE),
         };
         assert_eq!(
             serde_json::to_value(&body).unwrap(),

@@ -34,11 +34,9 @@ use serde_json::Value;
 
 use crate::client::{segment, Client, Error};
 
-/// A payload or output whose JSON serialization is this many bytes or more (512 KiB) is
-/// offloaded to object storage instead of travelling inline.
-pub const OFFLOAD_THRESHOLD_BYTES: usize = 512 * 1024;
-/// The payload/output type of a packet in object storage; the value is its storage path.
-pub const STORE_TYPE: &str = "application/store";
+// The threshold and the type live with the client, which offloads trigger payloads too.
+pub(crate) use crate::client::oversized_json;
+pub use crate::client::{OFFLOAD_THRESHOLD_BYTES, STORE_TYPE};
 /// Timeout of one packet transfer (upload or download of the bytes).
 pub const PACKET_TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -216,12 +214,6 @@ async fn presigned_status(
         message: format!("{method} of packet {path} via its presigned URL: {body}"),
         details: None,
     })
-}
-
-/// The JSON of `value` when it must be offloaded (at least [`OFFLOAD_THRESHOLD_BYTES`]).
-pub(crate) fn oversized_json(value: &Value) -> Option<Vec<u8>> {
-    let bytes = serde_json::to_vec(value).ok()?;
-    (bytes.len() >= OFFLOAD_THRESHOLD_BYTES).then_some(bytes)
 }
 
 #[cfg(test)]
