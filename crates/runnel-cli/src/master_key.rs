@@ -103,7 +103,7 @@ fn from_file(data_dir: &Path, create: bool) -> Result<MasterKey> {
             tracing::warn!(
                 path = %path.display(),
                 key_id = key.id(),
-                "created a new master key, which seals the secret keys at rest: keep it with \
+                "created a new master key, which seals secrets at rest (secret keys, env var values): keep it with \
                  the database (without it they cannot be read). Several nodes sharing one \
                  database must share one key: give it to each with RUNNEL_ENCRYPTION_KEY"
             );
