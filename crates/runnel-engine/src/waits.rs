@@ -295,10 +295,14 @@ impl Engine {
         };
         self.block(environment, run, std::slice::from_ref(&waitpoint.id))
             .await?;
-        self.wakes.waiter.notify_one();
+        // A date already past is completed here, and the run resumed, before the answer;
+        // the waiter is woken only for a future date (woken for a past one, it could
+        // complete the waitpoint first and leave the run resuming after the answer).
         if until <= now {
             self.complete_waitpoint(&waitpoint.id, &WaitpointOutput::none())
                 .await?;
+        } else {
+            self.wakes.waiter.notify_one();
         }
         Ok(waitpoint)
     }
