@@ -124,6 +124,11 @@ friendly_id!(
     "waitpoint"
 );
 friendly_id!(
+    /// A cron schedule that triggers runs of a task: `sched_…`.
+    ScheduleId,
+    "sched"
+);
+friendly_id!(
     /// One entry of a run's execution history (the dev CLI protocol's unit): `snapshot_…`.
     SnapshotId,
     "snapshot"

@@ -59,6 +59,18 @@ impl EnvironmentKind {
     }
 }
 
+impl EnvironmentKind {
+    /// The environment type Trigger.dev's API names (`DEVELOPMENT`, `STAGING`,
+    /// `PRODUCTION`).
+    pub fn api_type(self) -> &'static str {
+        match self {
+            EnvironmentKind::Dev => "DEVELOPMENT",
+            EnvironmentKind::Staging => "STAGING",
+            EnvironmentKind::Prod => "PRODUCTION",
+        }
+    }
+}
+
 impl fmt::Display for EnvironmentKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.slug())

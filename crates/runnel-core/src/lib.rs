@@ -23,6 +23,7 @@ pub mod queue;
 pub mod replay;
 pub mod retry;
 pub mod run;
+pub mod schedule;
 pub mod secrets;
 pub mod state;
 pub mod status;
@@ -34,7 +35,8 @@ pub mod waitpoint;
 pub mod worker;
 
 pub use id::{
-    AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, SnapshotId, WaitpointId, WorkerId,
+    AttemptId, BatchId, EnvironmentId, ProjectId, QueueId, RunId, ScheduleId, SnapshotId,
+    WaitpointId, WorkerId,
 };
 pub use key::{EnvironmentKind, PersonalAccessToken, SecretKey};
 pub use machine::MachinePreset;

@@ -76,11 +76,13 @@ impl CommonRunFields {
             id: run.id.to_string(),
             status: run.status.public(version),
             task_identifier: run.task_identifier.clone(),
-            // The user's own key when the SDK told us it, else the key as matched.
-            idempotency_key: run
-                .idempotency_key_user
-                .clone()
-                .or_else(|| run.idempotency_key.clone()),
+            // The user's own key when the SDK told us it, else the key as matched. A
+            // scheduled run's key is the server's own (one run per occurrence): not shown.
+            idempotency_key: run.idempotency_key_user.clone().or_else(|| {
+                run.idempotency_key
+                    .clone()
+                    .filter(|_| run.schedule_id.is_none())
+            }),
             version: run.version().map(str::to_owned),
             is_queued: flags.is_queued,
             is_executing: flags.is_executing,
@@ -196,6 +198,9 @@ pub struct RunDetail {
     pub root: Option<Run>,
     pub parent: Option<Run>,
     pub children: Vec<Run>,
+    /// The schedule that triggered the run (`{id, externalId?, deduplicationKey?,
+    /// generator}`), when one did and still exists.
+    pub schedule: Option<Value>,
 }
 
 impl RetrieveRunResponse {
@@ -208,7 +213,7 @@ impl RetrieveRunResponse {
             payload_presigned_url: None,
             output_presigned_url: None,
             error: run.error.as_ref().map(public_error),
-            schedule: None,
+            schedule: detail.schedule.clone(),
             related_runs: RelatedRuns {
                 root: detail
                     .root
@@ -279,6 +284,7 @@ mod tests {
             root: None,
             parent: None,
             children: vec![],
+            schedule: None,
         };
         let body =
             serde_json::to_value(RetrieveRunResponse::new(&detail, ApiVersion::Legacy)).unwrap();

@@ -72,6 +72,15 @@ pub struct TaskDefinition {
         schema(pattern = "^(micro|small-1x|small-2x|medium-1x|medium-2x|large-1x|large-2x)$")
     )]
     pub machine: Option<String>,
+    /// A scheduled task: schedules created through the API may trigger it (they attach
+    /// to scheduled tasks only). Implied by `schedule`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scheduled: bool,
+    /// A schedule declared with the task: the server keeps one DECLARATIVE schedule of
+    /// the task in sync with each registration (created, changed, or deleted when a
+    /// registration lists the task without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<DeclaredSchedule>,
 }
 
 impl TaskDefinition {
@@ -82,7 +91,44 @@ impl TaskDefinition {
             retry: None,
             max_duration: None,
             machine: None,
+            scheduled: false,
+            schedule: None,
         }
+    }
+
+    /// Whether schedules may trigger the task.
+    pub fn is_scheduled(&self) -> bool {
+        self.scheduled || self.schedule.is_some()
+    }
+}
+
+/// A cron schedule declared with its task ([`TaskDefinition::schedule`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredSchedule {
+    /// A 5-field cron expression (`L` and `#` allowed).
+    pub cron: String,
+    /// An IANA timezone the expression is read in; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Spreads each occurrence over `"30m"`, `"2h"` (at most 24 h) or `"50%"` of the
+    /// interval, at an offset stable for the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Only in these environments (`DEVELOPMENT`, `STAGING`, `PRODUCTION`, or the slugs
+    /// `dev`, `staging`, `prod`); every environment when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<Vec<String>>,
+}
+
+impl DeclaredSchedule {
+    /// Whether the schedule applies in an environment of `kind`.
+    pub fn applies_in(&self, kind: EnvironmentKind) -> bool {
+        self.environments.as_ref().is_none_or(|envs| {
+            envs.iter()
+                .any(|e| e == kind.api_type() || e.parse::<EnvironmentKind>().ok() == Some(kind))
+        })
     }
 }
 

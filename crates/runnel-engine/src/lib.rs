@@ -30,6 +30,7 @@ pub mod list;
 pub mod multinode;
 pub mod queues;
 pub mod runtime;
+pub mod schedules;
 pub mod secrets;
 pub mod services;
 mod trigger;
@@ -56,6 +57,8 @@ pub enum Error {
     Dev(#[from] dev::DevError),
     #[error(transparent)]
     EnvVars(#[from] envvars::EnvVarsError),
+    #[error(transparent)]
+    Schedule(#[from] schedules::ScheduleApiError),
     #[error(transparent)]
     Store(#[from] runnel_store::Error),
     /// Object storage failed (500).
@@ -263,12 +266,16 @@ impl Engine {
             Some(_) => parent.clone(),
             None => None,
         };
+        let schedule = self
+            .schedule_of_run(environment, run.schedule_id.as_deref())
+            .await?;
         Ok(Some(RunDetail {
             run,
             attempts,
             root,
             parent,
             children,
+            schedule,
         }))
     }
 }

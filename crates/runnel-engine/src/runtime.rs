@@ -10,6 +10,7 @@
 //! | [`Requeuer`] | `RetryingAfterFailure` → `Queued` | `next_attempt_at` |
 //! | [`Waiter`] | completes due `DATETIME` waitpoints and timed-out tokens, resumes the runs they (and any other completion) unblocked | a waitpoint's time or timeout |
 //! | [`Rescuer`] | held attempts whose lease ran out crash (never started: back to the queue); past `maxDuration` time out | lease end, `maxDuration` deadline |
+//! | [`Scheduler`] | fires each cron schedule's due occurrence once (the latest, after downtime) | a schedule's next occurrence |
 //!
 //! A service answers two questions: when it next has work ([`TimedService::next_due`],
 //! one `min` over an indexed column) and what to do now ([`TimedService::run_once`], one
@@ -76,7 +77,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Notify};
 
-use crate::services::{Expirer, Promoter, Requeuer, Rescuer, Waiter};
+use crate::services::{Expirer, Promoter, Requeuer, Rescuer, Scheduler, Waiter};
 use crate::{Clock, Engine, Error};
 
 /// Longest sleep between passes when no deadline is known.
@@ -122,6 +123,7 @@ pub(crate) struct Wakes {
     pub(crate) requeuer: Arc<Notify>,
     pub(crate) rescuer: Arc<Notify>,
     pub(crate) waiter: Arc<Notify>,
+    pub(crate) scheduler: Arc<Notify>,
 }
 
 impl Wakes {
@@ -224,6 +226,12 @@ impl Engine {
             + run_pass(&Expirer::new(self.clone()), clock).await?)
     }
 
+    /// One scheduler pass (see [`Scheduler`]): fires every occurrence due now. Returns
+    /// how many schedules it looked at.
+    pub async fn fire_due_schedules(&self) -> Result<usize, Error> {
+        run_pass(&Scheduler::new(self.clone()), &*self.clock).await
+    }
+
     /// One rescuer pass (see [`Rescuer`]). Returns how many runs moved.
     pub async fn rescue_due(&self) -> Result<usize, Error> {
         run_pass(&Rescuer::new(self.clone()), &*self.clock).await
@@ -243,6 +251,11 @@ impl Engine {
             drive(Expirer::new(self.clone()), clock.clone(), shutdown.clone()),
             drive(Requeuer::new(self.clone()), clock.clone(), shutdown.clone()),
             drive(Waiter::new(self.clone()), clock.clone(), shutdown.clone()),
+            drive(
+                Scheduler::new(self.clone()),
+                clock.clone(),
+                shutdown.clone()
+            ),
             drive(Rescuer::new(self), clock, shutdown),
         );
     }

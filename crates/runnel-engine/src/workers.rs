@@ -170,17 +170,22 @@ impl Engine {
         environment: &Environment,
         request: RegisterRequest,
     ) -> Result<Registered, Error> {
-        self.worker_register_with_sources(environment, request, &HashMap::new())
+        self.worker_register_with_sources(environment, request, &HashMap::new(), false)
             .await
     }
 
     /// [`Engine::worker_register`], with each task's source file (`sources`, by task id:
     /// a Trigger.dev manifest's `filePath`).
+    ///
+    /// `whole_project`: the registration lists every task of the project (a
+    /// `trigger.dev` manifest), so the declarative schedules of tasks it does not list
+    /// are deleted; otherwise only the listed tasks' schedules are synced.
     pub async fn worker_register_with_sources(
         &self,
         environment: &Environment,
         request: RegisterRequest,
         sources: &HashMap<String, String>,
+        whole_project: bool,
     ) -> Result<Registered, Error> {
         let invalid = |m: String| Error::Worker(WorkerError::Invalid(m));
         // Characters, not bytes, as the OpenAPI document's `maxLength` counts them.
@@ -251,16 +256,22 @@ impl Engine {
                 max_duration_secs: task.max_duration.map(|secs| secs.max(5)),
                 machine,
                 file_path: sources.get(&task.id).cloned(),
+                scheduled: task.is_scheduled(),
             });
         }
         let declarations = self.queue_declarations(&tasks, &request.queues)?;
         let now = self.clock.now();
+        let schedules = self
+            .declared_sync(environment, &request.tasks, whole_project, now)
+            .map_err(invalid)?;
+        let declared = schedules.tasks.iter().filter(|(_, d)| d.is_some()).count();
         let registration = WorkerRegistration {
             id: WorkerId::generate(now.timestamp_millis()),
             environment_id: environment.id.clone(),
             name: name.to_owned(),
             version: request.version,
             tasks,
+            schedules,
         };
         let registered = self.store.worker_register(&registration, now).await?;
         self.store
@@ -268,6 +279,9 @@ impl Engine {
             .await?;
         // A changed limit may let waiting runs start.
         self.runs_became_available();
+        if declared > 0 || whole_project {
+            self.wakes.scheduler.notify_one();
+        }
         tracing::info!(
             worker = %registration.id,
             version = %registered.version,

@@ -165,6 +165,34 @@ impl Task {
         self
     }
 
+    /// A scheduled task: schedules created through the API (`runnel schedules create`,
+    /// the SDK's `schedules.create`) may trigger it. Its runs get the schedule's payload
+    /// (`scheduleId`, `type`, `timestamp`, `lastTimestamp`, `externalId`, `timezone`,
+    /// `upcoming`).
+    pub fn scheduled(mut self) -> Task {
+        self.definition.scheduled = true;
+        self
+    }
+
+    /// A scheduled task with a schedule of its own: `cron` (5 fields) in UTC. The server
+    /// keeps this DECLARATIVE schedule in sync with each registration.
+    pub fn cron(self, cron: impl Into<String>) -> Task {
+        self.cron_in(cron, None::<String>)
+    }
+
+    /// [`Task::cron`] read in an IANA `timezone` (`Europe/London`), following its
+    /// daylight saving changes.
+    pub fn cron_in(mut self, cron: impl Into<String>, timezone: Option<impl Into<String>>) -> Task {
+        self.definition.scheduled = true;
+        self.definition.schedule = Some(runnel_core::worker::DeclaredSchedule {
+            cron: cron.into(),
+            timezone: timezone.map(Into::into),
+            window: None,
+            environments: None,
+        });
+        self
+    }
+
     pub fn definition(&self) -> &TaskDefinition {
         &self.definition
     }

@@ -22,7 +22,7 @@ use runnel_core::tenancy::Environment;
 use runnel_core::view::iso;
 use runnel_core::waitpoint::{Snapshot, Waitpoint, WaitpointKind};
 use runnel_core::worker::{
-    FailureKind, QueueDefinition, RegisterRequest, TaskDefinition, TaskFailure,
+    DeclaredSchedule, FailureKind, QueueDefinition, RegisterRequest, TaskDefinition, TaskFailure,
 };
 use runnel_core::{MachinePreset, RunId, RunStatus, SnapshotId, WorkerId};
 use runnel_engine::dev::{AttemptStatusAfter, DevCompletion, DevStarted};
@@ -132,8 +132,9 @@ fn completed_waitpoint(w: &Waitpoint) -> Value {
 }
 
 /// `POST /api/v1/projects/{ref}/background-workers`: a task manifest becomes a version
-/// with its tasks and their settings. Declared schedules are kept for later; they are
-/// not fired yet.
+/// with its tasks and their settings; the tasks' declared schedules (`schedules.task`
+/// with a `cron`) become the environment's DECLARATIVE schedules, in sync with this
+/// manifest (the whole project: schedules of tasks it no longer declares go).
 pub async fn register(
     State(state): State<AppState>,
     Authenticated(environment): Authenticated,
@@ -208,6 +209,8 @@ pub async fn register(
                 .and_then(|m| m.get("preset"))
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            scheduled: task.get("triggerSource").and_then(Value::as_str) == Some("schedule"),
+            schedule: declared_schedule(task.get("schedule"), &field)?,
         });
     }
     for queue in metadata
@@ -237,13 +240,41 @@ pub async fn register(
     };
     let registered = state
         .engine
-        .worker_register_with_sources(&environment, request, &sources)
+        .worker_register_with_sources(&environment, request, &sources, true)
         .await?;
     Ok(Json(json!({
         "id": registered.worker_id.as_str(),
         "version": registered.version,
         "contentHash": content_hash,
     })))
+}
+
+/// A manifest task's `schedule` (`{cron, timezone, environments?, window?}`).
+fn declared_schedule(
+    schedule: Option<&Value>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<DeclaredSchedule>, ApiError> {
+    let Some(schedule) = schedule.filter(|s| !s.is_null()) else {
+        return Ok(None);
+    };
+    let text = |key: &str| schedule.get(key).and_then(Value::as_str).map(str::to_owned);
+    let cron = text("cron")
+        .ok_or_else(|| ApiError::BadRequest(format!("{}: required", field("schedule.cron"))))?;
+    let environments = schedule
+        .get("environments")
+        .and_then(Value::as_array)
+        .map(|envs| {
+            envs.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        });
+    Ok(Some(DeclaredSchedule {
+        cron,
+        timezone: text("timezone"),
+        window: text("window"),
+        environments,
+    }))
 }
 
 /// `POST /engine/v1/dev/dequeue`: up to 10 runs for the CLI's current worker.

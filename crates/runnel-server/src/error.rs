@@ -85,6 +85,15 @@ impl From<runnel_engine::Error> for ApiError {
             e @ runnel_engine::Error::Store(_) => ApiError::Internal(e),
             runnel_engine::Error::EnvVars(e) => e.into(),
             runnel_engine::Error::Blob(e) => e.into(),
+            runnel_engine::Error::Schedule(e) => {
+                use runnel_engine::schedules::ScheduleApiError;
+                match e {
+                    ScheduleApiError::NotFound => ApiError::Missing(e.to_string()),
+                    ScheduleApiError::Invalid(_) | ScheduleApiError::Declarative(_) => {
+                        ApiError::Unprocessable(e.to_string())
+                    }
+                }
+            }
             runnel_engine::Error::Worker(runnel_engine::WorkerError::UnknownWorker) => {
                 ApiError::NotFound
             }

@@ -36,6 +36,7 @@
 //! | [`WaitStore`] | `waits.rs` | waitpoints, what blocks a run, execution snapshots |
 //! | [`EventStore`] | `events.rs` | a run's log lines and spans (OTLP ingest) |
 //! | [`EnvVarStore`] | `envvars.rs` | environment variables, values sealed |
+//! | [`ScheduleStore`] | `schedules.rs` | cron schedules and the swaps that fire each occurrence once |
 //! | [`SecretStore`] | `secrets.rs` | values sealed under the master key (key ids, rotation), one-time tokens' uses |
 //!
 //! `sqlite.rs` and `postgres.rs` keep only how they connect and what truly differs:
@@ -70,6 +71,7 @@ pub mod postgres;
 pub mod queues;
 mod rows;
 mod runs;
+pub mod schedules;
 pub mod secrets;
 mod sql;
 pub mod sqlite;
@@ -86,6 +88,10 @@ pub use events::{
 pub use multinode::{Announcement, Signal, SignalListener};
 pub use postgres::PgStore;
 pub use queues::{QueueChange, QueueDeclaration, QueueKind, QueueRecord, QueueRef};
+pub use schedules::{
+    DeclaredSync, DeclaredWrite, ScheduleClaim, ScheduleRecord, ScheduleRef, ScheduleStore,
+    ScheduleWrite,
+};
 pub use secrets::{
     PublicTokenUse, Resealed, SealedColumn, SealedCount, SecretStore, SEALED_COLUMNS,
 };
@@ -174,6 +180,8 @@ pub struct TaskConfig {
     /// The task's source file in its project, when the worker says (a Trigger.dev
     /// manifest's `filePath`, shown to the task as `ctx.task.filePath`).
     pub file_path: Option<String>,
+    /// A scheduled task: imperative schedules may attach to it.
+    pub scheduled: bool,
 }
 
 /// A worker as it registers.
@@ -185,6 +193,8 @@ pub struct WorkerRegistration {
     /// `None`: the store assigns the next `YYYYMMDD.N` of `now`'s date.
     pub version: Option<String>,
     pub tasks: Vec<TaskConfig>,
+    /// The declarative schedules this registration keeps in sync (in its transaction).
+    pub schedules: DeclaredSync,
 }
 
 /// What a registration did.
@@ -299,6 +309,7 @@ pub trait Store:
     + EventStore
     + EnvVarStore
     + SecretStore
+    + ScheduleStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -318,6 +329,7 @@ impl<T> Store for T where
         + EventStore
         + EnvVarStore
         + SecretStore
+        + ScheduleStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -328,7 +340,7 @@ impl<T> Store for T where
 pub mod prelude {
     pub use crate::{
         AttemptStore, BatchStore, EnvVarStore, EventStore, KeyStore, NodeStore, QueueStore,
-        RunStore, SecretStore, Store, SweepStore, WaitStore, WorkerStore,
+        RunStore, ScheduleStore, SecretStore, Store, SweepStore, WaitStore, WorkerStore,
     };
 }
 

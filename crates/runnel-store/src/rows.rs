@@ -335,6 +335,7 @@ pub(crate) fn task_config_from_row(row: &impl Columns) -> Result<crate::TaskConf
         max_duration_secs: row.opt_int("max_duration_secs")?.map(|n| n as u32),
         machine,
         file_path: row.opt_text("file_path")?,
+        scheduled: row.flag("scheduled")?,
     })
 }
 

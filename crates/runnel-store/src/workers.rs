@@ -70,14 +70,16 @@ impl<B: Backend> WorkerStore for B {
                     .with(task.max_duration_secs.map(i64::from))
                     .with(task.machine.map(|m| m.as_str()))
                     .with(task.file_path.as_deref())
+                    .with(task.scheduled)
                     .execute(
                         &mut tx,
                         "INSERT INTO worker_tasks (environment_id, task_identifier, version, queue, \
-                         retry, max_duration_secs, machine, file_path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         retry, max_duration_secs, machine, file_path, scheduled) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                          ON CONFLICT (environment_id, task_identifier, version) DO UPDATE SET \
                          queue = excluded.queue, retry = excluded.retry, \
                          max_duration_secs = excluded.max_duration_secs, machine = excluded.machine, \
-                         file_path = excluded.file_path",
+                         file_path = excluded.file_path, scheduled = excluded.scheduled",
                     )
                     .await?;
             }
@@ -117,6 +119,13 @@ impl<B: Backend> WorkerStore for B {
                     promoted.push(RunId::from_trusted(row.text("id")?));
                 }
             }
+            crate::schedules::sync_declared::<B::D>(
+                &mut tx,
+                &registration.environment_id,
+                &registration.schedules,
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(Registered { version, promoted })
         })
@@ -139,7 +148,7 @@ impl<B: Backend> WorkerStore for B {
         let served = rows::task_list(&row.text("tasks")?)?;
         let mut p = Params::<B::D>::new();
         let sql = format!(
-            "SELECT task_identifier, queue, retry, max_duration_secs, machine, file_path FROM worker_tasks \
+            "SELECT task_identifier, queue, retry, max_duration_secs, machine, file_path, scheduled FROM worker_tasks \
              WHERE environment_id = {} AND version = {} AND task_identifier {} \
              ORDER BY task_identifier{}",
             p.bind(environment_id.as_str()),

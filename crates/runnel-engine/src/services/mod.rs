@@ -9,10 +9,12 @@ pub mod expirer;
 pub mod promoter;
 pub mod requeuer;
 pub mod rescuer;
+pub mod scheduler;
 pub mod waiter;
 
 pub use expirer::Expirer;
 pub use promoter::Promoter;
 pub use requeuer::Requeuer;
 pub use rescuer::Rescuer;
+pub use scheduler::Scheduler;
 pub use waiter::Waiter;

@@ -109,6 +109,7 @@ pub(crate) async fn run_dequeue_leases_the_run_with_a_new_pending_attempt(store:
         max_duration_secs: Some(300),
         machine: Some(MachinePreset::Large1x),
         file_path: None,
+        scheduled: false,
         ..task("my-task")
     };
     let (worker, _) = register(&*store, &tenancy.dev, Some("v1"), vec![settings], at(0)).await;

@@ -334,6 +334,7 @@ pub(crate) fn task(id: &str) -> TaskConfig {
         max_duration_secs: None,
         machine: None,
         file_path: None,
+        scheduled: false,
     }
 }
 
@@ -352,6 +353,7 @@ pub(crate) async fn register(
         name: "test-worker".to_owned(),
         version: version.map(str::to_owned),
         tasks,
+        schedules: Default::default(),
     };
     let registered = store
         .worker_register(&registration, now)

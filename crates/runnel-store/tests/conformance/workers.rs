@@ -109,6 +109,7 @@ pub(crate) async fn worker_register_again_upserts_the_tasks_of_a_version(store: 
         max_duration_secs: Some(60),
         machine: Some(MachinePreset::Micro),
         file_path: None,
+        scheduled: false,
         queue: "shared".to_owned(),
         ..task("a")
     };
@@ -126,6 +127,7 @@ pub(crate) async fn worker_register_again_upserts_the_tasks_of_a_version(store: 
         max_duration_secs: Some(120),
         machine: Some(MachinePreset::Large1x),
         file_path: None,
+        scheduled: false,
         ..task("a")
     };
     let (second, registered) = register(
