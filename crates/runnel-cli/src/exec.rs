@@ -2,7 +2,9 @@
 //! tasks can be written in any language (DESIGN §1).
 //!
 //! What the command sees (`sh -c COMMAND`):
-//! - stdin: the run's payload as JSON (`null` when it has none), then end of input;
+//! - stdin: the run's payload as JSON (`null` when it has none), then end of input; a
+//!   superjson payload (`application/super+json`, e.g. a scheduled run's) is its `json`
+//!   part, plain JSON with dates as ISO 8601 strings (the worker protocol decodes it);
 //! - environment: the worker's, then the variables of the run's environment (`runnel
 //!   envvars set`, the env var API; read by the worker runtime, at most
 //!   `runnel_sdk::ENV_VARS_CACHE_TTL` old), then `RUNNEL_RUN_ID`, `RUNNEL_TASK`, `RUNNEL_ATTEMPT` (1 for

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, TestApp, SERVICE_TIMEOUT};
+use common::{eventually, keys_create, TestApp, Worker as ExecWorker, SERVICE_TIMEOUT};
 use runnel_sdk::{
-    Client, RetryPolicy, RunInfo, RunStatus, Task, TaskContext, Tasks, TriggerOptions, Worker,
-    WorkerOptions, WorkerSummary,
+    Client, RetryPolicy, RunInfo, RunStatus, ScheduleKind, ScheduledPayload, Task, TaskContext,
+    Tasks, TriggerOptions, Worker, WorkerOptions, WorkerSummary,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -484,4 +484,100 @@ async fn many_runs_complete_with_limited_concurrency() {
     }
     let summary = worker.stop().await;
     assert_eq!(summary.succeeded, 20);
+}
+
+/// A scheduled run's payload is superjson (`application/super+json`: the dates marked so
+/// the TypeScript SDK revives them). Runnel's own workers get its `json` part: a Rust task
+/// deserializes it as a [`ScheduledPayload`], an exec command reads plain JSON with the
+/// dates as ISO strings on stdin. The runs are triggered with the very text the scheduler
+/// stores (`runnel_core::schedule::ScheduledPayload::to_superjson`) and its payload type,
+/// so nobody waits for a minute to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_payload_reaches_rust_and_exec_tasks_as_plain_json() {
+    let app = TestApp::start();
+    let client = client(&app);
+    let at = |s: &str| common::timestamp(&json!(s));
+    let upcoming = vec![
+        at("2026-12-03T19:00:00.000Z"),
+        at("2026-12-03T20:00:00.000Z"),
+    ];
+    let superjson = runnel_core::schedule::ScheduledPayload {
+        schedule_id: "sched_0123456789abcdefghijklmn",
+        kind: ScheduleKind::Imperative,
+        timestamp: at("2026-12-03T18:00:00.000Z"),
+        last_timestamp: Some(at("2026-12-03T17:00:00.000Z")),
+        external_id: Some("user_1"),
+        timezone: "Europe/Paris",
+        upcoming: upcoming.clone(),
+    }
+    .to_superjson();
+    let trigger_body = json!({
+        "payload": superjson,
+        "options": {"payloadType": runnel_core::schedule::PAYLOAD_TYPE},
+    });
+
+    // The Rust task hands back what it received, typed.
+    let tasks = Tasks::new().task(
+        Task::new("scheduled-echo").scheduled(),
+        |payload: ScheduledPayload| async move { Ok::<_, String>(payload) },
+    );
+    let worker = TestWorker::start(&app, tasks, options()).await;
+    // The exec command echoes its stdin (in prod, so the two workers stay apart).
+    let prod_key = keys_create(&app.data_dir(), "prod");
+    let mut exec_worker =
+        ExecWorker::start(&app.server, &prod_key, &["--task", "scheduled-cat=cat"]);
+    exec_worker.registration();
+
+    let rust_run = app
+        .server
+        .trigger(&app.dev_key, "scheduled-echo", &trigger_body)
+        .await
+        .assert_new_run();
+    let exec_run = app
+        .server
+        .trigger(&prod_key, "scheduled-cat", &trigger_body)
+        .await
+        .assert_new_run();
+
+    let run = wait_for_final(&client, &rust_run).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:#}", run.raw);
+    assert_eq!(
+        run.output_as::<ScheduledPayload>().unwrap(),
+        ScheduledPayload {
+            schedule_id: "sched_0123456789abcdefghijklmn".into(),
+            kind: ScheduleKind::Imperative,
+            timestamp: at("2026-12-03T18:00:00.000Z"),
+            last_timestamp: Some(at("2026-12-03T17:00:00.000Z")),
+            external_id: Some("user_1".into()),
+            timezone: "Europe/Paris".into(),
+            upcoming,
+        },
+        "{:#}",
+        run.raw
+    );
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("building the HTTP client");
+    let prod = Client::with_http_client(http, app.server.url.clone(), prod_key.clone());
+    let run = wait_for_final(&prod, &exec_run).await;
+    exec_worker.terminate();
+    assert_eq!(run.status, RunStatus::Completed, "{:#}", run.raw);
+    assert_eq!(
+        run.output,
+        Some(json!({
+            "scheduleId": "sched_0123456789abcdefghijklmn",
+            "type": "IMPERATIVE",
+            "timestamp": "2026-12-03T18:00:00.000Z",
+            "lastTimestamp": "2026-12-03T17:00:00.000Z",
+            "externalId": "user_1",
+            "timezone": "Europe/Paris",
+            "upcoming": ["2026-12-03T19:00:00.000Z", "2026-12-03T20:00:00.000Z"],
+        })),
+        "the command read plain JSON: {:#}",
+        run.raw
+    );
+    let summary = worker.stop().await;
+    assert_eq!((summary.succeeded, summary.failed), (1, 0));
 }

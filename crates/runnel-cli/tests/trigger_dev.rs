@@ -21,7 +21,10 @@
 //!   URL, and one that times out;
 //! - cancelling a waiting parent cancels its waiting child;
 //! - restarting the server while runs wait (on a duration and on a token) loses nothing:
-//!   they resume and complete, and the CLI goes on taking new runs.
+//!   they resume and complete, and the CLI goes on taking new runs;
+//! - `schedules.task` with a `cron`: the manifest's schedule becomes a DECLARATIVE
+//!   schedule that triggers a run every minute; the task gets the superjson payload with
+//!   its dates revived, and retrieve shows the run's `schedule`.
 //!
 //! The scenarios run concurrently in one dev session, each to its own end (the test lists
 //! which passed); the restart comes last. The CLI's
@@ -61,6 +64,10 @@ const CLI_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// attempt starts a task process, which takes 15 s and more on a loaded two-core machine
 /// running a dozen at once, and the flaky task makes three attempts.
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the every-minute schedule may take to trigger its first run, from the start
+/// of its scenario (right after the CLI registered the project): up to a minute to the
+/// next whole minute, and the scheduler's own latency.
+const SCHEDULE_TIMEOUT: Duration = Duration::from_secs(80);
 /// Between two retrieves of the same run.
 const POLL: Duration = Duration::from_millis(250);
 /// How long the CLI may take to exit after SIGTERM before it is killed.
@@ -395,6 +402,22 @@ impl Session {
         }
     }
 
+    /// `GET /api/v1/runs` with `query` (the dev key): the runs listed, newest first.
+    async fn list_runs(&self, query: &[(&str, &str)]) -> Vec<Value> {
+        let reply = common::send(
+            self.api
+                .request(Method::GET, "/api/v1/runs")
+                .query(query)
+                .bearer_auth(&self.key),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "list {query:?}: {reply:?}");
+        reply.body["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("list {query:?}: no data in {reply:?}"))
+            .clone()
+    }
+
     /// Polls until the run is final (completed, failed, canceled, crashed, …).
     async fn finished(&self, run_id: &str, what: &str) -> (Value, Vec<String>) {
         self.poll(run_id, what, |body| body["isCompleted"] == true)
@@ -574,6 +597,10 @@ async fn trigger_dev_runs_the_fixture_project() {
             (
                 "cancelling a waiting parent cancels its child",
                 Box::pin(cancelling_a_waiting_parent(session.clone())),
+            ),
+            (
+                "a declarative schedule triggers its task every minute",
+                Box::pin(a_declarative_schedule_fires(session.clone())),
             ),
         ],
     )
@@ -996,4 +1023,73 @@ async fn a_new_run_after_the_restart(s: Arc<Session>) {
     let (run, _) = s.finished(&id, "a new run after the restart").await;
     assert_eq!(run["status"], "COMPLETED", "{run:#}");
     assert_eq!(run["output"], json!({"greeting": "hello again"}), "{run:#}");
+}
+
+/// `fixture-every-minute` (`schedules.task` with `cron: "* * * * *"`) gets a run within
+/// about a minute of the registration, without anyone triggering it: the manifest's
+/// schedule became a DECLARATIVE schedule of the dev environment. The task receives the
+/// superjson payload with `timestamp` revived as a `Date` at a whole minute; retrieve
+/// shows the schedule that triggered the run, and the run list filters by it.
+async fn a_declarative_schedule_fires(s: Arc<Session>) {
+    let s = &*s;
+    const TASK: &str = "fixture-every-minute";
+    let deadline = Instant::now() + SCHEDULE_TIMEOUT;
+    let first = loop {
+        let runs = s.list_runs(&[("filter[taskIdentifier]", TASK)]).await;
+        // Newest first: the oldest is the first occurrence.
+        if let Some(run) = runs.last() {
+            break run["id"].as_str().expect("a listed run's id").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run of {TASK} within {SCHEDULE_TIMEOUT:?} of the registration"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+
+    let (run, _) = s.finished(&first, TASK).await;
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    let output = &run["output"];
+    let schedule_id = output["scheduleId"].as_str().unwrap_or_default().to_owned();
+    common::assert_friendly_id(&schedule_id, "sched");
+    assert_eq!(
+        *output,
+        json!({
+            "scheduleId": schedule_id,
+            "type": "DECLARATIVE",
+            "timestamp": output["timestamp"],
+            "isDate": true,
+            "upcoming": runnel_core::schedule::UPCOMING,
+            "timezone": "UTC",
+        }),
+        "{run:#}"
+    );
+    let occurrence = common::timestamp(&output["timestamp"]);
+    assert_eq!(
+        occurrence.timestamp_millis() % 60_000,
+        0,
+        "the occurrence is at a whole minute: {run:#}"
+    );
+
+    let description = runnel_core::schedule::Cron::parse("* * * * *")
+        .expect("a valid cron")
+        .description();
+    assert_eq!(
+        run["schedule"],
+        json!({
+            "id": schedule_id,
+            "generator": {"type": "CRON", "expression": "* * * * *", "description": description},
+        }),
+        "{run:#}"
+    );
+
+    let listed = s.list_runs(&[("filter[schedule]", &schedule_id)]).await;
+    assert!(
+        listed.iter().any(|r| r["id"] == json!(first)),
+        "filter[schedule]={schedule_id} lists {first}: {listed:#?}"
+    );
+    assert!(
+        listed.iter().all(|r| r["taskIdentifier"] == TASK),
+        "filter[schedule]={schedule_id} lists only that schedule's runs: {listed:#?}"
+    );
 }

@@ -13,6 +13,10 @@
 //! time) while the task's future awaits, polling the run's latest snapshot every
 //! [`waits::WAIT_POLL_INTERVAL`].
 //!
+//! A task with a schedule ([`Task::cron`], or [`Task::scheduled`] for schedules created
+//! through the API) takes a [`ScheduledPayload`] ([`scheduled`]): the occurrence's time,
+//! the schedule's id and type, the next occurrences.
+//!
 //! ```no_run
 //! use runnel_sdk::{TaskContext, Tasks, TriggerOptions};
 //! use std::time::Duration;
@@ -69,6 +73,7 @@ pub mod events;
 pub mod executor;
 pub mod list;
 pub mod packets;
+pub mod scheduled;
 pub mod tasks;
 pub mod waits;
 pub mod worker;
@@ -80,9 +85,11 @@ pub use executor::{Executor, StopHandle, StopReason, StopSignal};
 pub use list::{RunListOptions, RunPage};
 pub use reqwest::StatusCode;
 pub use runnel_core::retry::RetryPolicy;
+pub use runnel_core::schedule::ScheduleKind;
 pub use runnel_core::worker::{
     AttemptOutcome, DequeuedRun, FailureKind, TaskDefinition, TaskFailure,
 };
+pub use scheduled::ScheduledPayload;
 pub use tasks::{Task, TaskContext, Tasks};
 pub use waits::{BatchItem, ChildResult, Token, TokenResult};
 pub use worker::{RegisteredWorker, Worker, WorkerOptions, WorkerSummary};
