@@ -394,7 +394,17 @@ impl Engine {
         let timing = match timing_of(record) {
             Ok(timing) => timing,
             Err(error) => {
-                tracing::error!(schedule = %record.id, %error, "stored schedule does not parse");
+                // It can never fire; left as it is it would be due on every pass (and
+                // the scheduler, its next deadline past, would never sleep). Deactivated,
+                // it shows as inactive until its settings are fixed.
+                tracing::error!(schedule = %record.id, %error,
+                    "stored schedule does not parse: deactivated");
+                self.store
+                    .schedule_set_active(&record.environment_id, &record.id, false, None, now)
+                    .await?;
+                if let Some(pending) = record.pending_run_at {
+                    self.store.schedule_settle(&record.id, pending).await?;
+                }
                 return Ok(());
             }
         };
@@ -419,7 +429,10 @@ impl Engine {
         let Some(due) = record.next_run_at else {
             return Ok(());
         };
-        let Some(catch_up) = timing.catch_up(due, now) else {
+        // The store found it due: its stored fire time has come. Fire it even if the
+        // window offset computed now is later (a time stored by another version);
+        // skipped, it would stay due on every pass until then.
+        let Some(catch_up) = timing.catch_up(due, now.max(timing.effective(due))) else {
             return Ok(());
         };
         let claim = ScheduleClaim {

@@ -23,9 +23,10 @@ use runnel_core::tenancy::Environment;
 use runnel_core::view::RetrieveRunResponse;
 use runnel_core::worker::RegisterRequest;
 use runnel_core::RunStatus;
+use runnel_core::ScheduleId;
 use runnel_engine::schedules::{ScheduleApiError, ScheduleInput};
 use runnel_engine::{Clock, Engine, EngineConfig, ManualClock};
-use runnel_store::{PgStore, ScheduleClaim, ScheduleRecord, Store};
+use runnel_store::{PgStore, ScheduleClaim, ScheduleRecord, ScheduleWrite, Store};
 use runnel_testkit::PgTestDatabase;
 use serde_json::{json, Value};
 
@@ -697,6 +698,97 @@ async fn a_pending_occurrence_whose_run_already_failed_is_not_triggered_again() 
         vec![first, second]
     );
     assert_eq!(runs[1].last_timestamp, Some(first));
+}
+
+/// A stored schedule whose settings no longer parse (written by another version) can
+/// never fire: the pass deactivates it, so it is not due on every pass after (the
+/// scheduler would sleep zero between passes and spin).
+#[tokio::test]
+async fn a_stored_schedule_that_no_longer_parses_is_deactivated_not_due_forever() {
+    let h = harness().await;
+    register(
+        &h.engine,
+        &h.dev,
+        json!([{"id": "report", "scheduled": true}]),
+    )
+    .await;
+    let store = Arc::clone(h.engine.store());
+    let due = utc("2026-03-01T12:10:00Z");
+    let broken = store
+        .schedule_upsert(
+            &ScheduleWrite {
+                id: ScheduleId::generate(h.engine.now().timestamp_millis()),
+                environment_id: h.dev.id.clone(),
+                task_identifier: "report".into(),
+                deduplication_key: "broken".into(),
+                external_id: None,
+                cron: "*/10 * * * *".into(),
+                timezone: "Mars/Olympus".into(),
+                window: None,
+                next: Some((due, due)),
+            },
+            h.engine.now(),
+        )
+        .await
+        .unwrap();
+    h.set_clock(due);
+    assert_eq!(store.schedule_next_due().await.unwrap(), Some(due));
+    h.pass().await;
+    let record = h
+        .engine
+        .schedule_get(&h.dev, broken.id.as_str())
+        .await
+        .unwrap();
+    assert!(!record.active);
+    assert_eq!(store.schedule_next_due().await.unwrap(), None);
+    assert_eq!(h.pass().await, 0, "nothing left due");
+    assert_eq!(runs_of(&*store, &h.dev, broken.id.as_str()).await.len(), 0);
+}
+
+/// A schedule the store says is due (its stored fire time has come) fires, even when
+/// the window offset computed now is later than the stored one (a stored time written
+/// by another version): otherwise it stays due, unfired, on every pass until then.
+#[tokio::test]
+async fn a_due_schedule_fires_even_when_its_window_now_computes_later() {
+    let h = harness().await;
+    register(
+        &h.engine,
+        &h.dev,
+        json!([{"id": "report", "scheduled": true}]),
+    )
+    .await;
+    let store = Arc::clone(h.engine.store());
+    let nominal = utc("2026-03-01T13:00:00Z");
+    let record = store
+        .schedule_upsert(
+            &ScheduleWrite {
+                id: ScheduleId::generate(h.engine.now().timestamp_millis()),
+                environment_id: h.dev.id.clone(),
+                task_identifier: "report".into(),
+                deduplication_key: "spread".into(),
+                external_id: None,
+                cron: "0 * * * *".into(),
+                timezone: "UTC".into(),
+                window: Some("50%".into()),
+                // Stored without the offset this version computes for it.
+                next: Some((nominal, nominal)),
+            },
+            h.engine.now(),
+        )
+        .await
+        .unwrap();
+    h.set_clock(nominal);
+    h.pass().await;
+    let runs = fired_of(&*store, &h.dev, record.id.as_str()).await;
+    assert_eq!(
+        runs.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+        vec![nominal]
+    );
+    let next_due = store.schedule_next_due().await.unwrap().unwrap();
+    assert!(
+        next_due >= utc("2026-03-01T14:00:00Z") && next_due < utc("2026-03-01T14:30:00Z"),
+        "the next occurrence, inside its window: {next_due}"
+    );
 }
 
 #[tokio::test]
