@@ -928,6 +928,51 @@ async fn declarative_schedules_follow_each_registration() {
     assert_eq!(schedules_of(&h.engine, &h.dev, "prod-report").await, vec![]);
     let prod = schedule_of(&h.engine, &h.prod, "prod-report").await;
     assert_eq!(prod.next_run_at, Some(utc("2026-03-02T00:00:00Z")));
+
+    // Narrowed to production later: the dev schedule it had goes.
+    register(
+        &h.engine,
+        &h.dev,
+        json!([{"id": "nightly", "schedule": {"cron": "0 0 * * *"}}]),
+    )
+    .await;
+    let nightly = schedule_of(&h.engine, &h.dev, "nightly").await;
+    // Only its task changes a declarative schedule.
+    for refused in [
+        h.engine
+            .schedule_update(
+                &h.dev,
+                nightly.id.as_str(),
+                &ScheduleInput {
+                    task: "nightly".into(),
+                    cron: "0 1 * * *".into(),
+                    ..ScheduleInput::default()
+                },
+            )
+            .await
+            .map(|_| ()),
+        h.engine
+            .schedule_delete(&h.dev, nightly.id.as_str())
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(
+            matches!(
+                refused,
+                Err(runnel_engine::Error::Schedule(
+                    ScheduleApiError::Declarative(_)
+                ))
+            ),
+            "{refused:?}"
+        );
+    }
+    register(
+        &h.engine,
+        &h.dev,
+        json!([{"id": "nightly", "schedule": {"cron": "0 0 * * *", "environments": ["prod"]}}]),
+    )
+    .await;
+    assert_eq!(schedules_of(&h.engine, &h.dev, "nightly").await, vec![]);
 }
 
 #[tokio::test]
@@ -1008,4 +1053,18 @@ async fn a_scheduled_run_retrieves_with_its_schedule_and_no_public_idempotency_k
             );
         }
     }
+
+    // Once its schedule is deleted, a run retrieves without `schedule`.
+    let runs = runs_of(store, &h.dev, imperative.id.as_str()).await;
+    h.engine
+        .schedule_delete(&h.dev, "daily-report")
+        .await
+        .unwrap();
+    let detail = h
+        .engine
+        .run_detail(&h.dev, &runs[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.schedule, None);
 }
