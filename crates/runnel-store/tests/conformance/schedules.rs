@@ -585,9 +585,18 @@ pub(crate) async fn schedule_claim_is_a_compare_and_swap(store: Arc<dyn Store>) 
     assert!(!store.schedule_claim(&second, at(2 * MINUTE)).await.unwrap());
     assert_eq!(get(&*store, &tenancy.dev, &record.id).await, claimed);
 
-    // Settled, the next occurrence claims; its pending `lastTimestamp` is the previous
-    // occurrence.
+    // Settled, a node that read the row before the first claim still loses: the swap
+    // is on the next occurrence it read, not only on the pending one.
     store.schedule_settle(&record.id, at(MINUTE)).await.unwrap();
+    assert!(!store.schedule_claim(&first, at(MINUTE + 3)).await.unwrap());
+    assert_eq!(
+        get(&*store, &tenancy.dev, &record.id).await,
+        ScheduleRecord {
+            pending_run_at: None,
+            ..claimed.clone()
+        }
+    );
+    // The next occurrence claims; its pending `lastTimestamp` is the previous one.
     assert!(store.schedule_claim(&second, at(2 * MINUTE)).await.unwrap());
     let claimed_again = get(&*store, &tenancy.dev, &record.id).await;
     assert_eq!(
