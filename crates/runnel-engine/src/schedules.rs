@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use runnel_core::list::{RunFilter, RunListQuery};
 use runnel_core::schedule::{self, ScheduleError, ScheduleKind, ScheduledPayload, Timing};
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerOptions, TriggerRequest};
@@ -34,6 +35,9 @@ use crate::{Engine, Error};
 pub const MAX_PER_PAGE: u32 = 100;
 /// Schedules fired per pass of the scheduler.
 pub const FIRE_BATCH: u32 = 100;
+/// A schedule's runs created since a pending occurrence that are looked through for its
+/// run (at most two exist: its own, and the previous occurrence's if that fired late).
+const OCCURRENCE_LOOKUP: u32 = 10;
 
 /// Why a schedule operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -390,29 +394,45 @@ impl Engine {
         let timing = match timing_of(record) {
             Ok(timing) => timing,
             Err(error) => {
-                tracing::error!(schedule = %record.id, %error, "stored schedule does not parse");
+                // It can never fire; left as it is it would be due on every pass (and
+                // the scheduler, its next deadline past, would never sleep). Deactivated,
+                // it shows as inactive until its settings are fixed.
+                tracing::error!(schedule = %record.id, %error,
+                    "stored schedule does not parse: deactivated");
+                self.store
+                    .schedule_set_active(&record.environment_id, &record.id, false, None, now)
+                    .await?;
+                if let Some(pending) = record.pending_run_at {
+                    self.store.schedule_settle(&record.id, pending).await?;
+                }
                 return Ok(());
             }
         };
         // A node claimed this occurrence and may have died before its run existed:
-        // trigger it (again; the run's idempotency key makes it the same run).
+        // trigger it (again; the run's idempotency key makes it the same run). A run
+        // that already ended in failure has freed its key, so look for it first.
         if let Some(pending) = record.pending_run_at {
-            self.schedule_trigger(
-                environment,
-                record,
-                &timing,
-                pending,
-                record.pending_last_at,
-                now,
-            )
-            .await?;
+            if !self.occurrence_has_run(record, pending).await? {
+                self.schedule_trigger(
+                    environment,
+                    record,
+                    &timing,
+                    pending,
+                    record.pending_last_at,
+                    now,
+                )
+                .await?;
+            }
             self.store.schedule_settle(&record.id, pending).await?;
             return Ok(());
         }
         let Some(due) = record.next_run_at else {
             return Ok(());
         };
-        let Some(catch_up) = timing.catch_up(due, now) else {
+        // The store found it due: its stored fire time has come. Fire it even if the
+        // window offset computed now is later (a time stored by another version);
+        // skipped, it would stay due on every pass until then.
+        let Some(catch_up) = timing.catch_up(due, now.max(timing.effective(due))) else {
             return Ok(());
         };
         let claim = ScheduleClaim {
@@ -448,6 +468,34 @@ impl Engine {
             .schedule_settle(&record.id, catch_up.fire)
             .await?;
         Ok(())
+    }
+
+    /// Whether the run of occurrence `fire` exists, whatever its status. The idempotency
+    /// key alone does not tell: a run that failed, crashed, timed out or expired frees
+    /// its key, and a pending occurrence may be seen only after its run ended (a node
+    /// died between trigger and settle, the run failed, then the next node looked).
+    ///
+    /// The run was created at or after `fire` (an occurrence fires at or after its
+    /// nominal time), and while `fire` is pending no later occurrence is claimed, so
+    /// the schedule's few runs created since `fire` hold it if it exists.
+    async fn occurrence_has_run(
+        &self,
+        record: &ScheduleRecord,
+        fire: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let key = occurrence_key(record, fire);
+        let query = RunListQuery {
+            filter: RunFilter {
+                schedule_id: Some(record.id.as_str().to_owned()),
+                ..RunFilter::default()
+            },
+            created_from: Some(fire),
+            ..RunListQuery::newest(record.environment_id.clone(), OCCURRENCE_LOOKUP)
+        };
+        let runs = self.store.run_list(&query).await?;
+        Ok(runs
+            .iter()
+            .any(|run| run.idempotency_key.as_deref() == Some(key.as_str())))
     }
 
     /// Triggers the run of occurrence `fire`, idempotent on (schedule, occurrence).
@@ -496,11 +544,7 @@ impl Engine {
             }
         };
         run.schedule_id = Some(record.id.as_str().to_owned());
-        run.idempotency_key = Some(format!(
-            "schedule:{}:{}",
-            record.id,
-            fire.timestamp_millis()
-        ));
+        run.idempotency_key = Some(occurrence_key(record, fire));
         self.place(environment, std::iter::once(&mut run)).await?;
         match self.store.run_trigger(&run, now).await? {
             TriggerOutcome::Created(id) => {
@@ -515,6 +559,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The idempotency key of the run of `record`'s occurrence `fire`: one run per
+/// occurrence across nodes and retries.
+fn occurrence_key(record: &ScheduleRecord, fire: DateTime<Utc>) -> String {
+    format!("schedule:{}:{}", record.id, fire.timestamp_millis())
 }
 
 /// A schedule's `generator`: `{type: "CRON", expression, description}`.

@@ -42,6 +42,7 @@ mod list;
 mod multinode;
 mod queues;
 mod runs;
+mod schedules;
 mod sweeps;
 mod tenancy;
 mod waits;
@@ -181,6 +182,20 @@ macro_rules! conformance_tests {
             envvars::env_var_upsert_update_delete_round_trip_per_environment,
             envvars::env_var_import_without_override_writes_nothing_on_a_conflict,
             envvars::env_var_import_concurrent_imports_of_one_name_write_once,
+            // [schedules]
+            schedules::schedule_upsert_creates_then_updates_by_key_keeping_id_and_active,
+            schedules::schedule_get_by_id_or_key_only_in_its_environment,
+            schedules::schedule_list_pages_oldest_first_with_the_count,
+            schedules::schedule_update_changes_imperative_schedules_only,
+            schedules::schedule_delete_removes_the_schedule_once,
+            schedules::schedule_set_active_moves_next_only_when_activating,
+            schedules::schedule_next_due_and_due_see_active_and_pending_schedules,
+            schedules::schedule_claim_is_a_compare_and_swap,
+            schedules::schedule_claim_concurrent_claims_of_one_occurrence_win_once,
+            schedules::schedule_settle_clears_only_the_matching_pending,
+            schedules::worker_register_syncs_the_declarative_schedules_it_lists,
+            schedules::worker_register_prunes_unlisted_declarative_schedules_only,
+            schedules::task_scheduled_follows_the_latest_version,
         ]);
     };
     (@expand $backend:ident, $make_store:ident, [$($area:ident :: $test:ident),* $(,)?]) => {
