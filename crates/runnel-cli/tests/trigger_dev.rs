@@ -602,6 +602,10 @@ async fn trigger_dev_runs_the_fixture_project() {
                 "a declarative schedule triggers its task every minute",
                 Box::pin(a_declarative_schedule_fires(session.clone())),
             ),
+            (
+                "an imperative schedule attaches to a scheduled task and fires",
+                Box::pin(an_imperative_schedule_fires(session.clone())),
+            ),
         ],
     )
     .await;
@@ -1091,5 +1095,99 @@ async fn a_declarative_schedule_fires(s: Arc<Session>) {
     assert!(
         listed.iter().all(|r| r["taskIdentifier"] == TASK),
         "filter[schedule]={schedule_id} lists only that schedule's runs: {listed:#?}"
+    );
+}
+
+/// `GET /api/v1/schedules` with the dev key: every schedule (one page of 100).
+async fn list_schedules(s: &Session) -> Vec<Value> {
+    let reply = common::send(
+        s.api
+            .request(Method::GET, "/api/v1/schedules")
+            .query(&[("perPage", "100")])
+            .bearer_auth(&s.key),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "list schedules: {reply:?}");
+    reply.body["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// The manifest's `schedules.task` without a cron takes a schedule created through the
+/// API (and the one with a cron shows as DECLARATIVE, in the dev environment); the
+/// imperative schedule's run gets its type and external id.
+async fn an_imperative_schedule_fires(s: Arc<Session>) {
+    let s = &*s;
+    let schedules = list_schedules(s).await;
+    let declared = schedules
+        .iter()
+        .find(|x| x["task"] == "fixture-every-minute")
+        .unwrap_or_else(|| panic!("the declared schedule is listed: {schedules:#?}"));
+    assert_eq!(declared["type"], "DECLARATIVE", "{declared:#}");
+    assert_eq!(declared["active"], true, "{declared:#}");
+    assert_eq!(declared["environments"][0]["type"], "DEVELOPMENT", "{declared:#}");
+
+    // A plain task is not scheduled: refused, naming it.
+    let refused = common::send(
+        s.api
+            .request(Method::POST, "/api/v1/schedules")
+            .bearer_auth(&s.key)
+            .json(&json!({"task": "fixture-hello", "cron": "* * * * *", "deduplicationKey": "no"})),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{refused:?}");
+
+    const TASK: &str = "fixture-scheduled";
+    let created = common::send(
+        s.api
+            .request(Method::POST, "/api/v1/schedules")
+            .bearer_auth(&s.key)
+            .json(&json!({
+                "task": TASK,
+                "cron": "* * * * *",
+                "deduplicationKey": "trigger-dev-imperative",
+                "externalId": "user_42",
+                "timezone": "Europe/London",
+            })),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::OK, "create: {created:?}");
+    assert_eq!(created.body["type"], "IMPERATIVE", "{created:?}");
+    let schedule_id = created.body["id"].as_str().unwrap_or_default().to_owned();
+
+    let deadline = Instant::now() + SCHEDULE_TIMEOUT;
+    let first = loop {
+        let runs = s.list_runs(&[("filter[schedule]", &schedule_id)]).await;
+        if let Some(run) = runs.last() {
+            break run["id"].as_str().expect("a listed run's id").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run of {schedule_id} within {SCHEDULE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (run, _) = s.finished(&first, TASK).await;
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    assert_eq!(run["taskIdentifier"], TASK, "{run:#}");
+    assert_eq!(run["output"]["type"], "IMPERATIVE", "{run:#}");
+    assert_eq!(run["output"]["externalId"], "user_42", "{run:#}");
+    assert_eq!(run["output"]["timezone"], "Europe/London", "{run:#}");
+    assert_eq!(run["schedule"]["id"], json!(schedule_id), "{run:#}");
+    assert_eq!(run["schedule"]["externalId"], "user_42", "{run:#}");
+    assert_eq!(
+        run["schedule"]["deduplicationKey"], "trigger-dev-imperative",
+        "{run:#}"
+    );
+
+    // Deleted, it fires no more and the run no longer names it.
+    let deleted = common::send(
+        s.api
+            .request(Method::DELETE, &format!("/api/v1/schedules/{schedule_id}"))
+            .bearer_auth(&s.key),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK, "delete: {deleted:?}");
+    assert!(
+        !list_schedules(s).await.iter().any(|x| x["id"] == json!(schedule_id)),
+        "a deleted schedule is not listed"
     );
 }

@@ -25,6 +25,7 @@ export const scheduled = schedules.task({
     scheduleId: payload.scheduleId,
     type: payload.type,
     externalId: payload.externalId ?? null,
+    timezone: payload.timezone,
     timestamp: payload.timestamp.toISOString(),
   }),
 });
