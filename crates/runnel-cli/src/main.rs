@@ -23,6 +23,7 @@ use tokio::sync::watch;
 mod bench;
 mod envvars;
 mod exec;
+mod exec_schedules;
 mod guard;
 mod master_key;
 mod runs;
@@ -356,6 +357,35 @@ struct ExecArgs {
     /// task's own queue is `task/<name>`.
     #[arg(long = "queue-limit", value_name = "QUEUE=N", value_parser = parse_queue_limit)]
     queue_limits: Vec<(String, u32)>,
+    /// Make task NAME a scheduled task (repeatable): schedules created through the API
+    /// (`runnel schedules create`, the SDK's `schedules.create`) may then trigger it.
+    #[arg(long = "scheduled", value_name = "NAME")]
+    scheduled: Vec<String>,
+    /// Declare a cron schedule with task NAME, `NAME=EXPR` (repeatable, one per task;
+    /// 5 fields: minute hour day-of-month month day-of-week). Implies --scheduled NAME.
+    /// The server keeps one DECLARATIVE schedule of the task in sync with this worker's
+    /// registration: a worker started without the flag removes it.
+    #[arg(long = "cron", value_name = "NAME=EXPR", value_parser = parse_cron_spec)]
+    crons: Vec<(String, String)>,
+    /// The IANA timezone NAME's --cron is read in, `NAME=TZ` (UTC when absent).
+    #[arg(long = "cron-timezone", value_name = "NAME=TZ", value_parser = parse_cron_timezone)]
+    cron_timezones: Vec<(String, String)>,
+    /// Spread each occurrence of NAME's --cron over a window, `NAME=WINDOW`: `30m`, `2h`
+    /// (at most 24h) or `50%` of the interval, at an offset stable for the schedule.
+    #[arg(long = "cron-window", value_name = "NAME=WINDOW", value_parser = parse_cron_window)]
+    cron_windows: Vec<(String, String)>,
+}
+
+fn parse_cron_spec(spec: &str) -> Result<(String, String), String> {
+    exec_schedules::parse_named(spec, "EXPR")
+}
+
+fn parse_cron_timezone(spec: &str) -> Result<(String, String), String> {
+    exec_schedules::parse_named(spec, "TZ")
+}
+
+fn parse_cron_window(spec: &str) -> Result<(String, String), String> {
+    exec_schedules::parse_named(spec, "WINDOW")
 }
 
 /// Most seconds `--shutdown-grace` may give.
@@ -822,6 +852,15 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
         },
     )
     .map_err(anyhow::Error::msg)?;
+    let schedules = exec_schedules::TaskSchedules::from_flags(
+        executor.task_names(),
+        &exec.scheduled,
+        &exec.crons,
+        &exec.cron_timezones,
+        &exec.cron_windows,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let executor = executor.with_schedules(schedules);
     // Linux: every command runs under `runnel task-guard`, so it dies with this process.
     // `/proc/self/exe` still starts this very binary after it was replaced or deleted on
     // disk (an upgrade while the worker runs), where its path would start another or none.
