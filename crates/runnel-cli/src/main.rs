@@ -27,6 +27,7 @@ mod exec_schedules;
 mod guard;
 mod master_key;
 mod runs;
+mod schedules;
 mod trigger;
 
 /// Default address `runnel serve` listens on.
@@ -67,6 +68,9 @@ enum Command {
     /// its tasks see).
     #[command(subcommand)]
     Envvars(EnvvarsCommand),
+    /// List, create and remove the cron schedules of the key's environment.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
     Bench(bench::BenchArgs),
     /// Internal: runs one exec attempt's command so that it dies with its worker.
@@ -579,6 +583,48 @@ enum EnvvarsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SchedulesCommand {
+    /// List the schedules: id, type, task, cron, timezone, next run, active and key.
+    Ls {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create a schedule of a scheduled task (a worker's `--scheduled NAME`); with the
+    /// key of an existing schedule, update that one instead (same id).
+    Create {
+        /// The task it triggers; it must be a scheduled task of the key's environment.
+        #[arg(long)]
+        task: String,
+        /// 5 fields: minute hour day-of-month month day-of-week (`0 9 * * 1-5`).
+        #[arg(long)]
+        cron: String,
+        /// The IANA timezone the cron is read in (UTC when absent).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// The deduplication key, unique in the environment. Default: `<task>-<creation
+        /// time in ms>`, so each create without it makes a new schedule.
+        #[arg(long)]
+        dedup_key: Option<String>,
+        /// Your own id for it, passed to each run's payload as `externalId`.
+        #[arg(long)]
+        external_id: Option<String>,
+        /// Spread each occurrence over `30m`, `2h` (at most 24h) or `50%` of the interval.
+        #[arg(long)]
+        window: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a schedule by id (`sched_…`) or deduplication key. A declarative schedule
+    /// goes when its task stops declaring it.
+    Rm {
+        /// `sched_…` or a deduplication key.
+        schedule: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a secret key (or, with --pat, a personal access token) and print it (alone)
     /// on stdout.
@@ -639,6 +685,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Trigger(args) => trigger(args).await,
         Command::Runs(command) => runs(command).await,
         Command::Envvars(command) => envvars_command(command).await,
+        Command::Schedules(command) => schedules_command(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::TaskGuard(args) => guard::run(&args.command),
@@ -1078,6 +1125,33 @@ async fn envvars_command(command: EnvvarsCommand) -> Result<()> {
             .await
         }
         EnvvarsCommand::Rm { name, api } => envvars::rm(&client(&api), &name).await,
+    }
+}
+
+async fn schedules_command(command: SchedulesCommand) -> Result<()> {
+    let client = |api: &ApiArgs| Client::new(api.api_url.trim_end_matches('/'), api.key.clone());
+    match command {
+        SchedulesCommand::Ls { api } => schedules::ls(&client(&api)).await,
+        SchedulesCommand::Create {
+            task,
+            cron,
+            timezone,
+            dedup_key,
+            external_id,
+            window,
+            api,
+        } => {
+            let args = schedules::CreateArgs {
+                task,
+                cron,
+                timezone,
+                dedup_key,
+                external_id,
+                window,
+            };
+            schedules::create(&client(&api), args).await
+        }
+        SchedulesCommand::Rm { schedule, api } => schedules::rm(&client(&api), &schedule).await,
     }
 }
 

@@ -69,6 +69,7 @@ pub mod events;
 pub mod executor;
 pub mod list;
 pub mod packets;
+pub mod schedules;
 pub mod tasks;
 pub mod waits;
 pub mod worker;
