@@ -158,15 +158,18 @@ mod tests {
         assert_eq!((tasks[2].scheduled, &tasks[2].schedule), (false, &None));
     }
 
+    /// `--scheduled`s, `--cron`s, `--cron-timezone`s and the error's start.
+    type Case = (
+        Vec<String>,
+        Vec<(String, String)>,
+        Vec<(String, String)>,
+        &'static str,
+    );
+
     #[test]
     fn a_flag_naming_no_task_or_a_bad_value_is_refused() {
         let none: &[(String, String)] = &[];
-        let cases: Vec<(
-            Vec<String>,
-            Vec<(String, String)>,
-            Vec<(String, String)>,
-            &str,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 vec!["typo".into()],
                 vec![],

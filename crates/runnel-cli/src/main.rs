@@ -55,7 +55,7 @@ enum Command {
     /// Execute runs: each attempt runs a shell command (payload on stdin, output on stdout).
     Worker(WorkerArgs),
     /// Serve and execute in one process: the one-command start on a laptop.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
     /// Trigger a run of TASK and print its id (or, with --wait, the finished run).
     Trigger(TriggerArgs),
     /// Read, list, cancel and replay runs.
@@ -681,7 +681,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker(args).await,
-        Command::Dev(args) => dev(args).await,
+        Command::Dev(args) => dev(*args).await,
         Command::Trigger(args) => trigger(args).await,
         Command::Runs(command) => runs(command).await,
         Command::Envvars(command) => envvars_command(command).await,
