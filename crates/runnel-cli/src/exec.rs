@@ -148,6 +148,9 @@ pub struct ExecExecutor {
     /// `None` starts the shell directly (unit tests, where the binary is a test harness,
     /// and systems other than Linux).
     task_guard: Option<PathBuf>,
+    /// Which tasks are scheduled tasks and the cron each declares (`--scheduled`,
+    /// `--cron`).
+    schedules: crate::exec_schedules::TaskSchedules,
 }
 
 #[derive(Debug)]
@@ -181,7 +184,19 @@ impl ExecExecutor {
             stdout_limit: STDOUT_LIMIT_DEFAULT,
             running: AtomicUsize::new(0),
             task_guard: None,
+            schedules: crate::exec_schedules::TaskSchedules::default(),
         })
+    }
+
+    /// The names of the tasks served, in the order given.
+    pub fn task_names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.iter().map(|task| task.name.as_str())
+    }
+
+    /// Registers the tasks as `schedules` says: scheduled tasks, declared crons.
+    pub fn with_schedules(mut self, schedules: crate::exec_schedules::TaskSchedules) -> Self {
+        self.schedules = schedules;
+        self
     }
 
     /// Starts every command under `program task-guard` (`program` being the `runnel`
@@ -259,14 +274,18 @@ impl Executor for ExecExecutor {
     fn tasks(&self) -> Vec<TaskDefinition> {
         self.tasks
             .iter()
-            .map(|task| TaskDefinition {
-                retry: self.settings.max_attempts.map(|max_attempts| RetryPolicy {
-                    max_attempts,
-                    ..RetryPolicy::default()
-                }),
-                max_duration: self.settings.max_duration,
-                machine: self.settings.machine.clone(),
-                ..TaskDefinition::new(task.name.clone())
+            .map(|task| {
+                let mut definition = TaskDefinition {
+                    retry: self.settings.max_attempts.map(|max_attempts| RetryPolicy {
+                        max_attempts,
+                        ..RetryPolicy::default()
+                    }),
+                    max_duration: self.settings.max_duration,
+                    machine: self.settings.machine.clone(),
+                    ..TaskDefinition::new(task.name.clone())
+                };
+                self.schedules.apply(&mut definition);
+                definition
             })
             .collect()
     }

@@ -23,9 +23,11 @@ use tokio::sync::watch;
 mod bench;
 mod envvars;
 mod exec;
+mod exec_schedules;
 mod guard;
 mod master_key;
 mod runs;
+mod schedules;
 mod trigger;
 
 /// Default address `runnel serve` listens on.
@@ -53,7 +55,7 @@ enum Command {
     /// Execute runs: each attempt runs a shell command (payload on stdin, output on stdout).
     Worker(WorkerArgs),
     /// Serve and execute in one process: the one-command start on a laptop.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
     /// Trigger a run of TASK and print its id (or, with --wait, the finished run).
     Trigger(TriggerArgs),
     /// Read, list, cancel and replay runs.
@@ -66,6 +68,9 @@ enum Command {
     /// its tasks see).
     #[command(subcommand)]
     Envvars(EnvvarsCommand),
+    /// List, create and remove the cron schedules of the key's environment.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
     Bench(bench::BenchArgs),
     /// Internal: runs one exec attempt's command so that it dies with its worker.
@@ -356,6 +361,35 @@ struct ExecArgs {
     /// task's own queue is `task/<name>`.
     #[arg(long = "queue-limit", value_name = "QUEUE=N", value_parser = parse_queue_limit)]
     queue_limits: Vec<(String, u32)>,
+    /// Make task NAME a scheduled task (repeatable): schedules created through the API
+    /// (`runnel schedules create`, the SDK's `schedules.create`) may then trigger it.
+    #[arg(long = "scheduled", value_name = "NAME")]
+    scheduled: Vec<String>,
+    /// Declare a cron schedule with task NAME, `NAME=EXPR` (repeatable, one per task;
+    /// 5 fields: minute hour day-of-month month day-of-week). Implies --scheduled NAME.
+    /// The server keeps one DECLARATIVE schedule of the task in sync with this worker's
+    /// registration: a worker started without the flag removes it.
+    #[arg(long = "cron", value_name = "NAME=EXPR", value_parser = parse_cron_spec)]
+    crons: Vec<(String, String)>,
+    /// The IANA timezone NAME's --cron is read in, `NAME=TZ` (UTC when absent).
+    #[arg(long = "cron-timezone", value_name = "NAME=TZ", value_parser = parse_cron_timezone)]
+    cron_timezones: Vec<(String, String)>,
+    /// Spread each occurrence of NAME's --cron over a window, `NAME=WINDOW`: `30m`, `2h`
+    /// (at most 24h) or `50%` of the interval, at an offset stable for the schedule.
+    #[arg(long = "cron-window", value_name = "NAME=WINDOW", value_parser = parse_cron_window)]
+    cron_windows: Vec<(String, String)>,
+}
+
+fn parse_cron_spec(spec: &str) -> Result<(String, String), String> {
+    exec_schedules::parse_named(spec, "EXPR")
+}
+
+fn parse_cron_timezone(spec: &str) -> Result<(String, String), String> {
+    exec_schedules::parse_named(spec, "TZ")
+}
+
+fn parse_cron_window(spec: &str) -> Result<(String, String), String> {
+    exec_schedules::parse_named(spec, "WINDOW")
 }
 
 /// Most seconds `--shutdown-grace` may give.
@@ -549,6 +583,48 @@ enum EnvvarsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SchedulesCommand {
+    /// List the schedules: id, type, task, cron, timezone, next run, active and key.
+    Ls {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create a schedule of a scheduled task (a worker's `--scheduled NAME`); with the
+    /// key of an existing schedule, update that one instead (same id).
+    Create {
+        /// The task it triggers; it must be a scheduled task of the key's environment.
+        #[arg(long)]
+        task: String,
+        /// 5 fields: minute hour day-of-month month day-of-week (`0 9 * * 1-5`).
+        #[arg(long)]
+        cron: String,
+        /// The IANA timezone the cron is read in (UTC when absent).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// The deduplication key, unique in the environment. Default: `<task>-<creation
+        /// time in ms>`, so each create without it makes a new schedule.
+        #[arg(long)]
+        dedup_key: Option<String>,
+        /// Your own id for it, passed to each run's payload as `externalId`.
+        #[arg(long)]
+        external_id: Option<String>,
+        /// Spread each occurrence over `30m`, `2h` (at most 24h) or `50%` of the interval.
+        #[arg(long)]
+        window: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a schedule by id (`sched_…`) or deduplication key. A declarative schedule
+    /// goes when its task stops declaring it.
+    Rm {
+        /// `sched_…` or a deduplication key.
+        schedule: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a secret key (or, with --pat, a personal access token) and print it (alone)
     /// on stdout.
@@ -605,10 +681,11 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker(args).await,
-        Command::Dev(args) => dev(args).await,
+        Command::Dev(args) => dev(*args).await,
         Command::Trigger(args) => trigger(args).await,
         Command::Runs(command) => runs(command).await,
         Command::Envvars(command) => envvars_command(command).await,
+        Command::Schedules(command) => schedules_command(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::TaskGuard(args) => guard::run(&args.command),
@@ -822,6 +899,15 @@ fn exec_worker(exec: &ExecArgs, client: Client) -> Result<(Worker, Arc<exec::Exe
         },
     )
     .map_err(anyhow::Error::msg)?;
+    let schedules = exec_schedules::TaskSchedules::from_flags(
+        executor.task_names(),
+        &exec.scheduled,
+        &exec.crons,
+        &exec.cron_timezones,
+        &exec.cron_windows,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let executor = executor.with_schedules(schedules);
     // Linux: every command runs under `runnel task-guard`, so it dies with this process.
     // `/proc/self/exe` still starts this very binary after it was replaced or deleted on
     // disk (an upgrade while the worker runs), where its path would start another or none.
@@ -1039,6 +1125,33 @@ async fn envvars_command(command: EnvvarsCommand) -> Result<()> {
             .await
         }
         EnvvarsCommand::Rm { name, api } => envvars::rm(&client(&api), &name).await,
+    }
+}
+
+async fn schedules_command(command: SchedulesCommand) -> Result<()> {
+    let client = |api: &ApiArgs| Client::new(api.api_url.trim_end_matches('/'), api.key.clone());
+    match command {
+        SchedulesCommand::Ls { api } => schedules::ls(&client(&api)).await,
+        SchedulesCommand::Create {
+            task,
+            cron,
+            timezone,
+            dedup_key,
+            external_id,
+            window,
+            api,
+        } => {
+            let args = schedules::CreateArgs {
+                task,
+                cron,
+                timezone,
+                dedup_key,
+                external_id,
+                window,
+            };
+            schedules::create(&client(&api), args).await
+        }
+        SchedulesCommand::Rm { schedule, api } => schedules::rm(&client(&api), &schedule).await,
     }
 }
 

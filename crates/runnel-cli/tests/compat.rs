@@ -76,6 +76,10 @@ fn run_compat_file_full(
             "compat-echo=cat",
             "--task",
             r#"compat-env=printf %s "$COMPAT_GREETING""#,
+            "--task",
+            "compat-scheduled=cat",
+            "--scheduled",
+            "compat-scheduled",
         ],
     );
     worker.registration();
@@ -180,6 +184,13 @@ fn sdk_queues() {
 #[test]
 fn sdk_envvars() {
     run_compat_file("envvars.test.mjs");
+}
+
+/// Schedules through the SDK, and one real occurrence firing a run of the worker's
+/// scheduled task (waits for the next minute boundary).
+#[test]
+fn sdk_schedules() {
+    run_compat_file("schedules.test.mjs");
 }
 
 #[test]

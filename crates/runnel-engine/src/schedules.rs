@@ -23,10 +23,12 @@ use runnel_core::trigger::{IdempotencyHeaders, TriggerOptions, TriggerRequest};
 use runnel_core::worker::TaskDefinition;
 use runnel_core::{EnvironmentId, EnvironmentKind, ScheduleId};
 use runnel_store::{
-    DeclaredSync, DeclaredWrite, ScheduleClaim, ScheduleRecord, ScheduleRef, ScheduleWrite,
-    TriggerOutcome,
+    DeclaredSync, DeclaredWrite, ScheduleClaim, ScheduleRef, ScheduleWrite, TriggerOutcome,
 };
 use serde_json::{json, Value};
+
+/// The stored schedule the operations answer, for callers that do not depend on the store.
+pub use runnel_store::ScheduleRecord;
 
 use crate::trigger::ParentLink;
 use crate::{Engine, Error};

@@ -39,7 +39,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::{Authenticated, KeyOrPersonal};
 use crate::error::ApiError;
-use crate::extract::{object_body, RawBody};
+use crate::extract::{issues_body as body, RawBody};
 use crate::state::AppState;
 
 const INVALID_PROJECT_REF: &str = "Invalid project ref for this API key. Make sure you are \
@@ -149,23 +149,6 @@ fn view_json(var: &EnvVarView) -> Value {
 
 fn success() -> Json<Value> {
     Json(json!({"success": true}))
-}
-
-/// A hand-written route's body: not an object → upstream's issues; a field of the
-/// wrong type → an issue naming it.
-fn body<T: serde::de::DeserializeOwned>(raw: RawBody) -> Result<T, ApiError> {
-    let object = object_body(raw)?;
-    serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
-        let path: Vec<String> = e
-            .path()
-            .to_string()
-            .split('.')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .map(str::to_owned)
-            .collect();
-        let path: Vec<&str> = path.iter().map(String::as_str).collect();
-        ApiError::Issues(vec![ApiError::issue(&path, e.into_inner().to_string())])
-    })
 }
 
 /// `GET …/envvars/{env}`: every variable, secrets redacted.

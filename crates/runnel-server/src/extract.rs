@@ -83,6 +83,24 @@ pub(crate) fn object_body(body: RawBody) -> Result<serde_json::Map<String, Value
     }
 }
 
+/// A typed body of a route that answers like upstream's hand-written ones: not an object
+/// → [`object_body`]'s issues; a missing field or one of the wrong type → an issue
+/// naming it.
+pub(crate) fn issues_body<T: DeserializeOwned>(raw: RawBody) -> Result<T, ApiError> {
+    let object = object_body(raw)?;
+    serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .to_string()
+            .split('.')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(str::to_owned)
+            .collect();
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        ApiError::Issues(vec![ApiError::issue(&path, e.into_inner().to_string())])
+    })
+}
+
 /// A body over its route's `limit` as a 413 naming that limit; any other outcome is
 /// handed back for the reader to judge.
 pub(crate) fn within(body: RawBody, limit: usize) -> Result<RawBody, ApiError> {

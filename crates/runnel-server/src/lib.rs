@@ -24,6 +24,7 @@ pub mod error;
 mod extract;
 pub mod openapi;
 mod runs;
+mod schedules;
 pub mod schemas;
 mod state;
 mod workers;
@@ -176,6 +177,26 @@ pub fn router(state: AppState) -> Router {
         .merge(devboot::routes())
         // [envvars]
         .merge(envvars::routes())
+        // [schedules]
+        .route(
+            "/api/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/api/v1/schedules/{schedule_id}",
+            get(schedules::retrieve)
+                .put(schedules::update)
+                .delete(schedules::delete),
+        )
+        .route(
+            "/api/v1/schedules/{schedule_id}/activate",
+            post(schedules::activate),
+        )
+        .route(
+            "/api/v1/schedules/{schedule_id}/deactivate",
+            post(schedules::deactivate),
+        )
+        .route("/api/v1/timezones", get(schedules::timezones))
         // [waitpoints]
         .route(
             "/api/v1/waitpoints/tokens",
