@@ -1123,7 +1123,10 @@ async fn an_imperative_schedule_fires(s: Arc<Session>) {
         .unwrap_or_else(|| panic!("the declared schedule is listed: {schedules:#?}"));
     assert_eq!(declared["type"], "DECLARATIVE", "{declared:#}");
     assert_eq!(declared["active"], true, "{declared:#}");
-    assert_eq!(declared["environments"][0]["type"], "DEVELOPMENT", "{declared:#}");
+    assert_eq!(
+        declared["environments"][0]["type"], "DEVELOPMENT",
+        "{declared:#}"
+    );
 
     // A plain task is not scheduled: refused, naming it.
     let refused = common::send(
@@ -1133,7 +1136,11 @@ async fn an_imperative_schedule_fires(s: Arc<Session>) {
             .json(&json!({"task": "fixture-hello", "cron": "* * * * *", "deduplicationKey": "no"})),
     )
     .await;
-    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{refused:?}");
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused:?}"
+    );
 
     const TASK: &str = "fixture-scheduled";
     let created = common::send(
@@ -1187,7 +1194,10 @@ async fn an_imperative_schedule_fires(s: Arc<Session>) {
     .await;
     assert_eq!(deleted.status, StatusCode::OK, "delete: {deleted:?}");
     assert!(
-        !list_schedules(s).await.iter().any(|x| x["id"] == json!(schedule_id)),
+        !list_schedules(s)
+            .await
+            .iter()
+            .any(|x| x["id"] == json!(schedule_id)),
         "a deleted schedule is not listed"
     );
 }

@@ -73,11 +73,8 @@ pub mod events;
 pub mod executor;
 pub mod list;
 pub mod packets;
-<<<<<<< HEAD
 pub mod scheduled;
-=======
 pub mod schedules;
->>>>>>> i14-a
 pub mod tasks;
 pub mod waits;
 pub mod worker;
