@@ -327,6 +327,13 @@ struct ApiArgs {
     key: String,
 }
 
+impl ApiArgs {
+    /// A client of the server with the key.
+    fn client(&self) -> Client {
+        Client::new(self.api_url.trim_end_matches('/'), self.key.clone())
+    }
+}
+
 /// The tasks an exec worker serves and how it runs them.
 #[derive(Debug, Clone, Args)]
 struct ExecArgs {
@@ -1105,7 +1112,7 @@ async fn trigger(args: TriggerArgs) -> Result<()> {
 }
 
 async fn envvars_command(command: EnvvarsCommand) -> Result<()> {
-    let client = |api: &ApiArgs| Client::new(api.api_url.trim_end_matches('/'), api.key.clone());
+    let client = ApiArgs::client;
     match command {
         EnvvarsCommand::Ls { api } => envvars::ls(&client(&api)).await,
         EnvvarsCommand::Set {
@@ -1129,7 +1136,7 @@ async fn envvars_command(command: EnvvarsCommand) -> Result<()> {
 }
 
 async fn schedules_command(command: SchedulesCommand) -> Result<()> {
-    let client = |api: &ApiArgs| Client::new(api.api_url.trim_end_matches('/'), api.key.clone());
+    let client = ApiArgs::client;
     match command {
         SchedulesCommand::Ls { api } => schedules::ls(&client(&api)).await,
         SchedulesCommand::Create {
@@ -1158,7 +1165,7 @@ async fn schedules_command(command: SchedulesCommand) -> Result<()> {
 async fn runs(command: RunsCommand) -> Result<()> {
     match command {
         RunsCommand::Get { id, api } => {
-            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let client = api.client();
             let run = client.retrieve(&id).await?;
             println!("{}", serde_json::to_string_pretty(&run.raw)?);
         }
@@ -1170,7 +1177,7 @@ async fn runs(command: RunsCommand) -> Result<()> {
             after,
             api,
         } => {
-            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let client = api.client();
             let options = runnel_sdk::RunListOptions {
                 statuses,
                 tasks,
@@ -1182,15 +1189,15 @@ async fn runs(command: RunsCommand) -> Result<()> {
             runs::ls(&client, &options).await?;
         }
         RunsCommand::Cancel { id, api } => {
-            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let client = api.client();
             runs::cancel(&client, &id).await?;
         }
         RunsCommand::Replay { id, api } => {
-            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let client = api.client();
             runs::replay(&client, &id).await?;
         }
         RunsCommand::Logs { id, follow, api } => {
-            let client = Client::new(api.api_url.trim_end_matches('/'), api.key);
+            let client = api.client();
             runs::logs(&client, &id, follow).await?;
         }
     }
