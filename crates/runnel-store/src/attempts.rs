@@ -45,6 +45,11 @@ const HOLDING: [RunStatus; 3] = [
     RunStatus::WaitingToResume,
 ];
 
+/// How many settlements one statement applies: 17 values each, within SQLite's default
+/// limit of 32,766 bind parameters (PostgreSQL binds one array per column). A complete
+/// request holds at most `MAX_BATCH` (10,000) completions.
+const SETTLE_CHUNK: usize = 1000;
+
 /// How many runs one lease statement writes: 5 values each, well within both databases'
 /// bind-parameter limits. A dequeue batch (at most `MAX_DEQUEUE_BATCH`) is one chunk.
 const LEASE_CHUNK: usize = 1000;
@@ -222,20 +227,8 @@ impl<B: Backend> AttemptStore for B {
         }
         let (store, settlements) = (self.clone(), settlements.to_vec());
         detached(async move {
-            // Locks the runs in id order, whatever order the batch came in (see the
-            // module doc); settlements of one run keep theirs.
-            let mut order: Vec<usize> = (0..settlements.len()).collect();
-            order.sort_by(|a, b| {
-                settlements[*a]
-                    .run_id
-                    .as_str()
-                    .cmp(settlements[*b].run_id.as_str())
-            });
-            let mut applied = vec![false; settlements.len()];
             let mut tx = store.begin().await?;
-            for i in order {
-                applied[i] = settle::<B::D>(&mut tx, &settlements[i]).await?;
-            }
+            let applied = settle_all::<B::D>(&mut tx, &settlements).await?;
             tx.commit().await?;
             Ok(applied)
         })
@@ -435,6 +428,166 @@ async fn lease<D: Dialect>(
         p.execute(conn, &sql).await?;
     }
     Ok(leased)
+}
+
+/// Applies `settlements` inside the caller's transaction; one flag per settlement, in
+/// order, saying whether it applied.
+///
+/// A batch whose runs are all distinct (what a worker's complete request holds) is
+/// applied two statements per chunk, whatever its size ([`settle_chunk`]); one that
+/// names a run twice is applied one settlement at a time, in run id order, so the second
+/// settlement of a run sees what the first did.
+async fn settle_all<D: Dialect>(
+    conn: &mut Conn<D>,
+    settlements: &[AttemptSettlement],
+) -> Result<Vec<bool>> {
+    let runs: HashSet<&str> = settlements.iter().map(|s| s.run_id.as_str()).collect();
+    if runs.len() == settlements.len() && settlements.len() > 1 {
+        let mut applied = Vec::with_capacity(settlements.len());
+        for chunk in settlements.chunks(SETTLE_CHUNK) {
+            applied.extend(settle_chunk::<D>(conn, chunk).await?);
+        }
+        return Ok(applied);
+    }
+    // Locks the runs in id order, whatever order the batch came in (see the module
+    // doc); settlements of one run keep theirs.
+    let mut order: Vec<usize> = (0..settlements.len()).collect();
+    order.sort_by(|a, b| {
+        settlements[*a]
+            .run_id
+            .as_str()
+            .cmp(settlements[*b].run_id.as_str())
+    });
+    let mut applied = vec![false; settlements.len()];
+    for i in order {
+        applied[i] = settle::<D>(conn, &settlements[i]).await?;
+    }
+    Ok(applied)
+}
+
+/// Applies settlements of distinct runs: one `UPDATE` of their runs (each only if its
+/// attempt is still current, the run held and the claim true, as [`settle`] checks),
+/// locking them in id order, then one `UPDATE` of the attempts of those that applied.
+async fn settle_chunk<D: Dialect>(
+    conn: &mut Conn<D>,
+    chunk: &[AttemptSettlement],
+) -> Result<Vec<bool>> {
+    let text = |value: &dyn Fn(&AttemptSettlement) -> Option<Cow<'_, str>>| {
+        TableColumn::Texts(chunk.iter().map(value).collect())
+    };
+    let int = |value: &dyn Fn(&AttemptSettlement) -> Option<i64>| {
+        TableColumn::Ints(chunk.iter().map(value).collect())
+    };
+    let json = |value: Option<&serde_json::Value>| value.map(|v| Cow::Owned(v.to_string()));
+    // Every value is in the table, which comes first in the text: bound in order.
+    let mut p = Params::<D>::sequential();
+    let values = p.table(vec![
+        text(&|s| Some(s.run_id.as_str().into())),
+        text(&|s| Some(s.attempt_id.as_str().into())),
+        text(&|s| Some(s.run_status.as_str().into())),
+        text(&|s| {
+            s.output
+                .as_ref()
+                .and_then(|o| o.data.as_deref())
+                .map(Cow::Borrowed)
+        }),
+        text(&|s| {
+            s.output
+                .as_ref()
+                .map(|o| Cow::Borrowed(o.data_type.as_str()))
+        }),
+        text(&|s| json(s.run_error.as_ref())),
+        int(&|s| Some(s.duration_ms)),
+        TableColumn::Reals(chunk.iter().map(|s| s.cost_in_cents).collect()),
+        int(&|s| {
+            Some(i64::from(
+                s.spends_attempt && s.attempt_status == AttemptStatus::Failed,
+            ))
+        }),
+        int(&|s| s.run_status.is_final().then_some(ms(s.now))),
+        int(&|s| s.next_attempt_at.map(ms)),
+        int(&|s| Some(ms(s.now))),
+        text(&|s| match &s.claim {
+            Claim::Worker(worker) => Some(worker.as_str().into()),
+            _ => None,
+        }),
+        int(&|s| match s.claim {
+            Claim::LeaseExpired(at) => Some(ms(at)),
+            _ => None,
+        }),
+        int(&|s| match s.claim {
+            Claim::TimedOut(at) => Some(ms(at)),
+            _ => None,
+        }),
+    ]);
+    let holding = statuses(&HOLDING);
+    let sql = format!(
+        "WITH v (id, attempt_id, status, output, output_type, error, duration_ms, cost, failed, \
+                 completed_at, next_attempt_at, at, claim_worker, claim_lease, claim_timeout) \
+             AS ({values}), \
+         held AS MATERIALIZED ( \
+           SELECT id FROM runs WHERE id IN (SELECT id FROM v) AND status IN {holding} \
+           ORDER BY id{}{}) \
+         UPDATE runs SET status = v.status, output = v.output, output_type = v.output_type, \
+         error = v.error, usage_duration_ms = usage_duration_ms + v.duration_ms, \
+         cost_in_cents = cost_in_cents + v.cost, failed_attempts = failed_attempts + v.failed, \
+         completed_at = v.completed_at, next_attempt_at = v.next_attempt_at, \
+         lease_expires_at = NULL, timeout_at = NULL, current_attempt_id = NULL, updated_at = v.at \
+         FROM v WHERE runs.id = v.id AND runs.id IN (SELECT id FROM held) \
+         AND runs.current_attempt_id = v.attempt_id AND runs.status IN {holding} \
+         AND (v.claim_worker IS NULL OR runs.worker_id = v.claim_worker) \
+         AND (v.claim_lease IS NULL OR runs.lease_expires_at <= v.claim_lease) \
+         AND (v.claim_timeout IS NULL OR runs.timeout_at <= v.claim_timeout) \
+         RETURNING runs.id",
+        D::COLLATE_BYTES,
+        D::FOR_UPDATE,
+    );
+    let rows = p.fetch_all(conn, &sql).await?;
+    let mut done = rows
+        .iter()
+        .map(|row| row.text("id"))
+        .collect::<sqlx::Result<HashSet<String>>>()?;
+    let applied: Vec<bool> = chunk
+        .iter()
+        .map(|s| done.contains(s.run_id.as_str()))
+        .collect();
+    let settled: Vec<&AttemptSettlement> = chunk
+        .iter()
+        .filter(|s| done.remove(s.run_id.as_str()))
+        .collect();
+    if settled.is_empty() {
+        return Ok(applied);
+    }
+    let mut p = Params::<D>::sequential();
+    let values = p.table(vec![
+        TableColumn::Texts(
+            settled
+                .iter()
+                .map(|s| Some(s.attempt_id.as_str().into()))
+                .collect(),
+        ),
+        TableColumn::Texts(
+            settled
+                .iter()
+                .map(|s| Some(s.attempt_status.as_str().into()))
+                .collect(),
+        ),
+        TableColumn::Texts(
+            settled
+                .iter()
+                .map(|s| json(s.attempt_error.as_ref()))
+                .collect(),
+        ),
+        TableColumn::Ints(settled.iter().map(|s| Some(ms(s.now))).collect()),
+        TableColumn::Ints(settled.iter().map(|s| Some(s.duration_ms)).collect()),
+    ]);
+    let sql = format!(
+        "WITH a (id, status, error, at, duration_ms) AS ({values}) \
+         UPDATE attempts SET status = a.status, error = a.error, completed_at = a.at, \
+         updated_at = a.at, duration_ms = a.duration_ms FROM a WHERE attempts.id = a.id"
+    );
+    p.execute(conn, &sql).await?;
+    Ok(applied)
 }
 
 /// Applies one settlement if its attempt is still the run's current one, the run is held

@@ -437,6 +437,8 @@ pub(crate) enum Value<'a> {
     TextColumn(Vec<Option<Cow<'a, str>>>),
     /// A column of a [`Params::table`](crate::sql::Params::table) bound as one array (PostgreSQL's `unnest`).
     IntColumn(Vec<Option<i64>>),
+    /// A column of a [`Params::table`](crate::sql::Params::table) bound as one array (PostgreSQL's `unnest`).
+    RealColumn(Vec<f64>),
 }
 
 impl<'a> From<&'a str> for Value<'a> {

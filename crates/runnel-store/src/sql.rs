@@ -75,6 +75,7 @@ pub(crate) fn attempt_statuses(list: &[AttemptStatus]) -> String {
 pub(crate) enum TableColumn<'a> {
     Texts(Vec<Option<Cow<'a, str>>>),
     Ints(Vec<Option<i64>>),
+    Reals(Vec<f64>),
 }
 
 impl<'a> TableColumn<'a> {
@@ -82,6 +83,7 @@ impl<'a> TableColumn<'a> {
         match self {
             TableColumn::Texts(values) => values.len(),
             TableColumn::Ints(values) => values.len(),
+            TableColumn::Reals(values) => values.len(),
         }
     }
 
@@ -90,6 +92,7 @@ impl<'a> TableColumn<'a> {
         match self {
             TableColumn::Texts(values) => values.into_iter().map(Value::Text).collect::<Vec<_>>(),
             TableColumn::Ints(values) => values.into_iter().map(Value::Int).collect(),
+            TableColumn::Reals(values) => values.into_iter().map(Value::Real).collect(),
         }
         .into_iter()
     }
@@ -99,6 +102,7 @@ impl<'a> TableColumn<'a> {
         match self {
             TableColumn::Texts(values) => (Value::TextColumn(values), "text[]"),
             TableColumn::Ints(values) => (Value::IntColumn(values), "bigint[]"),
+            TableColumn::Reals(values) => (Value::RealColumn(values), "float8[]"),
         }
     }
 }
@@ -429,7 +433,7 @@ fn sqlite_query<'q>(
             // `Params` makes arrays only for a dialect with `ARRAYS` (not SQLite). Were
             // one to reach here, a debug build says so, and a release build binds NULL,
             // which matches nothing.
-            Value::Texts(_) | Value::TextColumn(_) | Value::IntColumn(_) => {
+            Value::Texts(_) | Value::TextColumn(_) | Value::IntColumn(_) | Value::RealColumn(_) => {
                 debug_assert!(false, "an array value bound to a SQLite statement");
                 query.bind(None::<&str>)
             }
@@ -517,6 +521,7 @@ fn pg_query<'q>(
                     .collect::<Vec<_>>(),
             ),
             Value::IntColumn(items) => query.bind(items),
+            Value::RealColumn(items) => query.bind(items),
         };
     }
     query
