@@ -514,3 +514,92 @@ pub(crate) async fn run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones(
         CancelOutcome::AlreadyFinal(RunStatus::Canceled)
     );
 }
+
+/// A worker's completions arrive as one batch: each applies or not on its own (the claim,
+/// the current attempt), and what applied adds its time and cost and ends its attempt.
+pub(crate) async fn attempt_settle_of_a_batch_decides_each_settlement_on_its_own(
+    store: Arc<dyn Store>,
+) {
+    let tenancy = bootstrap(&*store).await;
+    let worker = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let stranger = serve(&*store, &tenancy.dev, "v1", &["my-task"], at(0)).await;
+    let runs: Vec<Run> = (0..4).map(|i| queued_run(&tenancy.dev, at(i))).collect();
+    for run in &runs {
+        create(&*store, run, at(0)).await;
+    }
+    let mut leased = Vec::new();
+    for _ in &runs {
+        leased.push(lease_and_start(&*store, &worker, at(10)).await);
+    }
+    let mine = || Claim::Worker(worker.id.clone());
+    let batch = vec![
+        // Another worker does not hold it.
+        succeeded(&leased[0], Claim::Worker(stranger.id.clone()), at(20)),
+        AttemptSettlement {
+            duration_ms: 7,
+            cost_in_cents: 0.25,
+            ..failed(&leased[1], mine(), at(HOUR), at(20))
+        },
+        // Its lease has not run out at 15.
+        succeeded(&leased[2], Claim::LeaseExpired(at(15)), at(20)),
+        AttemptSettlement {
+            duration_ms: 11,
+            cost_in_cents: 0.5,
+            ..succeeded(&leased[3], mine(), at(20))
+        },
+    ];
+    let before: Vec<Leased> = {
+        let mut before = Vec::new();
+        for run in &runs {
+            before.push(held(&*store, run).await);
+        }
+        before
+    };
+    assert_eq!(
+        store.attempt_settle(&batch).await.unwrap(),
+        vec![false, true, false, true]
+    );
+    for i in [0, 2] {
+        assert_eq!(
+            held(&*store, &runs[i]).await,
+            before[i],
+            "run {i} unchanged"
+        );
+    }
+    let retrying = held(&*store, &runs[1]).await;
+    assert_eq!(retrying.run.status, RunStatus::RetryingAfterFailure);
+    assert_eq!(retrying.run.next_attempt_at, Some(at(HOUR)));
+    assert_eq!(
+        retrying.run.failed_attempts,
+        before[1].run.failed_attempts + 1
+    );
+    assert_eq!(
+        retrying.run.usage_duration_ms,
+        before[1].run.usage_duration_ms + 7
+    );
+    assert_eq!(
+        retrying.run.cost_in_cents,
+        before[1].run.cost_in_cents + 0.25
+    );
+    assert_eq!(retrying.run.current_attempt_id, None);
+    assert_eq!(retrying.attempt.status, AttemptStatus::Failed);
+    assert_eq!(retrying.attempt.error, Some(json!({"message": "boom"})));
+    assert_eq!(retrying.attempt.completed_at, Some(at(20)));
+    let done = held(&*store, &runs[3]).await;
+    assert_eq!(done.run.status, RunStatus::CompletedSuccessfully);
+    assert_eq!(done.run.completed_at, Some(at(20)));
+    assert_eq!(done.run.output, Some(Packet::json(&json!({"ok": true}))));
+    assert_eq!(
+        done.run.usage_duration_ms,
+        before[3].run.usage_duration_ms + 11
+    );
+    assert_eq!(done.run.cost_in_cents, before[3].run.cost_in_cents + 0.5);
+    assert_eq!(done.attempt.status, AttemptStatus::Completed);
+    assert_eq!(done.attempt.duration_ms, 11);
+    // Reported again (a retried request): nothing applies twice.
+    assert_eq!(
+        store.attempt_settle(&batch).await.unwrap(),
+        vec![false, false, false, false]
+    );
+    assert_eq!(held(&*store, &runs[3]).await, done);
+}

@@ -112,6 +112,7 @@ macro_rules! conformance_tests {
             attempts::attempt_start_without_a_max_duration_sets_no_deadline,
             attempts::attempt_heartbeat_extends_only_the_leases_a_worker_holds,
             attempts::attempt_settle_applies_only_while_the_claim_holds,
+            attempts::attempt_settle_of_a_batch_decides_each_settlement_on_its_own,
             attempts::attempt_settle_adds_usage_and_counts_spent_failures,
             attempts::attempt_settle_after_run_cancel_is_refused,
             attempts::run_cancel_ends_live_runs_and_leaves_final_or_foreign_ones,
