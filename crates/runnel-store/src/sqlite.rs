@@ -194,14 +194,18 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No ping before each acquire (sqlx's default): on a local file it only costs a
+        // round trip to the connection's thread, which every statement pays already.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         let triggers = TriggerGroups::spawn(SqliteTriggers {
