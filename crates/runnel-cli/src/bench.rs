@@ -1,34 +1,44 @@
-//! `runnel bench`: the project's own benchmark (DESIGN §6). It starts a real `runnel serve`
-//! as a child process on a scratch database, drives it over HTTP from this process and
-//! prints one markdown table.
+//! `runnel bench`: the project's own benchmark (DESIGN §6), in the phases the peer
+//! benchmarks use (issue 15), so a side-by-side is mechanical. It starts a real
+//! `runnel serve` as a child process on a scratch database, drives it over HTTP from this
+//! process and prints one markdown table, or with `--json` one JSON line per measurement.
 //!
 //! ```text
 //!   runnel bench ──spawn──► runnel serve --listen 127.0.0.1:0 (temp dir, or a fresh PG db)
 //!        │  reads "Runnel listening on http://ADDR" and the dev key from its stdout
+//!        │  registers `bench-queued` (never executed) and the in-process SDK worker for
+//!        │  `bench-noop`, which does not run yet: runs of both tasks are QUEUED
 //!        │
-//!   1 trigger    N runs of `bench-queued` (a registered worker serves it, so they stay QUEUED)
-//!   2 retrieve   N retrieves of those runs
-//!   3 end to end an in-process SDK worker runs `bench-noop`; N/2 runs are triggered while
-//!                it works; the clock stops when the last one is COMPLETED on the server
-//!   4 idle       runs triggered one at a time while the worker waits: dispatch latency
+//!   enqueue_bulk        N runs of bench-noop, streamed batches of 1,000 (v3 batches API)
+//!   enqueue_single      2,000 triggers of bench-queued, each awaited before the next
+//!   concurrent_trigger  N triggers of bench-queued from C clients
+//!   process             the worker starts (concurrency W) and drains the N bulk runs;
+//!                       the clock stops when the server has the last one COMPLETED
+//!   latency             200 runs triggered 10 ms apart into the idle queue:
+//!                       trigger→start from the server's startedAt − createdAt
+//!   retrieve            N retrieves of the concurrent_trigger runs from C clients
+//!   rss                 the server's peak (VmHWM)
+//!   rss_stored          more bulk batches of bench-queued until --stored-runs are
+//!                       stored, 2,000 retrieves, then VmRSS and VmHWM again
 //!        │
-//!   server RSS (VmRSS, VmHWM) from /proc, then SIGTERM; the PG database is dropped
+//!   SIGTERM; the PG database is dropped
 //! ```
 //!
-//! Phases 1–3 use `--connections` clients pulling indices from one counter over one
-//! keep-alive `reqwest` pool. Client, worker and server share the machine, so the figures
-//! are what one box does with everything on it: the CPU rows say how busy each side was.
-//! Phase 3 runs with phase 1's queued runs still in the table, as a busy installation
-//! would have them.
+//! The worker registers before enqueue_bulk so that `process` measures dequeue, execute
+//! and complete alone, against a full queue; the single and concurrent triggers go to the
+//! other task so `process` drains exactly the bulk runs. Client, worker and server share
+//! the machine, so the figures are what one box does with everything on it: the table's
+//! CPU column says how busy each side was.
 //!
-//! Failures: a phase fails when no attempt ran for [`STALL_TIMEOUT`] or when a run read
-//! back is not COMPLETED; failed triggers and retrieves are counted and reported, not
-//! fatal. The child is killed when this process gives up on it (`kill_on_drop`),
-//! including on errors, and the scratch PostgreSQL database is dropped even when a phase
-//! failed. The server's own warnings (it runs with `RUST_LOG=warn`) are printed at the end.
+//! Failures: `process` and `latency` fail when no attempt ran for [`STALL_TIMEOUT`] or
+//! when a run read back is not COMPLETED; failed triggers, batches and retrieves are
+//! counted and reported, not fatal. The child is killed when this process gives up on it
+//! (`kill_on_drop`), including on errors, and the scratch PostgreSQL database is dropped
+//! even when a phase failed. The server's own warnings (it runs with `RUST_LOG=warn`)
+//! are printed at the end, on stderr.
 //!
-//! Output: the table alone on stdout; on stderr a line per phase and, when stderr is a
-//! terminal, a progress bar of the phase's requests or runs.
+//! Output: the table, or the JSON lines, alone on stdout; on stderr a line per phase and,
+//! when stderr is a terminal, a progress bar of the phase's requests or runs.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -48,28 +58,50 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-/// Runs triggered in phase 1 (and retrieved in phase 2); phase 3 uses half as many.
+/// Runs of enqueue_bulk (and process), triggers of concurrent_trigger, retrieves of
+/// retrieve.
 const RUNS_DEFAULT: u64 = 20_000;
+const RUNS_QUICK: u64 = 500;
+/// Triggers of enqueue_single, one at a time.
+const SINGLES_DEFAULT: usize = 2_000;
+const SINGLES_QUICK: usize = 100;
+/// Runs of the latency phase, triggered one at a time.
+const LATENCY_RUNS_DEFAULT: usize = 200;
+const LATENCY_RUNS_QUICK: usize = 50;
+/// Pause after each trigger of the latency phase: long enough for the run to start, so
+/// each one finds the queue empty and the worker waiting.
+const LATENCY_GAP: Duration = Duration::from_millis(10);
+/// Runs stored for the rss_stored reading.
+const STORED_RUNS_DEFAULT: u64 = 1_000_000;
+const STORED_RUNS_QUICK: u64 = 5_000;
+/// Retrieves between filling the table and the rss_stored reading, so the reading
+/// includes what serving reads against the big table costs.
+const STORED_RETRIEVES_DEFAULT: usize = 2_000;
+const STORED_RETRIEVES_QUICK: usize = 200;
 /// Concurrent HTTP clients.
 const CONNECTIONS_DEFAULT: u64 = 32;
 /// Attempts the in-process worker runs at once.
-const WORKER_CONCURRENCY_DEFAULT: u64 = 64;
-/// Runs of phase 4, triggered one at a time.
-const IDLE_RUNS: usize = 200;
-/// Pause between two triggers of phase 4: long enough for the previous run to start.
-const IDLE_GAP: Duration = Duration::from_millis(5);
-/// The task of phases 1 and 2: registered, never executed.
+const WORKER_CONCURRENCY_DEFAULT: u64 = 24;
+/// Runs per streamed batch: the most one batch holds.
+const BATCH_SIZE: usize = runnel_core::batch::MAX_RUN_COUNT as usize;
+/// Batch uploads at once in enqueue_bulk (at most `--connections`): a few, as a
+/// producer that enqueues in bulk would run.
+const BULK_UPLOADS: usize = 4;
+/// Batch uploads at once while filling the table for rss_stored (at most
+/// `--connections`): as fast as the server takes them, below its per-environment
+/// ceiling of uploads in progress (16 by default, 429 past it).
+const STORED_UPLOADS: usize = 8;
+/// The task of enqueue_single, concurrent_trigger and the rss_stored fill: registered,
+/// never executed.
 const QUEUED_TASK: &str = "bench-queued";
-/// The no-op task of phases 3 and 4.
+/// The no-op task of enqueue_bulk, process and latency.
 const NOOP_TASK: &str = "bench-noop";
 /// How long the server may take to print its address (migrations run first).
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server gets to stop after SIGTERM before it is killed.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Phase 3 gives up when no run completed for this long.
+/// process and latency give up when no run completed for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Runs per request in the batch trigger phase (the one-shot endpoint's maximum).
-const BATCH_SIZE: usize = 500;
 /// Timeout of one benchmark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of the server's log shown when it fails to start.
@@ -77,15 +109,27 @@ const LOG_TAIL_LINES: usize = 20;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Runs to trigger (and retrieve); the end-to-end phase uses half as many.
-    #[arg(long, default_value_t = RUNS_DEFAULT, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
-    runs: u64,
+    /// Runs of enqueue_bulk (drained by process), triggers of concurrent_trigger and
+    /// retrieves of retrieve [default: 20000; 500 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
+    runs: Option<u64>,
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = CONNECTIONS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=4096))]
     connections: u64,
-    /// Attempts the in-process worker runs at once.
+    /// Attempts the in-process worker runs at once in process and latency.
     #[arg(long, default_value_t = WORKER_CONCURRENCY_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     worker_concurrency: u64,
+    /// Runs stored when memory is read the second time (rss_stored) [default: 1000000;
+    /// 5000 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    stored_runs: Option<u64>,
+    /// Every phase small (500 runs, 100 single triggers, 50 latency runs, 5,000 stored
+    /// runs): a smoke test that takes seconds.
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per line on stdout, one per measurement, instead of the table.
+    #[arg(long)]
+    json: bool,
     /// A PostgreSQL server to benchmark against, `postgres://user@host:5432/db`: a fresh
     /// database `runnel_bench_…` is created next to `db` and dropped afterwards. Without
     /// it the server uses SQLite in a temporary directory.
@@ -94,8 +138,30 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    let (runs, singles, latency_runs, stored_runs, stored_retrieves) = if args.quick {
+        (
+            RUNS_QUICK,
+            SINGLES_QUICK,
+            LATENCY_RUNS_QUICK,
+            STORED_RUNS_QUICK,
+            STORED_RETRIEVES_QUICK,
+        )
+    } else {
+        (
+            RUNS_DEFAULT,
+            SINGLES_DEFAULT,
+            LATENCY_RUNS_DEFAULT,
+            STORED_RUNS_DEFAULT,
+            STORED_RETRIEVES_DEFAULT,
+        )
+    };
     let settings = Settings {
-        runs: usize::try_from(args.runs).context("--runs is too large")?,
+        runs: usize::try_from(args.runs.unwrap_or(runs)).context("--runs is too large")?,
+        singles,
+        latency_runs,
+        stored_runs: usize::try_from(args.stored_runs.unwrap_or(stored_runs))
+            .context("--stored-runs is too large")?,
+        stored_retrieves,
         connections: usize::try_from(args.connections).context("--connections is too large")?,
         worker_concurrency: usize::try_from(args.worker_concurrency)
             .context("--worker-concurrency is too large")?,
@@ -113,6 +179,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 Some(scratch),
             )
         }
+    };
+    let variant = if scratch.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
     };
     let store_flags = match &scratch {
         None => vec![
@@ -134,31 +205,42 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let report = outcome?;
-    print!("{}", report.render(&settings, &backend));
+    if args.json {
+        for line in report.json_lines(variant) {
+            println!("{line}");
+        }
+        // The lines have no room for failures; say them where the progress goes.
+        for failure in report.failures() {
+            eprintln!("{failure}");
+        }
+    } else {
+        print!("{}", report.render(&settings, &backend));
+    }
     Ok(())
 }
 
 /// The benchmark's shape, from the flags.
 struct Settings {
     runs: usize,
+    singles: usize,
+    latency_runs: usize,
+    stored_runs: usize,
+    stored_retrieves: usize,
     connections: usize,
     worker_concurrency: usize,
 }
 
-/// Starts the server, runs every phase against it, reads its memory and stops it.
+/// Starts the server, runs every phase against it and stops it.
 async fn bench_server(settings: &Settings, store_flags: &[String], log: &Path) -> Result<Report> {
     let server = ServerProcess::start(store_flags, log).await?;
     let measured = measure(settings, &server).await;
-    let memory = server.memory();
     server.stop().await;
     // Warnings and errors the server logged (RUST_LOG=warn) say what went wrong under load.
     let logged = log_tail(log);
     if !logged.is_empty() {
         eprintln!("the server logged (last {LOG_TAIL_LINES} lines):\n{logged}");
     }
-    let mut report = measured?;
-    report.memory = memory;
-    Ok(report)
+    measured
 }
 
 async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> {
@@ -187,79 +269,11 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
     .await
     .context("registering the queued task")?;
 
-    eprintln!("phase 1: triggering {} runs", settings.runs);
-    let mark = cpu.sample();
-    let api1 = api.clone();
-    let triggered = drive("triggered", settings.runs, settings.connections, move |i| {
-        let api = api1.clone();
-        async move { api.trigger(QUEUED_TASK, i).await }
-    })
-    .await?;
-    let trigger = triggered.summary(cpu.since(mark));
-    let ids: Vec<String> = triggered.results.iter().map(|(_, id)| id.clone()).collect();
-    let Some(first) = ids.first() else {
-        bail!(
-            "no trigger succeeded: {}",
-            triggered
-                .first_error
-                .as_deref()
-                .unwrap_or("no error recorded")
-        );
-    };
-    let first_run = api.retrieve_json(first).await?;
-    if first_run["status"] != "QUEUED" {
-        bail!(
-            "a triggered run is {} instead of QUEUED",
-            first_run["status"]
-        );
-    }
-
-    eprintln!("phase 2: retrieving {} runs", ids.len());
-    let mark = cpu.sample();
-    let ids = Arc::new(ids);
-    let (api2, ids2) = (api.clone(), ids.clone());
-    let retrieved = drive("retrieved", ids.len(), settings.connections, move |i| {
-        let (api, ids) = (api2.clone(), ids2.clone());
-        async move { api.retrieve_bytes(&ids[i]).await }
-    })
-    .await?;
-    let retrieve = retrieved.summary(cpu.since(mark));
-
-    let requests = settings.runs.div_ceil(BATCH_SIZE);
-    eprintln!(
-        "phase 2b: batch-triggering {} runs, {BATCH_SIZE} per request",
-        requests * BATCH_SIZE
-    );
-    let mark = cpu.sample();
-    let api3 = api.clone();
-    let batched = drive("requests", requests, settings.connections, move |i| {
-        let api = api3.clone();
-        async move { api.batch_trigger(QUEUED_TASK, i, BATCH_SIZE).await }
-    })
-    .await?;
-    let batch_trigger = batched.summary(cpu.since(mark));
-
-    let end_to_end = end_to_end(settings, &api, &sdk, &cpu).await?;
-    Ok(Report {
-        trigger,
-        retrieve,
-        batch_trigger,
-        end_to_end,
-        memory: None,
-    })
-}
-
-/// Phases 3 and 4: the in-process worker executes no-op runs.
-async fn end_to_end(
-    settings: &Settings,
-    api: &Api,
-    sdk: &Client,
-    cpu: &CpuMeter,
-) -> Result<EndToEnd> {
-    let runs = settings.runs / 2;
+    // The no-op worker registers now and runs from `process` on: the bulk runs wait
+    // QUEUED for it, and `process` starts against a full queue.
     let progress = Arc::new(Progress {
         executed: AtomicU64::new(0),
-        target: AtomicU64::new(runs as u64),
+        target: AtomicU64::new(u64::MAX),
         last_run: Mutex::new(None),
         reached: Notify::new(),
     });
@@ -280,76 +294,247 @@ async fn end_to_end(
         .register(Arc::new(tasks))
         .await
         .context("registering the bench worker")?;
+
+    let uploads = settings.connections.min(BULK_UPLOADS);
+    eprintln!(
+        "enqueue_bulk: {} runs in batches of {BATCH_SIZE}, {uploads} uploads at once",
+        settings.runs
+    );
+    let (enqueue_bulk, batch_ids) = enqueue_batches(
+        &api,
+        &cpu,
+        "enqueue_bulk",
+        NOOP_TASK,
+        settings.runs,
+        uploads,
+    )
+    .await?;
+    let Some(bulk_runs) = enqueue_bulk.n.filter(|n| *n > 0) else {
+        bail!(
+            "no batch succeeded: {}",
+            enqueue_bulk
+                .first_error
+                .as_deref()
+                .unwrap_or("no error recorded")
+        );
+    };
+
+    eprintln!(
+        "enqueue_single: {} triggers, one at a time",
+        settings.singles
+    );
+    let mark = cpu.sample();
+    let api1 = api.clone();
+    let singles = drive("triggered", settings.singles, 1, move |i| {
+        let api = api1.clone();
+        async move { api.trigger(QUEUED_TASK, i).await }
+    })
+    .await?;
+    let enqueue_single = singles.measurement("enqueue_single", 1, cpu.since(mark));
+
+    eprintln!(
+        "concurrent_trigger: {} triggers from {} clients",
+        settings.runs, settings.connections
+    );
+    let mark = cpu.sample();
+    let api2 = api.clone();
+    let triggered = drive("triggered", settings.runs, settings.connections, move |i| {
+        let api = api2.clone();
+        async move { api.trigger(QUEUED_TASK, i).await }
+    })
+    .await?;
+    let concurrent_trigger =
+        triggered.measurement("concurrent_trigger", settings.connections, cpu.since(mark));
+    let ids: Vec<String> = triggered.results.into_iter().map(|(_, id)| id).collect();
+    let Some(first) = ids.first() else {
+        bail!(
+            "no trigger succeeded: {}",
+            triggered
+                .first_error
+                .as_deref()
+                .unwrap_or("no error recorded")
+        );
+    };
+    let first_run = api.retrieve_json(first).await?;
+    if first_run["status"] != "QUEUED" {
+        bail!(
+            "a triggered run is {} instead of QUEUED",
+            first_run["status"]
+        );
+    }
+
+    eprintln!(
+        "process: draining {bulk_runs} runs at worker concurrency {}",
+        settings.worker_concurrency
+    );
+    progress.target.store(bulk_runs as u64, Ordering::SeqCst);
+    let mark = cpu.sample();
+    let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(registered.run(async {
         let _ = stopped.await;
     }));
-
-    eprintln!(
-        "phase 3: {runs} no-op runs end to end (worker concurrency {})",
-        settings.worker_concurrency
-    );
-    let mark = cpu.sample();
-    let started = Instant::now();
-    let api3 = api.clone();
-    let triggered = drive("triggered", runs, settings.connections, move |i| {
-        let api = api3.clone();
-        async move { api.trigger(NOOP_TASK, i).await }
-    })
-    .await?;
-    let trigger_elapsed = started.elapsed();
-    let ok = triggered.results.len();
-    progress.target.store(ok as u64, Ordering::SeqCst);
-    progress.wait_for_target(ok as u64).await?;
+    progress.wait_for_target(bulk_runs as u64).await?;
     // The task ran; the run counts once the server recorded its completion.
-    let last = progress
-        .last_run
-        .lock()
-        .expect("progress lock")
-        .clone()
-        .context("no run executed")?;
+    let last = progress.last_run()?;
     api.wait_completed(&last).await?;
     let elapsed = started.elapsed();
-    let cpu_used = cpu.since(mark);
+    let process = Measurement {
+        concurrency: Some(settings.worker_concurrency),
+        n: Some(bulk_runs),
+        rate: Some(bulk_runs as f64 / elapsed.as_secs_f64()),
+        cpu: Some(cpu.since(mark)),
+        ..Measurement::new("process")
+    };
+    eprintln!("process: reading the {bulk_runs} runs back");
+    let mut bulk_ids = Vec::with_capacity(bulk_runs);
+    for batch in &batch_ids {
+        bulk_ids.extend(api.batch_runs(batch).await?);
+    }
+    start_latencies(&api, settings.connections, Arc::new(bulk_ids)).await?;
 
-    eprintln!("phase 4: {IDLE_RUNS} runs triggered one at a time");
-    let target = progress.executed.load(Ordering::SeqCst) + IDLE_RUNS as u64;
+    eprintln!(
+        "latency: {} runs triggered {LATENCY_GAP:?} apart",
+        settings.latency_runs
+    );
+    let target = progress.executed.load(Ordering::SeqCst) + settings.latency_runs as u64;
     progress.target.store(target, Ordering::SeqCst);
-    let mut idle_ids = Vec::with_capacity(IDLE_RUNS);
-    let bar = progress_bar("triggered", IDLE_RUNS);
-    for i in 0..IDLE_RUNS {
-        idle_ids.push(api.trigger(NOOP_TASK, i).await?);
+    let mark = cpu.sample();
+    let mut latency_ids = Vec::with_capacity(settings.latency_runs);
+    let bar = progress_bar("triggered", settings.latency_runs);
+    for i in 0..settings.latency_runs {
+        latency_ids.push(api.trigger(NOOP_TASK, i).await?);
         bar.inc(1);
-        tokio::time::sleep(IDLE_GAP).await;
+        tokio::time::sleep(LATENCY_GAP).await;
     }
     bar.finish_and_clear();
     progress.wait_for_target(target).await?;
-    let last = progress
-        .last_run
-        .lock()
-        .expect("progress lock")
-        .clone()
-        .context("no run executed")?;
+    let last = progress.last_run()?;
     api.wait_completed(&last).await?;
-
+    let latency_cpu = cpu.since(mark);
     let _ = stop.send(());
     let summary = worker.await.context("the bench worker panicked")?;
+    let latency = Measurement {
+        concurrency: Some(1),
+        n: Some(latency_ids.len()),
+        latency: Some(start_latencies(&api, settings.connections, Arc::new(latency_ids)).await?),
+        cpu: Some(latency_cpu),
+        ..Measurement::new("latency")
+    };
 
-    eprintln!("reading the {ok} end-to-end runs back");
-    let backlog_ids: Arc<Vec<String>> =
-        Arc::new(triggered.results.into_iter().map(|(_, id)| id).collect());
-    let backlog = start_latencies(api, settings.connections, backlog_ids).await?;
-    let idle = start_latencies(api, settings.connections, Arc::new(idle_ids)).await?;
-    Ok(EndToEnd {
-        runs: ok,
-        trigger_errors: triggered.errors,
-        trigger_rate: ok as f64 / trigger_elapsed.as_secs_f64(),
-        elapsed,
-        cpu: cpu_used,
-        backlog,
-        idle,
+    eprintln!(
+        "retrieve: {} retrieves from {} clients",
+        ids.len(),
+        settings.connections
+    );
+    let mark = cpu.sample();
+    let ids = Arc::new(ids);
+    let (api3, ids3) = (api.clone(), ids.clone());
+    let retrieved = drive("retrieved", ids.len(), settings.connections, move |i| {
+        let (api, ids) = (api3.clone(), ids3.clone());
+        async move { api.retrieve_bytes(&ids[i]).await }
+    })
+    .await?;
+    let retrieve = retrieved.measurement("retrieve", settings.connections, cpu.since(mark));
+
+    let rss = Measurement {
+        memory: server.memory(),
+        ..Measurement::new("rss")
+    };
+
+    let stored = [
+        &enqueue_bulk,
+        &enqueue_single,
+        &concurrent_trigger,
+        &latency,
+    ]
+    .iter()
+    .filter_map(|m| m.n)
+    .sum::<usize>();
+    let fill_runs = settings.stored_runs.saturating_sub(stored);
+    let uploads = settings.connections.min(STORED_UPLOADS);
+    eprintln!(
+        "rss_stored: {fill_runs} more runs in batches of {BATCH_SIZE}, {uploads} uploads at once, to store {}",
+        stored + fill_runs
+    );
+    let (fill, _) =
+        enqueue_batches(&api, &cpu, "stored_fill", QUEUED_TASK, fill_runs, uploads).await?;
+    let stored = stored + fill.n.unwrap_or(0);
+    eprintln!(
+        "rss_stored: {} runs stored; {} retrieves from {} clients",
+        stored, settings.stored_retrieves, settings.connections
+    );
+    let (api4, ids4) = (api.clone(), ids.clone());
+    let reread = drive(
+        "retrieved",
+        settings.stored_retrieves,
+        settings.connections,
+        move |i| {
+            let (api, ids) = (api4.clone(), ids4.clone());
+            async move { api.retrieve_bytes(&ids[i % ids.len()]).await }
+        },
+    )
+    .await?;
+    let rss_stored = Measurement {
+        n: Some(stored),
+        memory: server.memory(),
+        errors: reread.errors,
+        first_error: reread.first_error,
+        ..Measurement::new("rss_stored")
+    };
+
+    Ok(Report {
+        measurements: vec![
+            enqueue_bulk,
+            enqueue_single,
+            concurrent_trigger,
+            process,
+            latency,
+            retrieve,
+            rss,
+            rss_stored,
+        ],
+        fill,
         failed_attempts: summary.failed + summary.interrupted,
     })
+}
+
+/// Creates `runs` runs of `task` in streamed batches of [`BATCH_SIZE`], `uploads` at
+/// once; answers the measurement (`n` = runs created, the rate in runs per second, the
+/// latencies per batch) and the ids of the batches created.
+async fn enqueue_batches(
+    api: &Api,
+    cpu: &CpuMeter,
+    mode: &'static str,
+    task: &'static str,
+    runs: usize,
+    uploads: usize,
+) -> Result<(Measurement, Vec<String>)> {
+    let mark = cpu.sample();
+    let api = api.clone();
+    let driven = drive("batches", runs.div_ceil(BATCH_SIZE), uploads, move |i| {
+        let api = api.clone();
+        let first = i * BATCH_SIZE;
+        let size = BATCH_SIZE.min(runs - first);
+        async move {
+            let id = api.batch_stream(task, first, size).await?;
+            Ok::<_, anyhow::Error>((id, size))
+        }
+    })
+    .await?;
+    let created: usize = driven.results.iter().map(|(_, (_, size))| size).sum();
+    let measurement = Measurement {
+        concurrency: Some(uploads),
+        n: Some(created),
+        rate: Some(created as f64 / driven.elapsed.as_secs_f64()),
+        latency: Some(Percentiles::of(driven.latencies.clone())),
+        cpu: Some(cpu.since(mark)),
+        errors: driven.errors,
+        first_error: driven.first_error.clone(),
+        ..Measurement::new(mode)
+    };
+    let ids = driven.results.into_iter().map(|(_, (id, _))| id).collect();
+    Ok((measurement, ids))
 }
 
 /// What the no-op task saw, shared with the bench.
@@ -369,6 +554,15 @@ impl Progress {
         if executed >= self.target.load(Ordering::SeqCst) {
             self.reached.notify_one();
         }
+    }
+
+    /// The run the most recent attempt belonged to.
+    fn last_run(&self) -> Result<String> {
+        self.last_run
+            .lock()
+            .expect("progress lock")
+            .clone()
+            .context("no run executed")
     }
 
     /// Waits until `target` attempts ran; fails when none ran for [`STALL_TIMEOUT`].
@@ -395,7 +589,8 @@ impl Progress {
 }
 
 /// Retrieves `ids` and measures `startedAt − createdAt` of each (milliseconds, as the
-/// API gives them). Every run must be COMPLETED.
+/// API gives them). Every run must be COMPLETED: one still finishing (its attempt ran
+/// but the completion is in flight) is waited for.
 async fn start_latencies(
     api: &Api,
     connections: usize,
@@ -406,9 +601,10 @@ async fn start_latencies(
     let outcome = drive("read", ids.len(), connections, move |i| {
         let (api, ids) = (api.clone(), read.clone());
         async move {
-            let run = api.retrieve_json(&ids[i]).await?;
+            let mut run = api.retrieve_json(&ids[i]).await?;
             if run["status"] != "COMPLETED" {
-                bail!("run {} is {} instead of COMPLETED", ids[i], run["status"]);
+                api.wait_completed(&ids[i]).await?;
+                run = api.retrieve_json(&ids[i]).await?;
             }
             let time = |field: &str| {
                 run[field]
@@ -460,25 +656,64 @@ impl Api {
             .context("the trigger answer has no id")
     }
 
-    /// Triggers `size` runs of `task` in one `POST /api/v1/tasks/batch`; checks that
-    /// every one was created.
-    async fn batch_trigger(&self, task: &str, n: usize, size: usize) -> Result<()> {
-        let items: Vec<Value> = (0..size)
-            .map(|i| json!({"task": task, "payload": {"n": n * size + i}, "options": {"tags": ["bench"]}}))
-            .collect();
+    /// Creates runs `first..first + size` of `task` as one streamed batch, the SDK's
+    /// way: `POST /api/v3/batches`, then its items as one NDJSON body. Checks that the
+    /// batch took every item and sealed; answers its id.
+    async fn batch_stream(&self, task: &str, first: usize, size: usize) -> Result<String> {
         let response = self
             .http
-            .post(format!("{}/api/v1/tasks/batch", self.url))
+            .post(format!("{}/api/v3/batches", self.url))
             .bearer_auth(&self.key)
-            .json(&json!({ "items": items }))
+            .json(&json!({ "runCount": size }))
             .send()
             .await?;
-        let reply: Value = json_reply(response).await?;
-        let created = reply["runs"].as_array().map_or(0, Vec::len);
-        if created != size {
-            bail!("the batch created {created} runs instead of {size}: {reply}");
+        let created = json_reply(response).await?;
+        let id = created["id"]
+            .as_str()
+            .context("the batch create answer has no id")?
+            .to_owned();
+        let mut items = String::with_capacity(size * 96);
+        for index in 0..size {
+            let _ = writeln!(
+                items,
+                r#"{{"index":{index},"task":"{task}","payload":{{"n":{}}},"options":{{"tags":["bench"]}}}}"#,
+                first + index
+            );
         }
-        Ok(())
+        let response = self
+            .http
+            .post(format!("{}/api/v3/batches/{id}/items", self.url))
+            .bearer_auth(&self.key)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(items)
+            .send()
+            .await?;
+        let reply = json_reply(response).await?;
+        if reply["sealed"] != true || reply["itemsAccepted"].as_u64() != Some(size as u64) {
+            bail!("batch {id} did not take its {size} items: {reply}");
+        }
+        Ok(id)
+    }
+
+    /// The run ids of a batch, in index order.
+    async fn batch_runs(&self, batch_id: &str) -> Result<Vec<String>> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/batches/{batch_id}", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        let batch = json_reply(response).await?;
+        let runs = batch["runs"]
+            .as_array()
+            .with_context(|| format!("batch {batch_id} lists no runs: {batch}"))?;
+        runs.iter()
+            .map(|id| {
+                id.as_str()
+                    .map(str::to_owned)
+                    .context("a batch run id is not a string")
+            })
+            .collect()
     }
 
     /// Reads a run without decoding it (what a client that forwards it pays).
@@ -549,14 +784,18 @@ struct Driven<T> {
 }
 
 impl<T> Driven<T> {
-    fn summary(&self, cpu: CpuUse) -> Phase {
-        Phase {
-            ok: self.results.len(),
+    /// The phase as a measurement: `n` successful requests, their rate and latencies.
+    fn measurement(&self, mode: &'static str, concurrency: usize, cpu: CpuUse) -> Measurement {
+        let ok = self.results.len();
+        Measurement {
+            concurrency: Some(concurrency),
+            n: Some(ok),
+            rate: Some(ok as f64 / self.elapsed.as_secs_f64()),
+            latency: Some(Percentiles::of(self.latencies.clone())),
+            cpu: Some(cpu),
             errors: self.errors,
             first_error: self.first_error.clone(),
-            rate: self.results.len() as f64 / self.elapsed.as_secs_f64(),
-            latency: Percentiles::of(self.latencies.clone()),
-            cpu,
+            ..Measurement::new(mode)
         }
     }
 }
@@ -681,50 +920,133 @@ impl Percentiles {
     }
 }
 
-/// A concurrent request phase.
-struct Phase {
-    ok: usize,
-    errors: usize,
-    first_error: Option<String>,
-    /// Successful requests per second.
-    rate: f64,
-    latency: Percentiles,
-    cpu: CpuUse,
-}
-
-/// Phases 3 and 4.
-struct EndToEnd {
-    runs: usize,
-    trigger_errors: usize,
-    /// Triggers per second while the worker was busy.
-    trigger_rate: f64,
-    /// First trigger to the last run COMPLETED.
-    elapsed: Duration,
-    cpu: CpuUse,
-    /// `startedAt − createdAt` of phase 3's runs, triggered faster than they run.
-    backlog: Percentiles,
-    /// The same for phase 4's runs, triggered one at a time.
-    idle: Percentiles,
-    failed_attempts: u64,
-}
-
-/// The server's memory at the end, in KiB.
+/// The server's memory, in KiB.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
     rss_kib: u64,
     peak_kib: u64,
 }
 
-struct Report {
-    trigger: Phase,
-    retrieve: Phase,
-    /// One request per [`BATCH_SIZE`] runs.
-    batch_trigger: Phase,
-    end_to_end: EndToEnd,
+/// One line of the output: a phase, or a memory reading. A field is `None` where it
+/// does not apply to the mode (no rate for latency, only memory for rss).
+struct Measurement {
+    /// The issue's name of the phase (`enqueue_bulk`, …, `rss_stored`).
+    mode: &'static str,
+    /// Clients, batch uploads or worker slots at once.
+    concurrency: Option<usize>,
+    /// Runs created, drained or measured; requests for retrieve; runs stored for
+    /// rss_stored.
+    n: Option<usize>,
+    /// Runs (retrieve: requests) per second.
+    rate: Option<f64>,
+    /// Per request (per batch for enqueue_bulk); trigger→start for latency.
+    latency: Option<Percentiles>,
     memory: Option<Memory>,
+    cpu: Option<CpuUse>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Measurement {
+    fn new(mode: &'static str) -> Measurement {
+        Measurement {
+            mode,
+            concurrency: None,
+            n: None,
+            rate: None,
+            latency: None,
+            memory: None,
+            cpu: None,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    /// `{"lib":"runnel","variant":…,"mode":…,…}` with the fields that apply, in the
+    /// issue's order. rss gives the peak (VmHWM) as `rss_mb`; rss_stored gives the
+    /// resident size with the runs stored (VmRSS) as `rss_mb` and the peak as `peak_mb`.
+    fn json_line(&self, variant: &str) -> String {
+        let mut fields: Vec<(&str, Value)> = vec![
+            ("lib", json!("runnel")),
+            ("variant", json!(variant)),
+            ("mode", json!(self.mode)),
+        ];
+        if let Some(concurrency) = self.concurrency {
+            fields.push(("concurrency", json!(concurrency)));
+        }
+        if let Some(n) = self.n {
+            fields.push(("n", json!(n)));
+        }
+        if let Some(rate) = self.rate {
+            fields.push(("jobs_per_s", json!(round(rate, 1))));
+        }
+        if let Some(latency) = self.latency {
+            let ms = |d: Duration| json!(round(d.as_secs_f64() * 1000.0, 3));
+            fields.push(("p50_ms", ms(latency.p50)));
+            fields.push(("p99_ms", ms(latency.p99)));
+        }
+        if let Some(memory) = self.memory {
+            let mb = |kib: u64| json!(round(kib as f64 / 1024.0, 1));
+            if self.mode == "rss" {
+                fields.push(("rss_mb", mb(memory.peak_kib)));
+            } else {
+                fields.push(("rss_mb", mb(memory.rss_kib)));
+                fields.push(("peak_mb", mb(memory.peak_kib)));
+            }
+        }
+        let body: Vec<String> = fields
+            .into_iter()
+            .map(|(name, value)| format!("\"{name}\":{value}"))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+struct Report {
+    /// The issue's phases and memory readings, in the order they ran.
+    measurements: Vec<Measurement>,
+    /// The bulk batches that filled the table for rss_stored: in the table, not a JSON
+    /// line (the peers have no such phase).
+    fill: Measurement,
+    failed_attempts: u64,
 }
 
 impl Report {
+    fn json_lines(&self, variant: &str) -> Vec<String> {
+        self.measurements
+            .iter()
+            .map(|m| m.json_line(variant))
+            .collect()
+    }
+
+    /// A sentence per phase that had failed requests, and one for failed attempts.
+    fn failures(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .measurements
+            .iter()
+            .chain(std::iter::once(&self.fill))
+            .filter_map(|m| {
+                let error = m.first_error.as_ref()?;
+                Some(format!(
+                    "{} {} requests failed; the first: {error}",
+                    m.errors, m.mode
+                ))
+            })
+            .collect();
+        if self.failed_attempts > 0 {
+            out.push(format!(
+                "{} attempts of the no-op task failed",
+                self.failed_attempts
+            ));
+        }
+        out
+    }
+
     fn render(&self, settings: &Settings, backend: &str) -> String {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         let mut out = String::new();
@@ -737,94 +1059,89 @@ impl Report {
             settings.connections,
             settings.worker_concurrency,
         );
-        let e2e = &self.end_to_end;
-        let mut rows: Vec<(String, String)> = vec![
-            (
-                "trigger".into(),
-                format!("{} runs/s", group(self.trigger.rate)),
-            ),
-            (
-                "trigger latency p50 / p99".into(),
-                pair(self.trigger.latency),
-            ),
-            (
-                "retrieve".into(),
-                format!("{} req/s", group(self.retrieve.rate)),
-            ),
-            (
-                "retrieve latency p50 / p99".into(),
-                pair(self.retrieve.latency),
-            ),
-            (
-                format!("batch trigger ({BATCH_SIZE} runs per request)"),
-                format!(
-                    "{} runs/s",
-                    group(self.batch_trigger.rate * BATCH_SIZE as f64)
+        let _ = writeln!(
+            out,
+            "| mode | n | concurrency | rate | p50 / p99 | cores busy, server + bench |\n|---|---|---|---|---|---|"
+        );
+        let phases = self
+            .measurements
+            .iter()
+            .chain(std::iter::once(&self.fill))
+            .filter(|m| m.memory.is_none());
+        for m in phases {
+            let (what, unit) = match m.mode {
+                "enqueue_bulk" => (
+                    format!(
+                        "enqueue_bulk ({} runs per batch; latency per batch)",
+                        group(BATCH_SIZE as f64)
+                    ),
+                    "runs/s",
                 ),
-            ),
-            (
-                "batch trigger latency p50 / p99 (per request)".into(),
-                pair(self.batch_trigger.latency),
-            ),
-            (
-                format!(
-                    "end-to-end no-op runs ({} runs, first trigger → last COMPLETED)",
-                    group(e2e.runs as f64)
+                "enqueue_single" => ("enqueue_single (one at a time)".to_owned(), "runs/s"),
+                "process" => (
+                    "process (worker start → last COMPLETED)".to_owned(),
+                    "runs/s",
                 ),
-                format!(
-                    "{} runs/s ({:.2} s)",
-                    group(e2e.runs as f64 / e2e.elapsed.as_secs_f64()),
-                    e2e.elapsed.as_secs_f64()
+                "latency" => (
+                    format!("latency (trigger→start, {LATENCY_GAP:?} apart)"),
+                    "",
                 ),
-            ),
-            (
-                "trigger while the worker runs".into(),
-                format!("{} runs/s", group(e2e.trigger_rate)),
-            ),
-            (
-                "trigger→start p50 / p99, backlog (end-to-end runs)".into(),
-                pair(e2e.backlog),
-            ),
-            (
-                format!("trigger→start p50 / p99, idle ({IDLE_RUNS} runs one at a time)"),
-                pair(e2e.idle),
-            ),
-        ];
-        if let Some(memory) = self.memory {
-            rows.push((
-                "server RSS at the end / peak (VmRSS / VmHWM)".into(),
-                format!("{} / {} MiB", memory.rss_kib / 1024, memory.peak_kib / 1024),
-            ));
+                "retrieve" => ("retrieve".to_owned(), "req/s"),
+                "stored_fill" => (
+                    "stored_fill (batches filling the table for rss_stored)".to_owned(),
+                    "runs/s",
+                ),
+                other => (other.to_owned(), "runs/s"),
+            };
+            let dash = || "–".to_owned();
+            let _ = writeln!(
+                out,
+                "| {what} | {} | {} | {} | {} | {} |",
+                m.n.map_or_else(dash, |n| group(n as f64)),
+                m.concurrency.map_or_else(dash, |c| c.to_string()),
+                m.rate
+                    .map_or_else(dash, |rate| format!("{} {unit}", group(rate))),
+                m.latency.map_or_else(dash, pair),
+                m.cpu.map_or_else(dash, |cpu| cpu.to_string()),
+            );
         }
-        rows.push((
-            "CPU cores busy, server + bench incl. worker (trigger / retrieve / end to end)".into(),
-            format!("{} / {} / {}", self.trigger.cpu, self.retrieve.cpu, e2e.cpu),
-        ));
-        let errors = self.trigger.errors
-            + self.retrieve.errors
-            + self.batch_trigger.errors
-            + e2e.trigger_errors;
-        rows.push((
-            "failed requests / failed attempts".into(),
-            format!("{errors} / {}", e2e.failed_attempts),
-        ));
-        let _ = writeln!(out, "| metric | value |\n|---|---|");
-        for (metric, value) in rows {
-            let _ = writeln!(out, "| {metric} | {value} |");
+        let _ = writeln!(
+            out,
+            "\n| server memory | VmRSS | VmHWM (peak) |\n|---|---|---|"
+        );
+        for m in self
+            .measurements
+            .iter()
+            .filter(|m| m.mode.starts_with("rss"))
+        {
+            let what = match m.n {
+                Some(n) => format!("{} ({} runs stored)", m.mode, group(n as f64)),
+                None => format!("{} (after the load phases)", m.mode),
+            };
+            let (rss, peak) = m.memory.map_or_else(
+                || ("unreadable".to_owned(), "unreadable".to_owned()),
+                |memory| {
+                    (
+                        format!("{} MiB", memory.rss_kib / 1024),
+                        format!("{} MiB", memory.peak_kib / 1024),
+                    )
+                },
+            );
+            let _ = writeln!(out, "| {what} | {rss} | {peak} |");
         }
-        for (name, phase) in [
-            ("trigger", &self.trigger),
-            ("retrieve", &self.retrieve),
-            ("batch trigger", &self.batch_trigger),
-        ] {
-            if let Some(error) = &phase.first_error {
-                let _ = writeln!(
-                    out,
-                    "\n{} of {} {name} requests failed; the first: {error}",
-                    phase.errors,
-                    phase.errors + phase.ok
-                );
-            }
+        let errors: usize = self
+            .measurements
+            .iter()
+            .chain(std::iter::once(&self.fill))
+            .map(|m| m.errors)
+            .sum();
+        let _ = writeln!(
+            out,
+            "\nFailed requests: {errors}; failed attempts: {}.",
+            self.failed_attempts
+        );
+        for failure in self.failures() {
+            let _ = writeln!(out, "\n{failure}");
         }
         out
     }

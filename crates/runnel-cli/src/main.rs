@@ -71,7 +71,7 @@ enum Command {
     /// List, create and remove the cron schedules of the key's environment.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
-    /// Benchmark a fresh server on this machine: trigger, retrieve, end-to-end no-op runs.
+    /// Benchmark a fresh server on this machine: enqueue, process, latency, retrieve, memory.
     Bench(bench::BenchArgs),
     /// Internal: runs one exec attempt's command so that it dies with its worker.
     #[command(name = guard::SUBCOMMAND, hide = true)]

@@ -1,6 +1,7 @@
 //! The `runnel` binary is quiet at its default log level (`RUST_LOG` unset, as the
 //! harness runs it): what it logs does not grow with the number of runs, a PostgreSQL
-//! start logs no sqlx notice, and `runnel bench` keeps stdout for its table.
+//! start logs no sqlx notice, and `runnel bench` keeps stdout for its table (or its JSON
+//! lines).
 
 mod common;
 
@@ -92,8 +93,8 @@ async fn a_second_postgres_start_logs_no_sqlx_notice() {
 #[test]
 fn bench_prints_its_table_on_stdout_and_little_on_stderr() {
     let output = runnel_command()
-        .args(["bench", "--runs", "20", "--connections", "2"])
-        .args(["--worker-concurrency", "2"])
+        .args(["bench", "--quick", "--runs", "20", "--connections", "2"])
+        .args(["--worker-concurrency", "2", "--stored-runs", "1500"])
         .stdin(Stdio::null())
         .output()
         .expect("running runnel bench");
@@ -101,7 +102,9 @@ fn bench_prints_its_table_on_stdout_and_little_on_stderr() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stdout.starts_with("## runnel bench") && stdout.contains("| metric | value |"),
+        stdout.starts_with("## runnel bench")
+            && stdout.contains("| mode | n | concurrency |")
+            && stdout.contains("| server memory |"),
         "{}",
         describe(&output)
     );
@@ -117,4 +120,58 @@ fn bench_prints_its_table_on_stdout_and_little_on_stderr() {
         "{}",
         describe(&output)
     );
+}
+
+/// `runnel bench --quick --json`: stdout holds only JSON lines, one per measurement, with
+/// each of the modes once and figures that make sense.
+#[test]
+fn bench_json_prints_one_line_per_mode() {
+    let output = runnel_command()
+        .args(["bench", "--quick", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running runnel bench");
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{}", describe(&output)))
+        })
+        .collect();
+    let modes: Vec<&str> = lines.iter().filter_map(|l| l["mode"].as_str()).collect();
+    let expected = [
+        "enqueue_bulk",
+        "enqueue_single",
+        "concurrent_trigger",
+        "process",
+        "latency",
+        "retrieve",
+        "rss",
+        "rss_stored",
+    ];
+    assert_eq!(modes, expected, "{}", describe(&output));
+    for line in &lines {
+        assert_eq!(line["lib"], "runnel", "{line}");
+        assert_eq!(line["variant"], "sqlite", "{line}");
+        let mode = line["mode"].as_str().unwrap();
+        let rated = !matches!(mode, "latency" | "rss" | "rss_stored");
+        if rated {
+            assert!(line["jobs_per_s"].as_f64().unwrap() > 0.0, "{line}");
+            assert!(line["concurrency"].as_u64().unwrap() > 0, "{line}");
+        }
+        if mode.starts_with("rss") {
+            assert!(line["rss_mb"].as_f64().unwrap() > 0.0, "{line}");
+        } else {
+            assert!(line["n"].as_u64().unwrap() > 0, "{line}");
+        }
+        if let (Some(p50), Some(p99)) = (line["p50_ms"].as_f64(), line["p99_ms"].as_f64()) {
+            assert!(p50 <= p99, "{line}");
+        }
+        let latencies = !matches!(mode, "process" | "rss" | "rss_stored");
+        assert_eq!(line["p99_ms"].is_number(), latencies, "{line}");
+    }
+    let stored = &lines[7];
+    assert_eq!(stored["n"], 5000, "{stored}");
 }
