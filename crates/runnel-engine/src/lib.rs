@@ -89,6 +89,8 @@ pub struct Engine {
     /// settings (retry, maxDuration) are read once, so re-registering a version with new
     /// settings only reaches workers this node loads afterwards.
     workers: Arc<Mutex<HashMap<WorkerId, Arc<WorkerRecord>>>>,
+    /// The queue each served task's runs go to, as read by triggers ([`trigger`]).
+    task_queues: Arc<trigger::TaskQueues>,
     /// Turns true when the server stops: open long polls answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Wakes owed to the long polls of other nodes ([`multinode`]).
@@ -119,6 +121,7 @@ impl Engine {
             runs_available: Arc::new(Notify::new()),
             attempts_changed: Arc::new(Notify::new()),
             workers: Arc::new(Mutex::new(HashMap::new())),
+            task_queues: Arc::new(trigger::TaskQueues::default()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             outbox: Arc::new(multinode::Outbox::new()),
         }

@@ -42,6 +42,7 @@ pub(crate) struct Outbox {
     node: String,
     runs: AtomicBool,
     attempts: AtomicBool,
+    workers: AtomicBool,
     /// Wakes the publisher.
     pending: Notify,
 }
@@ -52,6 +53,7 @@ impl Outbox {
             node: format!("node_{:016x}", rand_u64()),
             runs: AtomicBool::new(false),
             attempts: AtomicBool::new(false),
+            workers: AtomicBool::new(false),
             pending: Notify::new(),
         }
     }
@@ -68,6 +70,7 @@ impl Outbox {
         match signal {
             Signal::RunsAvailable => &self.runs,
             Signal::AttemptsChanged => &self.attempts,
+            Signal::WorkersChanged => &self.workers,
         }
     }
 
@@ -165,6 +168,7 @@ impl Engine {
         match signal {
             Signal::RunsAvailable => self.runs_available.notify_waiters(),
             Signal::AttemptsChanged => self.attempts_changed.notify_waiters(),
+            Signal::WorkersChanged => self.task_queues.forget(),
         }
     }
 }

@@ -16,12 +16,13 @@
 //! a batch's items with the batch's counters) and in what they answer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
 use runnel_core::trigger::{IdempotencyHeaders, TriggerError, TriggerRequest};
-use runnel_core::{QueueName, RunId, RunStatus};
+use runnel_core::{EnvironmentId, QueueName, RunId, RunStatus};
 
 use crate::Engine;
 
@@ -127,8 +128,7 @@ impl Engine {
                 Some(queue) => queue.clone(),
                 None => {
                     let queue = self
-                        .store
-                        .task_queue(&environment.id, &key.0, key.1.as_deref())
+                        .task_queue(environment, &key.0, key.1.as_deref())
                         .await?;
                     declared.insert(key, queue.clone());
                     queue
@@ -144,6 +144,37 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The queue the latest version serving `task` (at `version` when given) declared for
+    /// it; `None` when no version serves it. A served task's queue is remembered until
+    /// a worker registers, on this node or another (`Signal::WorkersChanged`).
+    async fn task_queue(
+        &self,
+        environment: &Environment,
+        task: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>, runnel_store::Error> {
+        let key = (
+            environment.id.clone(),
+            task.to_owned(),
+            version.map(str::to_owned),
+        );
+        let generation = {
+            let known = self.task_queues.known.lock().expect("task queues");
+            if let Some(queue) = known.queues.get(&key) {
+                return Ok(Some(queue.clone()));
+            }
+            known.generation
+        };
+        let queue = self
+            .store
+            .task_queue(&environment.id, task, version)
+            .await?;
+        if let Some(queue) = &queue {
+            self.task_queues.remember(generation, key, queue.clone());
+        }
+        Ok(queue)
     }
 
     /// After the insert, for the runs it created: queues the version-waiting ones whose
@@ -191,5 +222,56 @@ impl Engine {
             self.runs_became_available();
         }
         Ok(())
+    }
+}
+
+/// The queues of served tasks, as triggers read them: one read per (environment, task,
+/// locked version) until a worker registers.
+///
+/// Only served tasks are remembered: a task no version serves is read again at every
+/// trigger, so its first registration is seen at once, by every node. A remembered queue
+/// changes only when a newer version declares another queue for the task; the node that
+/// registers it forgets at once, the others when its `WorkersChanged` signal arrives (a
+/// few milliseconds; a trigger racing a registration could place its run either way
+/// without the cache too). A read that began before a registration is not remembered
+/// after it ([`Known::generation`]).
+#[derive(Debug, Default)]
+pub(crate) struct TaskQueues {
+    known: Mutex<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Bumped by every [`TaskQueues::forget`].
+    generation: u64,
+    queues: HashMap<(EnvironmentId, String, Option<String>), String>,
+}
+
+/// Most entries remembered; past it the map starts over (locked versions are the
+/// caller's strings, so their number is the caller's too).
+const TASK_QUEUES_MAX: usize = 10_000;
+
+impl TaskQueues {
+    fn remember(
+        &self,
+        generation: u64,
+        key: (EnvironmentId, String, Option<String>),
+        queue: String,
+    ) {
+        let mut known = self.known.lock().expect("task queues");
+        if known.generation != generation {
+            return;
+        }
+        if known.queues.len() >= TASK_QUEUES_MAX {
+            known.queues.clear();
+        }
+        known.queues.insert(key, queue);
+    }
+
+    /// Forgets every queue: a worker registered.
+    pub(crate) fn forget(&self) {
+        let mut known = self.known.lock().expect("task queues");
+        known.generation += 1;
+        known.queues.clear();
     }
 }

@@ -274,6 +274,9 @@ impl Engine {
             schedules,
         };
         let registered = self.store.worker_register(&registration, now).await?;
+        // After the commit: a trigger reading the task's queue from now on sees it.
+        self.task_queues.forget();
+        self.outbox.owe(runnel_store::Signal::WorkersChanged);
         self.store
             .queue_declare(&environment.id, &declarations, now)
             .await?;

@@ -27,16 +27,24 @@ pub enum Signal {
     RunsAvailable,
     /// Attempts that workers hold may have ended (cancel, rescue): heartbeats should look.
     AttemptsChanged,
+    /// A worker version was registered: what serves a task, and on which queue, may have
+    /// changed (nodes forget the task queues they remembered).
+    WorkersChanged,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 2] = [Signal::RunsAvailable, Signal::AttemptsChanged];
+    pub const ALL: [Signal; 3] = [
+        Signal::RunsAvailable,
+        Signal::AttemptsChanged,
+        Signal::WorkersChanged,
+    ];
 
     /// The PostgreSQL `NOTIFY` channel of this signal.
     pub fn channel(self) -> &'static str {
         match self {
             Signal::RunsAvailable => "runnel_runs",
             Signal::AttemptsChanged => "runnel_attempts",
+            Signal::WorkersChanged => "runnel_workers",
         }
     }
 
