@@ -1187,6 +1187,11 @@ impl ServerProcess {
     /// Spawns `runnel serve` and waits for its address and dev key on stdout.
     async fn start(store_flags: &[String], log: &Path) -> Result<ServerProcess> {
         let exe = std::env::current_exe().context("locating the runnel executable")?;
+        // Profiling aids (docs/BENCHMARKS.md): the server's log filter, and a log file
+        // that outlives the temporary directory.
+        let log = &std::env::var_os("RUNNEL_BENCH_SERVER_LOG_FILE")
+            .map_or_else(|| log.to_path_buf(), PathBuf::from);
+        let filter = std::env::var("RUNNEL_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned());
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = tokio::process::Command::new(exe)
@@ -1195,7 +1200,7 @@ impl ServerProcess {
             // The flags say where the data goes; these would compete with them.
             .env_remove("RUNNEL_DATABASE_URL")
             .env_remove("RUNNEL_DATA_DIR")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -122,7 +122,10 @@ impl Backend for SqliteStore {
     const ONE_WRITER: bool = true;
 
     /// The oldest queued runs, read as they are: the one writer keeps the gates, the
-    /// held counts and the runs from changing before the dequeue commits.
+    /// held counts and the runs from changing before the dequeue commits. One index
+    /// range per task (`runs_dequeue`), each cut at `limit`, merged: `task_identifier IN
+    /// (…) ORDER BY queue_ts, id` would read and sort every queued run of those tasks
+    /// at each dequeue.
     async fn dequeue_candidates(
         &self,
         conn: &mut sqlx::SqliteConnection,
@@ -131,16 +134,27 @@ impl Backend for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Run>> {
         let mut p = Params::<sql::Sqlite>::new();
+        let environment = p.bind(worker.environment_id.as_str());
+        let version = p.bind(&worker.version);
+        let limit = p.bind(i64::from(limit));
+        let gate = gate.map(|gate| gate_sql(&mut p, gate)).unwrap_or_default();
+        let ranges: Vec<String> = worker
+            .tasks
+            .iter()
+            .map(|task| {
+                format!(
+                    "SELECT id FROM (SELECT id FROM runs WHERE environment_id = {environment} \
+                     AND status = {} AND task_identifier = {} \
+                     AND (lock_to_version IS NULL OR lock_to_version = {version}) {gate}\
+                     ORDER BY queue_ts, id LIMIT {limit})",
+                    sql::status(RunStatus::Queued),
+                    p.bind(task.task_identifier.as_str()),
+                )
+            })
+            .collect();
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = {} AND status = {} \
-             AND task_identifier {} AND (lock_to_version IS NULL OR lock_to_version = {}) {}\
-             ORDER BY queue_ts, id LIMIT {}",
-            p.bind(worker.environment_id.as_str()),
-            sql::status(RunStatus::Queued),
-            p.list(worker.tasks.iter().map(|t| t.task_identifier.as_str())),
-            p.bind(&worker.version),
-            gate.map(|gate| gate_sql(&mut p, gate)).unwrap_or_default(),
-            p.bind(i64::from(limit)),
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({}) ORDER BY queue_ts, id LIMIT {limit}",
+            ranges.join(" UNION ALL "),
         );
         let rows = p.fetch_all(conn, &sql).await?;
         rows.iter().map(run_from_row).collect()
