@@ -117,6 +117,67 @@ async fn dequeue_waiting_on_b_gets_a_run_of_a(node_a: &Server, node_b: &Server, 
     assert!(triggered.elapsed() < CROSS_NODE_WAKE);
 }
 
+/// Triggers remember the queue of a served task; a newer version that declares another
+/// queue, registered on one node, reaches the triggers of another through its signal.
+#[tokio::test]
+async fn a_registration_on_one_node_changes_the_queue_triggers_on_another_use() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (nodes, key, _dirs) = start_nodes(&database, 2, &[]);
+    let register = |version: &str, queue: &str| {
+        json!({"name": "q", "version": version, "tasks": [{"id": "moves", "queue": queue}],
+               "queues": [{"name": queue}]})
+    };
+    let reply = nodes[0]
+        .register_worker_as(&key, &register("v1", "first"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    // Node B reads (and remembers) the task's queue.
+    let id = nodes[1].trigger_new(&key, "moves", &json!({})).await;
+    assert_eq!(queue_of(&nodes[1], &key, &id).await, "first");
+
+    let reply = nodes[0]
+        .register_worker_as(&key, &register("v2", "second"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let registered = Instant::now();
+    loop {
+        let id = nodes[1].trigger_new(&key, "moves", &json!({})).await;
+        let queue = queue_of(&nodes[1], &key, &id).await;
+        if queue == "second" {
+            break;
+        }
+        assert_eq!(queue, "first");
+        assert!(
+            registered.elapsed() < CROSS_NODE_WAKE,
+            "node B still triggers into the old queue {:?} after the registration on A",
+            registered.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(nodes);
+    drop(database);
+}
+
+/// The queue run `id` waits in, as the runs list filters by it.
+async fn queue_of(node: &Server, key: &str, id: &str) -> &'static str {
+    for queue in ["first", "second"] {
+        let reply = node
+            .request(Method::GET, &format!("/api/v1/runs?filter[queue]={queue}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = reply.json().await.unwrap();
+        let listed = body["data"].as_array().expect("a runs page");
+        if listed.iter().any(|run| run["id"] == id) {
+            return queue;
+        }
+    }
+    panic!("run {id} is in neither queue")
+}
+
 #[tokio::test]
 async fn a_cancel_on_one_node_ends_a_heartbeat_waiting_on_another() {
     let Some(database) = fresh_database().await else {
