@@ -160,12 +160,9 @@ impl Engine {
             task.to_owned(),
             version.map(str::to_owned),
         );
-        let generation = {
-            let known = self.task_queues.known.lock().expect("task queues");
-            if let Some(queue) = known.queues.get(&key) {
-                return Ok(Some(queue.clone()));
-            }
-            known.generation
+        let generation = match self.task_queues.recall(&key) {
+            Ok(queue) => return Ok(Some(queue)),
+            Err(generation) => generation,
         };
         let queue = self
             .store
@@ -252,6 +249,12 @@ struct Known {
 const TASK_QUEUES_MAX: usize = 10_000;
 
 impl TaskQueues {
+    /// The remembered queue of `key`, or the generation a read of it starts in.
+    fn recall(&self, key: &(EnvironmentId, String, Option<String>)) -> Result<String, u64> {
+        let known = self.known.lock().expect("task queues");
+        known.queues.get(key).cloned().ok_or(known.generation)
+    }
+
     fn remember(
         &self,
         generation: u64,
