@@ -213,15 +213,27 @@ impl Engine {
             if missed {
                 let _ = self.feed.sender.send(RunUpdate::Missed);
             }
+            if *self.stopping.borrow() {
+                // The store may be closing: the subscriptions end with the server.
+                self.feed.running.store(false, Ordering::Release);
+                return;
+            }
             for id in ids {
                 match self.store.run_get_any(&id).await {
                     Ok(Some(run)) => {
                         let _ = self.feed.sender.send(RunUpdate::Run(Arc::new(run)));
                     }
                     Ok(None) => {}
+                    Err(_) if *self.stopping.borrow() => {
+                        // The store closed under a stopping server.
+                        self.feed.running.store(false, Ordering::Release);
+                        return;
+                    }
                     Err(error) => {
+                        // The rest of this round is lost too: receivers read everything again.
                         tracing::warn!(%error, run = %id, "could not read a changed run");
                         let _ = self.feed.sender.send(RunUpdate::Missed);
+                        break;
                     }
                 }
             }
