@@ -192,7 +192,7 @@ pub async fn run(
         resources.push(("batch", batch.as_str()));
     }
     auth::authorize(&caller, "read", &resources)?;
-    serve(&state, caller.environment(), Filter::Run(id), &params).await
+    serve(&state, &caller, Filter::Run(id), &params).await
 }
 
 /// `GET /realtime/v1/runs?tags=a,b&createdAt=1h`.
@@ -231,7 +231,7 @@ pub async fn runs(
         tags,
         created_after,
     };
-    serve(&state, caller.environment(), filter, &params).await
+    serve(&state, &caller, filter, &params).await
 }
 
 /// `GET /realtime/v1/batches/{batchId}`.
@@ -248,24 +248,29 @@ pub async fn batch(
         .await?
         .ok_or(ApiError::NotFound)?;
     auth::authorize(&caller, "read", &[("batch", id.as_str()), ("runs", "*")])?;
-    serve(&state, caller.environment(), Filter::Batch(id), &params).await
+    serve(&state, &caller, Filter::Batch(id), &params).await
 }
 
 async fn serve(
     state: &AppState,
-    environment: &Environment,
+    caller: &Caller,
     filter: Filter,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    let environment = caller.environment();
     let offset = params.get("offset").map(String::as_str).unwrap_or("-1");
     let live = params.get("live").is_some_and(|v| v == "true");
-    let skip: Vec<String> = params
+    // The request's columns to skip, and a public token's own (`realtime.skipColumns`).
+    let mut skip: Vec<String> = params
         .get("skipColumns")
         .map(|s| comma_list(s))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| !RESERVED_COLUMNS.contains(&c.as_str()))
-        .collect();
+        .unwrap_or_default();
+    if let Caller::PublicToken(token) = caller {
+        skip.extend(token.skip_columns.iter().cloned());
+    }
+    skip.retain(|c| !RESERVED_COLUMNS.contains(&c.as_str()));
+    skip.sort();
+    skip.dedup();
     let handle = params.get("handle").filter(|h| !h.is_empty());
     if offset == "-1" || handle.is_none() {
         return snapshot(state, environment, filter, skip).await;
