@@ -38,8 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use chrono::{DateTime, Utc};
 use runnel_core::duration::parse_duration_secs;
 use runnel_core::list::{CreatedWindow, Direction, PageCursor, RunFilter, RunListRequest};
@@ -48,6 +50,7 @@ use runnel_core::tenancy::Environment;
 use runnel_core::{BatchId, RunId, RunStatus};
 use runnel_engine::changes::{RunFeed, RunUpdate};
 use serde_json::{json, Map, Value};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
@@ -169,6 +172,37 @@ impl Drop for Taken {
         }
     }
 }
+
+/// The three routes, open to scripts of any origin (the React hooks subscribe from the
+/// browser with a public token; no cookie is involved).
+pub fn routes() -> Router<AppState> {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(EXPOSED.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(3600));
+    // An explicit OPTIONS route, so preflights pass through the layer (the app's
+    // method-not-allowed fallback is not layered).
+    let preflight = || async { StatusCode::NO_CONTENT };
+    Router::new()
+        .route("/realtime/v1/runs", get(runs).options(preflight))
+        .route("/realtime/v1/runs/{run_id}", get(run).options(preflight))
+        .route(
+            "/realtime/v1/batches/{batch_id}",
+            get(batch).options(preflight),
+        )
+        .layer(cors)
+}
+
+/// The protocol's response headers, readable by a browser's script.
+const EXPOSED: [&str; 5] = [
+    "electric-handle",
+    "electric-offset",
+    "electric-schema",
+    "electric-cursor",
+    "electric-up-to-date",
+];
 
 /// `GET /realtime/v1/runs/{runId}`.
 pub async fn run(
@@ -583,7 +617,6 @@ fn respond(handle: &str, offset: u64, mut messages: Vec<Value>) -> Response {
     insert(headers, "electric-schema", SCHEMA);
     insert(headers, "electric-cursor", &cursor());
     insert(headers, "electric-up-to-date", "");
-    expose(headers);
     response
 }
 
@@ -599,7 +632,6 @@ fn must_refetch() -> Response {
         HeaderValue::from_static("application/json"),
     );
     insert(headers, "electric-handle", &new_handle());
-    expose(headers);
     response
 }
 
@@ -607,16 +639,6 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
-}
-
-/// Lets a browser's script read the protocol headers.
-fn expose(headers: &mut HeaderMap) {
-    headers.insert(
-        "access-control-expose-headers",
-        HeaderValue::from_static(
-            "electric-handle, electric-offset, electric-schema, electric-cursor, electric-up-to-date",
-        ),
-    );
 }
 
 /// Changes every [`LIVE_WAIT`], as the live requests' cache buster.
