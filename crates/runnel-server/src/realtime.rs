@@ -59,8 +59,11 @@ use crate::state::AppState;
 
 /// Longest a live poll is held when nothing changes.
 pub const LIVE_WAIT: Duration = Duration::from_secs(20);
-/// A shape not polled for this long is forgotten.
-pub const SHAPE_IDLE: Duration = Duration::from_secs(120);
+/// A shape not polled for this long is forgotten (a client polls again as soon as an
+/// answer arrives, and a live poll is held at most [`LIVE_WAIT`]).
+pub const SHAPE_IDLE: Duration = Duration::from_secs(60);
+/// How often idle shapes are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Most runs in the snapshot of a tag or batch feed (the newest).
 pub const SNAPSHOT_MAX: usize = 1_000;
 /// Columns a subscription cannot skip: the SDK requires them.
@@ -81,6 +84,8 @@ const SCHEMA: &str = r#"{"id":{"type":"text"},"friendlyId":{"type":"text"},"task
 #[derive(Debug, Clone, Default)]
 pub struct Shapes {
     inner: Arc<Mutex<HashMap<String, Shape>>>,
+    /// Whether the task dropping idle shapes runs.
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shapes {
@@ -104,9 +109,27 @@ impl Shapes {
 
     fn put(&self, handle: String, mut shape: Shape) {
         shape.polled = Instant::now();
-        let mut shapes = self.lock();
-        shapes.retain(|_, s| s.polled.elapsed() < SHAPE_IDLE);
-        shapes.insert(handle, shape);
+        self.lock().insert(handle, shape);
+        if !self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            // Drops the shapes of clients that went away, with their feed receivers
+            // (which keep unread runs in memory and the feed reading); ends with the app.
+            let shapes = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    let Some(shapes) = shapes.upgrade() else {
+                        return;
+                    };
+                    shapes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|_, s| s.polled.elapsed() < SHAPE_IDLE);
+                }
+            });
+        }
     }
 }
 
@@ -149,8 +172,8 @@ struct Shape {
     environment: Environment,
     filter: Filter,
     skip: Vec<String>,
-    /// The fingerprint of the row last sent, per run.
-    sent: HashMap<RunId, u64>,
+    /// The fingerprint of the row last sent, and the run's `updated_at` then, per run.
+    sent: HashMap<RunId, (u64, DateTime<Utc>)>,
     feed: RunFeed,
     /// Responses that carried changes so far: the offset's first part.
     offset: u64,
@@ -484,11 +507,17 @@ async fn changes_from(
 fn diff(shape: &mut Shape, run: &Run) -> Option<Value> {
     let value = row(run, &shape.skip);
     let fingerprint = fingerprint(&value);
-    let operation = match shape.sent.insert(run.id.clone(), fingerprint) {
-        Some(previous) if previous == fingerprint => return None,
+    let operation = match shape.sent.get(&run.id) {
+        Some((previous, _)) if *previous == fingerprint => return None,
+        // A read older than the row sent (the feed read it before a snapshot did): the
+        // change that made the newer row brings it again.
+        Some((_, sent_at)) if run.updated_at < *sent_at => return None,
         Some(_) => "update",
         None => "insert",
     };
+    shape
+        .sent
+        .insert(run.id.clone(), (fingerprint, run.updated_at));
     Some(json!({
         "key": format!("\"public\".\"TaskRun\"/\"{}\"", run.id),
         "value": value,
