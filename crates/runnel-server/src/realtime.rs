@@ -15,11 +15,13 @@
 //! ```
 //!
 //! A shape (one subscription) lives in this node's memory between its long polls: its
-//! filter, the fingerprint of each row it sent, and a receiver of the engine's run feed
-//! ([`runnel_engine::changes`]), which buffers changes that happen between two polls.
-//! The feed reads each changed run once per node whatever the number of shapes, so a
-//! shape costs no database read while nothing it watches changes; a poll only turns
-//! buffered runs into rows and compares fingerprints. A shape not polled for
+//! filter, the fingerprint of each row it sent, and an inbox, which buffers the changed
+//! runs it concerns between two polls. One dispatcher per node holds the engine's run
+//! feed ([`runnel_engine::changes`], which reads each changed run once) while shapes
+//! exist, and drops each run into the inboxes of the shapes it concerns, found by run id
+//! or among the tag and batch shapes of its environment: a change wakes its own
+//! subscribers only, and a shape costs no database read while nothing it watches
+//! changes. A poll turns its inbox into rows and compares fingerprints. A shape not polled for
 //! [`SHAPE_IDLE`] is dropped; a poll that names an unknown handle (dropped, made by
 //! another node, or before a restart) gets `409 must-refetch` and the client starts
 //! again from a snapshot (the SDK then yields each run once more).
@@ -47,7 +49,7 @@ use runnel_core::duration::parse_duration_secs;
 use runnel_core::list::{CreatedWindow, Direction, PageCursor, RunFilter, RunListRequest};
 use runnel_core::run::{Packet, Run};
 use runnel_core::tenancy::Environment;
-use runnel_core::{BatchId, RunId, RunStatus};
+use runnel_core::{BatchId, EnvironmentId, RunId, RunStatus};
 use runnel_engine::changes::{RunFeed, RunUpdate};
 use serde_json::{json, Map, Value};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -86,6 +88,218 @@ pub struct Shapes {
     inner: Arc<Mutex<HashMap<String, Shape>>>,
     /// Whether the task dropping idle shapes runs.
     sweeping: Arc<std::sync::atomic::AtomicBool>,
+    /// Hands each changed run to the shapes it concerns.
+    dispatch: Arc<Dispatch>,
+}
+
+/// Most updates waiting in one shape's inbox; past it the shape reads everything again.
+const INBOX_MAX: usize = 1_024;
+
+/// What the dispatcher leaves for one shape: the changed runs it concerns, or that
+/// some were missed.
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: Mutex<InboxQueue>,
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct InboxQueue {
+    runs: Vec<Arc<Run>>,
+    missed: bool,
+}
+
+impl Inbox {
+    fn push(&self, run: &Arc<Run>) {
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.runs.len() >= INBOX_MAX {
+                queue.runs.clear();
+                queue.missed = true;
+            } else {
+                queue.runs.push(Arc::clone(run));
+            }
+        }
+        self.arrived.notify_one();
+    }
+
+    fn miss(&self) {
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.runs.clear();
+            queue.missed = true;
+        }
+        self.arrived.notify_one();
+    }
+
+    fn take(&self) -> InboxQueue {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The node's one receiver of the engine's run feed for all realtime shapes: each update
+/// goes to the inboxes of the shapes it concerns (looked up by run id, or among the
+/// tag and batch shapes of the run's environment), so a change wakes its own
+/// subscribers only, however many are open. The feed is held only while shapes exist,
+/// so a node without subscriptions reads no changed runs.
+#[derive(Debug, Default)]
+struct Dispatch {
+    index: Mutex<Index>,
+    /// The feed receiver for the task to take, when it was (re)opened.
+    opened: Mutex<Option<RunFeed>>,
+    reopened: tokio::sync::Notify,
+    started: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    next: u64,
+    /// Whether a feed receiver is open (in `opened` or held by the task).
+    listening: bool,
+    by_run: HashMap<RunId, Vec<(u64, Arc<Inbox>)>>,
+    by_environment: HashMap<EnvironmentId, Vec<(u64, Filter, Arc<Inbox>)>>,
+}
+
+impl Index {
+    fn is_empty(&self) -> bool {
+        self.by_run.is_empty() && self.by_environment.is_empty()
+    }
+}
+
+/// A shape's place in the dispatcher; leaves it when dropped.
+#[derive(Debug)]
+struct Registration {
+    dispatch: Arc<Dispatch>,
+    id: u64,
+    environment: EnvironmentId,
+    run: Option<RunId>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut index = self.dispatch.lock();
+        match &self.run {
+            Some(run) => {
+                if let Some(list) = index.by_run.get_mut(run) {
+                    list.retain(|(id, _)| *id != self.id);
+                    if list.is_empty() {
+                        index.by_run.remove(run);
+                    }
+                }
+            }
+            None => {
+                if let Some(list) = index.by_environment.get_mut(&self.environment) {
+                    list.retain(|(id, _, _)| *id != self.id);
+                    if list.is_empty() {
+                        index.by_environment.remove(&self.environment);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Dispatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a shape; from now on the runs it concerns reach `inbox`.
+    fn register(
+        self: &Arc<Self>,
+        engine: &runnel_engine::Engine,
+        environment: &EnvironmentId,
+        filter: &Filter,
+        inbox: &Arc<Inbox>,
+    ) -> Registration {
+        let mut index = self.lock();
+        index.next += 1;
+        let id = index.next;
+        let run = match filter {
+            Filter::Run(run) => {
+                index
+                    .by_run
+                    .entry(run.clone())
+                    .or_default()
+                    .push((id, Arc::clone(inbox)));
+                Some(run.clone())
+            }
+            _ => {
+                index
+                    .by_environment
+                    .entry(environment.clone())
+                    .or_default()
+                    .push((id, filter.clone(), Arc::clone(inbox)));
+                None
+            }
+        };
+        if !index.listening {
+            // Opened before the caller reads its snapshot: no change is lost between.
+            index.listening = true;
+            *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(engine.run_feed());
+            self.reopened.notify_one();
+        }
+        drop(index);
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let dispatch = Arc::downgrade(self);
+            tokio::spawn(async move { Dispatch::run(dispatch).await });
+        }
+        Registration {
+            dispatch: Arc::clone(self),
+            id,
+            environment: environment.clone(),
+            run,
+        }
+    }
+
+    /// Hands out the feed's updates while shapes exist; closes the feed when none does.
+    async fn run(dispatch: std::sync::Weak<Dispatch>) {
+        loop {
+            let Some(this) = dispatch.upgrade() else {
+                return;
+            };
+            let opened = this.opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(mut feed) = opened else {
+                // (A registration meanwhile left a permit: this returns at once.)
+                tokio::select! {
+                    _ = this.reopened.notified() => {}
+                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                }
+                continue;
+            };
+            loop {
+                let update = tokio::select! {
+                    update = feed.recv() => update,
+                    _ = tokio::time::sleep(SWEEP_EVERY) => None,
+                };
+                let mut index = this.lock();
+                if index.is_empty() {
+                    // Nobody listens: let the engine stop reading changed runs.
+                    index.listening = false;
+                    break;
+                }
+                match update {
+                    Some(RunUpdate::Run(run)) => {
+                        if let Some(list) = index.by_run.get(&run.id) {
+                            list.iter().for_each(|(_, inbox)| inbox.push(&run));
+                        }
+                        if let Some(list) = index.by_environment.get(&run.environment_id) {
+                            list.iter()
+                                .filter(|(_, filter, _)| filter.matches(&run))
+                                .for_each(|(_, _, inbox)| inbox.push(&run));
+                        }
+                    }
+                    Some(RunUpdate::Missed) => {
+                        let all = index.by_run.values().flatten().map(|(_, inbox)| inbox);
+                        let feeds = index.by_environment.values().flatten().map(|(_, _, i)| i);
+                        all.chain(feeds).for_each(|inbox| inbox.miss());
+                    }
+                    None => {}
+                }
+                drop(index);
+            }
+        }
+    }
 }
 
 impl Shapes {
@@ -174,7 +388,9 @@ struct Shape {
     skip: Vec<String>,
     /// The fingerprint of the row last sent, and the run's `updated_at` then, per run.
     sent: HashMap<RunId, (u64, DateTime<Utc>)>,
-    feed: RunFeed,
+    inbox: Arc<Inbox>,
+    /// Keeps the inbox in the dispatcher while the shape lives.
+    _registration: Registration,
     /// Responses that carried changes so far: the offset's first part.
     offset: u64,
     polled: Instant,
@@ -359,17 +575,20 @@ async fn serve(
         let deadline = tokio::time::Instant::now() + LIVE_WAIT;
         let stopping = state.engine.stopping();
         tokio::pin!(stopping);
+        let inbox = Arc::clone(&shape.inbox);
         while messages.is_empty() {
-            let update = tokio::select! {
-                update = shape.feed.recv() => update,
+            // Registered before the inbox is read, so an update between is not slept on.
+            let arrived = inbox.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            messages = pending_changes(state, shape).await?;
+            if !messages.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = arrived => {}
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = &mut stopping => break,
-            };
-            let Some(update) = update else { break };
-            messages = changes_from(state, shape, update).await?;
-            if !messages.is_empty() {
-                // Whatever else arrived meanwhile goes in the same response.
-                messages.extend(pending_changes(state, shape).await?);
             }
         }
     }
@@ -390,13 +609,19 @@ async fn snapshot(
     skip: Vec<String>,
 ) -> Result<Response, ApiError> {
     // Listen before reading: a change between the read and the first poll is buffered.
-    let feed = state.engine.run_feed();
+    let inbox = Arc::new(Inbox::default());
+    let registration =
+        state
+            .realtime
+            .dispatch
+            .register(&state.engine, &environment.id, &filter, &inbox);
     let mut shape = Shape {
         environment: environment.clone(),
         filter,
         skip,
         sent: HashMap::new(),
-        feed,
+        inbox,
+        _registration: registration,
         offset: 0,
         polled: Instant::now(),
     };
@@ -474,11 +699,15 @@ async fn read_all(state: &AppState, shape: &Shape) -> Result<Vec<Run>, ApiError>
     Ok(runs)
 }
 
-/// The rows of the updates the shape's feed buffered, without waiting.
+/// The rows of the updates the shape's inbox holds, without waiting.
 async fn pending_changes(state: &AppState, shape: &mut Shape) -> Result<Vec<Value>, ApiError> {
+    let queue = shape.inbox.take();
     let mut messages = Vec::new();
-    while let Some(update) = shape.feed.try_recv() {
-        messages.extend(changes_from(state, shape, update).await?);
+    if queue.missed {
+        messages.extend(changes_from(state, shape, RunUpdate::Missed).await?);
+    }
+    for run in queue.runs {
+        messages.extend(changes_from(state, shape, RunUpdate::Run(run)).await?);
     }
     Ok(messages)
 }
