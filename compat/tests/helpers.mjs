@@ -20,6 +20,7 @@ export const workerVersion = process.env.RUNNEL_COMPAT_WORKER_VERSION;
 export const ECHO = "compat-echo"; // prints its payload back
 export const ENV = "compat-env"; // prints the environment variable COMPAT_GREETING
 export const SCHEDULED = "compat-scheduled"; // a scheduled task (`--scheduled`) that prints its payload back
+export const SLOW = "compat-slow"; // sleeps 1.5 s, then prints its payload back
 export const UNSERVED = "compat-nobody-serves-this";
 
 /** A tag no other test uses, so lists can be narrowed to one test's runs. */

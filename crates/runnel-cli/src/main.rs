@@ -846,6 +846,7 @@ impl RunningServer {
                     args.batch_uploads_per_environment as usize,
                 ),
                 dev: runnel_server::devboot::DevState::new(args.trigger_login_auto_approve),
+                realtime: Default::default(),
             },
             limits,
             async move {

@@ -78,6 +78,8 @@ fn run_compat_file_full(
             r#"compat-env=printf %s "$COMPAT_GREETING""#,
             "--task",
             "compat-scheduled=cat",
+            "--task",
+            "compat-slow=sleep 1.5; cat",
             "--scheduled",
             "compat-scheduled",
         ],
@@ -179,6 +181,13 @@ fn sdk_runs_list() {
 #[test]
 fn sdk_queues() {
     run_compat_file("queues.test.mjs");
+}
+
+/// The SDK's realtime subscriptions: a run's every status, a tag's runs, a batch's runs,
+/// and a public token's scopes.
+#[test]
+fn sdk_realtime_subscriptions() {
+    run_compat_file("realtime.test.mjs");
 }
 
 #[test]

@@ -111,6 +111,7 @@ impl Engine {
                 )
                 .await?;
             if let runnel_store::CancelOutcome::Canceled { attempt } = outcome {
+                self.runs_changed(std::iter::once(id));
                 tracing::debug!(run = %id, parent = %parent, "child run canceled with its parent");
                 attempts_ended |= attempt.is_some();
                 self.dev_run_ended(id).await?;
@@ -194,6 +195,7 @@ impl Engine {
             // Promoted or canceled since the read.
             return Err(ActionError::NotDelayed);
         }
+        self.runs_changed(std::iter::once(id));
         self.wakes.waits_changed();
         self.run_detail(environment, id)
             .await?
@@ -223,6 +225,7 @@ impl Engine {
                 .run_tags_replace(&environment.id, id, &run.tags, &tags, self.clock.now())
                 .await?
             {
+                self.runs_changed(std::iter::once(id));
                 return Ok(added);
             }
         }
@@ -321,6 +324,7 @@ impl Engine {
                 )
                 .await?
             {
+                self.runs_changed(std::iter::once(id));
                 return Ok(Some(updated));
             }
         }

@@ -127,6 +127,7 @@ impl Engine {
             })
             .collect();
         self.store.snapshot_append(&snapshots, now).await?;
+        self.runs_changed(leased.iter().map(|l| &l.run.id));
         let mut out = Vec::with_capacity(leased.len());
         for l in leased {
             let snapshot = self
@@ -218,7 +219,7 @@ impl Engine {
         let grace = i64::try_from(self.config.timeout_grace.as_millis()).unwrap_or(i64::MAX);
         let started = self
             .store
-            .attempt_start(
+            .attempt_start_runs(
                 &record.id,
                 std::slice::from_ref(&attempt),
                 now + self.dev_lease(),
@@ -230,6 +231,7 @@ impl Engine {
         if !started.is_empty() {
             self.wakes.rescuer.notify_one();
         }
+        self.runs_changed(started.iter().map(|(_, run)| run));
         Ok((!started.is_empty(), ()))
     }
 

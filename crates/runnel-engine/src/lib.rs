@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 pub mod actions;
 pub mod batches;
 pub mod blobs;
+pub mod changes;
 pub mod clock;
 pub mod dev;
 pub mod devboot;
@@ -93,6 +94,10 @@ pub struct Engine {
     task_queues: Arc<trigger::TaskQueues>,
     /// Turns true when the server stops: open long polls answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// This node's fan-out of run changes ([`changes`]).
+    changes: Arc<changes::ChangeHub>,
+    /// This node's one reader of changed runs ([`changes::RunFeed`]).
+    feed: Arc<changes::Feed>,
     /// Wakes owed to the long polls of other nodes ([`multinode`]).
     outbox: Arc<multinode::Outbox>,
     /// When this engine was made (the node started): the rescuer's start-up grace runs
@@ -124,6 +129,8 @@ impl Engine {
             task_queues: Arc::new(trigger::TaskQueues::default()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             outbox: Arc::new(multinode::Outbox::new()),
+            changes: Arc::new(changes::ChangeHub::new()),
+            feed: Arc::new(changes::Feed::new()),
         }
     }
 

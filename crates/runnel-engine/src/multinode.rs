@@ -43,6 +43,11 @@ pub(crate) struct Outbox {
     runs: AtomicBool,
     attempts: AtomicBool,
     workers: AtomicBool,
+    /// Runs written on this node, owed to the others' change receivers
+    /// ([`crate::changes`]); collected only while a publisher runs (PostgreSQL).
+    changes: std::sync::Mutex<OwedChanges>,
+    /// Whether a publisher runs: on SQLite nobody takes the changes.
+    publishing: AtomicBool,
     /// Wakes the publisher.
     pending: Notify,
 }
@@ -54,23 +59,47 @@ impl Outbox {
             runs: AtomicBool::new(false),
             attempts: AtomicBool::new(false),
             workers: AtomicBool::new(false),
+            changes: std::sync::Mutex::new(OwedChanges::default()),
+            publishing: AtomicBool::new(false),
             pending: Notify::new(),
         }
     }
 
     /// Marks `signal` as owed; wakes the publisher only when it was not owed already.
     pub(crate) fn owe(&self, signal: Signal) {
-        let flag = self.flag(signal);
+        let Some(flag) = self.flag(signal) else {
+            return;
+        };
         if !flag.swap(true, Ordering::AcqRel) {
             self.pending.notify_one();
         }
     }
 
-    fn flag(&self, signal: Signal) -> &AtomicBool {
+    /// Marks a written run as owed to the other nodes (when a publisher runs).
+    pub(crate) fn owe_change(&self, run: &runnel_core::RunId) {
+        if !self.publishing.load(Ordering::Acquire) {
+            return;
+        }
+        let wake = {
+            let mut owed = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            if owed.runs.len() >= OWED_CHANGES_MAX {
+                owed.missed = true;
+            } else {
+                owed.runs.push(run.clone());
+            }
+            owed.runs.len() == 1 || owed.missed
+        };
+        if wake {
+            self.pending.notify_one();
+        }
+    }
+
+    fn flag(&self, signal: Signal) -> Option<&AtomicBool> {
         match signal {
-            Signal::RunsAvailable => &self.runs,
-            Signal::AttemptsChanged => &self.attempts,
-            Signal::WorkersChanged => &self.workers,
+            Signal::RunsAvailable => Some(&self.runs),
+            Signal::AttemptsChanged => Some(&self.attempts),
+            Signal::WorkersChanged => Some(&self.workers),
+            Signal::RunsChanged => None,
         }
     }
 
@@ -78,9 +107,29 @@ impl Outbox {
     fn take(&self) -> Vec<Signal> {
         Signal::ALL
             .into_iter()
-            .filter(|s| self.flag(*s).swap(false, Ordering::AcqRel))
+            .filter(|s| {
+                self.flag(*s)
+                    .is_some_and(|f| f.swap(false, Ordering::AcqRel))
+            })
             .collect()
     }
+
+    /// The owed run changes, clearing them.
+    fn take_changes(&self) -> OwedChanges {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Most run changes owed at once; past it (the database unreachable for long) the
+/// others are told that changes were missed instead.
+const OWED_CHANGES_MAX: usize = 100_000;
+
+/// Run changes not yet published.
+#[derive(Debug, Default)]
+struct OwedChanges {
+    runs: Vec<runnel_core::RunId>,
+    /// Some were dropped past [`OWED_CHANGES_MAX`].
+    missed: bool,
 }
 
 /// Random bits for the node id, without another dependency: the std hasher's keys are
@@ -122,6 +171,7 @@ impl Engine {
             }
         };
         tracing::debug!(node = self.node_id(), "listening for other nodes' signals");
+        self.outbox.publishing.store(true, Ordering::Release);
         tokio::select! {
             _ = self.listen(listener) => {}
             _ = self.publish() => {}
@@ -133,6 +183,14 @@ impl Engine {
         loop {
             match listener.recv().await {
                 Ok(Some(announcement)) if announcement.origin == self.outbox.node => {}
+                Ok(Some(announcement)) if announcement.signal == Signal::RunsChanged => {
+                    if announcement.runs.is_empty() {
+                        self.changes.send(crate::changes::RunChange::Missed);
+                    }
+                    for run in announcement.runs {
+                        self.changes.send(crate::changes::RunChange::Run(run));
+                    }
+                }
                 Ok(Some(announcement)) => self.wake_local(announcement.signal),
                 Ok(None) => {
                     tracing::warn!("lost the connection listening for other nodes' signals");
@@ -151,13 +209,33 @@ impl Engine {
         loop {
             self.outbox.pending.notified().await;
             let signals = self.outbox.take();
-            if signals.is_empty() {
+            let changes = self.outbox.take_changes();
+            if signals.is_empty() && changes.runs.is_empty() && !changes.missed {
                 continue;
             }
-            if let Err(error) = self.store.signal_publish(&signals, &self.outbox.node).await {
-                // The other nodes' pollers find the runs when their waits end.
-                tracing::warn!(%error, "could not signal the other nodes");
-                tokio::time::sleep(ERROR_BACKOFF).await;
+            if !signals.is_empty() {
+                if let Err(error) = self.store.signal_publish(&signals, &self.outbox.node).await {
+                    // The other nodes' pollers find the runs when their waits end.
+                    tracing::warn!(%error, "could not signal the other nodes");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+            if !changes.runs.is_empty() || changes.missed {
+                let published = self
+                    .store
+                    .run_changes_publish(&changes.runs, changes.missed, &self.outbox.node)
+                    .await;
+                if let Err(error) = published {
+                    // Lost changes: the others' receivers are told so on the next publish.
+                    tracing::warn!(%error, "could not send run changes to the other nodes");
+                    self.outbox
+                        .changes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .missed = true;
+                    self.outbox.pending.notify_one();
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
             }
             tokio::time::sleep(PUBLISH_INTERVAL).await;
         }
@@ -169,6 +247,7 @@ impl Engine {
             Signal::RunsAvailable => self.runs_available.notify_waiters(),
             Signal::AttemptsChanged => self.attempts_changed.notify_waiters(),
             Signal::WorkersChanged => self.task_queues.forget(),
+            Signal::RunsChanged => self.changes.send(crate::changes::RunChange::Missed),
         }
     }
 }

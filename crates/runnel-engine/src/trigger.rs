@@ -189,6 +189,7 @@ impl Engine {
         let mut served: HashMap<(String, Option<String>), bool> = HashMap::new();
         for (run, id) in created {
             any = true;
+            self.runs_changed(std::iter::once(id));
             has_deadline |= run.expire_at.is_some() || run.delay_until.is_some();
             if run.status != RunStatus::PendingVersion {
                 continue;
@@ -210,6 +211,7 @@ impl Engine {
                 self.store
                     .run_transition(id, change.from, change.to, change.at)
                     .await?;
+                self.runs_changed(std::iter::once(id));
             }
         }
         if has_deadline {

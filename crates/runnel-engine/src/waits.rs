@@ -75,7 +75,7 @@ impl Engine {
             .run_block(&environment.id, run, ids, &snapshot, now)
             .await?
         {
-            BlockOutcome::Blocked { .. } => {}
+            BlockOutcome::Blocked { .. } => self.runs_changed(std::iter::once(run)),
             BlockOutcome::NotFound => return Err(WaitError::RunNotFound(run.clone()).into()),
             BlockOutcome::NotBlockable(status) => {
                 return Err(WaitError::NotExecuting {
@@ -117,6 +117,7 @@ impl Engine {
             .run_resume(run, &snapshot, now + self.dev_lease(), now)
             .await?;
         if let Some(snapshot) = &resumed {
+            self.runs_changed(std::iter::once(run));
             tracing::debug!(run = %run, waitpoints = snapshot.completed_waitpoints.len(), "run resumed");
         }
         Ok(resumed)

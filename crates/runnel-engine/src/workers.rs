@@ -274,6 +274,7 @@ impl Engine {
             schedules,
         };
         let registered = self.store.worker_register(&registration, now).await?;
+        self.runs_changed(&registered.promoted);
         // After the commit: a trigger reading the task's queue from now on sees it.
         self.task_queues.forget();
         self.outbox.owe(runnel_store::Signal::WorkersChanged);
@@ -337,14 +338,16 @@ impl Engine {
         worker::check_max_runs(max_runs).map_err(|m| Error::Worker(WorkerError::Invalid(m)))?;
         let record = self.worker(environment, worker_id).await?;
         let deadline = wait_deadline(wait_ms);
-        long_poll(&self.runs_available, &self.stopping, deadline, || async {
+        let leased = long_poll(&self.runs_available, &self.stopping, deadline, || async {
             let now = self.clock.now();
             Ok(self
                 .store
                 .run_dequeue(&record, max_runs, self.lease_until(now), now)
                 .await?)
         })
-        .await
+        .await?;
+        self.runs_changed(leased.iter().map(|l| &l.run.id));
+        Ok(leased)
     }
 
     /// Starts the attempts; returns (started, to cancel).
@@ -360,7 +363,7 @@ impl Engine {
         let grace = i64::try_from(self.config.timeout_grace.as_millis()).unwrap_or(i64::MAX);
         let started = self
             .store
-            .attempt_start(
+            .attempt_start_runs(
                 &record.id,
                 &attempt_ids,
                 self.lease_until(now),
@@ -373,7 +376,8 @@ impl Engine {
             // A maxDuration deadline may now be the rescuer's earliest.
             self.wakes.rescuer.notify_one();
         }
-        let mut started = started;
+        self.runs_changed(started.iter().map(|(_, run)| run));
+        let mut started: Vec<AttemptId> = started.into_iter().map(|(a, _)| a).collect();
         if started.len() < attempt_ids.len() {
             // A repeated start (the worker retried a request whose answer it lost) must
             // not tell it to stop attempts it already runs.
@@ -514,6 +518,7 @@ impl Engine {
 
     /// Logs a settled attempt and wakes whoever can act on its result.
     pub(crate) fn after_settle(&self, settlement: &AttemptSettlement) {
+        self.runs_changed(std::iter::once(&settlement.run_id));
         tracing::debug!(
             run = %settlement.run_id,
             attempt = %settlement.attempt_id,
@@ -576,6 +581,7 @@ impl Engine {
             .await?
         {
             CancelOutcome::Canceled { attempt } => {
+                self.runs_changed(std::iter::once(id));
                 tracing::debug!(run = %id, attempt = attempt.as_ref().map_or("-", AttemptId::as_str), "run canceled");
                 if attempt.is_some() {
                     self.attempts_ended();

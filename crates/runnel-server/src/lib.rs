@@ -58,6 +58,9 @@ mod uploads;
 // [waitpoints]
 mod waitpoints;
 
+// [realtime]
+pub mod realtime;
+
 pub use error::ApiError;
 pub use state::{AppState, MAX_BODY_BYTES};
 
@@ -132,6 +135,9 @@ pub fn router(state: AppState) -> Router {
             post(queues::concurrency_reset),
         )
         // [events]
+        .route("/realtime/v1/runs", get(realtime::runs))
+        .route("/realtime/v1/runs/{run_id}", get(realtime::run))
+        .route("/realtime/v1/batches/{batch_id}", get(realtime::batch))
         .route("/api/v1/runs/{run_id}/events", get(events::list))
         .route("/api/v1/runs/{run_id}/trace", get(events::trace))
         // No Authorization header comes with these (the guard covers only `/api`).

@@ -23,6 +23,8 @@ pub struct AppState {
     pub batch_uploads: BatchUploads,
     /// The `trigger.dev dev` bootstrap's memory: CLI presence, login auto-approval.
     pub dev: DevState,
+    /// The realtime subscriptions this node holds between their polls.
+    pub realtime: crate::realtime::Shapes,
 }
 
 /// What the dev bootstrap keeps between requests, in memory on this node: when each

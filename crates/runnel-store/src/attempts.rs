@@ -16,7 +16,7 @@
 //!   aborts one of them). On SQLite the locks are empty: its one writer serializes them.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -97,7 +97,7 @@ impl<B: Backend> AttemptStore for B {
         .await
     }
 
-    async fn attempt_start(
+    async fn attempt_start_runs(
         &self,
         worker: &WorkerId,
         attempt_ids: &[AttemptId],
@@ -105,7 +105,7 @@ impl<B: Backend> AttemptStore for B {
         timeout_grace_ms: i64,
         run_fee_cents: f64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<AttemptId>> {
+    ) -> Result<Vec<(AttemptId, RunId)>> {
         if attempt_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -135,16 +135,17 @@ impl<B: Backend> AttemptStore for B {
                  updated_at = {at} \
                  WHERE id IN (SELECT id FROM held) \
                  AND current_attempt_id {ids} AND worker_id = {holder} AND status = {dequeued} \
-                 RETURNING current_attempt_id",
+                 RETURNING current_attempt_id, id",
                 B::D::COLLATE_BYTES,
                 B::D::FOR_UPDATE,
                 status(RunStatus::Executing),
             );
             let rows = p.fetch_all(&mut tx, &sql).await?;
-            let mut started = rows
+            let mut runs = rows
                 .iter()
-                .map(|row| row.text("current_attempt_id"))
-                .collect::<sqlx::Result<HashSet<String>>>()?;
+                .map(|row| Ok((row.text("current_attempt_id")?, row.text("id")?)))
+                .collect::<sqlx::Result<HashMap<String, String>>>()?;
+            let mut started: HashSet<String> = runs.keys().cloned().collect();
             if !started.is_empty() {
                 let mut p = Params::<B::D>::new();
                 let at = p.bind(ms(now));
@@ -158,7 +159,13 @@ impl<B: Backend> AttemptStore for B {
                 p.execute(&mut tx, &sql).await?;
             }
             tx.commit().await?;
-            Ok(in_order(attempt_ids, &mut started))
+            Ok(in_order(attempt_ids, &mut started)
+                .into_iter()
+                .filter_map(|attempt| {
+                    let run = RunId::from_trusted(runs.remove(attempt.as_str())?);
+                    Some((attempt, run))
+                })
+                .collect())
         })
         .await
     }

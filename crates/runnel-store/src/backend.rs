@@ -50,6 +50,18 @@ pub(crate) trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Tells the other nodes these runs were written (`missed`: and that some were
+    /// dropped); nothing to do where there is nobody else (SQLite).
+    async fn publish_changes(
+        &self,
+        runs: &[runnel_core::RunId],
+        missed: bool,
+        origin: &str,
+    ) -> Result<()> {
+        let _ = (runs, missed, origin);
+        Ok(())
+    }
+
     /// A listener on a connection of its own for the signals every node publishes;
     /// `None` where there is nobody else (SQLite).
     async fn listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {

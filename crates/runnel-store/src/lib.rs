@@ -361,6 +361,19 @@ pub trait NodeStore: Send + Sync {
         Ok(())
     }
 
+    /// Tells every node sharing this database that node `origin` wrote `runs`
+    /// ([`Signal::RunsChanged`]); with `missed`, that it dropped some (receivers read
+    /// everything again). Nothing to tell on a single-process backend (SQLite).
+    async fn run_changes_publish(
+        &self,
+        runs: &[runnel_core::RunId],
+        missed: bool,
+        origin: &str,
+    ) -> Result<()> {
+        let _ = (runs, missed, origin);
+        Ok(())
+    }
+
     /// A listener receiving the signals every node publishes, on a connection of its
     /// own; `None` on a single-process backend (SQLite), where there is nobody else.
     async fn signal_listen(&self) -> Result<Option<Box<dyn SignalListener>>> {
@@ -637,7 +650,32 @@ pub trait AttemptStore: Send + Sync {
         timeout_grace_ms: i64,
         run_fee_cents: f64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<AttemptId>>;
+    ) -> Result<Vec<AttemptId>> {
+        Ok(self
+            .attempt_start_runs(
+                worker,
+                attempt_ids,
+                lease_until,
+                timeout_grace_ms,
+                run_fee_cents,
+                now,
+            )
+            .await?
+            .into_iter()
+            .map(|(attempt, _)| attempt)
+            .collect())
+    }
+
+    /// [`AttemptStore::attempt_start`], returning each started attempt with its run.
+    async fn attempt_start_runs(
+        &self,
+        worker: &WorkerId,
+        attempt_ids: &[AttemptId],
+        lease_until: DateTime<Utc>,
+        timeout_grace_ms: i64,
+        run_fee_cents: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(AttemptId, RunId)>>;
 
     /// Extends to `lease_until` the leases `worker` still holds among `attempt_ids`, and
     /// returns those ids; the others are no longer the worker's to run.

@@ -18,7 +18,13 @@
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPool};
 
+use runnel_core::RunId;
+
 use crate::Result;
+
+/// Longest payload of one `runnel_run_changes` notification (PostgreSQL's limit is 8000
+/// bytes).
+const CHANGES_PAYLOAD_MAX: usize = 7_900;
 
 /// Something another node may want to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,13 +36,18 @@ pub enum Signal {
     /// A worker version was registered: what serves a task, and on which queue, may have
     /// changed (nodes forget the task queues they remembered).
     WorkersChanged,
+    /// Runs were written ([`Announcement::runs`] names them): realtime subscriptions and
+    /// live views should read them again. Published by [`pg_publish_changes`], not by
+    /// `signal_publish`.
+    RunsChanged,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 3] = [
+    pub const ALL: [Signal; 4] = [
         Signal::RunsAvailable,
         Signal::AttemptsChanged,
         Signal::WorkersChanged,
+        Signal::RunsChanged,
     ];
 
     /// The PostgreSQL `NOTIFY` channel of this signal.
@@ -45,6 +56,7 @@ impl Signal {
             Signal::RunsAvailable => "runnel_runs",
             Signal::AttemptsChanged => "runnel_attempts",
             Signal::WorkersChanged => "runnel_workers",
+            Signal::RunsChanged => "runnel_run_changes",
         }
     }
 
@@ -61,6 +73,9 @@ pub struct Announcement {
     ///
     /// [`Store::signal_publish`]: crate::NodeStore::signal_publish
     pub origin: String,
+    /// For [`Signal::RunsChanged`]: the runs written; empty means changes were lost
+    /// (the publisher dropped some) and everything should be read again.
+    pub runs: Vec<RunId>,
 }
 
 /// Receives the signals every node publishes (its own included).
@@ -88,9 +103,19 @@ impl SignalListener for PgSignalListener {
                 return Ok(None);
             };
             if let Some(signal) = Signal::from_channel(notification.channel()) {
+                let payload = notification.payload();
+                if signal != Signal::RunsChanged {
+                    return Ok(Some(Announcement {
+                        signal,
+                        origin: payload.to_owned(),
+                        runs: Vec::new(),
+                    }));
+                }
+                let (origin, ids) = payload.split_once(' ').unwrap_or((payload, ""));
                 return Ok(Some(Announcement {
                     signal,
-                    origin: notification.payload().to_owned(),
+                    origin: origin.to_owned(),
+                    runs: ids.split(',').filter_map(RunId::parse).collect(),
                 }));
             }
         }
@@ -116,4 +141,78 @@ pub(crate) async fn pg_publish(pool: &PgPool, signals: &[Signal], origin: &str) 
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Publishes written runs as `runnel_run_changes` notifications: `<origin> <id>,<id>,…`,
+/// as many as the payload limit needs, in one round trip; with `missed`, also one with
+/// no ids (receivers read everything again).
+pub(crate) async fn pg_publish_changes(
+    pool: &PgPool,
+    runs: &[RunId],
+    missed: bool,
+    origin: &str,
+) -> Result<()> {
+    let payloads = change_payloads(runs, missed, origin);
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify('runnel_run_changes', p) FROM unnest($1::text[]) AS c(p)")
+        .bind(&payloads)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn change_payloads(runs: &[RunId], missed: bool, origin: &str) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::new();
+    for run in runs {
+        if !current.is_empty() && current.len() + 1 + run.as_str().len() > CHANGES_PAYLOAD_MAX {
+            payloads.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current.push_str(origin);
+            current.push(' ');
+        } else {
+            current.push(',');
+        }
+        current.push_str(run.as_str());
+    }
+    if !current.is_empty() {
+        payloads.push(current);
+    }
+    if missed {
+        payloads.push(origin.to_owned());
+    }
+    payloads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_payloads_stay_under_the_notify_limit_and_name_every_run() {
+        let runs: Vec<RunId> = (0..1_000)
+            .map(|i| RunId::generate(1_700_000_000_000 + i))
+            .collect();
+        let payloads = change_payloads(&runs, false, "node_1");
+        assert!(
+            payloads.len() > 1,
+            "a thousand ids do not fit one notification"
+        );
+        let mut seen = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() <= CHANGES_PAYLOAD_MAX);
+            let (origin, ids) = payload.split_once(' ').unwrap();
+            assert_eq!(origin, "node_1");
+            seen.extend(ids.split(',').map(|id| RunId::parse(id).unwrap()));
+        }
+        assert_eq!(seen, runs);
+        assert_eq!(
+            change_payloads(&[], true, "node_1"),
+            vec!["node_1".to_owned()]
+        );
+        assert!(change_payloads(&[], false, "node_1").is_empty());
+    }
 }

@@ -39,6 +39,15 @@ impl<B: Backend> NodeStore for B {
         self.publish(signals, origin).await
     }
 
+    async fn run_changes_publish(
+        &self,
+        runs: &[runnel_core::RunId],
+        missed: bool,
+        origin: &str,
+    ) -> Result<()> {
+        self.publish_changes(runs, missed, origin).await
+    }
+
     async fn signal_listen(&self) -> Result<Option<Box<dyn SignalListener>>> {
         self.listen().await
     }

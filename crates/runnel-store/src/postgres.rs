@@ -144,6 +144,15 @@ impl Backend for PgStore {
         crate::multinode::pg_publish(&self.pool, signals, origin).await
     }
 
+    async fn publish_changes(
+        &self,
+        runs: &[runnel_core::RunId],
+        missed: bool,
+        origin: &str,
+    ) -> Result<()> {
+        crate::multinode::pg_publish_changes(&self.pool, runs, missed, origin).await
+    }
+
     async fn listen(&self) -> Result<Option<Box<dyn crate::SignalListener>>> {
         let listener = crate::multinode::pg_listen(&self.pool).await?;
         Ok(Some(Box::new(listener)))

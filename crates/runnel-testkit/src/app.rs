@@ -309,6 +309,7 @@ impl Server {
                 rate_limiter: None,
                 batch_uploads: BatchUploads::new(BATCH_UPLOADS_PER_ENVIRONMENT_DEFAULT),
                 dev: runnel_server::devboot::DevState::default(),
+                realtime: Default::default(),
             },
             limits,
             async move {

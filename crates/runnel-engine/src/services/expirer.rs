@@ -32,6 +32,7 @@ impl TimedService for Expirer {
 
     async fn run_once(&self, now: DateTime<Utc>) -> Result<Batch, Error> {
         let expired = self.engine.store.run_expire_due(now, BATCH).await?;
+        self.engine.runs_changed(&expired);
         for id in &expired {
             tracing::debug!(run = %id, "run expired: its TTL passed while queued");
         }

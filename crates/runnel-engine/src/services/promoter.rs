@@ -38,6 +38,7 @@ impl TimedService for Promoter {
 
     async fn run_once(&self, now: DateTime<Utc>) -> Result<Batch, Error> {
         let promoted = self.engine.store.run_promote_due(now, BATCH).await?;
+        self.engine.runs_changed(&promoted);
         for id in &promoted {
             tracing::debug!(run = %id, "run queued after its wait");
         }

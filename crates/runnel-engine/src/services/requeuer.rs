@@ -36,6 +36,7 @@ impl TimedService for Requeuer {
 
     async fn run_once(&self, now: DateTime<Utc>) -> Result<Batch, Error> {
         let requeued = self.engine.store.run_requeue_due(now, BATCH).await?;
+        self.engine.runs_changed(&requeued);
         for id in &requeued {
             tracing::debug!(run = %id, "run queued for its next attempt");
         }

@@ -33,6 +33,7 @@ pub(crate) async fn signals_reach_every_listener_of_the_database(store: Arc<dyn 
     .map(|(signal, origin)| Announcement {
         signal,
         origin: origin.to_owned(),
+        runs: Vec::new(),
     });
     for listener in [&mut first, &mut second] {
         let mut received = Vec::new();
@@ -43,6 +44,33 @@ pub(crate) async fn signals_reach_every_listener_of_the_database(store: Arc<dyn 
                 .unwrap();
             received.push(next.expect("the listening connection stays up"));
         }
+        assert_eq!(received, expected);
+    }
+
+    // Run changes carry the ids written; `missed` adds one naming none.
+    let runs = [
+        RunId::generate(1_700_000_000_000),
+        RunId::generate(1_700_000_000_001),
+    ];
+    store
+        .run_changes_publish(&runs, true, "node_c")
+        .await
+        .unwrap();
+    for listener in [&mut first, &mut second] {
+        let mut received = Vec::new();
+        while received.len() < 2 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no change within 5 s; received {received:?}"))
+                .unwrap()
+                .expect("the listening connection stays up");
+            received.push(next);
+        }
+        let expected = [runs.to_vec(), Vec::new()].map(|runs| Announcement {
+            signal: Signal::RunsChanged,
+            origin: "node_c".to_owned(),
+            runs,
+        });
         assert_eq!(received, expected);
     }
 }
