@@ -132,10 +132,23 @@ async function expectHeading(expected, target = page) {
   await until(`an h1 "${expected}" on ${target.url()}`, async () => (await text(h1(target))) === expected);
 }
 
-/** Clicks `locator` (which submits a form or follows a link) and waits for `url`. */
+/**
+ * Clicks `locator` (which submits a form or follows a link) and waits until the page has
+ * navigated to a URL matching `url` (a full URL, a RegExp or a predicate on a URL) and
+ * loaded it. Unlike `page.waitForURL`, a form that posts and is redirected back to the
+ * URL already shown still waits for that new navigation.
+ */
 async function clickTo(locator, url) {
-  await Promise.all([page.waitForURL(url, { timeout: UI_TIMEOUT_MS }), locator.click()]);
-  await page.waitForLoadState("domcontentloaded");
+  const matches =
+    typeof url === "function" ? url : url instanceof RegExp ? (u) => url.test(u.href) : (u) => u.href === url;
+  await Promise.all([
+    page.waitForEvent("framenavigated", {
+      predicate: (frame) => frame === page.mainFrame() && matches(new URL(frame.url())),
+      timeout: UI_TIMEOUT_MS,
+    }),
+    locator.click(),
+  ]);
+  await page.waitForLoadState("load");
 }
 
 async function signIn(secret) {
@@ -276,7 +289,7 @@ describe("the dashboard in headless Chromium", () => {
     assert.equal(await text(statusField()), "COMPLETED");
     for (const section of ["Timeline", "Attempts", "Payload", "Output", "Tags", "Metadata", "Related runs"]) {
       assert.ok(
-        await page.getByRole("heading", { level: 2, name: section }).isVisible(),
+        await page.getByRole("heading", { level: 2, name: section }).first().isVisible(),
         `no visible h2 "${section}"`,
       );
     }
