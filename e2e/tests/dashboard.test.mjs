@@ -171,6 +171,26 @@ async function filterRuns(fields) {
   await expectHeading("Runs");
 }
 
+/**
+ * A step of the walk-through: `test`, skipped once an earlier step failed (the steps
+ * build on each other, so the first failure is the one that says what broke).
+ */
+let failedStep;
+function step(name, fn) {
+  test(name, async (t) => {
+    if (failedStep) {
+      t.skip(`after the failed step "${failedStep}"`);
+      return;
+    }
+    try {
+      await fn();
+    } catch (error) {
+      failedStep = name;
+      throw error;
+    }
+  });
+}
+
 // ---- the runs this file makes ----
 
 const tag = `e2e-${randomUUID().slice(0, 8)}`;
@@ -209,7 +229,7 @@ describe("the dashboard in headless Chromium", () => {
     console.log(`screenshots:\n${shots.map((s) => `  ${s}`).join("\n")}`);
   });
 
-  test("a page without a session goes to sign-in; a wrong key is refused with an alert", async () => {
+  step("a page without a session goes to sign-in; a wrong key is refused with an alert", async () => {
     const response = await page.goto(`${baseUrl}/dashboard/runs`);
     assert.equal(new URL(page.url()).pathname, "/dashboard/login", "no session: redirected to sign-in");
     assert.equal(response.status(), 200);
@@ -227,7 +247,7 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("02-sign-in-refused");
   });
 
-  test("the right key lands on Runs, which lists this environment's runs", async () => {
+  step("the right key lands on Runs, which lists this environment's runs", async () => {
     await signIn(key);
     const names = await nav().getByRole("link").allTextContents();
     for (const name of ["Runs", "Queues", "Schedules", "Tokens", "Keys"]) {
@@ -246,7 +266,7 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("03-runs");
   });
 
-  test("filtering by status and by tag shows only the matching rows", async () => {
+  step("filtering by status and by tag shows only the matching rows", async () => {
     await filterRuns({ Status: "COMPLETED" });
     assert.equal(new URL(page.url()).searchParams.get("status"), "COMPLETED");
     let ids = await runRowIds();
@@ -282,7 +302,7 @@ describe("the dashboard in headless Chromium", () => {
     assert.ok(await page.getByText("No runs match.").isVisible());
   });
 
-  test("a run's page shows its status, sections, payload and output", async () => {
+  step("a run's page shows its status, sections, payload and output", async () => {
     await filterRuns({ Tag: tag, Status: "COMPLETED" });
     await clickTo(runRow(helloId).getByRole("link", { name: helloId }), `${baseUrl}/dashboard/runs/${helloId}`);
     assert.ok((await text(h1())).includes(helloId), "the h1 names the run");
@@ -302,7 +322,7 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("06-run-completed");
   });
 
-  test("canceling an executing run changes its status live, without a reload", async () => {
+  step("canceling an executing run changes its status live, without a reload", async () => {
     slowId = await trigger("slow", { nap: 120 }, [tag]);
     await waitForStatus(slowId, "EXECUTING");
 
@@ -341,7 +361,7 @@ describe("the dashboard in headless Chromium", () => {
     await watcher.close();
   });
 
-  test("replaying the canceled run lands on the new run's page", async () => {
+  step("replaying the canceled run lands on the new run's page", async () => {
     await clickTo(page.getByRole("button", { name: "Replay run" }), (url) => {
       const match = url.pathname.match(/^\/dashboard\/runs\/(run_[^/]+)$/);
       return Boolean(match) && match[1] !== slowId;
@@ -354,7 +374,7 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("09-run-replayed");
   });
 
-  test("the runs list updates a status cell live", async () => {
+  step("the runs list updates a status cell live", async () => {
     await waitForStatus(replayId, "EXECUTING");
     await page.goto(`${baseUrl}/dashboard/runs?tag=${encodeURIComponent(tag)}`);
     const cell = runRow(replayId).locator('[data-field="status"]');
@@ -367,7 +387,7 @@ describe("the dashboard in headless Chromium", () => {
     assert.equal(await page.evaluate(() => window.runnelE2eMarker), "list", "the list reloaded");
   });
 
-  test("pausing a queue and setting its limit on Queues", async () => {
+  step("pausing a queue and setting its limit on Queues", async () => {
     await clickTo(nav().getByRole("link", { name: "Queues", exact: true }), `${baseUrl}/dashboard/queues`);
     await expectHeading("Queues");
     const row = page.locator('tr[data-queue-name="task/hello"]');
@@ -383,7 +403,7 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("10-queues");
   });
 
-  test("Schedules, Tokens and Keys", async () => {
+  step("Schedules, Tokens and Keys", async () => {
     const schedule = await api("POST", "/api/v1/schedules", {
       task: "nightly",
       cron: "0 9 * * 1",
@@ -416,7 +436,7 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("13-keys");
   });
 
-  test("on a narrow screen", async () => {
+  step("on a narrow screen", async () => {
     await page.setViewportSize(NARROW);
     await page.goto(`${baseUrl}/dashboard/runs`);
     await expectHeading("Runs");
@@ -428,7 +448,7 @@ describe("the dashboard in headless Chromium", () => {
     await page.setViewportSize(DESKTOP);
   });
 
-  test("signing out, then another environment's key sees none of these runs", async () => {
+  step("signing out, then another environment's key sees none of these runs", async () => {
     await clickTo(page.getByRole("button", { name: "Sign out" }), /\/dashboard\/login$/);
     await page.goto(`${baseUrl}/dashboard/runs`);
     assert.equal(new URL(page.url()).pathname, "/dashboard/login", "signed out: back to sign-in");
