@@ -36,7 +36,8 @@ fn workspace_dir() -> PathBuf {
 fn dashboard_in_headless_chromium() {
     let e2e = workspace_dir().join("e2e");
     assert!(
-        e2e.join("node_modules/playwright-core/package.json").exists(),
+        e2e.join("node_modules/playwright-core/package.json")
+            .exists(),
         "the dashboard end-to-end tests need playwright-core: run `npm ci --prefix e2e` first"
     );
     assert!(
@@ -126,5 +127,9 @@ fn dashboard_in_headless_chromium() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
         })
         .count();
-    assert!(pngs >= 16, "{pngs} screenshots in {}", screenshots.display());
+    assert!(
+        pngs >= 16,
+        "{pngs} screenshots in {}",
+        screenshots.display()
+    );
 }
