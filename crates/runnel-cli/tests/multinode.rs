@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually_explained, send_signal, Server, Worker};
+use common::{eventually_explained, send, send_signal, Server, Worker};
 use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode};
 use runnel_testkit::PgTestDatabase;
@@ -156,6 +156,56 @@ async fn a_registration_on_one_node_changes_the_queue_triggers_on_another_use() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(nodes);
+    drop(database);
+}
+
+/// A realtime subscription held by node B hears of a run that node A changes: the
+/// changes cross nodes through `runnel_run_changes`.
+#[tokio::test]
+async fn a_realtime_subscription_on_one_node_sees_a_cancel_on_another() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (nodes, key, _dirs) = start_nodes(&database, 2, &[]);
+    let id = nodes[0]
+        .trigger_new(&key, "nobody-serves-this", &json!({}))
+        .await;
+    let path = format!("/realtime/v1/runs/{id}");
+    let snapshot = send(
+        nodes[1]
+            .request(Method::GET, &path)
+            .bearer_auth(&key)
+            .query(&[("offset", "-1")]),
+    )
+    .await;
+    assert_eq!(snapshot.status, StatusCode::OK, "{snapshot:?}");
+    assert_eq!(
+        snapshot.body[0]["value"]["status"], "PENDING_VERSION",
+        "{snapshot:?}"
+    );
+    let header = |name: &str| snapshot.headers[name].to_str().unwrap().to_owned();
+    let (handle, offset) = (header("electric-handle"), header("electric-offset"));
+    let poll = send(
+        nodes[1]
+            .request(Method::GET, &path)
+            .bearer_auth(&key)
+            .query(&[
+                ("handle", handle.as_str()),
+                ("offset", offset.as_str()),
+                ("live", "true"),
+            ]),
+    );
+    tokio::pin!(poll);
+    assert_pending(poll.as_mut(), "a live poll on B").await;
+    let canceled = Instant::now();
+    let reply = nodes[0].cancel(&key, &id).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let reply = tokio::time::timeout(CROSS_NODE_WAKE, poll)
+        .await
+        .expect("the cancel on A reaches the subscription on B");
+    assert_eq!(reply.body[0]["value"]["status"], "CANCELED", "{reply:?}");
+    assert!(canceled.elapsed() < CROSS_NODE_WAKE);
     drop(nodes);
     drop(database);
 }

@@ -253,6 +253,12 @@ impl Engine {
         Ok(Some((environment, keys)))
     }
 
+    /// Every secret key of the project (prefixes, never the keys), oldest first: what
+    /// `runnel keys list` and the dashboard's keys page show.
+    pub async fn api_key_list(&self) -> Result<Vec<runnel_core::tenancy::ApiKeyInfo>, Error> {
+        Ok(self.store.api_key_list().await?)
+    }
+
     /// A run of `environment` with what its response shows (attempts, related runs);
     /// `None` when it does not exist there.
     pub async fn run_detail(

@@ -7,6 +7,8 @@
 //! public access token check its scopes ([`auth::authorize`], over [`jwt`]). A guard in front of all routes answers
 //! a missing `Authorization` header and applies the opt-in rate limit ([`guard`], [`rate_limit`]).
 //! The `trigger.dev dev` CLI's bootstrap ([`devboot`]) starts from a personal access token.
+//! The dashboard (`dashboard`: HTML pages under `/dashboard`, signed in with a secret key)
+//! is served by the same router, outside the `/api` guard.
 
 use std::future::Future;
 
@@ -40,6 +42,9 @@ pub mod batches;
 
 // [queues]
 mod queues;
+
+// [dashboard]
+mod dashboard;
 
 // [devboot]
 pub mod devboot;
@@ -179,6 +184,8 @@ pub fn router(state: AppState) -> Router {
             post(dev::debug_log),
         )
         .route("/engine/v1/dev/disconnect", post(dev::disconnect))
+        // [dashboard] `/` and `/dashboard/*`: HTML pages, outside the `/api` guard.
+        .merge(dashboard::routes())
         // [devboot]
         .merge(devboot::routes())
         // [envvars]

@@ -119,6 +119,15 @@ enum Filter {
 }
 
 impl Filter {
+    /// Whether a poll's filter names this shape's subscription: the tag feed's
+    /// `createdAt` bound is the one fixed when its shape was made.
+    fn same_subscription(&self, other: &Filter) -> bool {
+        match (self, other) {
+            (Filter::Tags { tags, .. }, Filter::Tags { tags: others, .. }) => tags == others,
+            _ => self == other,
+        }
+    }
+
     fn matches(&self, run: &Run) -> bool {
         match self {
             Filter::Run(id) => run.id == *id,
@@ -263,7 +272,12 @@ async fn serve(
     }
     let handle = handle.cloned().unwrap_or_default();
     let shape = match state.realtime.take(&handle) {
-        Some(shape) if shape.environment.id == environment.id && shape.filter == filter => shape,
+        Some(shape)
+            if shape.environment.id == environment.id
+                && shape.filter.same_subscription(&filter) =>
+        {
+            shape
+        }
         other => {
             if let Some(shape) = other {
                 // Another subscription's handle: leave it as it was.

@@ -488,7 +488,7 @@ struct CompleteTokenRequest {
 }
 
 /// What a token's data is kept as: its JSON text, or nothing for `null`/absent.
-fn token_output(data: Option<Value>) -> WaitpointOutput {
+pub(crate) fn token_output(data: Option<Value>) -> WaitpointOutput {
     WaitpointOutput {
         output: data.filter(|d| !d.is_null()).map(|d| d.to_string()),
         output_type: Some(Packet::JSON.to_owned()),
