@@ -77,11 +77,15 @@ async function until(what, probe, timeoutMs = UI_TIMEOUT_MS) {
 
 // ---- the HTTP API, with a secret key ----
 
+const API_VERSION = "2025-07-16";
+
 async function api(method, path, body, secret = key) {
   const response = await fetch(`${baseUrl}${path}`, {
     method,
     headers: {
       authorization: `Bearer ${secret}`,
+      // The v4 SDK's version: statuses in the vocabulary the dashboard shows.
+      "x-trigger-api-version": API_VERSION,
       ...(body === undefined ? {} : { "content-type": "application/json" }),
     },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -197,7 +201,8 @@ const tag = `e2e-${randomUUID().slice(0, 8)}`;
 const otherTag = `${tag}-other`;
 let helloId; // COMPLETED, tagged `tag`
 let otherHelloId; // COMPLETED, tagged `otherTag`
-let queuedId; // QUEUED for ever (nobody serves its task), tagged `tag`
+let waitingId; // never runs (no worker serves its task: PENDING_VERSION), tagged `tag`
+let waitingStatus; // its status, as the API reports it
 let slowId; // EXECUTING until the dashboard cancels it
 let replayId; // the replay of the canceled slow run
 
@@ -218,9 +223,11 @@ describe("the dashboard in headless Chromium", () => {
 
     helloId = await trigger("hello", { greeting: "hello from e2e" }, [tag]);
     otherHelloId = await trigger("hello", { greeting: "the other one" }, [otherTag]);
-    queuedId = await trigger("e2e-nobody-serves-this", { waiting: true }, [tag]);
+    waitingId = await trigger("e2e-nobody-serves-this", { waiting: true }, [tag]);
     await waitForStatus(helloId, "COMPLETED");
     await waitForStatus(otherHelloId, "COMPLETED");
+    waitingStatus = await runStatus(waitingId);
+    assert.ok(["PENDING_VERSION", "QUEUED"].includes(waitingStatus), `an unserved task's run is ${waitingStatus}`);
   });
 
   after(async () => {
@@ -255,9 +262,9 @@ describe("the dashboard in headless Chromium", () => {
     }
     assert.ok(await page.getByRole("button", { name: "Sign out" }).isVisible());
     const ids = await runRowIds();
-    for (const id of [helloId, otherHelloId, queuedId]) assert.ok(ids.includes(id), `${id} not in ${ids}`);
+    for (const id of [helloId, otherHelloId, waitingId]) assert.ok(ids.includes(id), `${id} not in ${ids}`);
     assert.equal(await text(runRow(helloId).locator('[data-field="status"]')), "COMPLETED");
-    assert.equal(await text(runRow(queuedId).locator('[data-field="status"]')), "QUEUED");
+    assert.equal(await text(runRow(waitingId).locator('[data-field="status"]')), waitingStatus);
     // The run id is a link to its page.
     assert.equal(
       await runRow(helloId).getByRole("link", { name: helloId }).getAttribute("href"),
@@ -271,7 +278,7 @@ describe("the dashboard in headless Chromium", () => {
     assert.equal(new URL(page.url()).searchParams.get("status"), "COMPLETED");
     let ids = await runRowIds();
     assert.ok(ids.includes(helloId) && ids.includes(otherHelloId), `completed runs missing: ${ids}`);
-    assert.ok(!ids.includes(queuedId), `the queued run is still listed: ${ids}`);
+    assert.ok(!ids.includes(waitingId), `the waiting run is still listed: ${ids}`);
     for (const cell of await page.locator('tr[data-run-id] [data-field="status"]').allTextContents()) {
       assert.equal(cell.trim(), "COMPLETED");
     }
@@ -279,11 +286,11 @@ describe("the dashboard in headless Chromium", () => {
 
     await filterRuns({ Tag: tag });
     ids = await runRowIds();
-    assert.deepEqual(new Set(ids), new Set([helloId, queuedId]), "only the runs tagged this way");
+    assert.deepEqual(new Set(ids), new Set([helloId, waitingId]), "only the runs tagged this way");
 
-    await filterRuns({ Status: "QUEUED", Tag: tag });
-    assert.deepEqual(await runRowIds(), [queuedId]);
-    await screenshot("05-runs-queued-tagged");
+    await filterRuns({ Status: waitingStatus, Tag: tag });
+    assert.deepEqual(await runRowIds(), [waitingId]);
+    await screenshot("05-runs-waiting-tagged");
 
     await filterRuns({ Task: "hello", Tag: tag });
     assert.deepEqual(await runRowIds(), [helloId], "only the tagged run of that task");
@@ -293,7 +300,7 @@ describe("the dashboard in headless Chromium", () => {
     const dayAgo = local(new Date(Date.now() - 86_400_000));
     const dayAhead = local(new Date(Date.now() + 86_400_000));
     await filterRuns({ Tag: tag, From: dayAgo, To: dayAhead });
-    assert.deepEqual(new Set(await runRowIds()), new Set([helloId, queuedId]), "created today");
+    assert.deepEqual(new Set(await runRowIds()), new Set([helloId, waitingId]), "created today");
     await filterRuns({ Tag: tag, From: dayAhead });
     assert.deepEqual(await runRowIds(), [], "none created from tomorrow on");
 
