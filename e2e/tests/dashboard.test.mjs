@@ -190,6 +190,8 @@ function step(name, fn) {
       await fn();
     } catch (error) {
       failedStep = name;
+      // What the page showed when the step failed, next to the others.
+      await screenshot("failed-step").catch(() => {});
       throw error;
     }
   });
@@ -464,6 +466,9 @@ describe("the dashboard in headless Chromium", () => {
     assert.deepEqual(await runRowIds(), []);
     assert.ok(await page.getByText("No runs match.").isVisible());
     await screenshot("15-runs-other-environment");
+    await page.goto(`${baseUrl}/dashboard/queues`);
+    await expectHeading("Queues");
+    assert.equal(await page.locator('tr[data-queue-name="task/hello"]').count(), 0, "the first environment's queue");
 
     const response = await page.goto(`${baseUrl}/dashboard/runs/${helloId}`);
     assert.equal(response.status(), 404, "another environment's run");

@@ -29,7 +29,10 @@ const FILE_TIMEOUT: Duration = Duration::from_secs(150);
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace directory")
 }
 
 #[test]
