@@ -406,12 +406,6 @@ async fn the_runs_page_lists_filters_and_pages_and_the_run_page_shows_the_run() 
     page.assert(StatusCode::BAD_REQUEST);
     assert!(page.text.contains(r#"role="alert""#) && page.text.contains("Created from"));
 
-    // Paging: a second run, one per page.
-    let newer = app.server.trigger_new(key, "t", &json!({})).await;
-    let first = browser.get("/dashboard/runs?status=QUEUED").await;
-    assert!(first.text.contains(&newer) && first.text.contains(&run));
-    assert!(!first.text.contains("Next page"));
-
     // The run page: its sections, its payload escaped and pretty, its actions.
     let page = browser.get(&format!("/dashboard/runs/{run}")).await;
     page.assert(StatusCode::OK);
@@ -480,6 +474,48 @@ async fn the_runs_page_lists_filters_and_pages_and_the_run_page_shows_the_run() 
     );
     let after = app.server.run(key, &delayed).await["delayedUntil"].clone();
     assert_ne!(before, after);
+}
+
+/// The `href` of the link whose text is `text`, unescaped.
+fn href_of(page: &Page, text: &str) -> Option<String> {
+    let end = page.text.find(&format!(">{text}</a>"))?;
+    let start = page.text[..end].rfind("href=\"")? + "href=\"".len();
+    let close = page.text[start..].find('"')? + start;
+    Some(page.text[start..close].replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn the_runs_list_pages_with_its_cursors_keeping_the_filters() {
+    let app = TestApp::start();
+    let key = app.dev_key.as_str();
+    app.server.register_worker(key, &["p"]).await;
+    let mut runs = Vec::new();
+    for _ in 0..26 {
+        runs.push(app.server.trigger_new(key, "p", &json!({})).await);
+    }
+    // Another task's run, filtered out on every page.
+    let other = queued_run(&app, key, json!({})).await;
+    let (oldest, newest) = (runs[0].clone(), runs[25].clone());
+    let mut browser = Browser::signed_in(&app, key).await;
+
+    let first = browser.get("/dashboard/runs?task=p").await;
+    first.assert(StatusCode::OK);
+    assert_eq!(first.text.matches("<tr data-run-id=").count(), 25);
+    assert!(first.text.contains(&newest) && !first.text.contains(&oldest));
+    assert!(!first.text.contains(&other));
+    assert!(href_of(&first, "Previous page").is_none());
+    let next = href_of(&first, "Next page").expect("a next page");
+    assert!(next.contains("task=p") && next.contains("after="), "{next}");
+
+    let second = browser.get(&next).await;
+    second.assert(StatusCode::OK);
+    assert_eq!(second.text.matches("<tr data-run-id=").count(), 1);
+    assert!(second.text.contains(&oldest));
+    assert!(href_of(&second, "Next page").is_none());
+    let previous = href_of(&second, "Previous page").expect("a previous page");
+    let back = browser.get(&previous).await;
+    assert_eq!(back.text.matches("<tr data-run-id=").count(), 25);
+    assert!(back.text.contains(&newest) && !back.text.contains(&oldest));
 }
 
 #[tokio::test]
@@ -694,11 +730,7 @@ async fn the_event_stream_sends_a_runs_new_status_and_only_the_sessions_runs() {
 
     assert_eq!(app.server.cancel(key, &run).await.status, StatusCode::OK);
     read_until(&mut stream, &mut seen, r#""status":"CANCELED""#).await;
-    let line = seen
-        .lines()
-        .filter(|l| l.starts_with("data:"))
-        .last()
-        .unwrap();
+    let line = seen.lines().rev().find(|l| l.starts_with("data:")).unwrap();
     let data: Value = serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
     assert_eq!(data["id"], run.as_str());
     assert!(data["updatedAt"].is_string(), "{data}");
