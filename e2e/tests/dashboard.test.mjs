@@ -383,6 +383,23 @@ describe("the dashboard in headless Chromium", () => {
     await screenshot("09-run-replayed");
   });
 
+  step("rescheduling a delayed run", async () => {
+    const { id } = await api("POST", "/api/v1/tasks/hello/trigger", {
+      payload: { later: true },
+      options: { delay: "1h", tags: [otherTag] },
+    });
+    const before = await api("GET", `/api/v3/runs/${id}`);
+    assert.equal(before.status, "DELAYED");
+    await page.goto(`${baseUrl}/dashboard/runs/${id}`);
+    assert.equal(await text(statusField()), "DELAYED");
+    await page.getByLabel("Delay").fill("5m");
+    await clickTo(page.getByRole("button", { name: "Reschedule" }), `${baseUrl}/dashboard/runs/${id}`);
+    const after = await api("GET", `/api/v3/runs/${id}`);
+    const minutes = (Date.parse(after.delayedUntil) - Date.now()) / 60_000;
+    assert.ok(minutes > 3 && minutes <= 5, `delayed until ${after.delayedUntil}, ${minutes} minutes away`);
+    assert.equal(await text(statusField()), "DELAYED");
+  });
+
   step("the runs list updates a status cell live", async () => {
     await waitForStatus(replayId, "EXECUTING");
     await page.goto(`${baseUrl}/dashboard/runs?tag=${encodeURIComponent(tag)}`);
@@ -462,7 +479,14 @@ describe("the dashboard in headless Chromium", () => {
     await page.goto(`${baseUrl}/dashboard/runs`);
     assert.equal(new URL(page.url()).pathname, "/dashboard/login", "signed out: back to sign-in");
 
-    await signIn(otherKey);
+    // This time by keyboard: Enter in the key field submits the form.
+    await page.goto(`${baseUrl}/dashboard/login`);
+    await page.getByLabel("Secret key").fill(otherKey);
+    await Promise.all([
+      page.waitForURL(`${baseUrl}/dashboard/runs`, { timeout: UI_TIMEOUT_MS }),
+      page.getByLabel("Secret key").press("Enter"),
+    ]);
+    await expectHeading("Runs");
     assert.deepEqual(await runRowIds(), []);
     assert.ok(await page.getByText("No runs match.").isVisible());
     await screenshot("15-runs-other-environment");

@@ -5,9 +5,10 @@
 //! The server gets a fresh data directory (or PostgreSQL database, with
 //! `RUNNEL_TEST_BACKEND=postgres`), a prod key and a staging key; a prod-key exec worker
 //! serves `hello` (`cat`), `slow` (`sleep 120`, canceled by the test) and the scheduled
-//! `nightly` (`cat`). The node file signs in, filters, opens, cancels, replays, pauses a
-//! queue, visits every page, and checks the staging key sees none of prod's runs; it
-//! writes one screenshot per page into `target/e2e-screenshots/` of the workspace.
+//! `nightly` (`cat`). The node file signs in, filters, opens, cancels (watching the
+//! status change live in a second tab), replays and reschedules runs, pauses a queue,
+//! visits every page, and checks the staging key sees none of prod's runs; it writes one
+//! screenshot per page into `target/e2e-screenshots/` of the workspace.
 //!
 //! The suite needs Node.js, `npm ci --prefix e2e` and `/usr/bin/chromium`
 //! (`scripts/install-chromium`); scripts/test does both. Without them it fails, never skips.
