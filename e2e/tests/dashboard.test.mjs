@@ -335,8 +335,9 @@ describe("the dashboard in headless Chromium", () => {
     slowId = await trigger("slow", { nap: 120 }, [tag]);
     await waitForStatus(slowId, "EXECUTING");
 
-    // A second tab watches the run; it never navigates, so what it shows next comes
-    // from the live updates alone.
+    // "Cancel run" is a POST form: the tab that clicks it navigates (back to the run's
+    // page, rendered anew). So a second tab watches the run; it never navigates, and
+    // what it shows next comes from the live updates alone.
     const watcher = await context.newPage();
     await watcher.goto(`${baseUrl}/dashboard/runs/${slowId}`);
     assert.equal(await text(statusField(watcher)), "EXECUTING");
