@@ -327,7 +327,7 @@ async fn show_page(
                 button.secondary type="submit" { "Replay run" }
             }
             @if run.status == RunStatus::Delayed {
-                form.inline method="post" action=(format!("/dashboard/runs/{id}/reschedule")) {
+                form.inline method="post" action=(format!("/dashboard/runs/{id}/reschedule")) data-reschedule-for=(id) {
                     (session.csrf_input())
                     span {
                         label for="delay" { "Delay" }

@@ -1,8 +1,9 @@
 // Runnel dashboard: live run statuses. Every element with data-run-id is watched; the
 // server's event stream (/dashboard/events) sends {id, status, updatedAt} when one of
 // them changes, and the [data-field="status"] elements inside it are updated in place.
-// On a run page, a final status hides the "Cancel run" form and shows the notice that
-// the rest of the page is stale. The page is never reloaded.
+// On a run page, a final status hides the "Cancel run" form (and a run no longer
+// DELAYED its reschedule form) and shows the notice that the rest of the page is stale.
+// The page is never reloaded.
 (function () {
   "use strict";
   var FINAL = ["COMPLETED", "FAILED", "CANCELED", "CRASHED", "SYSTEM_FAILURE", "EXPIRED", "TIMED_OUT", "INTERRUPTED"];
@@ -45,6 +46,10 @@
     if (FINAL.indexOf(run.status) >= 0) {
       var forms = document.querySelectorAll('[data-cancel-for="' + run.id + '"]');
       for (var k = 0; k < forms.length; k++) forms[k].hidden = true;
+    }
+    if (run.status !== "DELAYED") {
+      var later = document.querySelectorAll('[data-reschedule-for="' + run.id + '"]');
+      for (var m = 0; m < later.length; m++) later[m].hidden = true;
     }
     var notice = document.querySelector('[data-live-notice="' + run.id + '"]');
     if (notice) notice.hidden = false;
