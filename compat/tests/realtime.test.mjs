@@ -97,14 +97,20 @@ test("subscribeToBatch follows every run of a batch to its end", async () => {
   );
 });
 
-test("a public token reads the runs its scopes name, and only those", async () => {
+test("a public token reads the runs its scopes name, and only those, without its skipped columns", async () => {
   const mine = await tasks.trigger(ECHO, { scoped: true });
   const others = await tasks.trigger(ECHO, { scoped: false });
-  const accessToken = await auth.createPublicToken({ scopes: { read: { runs: [mine.id] } } });
+  const accessToken = await auth.createPublicToken({
+    scopes: { read: { runs: [mine.id] } },
+    realtime: { skipColumns: ["payload"] },
+  });
   const seen = await auth.withAuth({ accessToken }, () =>
     collect(runs.subscribeToRun(mine.id), (run) => run.isCompleted),
   );
   assert.equal(seen.at(-1).status, "COMPLETED");
+  // The token's realtime.skipColumns leaves the payload out; the output stays.
+  assert.equal(seen.at(-1).payload, undefined);
+  assert.deepEqual(seen.at(-1).output, { scoped: true });
   const refused = await fetch(`${process.env.TRIGGER_API_URL}/realtime/v1/runs/${others.id}?offset=-1`, {
     headers: { authorization: `Bearer ${accessToken}` },
   });

@@ -78,6 +78,12 @@ const STORED_RUNS_QUICK: u64 = 5_000;
 /// includes what serving reads against the big table costs.
 const STORED_RETRIEVES_DEFAULT: usize = 2_000;
 const STORED_RETRIEVES_QUICK: usize = 200;
+/// Realtime subscriptions open at once in the realtime phase.
+const SUBSCRIPTIONS_DEFAULT: u64 = 1_000;
+const SUBSCRIPTIONS_QUICK: u64 = 50;
+/// How long the realtime phase holds its subscriptions idle while it reads the server's
+/// processor use.
+const SUBSCRIPTIONS_IDLE: Duration = Duration::from_secs(3);
 /// Concurrent HTTP clients.
 const CONNECTIONS_DEFAULT: u64 = 32;
 /// Attempts the in-process worker runs at once.
@@ -123,6 +129,10 @@ pub struct BenchArgs {
     /// 5000 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     stored_runs: Option<u64>,
+    /// Realtime subscriptions held open at once in the realtime phase, one per queued
+    /// run [default: 1000; 50 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    subscriptions: Option<u64>,
     /// Every phase small (500 runs, 100 single triggers, 50 latency runs, 5,000 stored
     /// runs): a smoke test that takes seconds.
     #[arg(long)]
@@ -165,6 +175,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         connections: usize::try_from(args.connections).context("--connections is too large")?,
         worker_concurrency: usize::try_from(args.worker_concurrency)
             .context("--worker-concurrency is too large")?,
+        subscriptions: usize::try_from(args.subscriptions.unwrap_or(if args.quick {
+            SUBSCRIPTIONS_QUICK
+        } else {
+            SUBSCRIPTIONS_DEFAULT
+        }))
+        .context("--subscriptions is too large")?,
     };
     let dir = tempfile::Builder::new()
         .prefix("runnel-bench-")
@@ -228,6 +244,7 @@ struct Settings {
     stored_retrieves: usize,
     connections: usize,
     worker_concurrency: usize,
+    subscriptions: usize,
 }
 
 /// Starts the server, runs every phase against it and stops it.
@@ -442,6 +459,8 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
         ..Measurement::new("rss")
     };
 
+    let (realtime, realtime_idle) = subscriptions(settings, server, &api, &cpu, &ids).await?;
+
     let stored = [
         &enqueue_bulk,
         &enqueue_single,
@@ -492,11 +511,119 @@ async fn measure(settings: &Settings, server: &ServerProcess) -> Result<Report> 
             latency,
             retrieve,
             rss,
+            realtime_idle,
+            realtime,
             rss_stored,
         ],
         fill,
         failed_attempts: summary.failed + summary.interrupted,
     })
+}
+
+/// The realtime phase: one subscription per queued run in `ids` (the SDK's
+/// `subscribeToRun`: a snapshot, then a live long poll), all held at once; the server's
+/// memory and processor use while they wait idle (`realtime_idle`), then every run is
+/// canceled and each subscription's answer timed from its run's cancel (`realtime`:
+/// cancel → the subscriber hears of it).
+async fn subscriptions(
+    settings: &Settings,
+    server: &ServerProcess,
+    api: &Api,
+    cpu: &CpuMeter,
+    ids: &Arc<Vec<String>>,
+) -> Result<(Measurement, Measurement)> {
+    let n = settings.subscriptions.min(ids.len());
+    let before = server.memory();
+    eprintln!("realtime: {n} subscriptions, one per queued run");
+    let (api1, ids1) = (api.clone(), ids.clone());
+    let opened = drive("subscribed", n, settings.connections, move |i| {
+        let (api, ids) = (api1.clone(), ids1.clone());
+        async move { api.subscribe(&ids[i]).await }
+    })
+    .await?;
+    if let Some(error) = &opened.first_error {
+        anyhow::bail!(
+            "realtime: {} subscriptions failed; the first: {error}",
+            opened.errors
+        );
+    }
+    let mut handles: Vec<(usize, (String, String))> = opened.results;
+    handles.sort_by_key(|(i, _)| *i);
+    let mut polls = tokio::task::JoinSet::new();
+    for (i, (handle, offset)) in handles {
+        let api = api.clone();
+        let id = ids[i].clone();
+        polls.spawn(async move {
+            let status = api.live_poll(&id, &handle, &offset).await;
+            (i, status, Instant::now())
+        });
+    }
+    // Every poll reaches the server and waits, then the server is left alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mark = cpu.sample();
+    tokio::time::sleep(SUBSCRIPTIONS_IDLE).await;
+    let idle = Measurement {
+        n: Some(n),
+        concurrency: Some(n),
+        memory: server.memory(),
+        cpu: Some(cpu.since(mark)),
+        ..Measurement::new("realtime_idle")
+    };
+    if let (Some(before), Some(held)) = (before, idle.memory) {
+        eprintln!(
+            "realtime: {n} subscriptions held: server RSS {:.1} → {:.1} MiB ({:+.1} KiB each)",
+            before.rss_kib as f64 / 1024.0,
+            held.rss_kib as f64 / 1024.0,
+            (held.rss_kib as f64 - before.rss_kib as f64) / n.max(1) as f64,
+        );
+    }
+    let canceled_at = Arc::new(Mutex::new(vec![None; n]));
+    let (api2, ids2, marks) = (api.clone(), ids.clone(), canceled_at.clone());
+    let mark = cpu.sample();
+    let started = Instant::now();
+    let canceled = drive("canceled", n, settings.connections, move |i| {
+        let (api, ids, marks) = (api2.clone(), ids2.clone(), marks.clone());
+        async move {
+            let at = Instant::now();
+            api.cancel(&ids[i]).await?;
+            marks.lock().expect("cancel marks")[i] = Some(at);
+            Ok(())
+        }
+    })
+    .await?;
+    let mut latencies = Vec::with_capacity(n);
+    let mut errors = canceled.errors;
+    let mut first_error = canceled.first_error;
+    while let Some(joined) = polls.join_next().await {
+        let (i, status, answered) = joined.context("a subscription task panicked")?;
+        match status {
+            Ok(status) if status == "CANCELED" => {
+                if let Some(at) = canceled_at.lock().expect("cancel marks")[i] {
+                    latencies.push(answered.saturating_duration_since(at));
+                }
+            }
+            Ok(status) => {
+                errors += 1;
+                first_error.get_or_insert(format!("a subscription heard {status}, not CANCELED"));
+            }
+            Err(error) => {
+                errors += 1;
+                first_error.get_or_insert(format!("{error:#}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let realtime = Measurement {
+        n: Some(n),
+        concurrency: Some(n),
+        rate: Some(latencies.len() as f64 / elapsed),
+        latency: Some(Percentiles::of(latencies)),
+        cpu: Some(cpu.since(mark)),
+        errors,
+        first_error,
+        ..Measurement::new("realtime")
+    };
+    Ok((realtime, idle))
 }
 
 /// Creates `runs` runs of `task` in streamed batches of [`BATCH_SIZE`], `uploads` at
@@ -717,6 +844,55 @@ impl Api {
     }
 
     /// Reads a run without decoding it (what a client that forwards it pays).
+    /// Opens a realtime subscription of `run_id` (its snapshot); answers its handle and
+    /// offset.
+    async fn subscribe(&self, run_id: &str) -> Result<(String, String)> {
+        let response = self
+            .http
+            .get(format!("{}/realtime/v1/runs/{run_id}?offset=-1", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        let header = |name: &str| -> Result<String> {
+            Ok(response
+                .headers()
+                .get(name)
+                .with_context(|| format!("no {name} in the snapshot's answer"))?
+                .to_str()?
+                .to_owned())
+        };
+        let continuation = (header("electric-handle")?, header("electric-offset")?);
+        json_reply(response).await?;
+        Ok(continuation)
+    }
+
+    /// A live poll of a subscription; answers the status its first change carries.
+    async fn live_poll(&self, run_id: &str, handle: &str, offset: &str) -> Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/realtime/v1/runs/{run_id}", self.url))
+            .query(&[("handle", handle), ("offset", offset), ("live", "true")])
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        let body = json_reply(response).await?;
+        body.get(0)
+            .and_then(|m| m["value"]["status"].as_str())
+            .map(str::to_owned)
+            .context("the live poll ended with no change")
+    }
+
+    async fn cancel(&self, run_id: &str) -> Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/api/v2/runs/{run_id}/cancel", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        json_reply(response).await?;
+        Ok(())
+    }
+
     async fn retrieve_bytes(&self, run_id: &str) -> Result<()> {
         let response = self
             .http
@@ -1109,14 +1285,16 @@ impl Report {
             out,
             "\n| server memory | VmRSS | VmHWM (peak) |\n|---|---|---|"
         );
-        for m in self
-            .measurements
-            .iter()
-            .filter(|m| m.mode.starts_with("rss"))
-        {
-            let what = match m.n {
-                Some(n) => format!("{} ({} runs stored)", m.mode, group(n as f64)),
-                None => format!("{} (after the load phases)", m.mode),
+        for m in self.measurements.iter().filter(|m| m.memory.is_some()) {
+            let what = match (m.mode, m.n) {
+                ("realtime_idle", Some(n)) => format!(
+                    "realtime_idle ({} subscriptions held; server cores busy {})",
+                    group(n as f64),
+                    m.cpu
+                        .map_or_else(|| "–".to_owned(), |c| format!("{:.2}", c.server)),
+                ),
+                (_, Some(n)) => format!("{} ({} runs stored)", m.mode, group(n as f64)),
+                (_, None) => format!("{} (after the load phases)", m.mode),
             };
             let (rss, peak) = m.memory.map_or_else(
                 || ("unreadable".to_owned(), "unreadable".to_owned()),

@@ -149,6 +149,8 @@ fn bench_json_prints_one_line_per_mode() {
         "latency",
         "retrieve",
         "rss",
+        "realtime_idle",
+        "realtime",
         "rss_stored",
     ];
     assert_eq!(modes, expected, "{}", describe(&output));
@@ -156,22 +158,23 @@ fn bench_json_prints_one_line_per_mode() {
         assert_eq!(line["lib"], "runnel", "{line}");
         assert_eq!(line["variant"], "sqlite", "{line}");
         let mode = line["mode"].as_str().unwrap();
-        let rated = !matches!(mode, "latency" | "rss" | "rss_stored");
+        let rated = !matches!(mode, "latency" | "rss" | "rss_stored" | "realtime_idle");
         if rated {
             assert!(line["jobs_per_s"].as_f64().unwrap() > 0.0, "{line}");
             assert!(line["concurrency"].as_u64().unwrap() > 0, "{line}");
         }
-        if mode.starts_with("rss") {
+        if mode.starts_with("rss") || mode == "realtime_idle" {
             assert!(line["rss_mb"].as_f64().unwrap() > 0.0, "{line}");
-        } else {
+        }
+        if !mode.starts_with("rss") {
             assert!(line["n"].as_u64().unwrap() > 0, "{line}");
         }
         if let (Some(p50), Some(p99)) = (line["p50_ms"].as_f64(), line["p99_ms"].as_f64()) {
             assert!(p50 <= p99, "{line}");
         }
-        let latencies = !matches!(mode, "process" | "rss" | "rss_stored");
+        let latencies = !matches!(mode, "process" | "rss" | "rss_stored" | "realtime_idle");
         assert_eq!(line["p99_ms"].is_number(), latencies, "{line}");
     }
-    let stored = &lines[7];
+    let stored = &lines[9];
     assert_eq!(stored["n"], 5000, "{stored}");
 }

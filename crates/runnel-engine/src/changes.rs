@@ -141,6 +141,11 @@ impl RunFeed {
     }
 }
 
+/// Runs a feed receiver may fall behind by before it is told [`RunUpdate::Missed`]. The
+/// runs stay in memory until every receiver has read them (an idle subscription keeps
+/// at most this many), so the bound is smaller than the id channel's.
+pub const FEED_CAPACITY: usize = 4_096;
+
 /// Runs read per round of the feed's reader at most.
 const FEED_READ_BATCH: usize = 256;
 /// How often an idle reader checks whether anybody still listens.
@@ -158,7 +163,7 @@ pub(crate) struct Feed {
 impl Feed {
     pub(crate) fn new() -> Feed {
         Feed {
-            sender: broadcast::channel(CHANNEL_CAPACITY).0,
+            sender: broadcast::channel(FEED_CAPACITY).0,
             running: AtomicBool::new(false),
         }
     }
@@ -213,15 +218,27 @@ impl Engine {
             if missed {
                 let _ = self.feed.sender.send(RunUpdate::Missed);
             }
+            if *self.stopping.borrow() {
+                // The store may be closing: the subscriptions end with the server.
+                self.feed.running.store(false, Ordering::Release);
+                return;
+            }
             for id in ids {
                 match self.store.run_get_any(&id).await {
                     Ok(Some(run)) => {
                         let _ = self.feed.sender.send(RunUpdate::Run(Arc::new(run)));
                     }
                     Ok(None) => {}
+                    Err(_) if *self.stopping.borrow() => {
+                        // The store closed under a stopping server.
+                        self.feed.running.store(false, Ordering::Release);
+                        return;
+                    }
                     Err(error) => {
+                        // The rest of this round is lost too: receivers read everything again.
                         tracing::warn!(%error, run = %id, "could not read a changed run");
                         let _ = self.feed.sender.send(RunUpdate::Missed);
+                        break;
                     }
                 }
             }

@@ -176,7 +176,20 @@ async fn verify_public_token(state: &AppState, token: &str) -> Result<PublicToke
         token_hash: jwt::token_hash(token),
         expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or(DateTime::<Utc>::MAX_UTC),
     });
+    let skip_columns = claims
+        .realtime
+        .as_ref()
+        .and_then(|r| r.get("skipColumns"))
+        .and_then(serde_json::Value::as_array)
+        .map(|columns| {
+            columns
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(PublicToken {
+        skip_columns,
         environment,
         scopes: claims.scopes,
         key_hash: signers[signer].clone(),

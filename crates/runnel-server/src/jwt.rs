@@ -24,8 +24,8 @@
 //!
 //! One-time tokens (`otu: true`, the SDK's default for trigger tokens) work for one
 //! request: [`crate::auth`] records the use ([`runnel_store::SecretStore::public_token_use`])
-//! and refuses the next. `realtime` (options of the realtime subscriptions, which Runnel
-//! does not serve) is read and has nothing to act on.
+//! and refuses the next. `realtime.skipColumns` leaves those columns out of the rows of
+//! the token's realtime subscriptions ([`crate::realtime`]), as if the request had asked.
 //!
 //! Scopes read `<action>:<resource type>[:<id>]`; a scope without an id covers the whole
 //! type, and `admin` / `<action>:all` cover every resource of the action ([`scopes_allow`]).
@@ -70,7 +70,7 @@ pub struct Claims {
     /// One-time use (the SDK's trigger tokens, unless `multipleUse`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otu: Option<bool>,
-    /// Options of realtime subscriptions (`skipColumns`); no route here reads them.
+    /// Options of realtime subscriptions (`skipColumns`, [`crate::realtime`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realtime: Option<Value>,
 }
@@ -85,6 +85,8 @@ pub struct PublicToken {
     pub key_hash: String,
     /// Set for a one-time token.
     pub one_time: Option<OneTime>,
+    /// Columns its realtime subscriptions leave out (`realtime.skipColumns`).
+    pub skip_columns: Vec<String>,
 }
 
 /// What identifies a one-time token's use.

@@ -140,9 +140,6 @@ pub fn router(state: AppState) -> Router {
             post(queues::concurrency_reset),
         )
         // [events]
-        .route("/realtime/v1/runs", get(realtime::runs))
-        .route("/realtime/v1/runs/{run_id}", get(realtime::run))
-        .route("/realtime/v1/batches/{batch_id}", get(realtime::batch))
         .route("/api/v1/runs/{run_id}/events", get(events::list))
         .route("/api/v1/runs/{run_id}/trace", get(events::trace))
         // No Authorization header comes with these (the guard covers only `/api`).
@@ -188,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::routes())
         // [devboot]
         .merge(devboot::routes())
+        .merge(realtime::routes())
         // [envvars]
         .merge(envvars::routes())
         // [schedules]

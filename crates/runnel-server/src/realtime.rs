@@ -38,8 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use chrono::{DateTime, Utc};
 use runnel_core::duration::parse_duration_secs;
 use runnel_core::list::{CreatedWindow, Direction, PageCursor, RunFilter, RunListRequest};
@@ -48,6 +50,7 @@ use runnel_core::tenancy::Environment;
 use runnel_core::{BatchId, RunId, RunStatus};
 use runnel_engine::changes::{RunFeed, RunUpdate};
 use serde_json::{json, Map, Value};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
@@ -56,8 +59,11 @@ use crate::state::AppState;
 
 /// Longest a live poll is held when nothing changes.
 pub const LIVE_WAIT: Duration = Duration::from_secs(20);
-/// A shape not polled for this long is forgotten.
-pub const SHAPE_IDLE: Duration = Duration::from_secs(120);
+/// A shape not polled for this long is forgotten (a client polls again as soon as an
+/// answer arrives, and a live poll is held at most [`LIVE_WAIT`]).
+pub const SHAPE_IDLE: Duration = Duration::from_secs(60);
+/// How often idle shapes are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Most runs in the snapshot of a tag or batch feed (the newest).
 pub const SNAPSHOT_MAX: usize = 1_000;
 /// Columns a subscription cannot skip: the SDK requires them.
@@ -78,6 +84,8 @@ const SCHEMA: &str = r#"{"id":{"type":"text"},"friendlyId":{"type":"text"},"task
 #[derive(Debug, Clone, Default)]
 pub struct Shapes {
     inner: Arc<Mutex<HashMap<String, Shape>>>,
+    /// Whether the task dropping idle shapes runs.
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shapes {
@@ -101,9 +109,27 @@ impl Shapes {
 
     fn put(&self, handle: String, mut shape: Shape) {
         shape.polled = Instant::now();
-        let mut shapes = self.lock();
-        shapes.retain(|_, s| s.polled.elapsed() < SHAPE_IDLE);
-        shapes.insert(handle, shape);
+        self.lock().insert(handle, shape);
+        if !self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            // Drops the shapes of clients that went away, with their feed receivers
+            // (which keep unread runs in memory and the feed reading); ends with the app.
+            let shapes = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    let Some(shapes) = shapes.upgrade() else {
+                        return;
+                    };
+                    shapes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|_, s| s.polled.elapsed() < SHAPE_IDLE);
+                }
+            });
+        }
     }
 }
 
@@ -146,8 +172,8 @@ struct Shape {
     environment: Environment,
     filter: Filter,
     skip: Vec<String>,
-    /// The fingerprint of the row last sent, per run.
-    sent: HashMap<RunId, u64>,
+    /// The fingerprint of the row last sent, and the run's `updated_at` then, per run.
+    sent: HashMap<RunId, (u64, DateTime<Utc>)>,
     feed: RunFeed,
     /// Responses that carried changes so far: the offset's first part.
     offset: u64,
@@ -169,6 +195,37 @@ impl Drop for Taken {
         }
     }
 }
+
+/// The three routes, open to scripts of any origin (the React hooks subscribe from the
+/// browser with a public token; no cookie is involved).
+pub fn routes() -> Router<AppState> {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(EXPOSED.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(3600));
+    // An explicit OPTIONS route, so preflights pass through the layer (the app's
+    // method-not-allowed fallback is not layered).
+    let preflight = || async { StatusCode::NO_CONTENT };
+    Router::new()
+        .route("/realtime/v1/runs", get(runs).options(preflight))
+        .route("/realtime/v1/runs/{run_id}", get(run).options(preflight))
+        .route(
+            "/realtime/v1/batches/{batch_id}",
+            get(batch).options(preflight),
+        )
+        .layer(cors)
+}
+
+/// The protocol's response headers, readable by a browser's script.
+const EXPOSED: [&str; 5] = [
+    "electric-handle",
+    "electric-offset",
+    "electric-schema",
+    "electric-cursor",
+    "electric-up-to-date",
+];
 
 /// `GET /realtime/v1/runs/{runId}`.
 pub async fn run(
@@ -192,7 +249,7 @@ pub async fn run(
         resources.push(("batch", batch.as_str()));
     }
     auth::authorize(&caller, "read", &resources)?;
-    serve(&state, caller.environment(), Filter::Run(id), &params).await
+    serve(&state, &caller, Filter::Run(id), &params).await
 }
 
 /// `GET /realtime/v1/runs?tags=a,b&createdAt=1h`.
@@ -231,7 +288,7 @@ pub async fn runs(
         tags,
         created_after,
     };
-    serve(&state, caller.environment(), filter, &params).await
+    serve(&state, &caller, filter, &params).await
 }
 
 /// `GET /realtime/v1/batches/{batchId}`.
@@ -248,24 +305,29 @@ pub async fn batch(
         .await?
         .ok_or(ApiError::NotFound)?;
     auth::authorize(&caller, "read", &[("batch", id.as_str()), ("runs", "*")])?;
-    serve(&state, caller.environment(), Filter::Batch(id), &params).await
+    serve(&state, &caller, Filter::Batch(id), &params).await
 }
 
 async fn serve(
     state: &AppState,
-    environment: &Environment,
+    caller: &Caller,
     filter: Filter,
     params: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    let environment = caller.environment();
     let offset = params.get("offset").map(String::as_str).unwrap_or("-1");
     let live = params.get("live").is_some_and(|v| v == "true");
-    let skip: Vec<String> = params
+    // The request's columns to skip, and a public token's own (`realtime.skipColumns`).
+    let mut skip: Vec<String> = params
         .get("skipColumns")
         .map(|s| comma_list(s))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| !RESERVED_COLUMNS.contains(&c.as_str()))
-        .collect();
+        .unwrap_or_default();
+    if let Caller::PublicToken(token) = caller {
+        skip.extend(token.skip_columns.iter().cloned());
+    }
+    skip.retain(|c| !RESERVED_COLUMNS.contains(&c.as_str()));
+    skip.sort();
+    skip.dedup();
     let handle = params.get("handle").filter(|h| !h.is_empty());
     if offset == "-1" || handle.is_none() {
         return snapshot(state, environment, filter, skip).await;
@@ -445,11 +507,17 @@ async fn changes_from(
 fn diff(shape: &mut Shape, run: &Run) -> Option<Value> {
     let value = row(run, &shape.skip);
     let fingerprint = fingerprint(&value);
-    let operation = match shape.sent.insert(run.id.clone(), fingerprint) {
-        Some(previous) if previous == fingerprint => return None,
+    let operation = match shape.sent.get(&run.id) {
+        Some((previous, _)) if *previous == fingerprint => return None,
+        // A read older than the row sent (the feed read it before a snapshot did): the
+        // change that made the newer row brings it again.
+        Some((_, sent_at)) if run.updated_at < *sent_at => return None,
         Some(_) => "update",
         None => "insert",
     };
+    shape
+        .sent
+        .insert(run.id.clone(), (fingerprint, run.updated_at));
     Some(json!({
         "key": format!("\"public\".\"TaskRun\"/\"{}\"", run.id),
         "value": value,
@@ -578,7 +646,6 @@ fn respond(handle: &str, offset: u64, mut messages: Vec<Value>) -> Response {
     insert(headers, "electric-schema", SCHEMA);
     insert(headers, "electric-cursor", &cursor());
     insert(headers, "electric-up-to-date", "");
-    expose(headers);
     response
 }
 
@@ -594,7 +661,6 @@ fn must_refetch() -> Response {
         HeaderValue::from_static("application/json"),
     );
     insert(headers, "electric-handle", &new_handle());
-    expose(headers);
     response
 }
 
@@ -602,16 +668,6 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
-}
-
-/// Lets a browser's script read the protocol headers.
-fn expose(headers: &mut HeaderMap) {
-    headers.insert(
-        "access-control-expose-headers",
-        HeaderValue::from_static(
-            "electric-handle, electric-offset, electric-schema, electric-cursor, electric-up-to-date",
-        ),
-    );
 }
 
 /// Changes every [`LIVE_WAIT`], as the live requests' cache buster.

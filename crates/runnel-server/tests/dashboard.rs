@@ -437,6 +437,34 @@ async fn the_runs_page_lists_filters_and_pages_and_the_run_page_shows_the_run() 
     assert!(page.text.contains("Cancel run</button>") && page.text.contains("Replay run</button>"));
     assert!(!page.text.contains("Reschedule</button>"), "not delayed");
 
+    // No events, no logs section; a log line the task process exported is listed,
+    // escaped.
+    assert!(!page.text.contains("<h2>Logs</h2>"));
+    let record = json!({"resourceLogs": [{"resource": {"attributes": []}, "scopeLogs": [{
+        "scope": {"name": "trigger.dev"},
+        "logRecords": [{
+            "timeUnixNano": "1767323045000000000", "severityNumber": 9, "severityText": "INFO",
+            "body": {"stringValue": "hello from <i>the task</i>"},
+            "attributes": [{"key": "$metadata.ctx.run.id", "value": {"stringValue": run}}],
+            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "aaa19b7ec3c1b174",
+        }],
+    }]}]});
+    let reply = send(
+        app.server
+            .request(Method::POST, "/otel/v1/logs")
+            .header("content-type", "application/json")
+            .body(record.to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let page = browser.get(&format!("/dashboard/runs/{run}")).await;
+    assert!(page.text.contains("<h2>Logs</h2>"), "{}", page.text);
+    assert!(
+        page.text.contains("hello from &lt;i&gt;the task&lt;/i&gt;"),
+        "{}",
+        page.text
+    );
+
     // Replay: a new run, and its page.
     let csrf = page.csrf();
     let replayed = browser

@@ -330,3 +330,44 @@ async fn a_tag_feed_holds_the_runs_with_every_tag_of_its_environment_only() {
     let reply = poll(&app, &prod, &format!("/realtime/v1/runs/{both}"), &[]).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{reply:?}");
 }
+
+#[tokio::test]
+async fn browsers_of_any_origin_may_subscribe_and_read_the_protocol_headers() {
+    let app = TestApp::start();
+    let (server, key) = (&app.server, &app.dev_key);
+    let run = server.trigger_new(key, "t", &json!({})).await;
+    let path = format!("/realtime/v1/runs/{run}");
+    let preflight = server
+        .request(Method::OPTIONS, &path)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header(
+            "access-control-request-headers",
+            "authorization,x-trigger-electric-version",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    let reply = send(
+        server
+            .request(Method::GET, &path)
+            .bearer_auth(key)
+            .header("origin", "https://app.example")
+            .query(&[("offset", "-1")]),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.headers["access-control-allow-origin"], "*");
+    let exposed = reply.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    for header in ["electric-handle", "electric-offset", "electric-schema"] {
+        assert!(exposed.contains(header), "{exposed}");
+    }
+}

@@ -299,7 +299,7 @@ async fn show_page(
     let status = status_text(run.status);
     let content = html! {
         h1 { "Run " code { (id) } }
-        p.notice data-live-notice=(id) role="status" hidden { "Status changed; reload for details." }
+        p.notice data-live-notice=(id) role="status" hidden { "Status changed; reload for details" }
         dl.summary data-run-id=(id) {
             dt { "Status" } dd { span data-field="status" data-status=(status) { (status) } }
             dt { "Task" } dd { (run.task_identifier) }
