@@ -465,6 +465,28 @@ async fn the_runs_page_lists_filters_and_pages_and_the_run_page_shows_the_run() 
         page.text
     );
 
+    // A child run links to its parent, and the parent to its child.
+    let child = app
+        .server
+        .trigger_new(key, "t", &json!({"options": {"parentRunId": run}}))
+        .await;
+    let page = browser.get(&format!("/dashboard/runs/{child}")).await;
+    assert!(
+        page.text.contains(&format!(
+            r#"Parent: <a href="/dashboard/runs/{run}">{run}</a>"#
+        )),
+        "{}",
+        page.text
+    );
+    let page = browser.get(&format!("/dashboard/runs/{run}")).await;
+    assert!(
+        page.text.contains(&format!(
+            r#"Child: <a href="/dashboard/runs/{child}">{child}</a>"#
+        )),
+        "{}",
+        page.text
+    );
+
     // Replay: a new run, and its page.
     let csrf = page.csrf();
     let replayed = browser
@@ -645,7 +667,7 @@ async fn a_queue_is_paused_resumed_and_limited_through_its_forms() {
 }
 
 #[tokio::test]
-async fn the_other_pages_render_and_a_token_is_completed_through_its_form() {
+async fn the_other_pages_render_and_a_schedule_and_a_token_are_changed_through_their_forms() {
     let app = TestApp::start();
     let key = app.dev_key.as_str();
     let reply = send(
@@ -657,6 +679,23 @@ async fn the_other_pages_render_and_a_token_is_completed_through_its_form() {
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     let token = reply.body["id"].as_str().unwrap().to_owned();
+    let registered = app
+        .server
+        .register_worker_as(
+            key,
+            &json!({"name": "t", "tasks": [{"id": "t", "scheduled": true}]}),
+        )
+        .await;
+    assert_eq!(registered.status, StatusCode::OK, "{registered:?}");
+    let reply = send(
+        app.server
+            .request(Method::POST, "/api/v1/schedules")
+            .bearer_auth(key)
+            .json(&json!({"task": "t", "cron": "0 * * * *", "deduplicationKey": "hourly"})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let schedule = reply.body["id"].as_str().unwrap().to_owned();
     let mut browser = Browser::signed_in(&app, key).await;
 
     for (path, h1) in [
@@ -673,6 +712,38 @@ async fn the_other_pages_render_and_a_token_is_completed_through_its_form() {
         );
         assert!(page.text.contains(r#"aria-current="page""#), "{path}");
     }
+    // The schedule: listed active, deactivated through its form.
+    let page = browser.get("/dashboard/schedules").await;
+    let row = page.row("data-schedule-id", &schedule).to_owned();
+    assert!(
+        row.contains("0 * * * *") && row.contains(r#"data-field="active">Yes<"#),
+        "{row}"
+    );
+    let done = browser
+        .post_from(
+            "/dashboard/schedules",
+            &format!("/dashboard/schedules/{schedule}/deactivate"),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (done.status, done.location()),
+        (StatusCode::SEE_OTHER, "/dashboard/schedules")
+    );
+    let reply = send(
+        app.server
+            .request(Method::GET, &format!("/api/v1/schedules/{schedule}"))
+            .bearer_auth(key),
+    )
+    .await;
+    assert_eq!(reply.body["active"], false, "{reply:?}");
+    let page = browser.get("/dashboard/schedules").await;
+    let row = page.row("data-schedule-id", &schedule);
+    assert!(
+        row.contains(r#"data-field="active">No<"#) && row.contains("Activate</button>"),
+        "{row}"
+    );
+
     let page = browser.get("/dashboard/tokens").await;
     let row = page.row("data-token-id", &token);
     assert!(row.contains(r#"data-field="status">WAITING<"#), "{row}");
