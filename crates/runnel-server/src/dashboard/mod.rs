@@ -1,6 +1,7 @@
 //! The dashboard: server-rendered HTML pages under `/dashboard`, served by `runnel serve`
-//! itself (no front-end server, no build step). The markup contract the browser tests
-//! rely on is `docs/architecture.md`'s "Dashboard" section.
+//! itself (no front-end server, no build step). The browser tests find things by the
+//! markup's names (headings, link, button and label texts) and by the `data-run-id`,
+//! `data-queue-name` and `data-field` attributes: keep them stable.
 //!
 //! - **Pages** are [`maud`] templates (compiled in, every interpolation escaped), one
 //!   module per area: [`runs`], [`queues`], [`schedules`], [`tokens`], [`keys`]. Each
