@@ -119,14 +119,18 @@ impl<B: Backend> RunStore for B {
             .filter(|s| s.is_final())
             .collect();
         // UNION (not UNION ALL) also ends the walk should parent links ever form a cycle.
+        // The walk carries the columns the answer filters and sorts by, so nothing joins
+        // `runs` again: with a join, SQLite's planner drove it from the environment's
+        // index and read every run of the environment at each cancel.
         let sql = format!(
-            "WITH RECURSIVE tree(id) AS ( \
-               SELECT id FROM runs WHERE parent_run_id = $1 AND environment_id = $2 \
+            "WITH RECURSIVE tree(id, environment_id, status, depth, created_at) AS ( \
+               SELECT id, environment_id, status, depth, created_at FROM runs \
+               WHERE parent_run_id = $1 \
                UNION \
-               SELECT r.id FROM runs r JOIN tree t ON r.parent_run_id = t.id) \
-             SELECT runs.id FROM runs JOIN tree ON runs.id = tree.id \
-             WHERE runs.environment_id = $2 AND runs.status NOT IN {} \
-             ORDER BY runs.depth, runs.created_at, runs.id{}",
+               SELECT r.id, r.environment_id, r.status, r.depth, r.created_at \
+               FROM runs r JOIN tree t ON r.parent_run_id = t.id) \
+             SELECT id FROM tree WHERE environment_id = $2 AND status NOT IN {} \
+             ORDER BY depth, created_at, id{}",
             statuses(&finals),
             B::D::COLLATE_BYTES
         );
