@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use runnel_core::run::Run;
 use runnel_core::RunId;
 use tokio::sync::broadcast;
@@ -148,6 +149,8 @@ pub const FEED_CAPACITY: usize = 4_096;
 
 /// Runs read per round of the feed's reader at most.
 const FEED_READ_BATCH: usize = 256;
+/// Changed runs the feed's reader reads at once.
+const FEED_READS_AT_ONCE: usize = 8;
 /// How often an idle reader checks whether anybody still listens.
 const FEED_IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -223,8 +226,16 @@ impl Engine {
                 self.feed.running.store(false, Ordering::Release);
                 return;
             }
-            for id in ids {
-                match self.store.run_get_any(&id).await {
+            // Several reads at once (in order): on PostgreSQL each is a round trip.
+            let store = &self.store;
+            let mut reads = futures_util::stream::iter(ids)
+                .map(|id| async move {
+                    let read = store.run_get_any(&id).await;
+                    (id, read)
+                })
+                .buffered(FEED_READS_AT_ONCE);
+            while let Some((id, read)) = reads.next().await {
+                match read {
                     Ok(Some(run)) => {
                         let _ = self.feed.sender.send(RunUpdate::Run(Arc::new(run)));
                     }
