@@ -24,7 +24,7 @@ pub struct AppState {
     /// The `trigger.dev dev` bootstrap's memory: CLI presence, login auto-approval.
     pub dev: DevState,
     /// The realtime subscriptions this node holds between their polls.
-    pub realtime: crate::realtime::Shapes,
+    pub realtime: crate::realtime::shapes::Shapes,
 }
 
 /// What the dev bootstrap keeps between requests, in memory on this node: when each

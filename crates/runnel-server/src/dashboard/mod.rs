@@ -37,6 +37,7 @@ mod queues;
 mod runs;
 mod schedules;
 mod session;
+mod signed_in;
 mod tokens;
 
 /// Where the dashboard starts.

@@ -10,7 +10,7 @@ use runnel_engine::ActionError;
 use serde_json::Value;
 
 use super::assets;
-use super::session::Session;
+use super::signed_in::Session;
 use crate::error::ApiError;
 
 /// The areas of the navigation, in its order.
@@ -269,6 +269,14 @@ pub(crate) fn table(label: &str, head: &[&str], body: Markup) -> Markup {
                 tbody { (body) }
             }
         }
+    }
+}
+
+impl Session {
+    /// The page for `result`: the response, or the error page with this session's
+    /// navigation.
+    pub fn respond(&self, result: Result<Response, PageError>) -> Response {
+        result.unwrap_or_else(|error| error.render(Some(self)))
     }
 }
 

@@ -23,17 +23,15 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use maud::{html, Markup};
+use maud::html;
 use rand::distr::{Alphanumeric, SampleString};
 use runnel_core::key::SecretKey;
-use runnel_core::tenancy::Environment;
 use runnel_core::EnvironmentId;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use super::page::{self, PageError};
+pub(crate) use super::signed_in::Session;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -44,8 +42,6 @@ pub(crate) const AUDIENCE: &str = "runnel-dashboard";
 const ISSUER: &str = "runnel";
 /// How long a session lasts.
 pub(crate) const SESSION_TTL_SECS: i64 = 12 * 3600;
-/// What a session's CSRF token is the HMAC of (keyed by the session token).
-const CSRF_LABEL: &[u8] = b"runnel-dashboard csrf v1";
 const LOGIN: &str = "/dashboard/login";
 /// Length of the sign-in form's random CSRF value.
 const LOGIN_CSRF_LEN: usize = 32;
@@ -61,40 +57,6 @@ struct Claims {
     key: String,
     iat: i64,
     exp: i64,
-}
-
-/// A signed-in browser: the environment it sees, and the key it signed in with.
-#[derive(Debug, Clone)]
-pub(crate) struct Session {
-    pub environment: Environment,
-    /// The display prefix of the key the session was made from.
-    pub key_prefix: String,
-    token: String,
-}
-
-impl Session {
-    /// The CSRF token of this session: hex HMAC-SHA256 of the session token.
-    pub fn csrf(&self) -> String {
-        csrf_of(&self.token)
-    }
-
-    /// The hidden `csrf` field every POST form carries.
-    pub fn csrf_input(&self) -> Markup {
-        html! { input type="hidden" name="csrf" value=(self.csrf()); }
-    }
-
-    /// The page for `result`: the response, or the error page with this session's
-    /// navigation.
-    pub fn respond(&self, result: Result<Response, PageError>) -> Response {
-        result.unwrap_or_else(|error| error.render(Some(self)))
-    }
-}
-
-fn csrf_of(token: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(CSRF_LABEL);
-    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Compares two secrets without an early exit on the first difference.
@@ -452,6 +414,7 @@ pub(crate) async fn logout(action: Action) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::signed_in::csrf_of;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
