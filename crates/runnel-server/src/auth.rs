@@ -267,6 +267,19 @@ pub fn authorize(
     }
 }
 
+/// What a token must be able to read to read a run (as `GET /api/v3/runs/{id}`).
+pub(crate) fn run_resources(run: &runnel_core::run::Run) -> Vec<(&'static str, &str)> {
+    let mut resources = vec![
+        ("runs", run.id.as_str()),
+        ("tasks", run.task_identifier.as_str()),
+    ];
+    resources.extend(run.tags.iter().map(|tag| ("tags", tag.as_str())));
+    if let Some(batch) = &run.batch_id {
+        resources.push(("batch", batch.as_str()));
+    }
+    resources
+}
+
 /// Whether `caller` may trigger each of `tasks` in a batch: a secret key may; a token
 /// needs, per task, `batchTrigger:tasks:<task>` or `trigger:tasks:<task>`, their whole
 /// type (`batchTrigger:tasks`, `trigger:tasks`) or a super scope. `None` (a batch that

@@ -157,7 +157,7 @@ pub async fn run_packet(
         .run_get(caller.environment(), &id)
         .await?
         .ok_or_else(|| ApiError::Missing("Run not found".into()))?;
-    auth::authorize(&caller, "read", &run_resources(&run))?;
+    auth::authorize(&caller, "read", &auth::run_resources(&run))?;
     let packet = match field.as_str() {
         "payload" => Some(&run.payload),
         "output" => run.output.as_ref(),
@@ -167,19 +167,6 @@ pub async fn run_packet(
         .await?
         .ok_or_else(|| ApiError::Missing(format!("The run's {field} is not stored")))?;
     Ok(Json(PresignedUrl { presigned_url: url }))
-}
-
-/// What a token must be able to read to read a run (as `GET /api/v3/runs/{id}`).
-pub(crate) fn run_resources(run: &Run) -> Vec<(&'static str, &str)> {
-    let mut resources = vec![
-        ("runs", run.id.as_str()),
-        ("tasks", run.task_identifier.as_str()),
-    ];
-    resources.extend(run.tags.iter().map(|tag| ("tags", tag.as_str())));
-    if let Some(batch) = &run.batch_id {
-        resources.push(("batch", batch.as_str()));
-    }
-    resources
 }
 
 /// `expires` and `signature` of a local URL's query.

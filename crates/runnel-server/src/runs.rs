@@ -119,15 +119,7 @@ pub async fn retrieve(
         .await?
         .ok_or(ApiError::NotFound)?;
     let run = &detail.run;
-    let mut resources = vec![
-        ("runs", run.id.as_str()),
-        ("tasks", run.task_identifier.as_str()),
-    ];
-    resources.extend(run.tags.iter().map(|tag| ("tags", tag.as_str())));
-    if let Some(batch) = &run.batch_id {
-        resources.push(("batch", batch.as_str()));
-    }
-    auth::authorize(&caller, "read", &resources)?;
+    auth::authorize(&caller, "read", &auth::run_resources(run))?;
     let mut response = RetrieveRunResponse::new(&detail, version);
     crate::packets::presign_stored(&state, caller.environment(), run, &mut response, &headers)
         .await?;

@@ -126,15 +126,7 @@ pub async fn run(
         .run_get(caller.environment(), &id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let mut resources = vec![
-        ("runs", run.id.as_str()),
-        ("tasks", run.task_identifier.as_str()),
-    ];
-    resources.extend(run.tags.iter().map(|tag| ("tags", tag.as_str())));
-    if let Some(batch) = &run.batch_id {
-        resources.push(("batch", batch.as_str()));
-    }
-    auth::authorize(&caller, "read", &resources)?;
+    auth::authorize(&caller, "read", &auth::run_resources(&run))?;
     serve(&state, &caller, Filter::Run(id), &params).await
 }
 
