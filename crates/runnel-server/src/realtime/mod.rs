@@ -66,6 +66,8 @@ pub use shapes::{Shapes, SHAPE_IDLE};
 
 /// Longest a live poll is held when nothing changes.
 pub const LIVE_WAIT: Duration = Duration::from_secs(20);
+/// Most subscriptions one environment holds on a node at once; a new one past it is 429.
+pub const SHAPES_PER_ENVIRONMENT: usize = 10_000;
 /// Most runs in the snapshot of a tag or batch feed (the newest).
 pub const SNAPSHOT_MAX: usize = 1_000;
 /// Columns a subscription cannot skip: the SDK requires them.
@@ -270,6 +272,13 @@ async fn snapshot(
     filter: Filter,
     skip: Vec<String>,
 ) -> Result<Response, ApiError> {
+    if state.realtime.held_by(&environment.id) >= SHAPES_PER_ENVIRONMENT {
+        return Err(ApiError::TooManyRequests(format!(
+            "Too many realtime subscriptions: this environment holds {SHAPES_PER_ENVIRONMENT} \
+             on this server; a subscription not polled for {} s ends",
+            SHAPE_IDLE.as_secs()
+        )));
+    }
     // Listen before reading: a change between the read and the first poll is buffered.
     let inbox = Arc::new(Inbox::default());
     let registration =

@@ -251,6 +251,14 @@ impl Shapes {
         self.len() == 0
     }
 
+    /// How many shapes of `environment` wait for their next poll on this node.
+    pub(super) fn held_by(&self, environment: &EnvironmentId) -> usize {
+        self.lock()
+            .values()
+            .filter(|shape| shape.environment.id == *environment)
+            .count()
+    }
+
     pub(super) fn take(&self, handle: &str) -> Option<Shape> {
         self.lock().remove(handle)
     }
