@@ -2,18 +2,17 @@
 //! stream sending `event: run` with `{"id", "status", "updatedAt"}` (v4 public status)
 //! whenever one of the watched runs changes.
 //!
-//! The stream subscribes to the node's run feed ([`Engine::run_feed`]: each changed run
-//! read once per node, whatever the number of streams) *before* it first reads the
-//! runs, so no change between the page's render and the stream's start is lost. It
-//! sends each watched run's current status once (read with the session's environment),
-//! then each update of a watched run that belongs to the session's environment (a run
-//! of another environment is never sent), when its status or update time moved. When
-//! the feed says it dropped updates ([`RunUpdate::Missed`]), every watched run is read
-//! again. At most [`MAX_RUNS`] ids are watched per stream; a comment every
-//! [`KEEP_ALIVE`] keeps proxies from closing it; it ends when the server stops (the
+//! The stream registers its run ids with the realtime dispatcher
+//! ([`crate::realtime::shapes`]: the node's one reader of the engine's run feed, each
+//! changed run read once per node; a change wakes only the streams and subscriptions
+//! that watch it) *before* it first reads the runs, so no change between the page's
+//! render and the stream's start is lost. It sends each watched run's current status
+//! once (read with the session's environment), then each update of a watched run that
+//! belongs to the session's environment (a run of another environment is never sent),
+//! when its status or update time moved. When its inbox says updates were dropped, every
+//! watched run is read again. At most [`MAX_RUNS`] ids are watched per stream; a comment
+//! every [`KEEP_ALIVE`] keeps proxies from closing it; it ends when the server stops (the
 //! browser reconnects on its own).
-//!
-//! [`Engine::run_feed`]: runnel_engine::Engine::run_feed
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -27,11 +26,11 @@ use runnel_core::run::Run;
 use runnel_core::tenancy::Environment;
 use runnel_core::view::iso;
 use runnel_core::{ApiVersion, RunId};
-use runnel_engine::changes::{RunFeed, RunUpdate};
 use runnel_engine::Engine;
 use serde_json::json;
 
 use super::session::Session;
+use crate::realtime::shapes::{Inbox, Registration};
 use crate::state::AppState;
 
 /// Most run ids one stream watches (the rest of the query is ignored).
@@ -46,7 +45,10 @@ struct Watch {
     ids: Vec<RunId>,
     sent: HashMap<RunId, (&'static str, DateTime<Utc>)>,
     pending: VecDeque<Event>,
-    feed: RunFeed,
+    /// Where the realtime dispatcher leaves the watched runs' changes.
+    inbox: std::sync::Arc<Inbox>,
+    /// Keeps the inbox registered while the stream lives.
+    _registration: Registration,
     started: bool,
 }
 
@@ -89,13 +91,22 @@ impl Watch {
                 self.read_all().await;
                 continue;
             }
-            match self.feed.recv().await? {
-                RunUpdate::Run(run) => {
-                    if run.environment_id == self.environment.id && self.ids.contains(&run.id) {
-                        self.offer(&run);
-                    }
+            let inbox = std::sync::Arc::clone(&self.inbox);
+            let arrived = inbox.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before the inbox is read, so a change between is not slept on.
+            arrived.as_mut().enable();
+            let queue = self.inbox.take();
+            if queue.missed {
+                self.read_all().await;
+            }
+            for run in &queue.runs {
+                if run.environment_id == self.environment.id {
+                    self.offer(run);
                 }
-                RunUpdate::Missed => self.read_all().await,
+            }
+            if self.pending.is_empty() {
+                arrived.await;
             }
         }
     }
@@ -128,14 +139,22 @@ pub(crate) async fn events(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the first read (see the module doc).
-    let feed = state.engine.run_feed();
+    let ids = watched(&pairs);
+    // Registered before the first read: a change between is in the inbox.
+    let inbox = std::sync::Arc::new(Inbox::default());
+    let registration =
+        state
+            .realtime
+            .dispatch
+            .register_runs(&state.engine, &session.environment.id, &ids, &inbox);
     let watch = Watch {
         engine: state.engine.clone(),
         environment: session.environment,
-        ids: watched(&pairs),
+        ids,
         sent: HashMap::new(),
         pending: VecDeque::new(),
-        feed,
+        inbox,
+        _registration: registration,
         started: false,
     };
     let events = futures_util::stream::unfold(watch, Watch::next)

@@ -23,7 +23,7 @@ pub struct Shapes {
     /// Whether the task dropping idle shapes runs.
     pub(super) sweeping: Arc<std::sync::atomic::AtomicBool>,
     /// Hands each changed run to the shapes it concerns.
-    pub(super) dispatch: Arc<Dispatch>,
+    pub(crate) dispatch: Arc<Dispatch>,
 }
 
 /// Most updates waiting in one shape's inbox; past it the shape reads everything again.
@@ -32,15 +32,15 @@ pub(super) const INBOX_MAX: usize = 1_024;
 /// What the dispatcher leaves for one shape: the changed runs it concerns, or that
 /// some were missed.
 #[derive(Debug, Default)]
-pub(super) struct Inbox {
-    pub(super) queue: Mutex<InboxQueue>,
-    pub(super) arrived: tokio::sync::Notify,
+pub(crate) struct Inbox {
+    queue: Mutex<InboxQueue>,
+    pub(crate) arrived: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
-pub(super) struct InboxQueue {
-    pub(super) runs: Vec<Arc<Run>>,
-    pub(super) missed: bool,
+pub(crate) struct InboxQueue {
+    pub(crate) runs: Vec<Arc<Run>>,
+    pub(crate) missed: bool,
 }
 
 impl Inbox {
@@ -66,7 +66,7 @@ impl Inbox {
         self.arrived.notify_one();
     }
 
-    pub(super) fn take(&self) -> InboxQueue {
+    pub(crate) fn take(&self) -> InboxQueue {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -77,7 +77,7 @@ impl Inbox {
 /// subscribers only, however many are open. The feed is held only while shapes exist,
 /// so a node without subscriptions reads no changed runs.
 #[derive(Debug, Default)]
-pub(super) struct Dispatch {
+pub(crate) struct Dispatch {
     pub(super) index: Mutex<Index>,
     /// The feed receiver for the task to take, when it was (re)opened.
     pub(super) opened: Mutex<Option<RunFeed>>,
@@ -102,32 +102,29 @@ impl Index {
 
 /// A shape's place in the dispatcher; leaves it when dropped.
 #[derive(Debug)]
-pub(super) struct Registration {
-    pub(super) dispatch: Arc<Dispatch>,
-    pub(super) id: u64,
-    pub(super) environment: EnvironmentId,
-    pub(super) run: Option<RunId>,
+pub(crate) struct Registration {
+    dispatch: Arc<Dispatch>,
+    id: u64,
+    environment: EnvironmentId,
+    /// The runs watched by id; none for a tag or batch shape (in `by_environment`).
+    runs: Vec<RunId>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut index = self.dispatch.lock();
-        match &self.run {
-            Some(run) => {
-                if let Some(list) = index.by_run.get_mut(run) {
-                    list.retain(|(id, _)| *id != self.id);
-                    if list.is_empty() {
-                        index.by_run.remove(run);
-                    }
+        for run in &self.runs {
+            if let Some(list) = index.by_run.get_mut(run) {
+                list.retain(|(id, _)| *id != self.id);
+                if list.is_empty() {
+                    index.by_run.remove(run);
                 }
             }
-            None => {
-                if let Some(list) = index.by_environment.get_mut(&self.environment) {
-                    list.retain(|(id, _, _)| *id != self.id);
-                    if list.is_empty() {
-                        index.by_environment.remove(&self.environment);
-                    }
-                }
+        }
+        if let Some(list) = index.by_environment.get_mut(&self.environment) {
+            list.retain(|(id, _, _)| *id != self.id);
+            if list.is_empty() {
+                index.by_environment.remove(&self.environment);
             }
         }
     }
@@ -146,27 +143,51 @@ impl Dispatch {
         filter: &Filter,
         inbox: &Arc<Inbox>,
     ) -> Registration {
+        match filter {
+            Filter::Run(run) => {
+                self.register_with(engine, environment, std::slice::from_ref(run), None, inbox)
+            }
+            _ => self.register_with(engine, environment, &[], Some(filter), inbox),
+        }
+    }
+
+    /// Adds a watcher of `runs` (their ids; the caller checks their environment): from
+    /// now on their changes reach `inbox` (the dashboard's live statuses).
+    pub(crate) fn register_runs(
+        self: &Arc<Self>,
+        engine: &runnel_engine::Engine,
+        environment: &EnvironmentId,
+        runs: &[RunId],
+        inbox: &Arc<Inbox>,
+    ) -> Registration {
+        self.register_with(engine, environment, runs, None, inbox)
+    }
+
+    fn register_with(
+        self: &Arc<Self>,
+        engine: &runnel_engine::Engine,
+        environment: &EnvironmentId,
+        runs: &[RunId],
+        feed: Option<&Filter>,
+        inbox: &Arc<Inbox>,
+    ) -> Registration {
         let mut index = self.lock();
         index.next += 1;
         let id = index.next;
-        let run = match filter {
-            Filter::Run(run) => {
-                index
-                    .by_run
-                    .entry(run.clone())
-                    .or_default()
-                    .push((id, Arc::clone(inbox)));
-                Some(run.clone())
-            }
-            _ => {
-                index
-                    .by_environment
-                    .entry(environment.clone())
-                    .or_default()
-                    .push((id, filter.clone(), Arc::clone(inbox)));
-                None
-            }
-        };
+        for run in runs {
+            index
+                .by_run
+                .entry(run.clone())
+                .or_default()
+                .push((id, Arc::clone(inbox)));
+        }
+        if let Some(filter) = feed {
+            index
+                .by_environment
+                .entry(environment.clone())
+                .or_default()
+                .push((id, filter.clone(), Arc::clone(inbox)));
+        }
         if !index.listening {
             // Opened before the caller reads its snapshot: no change is lost between.
             index.listening = true;
@@ -182,7 +203,7 @@ impl Dispatch {
             dispatch: Arc::clone(self),
             id,
             environment: environment.clone(),
-            run,
+            runs: runs.to_vec(),
         }
     }
 
