@@ -151,3 +151,13 @@ pub(crate) fn base_url(headers: &axum::http::HeaderMap) -> String {
         .is_some_and(|p| p.split(',').next().is_some_and(|p| p.trim() == "https"));
     format!("{}://{host}", if https { "https" } else { "http" })
 }
+
+/// The items of a comma-separated query value, trimmed, without empty ones.
+pub(crate) fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

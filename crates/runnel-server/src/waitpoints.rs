@@ -311,14 +311,7 @@ fn list_query(
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
     };
-    let comma_list = |value: &str| -> Vec<String> {
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
+    let comma_list = crate::extract::comma_list;
     let mut issues = Vec::new();
     // Text the database cannot hold is no key or tag any token has.
     for key in ["filter[idempotencyKey]", "filter[tags]"] {

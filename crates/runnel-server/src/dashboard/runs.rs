@@ -25,22 +25,18 @@ use super::page::{self, Area, PageError};
 use super::session::{Action, Session};
 use crate::state::AppState;
 
-/// The statuses the filter offers: the v4 public set (contract §3.2).
-const STATUSES: [&str; 13] = [
-    "DELAYED",
-    "PENDING_VERSION",
-    "QUEUED",
-    "DEQUEUED",
-    "EXECUTING",
-    "WAITING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELED",
-    "CRASHED",
-    "SYSTEM_FAILURE",
-    "EXPIRED",
-    "TIMED_OUT",
-];
+/// The statuses the filter offers: the v4 public set (contract §3.2), as the status
+/// enum renders it, each once, in the enum's order.
+fn statuses() -> Vec<&'static str> {
+    let mut offered: Vec<&'static str> = Vec::new();
+    for status in RunStatus::ALL {
+        let text = status.public(ApiVersion::Current);
+        if !offered.contains(&text) {
+            offered.push(text);
+        }
+    }
+    offered
+}
 /// Most log lines and spans a run page lists.
 const EVENTS_SHOWN: u32 = 500;
 
@@ -204,7 +200,7 @@ fn filter_form(filters: &Filters) -> Markup {
                 label for="f-status" { "Status" }
                 select #f-status name="status" {
                     option value="" selected[filters.status.is_empty()] { "Any" }
-                    @for status in STATUSES {
+                    @for status in statuses() {
                         option value=(status) selected[filters.status == status] { (status) }
                     }
                 }
@@ -566,7 +562,7 @@ mod tests {
 
     #[test]
     fn every_offered_status_is_a_filter_value_and_a_v4_status() {
-        for status in STATUSES {
+        for status in statuses() {
             assert!(
                 runnel_core::list::statuses_for_filter(status).is_some(),
                 "{status}"

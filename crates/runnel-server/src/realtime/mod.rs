@@ -140,7 +140,7 @@ pub async fn runs(
 ) -> Result<Response, ApiError> {
     let tags: Vec<String> = params
         .get("tags")
-        .map(|t| comma_list(t))
+        .map(|t| extract::comma_list(t))
         .unwrap_or_default();
     let mut resources: Vec<(&str, &str)> = tags.iter().map(|t| ("tags", t.as_str())).collect();
     // `read:runs` covers every run's feed, as upstream's super scopes.
@@ -200,7 +200,7 @@ async fn serve(
     // The request's columns to skip, and a public token's own (`realtime.skipColumns`).
     let mut skip: Vec<String> = params
         .get("skipColumns")
-        .map(|s| comma_list(s))
+        .map(|s| extract::comma_list(s))
         .unwrap_or_default();
     if let Caller::PublicToken(token) = caller {
         skip.extend(token.skip_columns.iter().cloned());
@@ -582,15 +582,6 @@ fn new_handle() -> String {
         rand::random::<u64>(),
         rand::random::<u64>()
     )
-}
-
-fn comma_list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 #[cfg(test)]
